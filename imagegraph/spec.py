@@ -1,0 +1,554 @@
+"""One layer spec file -> `LayerSpec`.
+
+The format is OpenCHAMI image-builder's YAML, accepted unchanged, including
+the forms real files use (one-string `publish_tags`, bare-string `cmds`,
+`dst` for `dest`, a trailing `/` on `publish_registry`). Validation is a JSON
+Schema shipped in `schema/` plus checks a schema cannot express; every
+problem becomes a `Diagnostic` with `file:line:column`, and all problems of a
+file are returned together rather than stopping at the first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .errors import Diagnostic, SpecError
+
+DEFAULT_NAME = "base"
+DEFAULT_TAGS = ("latest",)
+DEFAULT_BUCKET = "boot-images"
+SCRATCH = "scratch"
+LOGLEVELS = {"DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL"}
+
+
+@dataclass(frozen=True)
+class Repo:
+    alias: str
+    url: str
+    gpg: str | None = None
+    priority: int | None = None
+    suite: str | None = None  # apt only (imagegraph addition)
+    components: tuple[str, ...] = ()  # apt only (imagegraph addition)
+
+
+@dataclass(frozen=True)
+class CopyFile:
+    src: str  # as written in the spec
+    dest: str
+    opts: tuple[str, ...] = ()
+    source: Path = Path()  # resolved host path
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Cmd:
+    cmd: str
+    loglevel: str = "INFO"
+
+
+@dataclass(frozen=True)
+class SquashfsOptions:
+    compression: str = "xz"
+    level: int | None = None
+    block_size: str | None = None
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A validated layer spec with defaults applied.
+
+    Fields mirror image-builder's keys (see docs/spec-reference in the README);
+    the last group are imagegraph's additions, all optional.
+    """
+
+    path: Path
+    layer_type: str
+    name: str = DEFAULT_NAME
+    publish_tags: tuple[str, ...] = DEFAULT_TAGS
+    pkg_manager: str | None = None
+    parent: str = SCRATCH
+    gpgcheck: bool = True
+    proxy: str | None = None
+    publish_local: bool = False
+    publish_registry: str | None = None
+    registry_opts_push: tuple[str, ...] = ()
+    registry_opts_pull: tuple[str, ...] = ()
+    publish_s3: str | None = None
+    s3_prefix: str = ""
+    s3_bucket: str = DEFAULT_BUCKET
+    groups: tuple[str, ...] = ()
+    playbooks: tuple[str, ...] = ()
+    playbook_paths: tuple[Path, ...] = ()
+    inventory: tuple[str, ...] = ()
+    inventory_paths: tuple[Path, ...] = ()
+    vars: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    repos: tuple[Repo, ...] = ()
+    modules: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    package_groups: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()
+    remove_packages: tuple[str, ...] = ()
+    copyfiles: tuple[CopyFile, ...] = ()
+    cmds: tuple[Cmd, ...] = ()
+    # imagegraph additions
+    releasever: str | None = None
+    publish_dir: Path | None = None
+    s3_layout: str = "image-builder"
+    squashfs: SquashfsOptions = SquashfsOptions()
+    kernel_version: str | None = None
+    rootfs_only: bool = False
+    boot_params: str | None = None
+    # where things are in the file, for later diagnostics (e.g. parent resolution)
+    lines: dict[str, int] = field(default_factory=dict, compare=False)
+    warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)
+
+    @property
+    def is_scratch(self) -> bool:
+        return self.parent == SCRATCH
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def line_of(self, key: str) -> int:
+        return self.lines.get(key, 1)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@cache
+def layer_schema() -> dict:
+    text = resources.files("imagegraph").joinpath("schema/layer.schema.json").read_text()
+    return json.loads(text)
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(layer_schema())
+
+
+def _known_keys(schema_path: list) -> list[str]:
+    """Property names allowed at a place in the schema (for did-you-mean)."""
+    node: Any = layer_schema()
+    for part in schema_path:
+        node = node[part]
+        if isinstance(node, dict) and "$ref" in node:
+            node = _resolve_ref(node["$ref"])
+    return sorted(node.get("properties", {}))
+
+
+def _resolve_ref(ref: str) -> dict:
+    node: Any = layer_schema()
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node
+
+
+# ---------------------------------------------------------------------- positions
+
+
+def _position(doc: Any, path: list, key_position: bool = False) -> tuple[int, int]:
+    """1-based (line, column) of the node at `path` in a ruamel document."""
+    node = doc
+    line, col = 1, 1
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        try:
+            if isinstance(node, CommentedMap):
+                if part not in node:
+                    break
+                pos = node.lc.key(part) if (key_position and last) else node.lc.value(part)
+                node = node[part]
+            elif isinstance(node, CommentedSeq):
+                pos = node.lc.item(part)
+                node = node[part]
+            else:
+                break
+        except (KeyError, IndexError, TypeError, AttributeError):
+            break
+        if pos and pos[0] is not None:
+            line, col = pos[0] + 1, pos[1] + 1
+    return line, col
+
+
+def _describe(path: list) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "the document"
+
+
+def _schema_message(err: jsonschema.ValidationError) -> str:
+    v = err.validator
+    where = _describe(list(err.absolute_path))
+    if v == "type":
+        want = err.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return f"{where} must be of type {want}, not {_yaml_repr(err.instance)}"
+    if v == "enum":
+        choices = ", ".join(str(c) for c in err.validator_value if not str(c).islower() or len(err.validator_value) < 8)
+        return f"{where} must be one of {choices}; got {_yaml_repr(err.instance)}"
+    if v == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        return f"{where} is missing the required key '{missing}'"
+    if v == "pattern":
+        return f"{where} has an invalid value {_yaml_repr(err.instance)}: {_pattern_hint(list(err.absolute_path))}"
+    if v == "oneOf":
+        return f"{where} has the wrong form: {_oneof_hint(list(err.absolute_path), err.instance)}"
+    if v == "minItems":
+        return f"{where} must not be empty"
+    if v == "minLength":
+        return f"{where} must not be an empty string"
+    return f"{where}: {err.message}"
+
+
+def _yaml_repr(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null (empty)"
+    if isinstance(value, dict | CommentedMap):
+        return "a mapping"
+    if isinstance(value, list | CommentedSeq):
+        return "a list"
+    return repr(value)
+
+
+def _pattern_hint(path: list) -> str:
+    last = path[-1] if path else ""
+    if last == "name":
+        return "image names are lowercase letters, digits, '.', '_', '-' and '/' between components"
+    if last == "publish_tags" or (len(path) >= 2 and path[-2] == "publish_tags"):
+        return "tags are letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-'"
+    if last == "s3_prefix":
+        return "an S3 prefix may not contain '..' components or control characters"
+    if last == "s3_bucket":
+        return "S3 bucket names are 3-63 lowercase letters, digits, '.' and '-'"
+    if last == "alias":
+        return "repository aliases are letters, digits, '_', '.', ':' and '-'"
+    if last in ("parent", "publish_registry"):
+        return "image references may not contain spaces or control characters"
+    if last == "publish_s3":
+        return "give the S3 endpoint as an http:// or https:// URL"
+    return "see the spec reference in the README"
+
+
+def _oneof_hint(path: list, instance: Any) -> str:
+    if path and path[-1] == "publish_tags":
+        return "give one tag as a string or a list of tags"
+    if len(path) >= 2 and path[-2] == "cmds":
+        return "each cmds item is a string or a mapping with 'cmd' (and optional 'loglevel')"
+    return "expected a string or a list of strings"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.allow_duplicate_keys = False
+    return y
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
+    """Parse YAML keeping positions; syntax errors become diagnostics."""
+    try:
+        return _yaml().load(io.StringIO(text)), []
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or str(exc).splitlines()[0]
+        if exc.context and "duplicate" in str(exc.problem or ""):
+            problem = str(exc.problem)
+        return None, [Diagnostic(file, line, col, f"invalid YAML: {problem}", hint="fix the syntax")]
+    except YAMLError as exc:
+        return None, [Diagnostic(file, 1, 1, f"invalid YAML: {exc}")]
+    except Exception as exc:  # ruamel raises assorted errors on binary junk
+        return None, [Diagnostic(file, 1, 1, f"unreadable YAML: {type(exc).__name__}: {exc}")]
+
+
+def _plain(node: Any) -> Any:
+    """ruamel containers -> plain JSON-like Python values."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool | int | float | str) or node is None:
+        if isinstance(node, str):
+            return str(node)
+        return node
+    return str(node)
+
+
+def _as_tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+def validate_document(doc: Any, file: str) -> list[Diagnostic]:
+    """Schema and unknown-key checks of one parsed document."""
+    diags: list[Diagnostic] = []
+    if not isinstance(doc, dict):
+        what = "empty" if doc is None else f"a {type(doc).__name__}"
+        return [Diagnostic(file, 1, 1, f"a layer spec must be a mapping with an 'options' section; this file is {what}")]
+    plain = _plain(doc)
+    for err in _validator().iter_errors(plain):
+        path = list(err.absolute_path)
+        if err.validator == "additionalProperties":
+            allowed = _known_keys(list(err.schema_path)[:-1])
+            extra = [k for k in err.instance if k not in allowed]
+            for key in extra:
+                line, col = _position(doc, [*path, key], key_position=True)
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                where = _describe(path)
+                msg = f"unknown key '{key}'" + (f" in {where}" if path else "")
+                if key == "dst" or (close and close[0] == "dest"):
+                    continue  # handled as an alias below
+                hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(allowed)}"
+                diags.append(Diagnostic(file, line, col, msg, hint=hint))
+            continue
+        if err.validator == "oneOf" and err.context:
+            # Prefer the most specific sub-error when every branch but one failed on type.
+            specific = [e for e in err.context if e.validator not in ("type",)]
+            if len(specific) == 1 and specific[0].validator != "oneOf":
+                err = specific[0]
+                path = list(err.absolute_path)
+        line, col = _position(doc, path, key_position=err.validator == "required")
+        diags.append(Diagnostic(file, line, col, _schema_message(err)))
+    return diags
+
+
+def load_spec(path: Path, text: str | None = None, defaults: dict | None = None) -> LayerSpec:
+    """Load and validate one spec file; raise `SpecError` with every problem found."""
+    spec, diags = read_spec(path, text, defaults)
+    errors = [d for d in diags if d.severity == "error"]
+    if errors or spec is None:
+        raise SpecError(diags)
+    return spec
+
+
+def read_spec(
+    path: Path, text: str | None = None, defaults: dict | None = None
+) -> tuple[LayerSpec | None, list[Diagnostic]]:
+    """Load one spec, returning (spec or None, diagnostics incl. warnings)."""
+    path = Path(path)
+    file = str(path)
+    if text is None:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            return None, [Diagnostic(file, 0, 0, f"cannot read: {exc.strerror}")]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, [Diagnostic(file, 1, 1, f"not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8")]
+    doc, diags = parse_yaml(text, file)
+    if diags:
+        return None, diags
+    diags = validate_document(doc, file)
+    if any(d.severity == "error" for d in diags):
+        return None, diags
+    return _build(path, doc, defaults or {}, diags)
+
+
+def _build(path: Path, doc: CommentedMap, defaults: dict, diags: list[Diagnostic]) -> tuple[LayerSpec | None, list]:
+    file = str(path)
+    opts_node = doc["options"]
+    opts = {**defaults, **_plain(opts_node)}
+    base = path.parent
+
+    def pos(*p: Any, key: bool = False) -> tuple[int, int]:
+        return _position(doc, list(p), key_position=key)
+
+    def warn(p: list, msg: str, hint: str | None = None) -> None:
+        line, col = _position(doc, p, key_position=True)
+        diags.append(Diagnostic(file, line, col, msg, severity="warning", hint=hint))
+
+    def error(p: list, msg: str, hint: str | None = None, key: bool = False) -> None:
+        line, col = _position(doc, p, key_position=key)
+        diags.append(Diagnostic(file, line, col, msg, hint=hint))
+
+    layer_type = opts["layer_type"]
+    pkg_manager = opts.get("pkg_manager")
+    if layer_type == "base" and not pkg_manager:
+        error(["options"], "options.pkg_manager is required for layer_type 'base'", hint="set it to dnf, zypper or apt", key=True)
+    if "openscap" in doc:
+        error(["openscap"], "openscap is not supported (it is broken in image-builder too)", hint="remove the section and run the scan in a cmds step", key=True)
+
+    registry = opts.get("publish_registry")
+    if registry is not None:
+        registry = registry.rstrip("/")
+        while "//" in registry:
+            registry = registry.replace("//", "/")
+    if "registry_opts_push" in opts_node and not registry:
+        warn(["options", "registry_opts_push"], "registry_opts_push is ignored: the layer has no publish_registry")
+    parent = opts.get("parent", SCRATCH).strip()
+    if parent == SCRATCH and "registry_opts_pull" in opts_node:
+        warn(["options", "registry_opts_pull"], "registry_opts_pull is ignored: the layer starts from scratch")
+    for k in ("s3_prefix", "s3_bucket", "s3_layout"):
+        if k in opts_node and not opts.get("publish_s3"):
+            warn(["options", k], f"{k} is ignored: the layer has no publish_s3")
+
+    if layer_type == "ansible":
+        for k in ("repos", "modules", "package_groups", "packages", "remove_packages", "copyfiles", "cmds"):
+            if k in doc:
+                warn([k], f"'{k}' is ignored for layer_type 'ansible' (image-builder ignores it too)")
+        if not opts.get("playbooks"):
+            error(["options"], "an ansible layer needs options.playbooks", key=True)
+    else:
+        for k in ("groups", "playbooks", "inventory", "vars"):
+            if k in opts_node:
+                warn(["options", k], f"options.{k} is only used by layer_type 'ansible'; ignored")
+
+    repos = []
+    for i, r in enumerate(_plain(doc.get("repos") or [])):
+        if r.get("priority") is not None and pkg_manager != "zypper":
+            warn(["repos", i, "priority"], "repos priority is used by zypper only; ignored")
+        if (r.get("suite") or r.get("components")) and pkg_manager != "apt":
+            warn(["repos", i], "repos suite/components are used by apt only; ignored")
+        repos.append(
+            Repo(
+                alias=r["alias"],
+                url=r["url"],
+                gpg=r.get("gpg"),
+                priority=r.get("priority"),
+                suite=r.get("suite"),
+                components=_as_tuple(r.get("components")),
+            )
+        )
+    aliases = [r.alias for r in repos]
+    for i, a in enumerate(aliases):
+        if a in aliases[:i]:
+            error(["repos", i, "alias"], f"repository alias '{a}' is used twice")
+
+    copyfiles = []
+    for i, node in enumerate(doc.get("copyfiles") or []):
+        item = _plain(node)
+        if "dst" in item and "dest" in item:
+            error(["copyfiles", i, "dst"], "copyfiles item has both 'dest' and 'dst'", key=True)
+            continue
+        if "dst" in item:
+            warn(["copyfiles", i, "dst"], "'dst' is accepted as an alias of 'dest'", hint="write 'dest'")
+        dest = item.get("dest", item.get("dst"))
+        if dest is None:
+            error(["copyfiles", i], "copyfiles item needs 'dest'")
+            continue
+        src = item["src"]
+        source = (base / src) if not src.startswith("/") else Path(src)
+        line, _ = pos("copyfiles", i, "src")
+        if not source.exists() and not source.is_symlink():
+            error(
+                ["copyfiles", i, "src"],
+                f"copyfiles source '{src}' does not exist" + (f" (looked at {source})" if not src.startswith("/") else ""),
+                hint="create it, or fix the path; relative paths resolve against the spec's directory",
+            )
+        copyfiles.append(CopyFile(src=src, dest=dest, opts=_split_opts(item.get("opts")), source=source, line=line))
+
+    cmds = []
+    for node in doc.get("cmds") or []:
+        if isinstance(node, str):
+            cmds.append(Cmd(cmd=str(node)))
+        else:
+            level = str(node.get("loglevel", "INFO")).upper()
+            cmds.append(Cmd(cmd=str(node["cmd"]), loglevel="WARNING" if level == "WARN" else level))
+
+    playbooks = _as_tuple(opts.get("playbooks"))
+    inventory = _as_tuple(opts.get("inventory"))
+    playbook_paths = tuple(_resolve(base, p) for p in playbooks)
+    inventory_paths = tuple(_resolve(base, p) for p in inventory)
+    if layer_type == "ansible":
+        for key, values, paths in (("playbooks", playbooks, playbook_paths), ("inventory", inventory, inventory_paths)):
+            for v, p in zip(values, paths, strict=True):
+                if not p.exists():
+                    error(["options", key], f"{key} path '{v}' does not exist", hint="fix the path; relative paths resolve against the spec's directory")
+
+    modules = tuple((str(k), _as_tuple(v)) for k, v in (_plain(doc.get("modules")) or {}).items())
+    sq = opts.get("squashfs") or {}
+    squashfs = SquashfsOptions(
+        compression=sq.get("compression", "xz"),
+        level=sq.get("level"),
+        block_size=str(sq["block_size"]) if sq.get("block_size") is not None else None,
+    )
+    lines = {}
+    for k in opts_node:
+        lines[f"options.{k}"] = pos("options", k, key=True)[0]
+    for k in doc:
+        lines[str(k)] = pos(k, key=True)[0]
+    publish_dir = opts.get("publish_dir")
+
+    if any(d.severity == "error" for d in diags):
+        return None, diags
+    spec = LayerSpec(
+        path=path,
+        layer_type=layer_type,
+        name=opts.get("name", DEFAULT_NAME),
+        publish_tags=_as_tuple(opts.get("publish_tags")) or DEFAULT_TAGS,
+        pkg_manager=pkg_manager,
+        parent=parent,
+        gpgcheck=opts.get("gpgcheck", True),
+        proxy=opts.get("proxy"),
+        publish_local=opts.get("publish_local", False),
+        publish_registry=registry,
+        registry_opts_push=_as_tuple(opts.get("registry_opts_push")),
+        registry_opts_pull=_as_tuple(opts.get("registry_opts_pull")),
+        publish_s3=opts.get("publish_s3"),
+        s3_prefix=opts.get("s3_prefix", ""),
+        s3_bucket=opts.get("s3_bucket", DEFAULT_BUCKET),
+        groups=_as_tuple(opts.get("groups")),
+        playbooks=playbooks,
+        playbook_paths=playbook_paths,
+        inventory=inventory,
+        inventory_paths=inventory_paths,
+        vars=dict(opts.get("vars") or {}),
+        labels={str(k): str(v) for k, v in (opts.get("labels") or {}).items()},
+        repos=tuple(repos),
+        modules=modules,
+        package_groups=_as_tuple(doc.get("package_groups")),
+        packages=_as_tuple(doc.get("packages")),
+        remove_packages=_as_tuple(doc.get("remove_packages")),
+        copyfiles=tuple(copyfiles),
+        cmds=tuple(cmds),
+        releasever=str(opts["releasever"]) if opts.get("releasever") is not None else None,
+        publish_dir=_resolve(base, publish_dir) if publish_dir else None,
+        s3_layout=opts.get("s3_layout", "image-builder"),
+        squashfs=squashfs,
+        kernel_version=opts.get("kernel_version"),
+        rootfs_only=opts.get("rootfs_only", False),
+        boot_params=opts.get("boot_params"),
+        lines=lines,
+        warnings=tuple(d for d in diags if d.severity == "warning"),
+    )
+    return spec, diags
+
+
+def _resolve(base: Path, p: str) -> Path:
+    return Path(p) if p.startswith("/") else base / p
+
+
+def _split_opts(value: Any) -> tuple[str, ...]:
+    """`opts` items like '--chown 0:0' are split into argv words, as image-builder does."""
+    out: list[str] = []
+    for item in _as_tuple(value):
+        out.extend(item.split())
+    return tuple(out)
+
+
+def content_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

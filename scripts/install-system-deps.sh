@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the host toolchain imagegraph drives (buildah and friends) on Debian/Ubuntu,
+# only when something is missing, so `make test` works on a fresh machine and is quick after.
+set -euo pipefail
+need=()
+check() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
+check buildah buildah
+check skopeo skopeo
+check mksquashfs squashfs-tools
+check docker-registry docker-registry
+check rpm rpm
+check rpmbuild rpm
+check createrepo_c createrepo-c
+check dnf dnf
+check mmdebstrap mmdebstrap
+check ansible-playbook ansible-core
+check python3 python3
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# A registry test stops the daemon it starts; the Debian package also ships a service we do not want.
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing system packages: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" uidmap fuse-overlayfs >/dev/null
+# docker-registry's Debian service would hold port 5000; tests start their own on free ports.
+if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
