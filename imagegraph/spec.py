@@ -200,7 +200,9 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
         want = " or ".join(want) if isinstance(want, list) else want
         return f"{where} must be of type {want}, not {_yaml_repr(err.instance)}"
     if v == "enum":
-        choices = ", ".join(str(c) for c in err.validator_value if not str(c).islower() or len(err.validator_value) < 8)
+        choices = ", ".join(
+            str(c) for c in err.validator_value if not str(c).islower() or len(err.validator_value) < 8
+        )
         return f"{where} must be one of {choices}; got {_yaml_repr(err.instance)}"
     if v == "required":
         missing = err.message.split("'")[1] if "'" in err.message else err.message
@@ -307,7 +309,11 @@ def validate_document(doc: Any, file: str) -> list[Diagnostic]:
     diags: list[Diagnostic] = []
     if not isinstance(doc, dict):
         what = "empty" if doc is None else f"a {type(doc).__name__}"
-        return [Diagnostic(file, 1, 1, f"a layer spec must be a mapping with an 'options' section; this file is {what}")]
+        return [
+            Diagnostic(
+                file, 1, 1, f"a layer spec must be a mapping with an 'options' section; this file is {what}"
+            )
+        ]
     plain = _plain(doc)
     for err in _validator().iter_errors(plain):
         path = list(err.absolute_path)
@@ -358,7 +364,9 @@ def read_spec(
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return None, [Diagnostic(file, 1, 1, f"not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8")]
+            return None, [
+                Diagnostic(file, 1, 1, f"not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8")
+            ]
     doc, diags = parse_yaml(text, file)
     if diags:
         return None, diags
@@ -368,7 +376,9 @@ def read_spec(
     return _build(path, doc, defaults or {}, diags)
 
 
-def _build(path: Path, doc: CommentedMap, defaults: dict, diags: list[Diagnostic]) -> tuple[LayerSpec | None, list]:
+def _build(
+    path: Path, doc: CommentedMap, defaults: dict, diags: list[Diagnostic]
+) -> tuple[LayerSpec | None, list]:
     file = str(path)
     opts_node = doc["options"]
     opts = {**defaults, **_plain(opts_node)}
@@ -388,9 +398,19 @@ def _build(path: Path, doc: CommentedMap, defaults: dict, diags: list[Diagnostic
     layer_type = opts["layer_type"]
     pkg_manager = opts.get("pkg_manager")
     if layer_type == "base" and not pkg_manager:
-        error(["options"], "options.pkg_manager is required for layer_type 'base'", hint="set it to dnf, zypper or apt", key=True)
+        error(
+            ["options"],
+            "options.pkg_manager is required for layer_type 'base'",
+            hint="set it to dnf, zypper or apt",
+            key=True,
+        )
     if "openscap" in doc:
-        error(["openscap"], "openscap is not supported (it is broken in image-builder too)", hint="remove the section and run the scan in a cmds step", key=True)
+        error(
+            ["openscap"],
+            "openscap is not supported (it is broken in image-builder too)",
+            hint="remove the section and run the scan in a cmds step",
+            key=True,
+        )
 
     registry = opts.get("publish_registry")
     if registry is not None:
@@ -398,10 +418,15 @@ def _build(path: Path, doc: CommentedMap, defaults: dict, diags: list[Diagnostic
         while "//" in registry:
             registry = registry.replace("//", "/")
     if "registry_opts_push" in opts_node and not registry:
-        warn(["options", "registry_opts_push"], "registry_opts_push is ignored: the layer has no publish_registry")
+        warn(
+            ["options", "registry_opts_push"],
+            "registry_opts_push is ignored: the layer has no publish_registry",
+        )
     parent = opts.get("parent", SCRATCH).strip()
     if parent == SCRATCH and "registry_opts_pull" in opts_node:
-        warn(["options", "registry_opts_pull"], "registry_opts_pull is ignored: the layer starts from scratch")
+        warn(
+            ["options", "registry_opts_pull"], "registry_opts_pull is ignored: the layer starts from scratch"
+        )
     for k in ("s3_prefix", "s3_bucket", "s3_layout"):
         if k in opts_node and not opts.get("publish_s3"):
             warn(["options", k], f"{k} is ignored: the layer has no publish_s3")
@@ -456,10 +481,13 @@ def _build(path: Path, doc: CommentedMap, defaults: dict, diags: list[Diagnostic
         if not source.exists() and not source.is_symlink():
             error(
                 ["copyfiles", i, "src"],
-                f"copyfiles source '{src}' does not exist" + (f" (looked at {source})" if not src.startswith("/") else ""),
+                f"copyfiles source '{src}' does not exist"
+                + (f" (looked at {source})" if not src.startswith("/") else ""),
                 hint="create it, or fix the path; relative paths resolve against the spec's directory",
             )
-        copyfiles.append(CopyFile(src=src, dest=dest, opts=_split_opts(item.get("opts")), source=source, line=line))
+        copyfiles.append(
+            CopyFile(src=src, dest=dest, opts=_split_opts(item.get("opts")), source=source, line=line)
+        )
 
     cmds = []
     for node in doc.get("cmds") or []:
@@ -474,10 +502,17 @@ def _build(path: Path, doc: CommentedMap, defaults: dict, diags: list[Diagnostic
     playbook_paths = tuple(_resolve(base, p) for p in playbooks)
     inventory_paths = tuple(_resolve(base, p) for p in inventory)
     if layer_type == "ansible":
-        for key, values, paths in (("playbooks", playbooks, playbook_paths), ("inventory", inventory, inventory_paths)):
+        for key, values, paths in (
+            ("playbooks", playbooks, playbook_paths),
+            ("inventory", inventory, inventory_paths),
+        ):
             for v, p in zip(values, paths, strict=True):
                 if not p.exists():
-                    error(["options", key], f"{key} path '{v}' does not exist", hint="fix the path; relative paths resolve against the spec's directory")
+                    error(
+                        ["options", key],
+                        f"{key} path '{v}' does not exist",
+                        hint="fix the path; relative paths resolve against the spec's directory",
+                    )
 
     modules = tuple((str(k), _as_tuple(v)) for k, v in (_plain(doc.get("modules")) or {}).items())
     sq = opts.get("squashfs") or {}

@@ -1,0 +1,51 @@
+"""structlog configuration: readable on a terminal, JSON lines otherwise.
+
+Every event passes through the secret redactor. Per-layer build logs are
+plain text files written by the runner; this module only configures the
+process-wide event log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+from .redact import redact
+
+
+def _redact_processor(_logger: Any, _name: str, event: dict) -> dict:
+    for k, v in list(event.items()):
+        if isinstance(v, str):
+            event[k] = redact(v)
+    return event
+
+
+def configure(fmt: str = "auto", level: str = "INFO", stream: Any = None) -> None:
+    """Set up structlog once per process. fmt: auto, console or json."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(sort_keys=True)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**bind: Any) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger("imagegraph").bind(**bind)

@@ -1,0 +1,63 @@
+"""Keeping secrets out of logs, plans, result documents and error messages.
+
+Two kinds of secret are masked everywhere text leaves imagegraph: values
+registered at run time (S3 keys, registry passwords taken from the
+environment) and credentials embedded in URLs (`https://user:pass@host`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+MASK = "***"
+_URL_CREDS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<creds>[^/@\s:]+(?::[^/@\s]*)?)@")
+_lock = threading.Lock()
+_secrets: set[str] = set()
+
+# Environment variables whose values are secrets wherever they appear.
+SECRET_ENV = (
+    "S3_ACCESS",
+    "S3_SECRET",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "REGISTRY_PASSWORD",
+    "IMAGEGRAPH_REGISTRY_PASSWORD",
+)
+
+
+def add_secret(value: str | None) -> None:
+    """Mask `value` from now on (ignored when too short to be meaningful)."""
+    if value and len(value) >= 4:
+        with _lock:
+            _secrets.add(value)
+
+
+def register_environment() -> None:
+    for name in SECRET_ENV:
+        add_secret(os.environ.get(name))
+
+
+def redact(text: str) -> str:
+    if not text:
+        return text
+    text = _URL_CREDS.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, MASK)
+    return text
+
+
+def redact_obj(obj):
+    """Redact every string inside a JSON-like structure."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_obj(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [redact_obj(v) for v in obj]
+    return obj

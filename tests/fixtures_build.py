@@ -1,0 +1,1 @@
+"""Fixtures for real buildah builds (package repositories made at test time)."""
