@@ -51,6 +51,7 @@ class CopyFile:
     opts: tuple[str, ...] = ()
     source: Path = Path()  # resolved host path
     line: int = 0
+    column: int = 0
 
 
 @dataclass(frozen=True)
@@ -351,11 +352,14 @@ def load_spec(path: Path, text: str | None = None, defaults: dict | None = None)
 
 
 def read_spec(
-    path: Path, text: str | None = None, defaults: dict | None = None
+    path: Path, text: str | None = None, defaults: dict | None = None, shown: str | None = None
 ) -> tuple[LayerSpec | None, list[Diagnostic]]:
-    """Load one spec, returning (spec or None, diagnostics incl. warnings)."""
+    """Load one spec, returning (spec or None, diagnostics incl. warnings).
+
+    `shown` is the file name used in messages (default: the path as given).
+    """
     path = Path(path)
-    file = str(path)
+    file = shown or str(path)
     if text is None:
         try:
             raw = path.read_bytes()
@@ -373,13 +377,51 @@ def read_spec(
     diags = validate_document(doc, file)
     if any(d.severity == "error" for d in diags):
         return None, diags
-    return _build(path, doc, defaults or {}, diags)
+    spec, diags = _build(path, file, doc, defaults or {}, diags)
+    if spec is not None:
+        diags += source_diagnostics(spec, file)
+        if any(d.severity == "error" for d in diags):
+            return None, diags
+    return spec, diags
+
+
+def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
+    """Host paths the spec pulls in (copyfiles sources, playbooks, inventories) that do not exist."""
+    out = []
+    for cf in spec.copyfiles:
+        if not cf.source.exists() and not cf.source.is_symlink():
+            absolute = cf.src.startswith("/")
+            where = "" if absolute else f" (looked at {cf.source})"
+            hint = "create it or fix the path" + (
+                "" if absolute else "; relative paths resolve against the spec's directory"
+            )
+            out.append(
+                Diagnostic(
+                    file, cf.line, cf.column, f"copyfiles source '{cf.src}' does not exist{where}", hint=hint
+                )
+            )
+    if spec.layer_type == "ansible":
+        for key, values, paths in (
+            ("playbooks", spec.playbooks, spec.playbook_paths),
+            ("inventory", spec.inventory, spec.inventory_paths),
+        ):
+            for v, p in zip(values, paths, strict=True):
+                if not p.exists():
+                    out.append(
+                        Diagnostic(
+                            file,
+                            spec.line_of(f"options.{key}"),
+                            3,
+                            f"{key} path '{v}' does not exist",
+                            hint="fix the path; relative paths resolve against the spec's directory",
+                        )
+                    )
+    return out
 
 
 def _build(
-    path: Path, doc: CommentedMap, defaults: dict, diags: list[Diagnostic]
+    path: Path, file: str, doc: CommentedMap, defaults: dict, diags: list[Diagnostic]
 ) -> tuple[LayerSpec | None, list]:
-    file = str(path)
     opts_node = doc["options"]
     opts = {**defaults, **_plain(opts_node)}
     base = path.parent
@@ -477,16 +519,11 @@ def _build(
             continue
         src = item["src"]
         source = (base / src) if not src.startswith("/") else Path(src)
-        line, _ = pos("copyfiles", i, "src")
-        if not source.exists() and not source.is_symlink():
-            error(
-                ["copyfiles", i, "src"],
-                f"copyfiles source '{src}' does not exist"
-                + (f" (looked at {source})" if not src.startswith("/") else ""),
-                hint="create it, or fix the path; relative paths resolve against the spec's directory",
-            )
+        line, col = pos("copyfiles", i, "src")
         copyfiles.append(
-            CopyFile(src=src, dest=dest, opts=_split_opts(item.get("opts")), source=source, line=line)
+            CopyFile(
+                src=src, dest=dest, opts=_split_opts(item.get("opts")), source=source, line=line, column=col
+            )
         )
 
     cmds = []
@@ -501,19 +538,6 @@ def _build(
     inventory = _as_tuple(opts.get("inventory"))
     playbook_paths = tuple(_resolve(base, p) for p in playbooks)
     inventory_paths = tuple(_resolve(base, p) for p in inventory)
-    if layer_type == "ansible":
-        for key, values, paths in (
-            ("playbooks", playbooks, playbook_paths),
-            ("inventory", inventory, inventory_paths),
-        ):
-            for v, p in zip(values, paths, strict=True):
-                if not p.exists():
-                    error(
-                        ["options", key],
-                        f"{key} path '{v}' does not exist",
-                        hint="fix the path; relative paths resolve against the spec's directory",
-                    )
-
     modules = tuple((str(k), _as_tuple(v)) for k, v in (_plain(doc.get("modules")) or {}).items())
     sq = opts.get("squashfs") or {}
     squashfs = SquashfsOptions(

@@ -1,0 +1,288 @@
+"""A directory of layer specs (+ optional project settings) -> `Project`.
+
+Layer specs are the `*.yaml`/`*.yml` files at the top of the directory
+(sub-directories hold copied files and playbooks, which are YAML too and are
+not layers). `imagegraph.yaml` holds optional project settings and
+`imagegraph.lock` the upstream lock file; neither is a layer.
+
+Every file is loaded even when an earlier one is broken, so one run reports
+every problem in the directory. Parsed specs are cached by file content
+(plus the settings that shape them) in the state directory, so re-planning a
+large directory does not re-parse unchanged files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from . import __version__
+from .errors import Diagnostic, SpecError
+from .spec import LayerSpec, parse_yaml, read_spec, source_diagnostics
+
+SETTINGS_FILE = "imagegraph.yaml"
+LOCK_FILE = "imagegraph.lock"
+NOT_LAYERS = {SETTINGS_FILE, "imagegraph.yml", LOCK_FILE}
+STATE_DIR = ".imagegraph"
+
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "registry_aliases": {"type": "object", "additionalProperties": {"type": "string"}},
+        "defaults": {"type": "object"},
+        "state_dir": {"type": "string"},
+        "jobs": {"type": "integer", "minimum": 1},
+        "allow_outside_sources": {"type": "boolean"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Project-wide settings from `imagegraph.yaml` (all optional)."""
+
+    registry_aliases: dict[str, str] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    state_dir: str | None = None
+    jobs: int | None = None
+    allow_outside_sources: bool = False
+
+
+@dataclass
+class Project:
+    """Every layer spec of a directory, keyed by layer id (the file's stem)."""
+
+    root: Path
+    layers: dict[str, LayerSpec]
+    settings: Settings
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    def default_state_dir(self) -> Path:
+        if self.settings.state_dir:
+            p = Path(self.settings.state_dir)
+            return p if p.is_absolute() else self.root / p
+        return self.root / STATE_DIR
+
+
+def layer_id(path: Path) -> str:
+    return path.stem
+
+
+def spec_files(root: Path) -> list[Path]:
+    files = [
+        p
+        for p in sorted(root.iterdir())
+        if p.is_file()
+        and p.suffix in (".yaml", ".yml")
+        and p.name not in NOT_LAYERS
+        and not p.name.startswith(".")
+    ]
+    return files
+
+
+def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
+    for name in (SETTINGS_FILE, "imagegraph.yml"):
+        path = root / name
+        if path.is_file():
+            break
+    else:
+        return Settings(), []
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return Settings(), [Diagnostic(file, 1, 1, f"cannot read project settings: {exc}")]
+    doc, diags = parse_yaml(text, file)
+    if diags:
+        return Settings(), diags
+    if doc is None:
+        return Settings(), []
+    from .spec import _plain, _position  # the same position machinery as specs
+
+    plain = _plain(doc)
+    if not isinstance(plain, dict):
+        return Settings(), [Diagnostic(file, 1, 1, "project settings must be a mapping")]
+    errors = []
+    for err in jsonschema.Draft202012Validator(SETTINGS_SCHEMA).iter_errors(plain):
+        path_ = list(err.absolute_path)
+        if err.validator == "additionalProperties":
+            for key in err.instance:
+                if key not in SETTINGS_SCHEMA["properties"]:
+                    line, col = _position(doc, [key], key_position=True)
+                    import difflib
+
+                    close = difflib.get_close_matches(key, list(SETTINGS_SCHEMA["properties"]), n=1)
+                    errors.append(
+                        Diagnostic(
+                            file,
+                            line,
+                            col,
+                            f"unknown project setting '{key}'",
+                            hint=f"did you mean '{close[0]}'?" if close else None,
+                        )
+                    )
+            continue
+        line, col = _position(doc, path_)
+        errors.append(
+            Diagnostic(file, line, col, f"{'.'.join(map(str, path_)) or 'settings'}: {err.message}")
+        )
+    if errors:
+        return Settings(), errors
+    aliases = {k.rstrip("/"): v.rstrip("/") for k, v in (plain.get("registry_aliases") or {}).items()}
+    return (
+        Settings(
+            registry_aliases=aliases,
+            defaults=plain.get("defaults") or {},
+            state_dir=plain.get("state_dir"),
+            jobs=plain.get("jobs"),
+            allow_outside_sources=bool(plain.get("allow_outside_sources", False)),
+        ),
+        [],
+    )
+
+
+class SpecCache:
+    """Parsed specs keyed by sha256 of (file content, path, settings, imagegraph version)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, tuple[LayerSpec | None, list[Diagnostic]]] = {}
+        self.dirty = False
+        if path and path.is_file():
+            try:
+                with path.open("rb") as f:
+                    data = pickle.load(f)
+                if isinstance(data, dict) and data.get("version") == __version__:
+                    self.entries = data["entries"]
+            except Exception:  # a broken cache is only a slower run
+                self.entries = {}
+
+    @staticmethod
+    def digest(path: Path, raw: bytes, settings: Settings) -> str:
+        h = hashlib.sha256()
+        h.update(str(path.resolve()).encode() + b"\0")
+        h.update(json.dumps(settings.defaults, sort_keys=True, default=str).encode() + b"\0")
+        h.update(raw)
+        return h.hexdigest()
+
+    def save(self) -> None:
+        if not (self.path and self.dirty):
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".specs.")
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(
+                    {"version": __version__, "entries": self.entries}, f, protocol=pickle.HIGHEST_PROTOCOL
+                )
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # read-only state directory: caching is optional
+
+
+def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: bool = True) -> Project:
+    """Load every spec of `root`. Raises SpecError listing every problem when any file is invalid."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SpecError(
+            [Diagnostic(str(root), 0, 0, "not a directory of layer specs", hint="give the layer directory")]
+        )
+    settings, diags = load_settings(root)
+    files = spec_files(root)
+    if not files:
+        diags.append(Diagnostic(str(root), 0, 0, "no layer specs (*.yaml) found here"))
+    cache = SpecCache(cache_dir / "specs.pickle" if cache_dir else None)
+    layers: dict[str, LayerSpec] = {}
+    for path in files:
+        shown = _shown(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            diags.append(Diagnostic(shown, 0, 0, f"cannot read: {exc.strerror}"))
+            continue
+        digest = SpecCache.digest(path, raw, settings)
+        hit = cache.entries.get(digest)
+        if hit is not None:
+            spec, file_diags = hit
+            if spec is not None:
+                # Copied files can disappear without the spec changing.
+                file_diags = [d for d in file_diags if not d.message.startswith("copyfiles source")]
+                file_diags += source_diagnostics(spec, shown)
+        else:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                diags.append(
+                    Diagnostic(shown, 1, 1, f"not UTF-8 text (byte {exc.start})", hint="save it as UTF-8")
+                )
+                continue
+            if _is_yaml_list(text, shown):
+                diags.append(
+                    Diagnostic(
+                        shown, 1, 1, "not a layer spec (a YAML list, e.g. a playbook); skipped", "warning"
+                    )
+                )
+                continue
+            spec, file_diags = read_spec(path, text, settings.defaults, shown=shown)
+            cache.entries[digest] = (spec, file_diags)
+            cache.dirty = True
+        diags.extend(file_diags)
+        if spec is not None and not any(d.severity == "error" for d in file_diags):
+            layers[layer_id(path)] = spec
+    if not settings.allow_outside_sources:
+        for spec in layers.values():
+            diags.extend(_escape_diagnostics(spec, root))
+    cache.save()
+    errors = [d for d in diags if d.severity == "error"]
+    if errors and strict:
+        raise SpecError(diags)
+    return Project(
+        root=root, layers=layers, settings=settings, warnings=[d for d in diags if d.severity != "error"]
+    )
+
+
+def _escape_diagnostics(spec: LayerSpec, root: Path) -> list[Diagnostic]:
+    """A relative copyfiles source may not leave the layer directory (via .. or a symlink)."""
+    out = []
+    real_root = root.resolve()
+    for cf in spec.copyfiles:
+        if cf.src.startswith("/"):
+            continue  # absolute paths are taken as written (real specs use /data/...)
+        try:
+            cf.source.resolve().relative_to(real_root)
+        except ValueError:
+            out.append(
+                Diagnostic(
+                    _shown(spec.path),
+                    cf.line,
+                    cf.column,
+                    f"copyfiles source '{cf.src}' leaves the layer directory",
+                    hint="use an absolute path, or set allow_outside_sources: true in imagegraph.yaml",
+                )
+            )
+    return out
+
+
+def _is_yaml_list(text: str, shown: str) -> bool:
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s.startswith("#") or s == "---":
+            continue
+        return s.startswith("- ") or s == "-"
+    return False
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

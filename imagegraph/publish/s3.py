@@ -1,0 +1,617 @@
+"""S3: uploading boot artifacts, and telling cheaply what is already there.
+
+Two users:
+
+- `S3Target` uploads files for one (endpoint, bucket) with boto3's managed
+  transfer (multipart above a configurable threshold, parts in parallel).
+  Every object carries user metadata `imagegraph-key` (the layer key) and
+  `sha256` (of the whole file), so any machine can tell what an object is
+  without local state. SHA256 transfer checksums are requested too and
+  dropped for an endpoint that rejects them (some gateways do).
+- `S3Index` answers the planner's "is this layer's artifact published?" with
+  ONE listing per (endpoint, bucket, prefix), shared by every layer that
+  publishes there, plus a HEAD only for objects whose metadata matters.
+
+Failure handling, and why:
+
+- Transient faults (connection resets, timeouts, 5xx, throttling) are retried
+  by botocore (standard mode) and, around a whole transfer, by tenacity with
+  a bounded number of attempts: botocore alone re-sends one request, while a
+  multipart upload that lost a part has to be retried as a transfer.
+- A failed transfer never leaves an object under the final key (a multipart
+  upload only becomes visible at CompleteMultipartUpload; a PUT only when its
+  body arrived whole). s3transfer aborts the multipart uploads it started;
+  because that abort can itself fail while the network is bad, the upload IDs
+  we create are recorded (a botocore event hook) and aborted again, with
+  retries, after a failure.
+- `NoSuchBucket` and access errors fail at once with a clear `PublishError`;
+  retrying cannot fix them. Messages never contain credentials: the values
+  read from the environment are registered with `redact` and every message
+  passes through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from ..errors import PublishError
+from ..log import get_logger
+from ..redact import add_secret, redact
+
+DEFAULT_REGION = "us-east-1"
+MiB = 1024 * 1024
+META_KEY = "imagegraph-key"
+META_SHA256 = "sha256"
+
+# Error codes that retrying will not fix, with what to tell the user.
+_ACCESS_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "Forbidden",
+    "403",
+}
+_THROTTLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequests",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+    "502",
+    "504",
+}
+# Codes with which an endpoint says "I do not do flexible checksums".
+_CHECKSUM_REJECTED = {
+    "InvalidArgument",
+    "NotImplemented",
+    "InvalidRequest",
+    "BadDigest",
+    "XAmzContentSHA256Mismatch",
+}
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Tunables; the defaults suit multi-GB SquashFS files on a LAN gateway."""
+
+    multipart_threshold: int = 64 * MiB
+    multipart_chunksize: int = 64 * MiB  # s3transfer raises anything below 5 MiB to 5 MiB
+    max_concurrency: int = 4
+    botocore_attempts: int = 3  # per request (botocore "standard" retry mode)
+    attempts: int = 4  # per transfer (tenacity), each with its own botocore retries
+    wait_initial: float = 1.0
+    wait_max: float = 20.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    checksum: bool = True  # ask for SHA256 transfer checksums when the endpoint accepts them
+    region: str | None = None
+
+    @classmethod
+    def quick(cls) -> S3Settings:
+        """For existence checks (planning): fail fast rather than hang on a dead endpoint."""
+        return cls(botocore_attempts=2, attempts=1, connect_timeout=3.0, read_timeout=15.0)
+
+
+# ---------------------------------------------------------------------------- clients
+
+
+def credentials() -> tuple[str, str] | None:
+    """image-builder's S3_ACCESS/S3_SECRET, registered as secrets; None -> boto3's own chain."""
+    access, secret = os.environ.get("S3_ACCESS"), os.environ.get("S3_SECRET")
+    add_secret(access)
+    add_secret(secret)
+    if access and secret:
+        return access, secret
+    return None
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    return endpoint.strip().rstrip("/")
+
+
+def make_client(endpoint: str, settings: S3Settings | None = None) -> Any:
+    """A boto3 S3 client for `endpoint` with path-style addressing."""
+    settings = settings or S3Settings()
+    region = (
+        settings.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or DEFAULT_REGION
+    )
+    creds = credentials()
+    session = boto3.session.Session(
+        aws_access_key_id=creds[0] if creds else None,
+        aws_secret_access_key=creds[1] if creds else None,
+        region_name=region,
+    )
+    if creds is None:
+        # Keys found by boto3's chain are secrets too.
+        found = session.get_credentials()
+        if found is not None:
+            frozen = found.get_frozen_credentials()
+            add_secret(frozen.access_key)
+            add_secret(frozen.secret_key)
+            add_secret(frozen.token)
+    config = botocore.config.Config(
+        s3={"addressing_style": "path"},
+        retries={"mode": "standard", "max_attempts": settings.botocore_attempts},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        max_pool_connections=max(10, settings.max_concurrency * 2),
+        # botocore >= 1.36 adds CRC32 checksums to every upload by default, which
+        # several S3-compatible gateways reject; checksums are requested explicitly instead.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return session.client("s3", endpoint_url=normalize_endpoint(endpoint), config=config)
+
+
+def object_url(endpoint: str, bucket: str, key: str) -> str:
+    """Path-style URL of an object: `<endpoint>/<bucket>/<key>`."""
+    return f"{normalize_endpoint(endpoint)}/{bucket}/{urllib.parse.quote(key, safe='/~')}"
+
+
+# ---------------------------------------------------------------------- error handling
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code or str(status or "")
+    return ""
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return 0
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection trouble, 5xx and throttling: worth another attempt."""
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return False  # a certificate problem does not go away
+    if isinstance(exc, botocore.exceptions.ConnectionError | botocore.exceptions.HTTPClientError):
+        return True
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return error_code(exc) in _THROTTLE_CODES or _status(exc) >= 500
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        text = f"{err.get('Code', '')}: {err.get('Message', '') or exc}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return redact(text)
+
+
+def describe_error(exc: BaseException, endpoint: str, bucket: str) -> str:
+    """One clear sentence for the user, without secrets."""
+    code = error_code(exc)
+    where = redact(normalize_endpoint(endpoint))
+    if code == "NoSuchBucket":
+        return f"bucket '{bucket}' does not exist at {where}; create it first (imagegraph does not create buckets)"
+    if code in _ACCESS_CODES:
+        return (
+            f"access denied to bucket '{bucket}' at {where} ({code}); check S3_ACCESS/S3_SECRET "
+            "(or the AWS credentials boto3 finds) and the bucket policy"
+        )
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return "no S3 credentials: set S3_ACCESS and S3_SECRET (or configure AWS credentials for boto3)"
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return f"TLS error talking to {where}: {_message(exc)} (set AWS_CA_BUNDLE for a private CA)"
+    if is_transient(exc):
+        return f"{where} is unreachable or failing: {_message(exc)}"
+    return _message(exc)
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def sha256_file(path: Path, bufsize: int = 4 * MiB) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------ target
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    bucket: str
+    key: str
+    url: str
+    size: int
+    sha256: str
+    etag: str
+    action: str  # "uploaded", "copied" or "unchanged"
+
+
+class S3Target:
+    """Uploads to one bucket of one endpoint, for one layer."""
+
+    # Endpoints that rejected SHA256 transfer checksums, shared by every target of the process.
+    _no_checksum: set[str] = set()
+    _no_checksum_lock = threading.Lock()
+
+    def __init__(
+        self,
+        endpoint: str,
+        bucket: str,
+        *,
+        layer: str = "",
+        settings: S3Settings | None = None,
+        client: Any = None,
+    ):
+        self.endpoint = normalize_endpoint(endpoint)
+        self.bucket = bucket
+        self.layer = layer
+        self.settings = settings or S3Settings()
+        self.client = client or make_client(self.endpoint, self.settings)
+        self.log = get_logger(layer=layer) if layer else get_logger()
+        self._started: dict[str, set[str]] = {}  # key -> multipart upload IDs we created
+        self._started_lock = threading.Lock()
+        self.client.meta.events.register("after-call.s3.CreateMultipartUpload", self._record_upload_id)
+        self.client.meta.events.register("after-call.s3.CompleteMultipartUpload", self._forget_upload_id)
+
+    @property
+    def target_name(self) -> str:
+        return f"s3 {redact(self.endpoint)}/{self.bucket}"
+
+    def url(self, key: str) -> str:
+        return object_url(self.endpoint, self.bucket, key)
+
+    # -- bookkeeping of multipart uploads we start (to abort them after a failure)
+
+    def _record_upload_id(self, parsed: dict | None = None, **kw: Any) -> None:
+        if parsed and parsed.get("UploadId") and parsed.get("Key"):
+            with self._started_lock:
+                self._started.setdefault(parsed["Key"], set()).add(parsed["UploadId"])
+
+    def _forget_upload_id(self, parsed: dict | None = None, **kw: Any) -> None:
+        key = (parsed or {}).get("Key")  # a completed upload needs no abort
+        if key:
+            with self._started_lock:
+                self._started.pop(key, None)
+
+    def _abort_started(self, key: str) -> None:
+        with self._started_lock:
+            ids = sorted(self._started.pop(key, set()))
+        for upload_id in ids:
+            try:
+                for attempt in self._retrying(attempts=3):
+                    with attempt:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                self.log.info("aborted incomplete multipart upload", key=key, upload_id=upload_id, step="s3")
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) == "NoSuchUpload":
+                    continue  # s3transfer already aborted it
+                self.log.warning(
+                    "could not abort multipart upload",
+                    key=key,
+                    upload_id=upload_id,
+                    error=_message(exc),
+                    step="s3",
+                )
+            except Exception as exc:  # the endpoint is gone: say what is left behind
+                self.log.warning(
+                    "could not abort multipart upload; it stays until the bucket's lifecycle rules remove it",
+                    key=key,
+                    upload_id=upload_id,
+                    error=_message(exc),
+                    step="s3",
+                )
+
+    # -- retries
+
+    def _retrying(self, attempts: int | None = None) -> Retrying:
+        s = self.settings
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.log.warning(
+                "S3 request failed; retrying",
+                attempt=state.attempt_number,
+                error=_message(exc) if exc else "",
+                step="s3",
+            )
+
+        return Retrying(
+            stop=stop_after_attempt(attempts or s.attempts),
+            wait=wait_exponential(multiplier=s.wait_initial, max=s.wait_max),
+            retry=retry_if_exception(is_transient),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def _fail(self, exc: BaseException, what: str) -> PublishError:
+        return PublishError(
+            self.layer, self.target_name, f"{what}: {describe_error(exc, self.endpoint, self.bucket)}"
+        )
+
+    # -- operations
+
+    def head(self, key: str) -> dict | None:
+        """HeadObject -> {size, etag, metadata} or None when the object does not exist."""
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    r = self.client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._fail(exc, f"cannot read {key}") from None
+        except Exception as exc:
+            raise self._fail(exc, f"cannot read {key}") from None
+        return {
+            "size": int(r.get("ContentLength", 0)),
+            "etag": str(r.get("ETag", "")).strip('"'),
+            "metadata": {k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
+        }
+
+    def check_bucket(self) -> None:
+        """Fail early and clearly when the bucket is missing or not ours to write."""
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    self.client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as exc:
+            code = error_code(exc)
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                exc.response.setdefault("Error", {})["Code"] = "NoSuchBucket"
+            raise self._fail(exc, "cannot use the bucket") from None
+        except Exception as exc:
+            raise self._fail(exc, "cannot use the bucket") from None
+
+    def _transfer_config(self) -> TransferConfig:
+        s = self.settings
+        return TransferConfig(
+            multipart_threshold=s.multipart_threshold,
+            multipart_chunksize=s.multipart_chunksize,
+            max_concurrency=s.max_concurrency,
+            use_threads=True,
+            preferred_transfer_client="classic",
+        )
+
+    def upload(
+        self, path: Path, key: str, metadata: dict[str, str], sha256: str | None = None
+    ) -> UploadResult:
+        """Upload `path` to `key` with `metadata` (+ sha256); verified by a HEAD afterwards."""
+        path = Path(path)
+        sha256 = sha256 or sha256_file(path)
+        size = path.stat().st_size
+        meta = {**metadata, META_SHA256: sha256}
+        use_checksum = self.settings.checksum and self.endpoint not in self._no_checksum
+        try:
+            try:
+                self._upload_with_retries(path, key, meta, use_checksum)
+            except botocore.exceptions.ClientError as exc:
+                if not (use_checksum and error_code(exc) in _CHECKSUM_REJECTED):
+                    raise
+                # The endpoint does not take SHA256 transfer checksums: remember, and upload without.
+                self.log.info(
+                    "endpoint rejects SHA256 checksums; uploading without", error=_message(exc), step="s3"
+                )
+                with self._no_checksum_lock:
+                    self._no_checksum.add(self.endpoint)
+                self._upload_with_retries(path, key, meta, False)
+        except PublishError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, f"uploading {key} failed") from None
+        head = self.head(key)
+        if head is None or head["size"] != size or head["metadata"].get(META_SHA256) != sha256:
+            raise PublishError(
+                self.layer,
+                self.target_name,
+                f"uploaded {key} but it reads back wrong (size/sha256 differ): {head}",
+            )
+        self.log.info("uploaded", key=key, size=size, step="s3")
+        return UploadResult(self.bucket, key, self.url(key), size, sha256, head["etag"], "uploaded")
+
+    def _upload_with_retries(self, path: Path, key: str, meta: dict[str, str], checksum: bool) -> None:
+        extra: dict[str, Any] = {"Metadata": meta}
+        if checksum:
+            extra["ChecksumAlgorithm"] = "SHA256"
+        for attempt in self._retrying():
+            with attempt:
+                try:
+                    with create_transfer_manager(self.client, self._transfer_config()) as manager:
+                        manager.upload(str(path), self.bucket, key, extra_args=extra).result()
+                except BaseException:
+                    self._abort_started(key)
+                    raise
+
+    def copy(self, src_key: str, key: str, metadata: dict[str, str], sha256: str, size: int) -> UploadResult:
+        """Server-side copy (multipart copy for big objects) with new metadata.
+
+        Used for the second and later tags: a multi-GB SquashFS crosses the
+        build host's link once. Raises PublishError; callers fall back to an
+        upload when the endpoint does not implement copies.
+        """
+        meta = {**metadata, META_SHA256: sha256}
+        extra = {"Metadata": meta, "MetadataDirective": "REPLACE"}
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    try:
+                        with create_transfer_manager(self.client, self._transfer_config()) as manager:
+                            manager.copy(
+                                {"Bucket": self.bucket, "Key": src_key}, self.bucket, key, extra_args=extra
+                            ).result()
+                    except BaseException:
+                        self._abort_started(key)
+                        raise
+        except Exception as exc:
+            raise self._fail(exc, f"copying {src_key} to {key} failed") from None
+        head = self.head(key)
+        if head is None or head["size"] != size or head["metadata"].get(META_SHA256) != sha256:
+            raise PublishError(self.layer, self.target_name, f"copied {key} but it reads back wrong: {head}")
+        self.log.info("copied", key=key, source=src_key, step="s3")
+        return UploadResult(self.bucket, key, self.url(key), size, sha256, head["etag"], "copied")
+
+    def incomplete_uploads(self, prefix: str = "") -> list[dict]:
+        """Multipart uploads in progress under `prefix` (for tests and `doctor`)."""
+        r = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        return list(r.get("Uploads") or [])
+
+
+# ------------------------------------------------------------------------------- index
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing says about an object (no user metadata: that needs a HEAD)."""
+
+    size: int
+    etag: str
+
+
+@dataclass
+class S3Index:
+    """Cached, request-counted view of S3 for planning.
+
+    `objects()` lists a prefix once per (endpoint, bucket, prefix); a listing of
+    a shorter prefix answers for longer ones. HEADs are cached by key. An
+    endpoint that cannot be reached is remembered, so a plan over hundreds of
+    layers waits for a dead endpoint once, and every answer about it is None
+    ("cannot tell").
+    """
+
+    settings: S3Settings = field(default_factory=S3Settings.quick)
+    client_factory: Callable[[str, S3Settings], Any] | None = None
+    request_count: int = 0
+    _clients: dict[str, Any] = field(default_factory=dict)
+    _listings: dict[tuple[str, str, str], dict[str, ObjectInfo] | None] = field(default_factory=dict)
+    _heads: dict[tuple[str, str, str], dict | None] = field(default_factory=dict)
+    _unreachable: dict[str, str] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def _count(self, **kw: Any) -> None:
+        with self._lock:
+            self.request_count += 1
+
+    def client(self, endpoint: str) -> Any:
+        endpoint = normalize_endpoint(endpoint)
+        with self._lock:
+            if endpoint not in self._clients:
+                factory = self.client_factory or make_client
+                c = factory(endpoint, self.settings)
+                c.meta.events.register("before-send.s3", self._count)
+                self._clients[endpoint] = c
+            return self._clients[endpoint]
+
+    def unreachable(self, endpoint: str) -> str | None:
+        """Why an endpoint could not be asked (None when it answered)."""
+        return self._unreachable.get(normalize_endpoint(endpoint))
+
+    def objects(self, endpoint: str, bucket: str, prefix: str = "") -> dict[str, ObjectInfo] | None:
+        """Every object under `prefix`: key -> ObjectInfo; {} for a missing bucket; None if unreachable."""
+        endpoint = normalize_endpoint(endpoint)
+        with self._lock:
+            if endpoint in self._unreachable:
+                return None
+            if (endpoint, bucket, prefix) in self._listings:
+                return self._listings[(endpoint, bucket, prefix)]
+            for (e, b, p), listing in self._listings.items():
+                if e == endpoint and b == bucket and prefix.startswith(p) and listing is not None:
+                    return {k: v for k, v in listing.items() if k.startswith(prefix)}
+            result: dict[str, ObjectInfo] | None = {}
+            try:
+                paginator = self.client(endpoint).get_paginator("list_objects_v2")
+                for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                    for obj in page.get("Contents") or []:
+                        result[obj["Key"]] = ObjectInfo(
+                            int(obj.get("Size", 0)), str(obj.get("ETag", "")).strip('"')
+                        )
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) == "NoSuchBucket":
+                    result = {}
+                else:
+                    self._note_unreachable(endpoint, exc)
+                    result = None
+            except Exception as exc:
+                self._note_unreachable(endpoint, exc)
+                result = None
+            self._listings[(endpoint, bucket, prefix)] = result
+            return result
+
+    def _note_unreachable(self, endpoint: str, exc: BaseException) -> None:
+        why = describe_error(exc, endpoint, "")
+        self._unreachable[endpoint] = why
+        get_logger().warning("cannot ask S3", endpoint=redact(endpoint), error=why, step="plan")
+
+    def metadata(self, endpoint: str, bucket: str, key: str) -> dict | None:
+        """User metadata of one object (HEAD, cached); None when absent or unreachable."""
+        endpoint = normalize_endpoint(endpoint)
+        with self._lock:
+            ck = (endpoint, bucket, key)
+            if ck in self._heads:
+                return self._heads[ck]
+            if endpoint in self._unreachable:
+                return None
+            try:
+                r = self.client(endpoint).head_object(Bucket=bucket, Key=key)
+                meta: dict | None = {k.lower(): v for k, v in (r.get("Metadata") or {}).items()}
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                    self._note_unreachable(endpoint, exc)
+                meta = None
+            except Exception as exc:
+                self._note_unreachable(endpoint, exc)
+                meta = None
+            self._heads[ck] = meta
+            return meta
+
+    def invalidate(self) -> None:
+        """Forget everything (after publishing)."""
+        with self._lock:
+            self._listings.clear()
+            self._heads.clear()
+            self._unreachable.clear()
+
+    def has_artifacts(self, spec: Any, key: str, tags: Sequence[str] | str | None = None) -> bool | None:
+        """True when every tag's rootfs (and boot files) of `spec` carry layer key `key`.
+
+        None when S3 cannot be asked; True when the layer does not publish to S3.
+        """
+        from .artifacts import find_published  # the key layout lives there
+
+        if not spec.publish_s3:
+            return True
+        if isinstance(tags, str):
+            tags = [tags]
+        found = find_published(self, spec, key, tags or spec.publish_tags)
+        if found is None:
+            return None
+        return all(v is not None for v in found.values())

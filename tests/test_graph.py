@@ -1,0 +1,133 @@
+"""imagegraph/graph.py: parent resolution, duplicates, cycles, renderings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imagegraph.errors import SpecError, UsageError
+from imagegraph.graph import build_graph, to_dot, to_json, to_mermaid
+from imagegraph.project import load_project
+
+from .specdirs import seed_dir, write
+
+
+def spec(name: str, parent: str = "scratch", registry: str | None = None, tags="'1'", local: bool = False) -> str:
+    text = f"options:\n  layer_type: base\n  pkg_manager: dnf\n  name: {name}\n  parent: '{parent}'\n  publish_tags: {tags}\n"
+    if registry:
+        text += f"  publish_registry: '{registry}'\n"
+    if local:
+        text += "  publish_local: true\n"
+    return text
+
+
+def graph_of(root: Path):
+    return build_graph(load_project(root))
+
+
+def test_seed_registry_mismatch_resolves_by_name_and_tag_with_warning(tmp_path: Path) -> None:
+    lg = graph_of(seed_dir(tmp_path))
+    assert lg.parents["compute"].layer == "base" and lg.parents["compute"].how == "name-tag"
+    assert lg.parents["gpu"].layer == "compute" and lg.parents["gpu"].how == "exact"
+    (w,) = lg.warnings
+    assert w.severity == "warning" and w.file.endswith("compute.yaml") and w.line == 8
+    # both spellings are named
+    assert "registry.my.cluster/my-cluster/rocky-base:9.5" in w.message
+    assert "registry.dist.si.usrc:5000/redondo/rocky-base:9.5" in w.message
+    assert lg.order() == ["base", "compute", "gpu"]
+
+
+def test_missing_port_and_doubled_slashes(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", spec("rocky-base", registry="registry.dist.si.usrc:5000/stratus/", tags="'8.9'"))
+    write(tmp_path, "a.yaml", spec("a", "registry.dist.si.usrc:5000/stratus//rocky-base:8.9", "x:5000/y"))
+    write(tmp_path, "b.yaml", spec("b", "registry.dist.si.usrc/stratus/rocky-base:8.9", "x:5000/y"))
+    lg = graph_of(tmp_path)
+    assert lg.parents["a"].how == "exact" and lg.parents["a"].layer == "base"
+    assert lg.parents["b"].how == "name-tag" and lg.parents["b"].layer == "base"
+    assert len(lg.warnings) == 1
+
+
+def test_two_candidates_is_an_error_naming_both(tmp_path: Path) -> None:
+    write(tmp_path, "r8.yaml", spec("rocky-base", registry="reg.a:5000/x", tags="'9'"))
+    write(tmp_path, "r9.yaml", spec("rocky-base", registry="reg.b:5000/y", tags="'9'"))
+    write(tmp_path, "child.yaml", spec("child", "reg.c/z/rocky-base:9"))
+    with pytest.raises(SpecError) as ei:
+        graph_of(tmp_path)
+    (d,) = [d for d in ei.value.diagnostics if d.severity == "error"]
+    assert d.file.endswith("child.yaml") and "r8.yaml" in d.message and "r9.yaml" in d.message
+
+
+def test_registry_aliases_in_project_settings(tmp_path: Path) -> None:
+    seed_dir(tmp_path)
+    write(tmp_path, "imagegraph.yaml", "registry_aliases:\n  registry.my.cluster/my-cluster: registry.dist.si.usrc:5000/redondo\n")
+    lg = graph_of(tmp_path)
+    assert lg.parents["compute"].how == "alias" and lg.parents["compute"].layer == "base"
+    assert lg.warnings == []
+
+
+def test_publish_local_short_names(tmp_path: Path) -> None:
+    write(tmp_path, "alma.yaml", spec("alma-base", tags="v0.0.1", local=True))
+    write(tmp_path, "a.yaml", spec("a", "alma-base:v0.0.1"))
+    write(tmp_path, "b.yaml", spec("b", "localhost/alma-base:v0.0.1"))
+    lg = graph_of(tmp_path)
+    assert lg.parents["a"].layer == "alma" and lg.parents["b"].layer == "alma"
+    assert not lg.warnings
+
+
+def test_external_and_scratch(tmp_path: Path) -> None:
+    write(tmp_path, "suse.yaml", spec("suse-base", "registry.suse.com/bci/bci-base:15.7"))
+    write(tmp_path, "s.yaml", spec("s"))
+    lg = graph_of(tmp_path)
+    assert lg.parents["suse"].kind == "external" and lg.parents["s"].kind == "scratch"
+
+
+def test_cycle_prints_chain_of_files(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", spec("a", "r.io/x/c:1", "r.io/x"))
+    write(tmp_path, "b.yaml", spec("b", "r.io/x/a:1", "r.io/x"))
+    write(tmp_path, "c.yaml", spec("c", "r.io/x/b:1", "r.io/x"))
+    write(tmp_path, "ok.yaml", spec("ok"))
+    with pytest.raises(SpecError) as ei:
+        graph_of(tmp_path)
+    (d,) = ei.value.diagnostics
+    assert "a.yaml -> c.yaml -> b.yaml -> a.yaml" in d.message or "a.yaml -> b.yaml" in d.message
+    assert d.message.count(".yaml") == 4
+
+
+def test_self_parent_is_a_cycle(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", spec("a", "r.io/x/a:1", "r.io/x"))
+    with pytest.raises(SpecError, match="cycle"):
+        graph_of(tmp_path)
+
+
+def test_two_specs_publishing_one_reference(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", spec("same", registry="r.io/x"))
+    write(tmp_path, "b.yaml", spec("same", registry="r.io/x/"))
+    with pytest.raises(SpecError) as ei:
+        graph_of(tmp_path)
+    (d,) = ei.value.diagnostics
+    assert "a.yaml" in d.message and "b.yaml" in d.message and "r.io/x/same:1" in d.message
+
+
+def test_select_includes_ancestors_and_lookup(tmp_path: Path) -> None:
+    lg = graph_of(seed_dir(tmp_path))
+    assert lg.select(["compute"]) == {"base", "compute"}
+    assert lg.select(["compute-gpu"]) == {"base", "compute", "gpu"}  # by image name
+    assert lg.select(None) == {"base", "compute", "gpu"}
+    with pytest.raises(UsageError, match="did you mean 'compute'"):
+        lg.lookup("compte")
+
+
+def test_renderings(tmp_path: Path) -> None:
+    write(tmp_path, "suse.yaml", spec("suse-base", "registry.suse.com/bci/bci-base:15.7", "r.io/x"))
+    write(tmp_path, "child.yaml", spec("child", "r.io/x/suse-base:1"))
+    lg = graph_of(tmp_path)
+    dot = to_dot(lg)
+    assert '"suse" -> "child";' in dot and '"registry.suse.com/bci/bci-base:15.7" -> "suse";' in dot
+    mer = to_mermaid(lg)
+    assert mer.startswith("graph TD") and "-->" in mer
+    doc = json.loads(json.dumps(to_json(lg)))
+    assert doc["edges"] == [{"from": "suse", "to": "child"}]
+    assert [n["name"] for n in doc["layers"]] == ["suse", "child"]
+    assert doc["layers"][1]["parent"] == "suse" and doc["layers"][0]["parent_kind"] == "external"
