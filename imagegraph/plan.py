@@ -208,8 +208,11 @@ class LiveInventory:
     def registry_tags(self, spec: LayerSpec) -> set[str] | None:
         if self.offline or not spec.publish_registry:
             return None
-        repo = f"{spec.publish_registry}/{spec.name}"
-        tags = self.registry().tags(repo, insecure=_insecure(spec.registry_opts_push))
+        from .publish.registry import target_repository
+
+        client = self.registry()
+        client.configure_for(spec)
+        tags = client.tags(target_repository(spec).name)
         if tags is None:
             self.unreachable.add(spec.publish_registry)
         return tags
@@ -217,7 +220,9 @@ class LiveInventory:
     def external_digest(self, ref: str, spec: LayerSpec) -> str | None:
         if self.offline:
             return None
-        return self.registry().manifest_digest(ref, insecure=_insecure(spec.registry_opts_pull))
+        client = self.registry()
+        client.configure_for(spec)
+        return client.manifest_digest(ref)
 
     def artifacts_present(self, spec: LayerSpec, key: str, target: str) -> bool | None:
         if target == "dir":
@@ -236,10 +241,6 @@ class LiveInventory:
 def local_key_ref(spec: LayerSpec, key: str) -> str:
     """Where a build of `key` is committed in local container storage."""
     return f"localhost/imagegraph/{spec.name}:{key_tag(key)}"
-
-
-def _insecure(opts: tuple[str, ...]) -> bool:
-    return any(o.replace(" ", "") in ("--tls-verify=false", "--tls-verify=False") for o in opts)
 
 
 # ---------------------------------------------------------------------- planning

@@ -14,7 +14,9 @@ from imagegraph.project import load_project
 from .specdirs import seed_dir, write
 
 
-def spec(name: str, parent: str = "scratch", registry: str | None = None, tags="'1'", local: bool = False) -> str:
+def spec(
+    name: str, parent: str = "scratch", registry: str | None = None, tags="'1'", local: bool = False
+) -> str:
     text = f"options:\n  layer_type: base\n  pkg_manager: dnf\n  name: {name}\n  parent: '{parent}'\n  publish_tags: {tags}\n"
     if registry:
         text += f"  publish_registry: '{registry}'\n"
@@ -40,7 +42,11 @@ def test_seed_registry_mismatch_resolves_by_name_and_tag_with_warning(tmp_path: 
 
 
 def test_missing_port_and_doubled_slashes(tmp_path: Path) -> None:
-    write(tmp_path, "base.yaml", spec("rocky-base", registry="registry.dist.si.usrc:5000/stratus/", tags="'8.9'"))
+    write(
+        tmp_path,
+        "base.yaml",
+        spec("rocky-base", registry="registry.dist.si.usrc:5000/stratus/", tags="'8.9'"),
+    )
     write(tmp_path, "a.yaml", spec("a", "registry.dist.si.usrc:5000/stratus//rocky-base:8.9", "x:5000/y"))
     write(tmp_path, "b.yaml", spec("b", "registry.dist.si.usrc/stratus/rocky-base:8.9", "x:5000/y"))
     lg = graph_of(tmp_path)
@@ -61,7 +67,11 @@ def test_two_candidates_is_an_error_naming_both(tmp_path: Path) -> None:
 
 def test_registry_aliases_in_project_settings(tmp_path: Path) -> None:
     seed_dir(tmp_path)
-    write(tmp_path, "imagegraph.yaml", "registry_aliases:\n  registry.my.cluster/my-cluster: registry.dist.si.usrc:5000/redondo\n")
+    write(
+        tmp_path,
+        "imagegraph.yaml",
+        "registry_aliases:\n  registry.my.cluster/my-cluster: registry.dist.si.usrc:5000/redondo\n",
+    )
     lg = graph_of(tmp_path)
     assert lg.parents["compute"].how == "alias" and lg.parents["compute"].layer == "base"
     assert lg.warnings == []

@@ -51,7 +51,9 @@ def test_publish_targets_are_not_in_the_build_key(tmp_path: Path) -> None:
     b = write(
         tmp_path / "b",
         "x.yaml",
-        BASE.replace("publish_tags: '9.5'", "publish_tags: ['9.5', 'latest']\n  publish_s3: 'http://s3.example'"),
+        BASE.replace(
+            "publish_tags: '9.5'", "publish_tags: ['9.5', 'latest']\n  publish_s3: 'http://s3.example'"
+        ),
     )
     assert key(a) == key(b)
     ka = key(a)

@@ -113,7 +113,9 @@ def test_ignored_keys_warn(tmp_path: Path) -> None:
     assert spec is not None
     msgs = " | ".join(d.message for d in diags)
     assert all(d.severity == "warning" for d in diags)
-    assert "s3_prefix is ignored" in msgs and "registry_opts_pull is ignored" in msgs and "zypper only" in msgs
+    assert (
+        "s3_prefix is ignored" in msgs and "registry_opts_pull is ignored" in msgs and "zypper only" in msgs
+    )
 
 
 @pytest.mark.parametrize(
@@ -122,7 +124,7 @@ def test_ignored_keys_warn(tmp_path: Path) -> None:
         ("  name: '../etc'\n", "image names"),
         ("  name: 'a/../b'\n", "image names"),
         ("  publish_tags: ['ok', '../x']\n", "tags are"),
-        ("  publish_tags: \"a\\x01b\"\n", "tags are"),
+        ('  publish_tags: "a\\x01b"\n', "tags are"),
         ("  publish_s3: http://s3\n  s3_prefix: '../escape/'\n", "S3 prefix"),
     ],
 )
@@ -141,7 +143,10 @@ def test_openscap_rejected(tmp_path: Path) -> None:
     assert "openscap is not supported" in ei.value.diagnostics[0].message
 
 
-@pytest.mark.parametrize("text", ["", "- a\n- b\n", "options: [\n", "options:\n  layer_type: base\n  layer_type: ansible\n", "\x00\x01"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "- a\n- b\n", "options: [\n", "options:\n  layer_type: base\n  layer_type: ansible\n", "\x00\x01"],
+)
 def test_broken_documents_are_diagnostics(tmp_path: Path, text: str) -> None:
     p = tmp_path / "x.yaml"
     p.write_text(text)

@@ -226,29 +226,24 @@ def find_boot_files(rootfs: Path, kernel_version: str | None = None, *, layer: s
         vmlinuz, initrd = _files_for(rootfs, kernel_version)
         if vmlinuz and initrd:
             return BootFiles(kernel_version, vmlinuz, initrd)
-        missing = " and ".join(
-            what
-            for what, f in (
-                (
-                    "a vmlinuz ("
-                    + ", ".join("/" + c.format(k=kernel_version) for c in VMLINUZ_CANDIDATES)
-                    + ")",
-                    vmlinuz,
-                ),
-                (
-                    "an initramfs ("
-                    + ", ".join("/" + c.format(k=kernel_version) for c in INITRAMFS_CANDIDATES)
-                    + ")",
-                    initrd,
-                ),
+        missing = []
+        if vmlinuz is None:
+            missing.append(
+                "no vmlinuz (looked at "
+                + ", ".join("/" + c.format(k=kernel_version) for c in VMLINUZ_CANDIDATES)
+                + ")"
             )
-            if f is None
-        )
+        if initrd is None:
+            missing.append(
+                "no initramfs (looked at "
+                + ", ".join("/" + c.format(k=kernel_version) for c in INITRAMFS_CANDIDATES)
+                + ")"
+            )
         have = ", ".join(kernels) or "none"
         raise PublishError(
             layer,
             target,
-            f"kernel_version {kernel_version} has no {missing} in the image "
+            f"kernel_version {kernel_version}: {' and '.join(missing)} in the image "
             f"(kernels in /lib/modules: {have})",
         )
     incomplete: list[str] = []

@@ -697,8 +697,9 @@ class RegistryClient:
     cost one listing. A host that stayed unreachable through the retries is
     remembered as down for `down_ttl` seconds, so the next queries against it
     answer None at once instead of retrying per layer; any success clears that. `errors` maps what was asked (repository
-    or reference) to why the answer was None. `request_count` counts every
-    HTTP exchange, token requests and scheme probes included.
+    or reference) to why the answer was None. `request_count` counts the HTTP
+    requests that got an answer, token requests included (a TLS probe of an
+    http-only registry or a refused connection is not counted).
 
     Thread-safe for concurrent queries (planner threads, parallel pushes).
     """
@@ -1077,8 +1078,6 @@ class RegistryClient:
                 verify = self._host_verify.get(host.lower(), not self.is_insecure(host))
                 if verify is False:
                     _quiet_insecure_warnings()
-            with self._lock:
-                self.request_count += 1
             try:
                 resp = self.session.request(
                     method,
@@ -1104,8 +1103,9 @@ class RegistryClient:
                 if i + 1 < len(schemes):
                     continue
                 raise TransientError(f"{host} unreachable", _describe_exception(exc)) from exc
-            if len(schemes) > 1:
-                with self._lock:
+            with self._lock:
+                self.request_count += 1
+                if len(schemes) > 1:
                     self._scheme[host.lower()] = scheme  # remember what answered
             return resp
         raise TransientError(f"{host} unreachable", _describe_exception(last) if last else "")
@@ -1139,8 +1139,6 @@ class RegistryClient:
         realm = params["realm"]
         realm_host = urllib.parse.urlsplit(realm).netloc.lower()
         verify: bool | str = self._host_verify.get(realm_host, not self.is_insecure(realm_host))
-        with self._lock:
-            self.request_count += 1
         try:
             resp = self.session.get(
                 realm,
@@ -1151,6 +1149,8 @@ class RegistryClient:
             )
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise TransientError("token service unreachable", _describe_exception(exc)) from exc
+        with self._lock:
+            self.request_count += 1
         if resp.status_code == 429 or resp.status_code >= 500:
             raise TransientError(classify_status(resp.status_code).reason, "token service", resp.status_code)
         if resp.status_code in (401, 403):

@@ -1,0 +1,637 @@
+"""Boot artifacts of a built layer: where they go, publishing them, and the boot config.
+
+A layer that sets `publish_s3` and/or `publish_dir` is published as three
+files made from its root filesystem: a SquashFS (made ONCE per build,
+whatever the number of tags), the kernel and the initramfs.
+
+Layouts of S3 keys (`s3_layout`):
+
+- `image-builder` (default): exactly the keys OpenCHAMI's image-builder
+  writes, so existing boot configurations keep working:
+  `<s3_prefix><ID><VERSION_ID>-<name>-<tag>` for the SquashFS,
+  `efi-images/<s3_prefix>vmlinuz-<kver>` and
+  `efi-images/<s3_prefix><initramfs file name>` (`initramfs-<kver>.img`,
+  `initrd-<kver>` on SUSE). The boot-file keys hold neither name nor tag:
+  they are uploaded once per build, and two layers with the same prefix and
+  kernel version share (and overwrite) them; a warning says so.
+- `versioned`: `<s3_prefix><name>/<tag>/{rootfs.squashfs,vmlinuz,initramfs.img}`,
+  one self-contained directory per tag.
+
+Every object carries `imagegraph-key` and `sha256` metadata; the SquashFS also
+records the keys and ETags of its boot files, and is uploaded LAST, so its
+presence with the right key means the whole set is there (`find_published`,
+used by `S3Index.has_artifacts`, checks exactly this with one listing).
+
+Several tags: the SquashFS crosses the network once; further tags are
+server-side copies (S3 CopyObject / UploadPartCopy), falling back to an
+upload where a gateway lacks copies. Objects already holding the same content
+and key are left alone, so adding a tag publishes only the new tag.
+
+`publish_dir` writes `<publish_dir>/<name>/<tag>/` with `rootfs.squashfs`,
+`vmlinuz`, `initramfs.img` and `manifest.json`, built in a temporary
+directory beside it and swapped in with one atomic rename (renameat2
+RENAME_EXCHANGE when the tag already exists), so a web server never serves a
+mix of two builds. Tags after the first are hard links of the first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PublishError
+from ..log import get_logger
+from ..runner import Cancelled, Runner, cancel_requested
+from .bootfiles import BootFiles, find_boot_files, os_tag
+from .s3 import META_KEY, META_SHA256, S3Index, S3Settings, S3Target, object_url, sha256_file
+from .squashfs import make_squashfs
+
+LAYOUTS = ("image-builder", "versioned")
+ROOTFS_NAME, VMLINUZ_NAME, INITRAMFS_NAME, MANIFEST_NAME = (
+    "rootfs.squashfs",
+    "vmlinuz",
+    "initramfs.img",
+    "manifest.json",
+)
+MANIFEST_FORMAT = 1
+DEFAULT_BOOT_PARAMS = ("ip=dhcp", "overlayroot=tmpfs", "overlayroot_cfgdisk=disabled")
+
+
+@dataclass(frozen=True)
+class ArtifactKeys:
+    """S3 keys of one tag's artifacts; kernel/initramfs are None for a rootfs-only layer."""
+
+    rootfs: str
+    kernel: str | None
+    initramfs: str | None
+
+
+@dataclass(frozen=True)
+class PublishedObject:
+    target: str  # "s3" or "dir"
+    role: str  # "rootfs", "kernel", "initramfs" or "manifest"
+    location: str  # object URL (path style) or file path
+    sha256: str
+    size: int
+    tag: str
+    action: str  # "uploaded", "copied", "unchanged" or "written"
+    bucket: str | None = None
+    key: str | None = None
+
+
+@dataclass
+class ArtifactPublication:
+    """What `publish_artifacts` did, for the state store, the result document and boot_config."""
+
+    key: str
+    kver: str | None
+    os: str
+    objects: list[PublishedObject] = field(default_factory=list)
+    squashfs_sha256: str = ""
+    squashfs_size: int = 0
+
+    def find(self, target: str, tag: str, role: str) -> PublishedObject | None:
+        return next((o for o in self.objects if (o.target, o.tag, o.role) == (target, tag, role)), None)
+
+    @property
+    def tags(self) -> list[str]:
+        return list(dict.fromkeys(o.tag for o in self.objects))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------- keys
+
+
+def _os_string(os_id_version: str | tuple[str, str]) -> str:
+    if isinstance(os_id_version, tuple):
+        return "".join(os_id_version).lower()
+    return os_id_version
+
+
+def artifact_keys(
+    spec: Any,
+    tag: str,
+    kver: str | None,
+    os_id_version: str | tuple[str, str],
+    *,
+    initramfs_name: str | None = None,
+) -> ArtifactKeys:
+    """The S3 keys of one tag under `spec.s3_layout`.
+
+    `os_id_version` is image-builder's OS string (`rocky9.6`, see
+    `bootfiles.os_tag`) or an (ID, VERSION_ID) pair. `initramfs_name` is the
+    initramfs's file name in the image (image-builder keys by it:
+    `initrd-K` on SUSE); default `initramfs-<kver>.img`.
+    """
+    prefix = spec.s3_prefix or ""
+    if spec.s3_layout == "versioned":
+        base = f"{prefix}{spec.name}/{tag}/"
+        if kver is None:
+            return ArtifactKeys(base + ROOTFS_NAME, None, None)
+        return ArtifactKeys(base + ROOTFS_NAME, base + VMLINUZ_NAME, base + INITRAMFS_NAME)
+    if spec.s3_layout != "image-builder":
+        raise PublishError(
+            spec.name, "s3", f"unknown s3_layout '{spec.s3_layout}' (one of {', '.join(LAYOUTS)})"
+        )
+    rootfs = f"{prefix}{_os_string(os_id_version)}-{spec.name}-{tag}"
+    if kver is None:
+        return ArtifactKeys(rootfs, None, None)
+    initrd = initramfs_name or f"initramfs-{kver}.img"
+    return ArtifactKeys(rootfs, f"efi-images/{prefix}vmlinuz-{kver}", f"efi-images/{prefix}{initrd}")
+
+
+def _rootfs_metadata(
+    key: str, kver: str | None, os_str: str, boot: dict[str, tuple[str, str]]
+) -> dict[str, str]:
+    meta = {META_KEY: key, "imagegraph-role": "rootfs", "imagegraph-os": os_str}
+    if kver is not None:
+        meta["imagegraph-kver"] = kver
+    for role, (k, etag) in boot.items():
+        meta[f"imagegraph-{role}"] = k
+        meta[f"imagegraph-{role}-etag"] = etag
+    return meta
+
+
+def find_published(
+    index: S3Index, spec: Any, key: str, tags: Sequence[str]
+) -> dict[str, ArtifactKeys | None] | None:
+    """For each tag, the keys of a complete publication of layer `key`, or None if absent.
+
+    One listing per prefix (cached in `index`) and one HEAD per SquashFS
+    candidate. Returns None when S3 cannot be asked.
+    """
+    endpoint, bucket, prefix = spec.publish_s3, spec.s3_bucket, spec.s3_prefix or ""
+    listing = index.objects(endpoint, bucket, prefix)
+    if listing is None:
+        return None
+    boot_listing = listing
+    if spec.s3_layout != "versioned" and not spec.rootfs_only:
+        boot_listing = index.objects(endpoint, bucket, f"efi-images/{prefix}")
+        if boot_listing is None:
+            return None
+    out: dict[str, ArtifactKeys | None] = {}
+    for tag in tags:
+        if spec.s3_layout == "versioned":
+            candidates = [artifact_keys(spec, tag, "", "").rootfs]
+        else:
+            # The OS part of the key comes from the image; find it by the rest.
+            suffix = f"-{spec.name}-{tag}"
+            candidates = sorted(
+                k
+                for k in listing
+                if k.startswith(prefix)
+                and k.endswith(suffix)
+                and "/" not in k[len(prefix) : len(k) - len(suffix)]
+            )
+        out[tag] = None
+        for cand in candidates:
+            if cand not in listing:
+                continue
+            meta = index.metadata(endpoint, bucket, cand)
+            if meta is None:
+                if index.unreachable(endpoint):
+                    return None
+                continue
+            if meta.get(META_KEY) != key:
+                continue
+            boot_ok = True
+            boot_keys: dict[str, str | None] = {"kernel": None, "initramfs": None}
+            if not spec.rootfs_only:
+                for role in ("kernel", "initramfs"):
+                    k, etag = meta.get(f"imagegraph-{role}"), meta.get(f"imagegraph-{role}-etag")
+                    info = boot_listing.get(k) if k else None
+                    if info is None or info.etag != etag:
+                        boot_ok = False
+                    boot_keys[role] = k
+            if boot_ok:
+                out[tag] = ArtifactKeys(cand, boot_keys["kernel"], boot_keys["initramfs"])
+                break
+    return out
+
+
+# ------------------------------------------------------------------------- mounting
+
+
+@contextmanager
+def mounted_image(image: str, runner: Runner) -> Iterator[Path]:
+    """Mount a local image read-write-able (a throwaway working container) and yield its root.
+
+    The container is unmounted and removed whatever happens, even after
+    cancellation. `--pull=never`: the image was just committed; contacting a
+    registry here would be a bug.
+    """
+    name = f"imagegraph-publish-{secrets.token_hex(6)}"
+    created = False
+    try:
+        runner.run(
+            ["buildah", "from", "--pull=never", "--quiet", "--name", name, image], step="mount", capture=True
+        )
+        created = True
+        path = runner.output(["buildah", "mount", name], step="mount")
+        if not path or not Path(path).is_dir():
+            raise PublishError(runner.layer, "mount", f"buildah mount of {image} gave no directory: {path!r}")
+        yield Path(path)
+    finally:
+        # `buildah from` may fail after creating the container; rm by name is harmless when it did not.
+        if created:
+            runner.run(["buildah", "umount", name], step="unmount", check=False, cleanup=True)
+        rc = runner.run(
+            ["buildah", "rm", name],
+            step="unmount",
+            check=False,
+            cleanup=True,
+            loglevel="INFO" if created else "DEBUG",
+        ).returncode
+        if rc != 0 and created:
+            get_logger(layer=runner.layer).warning("could not remove working container", container=name)
+
+
+# ---------------------------------------------------------------------------- publish
+
+
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    sha256: str
+    size: int
+
+
+def _check_cancel(runner: Runner) -> None:
+    if cancel_requested():
+        raise Cancelled(f"{runner.layer or 'run'}: cancelled while publishing artifacts")
+
+
+def publish_artifacts(
+    spec: Any,
+    key: str,
+    rootfs: Path,
+    runner: Runner,
+    workdir: Path,
+    tags: Sequence[str] | None = None,
+    *,
+    s3_settings: S3Settings | None = None,
+    epoch: int | None = None,
+) -> ArtifactPublication:
+    """Make the SquashFS once, pick the boot files, publish to `publish_dir` and/or S3 for each tag.
+
+    `rootfs` is the image's mounted root (see `mounted_image`); `workdir` a
+    scratch directory on a filesystem with room for the SquashFS (nothing is
+    left in it). Raises PublishError (or Cancelled).
+    """
+    tags = list(tags or spec.publish_tags)
+    rootfs, workdir = Path(rootfs), Path(workdir)
+    layer = spec.name
+    log = get_logger(layer=layer)
+    s3: S3Target | None = None
+    if spec.publish_s3:
+        s3 = S3Target(spec.publish_s3, spec.s3_bucket, layer=layer, settings=s3_settings)
+        s3.check_bucket()  # before minutes of mksquashfs, not after
+
+    boot: BootFiles | None = None
+    if not spec.rootfs_only:
+        boot = find_boot_files(rootfs, spec.kernel_version, layer=layer)
+    os_str = os_tag(rootfs)
+    pub = ArtifactPublication(key=key, kver=boot.kver if boot else None, os=os_str)
+    if not (spec.publish_s3 or spec.publish_dir):
+        return pub
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="artifacts-", dir=workdir))
+    try:
+        _check_cancel(runner)
+        runner.note("squashfs", f"making SquashFS of {rootfs} ({spec.squashfs.compression})")
+        sq = make_squashfs(rootfs, scratch / ROOTFS_NAME, spec.squashfs, runner, epoch)
+        files: dict[str, _File] = {"rootfs": _File(sq, sha256_file(sq), sq.stat().st_size)}
+        if boot:
+            for role, p in (("kernel", boot.vmlinuz), ("initramfs", boot.initramfs)):
+                files[role] = _File(p, sha256_file(p), p.stat().st_size)
+        pub.squashfs_sha256, pub.squashfs_size = files["rootfs"].sha256, files["rootfs"].size
+        log.info(
+            "artifacts ready",
+            kver=pub.kver,
+            os=os_str,
+            squashfs_size=pub.squashfs_size,
+            sha256=pub.squashfs_sha256,
+            step="squashfs",
+        )
+        if spec.publish_dir:
+            _check_cancel(runner)
+            pub.objects += _publish_dir(spec, key, tags, files, pub, boot)
+        if s3 is not None:
+            pub.objects += _publish_s3(s3, spec, key, tags, files, pub, boot, runner)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return pub
+
+
+def _publish_s3(
+    s3: S3Target,
+    spec: Any,
+    key: str,
+    tags: list[str],
+    files: dict[str, _File],
+    pub: ArtifactPublication,
+    boot: BootFiles | None,
+    runner: Runner,
+) -> list[PublishedObject]:
+    out: list[PublishedObject] = []
+    done: dict[str, tuple[str, str]] = {}  # s3 key -> (sha256, etag) written or verified in this run
+    first_of: dict[str, str] = {}  # role -> first key holding that role's content in this run
+    log = get_logger(layer=spec.name)
+
+    def put(role: str, obj_key: str, meta: dict[str, str], tag: str) -> str:
+        f = files[role]
+        if obj_key in done:  # image-builder boot files: one key for every tag
+            sha, etag = done[obj_key]
+            out.append(
+                PublishedObject(
+                    "s3", role, s3.url(obj_key), sha, f.size, tag, "unchanged", s3.bucket, obj_key
+                )
+            )
+            return etag
+        _check_cancel(runner)
+        existing = s3.head(obj_key)
+        want = {**meta, META_SHA256: f.sha256}
+        if existing and existing["size"] == f.size and existing["metadata"].get(META_SHA256) == f.sha256:
+            if role != "rootfs" or existing["metadata"] == want:
+                done[obj_key] = (f.sha256, existing["etag"])
+                first_of.setdefault(role, obj_key)
+                out.append(
+                    PublishedObject(
+                        "s3", role, s3.url(obj_key), f.sha256, f.size, tag, "unchanged", s3.bucket, obj_key
+                    )
+                )
+                return existing["etag"]
+        if existing and role != "rootfs" and existing["metadata"].get(META_KEY) not in (None, key):
+            log.warning(
+                "replacing a boot file another layer published under the same key; image-builder keys "
+                "carry no layer name (use s3_layout: versioned or a distinct s3_prefix)",
+                key=obj_key,
+                other_layer_key=existing["metadata"].get(META_KEY),
+                step="s3",
+            )
+        result = None
+        if role in first_of:
+            try:
+                result = s3.copy(first_of[role], obj_key, meta, f.sha256, f.size)
+            except PublishError as exc:
+                log.warning(
+                    "server-side copy failed; uploading instead", key=obj_key, error=str(exc), step="s3"
+                )
+        if result is None:
+            result = s3.upload(f.path, obj_key, meta, f.sha256)
+        done[obj_key] = (f.sha256, result.etag)
+        first_of.setdefault(role, obj_key)
+        out.append(
+            PublishedObject("s3", role, result.url, f.sha256, f.size, tag, result.action, s3.bucket, obj_key)
+        )
+        return result.etag
+
+    for tag in tags:
+        keys = artifact_keys(
+            spec, tag, pub.kver, pub.os, initramfs_name=boot.initramfs_name if boot else None
+        )
+        recorded: dict[str, tuple[str, str]] = {}
+        for role, obj_key in (("kernel", keys.kernel), ("initramfs", keys.initramfs)):
+            if obj_key is None:
+                continue
+            meta = {META_KEY: key, "imagegraph-role": role, "imagegraph-kver": pub.kver or ""}
+            recorded[role] = (obj_key, put(role, obj_key, meta, tag))
+        # The SquashFS last: its presence (with its boot files' ETags) marks the tag complete.
+        put("rootfs", keys.rootfs, _rootfs_metadata(key, pub.kver, pub.os, recorded), tag)
+    return out
+
+
+# ----------------------------------------------------------------------- publish_dir
+
+
+def _manifest(
+    spec: Any, key: str, tag: str, files: dict[str, _File], pub: ArtifactPublication, boot: BootFiles | None
+) -> bytes:
+    names = {"rootfs": ROOTFS_NAME, "kernel": VMLINUZ_NAME, "initramfs": INITRAMFS_NAME}
+    doc = {
+        "format": MANIFEST_FORMAT,
+        "name": spec.name,
+        "tag": tag,
+        "key": key,
+        "kver": pub.kver,
+        "os": pub.os,
+        "files": {names[r]: {"sha256": f.sha256, "size": f.size} for r, f in files.items()},
+        "squashfs": {
+            "compression": spec.squashfs.compression,
+            "level": spec.squashfs.level,
+            "block_size": spec.squashfs.block_size,
+        },
+    }
+    if boot:
+        doc["boot"] = {"vmlinuz": boot.vmlinuz.name, "initramfs": boot.initramfs.name}
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _publish_dir(
+    spec: Any,
+    key: str,
+    tags: list[str],
+    files: dict[str, _File],
+    pub: ArtifactPublication,
+    boot: BootFiles | None,
+) -> list[PublishedObject]:
+    names = {"rootfs": ROOTFS_NAME, "kernel": VMLINUZ_NAME, "initramfs": INITRAMFS_NAME}
+    base = Path(spec.publish_dir) / spec.name
+    out: list[PublishedObject] = []
+    linkable: dict[str, Path] = {"rootfs": files["rootfs"].path}  # files we made (safe to hard-link)
+    for tag in tags:
+        final = base / tag
+        manifest = _manifest(spec, key, tag, files, pub, boot)
+        action = "written"
+        if _dir_is_current(final, manifest, files, names):
+            action = "unchanged"
+        else:
+            _write_tag_dir(final, manifest, files, names, linkable)
+        for role, f in files.items():
+            out.append(PublishedObject("dir", role, str(final / names[role]), f.sha256, f.size, tag, action))
+            linkable[role] = final / names[role]
+        out.append(
+            PublishedObject(
+                "dir", "manifest", str(final / MANIFEST_NAME), _sha(manifest), len(manifest), tag, action
+            )
+        )
+    return out
+
+
+def dir_artifacts_present(spec: Any, key: str, tags: Sequence[str] | None = None) -> bool:
+    """True when every tag's directory under `publish_dir` holds a complete publication of `key`.
+
+    Reads each tag's manifest.json and checks the files it names by size (a
+    hash of multi-GB files would make `plan` slow). True when the layer has
+    no publish_dir.
+    """
+    if not spec.publish_dir:
+        return True
+    for tag in tags or spec.publish_tags:
+        d = Path(spec.publish_dir) / spec.name / tag
+        try:
+            doc = json.loads((d / MANIFEST_NAME).read_text())
+            if doc.get("key") != key:
+                return False
+            entries = doc.get("files") or {}
+            if ROOTFS_NAME not in entries:
+                return False
+            for name, info in entries.items():
+                if (d / name).stat().st_size != int(info["size"]):
+                    return False
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+    return True
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _dir_is_current(final: Path, manifest: bytes, files: dict[str, _File], names: dict[str, str]) -> bool:
+    try:
+        if (final / MANIFEST_NAME).read_bytes() != manifest:
+            return False
+        return all((final / names[r]).stat().st_size == f.size for r, f in files.items())
+    except OSError:
+        return False
+
+
+def _write_tag_dir(
+    final: Path, manifest: bytes, files: dict[str, _File], names: dict[str, str], linkable: dict[str, Path]
+) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        for role, f in files.items():
+            _link_or_copy(linkable.get(role), f.path, tmp / names[role])
+        (tmp / MANIFEST_NAME).write_bytes(manifest)
+        os.chmod(tmp / MANIFEST_NAME, 0o644)
+        for p in tmp.iterdir():
+            _fsync(p)
+        _fsync(tmp)
+        _swap_into_place(tmp, final)
+        _fsync(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the new dir (on failure) or the old one (after a swap)
+
+
+def _link_or_copy(link_src: Path | None, src: Path, dest: Path) -> None:
+    if link_src is not None:
+        try:
+            os.link(link_src, dest)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dest)
+    os.chmod(dest, 0o644)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False when the kernel/fs cannot."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    r = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if r == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Put directory `tmp` at `final`; afterwards `tmp` holds the old content (or is gone)."""
+    if not final.exists():
+        try:
+            os.rename(tmp, final)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    if _exchange(tmp, final):
+        return
+    # No renameat2: a short window without `final` is the best POSIX offers.
+    old = final.with_name(f".{final.name}.old-{secrets.token_hex(4)}")
+    os.rename(final, old)
+    os.rename(tmp, final)
+    os.rename(old, tmp)
+
+
+# ------------------------------------------------------------------------ boot config
+
+
+def _merge_params(defaults: list[str], extra: str | None) -> str:
+    """Default kernel arguments, with the user's replacing any of the same name."""
+    user = (extra or "").split()
+    names = {u.split("=", 1)[0] for u in user}
+    kept = [d for d in defaults if d.split("=", 1)[0] not in names]
+    return " ".join(kept + user)
+
+
+def boot_config(spec: Any, publication: ArtifactPublication, s3_public_url: str | None = None) -> list[dict]:
+    """Entries for OpenCHAMI's boot service (`ochami boot config add -d @FILE -f yaml`), one per tag.
+
+    URLs are path-style under `s3_public_url` (the address nodes reach the
+    gateway by), defaulting to `spec.publish_s3`. Node selection (`macs`,
+    `groups`, ...) is the site's to add. Rootfs-only publications have no
+    kernel and give no entries.
+    """
+    base = s3_public_url or spec.publish_s3
+    if not base:
+        return []
+    entries = []
+    for tag in publication.tags:
+        objs = {r: publication.find("s3", tag, r) for r in ("rootfs", "kernel", "initramfs")}
+        if any(o is None or o.key is None or o.bucket is None for o in objs.values()):
+            continue
+
+        def url(role: str, objs: dict = objs) -> str:
+            o = objs[role]
+            return object_url(base, o.bucket, o.key)
+
+        params = _merge_params([f"root=live:{url('rootfs')}", *DEFAULT_BOOT_PARAMS], spec.boot_params)
+        entries.append(
+            {
+                "name": f"{spec.name.replace('/', '-')}-{tag}",
+                "kernel": url("kernel"),
+                "initrd": url("initramfs"),
+                "params": params,
+            }
+        )
+    return entries

@@ -1,0 +1,177 @@
+"""imagegraph/plan.py: actions and reasons from state + inventory (no real builds here)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from imagegraph.graph import build_graph
+from imagegraph.key import key_tag
+from imagegraph.plan import Action, StaticInventory, make_plan
+from imagegraph.project import load_project
+from imagegraph.state import State
+
+from .specdirs import seed_dir
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    root = seed_dir(tmp_path / "layers")
+    state = State(tmp_path / "state.db")
+    return root, state
+
+
+def plan_of(root: Path, state: State, inv: StaticInventory | None = None, **kw):
+    lg = build_graph(load_project(root))
+    return make_plan(lg, state, inv or StaticInventory(reachable=False), **kw)
+
+
+def record_all(plan, state: State, inv: StaticInventory, published: bool = True) -> None:
+    """Pretend every layer of `plan` was built (and published) as planned."""
+    for lid, lp in plan.layers.items():
+        image = f"sha256:{lp.key[:12]}"
+        state.record_build(
+            run_id="r",
+            layer=lid,
+            key=lp.key,
+            inputs=lp.inputs,
+            image_id=image,
+            image_ref=None,
+            spec_file=lp.file,
+            parent_key=None,
+            started=time.time() - 3,
+            finished=time.time(),
+        )
+        inv.images.add(image)
+        if published:
+            for target, spec in lp.targets.items():
+                state.record_publication(
+                    run_id="r", layer=lid, key=lp.key, target=target, spec=spec, locations=[]
+                )
+
+
+def test_first_plan_builds_everything_never_built(site) -> None:
+    root, state = site
+    plan = plan_of(root, state)
+    assert [lp.action for lp in plan.layers.values()] == [Action.BUILD] * 3
+    assert plan.layers["base"].reasons[0].code == "never-built"
+    assert plan.layers["compute"].reasons[0].code == "parent-rebuilds"
+    assert plan.pending
+    doc = plan.to_json()
+    assert [x["name"] for x in doc["layers"]] == ["base", "compute", "gpu"]
+    assert doc["layers"][1]["parent"] == "base" and doc["layers"][0]["parent"] == "scratch"
+    assert set(doc["layers"][0]) >= {"name", "file", "parent", "key", "action", "reasons"}
+
+
+def test_after_recording_nothing_to_do(site) -> None:
+    root, state = site
+    inv = StaticInventory(reachable=False)
+    record_all(plan_of(root, state, inv), state, inv)
+    plan = plan_of(root, state, inv)
+    assert {lp.action for lp in plan.layers.values()} == {Action.UP_TO_DATE}
+    assert not plan.pending
+
+
+def test_package_added_says_so_and_rebuilds_descendants(site) -> None:
+    root, state = site
+    inv = StaticInventory(reachable=False)
+    record_all(plan_of(root, state, inv), state, inv)
+    f = root / "compute.yaml"
+    f.write_text(f.read_text().replace("  - chrony\n", "  - chrony\n  - htop\n"))
+    plan = plan_of(root, state, inv)
+    assert plan.layers["base"].action == Action.UP_TO_DATE
+    assert [r.message for r in plan.layers["compute"].reasons] == ["packages: +htop"]
+    assert plan.layers["gpu"].action == Action.BUILD
+    assert plan.layers["gpu"].reasons[0].message == "parent compute rebuilds"
+
+
+def test_copied_file_change_is_named(site) -> None:
+    root, state = site
+    inv = StaticInventory(reachable=False)
+    record_all(plan_of(root, state, inv), state, inv)
+    (root / "files/chrony.conf").write_text("server other\n")
+    plan = plan_of(root, state, inv)
+    (r,) = plan.layers["compute"].reasons
+    assert r.code == "file-changed" and r.message == "copyfiles files/chrony.conf changed"
+
+
+def test_new_tag_only_publishes(site) -> None:
+    root, state = site
+    inv = StaticInventory(reachable=False)
+    record_all(plan_of(root, state, inv), state, inv)
+    f = root / "gpu.yaml"
+    f.write_text(f.read_text().replace("['9.5', 'latest']", "['9.5', 'latest', 'stable']"))
+    plan = plan_of(root, state, inv)
+    lp = plan.layers["gpu"]
+    assert lp.action == Action.PUBLISH and lp.publish == ["registry"]
+    assert "+stable" in lp.reasons[0].message and lp.reasons[0].code == "targets-changed"
+
+
+def test_lost_image_rebuilds(site) -> None:
+    root, state = site
+    inv = StaticInventory(reachable=False)
+    record_all(plan_of(root, state, inv), state, inv)
+    inv.images.clear()
+    plan = plan_of(root, state, inv)
+    assert plan.layers["base"].reasons[0].code == "image-missing"
+
+
+def test_registry_key_tag_is_shared_memory(site) -> None:
+    """A fresh state and a registry that already holds every key tag: nothing to do."""
+    root, state = site
+    first = plan_of(root, state)
+    inv = StaticInventory(reachable=True)
+    for lid, lp in first.layers.items():
+        spec = first.graph.spec(lid)
+        inv.tags[f"{spec.publish_registry}/{spec.name}"] = {*spec.publish_tags, key_tag(lp.key)}
+    plan = plan_of(root, state, inv)
+    assert {lp.action for lp in plan.layers.values()} == {Action.UP_TO_DATE}
+    assert plan.layers["base"].image_source == "registry"
+    assert any(n.code == "built-elsewhere" for n in plan.layers["base"].notes)
+    # A human tag deleted from the registry is published again, without a build.
+    spec = first.graph.spec("gpu")
+    inv.tags[f"{spec.publish_registry}/{spec.name}"].discard("latest")
+    plan = plan_of(root, state, inv)
+    assert plan.layers["gpu"].action == Action.PUBLISH
+    assert "latest" in plan.layers["gpu"].reasons[0].message
+
+
+def test_force_and_selection(site) -> None:
+    root, state = site
+    inv = StaticInventory(reachable=False)
+    record_all(plan_of(root, state, inv), state, inv)
+    plan = plan_of(root, state, inv, names=["compute"], force={"compute"})
+    assert list(plan.layers) == ["base", "compute"]
+    assert (
+        plan.layers["compute"].action == Action.BUILD and plan.layers["compute"].reasons[0].code == "forced"
+    )
+    plan = plan_of(root, state, inv, force_all=True)
+    assert {lp.action for lp in plan.layers.values()} == {Action.BUILD}
+
+
+def test_external_parent_digest_moved(tmp_path: Path) -> None:
+    root = tmp_path / "l"
+    root.mkdir()
+    (root / "suse.yaml").write_text(
+        "options:\n  layer_type: base\n  pkg_manager: zypper\n  parent: registry.suse.com/bci/bci-base:15.7\n"
+    )
+    state = State(tmp_path / "s.db")
+    ref = "registry.suse.com/bci/bci-base:15.7"
+    inv = StaticInventory(reachable=True, digests={ref: "sha256:" + "1" * 64})
+    record_all(plan_of(root, state, inv), state, inv)
+    assert not plan_of(root, state, inv).pending
+    inv.digests[ref] = "sha256:" + "2" * 64
+    (r,) = plan_of(root, state, inv).layers["suse"].reasons
+    assert r.code == "parent-digest-moved"
+    # Offline: keyed by reference, and the plan says so.
+    off = plan_of(root, state, StaticInventory(reachable=False))
+    assert off.layers["suse"].notes[0].code == "parent-digest-unknown"
+
+
+def test_plan_is_read_only(site) -> None:
+    root, state = site
+    before = state.path.read_bytes()
+    plan_of(root, state)
+    assert state.path.read_bytes() == before
