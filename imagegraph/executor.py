@@ -32,7 +32,7 @@ from . import runner as runner_mod
 from .build import BuildRequest, ParentImage, build_layer, local_image_id, pull_image, remove_stale_containers
 from .errors import BuildError, ImagegraphError, LockHeldError, PublishError
 from .key import key_tag
-from .log import get_logger
+from .log import bind_run, get_logger
 from .plan import Action, LayerPlan, Plan, local_key_ref
 from .redact import redact, redact_obj
 from .runner import CommandError, Runner
@@ -356,7 +356,8 @@ def run_up(
 ) -> RunResult:
     """Execute `plan` on this host under the state lock; record the run and its result document."""
     run_id = default_run_id()
-    log = get_logger(run_id=run_id)
+    bind_run(run_id)
+    log = get_logger()
     with StateLock(state_dir, command, wait=wait_lock):
         runner_mod.reset_cancel()
         janitor = Runner()

@@ -16,6 +16,20 @@ import structlog
 from .redact import redact
 
 
+_run_context: dict[str, str] = {}
+
+
+def bind_run(run_id: str) -> None:
+    """Tag every event of this process with the run id (worker threads included)."""
+    _run_context["run_id"] = run_id
+
+
+def _run_processor(_logger: Any, _name: str, event: dict) -> dict:
+    for k, v in _run_context.items():
+        event.setdefault(k, v)
+    return event
+
+
 def _redact_processor(_logger: Any, _name: str, event: dict) -> dict:
     for k, v in list(event.items()):
         if isinstance(v, str):
@@ -36,6 +50,7 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: Any = None) -> Non
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _run_processor,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact_processor,

@@ -15,6 +15,12 @@ check dnf dnf
 check mmdebstrap mmdebstrap
 check ansible-playbook ansible-core
 check python3 python3
+# layer_type ansible reaches containers with the buildah connection plugin of the containers.podman
+# collection, which Debian ships in `ansible` (ansible-core alone lacks it).
+[ -e /usr/lib/python3/dist-packages/ansible_collections/containers/podman/plugins/connection/buildah.py ] ||
+  need+=(ansible)
+# Build tests package a static busybox into an RPM so scratch-built test images have a shell.
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # A registry test stops the daemon it starts; the Debian package also ships a service we do not want.
 if [ ${#need[@]} -eq 0 ]; then

@@ -18,8 +18,8 @@ from imagegraph.errors import BuildError
 from imagegraph.runner import Cancelled, Runner
 from tests.fixtures_build import (
     ENV,
-    busybox_spec_text,
     buildah,
+    busybox_spec_text,
     containers,
     fake_key,
     have_buildah,
@@ -317,3 +317,20 @@ def test_stale_record_with_recycled_pid_is_stale(tmp_path, monkeypatch):
     assert not pid_alive(os.getpid(), start_time="1")
     assert not pid_alive(2**22 + 12345)
     assert Path("/proc/self/stat").exists()
+
+
+def test_repo_helper_adds_newer_version(write_spec, build_runner, images, tmp_path):
+    """tests/rpmrepo.py's add_version: a newer package lands in the repo and is what dnf installs."""
+    from tests.rpmrepo import make_repo, serve
+
+    repo = make_repo(tmp_path / "own-repo")
+    server = serve(repo.path)
+    try:
+        repo.add_version("ig-hello", "2.0")
+        spec = write_spec(busybox_spec_text(server.url, name="ig-test/newer"))
+        result = build_layer(BuildRequest(spec=spec, key=fake_key("newer"), parent=None), build_runner)
+        images.add(result.image_ref)
+        assert "ig-hello-2.0-1.noarch" in mounted_rpm_q(result.image_ref, "ig-hello").stdout
+    finally:
+        server.stop()
+        repo.cleanup()

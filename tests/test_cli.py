@@ -30,7 +30,11 @@ def test_validate_reports_every_problem_of_the_directory(tmp_path: Path) -> None
     root = tmp_path / "layers"
     write(root, "a.yaml", "options:\n  layer_type: base\n  pkg_manager: dnf\npakages: [vim]\n")
     write(root, "b.yaml", "options:\n  layer_type: base\n  pkg_manager: yum\n")
-    write(root, "c.yaml", "options:\n  layer_type: base\n  pkg_manager: dnf\ncopyfiles:\n  - src: /data/x\n    dest: /x\n")
+    write(
+        root,
+        "c.yaml",
+        "options:\n  layer_type: base\n  pkg_manager: dnf\ncopyfiles:\n  - src: /data/x\n    dest: /x\n",
+    )
     r = run("validate", str(root))
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
@@ -81,7 +85,15 @@ def test_unknown_layer_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_cycle_exit_2(tmp_path: Path) -> None:
     root = tmp_path / "layers"
-    write(root, "a.yaml", "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: a\n  parent: r.io/x/b:1\n  publish_tags: '1'\n  publish_registry: r.io/x\n")
-    write(root, "b.yaml", "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: b\n  parent: r.io/x/a:1\n  publish_tags: '1'\n  publish_registry: r.io/x\n")
+    write(
+        root,
+        "a.yaml",
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: a\n  parent: r.io/x/b:1\n  publish_tags: '1'\n  publish_registry: r.io/x\n",
+    )
+    write(
+        root,
+        "b.yaml",
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: b\n  parent: r.io/x/a:1\n  publish_tags: '1'\n  publish_registry: r.io/x\n",
+    )
     r = run("plan", str(root), "--offline")
     assert r.returncode == 2 and "parent cycle: a.yaml -> b.yaml -> a.yaml" in r.stderr

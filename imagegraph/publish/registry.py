@@ -439,9 +439,10 @@ class RetryPolicy:
 
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),
-            wait=tenacity.wait_exponential_jitter(
-                initial=self.initial_wait, max=self.max_wait, jitter=min(1.0, self.initial_wait)
-            ),
+            # (wait_exponential + wait_random rather than wait_exponential_jitter,
+            # whose arguments changed between tenacity 8 and 9)
+            wait=tenacity.wait_exponential(multiplier=self.initial_wait, max=self.max_wait)
+            + tenacity.wait_random(0, min(1.0, self.initial_wait)),
             retry=tenacity.retry_if_exception_type(TransientError),
             reraise=True,
             sleep=_interruptible_sleep,
@@ -601,13 +602,17 @@ def _parse_opts(opts: Iterable[str]) -> _RegistryOpts:
             else:
                 value = "true"
             eq = "="
-        elif name in ("--authfile", "--creds", "--cert-dir", "--retry") and not eq and i + 1 < len(words):
+        elif (
+            name in ("--authfile", "--creds", "--cert-dir", "--retry", "--retry-delay")
+            and not eq
+            and i + 1 < len(words)
+        ):
             value = words[i + 1]
             eq = "="
             i += 1
         if eq:
             values[name] = value
-        retry_given = retry_given or name == "--retry"
+        retry_given = retry_given or name in ("--retry", "--retry-delay")
         i += 1
     tls = values.get("--tls-verify", values.get("--dest-tls-verify", values.get("--src-tls-verify", "true")))
     creds = None
@@ -1230,7 +1235,10 @@ def _push_once(
     """`buildah push` image to `dest` with retries; returns the pushed digest."""
     argv_base = ["buildah", "push", *opts]
     if not _parse_opts(opts).retry_given and _buildah_has_retry_flag():
-        argv_base += ["--retry", "0"]  # our retry loop is the only one
+        # Our retry loop is the only one that counts. buildah 1.28 ignores
+        # `--retry 0` (it always retries 3 times) but honours the delay, so its
+        # own retries are made instant rather than 2+4+8 s per attempt of ours.
+        argv_base += ["--retry", "0", "--retry-delay", "1ms"]
 
     def attempt() -> str:
         with tempfile.TemporaryDirectory(prefix="imagegraph-push-") as tmp:

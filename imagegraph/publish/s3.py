@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -132,8 +131,22 @@ def normalize_endpoint(endpoint: str) -> str:
     return endpoint.strip().rstrip("/")
 
 
+_session_lock = threading.Lock()
+_session: Any = None
+
+
+def _botocore_session() -> Any:
+    """One botocore session per process: loading S3's service model takes ~0.3 s per session."""
+    global _session
+    if _session is None:
+        import botocore.session
+
+        _session = botocore.session.get_session()
+    return _session
+
+
 def make_client(endpoint: str, settings: S3Settings | None = None) -> Any:
-    """A boto3 S3 client for `endpoint` with path-style addressing."""
+    """A boto3-compatible S3 client for `endpoint` with path-style addressing."""
     settings = settings or S3Settings()
     region = (
         settings.region
@@ -142,19 +155,6 @@ def make_client(endpoint: str, settings: S3Settings | None = None) -> Any:
         or DEFAULT_REGION
     )
     creds = credentials()
-    session = boto3.session.Session(
-        aws_access_key_id=creds[0] if creds else None,
-        aws_secret_access_key=creds[1] if creds else None,
-        region_name=region,
-    )
-    if creds is None:
-        # Keys found by boto3's chain are secrets too.
-        found = session.get_credentials()
-        if found is not None:
-            frozen = found.get_frozen_credentials()
-            add_secret(frozen.access_key)
-            add_secret(frozen.secret_key)
-            add_secret(frozen.token)
     config = botocore.config.Config(
         s3={"addressing_style": "path"},
         retries={"mode": "standard", "max_attempts": settings.botocore_attempts},
@@ -166,7 +166,24 @@ def make_client(endpoint: str, settings: S3Settings | None = None) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return session.client("s3", endpoint_url=normalize_endpoint(endpoint), config=config)
+    with _session_lock:  # botocore sessions are not thread-safe; clients are
+        session = _botocore_session()
+        if creds is None:
+            # Keys found by boto3's chain are secrets too.
+            found = session.get_credentials()
+            if found is not None:
+                frozen = found.get_frozen_credentials()
+                add_secret(frozen.access_key)
+                add_secret(frozen.secret_key)
+                add_secret(frozen.token)
+        return session.create_client(
+            "s3",
+            endpoint_url=normalize_endpoint(endpoint),
+            region_name=region,
+            aws_access_key_id=creds[0] if creds else None,
+            aws_secret_access_key=creds[1] if creds else None,
+            config=config,
+        )
 
 
 def object_url(endpoint: str, bucket: str, key: str) -> str:

@@ -1,0 +1,394 @@
+"""S3 publishing against moto's S3 server over HTTP: layouts, metadata, multipart, retries, cleanup."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import structlog
+
+from imagegraph.errors import PublishError
+from imagegraph.log import configure
+from imagegraph.publish.artifacts import (
+    artifact_keys,
+    boot_config,
+    dir_artifacts_present,
+    find_published,
+    publish_artifacts,
+)
+from imagegraph.publish.s3 import MiB, S3Index, S3Settings, S3Target
+from imagegraph.runner import Runner
+from imagegraph.spec import LayerSpec, SquashfsOptions
+
+from .fixtures_servers import S3_TEST_ACCESS, S3_TEST_SECRET, S3Server
+from .publish_helpers import EL, SUSE, make_rootfs
+
+KVER = "5.14.0-427.el9.x86_64"
+KEY = "a" * 64
+# Quick retries for tests: no botocore re-sends (tenacity does them, with tiny waits).
+FAST = S3Settings(
+    botocore_attempts=1, attempts=3, wait_initial=0.01, wait_max=0.05, connect_timeout=2, read_timeout=10
+)
+# Multipart from 1 MiB on (s3transfer raises parts to its 5 MiB minimum).
+SMALL_PARTS = replace(FAST, multipart_threshold=MiB, multipart_chunksize=MiB)
+
+
+def spec_for(endpoint: str, bucket: str, **kw) -> LayerSpec:
+    base = dict(
+        path=Path("/layers/compute.yaml"),
+        layer_type="base",
+        name="compute",
+        pkg_manager="dnf",
+        publish_s3=endpoint,
+        s3_bucket=bucket,
+        s3_prefix="compute/base/",
+        publish_tags=("v1",),
+        squashfs=SquashfsOptions("gzip", 1),
+    )
+    base.update(kw)
+    return LayerSpec(**base)
+
+
+def keys_in(s3: S3Server, bucket: str) -> list[str]:
+    r = s3.client().list_objects_v2(Bucket=bucket)
+    return sorted(o["Key"] for o in r.get("Contents") or [])
+
+
+def meta(s3: S3Server, bucket: str, key: str) -> dict:
+    return s3.client().head_object(Bucket=bucket, Key=key)["Metadata"]
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> Path:
+    return make_rootfs(tmp_path / "root", {KVER: EL, "5.14.0-70.el9.x86_64": EL})
+
+
+@pytest.fixture
+def captured_logs(caplog: pytest.LogCaptureFixture) -> Iterator[io.StringIO]:
+    """Everything imagegraph logs (structlog, DEBUG) plus stdlib records (botocore, s3transfer)."""
+    old = structlog.get_config()
+    buf = io.StringIO()
+    configure("json", "DEBUG", buf)
+    caplog.set_level(logging.INFO)
+    try:
+        yield buf
+    finally:
+        structlog.configure(**old)
+
+
+# ------------------------------------------------------------------------------- keys
+
+
+def test_keys_of_both_layouts() -> None:
+    spec = spec_for("http://s3", "boot-images")
+    k = artifact_keys(spec, "v1", KVER, "rocky9.6")
+    assert k.rootfs == "compute/base/rocky9.6-compute-v1"
+    assert k.kernel == f"efi-images/compute/base/vmlinuz-{KVER}"
+    assert k.initramfs == f"efi-images/compute/base/initramfs-{KVER}.img"
+    suse = artifact_keys(
+        spec, "v1", "5.14.21-default", ("SLES", "15.5"), initramfs_name="initrd-5.14.21-default"
+    )
+    assert suse.rootfs == "compute/base/sles15.5-compute-v1"
+    assert suse.initramfs == "efi-images/compute/base/initrd-5.14.21-default"
+    no_prefix = artifact_keys(replace(spec, s3_prefix=""), "latest", KVER, "rocky9.6")
+    assert no_prefix == artifact_keys(replace(spec, s3_prefix=""), "latest", KVER, ("rocky", "9.6"))
+    assert no_prefix.rootfs == "rocky9.6-compute-latest" and no_prefix.kernel == f"efi-images/vmlinuz-{KVER}"
+    v = artifact_keys(replace(spec, s3_layout="versioned"), "v1", KVER, "rocky9.6")
+    assert (v.rootfs, v.kernel, v.initramfs) == (
+        "compute/base/compute/v1/rootfs.squashfs",
+        "compute/base/compute/v1/vmlinuz",
+        "compute/base/compute/v1/initramfs.img",
+    )
+    assert artifact_keys(spec, "v1", None, "rocky9.6").kernel is None
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def test_multipart_upload_carries_metadata(s3_env: S3Server, tmp_path: Path) -> None:
+    bucket = s3_env.make_bucket()
+    f = tmp_path / "big"
+    f.write_bytes(os.urandom(6 * MiB + 5))
+    target = S3Target(s3_env.endpoint, bucket, layer="compute", settings=SMALL_PARTS)
+    r = target.upload(f, "x/big", {"imagegraph-key": KEY})
+    assert r.etag.endswith("-2")  # two parts: s3transfer's minimum part is 5 MiB
+    head = s3_env.client().head_object(Bucket=bucket, Key="x/big", ChecksumMode="ENABLED")
+    assert head["Metadata"] == {"imagegraph-key": KEY, "sha256": r.sha256}
+    assert head["ContentLength"] == 6 * MiB + 5
+    assert head.get("ChecksumSHA256")  # the SHA256 transfer checksum was used
+    assert target.incomplete_uploads() == []
+
+
+def test_publish_image_builder_layout_several_tags(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
+    bucket = s3_env.make_bucket()
+    spec = spec_for(s3_env.endpoint, bucket, publish_tags=("v1", "latest", "stable"))
+    pub = publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "work", s3_settings=FAST)
+    assert pub.kver == KVER and pub.os == "rocky9.6"
+    assert keys_in(s3_env, bucket) == sorted(
+        [
+            f"efi-images/compute/base/initramfs-{KVER}.img",
+            f"efi-images/compute/base/vmlinuz-{KVER}",
+            "compute/base/rocky9.6-compute-latest",
+            "compute/base/rocky9.6-compute-stable",
+            "compute/base/rocky9.6-compute-v1",
+        ]
+    )
+    actions = [(o.role, o.tag, o.action) for o in pub.objects if o.target == "s3"]
+    # Boot files once (their keys have no tag); the SquashFS crosses the wire once, then server-side copies.
+    assert [a for a in actions if a[0] == "kernel"] == [
+        ("kernel", "v1", "uploaded"),
+        ("kernel", "latest", "unchanged"),
+        ("kernel", "stable", "unchanged"),
+    ]
+    assert [a for a in actions if a[0] == "rootfs"] == [
+        ("rootfs", "v1", "uploaded"),
+        ("rootfs", "latest", "copied"),
+        ("rootfs", "stable", "copied"),
+    ]
+    m = meta(s3_env, bucket, "compute/base/rocky9.6-compute-stable")
+    assert m["imagegraph-key"] == KEY and m["sha256"] == pub.squashfs_sha256
+    assert m["imagegraph-kernel"] == f"efi-images/compute/base/vmlinuz-{KVER}"
+    assert meta(s3_env, bucket, f"efi-images/compute/base/vmlinuz-{KVER}")["imagegraph-key"] == KEY
+    assert not list((tmp_path / "work").iterdir())  # nothing left in the workdir
+
+    # Publishing the same build again changes nothing; a new tag adds only its SquashFS.
+    again = publish_artifacts(
+        replace(spec, publish_tags=("v1", "latest", "stable", "v2")),
+        KEY,
+        rootfs,
+        Runner("compute"),
+        tmp_path / "work",
+        s3_settings=FAST,
+    )
+    changed = [(o.role, o.tag, o.action) for o in again.objects if o.action != "unchanged"]
+    assert changed == [("rootfs", "v2", "copied")]  # from the unchanged v1 object, server-side
+    assert again.squashfs_sha256 == pub.squashfs_sha256  # reproducible SquashFS
+
+
+def test_publish_versioned_layout_and_boot_config(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
+    bucket = s3_env.make_bucket()
+    spec = spec_for(
+        s3_env.endpoint,
+        bucket,
+        s3_layout="versioned",
+        publish_tags=("v1", "latest"),
+        boot_params="console=ttyS0,115200 ip=dhcp6 selinux=0",
+    )
+    pub = publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "work", s3_settings=FAST)
+    assert keys_in(s3_env, bucket) == [
+        f"compute/base/compute/{t}/{n}"
+        for t in ("latest", "v1")
+        for n in ("initramfs.img", "rootfs.squashfs", "vmlinuz")
+    ]
+    assert {o.action for o in pub.objects if o.tag == "latest"} == {"copied"}
+    cfg = boot_config(spec, pub, "http://s3.public:9000/")
+    assert [e["name"] for e in cfg] == ["compute-v1", "compute-latest"]
+    e = cfg[0]
+    assert e["kernel"] == f"http://s3.public:9000/{bucket}/compute/base/compute/v1/vmlinuz"
+    assert e["initrd"] == f"http://s3.public:9000/{bucket}/compute/base/compute/v1/initramfs.img"
+    assert e["params"] == (
+        f"root=live:http://s3.public:9000/{bucket}/compute/base/compute/v1/rootfs.squashfs "
+        "overlayroot=tmpfs overlayroot_cfgdisk=disabled console=ttyS0,115200 ip=dhcp6 selinux=0"
+    )
+    # Without a public URL the publish endpoint is used.
+    assert boot_config(spec, pub)[0]["kernel"].startswith(f"{s3_env.endpoint}/{bucket}/")
+
+
+def test_suse_initrd_key_and_rootfs_only(s3_env: S3Server, tmp_path: Path) -> None:
+    bucket = s3_env.make_bucket()
+    sles = 'NAME="SLES"\nVERSION_ID="15.5"\nID="sles"\n'
+    root = make_rootfs(tmp_path / "suse", {"5.14.21-150500.55.39-default": SUSE}, os_release=sles)
+    spec = spec_for(s3_env.endpoint, bucket, s3_prefix="")
+    publish_artifacts(spec, KEY, root, Runner("c"), tmp_path / "w", s3_settings=FAST)
+    assert "efi-images/initrd-5.14.21-150500.55.39-default" in keys_in(s3_env, bucket)
+
+    bucket2 = s3_env.make_bucket()
+    bare = make_rootfs(tmp_path / "bare")  # no kernel at all
+    with pytest.raises(PublishError, match="no kernel"):
+        publish_artifacts(
+            spec_for(s3_env.endpoint, bucket2), KEY, bare, Runner("c"), tmp_path / "w", s3_settings=FAST
+        )
+    assert keys_in(s3_env, bucket2) == []
+    ro = spec_for(s3_env.endpoint, bucket2, rootfs_only=True)
+    pub = publish_artifacts(ro, KEY, bare, Runner("c"), tmp_path / "w", s3_settings=FAST)
+    assert keys_in(s3_env, bucket2) == ["compute/base/rocky9.6-compute-v1"] and pub.kver is None
+    assert boot_config(ro, pub) == []
+    assert S3Index(settings=FAST).has_artifacts(ro, KEY) is True
+
+
+def test_publish_dir_is_atomic_and_linked(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pub"
+    spec = spec_for(None, "unused", publish_s3=None, publish_dir=out, publish_tags=("v1", "latest"))
+    assert dir_artifacts_present(spec, KEY) is False
+    pub = publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "work")
+    v1, latest = out / "compute/v1", out / "compute/latest"
+    assert sorted(p.name for p in v1.iterdir()) == [
+        "initramfs.img",
+        "manifest.json",
+        "rootfs.squashfs",
+        "vmlinuz",
+    ]
+    assert (v1 / "rootfs.squashfs").stat().st_ino == (
+        latest / "rootfs.squashfs"
+    ).stat().st_ino  # one copy on disk
+    manifest = json.loads((latest / "manifest.json").read_text())
+    assert manifest["key"] == KEY and manifest["kver"] == KVER and manifest["tag"] == "latest"
+    assert manifest["files"]["rootfs.squashfs"]["sha256"] == pub.squashfs_sha256
+    assert (v1 / "vmlinuz").read_bytes() == (rootfs / f"boot/vmlinuz-{KVER}").read_bytes()
+    assert dir_artifacts_present(spec, KEY) is True
+    assert dir_artifacts_present(spec, "b" * 64) is False
+    # Same build again: unchanged. A new build replaces the directory in one swap, leaving no temp dirs.
+    assert {
+        o.action for o in publish_artifacts(spec, KEY, rootfs, Runner("c"), tmp_path / "work").objects
+    } == {"unchanged"}
+    (rootfs / "etc/hostname").write_text("changed\n")
+    publish_artifacts(spec, "b" * 64, rootfs, Runner("c"), tmp_path / "work")
+    assert json.loads((v1 / "manifest.json").read_text())["key"] == "b" * 64
+    assert sorted(p.name for p in (out / "compute").iterdir()) == ["latest", "v1"]
+
+
+# --------------------------------------------------------------------------- the index
+
+
+def test_index_answers_many_layers_with_one_listing(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
+    bucket = s3_env.make_bucket()
+    specs = [
+        spec_for(s3_env.endpoint, bucket, name=f"layer{i}", s3_prefix="", publish_tags=("v1", "v2"))
+        for i in range(4)
+    ]
+    for i, spec in enumerate(specs[:3]):
+        publish_artifacts(spec, f"{i}" * 64, rootfs, Runner(spec.name), tmp_path / "w", s3_settings=FAST)
+    index = S3Index(settings=FAST)
+    assert [index.has_artifacts(s, f"{i}" * 64) for i, s in enumerate(specs)] == [True, True, True, False]
+    listing_and_heads = index.request_count
+    # One listing of the bucket (the prefix is '', which also covers efi-images/), one HEAD per SquashFS.
+    assert listing_and_heads == 1 + 3 * 2
+    # Asking again, or for another key, costs nothing more.
+    assert index.has_artifacts(specs[0], "f" * 64) is False
+    assert index.has_artifacts(specs[1], "1" * 64, ["v2"]) is True
+    assert index.request_count == listing_and_heads
+    found = find_published(index, specs[0], "0" * 64, ["v1"])
+    assert found is not None and found["v1"].rootfs == "rocky9.6-layer0-v1"
+
+    # A boot file replaced by other content makes the set incomplete.
+    s3_env.client().put_object(Bucket=bucket, Key=f"efi-images/vmlinuz-{KVER}", Body=b"other")
+    assert S3Index(settings=FAST).has_artifacts(specs[0], "0" * 64) is False
+
+
+def test_index_versioned_and_unreachable(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
+    bucket = s3_env.make_bucket()
+    spec = spec_for(s3_env.endpoint, bucket, s3_layout="versioned")
+    publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
+    assert S3Index(settings=FAST).has_artifacts(spec, KEY) is True
+    assert S3Index(settings=FAST).has_artifacts(spec, KEY, ["v2"]) is False
+    missing_bucket = replace(spec, s3_bucket="no-such-bucket-here")
+    assert S3Index(settings=FAST).has_artifacts(missing_bucket, KEY) is False
+
+    dead = spec_for("http://127.0.0.1:9", bucket)  # nothing listens on the discard port
+    index = S3Index(settings=FAST)
+    start = time.monotonic()
+    assert index.has_artifacts(dead, KEY) is None
+    assert index.has_artifacts(replace(dead, name="other"), KEY) is None  # remembered: no second wait
+    assert index.request_count <= 2 and time.monotonic() - start < 10
+    assert "unreachable" in (index.unreachable("http://127.0.0.1:9/") or "")
+
+
+# ------------------------------------------------------------------------------ faults
+
+
+def test_dropped_connections_are_retried(s3_env: S3Server, tmp_path: Path) -> None:
+    bucket = s3_env.make_bucket()
+    f = tmp_path / "big"
+    f.write_bytes(os.urandom(6 * MiB))
+    s3_env.proxy.reset_next(2, min_bytes=MiB)  # the next two big requests are cut off
+    target = S3Target(s3_env.proxy_endpoint, bucket, settings=SMALL_PARTS)
+    r = target.upload(f, "retried", {"imagegraph-key": KEY})
+    assert s3_env.proxy.resets == 2
+    assert meta(s3_env, bucket, "retried")["sha256"] == r.sha256
+    assert s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads") is None
+
+
+def test_connection_dropped_forever_leaves_nothing(
+    s3_env: S3Server, tmp_path: Path, captured_logs: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    bucket = s3_env.make_bucket()
+    f = tmp_path / "big"
+    f.write_bytes(os.urandom(11 * MiB))
+    s3_env.proxy.reset_always(min_bytes=MiB)  # parts never arrive; create/abort/list still pass
+    target = S3Target(s3_env.proxy_endpoint, bucket, layer="compute", settings=SMALL_PARTS)
+    created: list[str] = []
+    target.client.meta.events.register(
+        "after-call.s3.CreateMultipartUpload", lambda parsed, **kw: created.append(parsed["UploadId"])
+    )
+    with pytest.raises(PublishError) as err:
+        target.upload(f, "never/arrives", {"imagegraph-key": KEY})
+    assert len(created) == 3  # one multipart upload per attempt, each begun and then aborted
+    text = str(err.value)
+    assert text.startswith("compute: publishing to s3 ") and "uploading never/arrives failed" in text
+    assert "unreachable or failing" in text
+    assert keys_in(s3_env, bucket) == []
+    assert s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads") is None
+    assert s3_env.proxy.resets >= 3
+
+    s3_env.proxy.reset_always(min_bytes=0)  # now nothing gets through at all
+    with pytest.raises(PublishError, match="unreachable or failing"):
+        S3Target(s3_env.proxy_endpoint, bucket, settings=FAST).check_bucket()
+    logs = captured_logs.getvalue() + caplog.text
+    assert "S3 request failed; retrying" in logs
+    for secret in (S3_TEST_SECRET, S3_TEST_ACCESS):
+        assert secret not in text and secret not in logs
+
+
+def test_no_such_bucket_fails_at_once(
+    s3_env: S3Server, rootfs: Path, tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    spec = spec_for(s3_env.endpoint, "no-such-bucket-x")
+    start = time.monotonic()
+    with pytest.raises(PublishError) as err:
+        publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=S3Settings())
+    assert time.monotonic() - start < 3  # no retries, and before mksquashfs
+    assert "bucket 'no-such-bucket-x' does not exist" in str(err.value)
+    f = tmp_path / "small"
+    f.write_bytes(b"x")
+    with pytest.raises(PublishError, match="does not exist") as err2:
+        S3Target(s3_env.endpoint, "no-such-bucket-x", settings=S3Settings()).upload(f, "k", {})
+    for text in (str(err.value), str(err2.value), captured_logs.getvalue()):
+        assert S3_TEST_SECRET not in text and S3_TEST_ACCESS not in text
+    assert "S3 request failed" not in captured_logs.getvalue()
+
+
+def test_endpoint_without_checksum_support(
+    s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway that rejects SHA256 checksums gets the upload without them (and is remembered)."""
+    import botocore.exceptions
+
+    bucket = s3_env.make_bucket()
+    f = tmp_path / "small"
+    f.write_bytes(b"hello")
+    target = S3Target(s3_env.endpoint + "/", bucket, settings=FAST)
+
+    def reject(params, **kw):
+        if "ChecksumAlgorithm" in params or params.get("headers", {}).get("x-amz-sdk-checksum-algorithm"):
+            raise botocore.exceptions.ClientError(
+                {
+                    "Error": {"Code": "NotImplemented", "Message": "checksums"},
+                    "ResponseMetadata": {"HTTPStatusCode": 501},
+                },
+                "PutObject",
+            )
+
+    target.client.meta.events.register("provide-client-params.s3.PutObject", reject)
+    try:
+        r = target.upload(f, "k", {"imagegraph-key": KEY})
+        assert meta(s3_env, bucket, "k")["sha256"] == r.sha256
+        assert target.endpoint in S3Target._no_checksum
+    finally:
+        S3Target._no_checksum.discard(target.endpoint)
