@@ -71,16 +71,15 @@ class LocalExecutor:
     def _layer_log(self, layer: str) -> Iterator[tuple[IO[str], Path]]:
         path = self.log_dir / f"{layer}-{self.run_id}.log"
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        # logs/<layer>.log always points at the newest build log, from the moment it starts.
+        latest = self.log_dir / f"{layer}.log"
+        with contextlib.suppress(OSError):
+            tmp = latest.with_suffix(f".log.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(path.name)
+            os.replace(tmp, latest)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            try:
-                yield f, path
-            finally:
-                latest = self.log_dir / f"{layer}.log"
-                with contextlib.suppress(OSError):
-                    tmp = latest.with_suffix(".log.tmp")
-                    tmp.unlink(missing_ok=True)
-                    tmp.symlink_to(path.name)
-                    os.replace(tmp, latest)
+            yield f, path
 
     def _pull_once(self, ref: str, opts: tuple[str, ...], runner: Runner) -> str:
         """Pull an image at most once per run, however many layers need it."""
@@ -124,49 +123,59 @@ class LocalExecutor:
     def execute(self, lp: LayerPlan, parents: dict[str, LayerResult]) -> LayerResult:
         spec = self.plan.graph.spec(lp.layer)
         with self._layer_log(lp.layer) as (logf, log_path):
-            runner = Runner(lp.layer, logf)
-            runner.note("plan", f"{lp.action}: " + "; ".join(r.message for r in lp.reasons))
-            t0 = time.time()
-            image_ref = None
-            if lp.action == Action.BUILD:
-                parent = None
-                try:
-                    parent = self._parent(lp, parents, runner)
-                    built = build_layer(BuildRequest(spec, lp.key, parent, self.run_id), runner)
-                except (ImagegraphError, RuntimeError) as exc:
-                    self._record_failed(lp, spec, parent, t0, exc)
-                    if isinstance(exc, CommandError):
-                        raise BuildError(lp.layer, exc.step or "parent", str(exc), exc.tail) from exc
-                    if isinstance(exc, RuntimeError):
-                        raise BuildError(lp.layer, "parent", str(exc)) from exc
-                    raise
-                image_id, image_ref = built.image_id, built.image_ref
-                self.state.record_build(
-                    run_id=self.run_id,
-                    layer=lp.layer,
-                    key=lp.key,
-                    inputs=lp.inputs,
-                    image_id=image_id,
-                    image_ref=image_ref,
-                    spec_file=str(spec.path),
-                    parent_key=parent.key if parent else None,
-                    started=t0,
-                    finished=time.time(),
-                )
-                runner.note("build", f"built {image_ref} in {time.time() - t0:.1f} s")
-            else:
-                image_id = None  # found lazily: a registry-only publish needs no local image
-            published = self._publish(lp, spec, image_id, runner)
-            return LayerResult(
-                lp.layer,
-                lp.action,
-                "ok",
-                duration=time.time() - t0,
-                image_id=image_id or lp.image_id,
+            try:
+                return self._execute(lp, parents, spec, logf, log_path)
+            except ImagegraphError as exc:
+                exc.log_file = str(log_path)  # the scheduler's failure result points at the full log
+                Runner(lp.layer, logf).note("result", f"failed: {redact(str(exc))}")
+                raise
+
+    def _execute(
+        self, lp: LayerPlan, parents: dict[str, LayerResult], spec: LayerSpec, logf: IO[str], log_path: Path
+    ) -> LayerResult:
+        runner = Runner(lp.layer, logf)
+        runner.note("plan", f"{lp.action}: " + "; ".join(r.message for r in lp.reasons))
+        t0 = time.time()
+        image_ref = None
+        if lp.action == Action.BUILD:
+            parent = None
+            try:
+                parent = self._parent(lp, parents, runner)
+                built = build_layer(BuildRequest(spec, lp.key, parent, self.run_id), runner)
+            except (ImagegraphError, RuntimeError) as exc:
+                self._record_failed(lp, spec, parent, t0, exc)
+                if isinstance(exc, CommandError):
+                    raise BuildError(lp.layer, exc.step or "parent", str(exc), exc.tail) from exc
+                if isinstance(exc, RuntimeError):
+                    raise BuildError(lp.layer, "parent", str(exc)) from exc
+                raise
+            image_id, image_ref = built.image_id, built.image_ref
+            self.state.record_build(
+                run_id=self.run_id,
+                layer=lp.layer,
+                key=lp.key,
+                inputs=lp.inputs,
+                image_id=image_id,
                 image_ref=image_ref,
-                published=published,
-                log_file=str(log_path),
+                spec_file=str(spec.path),
+                parent_key=parent.key if parent else None,
+                started=t0,
+                finished=time.time(),
             )
+            runner.note("build", f"built {image_ref} in {time.time() - t0:.1f} s")
+        else:
+            image_id = None  # found lazily: a registry-only publish needs no local image
+        published = self._publish(lp, spec, image_id, runner)
+        return LayerResult(
+            lp.layer,
+            lp.action,
+            "ok",
+            duration=time.time() - t0,
+            image_id=image_id or lp.image_id,
+            image_ref=image_ref,
+            published=published,
+            log_file=str(log_path),
+        )
 
     def _record_failed(
         self, lp: LayerPlan, spec: LayerSpec, parent: ParentImage | None, t0: float, exc: Exception

@@ -15,7 +15,6 @@ import structlog
 
 from .redact import redact
 
-
 _run_context: dict[str, str] = {}
 
 

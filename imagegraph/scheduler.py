@@ -236,9 +236,23 @@ class Scheduler:
             res.duration = res.duration or (time.monotonic() - t0)
             return res
         except Cancelled as exc:
-            return LayerResult(lp.layer, lp.action, "cancelled", time.monotonic() - t0, error=str(exc))
+            return LayerResult(
+                lp.layer,
+                lp.action,
+                "cancelled",
+                time.monotonic() - t0,
+                error=str(exc),
+                log_file=getattr(exc, "log_file", None),
+            )
         except ImagegraphError as exc:
-            return LayerResult(lp.layer, lp.action, "failed", time.monotonic() - t0, error=str(exc))
+            return LayerResult(
+                lp.layer,
+                lp.action,
+                "failed",
+                time.monotonic() - t0,
+                error=str(exc),
+                log_file=getattr(exc, "log_file", None),
+            )
         except Exception as exc:  # a bug must not take the other layers down
             return LayerResult(
                 lp.layer,

@@ -274,8 +274,9 @@ class S3FaultProxy:
 class S3Server:
     """moto_server on a free port, plus a fault proxy in front of it."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, env: dict[str, str] | None = None):
         self.port = _s3_free_port()
+        self.env = env or {}
         self.logfile = root / "moto.log"
         self.proc: subprocess.Popen | None = None
         self.proxy: S3FaultProxy | None = None
@@ -300,7 +301,7 @@ class S3Server:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+            env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true", **self.env},
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -381,3 +382,15 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3S
     s3_server.proxy.heal()
     yield s3_server
     s3_server.proxy.heal()
+
+
+@pytest.fixture
+def s3_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A second moto server that checks credentials (unknown keys get InvalidAccessKeyId, 403)."""
+    pytest.importorskip("moto.server", reason="moto[server] is in the test extras (make venv)")
+    server = S3Server(tmp_path_factory.mktemp("moto-auth"), env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -71,4 +71,4 @@ def test_ansible_layer(busybox_image, write_spec, build_runner, images, tmp_path
     # the package is still there from the parent; ansible left no temp dir in the image
     assert "ig-hello" in run_in(result.image_ref, "ls", "/usr/share")
     assert ".imagegraph-ansible" not in run_in(result.image_ref, "ls", "-a", "/tmp")
-    assert [c for c in containers() if c.startswith("imagegraph-")] == []
+    assert [c for c in containers() if c.startswith("imagegraph-ig-test-")] == []

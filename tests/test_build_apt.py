@@ -37,7 +37,7 @@ def test_apt_from_scratch(debian_image, build_runner):
     assert labels["org.openchami.image.package-manager"] == "apt"
     assert labels["io.imagegraph.key"] == key
     assert "mmdebstrap" in log and "to-stderr" in log
-    assert [c for c in containers() if c.startswith("imagegraph-")] == []
+    assert [c for c in containers() if c.startswith("imagegraph-ig-test-")] == []
 
 
 def test_apt_on_image_parent(debian_image, write_spec, build_runner, images):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -55,10 +57,13 @@ def run_in(ref: str, *argv: str) -> str:
         buildah("rm", ctr, check=False)
 
 
-def no_leftovers() -> None:
-    assert [c for c in containers() if c.startswith("imagegraph-")] == []
-    assert not any("imagegraph-" in m for m in overlay_mounts())
-    assert not list(records_dir().glob("imagegraph-*.json")) if records_dir().is_dir() else True
+def no_leftovers(log: str = "") -> None:
+    """None of our test layers' containers, records or mounts is left (other suites may run meanwhile)."""
+    assert [c for c in containers() if c.startswith("imagegraph-ig-test-")] == []
+    d = records_dir()
+    assert not (d.is_dir() and list(d.glob("imagegraph-ig-test-*.json")))
+    for mnt in re.findall(r"mounted at (\S+)", log):
+        assert not any(mnt in m for m in overlay_mounts()), f"{mnt} is still mounted"
 
 
 def test_dnf_from_scratch(rpm_repo, write_spec, build_runner, images, tmp_path, monkeypatch):
@@ -66,7 +71,6 @@ def test_dnf_from_scratch(rpm_repo, write_spec, build_runner, images, tmp_path, 
     work_dir.mkdir()
     monkeypatch.chdir(work_dir)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    tmp_before = set(os.listdir("/tmp"))
     spec = write_spec(
         busybox_spec_text(rpm_repo.url, name="ig-test/scratch")
         + """
@@ -117,8 +121,10 @@ def test_dnf_from_scratch(rpm_repo, write_spec, build_runner, images, tmp_path, 
 
     # nothing left behind: cwd, /tmp, containers, mounts, ownership records
     assert list(work_dir.iterdir()) == []
-    assert not [n for n in set(os.listdir("/tmp")) - tmp_before if n.startswith(("imagegraph", "tmp"))]
-    no_leftovers()
+    # the build's private temp dir (seen in the commit's --iidfile) is gone; other suites may run meanwhile
+    build_tmp = re.findall(r"--iidfile (\S+)/iid", log)
+    assert build_tmp and not any(os.path.exists(t) for t in build_tmp)
+    no_leftovers(build_runner.logfile.getvalue())
 
 
 def test_image_parent_without_dnf_uses_host_dnf(
@@ -178,7 +184,7 @@ def test_image_parent_without_dnf_uses_host_dnf(
     assert labels["io.imagegraph.parent-key"] == parent_key
     assert labels["org.openchami.image.tags"] == "a,b"
     assert labels["site.example/owner"] == "hpc-team"
-    no_leftovers()
+    no_leftovers(build_runner.logfile.getvalue())
 
 
 def test_failing_cmd_names_step_and_cleans_up(busybox_image, write_spec, build_runner):
@@ -205,7 +211,7 @@ def test_failing_cmd_names_step_and_cleans_up(busybox_image, write_spec, build_r
     assert any("boom-detail" in t for t in err.tail)
     assert "cmds[2]" in str(err) and "status" in str(err)
     assert local_image_id(f"localhost/imagegraph/ig-test/fails:ig-{fake_key('fails')}") is None
-    no_leftovers()
+    no_leftovers(build_runner.logfile.getvalue())
 
 
 def test_failing_package_install_names_packages_step(rpm_repo, write_spec, build_runner):
@@ -214,7 +220,7 @@ def test_failing_package_install_names_packages_step(rpm_repo, write_spec, build
         build_layer(BuildRequest(spec=spec, key=fake_key("nopkg"), parent=None), build_runner)
     assert info.value.step == "packages"
     assert any("ig-missing" in t for t in info.value.tail)
-    no_leftovers()
+    no_leftovers(build_runner.logfile.getvalue())
 
 
 def test_missing_parent_image_fails_in_from(write_spec, build_runner):
@@ -231,7 +237,7 @@ def test_missing_parent_image_fails_in_from(write_spec, build_runner):
     with pytest.raises(BuildError) as info:
         build_layer(BuildRequest(spec=spec, key=fake_key("orphan"), parent=parent), build_runner)
     assert info.value.step == "from"
-    no_leftovers()
+    no_leftovers(build_runner.logfile.getvalue())
 
 
 def test_cancel_stops_running_cmd_and_cleans_up(busybox_image, write_spec):
@@ -249,7 +255,7 @@ def test_cancel_stops_running_cmd_and_cleans_up(busybox_image, write_spec):
     )
     parent = ParentImage(image=parent_result.image_id, ref="localhost/ig-busybox-base:1.0", key=None)
     outcome: dict = {}
-    log_runner = Runner("cancel")
+    log_runner = Runner("cancel", logfile=io.StringIO())
 
     def target() -> None:
         try:
@@ -278,14 +284,14 @@ def test_cancel_stops_running_cmd_and_cleans_up(busybox_image, write_spec):
     assert not t.is_alive()
     assert isinstance(outcome.get("exc"), Cancelled), outcome
     assert time.monotonic() - start < 40
-    no_leftovers()
+    no_leftovers(log_runner.logfile.getvalue())
+    assert "mounted at" in log_runner.logfile.getvalue()
 
 
 def test_remove_stale_containers(busybox_image, build_runner, monkeypatch, tmp_path):
     from imagegraph.build import remove_stale_containers
-    from imagegraph.build.container import container_name, record_owner
+    from imagegraph.build.container import container_name, forget_owner, record_owner
 
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
     parent_result, _, _ = busybox_image
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -299,7 +305,8 @@ def test_remove_stale_containers(busybox_image, build_runner, monkeypatch, tmp_p
     buildah("mount", stale)
     try:
         removed = remove_stale_containers(build_runner)
-        assert sorted(removed) == sorted([stale, orphan])
+        # other suites' orphans may go too; ours must, the live one must not
+        assert stale in removed and orphan in removed and live not in removed
         now = containers()
         assert live in now and stale not in now and orphan not in now
         assert read_owner(live) is not None and read_owner(stale) is None
@@ -307,6 +314,7 @@ def test_remove_stale_containers(busybox_image, build_runner, monkeypatch, tmp_p
     finally:
         for name in (stale, live, orphan):
             buildah("rm", name, check=False)
+            forget_owner(name)
 
 
 def test_stale_record_with_recycled_pid_is_stale(tmp_path, monkeypatch):

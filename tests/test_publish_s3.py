@@ -76,7 +76,7 @@ def captured_logs(caplog: pytest.LogCaptureFixture) -> Iterator[io.StringIO]:
     old = structlog.get_config()
     buf = io.StringIO()
     configure("json", "DEBUG", buf)
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)  # botocore's DEBUG lines carry request headers
     try:
         yield buf
     finally:
@@ -323,6 +323,7 @@ def test_connection_dropped_forever_leaves_nothing(
     f.write_bytes(os.urandom(11 * MiB))
     s3_env.proxy.reset_always(min_bytes=MiB)  # parts never arrive; create/abort/list still pass
     target = S3Target(s3_env.proxy_endpoint, bucket, layer="compute", settings=SMALL_PARTS)
+    caplog.clear()  # from here on every log line must be free of credentials
     created: list[str] = []
     target.client.meta.events.register(
         "after-call.s3.CreateMultipartUpload", lambda parsed, **kw: created.append(parsed["UploadId"])
@@ -342,6 +343,7 @@ def test_connection_dropped_forever_leaves_nothing(
         S3Target(s3_env.proxy_endpoint, bucket, settings=FAST).check_bucket()
     logs = captured_logs.getvalue() + caplog.text
     assert "S3 request failed; retrying" in logs
+    assert "Sending http request" in logs  # botocore's DEBUG output was captured, and redacted
     for secret in (S3_TEST_SECRET, S3_TEST_ACCESS):
         assert secret not in text and secret not in logs
 
@@ -392,3 +394,61 @@ def test_endpoint_without_checksum_support(
         assert target.endpoint in S3Target._no_checksum
     finally:
         S3Target._no_checksum.discard(target.endpoint)
+
+
+def test_access_denied_fails_at_once_without_secrets(
+    s3_auth_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, captured_logs: io.StringIO
+) -> None:
+    monkeypatch.setenv("S3_ACCESS", S3_TEST_ACCESS)
+    monkeypatch.setenv("S3_SECRET", S3_TEST_SECRET)
+    f = tmp_path / "small"
+    f.write_bytes(b"x")
+    start = time.monotonic()
+    target = S3Target(s3_auth_server.endpoint, "boot-images", layer="compute", settings=S3Settings())
+    with pytest.raises(PublishError) as err:
+        target.check_bucket()
+    with pytest.raises(PublishError) as err2:
+        target.upload(f, "k", {})
+    assert time.monotonic() - start < 3  # not retried
+    for e in (err, err2):
+        text = str(e.value)
+        assert "access denied to bucket 'boot-images'" in text and "S3_ACCESS/S3_SECRET" in text
+        assert S3_TEST_SECRET not in text and S3_TEST_ACCESS not in text
+    assert S3_TEST_ACCESS not in captured_logs.getvalue()
+
+
+def test_shared_boot_file_overwritten_by_another_layer(
+    s3_env: S3Server, rootfs: Path, tmp_path: Path, captured_logs: io.StringIO
+) -> None:
+    """image-builder keys are shared by layers with one prefix: detect the clash and restore our file."""
+    bucket = s3_env.make_bucket()
+    spec = spec_for(s3_env.endpoint, bucket)
+    publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
+    kernel = f"efi-images/compute/base/vmlinuz-{KVER}"
+    s3_env.client().put_object(
+        Bucket=bucket,
+        Key=kernel,
+        Body=b"other kernel",
+        Metadata={"imagegraph-key": "d" * 64, "sha256": "0" * 64},
+    )
+    assert S3Index(settings=FAST).has_artifacts(spec, KEY) is False
+    pub = publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
+    assert [(o.role, o.action) for o in pub.objects] == [
+        ("kernel", "uploaded"),
+        ("initramfs", "unchanged"),
+        ("rootfs", "unchanged"),  # the restored kernel has its old ETag: the SquashFS's record holds
+    ]
+    assert "replacing a boot file another layer published" in captured_logs.getvalue()
+    assert S3Index(settings=FAST).has_artifacts(spec, KEY) is True
+
+    # Another kernel for the same SquashFS: the SquashFS gets new metadata by a copy onto itself.
+    older = replace(spec, kernel_version="5.14.0-70.el9.x86_64")
+    pub = publish_artifacts(older, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
+    assert [(o.role, o.action) for o in pub.objects] == [
+        ("kernel", "uploaded"),
+        ("initramfs", "uploaded"),
+        ("rootfs", "copied"),
+    ]
+    assert (
+        meta(s3_env, bucket, "compute/base/rocky9.6-compute-v1")["imagegraph-kver"] == "5.14.0-70.el9.x86_64"
+    )

@@ -383,9 +383,14 @@ def _publish_s3(
                 step="s3",
             )
         result = None
-        if role in first_of:
+        same_content = bool(
+            existing and existing["size"] == f.size and existing["metadata"].get(META_SHA256) == f.sha256
+        )
+        # Same bytes, new metadata (e.g. its boot files were re-uploaded): copy the object onto itself.
+        source = obj_key if same_content else first_of.get(role)
+        if source is not None:
             try:
-                result = s3.copy(first_of[role], obj_key, meta, f.sha256, f.size)
+                result = s3.copy(source, obj_key, meta, f.sha256, f.size)
             except PublishError as exc:
                 log.warning(
                     "server-side copy failed; uploading instead", key=obj_key, error=str(exc), step="s3"

@@ -33,6 +33,7 @@ Failure handling, and why:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import urllib.parse
@@ -74,7 +75,6 @@ _THROTTLE_CODES = {
     "RequestThrottled",
     "TooManyRequests",
     "RequestTimeout",
-    "RequestTimeTooSkewed",
     "InternalError",
     "ServiceUnavailable",
     "503",
@@ -131,6 +131,46 @@ def normalize_endpoint(endpoint: str) -> str:
     return endpoint.strip().rstrip("/")
 
 
+# botocore at DEBUG logs request headers, whose Authorization holds the access key ID,
+# and error bodies that can repeat it. A filter on the loggers that emit them masks
+# registered secrets, whatever logging configuration the application chooses.
+_NOISY_LOGGERS = (
+    "botocore.endpoint",
+    "botocore.auth",
+    "botocore.parsers",
+    "botocore.hooks",
+    "botocore.httpsession",
+    "botocore.retryhandler",
+    "botocore.credentials",
+    "s3transfer.tasks",
+    "s3transfer.futures",
+    "s3transfer.utils",
+    "urllib3.connectionpool",
+)
+
+
+class _RedactFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:
+            return True
+        masked = redact(text)
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True
+
+
+_redact_filter = _RedactFilter()
+
+
+def _install_log_redaction() -> None:
+    for name in _NOISY_LOGGERS:
+        lg = logging.getLogger(name)
+        if _redact_filter not in lg.filters:
+            lg.addFilter(_redact_filter)
+
+
 _session_lock = threading.Lock()
 _session: Any = None
 
@@ -155,6 +195,7 @@ def make_client(endpoint: str, settings: S3Settings | None = None) -> Any:
         or DEFAULT_REGION
     )
     creds = credentials()
+    _install_log_redaction()
     config = botocore.config.Config(
         s3={"addressing_style": "path"},
         retries={"mode": "standard", "max_attempts": settings.botocore_attempts},
@@ -632,3 +673,10 @@ class S3Index:
         if found is None:
             return None
         return all(v is not None for v in found.values())
+
+
+def boot_config(spec: Any, publication: Any, s3_public_url: str | None = None) -> list[dict]:
+    """See `imagegraph.publish.artifacts.boot_config` (kept here too: it is about S3 URLs)."""
+    from .artifacts import boot_config as _boot_config
+
+    return _boot_config(spec, publication, s3_public_url)
