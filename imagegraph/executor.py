@@ -473,16 +473,16 @@ def artifacts_document(lg: Any, state: State, layer: str) -> dict:
             continue
         objs = [PublishedObject(**o) for o in rec.locations]
         urls.extend(o.location for o in objs if o.role != "manifest")
-        if target == "s3" or not records.get("s3"):
-            first = objs[0] if objs else None
-            kver = None
-            for o in objs:
-                if o.role == "kernel":
-                    kver = kver or o.location.rsplit("vmlinuz-", 1)[-1]
-            pub = ArtifactPublication(key=rec.key, kver=kver, os="", objects=objs)
-            if target == "s3" and first is not None:
-                doc["boot_config"] = boot_config(spec, pub)
-            doc[target] = {"key": rec.key, "objects": [dataclasses.asdict(o) for o in objs]}
+        doc[target] = {
+            "key": rec.key,
+            "kver": rec.detail.get("kver"),
+            "objects": [dataclasses.asdict(o) for o in objs],
+        }
+        if target == "s3":
+            pub = ArtifactPublication(
+                key=rec.key, kver=rec.detail.get("kver"), os=rec.detail.get("os", ""), objects=objs
+            )
+            doc["boot_config"] = boot_config(spec, pub)
     if not records:
         raise PublishError(layer, "artifacts", "nothing published yet; run `imagegraph up` first")
     return doc

@@ -14,6 +14,7 @@ read a consistent snapshot while an `up` writes. The schema is versioned with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS layers (
 );
 CREATE TABLE IF NOT EXISTS published (
     layer TEXT NOT NULL, target TEXT NOT NULL, key TEXT NOT NULL, publish_key TEXT,
-    spec TEXT NOT NULL, locations TEXT, digest TEXT, published_at REAL,
+    spec TEXT NOT NULL, locations TEXT, digest TEXT, detail TEXT, published_at REAL,
     PRIMARY KEY (layer, target)
 );
 CREATE TABLE IF NOT EXISTS publications (
@@ -86,6 +87,7 @@ class PublishedRecord:
     locations: list
     digest: str | None
     published_at: float | None
+    detail: dict = dataclasses.field(default_factory=dict)
 
 
 class State:
@@ -282,6 +284,7 @@ class State:
                 json.loads(r["locations"] or "[]"),
                 r["digest"],
                 r["published_at"],
+                json.loads(r["detail"] or "{}"),
             )
         return out
 
@@ -296,6 +299,7 @@ class State:
                 json.loads(r["locations"] or "[]"),
                 r["digest"],
                 r["published_at"],
+                json.loads(r["detail"] or "{}"),
             )
         return out
 

@@ -335,10 +335,28 @@ def test_repo_helper_adds_newer_version(write_spec, build_runner, images, tmp_pa
     server = serve(repo.path)
     try:
         repo.add_version("ig-hello", "2.0")
-        spec = write_spec(busybox_spec_text(server.url, name="ig-test/newer"))
+        # and a repository given as a .repo file URL, which is downloaded as it is
+        (repo.path / "own.repo").write_text(f"[own]\nname=own\nbaseurl={server.url}\ngpgcheck=0\n")
+        spec = write_spec(busybox_spec_text(server.url + "own.repo", name="ig-test/newer"))
         result = build_layer(BuildRequest(spec=spec, key=fake_key("newer"), parent=None), build_runner)
         images.add(result.image_ref)
         assert "ig-hello-2.0-1.noarch" in mounted_rpm_q(result.image_ref, "ig-hello").stdout
     finally:
         server.stop()
         repo.cleanup()
+
+
+def test_pull_image_from_registry(busybox_image, registry, build_runner):
+    """pull_image with registry_opts_pull-style options returns the pulled image's ID."""
+    from imagegraph.build import pull_image
+
+    result, _, _ = busybox_image
+    ref = f"{registry.host}/ig-test/pulled:1"
+    buildah("push", "--tls-verify=false", result.image_id, f"docker://{ref}")
+    buildah("rmi", "-f", ref, check=False)
+    try:
+        image_id = pull_image(ref, ["--tls-verify=false"], build_runner)
+        assert len(image_id) == 64
+        assert local_image_id(ref, build_runner) == image_id
+    finally:
+        buildah("rmi", ref, check=False)
