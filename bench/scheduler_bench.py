@@ -80,10 +80,14 @@ def main() -> None:
             edges[f"t{i:03d}"] = f"t{rng.randrange(i):03d}"
         durs = {k: float(rng.randint(10, 100)) for k in edges}
         rows.append(scenario(tmp, "random-tree-200", edges, durs, 8))
-    print("| scenario | layers | jobs | total work (s) | critical path (s) | lower bound (s) | makespan (s) | ratio |")
+    print(
+        "| scenario | layers | jobs | total work (s) | critical path (s) | lower bound (s) | makespan (s) | ratio |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, n, jobs, work, cp, bound, span in rows:
-        print(f"| {name} | {n} | {jobs} | {work:.0f} | {cp:.0f} | {bound:.0f} | {span:.0f} | {span / bound:.3f} |")
+        print(
+            f"| {name} | {n} | {jobs} | {work:.0f} | {cp:.0f} | {bound:.0f} | {span:.0f} | {span / bound:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def _err() -> Console:
 
 def _split_dir(positional: list[str]) -> tuple[Path, list[str]]:
     """`[DIR] [LAYER...]`: the first word is the directory when it is one."""
-    if positional and (Path(positional[0]).is_dir() or positional[0].endswith("/")):
+    if positional and (Path(positional[0]).is_dir() or "/" in positional[0]):
         return Path(positional[0]), positional[1:]
     default = Path("layers") if Path("layers").is_dir() and not list(Path(".").glob("*.yaml")) else Path(".")
     return default, positional
@@ -446,7 +446,13 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Layer names may follow options (`up layers/ -j 4 compute`): argparse leaves them over.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "args") and not any(e.startswith("-") for e in extra):
+            args.args = [*args.args, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     register_environment()
     level = (
         "DEBUG" if args.verbose >= 2 else ("INFO" if args.verbose == 1 or args.command == "up" else "WARNING")

@@ -62,4 +62,5 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: Any = None) -> Non
 
 
 def get_logger(**bind: Any) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger("imagegraph").bind(**bind)
+    # Lazy: modules bind loggers at import time, before configure() picks the stream.
+    return structlog.get_logger("imagegraph", **bind)
