@@ -25,6 +25,7 @@ from . import __version__
 from . import log as logmod
 from .errors import Diagnostic, ImagegraphError, SpecError, UsageError
 from .graph import LayerGraph, build_graph, to_dot, to_json, to_mermaid
+from .lockfile import load_lock
 from .plan import Action, LiveInventory, Plan, make_plan
 from .project import Project, load_project
 from .redact import redact, register_environment
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 when anything would be done (like make -q)")
     p.add_argument("--force", action="append", default=[], metavar="LAYER")
     p.add_argument("--force-all", action="store_true")
+    _max_age(p)
 
     p = sub.add_parser("up", help="build and publish what is stale")
     p.add_argument("args", nargs="*", metavar="[DIR] [LAYER]")
@@ -115,6 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
     p.add_argument("--fail-fast", action="store_true", help="start nothing new after the first failure")
     p.add_argument("--json", action="store_true", help="print the run result as JSON")
+    _max_age(p)
+    p.add_argument("--wait", action="store_true", help="queue behind a running run instead of exiting 3")
+
+    p = sub.add_parser(
+        "lock", help="write imagegraph.lock: fingerprints of upstream repositories and parents"
+    )
+    p.add_argument("dir", nargs="?", default=None)
+    p.add_argument("--update", action="store_true", help="fetch every fingerprint again (else: missing ones)")
+    p.add_argument("--state", metavar="PATH")
+    p.add_argument("--wait", action="store_true", help="queue behind a running run instead of exiting 3")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("gc", help="remove key tags, S3 objects and local images of old builds")
+    p.add_argument("dir", nargs="?", default=None)
+    p.add_argument("--keep", type=int, required=True, metavar="N", help="builds kept per layer, newest first")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
+    p.add_argument("--state", metavar="PATH")
+    p.add_argument("--wait", action="store_true", help="queue behind a running run instead of exiting 3")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("artifacts", help="published URLs and an OpenCHAMI boot configuration for a layer")
     p.add_argument("args", nargs="+", metavar="[DIR] LAYER")
@@ -132,6 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _duration(text: str) -> float:
+    from .duration import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _max_age(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-age",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="also rebuild layers last built longer ago than this (7d, 12h, 30m)",
+    )
+
+
 # ------------------------------------------------------------------- helpers
 
 
@@ -146,7 +186,16 @@ def _load(root: Path, state_arg: str | None = None) -> tuple[Project, LayerGraph
     return project, lg
 
 
+# With --log-format json, stderr carries JSON lines only (journald, log shippers): diagnostics and
+# errors become events there instead of coloured text.
+_json_stderr = False
+
+
 def _print_warnings(diags: list[Diagnostic]) -> None:
+    if _json_stderr:
+        for d in diags:
+            logmod.get_logger().warning(redact(str(d)), file=d.file, line=d.line, severity=d.severity)
+        return
     err = _err()
     for d in diags:
         err.print(Text(redact(str(d)), style="yellow"))
@@ -157,6 +206,7 @@ def _plan(args: argparse.Namespace, names_and_dir: list[str]) -> tuple[Project, 
     project, lg = _load(root, args.state)
     state = State(_state_path(project, args.state), readonly=args.command == "plan")
     inventory = LiveInventory(offline=args.offline)
+    lock = load_lock(project.root)  # keys include the locked upstream fingerprints, when there are any
     plan = make_plan(
         lg,
         state,
@@ -165,7 +215,9 @@ def _plan(args: argparse.Namespace, names_and_dir: list[str]) -> tuple[Project, 
         force=set(args.force),
         force_all=args.force_all,
         offline=args.offline,
-        upstream_of=None,
+        upstream_of=lock.upstream_of if lock else None,
+        locked_digest=lock.parent_digest if lock else None,
+        max_age=args.max_age,
     )
     return project, lg, state, plan
 
@@ -270,8 +322,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .executor import run_up
+    from .executor import StateLock, run_up
+    from .state import default_run_id
 
+    run_id = default_run_id()
+    logmod.bind_run(run_id)  # planning's events (registry warnings) carry the run id too
+    if args.wait and not args.dry_run:
+        # Queue first, then plan: a plan made before the other run finished would redo its work.
+        project, _ = _load(_split_dir(args.args)[0], args.state)
+        with StateLock(_state_path(project, args.state).parent, "up (waiting)", wait=True):
+            pass
     project, lg, state, plan = _plan(args, args.args)
     if not args.json:
         _print_warnings(project.warnings + lg.warnings)
@@ -292,6 +352,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         fail_fast=args.fail_fast,
         on_event=progress.event if progress else None,
         install_signals=True,
+        wait_lock=args.wait,
+        run_id=run_id,
     )
     if progress:
         progress.stop()
@@ -433,7 +495,84 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lock(args: argparse.Namespace) -> int:
+    from .executor import StateLock
+    from .lockfile import lock
+
+    root, _ = _split_dir([args.dir] if args.dir else [])
+    project, lg = _load(root, args.state)
+    # The lock file changes keys: never under a running `up`.
+    with StateLock(_state_path(project, args.state).parent, "lock", wait=args.wait):
+        report = lock(lg, update=args.update)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        render_lock(report, _out(), _err())
+    return report.exit_status
+
+
+def render_lock(report: Any, out: Console, err: Console) -> None:
+    marks = {"added": ("+", "green"), "updated": ("~", "yellow"), "removed": ("-", "red")}
+    for c in report.changes:
+        if c.change == "unchanged":
+            continue
+        mark, style = marks[c.change]
+        line = Text(f"{mark} {c.what} {c.name}", style=style)
+        if c.what == "repository":
+            line.append(f"  {c.url}", style="dim")
+        if c.change == "updated":
+            line.append(f"  {(c.old or '')[:19]} -> {(c.new or '')[:19]}")
+        out.print(line)
+    for e in report.errors:
+        err.print(Text(f"error: {e}", style="red"))
+    n = {k: len(report.of(k)) for k in ("added", "updated", "unchanged", "removed")}
+    summary = ", ".join(f"{v} {k}" for k, v in n.items() if v) or "nothing locked"
+    if report.errors:
+        out.print(
+            Text(
+                f"{report.path}: left unchanged ({len(report.errors)} error(s); {summary})", style="bold red"
+            )
+        )
+    else:
+        verb = "written" if report.written else "unchanged"
+        out.print(Text(f"{report.path}: {verb} ({summary})", style="bold"))
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .gc import run_gc
+
+    if args.keep < 1:
+        raise UsageError("--keep must be at least 1")
+    root, _ = _split_dir([args.dir] if args.dir else [])
+    project, lg = _load(root, args.state)
+    path = _state_path(project, args.state)
+    state = State(path)
+    report = run_gc(
+        lg, state, state_dir=path.parent, keep=args.keep, dry_run=args.dry_run, wait_lock=args.wait
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        render_gc(report, _out(), _err())
+    return report.exit_status
+
+
+def render_gc(report: Any, out: Console, err: Console) -> None:
+    styles = {"removed": "red", "would-remove": "yellow", "kept": "dim", "failed": "bold red"}
+    for i in report.items:
+        line = Text(f"{i.action:12} {i.kind:12} {redact(i.location)}", style=styles.get(i.action, ""))
+        if i.reason:
+            line.append(f"  ({i.reason})", style="dim")
+        out.print(line)
+    for e in report.errors:
+        err.print(Text(f"error: {e}", style="red"))
+    verb = "would remove" if report.dry_run else "removed"
+    out.print(Text(f"gc --keep {report.keep}: {verb} {len(report.removed)}", style="bold"))
+
+
 COMMANDS = {
+    "lock": cmd_lock,
+    "gc": cmd_gc,
     "validate": cmd_validate,
     "graph": cmd_graph,
     "plan": cmd_plan,
@@ -454,21 +593,38 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     register_environment()
-    level = (
-        "DEBUG" if args.verbose >= 2 else ("INFO" if args.verbose == 1 or args.command == "up" else "WARNING")
-    )
-    logmod.configure(args.log_format, level)
+    fmt = args.log_format
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    # On a terminal `up` shows live progress and a summary; the full story is in the layer logs.
+    # Unattended (JSON lines), every layer event is logged for the morning.
+    quiet = "WARNING" if fmt == "console" or args.command not in ("up", "lock", "gc") else "INFO"
+    level = "DEBUG" if args.verbose >= 2 else ("INFO" if args.verbose == 1 else quiet)
+    logmod.configure(fmt, level)
+    global _json_stderr
+    _json_stderr = fmt == "json"
     try:
         return COMMANDS[args.command](args)
     except SpecError as exc:
-        err = _err()
         errors = [d for d in exc.diagnostics if d.severity == "error"]
+        if _json_stderr:
+            for d in exc.diagnostics:
+                log = logmod.get_logger()
+                (log.error if d.severity == "error" else log.warning)(
+                    redact(str(d)), file=d.file, line=d.line, column=d.column
+                )
+            logmod.get_logger().error(f"{len(errors)} error(s); nothing was built", exit_status=2)
+            return 2
+        err = _err()
         for d in exc.diagnostics:
             err.print(Text(redact(str(d)), style="red" if d.severity == "error" else "yellow"))
         err.print(Text(f"{len(errors)} error(s); nothing was built", style="bold red"))
         return 2
     except ImagegraphError as exc:
-        _err().print(Text(f"imagegraph: {redact(str(exc))}", style="red"))
+        if _json_stderr:
+            logmod.get_logger().error(redact(str(exc)), exit_status=exc.exit_status)
+        else:
+            _err().print(Text(f"imagegraph: {redact(str(exc))}", style="red"))
         return exc.exit_status
     except KeyboardInterrupt:
         _err().print("interrupted")

@@ -115,7 +115,15 @@ class LocalExecutor:
             pres = parents.get(link.layer)
             image = pres.image_id if pres and pres.image_id else self._key_image(link.layer, runner)
             return ParentImage(image=image, ref=spec.parent, key=self.plan.layers[link.layer].key)
-        image = self._pull_once(spec.parent, spec.registry_opts_pull, runner)
+        ref = spec.parent
+        digest = self.plan.keys[lp.layer].parent.digest if lp.layer in self.plan.keys else None
+        if digest:
+            from .publish.registry import parse_reference
+
+            # Exactly the manifest the key was computed from (the lock file's, or the registry's at
+            # plan time), not whatever the tag points at now.
+            ref = str(parse_reference(spec.parent).with_digest(digest))
+        image = self._pull_once(ref, spec.registry_opts_pull, runner)
         return ParentImage(image=image, ref=spec.parent, key=None)
 
     # ------------------------------------------------------------------ execute
@@ -212,9 +220,9 @@ class LocalExecutor:
         if "registry" in todo:
             out.append(self._publish_registry(lp, spec, image, need_image, runner))
         if "local" in todo:
-            img = need_image()
             refs = [f"localhost/{spec.name}:{t}" for t in spec.publish_tags]
-            runner.run(["buildah", "tag", img, *refs], step="publish-local")
+            if lp.action != Action.BUILD:  # a build already tagged them at commit
+                runner.run(["buildah", "tag", need_image(), *refs], step="publish-local")
             self.state.record_publication(
                 run_id=self.run_id,
                 layer=lp.layer,
@@ -362,9 +370,10 @@ def run_up(
     wait_lock: bool = False,
     executor: Any = None,
     command: str = "up",
+    run_id: str | None = None,
 ) -> RunResult:
     """Execute `plan` on this host under the state lock; record the run and its result document."""
-    run_id = default_run_id()
+    run_id = run_id or default_run_id()
     bind_run(run_id)
     log = get_logger()
     with StateLock(state_dir, command, wait=wait_lock):

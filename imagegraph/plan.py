@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from .duration import format_age, format_duration
 from .graph import LayerGraph
 from .key import LayerKey, compute_keys, key_tag
 from .spec import LayerSpec
@@ -256,12 +259,27 @@ def make_plan(
     force_all: bool = False,
     upstream_of: Any = None,
     offline: bool = False,
+    locked_digest: Callable[[str], str | None] | None = None,
+    max_age: float | None = None,
+    now: float | None = None,
 ) -> Plan:
-    """Decide, for every selected layer and its ancestors, what must happen and why."""
+    """Decide, for every selected layer and its ancestors, what must happen and why.
+
+    `upstream_of(spec)` gives the locked upstream fingerprints of a layer (the
+    lock file), `locked_digest(ref)` an external parent's locked digest (asked
+    before the registry: reproducible and offline), `max_age` (seconds) also
+    rebuilds layers whose last build is older than that.
+    """
     selected = lg.select(names)
     forced = {lg.lookup(n) for n in (force or set())}
     order = lg.order(selected)
-    keys = compute_keys(lg, order, inventory.external_digest, upstream_of)
+    now = time.time() if now is None else now
+
+    def digest_of(ref: str, spec: LayerSpec) -> str | None:
+        pinned = locked_digest(ref) if locked_digest else None
+        return pinned or inventory.external_digest(ref, spec)
+
+    keys = compute_keys(lg, order, digest_of, upstream_of)
     records = state.layers()
     published = state.all_published()
     plans: dict[str, LayerPlan] = {}
@@ -280,6 +298,13 @@ def make_plan(
                 Reason(
                     "parent-digest-unknown",
                     f"external parent {link.ref}: digest unknown ({'offline' if offline else 'registry did not answer'}); keyed by reference",
+                )
+            )
+        elif link.kind == "external" and locked_digest and locked_digest(link.ref):
+            notes.append(
+                Reason(
+                    "parent-locked",
+                    f"external parent {link.ref} pinned by the lock file to {lk.parent.digest}",
                 )
             )
         if link.kind == "layer" and link.how == "name-tag":
@@ -302,6 +327,23 @@ def make_plan(
             reasons.append(
                 Reason(
                     "parent-rebuilds", f"parent {parent_plan.layer} rebuilds", {"parent": parent_plan.layer}
+                )
+            )
+        elif (
+            max_age is not None
+            and rec is not None
+            and rec.key == lk.key
+            and rec.built_at is not None
+            and now - rec.built_at > max_age
+        ):
+            # Same inputs, but old: packages from unlocked repositories may have moved on since.
+            build = True
+            reasons.append(
+                Reason(
+                    "too-old",
+                    f"last built {format_age(now - rec.built_at)} ago, older than --max-age "
+                    f"{format_duration(max_age)}",
+                    {"built_at": rec.built_at, "max_age": max_age},
                 )
             )
         elif rec is not None and rec.key == lk.key and inventory.local_image(rec.image_id, rec.image_ref):
@@ -466,7 +508,7 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
         elif field_name == "upstream":
             for name in sorted(set(a or {}) | set(b or {})):
                 if (a or {}).get(name) != (b or {}).get(name):
-                    out.append(Reason("upstream-changed", f"upstream {name} changed", {"upstream": name}))
+                    out.append(_upstream_reason(name, (a or {}).get(name), (b or {}).get(name)))
         elif field_name == "ansible":
             for sub in sorted(set(a or {}) | set(b or {})):
                 if (a or {}).get(sub) != (b or {}).get(sub):
@@ -482,6 +524,23 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
                 Reason("field-changed", f"{field_name}: {_short(a)} -> {_short(b)}", {"field": field_name})
             )
     return out or [Reason("key-changed", "key inputs changed")]
+
+
+def _upstream_reason(name: str, old: str | None, new: str | None) -> Reason:
+    """`repo:Rocky_9_BaseOS` -> "upstream repository Rocky_9_BaseOS changed" (or was locked, or unlocked)."""
+    kind, _, what = name.partition(":")
+    label = {"repo": "repository"}.get(kind, kind)
+    if old is None:
+        how = "newly locked"
+    elif new is None:
+        how = "no longer locked"
+    else:
+        how = "changed"
+    return Reason(
+        "upstream-changed",
+        f"upstream {label} {what or name} {how}",
+        {"upstream": name, "old": old, "new": new},
+    )
 
 
 def _short(v: Any) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -147,7 +148,8 @@ class Runner:
             full_env.update(self.base_env)
         if env:
             full_env.update(env)
-        self._write_file(f"$ {' '.join(argv)}")
+        # shlex.join: a logged command can be pasted into a shell as it ran.
+        self._write_file(f"$ {shlex.join(argv)}")
         self.log.debug("exec", step=step, argv=redact(" ".join(argv)))
         start = time.monotonic()
         try:

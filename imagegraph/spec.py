@@ -62,7 +62,7 @@ class Cmd:
 
 @dataclass(frozen=True)
 class SquashfsOptions:
-    compression: str = "xz"
+    compression: str = "gzip"  # mksquashfs default, as image-builder: every kernel reads it
     level: int | None = None
     block_size: str | None = None
 
@@ -541,7 +541,7 @@ def _build(
     modules = tuple((str(k), _as_tuple(v)) for k, v in (_plain(doc.get("modules")) or {}).items())
     sq = opts.get("squashfs") or {}
     squashfs = SquashfsOptions(
-        compression=sq.get("compression", "xz"),
+        compression=sq.get("compression", "gzip"),
         level=sq.get("level"),
         block_size=str(sq["block_size"]) if sq.get("block_size") is not None else None,
     )

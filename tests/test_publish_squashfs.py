@@ -104,7 +104,7 @@ def test_missing_mount_points_are_created(tmp_path: Path) -> None:
 def test_compression_options_change_the_output(rootfs: Path, tmp_path: Path) -> None:
     runner = Runner("test")
     outs = {
-        "xz": make_squashfs(rootfs, tmp_path / "xz.sqfs", SquashfsOptions(), runner),
+        "xz": make_squashfs(rootfs, tmp_path / "xz.sqfs", SquashfsOptions("xz"), runner),
         "gzip1": make_squashfs(rootfs, tmp_path / "g1.sqfs", SquashfsOptions("gzip", 1), runner),
         "gzip9": make_squashfs(rootfs, tmp_path / "g9.sqfs", SquashfsOptions("gzip", 9), runner),
         "zstd": make_squashfs(rootfs, tmp_path / "z.sqfs", SquashfsOptions("zstd", 19, "64K"), runner),

@@ -232,8 +232,12 @@ def mounted_image(image: str, runner: Runner) -> Iterator[Path]:
     cancellation. `--pull=never`: the image was just committed; contacting a
     registry here would be a bug.
     """
+    from ..build.container import forget_owner, record_owner
+
     name = f"imagegraph-publish-{secrets.token_hex(6)}"
     created = False
+    # Owned like a build container, so another run's stale-container clean-up leaves it alone.
+    record_owner(name, runner.layer, "", "")
     try:
         runner.run(
             ["buildah", "from", "--pull=never", "--quiet", "--name", name, image], step="mount", capture=True
@@ -256,6 +260,8 @@ def mounted_image(image: str, runner: Runner) -> Iterator[Path]:
         ).returncode
         if rc != 0 and created:
             get_logger(layer=runner.layer).warning("could not remove working container", container=name)
+        else:
+            forget_owner(name)
 
 
 # ---------------------------------------------------------------------------- publish

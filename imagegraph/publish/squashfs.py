@@ -71,7 +71,7 @@ def mksquashfs_args(
 
     `missing`: mount points the image lacks, added as empty directories.
     """
-    comp = opts.compression or "xz"
+    comp = opts.compression or "gzip"
     if comp not in COMPRESSORS:
         raise PublishError(
             layer, "squashfs", f"unknown compression '{comp}' (one of {', '.join(COMPRESSORS)})"

@@ -1,0 +1,470 @@
+"""The upstream lock file: what the package repositories and external parents looked like.
+
+A layer's spec can stay the same while its repositories change under it
+(security updates). `imagegraph lock` writes `imagegraph.lock` beside the
+specs with a fingerprint of every repository the layers use and the manifest
+digest of every external parent; keys include the locked fingerprints, so a
+`lock --update` that sees a new repository revision changes exactly the keys
+of the layers using that repository (and, through the parent chain, their
+descendants). The file is meant to be committed: it records which upstream
+state a build came from, and without `--update` it does not move.
+
+Fingerprints:
+
+- dnf / zypper (rpm-md): `<url>/repodata/repomd.xml`: its `<revision>` (for
+  people) and the sha256 of the file (for keys). `$releasever` and
+  `$basearch` are substituted as dnf would (the spec's releasever, this host's
+  architecture).
+- apt: `<url>/dists/<suite>/InRelease` (or `Release`): its `Date:` and sha256.
+- a `.repo` file URL: the sha256 of its content.
+- an external parent: the manifest digest of its reference; `plan` and `up`
+  then use the locked digest instead of asking the registry (reproducible,
+  fast, works offline).
+
+Fetches are retried (bounded, `IMAGEGRAPH_RETRY_*` like registry requests).
+A repository that cannot be fetched is an error naming it and the layer files
+that use it, and the lock file is not written: an unreachable repository is
+never taken as unchanged. Credentials in repository URLs never reach the file
+or a message: entries are keyed by alias and the redacted URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import Diagnostic, SpecError
+from .project import LOCK_FILE
+from .redact import redact
+from .spec import LayerSpec, Repo
+
+LOCK_FORMAT = 1
+HEADER = (
+    "# imagegraph.lock: upstream fingerprints that layer keys include.\n"
+    "# Written by `imagegraph lock`, refreshed by `imagegraph lock --update`; commit it.\n"
+)
+DEFAULT_APT_SUITE = "bookworm"  # as imagegraph.build.apt
+DEFAULT_APT_MIRROR = "http://deb.debian.org/debian"
+
+Fetch = Callable[[str, str | None], bytes]
+
+
+class FetchError(Exception):
+    """A URL could not be fetched (after retries): `transient` when retrying might have helped."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+# ------------------------------------------------------------------- repositories
+
+
+@dataclass(frozen=True)
+class RepoSource:
+    """One repository as a layer uses it, with the URL resolved as the package manager would."""
+
+    alias: str
+    kind: str  # rpm-md, apt, repo-file
+    url: str  # resolved; may hold credentials: for fetching only, never stored or shown
+    suite: str | None = None  # apt
+    proxy: str | None = None
+
+    @property
+    def shown_url(self) -> str:
+        return redact(self.url)
+
+    @property
+    def entry_id(self) -> tuple[str, str, str]:
+        return (self.alias, self.shown_url, self.suite or "")
+
+    def fingerprint_url(self) -> list[str]:
+        """The URLs whose content is the fingerprint, in the order to try them."""
+        base = self.url if self.url.endswith("/") else self.url + "/"
+        if self.kind == "repo-file":
+            return [self.url]
+        if self.kind == "apt":
+            return [f"{base}dists/{self.suite}/InRelease", f"{base}dists/{self.suite}/Release"]
+        return [f"{base}repodata/repomd.xml"]
+
+
+def host_basearch() -> str:
+    """dnf's $basearch for this host (x86_64, aarch64, ppc64le, s390x)."""
+    m = platform.machine()
+    return {"amd64": "x86_64", "arm64": "aarch64", "i686": "i386", "i586": "i386"}.get(m, m)
+
+
+def substitute(url: str, releasever: str | None, basearch: str | None = None) -> str:
+    """dnf's variable substitution for the two variables spec URLs use."""
+    values = {"releasever": releasever or "", "basearch": basearch or host_basearch()}
+    values["arch"] = values["basearch"]
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        return values.get(name, m.group(0))
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, url)
+
+
+def repo_sources(spec: LayerSpec) -> list[RepoSource]:
+    """The repositories a layer installs from (none for ansible layers)."""
+    if spec.layer_type == "ansible" or not spec.pkg_manager:
+        return []
+    out: list[RepoSource] = []
+    if spec.pkg_manager == "apt":
+        suite = next((r.suite for r in spec.repos if r.suite), None) or spec.releasever or DEFAULT_APT_SUITE
+        # A scratch apt layer without repos bootstraps from the Debian archive (imagegraph.build.apt).
+        repos = spec.repos or ((Repo(alias="debian", url=DEFAULT_APT_MIRROR),) if spec.is_scratch else ())
+        for r in repos:
+            out.append(RepoSource(r.alias, "apt", r.url, r.suite or suite, spec.proxy))
+        return out
+    for r in spec.repos:
+        url = substitute(r.url, spec.releasever)
+        kind = "repo-file" if r.url.endswith(".repo") else "rpm-md"
+        out.append(RepoSource(r.alias, kind, url, None, spec.proxy))
+    return out
+
+
+def _repomd_revision(data: bytes) -> str | None:
+    m = re.search(rb"<revision>\s*([^<\s]+)\s*</revision>", data)
+    return m.group(1).decode(errors="replace") if m else None
+
+
+def _release_date(data: bytes) -> str | None:
+    m = re.search(rb"^Date:\s*(.+?)\s*$", data, re.MULTILINE)
+    return m.group(1).decode(errors="replace") if m else None
+
+
+def fingerprint_repo(src: RepoSource, fetch: Fetch) -> dict[str, Any]:
+    """The lock entry for one repository (without `layers`); raises FetchError."""
+    urls = src.fingerprint_url()
+    data = None
+    last: FetchError | None = None
+    used = urls[0]
+    for url in urls:
+        try:
+            data = fetch(url, src.proxy)
+            used = url
+            break
+        except FetchError as exc:
+            last = exc
+            if exc.transient:
+                break  # the server is down: the fallback URL will not answer either
+    if data is None:
+        assert last is not None
+        raise last
+    entry: dict[str, Any] = {"alias": src.alias, "url": src.shown_url, "type": src.kind}
+    if src.kind == "apt":
+        entry["suite"] = src.suite
+        entry["file"] = used.rsplit("/", 1)[1]
+        date = _release_date(data)
+        if date:
+            entry["date"] = date
+    elif src.kind == "rpm-md":
+        rev = _repomd_revision(data)
+        if rev:
+            entry["revision"] = rev
+    entry["sha256"] = hashlib.sha256(data).hexdigest()
+    return entry
+
+
+def http_fetch(url: str, proxy: str | None = None) -> bytes:
+    """GET a URL (file:// too), retrying transient failures with the registry retry policy."""
+    import requests
+
+    from .publish.registry import RetryPolicy, TransientError, _with_retries
+
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "file":
+        try:
+            return Path(urllib.request.url2pathname(parsed.path)).read_bytes()
+        except OSError as exc:
+            raise FetchError(f"cannot read {parsed.path}: {exc.strerror}") from exc
+    proxies = {"http": proxy, "https": proxy} if proxy else None
+
+    def once() -> bytes:
+        try:
+            resp = requests.get(url, timeout=(10, 60), proxies=proxies)
+        except requests.RequestException as exc:
+            raise TransientError(type(exc).__name__, redact(str(exc))) from exc
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise TransientError(f"HTTP {resp.status_code}", status=resp.status_code)
+        if resp.status_code != 200:
+            raise FetchError(f"HTTP {resp.status_code} for {redact(url)}")
+        return resp.content
+
+    policy = RetryPolicy.from_env()
+    try:
+        return _with_retries(policy, once)
+    except TransientError as exc:
+        raise FetchError(
+            f"unreachable after {policy.attempts} attempts: {redact(str(exc))}", transient=True
+        ) from exc
+
+
+# ------------------------------------------------------------------------- the file
+
+
+@dataclass
+class LockFile:
+    """The parsed lock file: repositories by (alias, redacted URL, suite), parents by reference."""
+
+    path: Path
+    repositories: dict[tuple[str, str, str], dict] = field(default_factory=dict)
+    parents: dict[str, dict] = field(default_factory=dict)
+
+    def repo_entry(self, src: RepoSource) -> dict | None:
+        return self.repositories.get(src.entry_id)
+
+    def upstream_of(self, spec: LayerSpec) -> dict[str, str]:
+        """Key inputs for a layer: `repo:<alias>` -> locked sha256, for the repositories it uses."""
+        out = {}
+        for src in repo_sources(spec):
+            entry = self.repo_entry(src)
+            if entry and entry.get("sha256"):
+                out[f"repo:{src.alias}"] = entry["sha256"]
+        return out
+
+    def parent_digest(self, ref: str) -> str | None:
+        entry = self.parents.get(_normalize(ref))
+        return entry.get("digest") if entry else None
+
+    def to_document(self) -> dict:
+        repos = [self.repositories[k] for k in sorted(self.repositories)]
+        parents = [self.parents[k] for k in sorted(self.parents)]
+        return {"version": LOCK_FORMAT, "repositories": repos, "parents": parents}
+
+    def text(self) -> str:
+        import io
+
+        from ruamel.yaml import YAML
+
+        y = YAML()
+        y.default_flow_style = False
+        y.width = 4096  # one URL per line, however long
+        buf = io.StringIO()
+        y.dump(_plain(self.to_document()), buf)
+        return HEADER + buf.getvalue()
+
+    def write(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.text())
+        os.replace(tmp, self.path)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _normalize(ref: str) -> str:
+    from .publish.registry import normalize_reference
+
+    try:
+        return normalize_reference(ref)
+    except ValueError:
+        return ref
+
+
+def lock_path(root: Path) -> Path:
+    return Path(root) / LOCK_FILE
+
+
+def load_lock(root: Path) -> LockFile | None:
+    """The project's lock file, or None when there is none. A malformed one is a spec error."""
+    path = lock_path(root)
+    if not path.is_file():
+        return None
+    from ruamel.yaml import YAML, YAMLError
+
+    def bad(msg: str) -> SpecError:
+        return SpecError(
+            [Diagnostic(str(path), 0, 0, msg, hint="regenerate it: rm imagegraph.lock; imagegraph lock")]
+        )
+
+    try:
+        doc = YAML(typ="safe").load(path.read_text()) or {}
+    except (YAMLError, OSError) as exc:
+        raise bad(f"cannot read the lock file: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("version") != LOCK_FORMAT:
+        raise bad(f"not an imagegraph lock file of format {LOCK_FORMAT}")
+    lock = LockFile(path)
+    for e in doc.get("repositories") or []:
+        if not isinstance(e, dict) or not {"alias", "url", "sha256"} <= set(e):
+            raise bad(f"repository entry without alias, url and sha256: {e!r}")
+        lock.repositories[(str(e["alias"]), str(e["url"]), str(e.get("suite") or ""))] = dict(e)
+    for e in doc.get("parents") or []:
+        if not isinstance(e, dict) or not {"reference", "digest"} <= set(e):
+            raise bad(f"parent entry without reference and digest: {e!r}")
+        lock.parents[str(e["reference"])] = dict(e)
+    return lock
+
+
+# --------------------------------------------------------------------------- locking
+
+
+@dataclass
+class LockChange:
+    what: str  # "repository" or "parent"
+    name: str  # alias or reference
+    url: str  # redacted URL (repositories) or reference
+    change: str  # added, updated, unchanged, removed
+    old: str | None = None
+    new: str | None = None
+    layers: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
+
+
+@dataclass
+class LockReport:
+    """What `lock` found and did. Nothing is written when `errors` is not empty."""
+
+    path: Path
+    update: bool
+    changes: list[LockChange] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    written: bool = False
+
+    def of(self, change: str) -> list[LockChange]:
+        return [c for c in self.changes if c.change == change]
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.errors else 0
+
+    def to_json(self) -> dict:
+        return {
+            "path": str(self.path),
+            "update": self.update,
+            "written": self.written,
+            "changes": [c.to_json() for c in self.changes],
+            "errors": self.errors,
+        }
+
+
+def _layer_files(specs: Iterable[LayerSpec], root: Path) -> list[str]:
+    out = set()
+    for s in specs:
+        try:
+            out.add(str(s.path.relative_to(root)))
+        except ValueError:
+            out.add(str(s.path))
+    return sorted(out)
+
+
+def lock(
+    lg: Any,
+    *,
+    update: bool = False,
+    fetch: Fetch | None = None,
+    registry: Any = None,
+    jobs: int = 8,
+) -> LockReport:
+    """Fingerprint what the layers of `lg` use and write the lock file (see the module docstring).
+
+    Without `update`, entries already in the file are kept as they are and only
+    missing ones are fetched; with it, everything is fetched again. Entries no
+    layer uses any more are dropped either way.
+    """
+    root = lg.project.root
+    old = load_lock(root) or LockFile(lock_path(root))
+    report = LockReport(old.path, update)
+    new = LockFile(old.path)
+    fetch = fetch or http_fetch
+
+    # Every repository and external parent, with the layers that use it.
+    sources: dict[tuple[str, str, str], tuple[RepoSource, list[LayerSpec]]] = {}
+    parents: dict[str, tuple[str, list[LayerSpec]]] = {}
+    for lid in lg.order():
+        spec = lg.spec(lid)
+        for src in repo_sources(spec):
+            sources.setdefault(src.entry_id, (src, []))[1].append(spec)
+        link = lg.parents[lid]
+        if link.kind == "external":
+            parents.setdefault(_normalize(link.ref), (link.ref, []))[1].append(spec)
+
+    todo = [k for k in sorted(sources) if update or k not in old.repositories]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {k: pool.submit(_try, fingerprint_repo, sources[k][0], fetch) for k in todo}
+        fetched = {k: f.result() for k, f in futures.items()}
+
+    for k in sorted(sources):
+        src, specs = sources[k]
+        files = _layer_files(specs, root)
+        prev = old.repositories.get(k)
+        if k in fetched:
+            entry, err = fetched[k]
+            if err is not None:
+                report.errors.append(
+                    f"repository {src.alias} ({src.shown_url}) used by {', '.join(files)}: {redact(err)}"
+                )
+                continue
+        else:
+            entry = dict(prev or {})
+        entry["layers"] = files
+        new.repositories[k] = entry
+        old_fp = prev.get("sha256") if prev else None
+        change = "added" if prev is None else ("updated" if old_fp != entry["sha256"] else "unchanged")
+        report.changes.append(
+            LockChange("repository", src.alias, src.shown_url, change, old_fp, entry["sha256"], files)
+        )
+
+    if parents:
+        from .publish.registry import RegistryClient, parse_reference
+
+        client = registry or RegistryClient()
+        for norm in sorted(parents):
+            ref, specs = parents[norm]
+            files = _layer_files(specs, root)
+            prev = old.parents.get(norm)
+            if prev is not None and not update:
+                digest = prev["digest"]
+            else:
+                client.configure_for(specs[0])
+                digest = client.manifest_digest(ref)
+                if digest is None:
+                    why = client.errors.get(str(parse_reference(ref)), "no answer")
+                    report.errors.append(
+                        f"external parent {redact(ref)} used by {', '.join(files)}: "
+                        f"cannot get its digest ({redact(why)})"
+                    )
+                    continue
+            new.parents[norm] = {"reference": norm, "digest": digest, "layers": files}
+            old_d = prev.get("digest") if prev else None
+            change = "added" if prev is None else ("updated" if old_d != digest else "unchanged")
+            report.changes.append(LockChange("parent", norm, norm, change, old_d, digest, files))
+
+    for k, e in sorted(old.repositories.items()):
+        if k not in sources:
+            report.changes.append(LockChange("repository", k[0], k[1], "removed", e.get("sha256")))
+    for k, e in sorted(old.parents.items()):
+        if k not in parents:
+            report.changes.append(LockChange("parent", k, k, "removed", e.get("digest")))
+
+    if report.errors:
+        return report  # never half-updated: an unreachable repository is not "unchanged"
+    if not old.path.exists() or new.text() != old.text():
+        new.write()
+        report.written = True
+    return report
+
+
+def _try(fn: Callable, *args: Any) -> tuple[Any, str | None]:
+    try:
+        return fn(*args), None
+    except FetchError as exc:
+        return None, str(exc)
