@@ -203,9 +203,13 @@ class LiveInventory:
 
     def registry(self):
         if self._registry is None:
-            from .publish.registry import RegistryClient
+            from .publish.registry import RegistryClient, RetryPolicy
 
-            self._registry = RegistryClient()
+            # Planning must stay fast when a registry is down: a short retry, then "did not answer".
+            policy = RetryPolicy.from_env()
+            self._registry = RegistryClient(
+                retry=RetryPolicy(attempts=min(policy.attempts, 2), initial_wait=0.2, max_wait=0.5)
+            )
         return self._registry
 
     def registry_tags(self, spec: LayerSpec) -> set[str] | None:
@@ -317,6 +321,13 @@ def make_plan(
 
         tags = inventory.registry_tags(spec) if spec.publish_registry else None
         in_registry = tags is not None and key_tag(lk.key) in tags
+        if spec.publish_registry and tags is None and not offline:
+            notes.append(
+                Reason(
+                    "registry-unreachable",
+                    f"registry {spec.publish_registry} did not answer; what is published there is taken from local records",
+                )
+            )
 
         build = False
         if force_all or lid in forced:

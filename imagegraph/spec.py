@@ -284,12 +284,27 @@ def parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
         return None, [Diagnostic(file, 1, 1, f"unreadable YAML: {type(exc).__name__}: {exc}")]
 
 
-def _plain(node: Any) -> Any:
-    """ruamel containers -> plain JSON-like Python values."""
+MAX_NODES = 200_000  # values in one document, aliases expanded (a "billion laughs" stops here)
+
+
+class DocumentTooLarge(ValueError):
+    """A document whose values, aliases expanded, exceed MAX_NODES."""
+
+
+def _plain(node: Any, _budget: list[int] | None = None) -> Any:
+    """ruamel containers -> plain JSON-like Python values.
+
+    Raises `DocumentTooLarge` past MAX_NODES values and RecursionError on a
+    document that contains itself (a recursive alias).
+    """
+    budget = [MAX_NODES] if _budget is None else _budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise DocumentTooLarge(f"more than {MAX_NODES:,} values once aliases are expanded")
     if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
+        return {str(k): _plain(v, budget) for k, v in node.items()}
     if isinstance(node, list):
-        return [_plain(v) for v in node]
+        return [_plain(v, budget) for v in node]
     if isinstance(node, bool | int | float | str) or node is None:
         if isinstance(node, str):
             return str(node)
@@ -305,8 +320,8 @@ def _as_tuple(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
-def validate_document(doc: Any, file: str) -> list[Diagnostic]:
-    """Schema and unknown-key checks of one parsed document."""
+def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list[Diagnostic]:
+    """Schema and unknown-key checks of one parsed document (with project `defaults` applied)."""
     diags: list[Diagnostic] = []
     if not isinstance(doc, dict):
         what = "empty" if doc is None else f"a {type(doc).__name__}"
@@ -316,6 +331,9 @@ def validate_document(doc: Any, file: str) -> list[Diagnostic]:
             )
         ]
     plain = _plain(doc)
+    if defaults and isinstance(plain.get("options"), dict):
+        # Defaults are validated as part of every spec: a bad one must not reach _build.
+        plain["options"] = {**_plain(defaults), **plain["options"]}
     for err in _validator().iter_errors(plain):
         path = list(err.absolute_path)
         if err.validator == "additionalProperties":
@@ -374,7 +392,11 @@ def read_spec(
     doc, diags = parse_yaml(text, file)
     if diags:
         return None, diags
-    diags = validate_document(doc, file)
+    try:
+        diags = validate_document(doc, file, defaults)
+    except (DocumentTooLarge, RecursionError) as exc:
+        why = "it contains itself through an alias" if isinstance(exc, RecursionError) else str(exc)
+        return None, [Diagnostic(file, 1, 1, f"the document is too large or too deep: {why}")]
     if any(d.severity == "error" for d in diags):
         return None, diags
     spec, diags = _build(path, file, doc, defaults or {}, diags)

@@ -198,7 +198,7 @@ def test_spec_yaml_token_soup(parts: list[str]) -> None:
         + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh"))
         + "options: {layer_type: base, pkg_manager: dnf}\n",
         # deep nesting
-        "options: " + "[" * 3000 + "]" * 3000 + "\n",
+        "options: " + "[" * 1500 + "]" * 1500 + "\n",
         "options: " + "{a: " * 800 + "1" + "}" * 800 + "\n",
         # merge keys, tags, odd scalars
         "base: &b {layer_type: base, pkg_manager: dnf}\noptions:\n  <<: *b\n",
