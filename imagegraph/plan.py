@@ -274,8 +274,9 @@ def make_plan(
     before the registry: reproducible and offline), `max_age` (seconds) also
     rebuilds layers whose last build is older than that.
     """
-    selected = lg.select(names)
     forced = {lg.lookup(n) for n in (force or set())}
+    # A forced layer is wanted even when the selection names only others.
+    selected = lg.select([*names, *sorted(forced)] if names else None)
     order = lg.order(selected)
     now = time.time() if now is None else now
 

@@ -149,6 +149,10 @@ def test_force_and_selection(site) -> None:
     )
     plan = plan_of(root, state, inv, force_all=True)
     assert {lp.action for lp in plan.layers.values()} == {Action.BUILD}
+    # --force names a layer outside the selection: it joins the selection.
+    plan = plan_of(root, state, inv, names=["base"], force={"gpu"})
+    assert list(plan.layers) == ["base", "compute", "gpu"] and plan.layers["gpu"].action == Action.BUILD
+    assert plan.layers["compute"].action == Action.UP_TO_DATE
 
 
 def test_external_parent_digest_moved(tmp_path: Path) -> None:
