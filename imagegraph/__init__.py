@@ -1,7 +1,38 @@
 """imagegraph: `make` for diskless boot images.
 
-The core is importable: load a directory with `load_project`, make a plan with
-`make_plan`, and run it with `run_plan`. The CLI only parses and renders.
+The core is importable and returns objects; the CLI only parses and renders:
+
+    from imagegraph import load_project, build_graph, make_plan, LiveInventory, State, run_up
+    project = load_project("layers")
+    state = State("layers/.imagegraph/state.db")
+    plan = make_plan(build_graph(project), state, LiveInventory())   # plan.to_json(), plan.layers[...]
+    result = run_up(plan, state, state_dir=Path("layers/.imagegraph"))  # result.to_json()
 """
 
 __version__ = "0.1.0"
+
+from .executor import run_up  # noqa: E402
+from .graph import LayerGraph, build_graph  # noqa: E402
+from .plan import Action, LiveInventory, Plan, Reason, StaticInventory, make_plan  # noqa: E402
+from .project import Project, load_project  # noqa: E402
+from .scheduler import LayerResult, RunResult, Scheduler, run_plan  # noqa: E402
+from .state import State  # noqa: E402
+
+__all__ = [
+    "Action",
+    "LayerGraph",
+    "LayerResult",
+    "LiveInventory",
+    "Plan",
+    "Project",
+    "Reason",
+    "RunResult",
+    "Scheduler",
+    "State",
+    "StaticInventory",
+    "build_graph",
+    "load_project",
+    "make_plan",
+    "run_plan",
+    "run_up",
+]
