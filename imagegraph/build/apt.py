@@ -1,0 +1,128 @@
+"""Debian/Ubuntu layers (`pkg_manager: apt`, imagegraph's addition to the format).
+
+* **From scratch**: `mmdebstrap --variant=minbase --include=PACKAGES SUITE
+  MOUNT SOURCE...` straight into the (empty) mount of the scratch container.
+  The suite is the first repo's `suite`, else `releasever`, else bookworm;
+  each repo becomes a sources.list line `deb URL SUITE COMPONENTS` (default
+  component main); with no repos, deb.debian.org is used. A repo's `gpg` key
+  is copied into the image's /etc/apt/trusted.gpg.d before `apt update`
+  (mmdebstrap's documented way), so children can use the repo too.
+* **On an image parent**: the repos go to /etc/apt/sources.list.d and
+  trusted.gpg.d of the image, then `apt-get update` and `apt-get install`
+  run inside with `buildah run`.
+
+Recommends are not installed, in both cases (mmdebstrap's default, and the
+right default for boot images). `gpgcheck: false` marks the layer's repos
+`[trusted=yes]`. Package lists are removed after installing, as mmdebstrap
+does, to keep images small. `remove_packages` is `dpkg --purge
+--force-depends`, the Debian counterpart of image-builder's `rpm -e --nodeps`.
+`modules` and `package_groups` have no apt meaning and are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from ..spec import Repo
+from .work import Work
+
+DEFAULT_SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
+
+
+def suite_of(work: Work) -> str:
+    spec = work.spec
+    for repo in spec.repos:
+        if repo.suite:
+            return repo.suite
+    return spec.releasever or DEFAULT_SUITE
+
+
+def source_line(repo: Repo, suite: str, gpgcheck: bool) -> str:
+    opts = "" if gpgcheck else "[trusted=yes] "
+    components = " ".join(repo.components or ("main",))
+    return f"deb {opts}{repo.url} {repo.suite or suite} {components}"
+
+
+def _key_name(repo: Repo) -> str:
+    ext = ".gpg" if (repo.gpg or "").endswith(".gpg") else ".asc"
+    return f"imagegraph-{repo.alias}{ext}"
+
+
+def _apt_opts(work: Work) -> list[str]:
+    return ["-o", f"Acquire::http::Proxy={work.spec.proxy}"] if work.spec.proxy else []
+
+
+def _skip_unsupported(work: Work) -> None:
+    for what in ("modules", "package_groups"):
+        if getattr(work.spec, what):
+            with work.step(what):
+                work.runner.note(what, f"{what} have no meaning for apt: skipped")
+
+
+def install(work: Work) -> None:
+    if work.scratch:
+        bootstrap(work)
+    else:
+        install_inside(work)
+
+
+def bootstrap(work: Work) -> None:
+    spec = work.spec
+    suite = suite_of(work)
+    repos = spec.repos or (Repo(alias="debian", url=DEFAULT_MIRROR),)
+    argv = [
+        "mmdebstrap",
+        f"--mode={'root' if os.geteuid() == 0 else 'unshare'}",
+        "--variant=minbase",
+    ]
+    if spec.proxy:
+        argv.append(f'--aptopt=Acquire::http {{ Proxy "{spec.proxy}"; }}')
+    with work.step("repos", f"{len(repos)} repositories, suite {suite}"):
+        for repo in repos:
+            if repo.gpg:
+                key = work.download(repo.gpg, work.tmp / "keys" / _key_name(repo))
+                argv.append('--setup-hook=mkdir -p "$1/etc/apt/trusted.gpg.d"')
+                argv.append(f"--setup-hook=copy-in {key} /etc/apt/trusted.gpg.d/")
+    _skip_unsupported(work)
+    if spec.packages:
+        argv.append("--include=" + ",".join(spec.packages))
+    argv += [suite, str(work.mount), *(source_line(r, suite, spec.gpgcheck) for r in repos)]
+    with work.step("packages", f"mmdebstrap {suite} minbase + {len(spec.packages)} packages"):
+        work.run(argv, env=work.proxy_env(), loglevel="INFO")
+
+
+def install_inside(work: Work) -> None:
+    spec = work.spec
+    suite = suite_of(work)
+    with work.step("repos", f"{len(spec.repos)} repositories"):
+        for repo in spec.repos:
+            if repo.gpg:
+                work.download(repo.gpg, work.image_path("/etc/apt/trusted.gpg.d") / _key_name(repo))
+            lists = work.image_path("/etc/apt/sources.list.d")
+            lists.mkdir(parents=True, exist_ok=True)
+            (lists / f"imagegraph-{repo.alias}.list").write_text(
+                source_line(repo, suite, spec.gpgcheck) + "\n"
+            )
+    _skip_unsupported(work)
+    if spec.packages:
+        with work.step("packages", f"{len(spec.packages)} packages"):
+            work.buildah_run(["apt-get", *_apt_opts(work), "update"], env=APT_ENV, loglevel="WARNING")
+            work.buildah_run(
+                ["apt-get", *_apt_opts(work), "install", "-y", "--no-install-recommends", *spec.packages],
+                env=APT_ENV,
+                loglevel="WARNING",
+            )
+            work.buildah_run(["apt-get", "clean"], env=APT_ENV)
+            lists = work.image_path("/var/lib/apt/lists")
+            if lists.is_dir():
+                for entry in lists.iterdir():
+                    if entry.is_file() and entry.name != "lock":
+                        entry.unlink()
+                shutil.rmtree(lists / "partial", ignore_errors=True)
+
+
+def remove(work: Work) -> None:
+    work.buildah_run(["dpkg", "--purge", "--force-depends", *work.spec.remove_packages], env=APT_ENV)

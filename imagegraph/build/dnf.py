@@ -1,0 +1,158 @@
+"""Installing and removing RPMs with dnf: repos, gpg keys, modules, groups, packages.
+
+Where dnf runs:
+
+* **From scratch**: the host's dnf with `--installroot` on the working
+  container's mount, as image-builder does. The layer's repositories are
+  written into a reposdir private to the build (never the host's
+  /etc/yum.repos.d, never the image), so the image carries no repo files.
+* **On an image parent that ships dnf (or yum)**: inside the image with
+  `buildah run`, as image-builder does; the layer's repositories are written
+  into the image's /etc/yum.repos.d (they stay, so children can use them).
+  This uses the image's own dnf, rpm and database format (Rocky 8's rpm
+  writes Berkeley DB, the host's writes sqlite).
+* **On an image parent without dnf** (a minimal image): the host's dnf with
+  `--installroot` on the mount and `reposdir` = the image's
+  /etc/yum.repos.d (with the layer's repos added there), so the result is
+  the same as if the image had dnf.
+
+Two Debian host pitfalls handled here: Debian's rpm keeps its database in
+`$HOME/.rpmdb`, so every host rpm/dnf call gets a private HOME whose
+`.rpmmacros` sets `%_dbpath` to where the image's own rpm looks
+(`/var/lib/rpm`, or `/usr/lib/sysimage/rpm` when a parent already has its
+database there); and Debian enables dnf's `local` plugin, which hoards
+packages in the host's /var/lib/dnf, so host dnf runs with `--noplugins`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..spec import Repo
+from .work import Work
+
+RPM_DBPATH = "/var/lib/rpm"
+DBPATH_CANDIDATES = ("/var/lib/rpm", "/usr/lib/sysimage/rpm")
+IMAGE_DNF = ("/usr/bin/dnf", "/usr/bin/yum", "/bin/dnf", "/bin/yum")
+IMAGE_RPM = ("/usr/bin/rpm", "/bin/rpm")
+
+
+def repo_file(repo: Repo, gpgcheck: bool) -> str:
+    """A yum/dnf .repo file for one spec repository."""
+    lines = [
+        f"[{repo.alias}]",
+        f"name={repo.alias}",
+        f"baseurl={repo.url}",
+        "enabled=1",
+        f"gpgcheck={1 if gpgcheck else 0}",
+    ]
+    if repo.gpg:
+        lines.append(f"gpgkey={repo.gpg}")
+    return "\n".join(lines) + "\n"
+
+
+def write_repos(work: Work, reposdir: Path) -> None:
+    """Write one file per repository; a `.repo` URL is downloaded as it is."""
+    reposdir.mkdir(parents=True, exist_ok=True)
+    for repo in work.spec.repos:
+        dest = reposdir / f"{repo.alias}.repo"
+        if repo.url.endswith(".repo"):
+            work.download(repo.url, dest)
+        else:
+            dest.write_text(repo_file(repo, work.spec.gpgcheck))
+
+
+def uses_image_dnf(work: Work) -> bool:
+    return not work.scratch and work.has(*IMAGE_DNF)
+
+
+def image_dbpath(work: Work) -> str:
+    """Where the image keeps its rpm database (default for a new image: /var/lib/rpm)."""
+    for candidate in DBPATH_CANDIDATES:
+        d = work.image_path(candidate)
+        if d.is_dir() and any((d / f).exists() for f in ("rpmdb.sqlite", "Packages", "Packages.db")):
+            return candidate
+    return RPM_DBPATH
+
+
+def host_env(work: Work) -> dict[str, str]:
+    """Private HOME whose .rpmmacros puts the rpm database where the image's rpm looks."""
+    home = work.tmp / "home"
+    home.mkdir(exist_ok=True)
+    (home / ".rpmmacros").write_text(f"%_dbpath {image_dbpath(work)}\n")
+    return {"HOME": str(home), **work.proxy_env()}
+
+
+def _common_opts(work: Work) -> list[str]:
+    spec = work.spec
+    opts = ["-y"]
+    if spec.releasever:
+        opts.append(f"--releasever={spec.releasever}")
+    if spec.proxy:
+        opts.append(f"--setopt=proxy={spec.proxy}")
+    if not spec.gpgcheck:
+        opts.append("--nogpgcheck")
+    return opts
+
+
+def install(work: Work) -> None:
+    """repos (+gpg keys) -> modules -> package_groups -> packages, in image-builder's order."""
+    spec = work.spec
+    inside = uses_image_dnf(work)
+    if inside:
+        reposdir = work.image_path("/etc/yum.repos.d")
+    elif work.scratch:
+        reposdir = work.tmp / "repos.d"
+    else:
+        reposdir = work.image_path("/etc/yum.repos.d")
+    with work.step("repos", f"{len(spec.repos)} repositories ({'dnf in image' if inside else 'host dnf'})"):
+        write_repos(work, reposdir)
+        for i, repo in enumerate(r for r in spec.repos if r.gpg):
+            if inside:
+                work.buildah_run(["rpm", "--import", repo.gpg], env=work.proxy_env())
+            else:
+                key = work.download(repo.gpg, work.tmp / "keys" / f"{i}-{repo.alias}.key")
+                work.run(
+                    ["rpm", "--root", str(work.mount), "--dbpath", image_dbpath(work), "--import", str(key)],
+                    env=host_env(work),
+                )
+
+    if inside:
+        base = ["dnf", *_common_opts(work)]
+
+        def dnf(args: list[str]) -> None:
+            work.buildah_run([*base, *args], loglevel="WARNING", env=work.proxy_env())
+    else:
+        reposdir.mkdir(parents=True, exist_ok=True)
+        base = [
+            "dnf",
+            f"--installroot={work.mount}",
+            f"--setopt=reposdir={reposdir}",
+            "--noplugins",
+            *_common_opts(work),
+        ]
+
+        def dnf(args: list[str]) -> None:
+            work.run([*base, *args], env=host_env(work), loglevel="WARNING")
+
+    for sub, specs in spec.modules:
+        with work.step("modules", f"dnf module {sub} {' '.join(specs)}"):
+            dnf(["module", sub, *specs])
+    if spec.package_groups:
+        with work.step("package_groups", ", ".join(spec.package_groups)):
+            dnf(["groupinstall", *spec.package_groups])
+    if spec.packages:
+        with work.step("packages", f"{len(spec.packages)} packages"):
+            dnf(["install", *spec.packages])
+
+
+def remove(work: Work) -> None:
+    """`rpm -e --nodeps`, as image-builder does: inside when the image has rpm, else from the host."""
+    pkgs = list(work.spec.remove_packages)
+    if work.has(*IMAGE_RPM):
+        work.buildah_run(["rpm", "-e", "--nodeps", *pkgs])
+    else:
+        work.run(
+            ["rpm", "--root", str(work.mount), "--dbpath", image_dbpath(work), "-e", "--nodeps", *pkgs],
+            env=host_env(work),
+        )

@@ -1,0 +1,190 @@
+"""Build one layer with buildah: `build_layer(BuildRequest, Runner) -> BuildResult`.
+
+The steps follow image-builder's order: `buildah from` (scratch or the
+parent's image ID, never pulling: the executor pulled it once per run) ->
+mount -> repos -> modules -> package_groups -> packages (see dnf, zypper,
+apt) or the ansible playbooks -> remove_packages -> copyfiles[i] -> cmds[i]
+-> labels -> commit to `localhost/imagegraph/<name>:<key tag>` -> tags
+(`localhost/<name>:<tag>` when publish_local). Each step is noted in the
+layer log and timed.
+
+Whatever happens, the working container is unmounted and removed and the
+build's temporary directory deleted (the clean-up commands run even after
+cancellation). A failure becomes `BuildError` naming the step (`packages`,
+`copyfiles[0]`, `cmds[2]` ...) with the command's last output lines;
+`Cancelled` is re-raised as it is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BuildError
+from ..key import key_tag
+from ..redact import redact
+from ..runner import Cancelled, CommandError, Runner
+from ..spec import LayerSpec
+from . import ansible, apt, dnf, zypper
+from .container import container_name, forget_owner, record_owner, remove_container
+from .work import Work
+
+LOCAL_REPO = "localhost/imagegraph"
+BACKENDS = {"dnf": dnf, "zypper": zypper, "apt": apt}
+
+
+@dataclass(frozen=True)
+class ParentImage:
+    image: str  # what to `buildah from`: an image ID or a full reference
+    ref: str  # the human reference (for the org.openchami.image.parent label)
+    key: str | None  # the parent layer's imagegraph key, None for an external parent
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    spec: LayerSpec
+    key: str  # the layer's content key (64 hex)
+    parent: ParentImage | None  # None when spec.parent == "scratch"
+    run_id: str = ""  # recorded with the working container so a later run can clean up after a dead one
+
+
+@dataclass
+class BuildResult:
+    image_id: str  # full image ID
+    image_ref: str  # local reference committed: localhost/imagegraph/<name>:<key tag>
+    steps: list[tuple[str, float]]  # (step name, seconds)
+
+
+def local_ref(spec: LayerSpec, key: str) -> str:
+    return f"{LOCAL_REPO}/{spec.name}:{key_tag(key)}"
+
+
+def build_date() -> str:
+    """ISO 8601 build date; SOURCE_DATE_EPOCH (reproducible builds) wins over the clock."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.strip().isdigit():
+        when = dt.datetime.fromtimestamp(int(epoch), tz=dt.UTC)
+    else:
+        when = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
+    return when.isoformat()
+
+
+def image_labels(spec: LayerSpec, key: str, parent: ParentImage | None) -> dict[str, str]:
+    """Labels set at commit: image-builder's, the spec's own, and imagegraph's.
+
+    As in image-builder, its org.openchami.image.* labels win over same-named
+    spec labels; imagegraph's io.imagegraph.* labels win over everything,
+    since the planner trusts them.
+    """
+    labels: dict[str, str] = dict(spec.labels)
+    labels.update(
+        {
+            "org.openchami.image.name": spec.name,
+            "org.openchami.image.type": spec.layer_type,
+            "org.openchami.image.parent": parent.ref if parent else "scratch",
+            "org.openchami.image.package-manager": spec.pkg_manager or "",
+            "org.openchami.image.tags": ",".join(spec.publish_tags),
+            "org.openchami.image.build-date": build_date(),
+        }
+    )
+    if spec.repos:
+        labels["org.openchami.image.repositories"] = ",".join(r.alias for r in spec.repos)
+    if spec.packages:
+        labels["org.openchami.image.packages"] = ",".join(spec.packages)
+    if spec.package_groups:
+        labels["org.openchami.image.package-groups"] = ",".join(spec.package_groups)
+    labels["io.imagegraph.key"] = key
+    labels["io.imagegraph.spec"] = spec.path.name
+    labels["io.imagegraph.parent-key"] = (parent.key or "") if parent else ""
+    return labels
+
+
+def build_layer(req: BuildRequest, runner: Runner) -> BuildResult:
+    """Build `req.spec` on its parent and commit it; see the module docstring."""
+    spec = req.spec
+    name = container_name(spec.name, req.key)
+    tmp = Path(tempfile.mkdtemp(prefix="imagegraph-build-"))
+    work = Work(spec=spec, key=req.key, runner=runner, container=name, tmp=tmp, scratch=req.parent is None)
+    created = False
+    try:
+        record_owner(name, spec.name, req.key, req.run_id)
+        with work.step("from", f"from {req.parent.ref if req.parent else 'scratch'}"):
+            source = req.parent.image if req.parent else "scratch"
+            created = True  # a failure half-way through `buildah from` may leave the container
+            work.run(["buildah", "from", "--pull=never", "--name", name, source], capture=True)
+        with work.step("mount"):
+            work.mount = Path(work.run(["buildah", "mount", name], capture=True).stdout.strip())
+            runner.note("mount", f"{name} mounted at {work.mount}")
+        if spec.layer_type == "ansible":
+            ansible.run_playbooks(work)
+        else:
+            _base_layer(work)
+        image_id = _commit(work, req)
+        return BuildResult(image_id=image_id, image_ref=local_ref(spec, req.key), steps=work.steps)
+    except Cancelled:
+        raise
+    except BuildError:
+        raise
+    except CommandError as exc:
+        shown = redact(" ".join(exc.argv))
+        if len(shown) > 300:
+            shown = shown[:300] + "..."
+        raise BuildError(
+            spec.name,
+            exc.step or work.current,
+            f"command exited with status {exc.returncode}: {shown}",
+            [redact(t) for t in exc.tail],
+        ) from exc
+    except Exception as exc:
+        raise BuildError(spec.name, work.current, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        if created:
+            remove_container(name, runner)
+        forget_owner(name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _base_layer(work: Work) -> None:
+    spec = work.spec
+    backend = BACKENDS.get(spec.pkg_manager or "")
+    if backend is None:
+        raise BuildError(spec.name, "packages", f"unknown pkg_manager {spec.pkg_manager!r}")
+    backend.install(work)
+    if spec.remove_packages:
+        with work.step("remove_packages", " ".join(spec.remove_packages)):
+            backend.remove(work)
+    for i, cf in enumerate(spec.copyfiles):
+        with work.step(f"copyfiles[{i}]", f"{cf.src} -> {cf.dest}"):
+            src = os.path.abspath(cf.source)  # relative to the spec's directory, not to buildah's cwd
+            work.run(["buildah", "copy", *cf.opts, work.container, src, cf.dest], capture=True)
+    for i, cmd in enumerate(spec.cmds):
+        with work.step(f"cmds[{i}]", cmd.cmd):
+            # image-builder runs `bash -c`; images without bash (busybox, minimal) get /bin/sh
+            shell = "bash" if work.has("/bin/bash", "/usr/bin/bash") else "/bin/sh"
+            work.buildah_run([shell, "-c", cmd.cmd], loglevel=cmd.loglevel, stdout_level="INFO")
+
+
+def _commit(work: Work, req: BuildRequest) -> str:
+    spec = work.spec
+    with work.step("labels"):
+        argv = ["buildah", "config"]
+        for k, v in image_labels(spec, req.key, req.parent).items():
+            argv += ["--label", f"{k}={v}"]
+        work.run([*argv, work.container])
+    ref = local_ref(spec, req.key)
+    with work.step("commit", f"commit {ref}"):
+        iidfile = work.tmp / "iid"
+        argv = ["buildah", "commit", "--quiet", "--iidfile", str(iidfile)]
+        epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+        if epoch.isdigit():
+            argv += ["--timestamp", epoch]
+        work.run([*argv, work.container, ref], capture=True)
+        image_id = iidfile.read_text().strip().removeprefix("sha256:")
+    if spec.publish_local:
+        with work.step("tag", ", ".join(spec.publish_tags)):
+            work.run(["buildah", "tag", image_id, *(f"localhost/{spec.name}:{t}" for t in spec.publish_tags)])
+    return image_id

@@ -1,0 +1,118 @@
+"""The state of one layer build in progress, shared by the step modules.
+
+`Work` carries the working container, its mount point, a private temporary
+directory (removed after the build) and the step bookkeeping: `with
+work.step("packages"):` names the step for logs, errors and timings, so a
+failure anywhere can be reported as "step packages failed".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..runner import Completed, Runner
+from ..spec import LayerSpec
+from .container import buildah_env
+
+
+@dataclass
+class Work:
+    spec: LayerSpec
+    key: str
+    runner: Runner
+    container: str
+    tmp: Path
+    scratch: bool
+    mount: Path | None = None
+    current: str = "start"
+    steps: list[tuple[str, float]] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def step(self, name: str, message: str | None = None) -> Iterator[None]:
+        self.current = name
+        self.runner.note(name, message or name)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.steps.append((name, round(time.monotonic() - start, 3)))
+
+    def run(self, argv: Sequence[str], *, env: dict[str, str] | None = None, **kw: Any) -> Completed:
+        """runner.run at the current step, with buildah's environment."""
+        return self.runner.run(argv, step=self.current, env={**buildah_env(), **(env or {})}, **kw)
+
+    def buildah_run(self, argv: Sequence[str], *, env: dict[str, str] | None = None, **kw: Any) -> Completed:
+        """Run a command inside the working container."""
+        env_args = [f"--env={k}={v}" for k, v in (env or {}).items()]
+        return self.run(["buildah", "run", *env_args, self.container, "--", *argv], **kw)
+
+    def image_path(self, path: str) -> Path:
+        """Host path of `path` inside the image, following symlinks as the image would."""
+        assert self.mount is not None
+        return resolve_in_root(self.mount, path)
+
+    def has(self, *paths: str) -> bool:
+        """True if any of `paths` exists inside the image (e.g. the image ships dnf)."""
+        return any(os.path.lexists(self.image_path(p)) for p in paths)
+
+    def proxy_env(self) -> dict[str, str]:
+        p = self.spec.proxy
+        return {"http_proxy": p, "https_proxy": p, "HTTP_PROXY": p, "HTTPS_PROXY": p} if p else {}
+
+    def download(self, url: str, dest: Path) -> Path:
+        """Fetch a URL (a .repo file, a signing key) through the spec's proxy, if any."""
+        handlers = []
+        if self.spec.proxy:
+            handlers.append(urllib.request.ProxyHandler({"http": self.spec.proxy, "https": self.spec.proxy}))
+        opener = urllib.request.build_opener(*handlers)
+        self.runner.note(self.current, f"downloading {url}")
+        with opener.open(url, timeout=60) as resp:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(resp.read())
+        return dest
+
+
+def resolve_in_root(root: Path, path: str, _depth: int = 0) -> Path:
+    """Resolve `path` as if `root` were `/`: absolute symlinks stay inside `root`.
+
+    Images often have /bin -> usr/bin or /lib -> /usr/lib; resolving those on
+    the host would look at the host's files instead of the image's.
+    """
+    parts = [p for p in PurePosixPath(path).parts if p not in ("/", "", ".")]
+    current = root
+    for i, part in enumerate(parts):
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        candidate = current / part
+        if candidate.is_symlink() and _depth < 40:
+            target = os.readlink(candidate)
+            rest = "/".join(parts[i + 1 :])
+            if target.startswith("/"):
+                joined = target + ("/" + rest if rest else "")
+            else:
+                base = "/" + str(current.relative_to(root)) if current != root else ""
+                joined = f"{base}/{target}" + ("/" + rest if rest else "")
+            return resolve_in_root(root, _normalize(joined), _depth + 1)
+        current = candidate
+    return current
+
+
+def _normalize(path: str) -> str:
+    out: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(part)
+    return "/" + "/".join(out)

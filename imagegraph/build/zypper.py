@@ -1,0 +1,82 @@
+"""Installing RPMs with zypper (SUSE): repos with priorities, gpg keys, patterns, packages.
+
+The same placement rules as `dnf`: from scratch the host's zypper works on
+the mount (`--root`) with a reposd-dir and cache private to the build; on an
+image parent zypper runs inside the image when it ships zypper (repos are
+added to the image), else the host's zypper with `--root` on the mount.
+`package_groups` are zypper patterns (`install -t pattern`); `modules` are
+a dnf feature and are skipped with a note. `remove_packages` is `rpm -e
+--nodeps` (see `dnf.remove`).
+
+zypper is not installed on the development host: this module is tested by
+the argv it produces (tests/test_build_argv.py), not by a real build.
+"""
+
+from __future__ import annotations
+
+from .dnf import host_env, image_dbpath
+from .dnf import remove as remove  # rpm -e --nodeps, as image-builder does for zypper too
+from .work import Work
+
+IMAGE_ZYPPER = ("/usr/bin/zypper", "/bin/zypper")
+
+
+def uses_image_zypper(work: Work) -> bool:
+    return not work.scratch and work.has(*IMAGE_ZYPPER)
+
+
+def install(work: Work) -> None:
+    spec = work.spec
+    inside = uses_image_zypper(work)
+    glob = ["zypper", "--non-interactive"]
+    if not spec.gpgcheck:
+        glob.append("--no-gpg-checks")
+    else:
+        glob.append("--gpg-auto-import-keys")
+    if spec.releasever:
+        glob += ["--releasever", spec.releasever]
+    if not inside:
+        glob += ["--root", str(work.mount)]
+        if work.scratch:
+            glob += ["--reposd-dir", str(work.tmp / "repos.d"), "--cache-dir", str(work.tmp / "zypp-cache")]
+
+    def zypper(args: list[str]) -> None:
+        if inside:
+            work.buildah_run([*glob, *args], env=work.proxy_env(), loglevel="WARNING")
+        else:
+            work.run([*glob, *args], env=host_env(work), loglevel="WARNING")
+
+    with work.step(
+        "repos", f"{len(spec.repos)} repositories ({'zypper in image' if inside else 'host zypper'})"
+    ):
+        for i, repo in enumerate(r for r in spec.repos if r.gpg):
+            if inside:
+                work.buildah_run(["rpm", "--import", repo.gpg], env=work.proxy_env())
+            else:
+                key = work.download(repo.gpg, work.tmp / "keys" / f"{i}-{repo.alias}.key")
+                work.run(
+                    ["rpm", "--root", str(work.mount), "--dbpath", image_dbpath(work), "--import", str(key)],
+                    env=host_env(work),
+                )
+        for repo in spec.repos:
+            args = ["addrepo"]
+            if repo.priority is not None:
+                args += ["--priority", str(repo.priority)]
+            if not spec.gpgcheck:
+                args.append("--no-gpgcheck")
+            if repo.url.endswith(".repo"):
+                args.append(repo.url)  # a .repo file names its own alias
+            else:
+                args += [repo.url, repo.alias]
+            zypper(args)
+        if spec.repos:
+            zypper(["refresh"])
+    if spec.modules:
+        with work.step("modules"):
+            work.runner.note("modules", "modules are a dnf feature; zypper has none: skipped")
+    if spec.package_groups:
+        with work.step("package_groups", ", ".join(spec.package_groups)):
+            zypper(["install", "--auto-agree-with-licenses", "-t", "pattern", *spec.package_groups])
+    if spec.packages:
+        with work.step("packages", f"{len(spec.packages)} packages"):
+            zypper(["install", "--auto-agree-with-licenses", *spec.packages])
