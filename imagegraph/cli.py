@@ -150,6 +150,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("log", help="show a layer's last build log")
     p.add_argument("args", nargs="+", metavar="[DIR] LAYER")
     p.add_argument("--state", metavar="PATH")
+
+    p = sub.add_parser("boot-test", help="boot a layer's kernel, initramfs and SquashFS under QEMU")
+    p.add_argument("args", nargs="+", metavar="[DIR] LAYER")
+    p.add_argument("--state", metavar="PATH")
+    p.add_argument("--timeout", type=float, default=None, help="seconds (default options.boot_test or 300)")
+    p.add_argument("--marker", default=None, help="console text that means booted (default 'login:')")
+    p.add_argument("--tag", default=None, help="boot this tag's files (default the first publish tag)")
+    p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=None)
+    p.add_argument("--offline", action="store_true", help="do not ask registries or S3 for the key")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("promote", help="point a human tag at an already built key, without building")
+    p.add_argument("args", nargs="+", metavar="[DIR] LAYER TAG")
+    p.add_argument("--state", metavar="PATH")
+    p.add_argument("--key", default=None, help="a recorded build's key (prefix); default the current key")
+    p.add_argument("--force", action="store_true", help="promote a key that has not passed its boot test")
+    p.add_argument("--json", action="store_true")
+    # The global options work after the command too (`imagegraph up DIR --log-format json`, as
+    # cron lines are written); SUPPRESS keeps a subcommand from resetting what came before it.
+    for cmd in sub.choices.values():
+        cmd.add_argument("--log-format", choices=["auto", "console", "json"], default=argparse.SUPPRESS)
+        cmd.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
     return parser
 
 
@@ -524,7 +546,10 @@ def render_lock(report: Any, out: Console, err: Console) -> None:
             line.append(f"  {(c.old or '')[:19]} -> {(c.new or '')[:19]}")
         out.print(line)
     for e in report.errors:
-        err.print(Text(f"error: {e}", style="red"))
+        if _json_stderr:
+            logmod.get_logger().error(e, command=report.to_json().get("command", "lock"))
+        else:
+            err.print(Text(f"error: {e}", style="red"))
     n = {k: len(report.of(k)) for k in ("added", "updated", "unchanged", "removed")}
     summary = ", ".join(f"{v} {k}" for k, v in n.items() if v) or "nothing locked"
     if report.errors:
@@ -565,9 +590,95 @@ def render_gc(report: Any, out: Console, err: Console) -> None:
             line.append(f"  ({i.reason})", style="dim")
         out.print(line)
     for e in report.errors:
-        err.print(Text(f"error: {e}", style="red"))
+        if _json_stderr:
+            logmod.get_logger().error(e, command=report.to_json().get("command", "lock"))
+        else:
+            err.print(Text(f"error: {e}", style="red"))
     verb = "would remove" if report.dry_run else "removed"
     out.print(Text(f"gc --keep {report.keep}: {verb} {len(report.removed)}", style="bold"))
+
+
+def _layer_key(args: argparse.Namespace, root: Path, layer: str) -> tuple[Project, LayerGraph, State, str]:
+    """The layer's current key (as `plan` computes it) and a writable state; usage error if never built."""
+    project, lg = _load(root, args.state)
+    state = State(_state_path(project, args.state))
+    lp = make_plan(lg, state, LiveInventory(offline=getattr(args, "offline", False)), [layer]).layers[layer]
+    if lp.action == Action.BUILD:
+        why = "; ".join(r.message for r in lp.reasons)
+        raise UsageError(f"{layer}: its current key {lp.key[:12]} is not built ({why}); run `imagegraph up`")
+    return project, lg, state, lp.key
+
+
+def cmd_boot_test(args: argparse.Namespace) -> int:
+    from .boottest import boot_layer, boot_log_path, layer_artifacts
+    from .runner import Runner
+    from .state import default_run_id
+
+    root, names = _split_dir(args.args)
+    if len(names) != 1:
+        raise UsageError("boot-test takes one LAYER")
+    project, lg = _load(root, args.state)
+    layer = lg.lookup(names[0])
+    project, lg, state, key = _layer_key(args, root, layer)
+    spec = lg.spec(layer)
+    state_dir = _state_path(project, args.state).parent
+    run_id = default_run_id()
+    log_path = boot_log_path(state_dir, layer, run_id)
+    with layer_artifacts(spec, key, state_dir / "work", args.tag, Runner(layer)) as files:
+        if not args.json:
+            _err().print(f"booting {layer} ({files.source}) under QEMU; serial console: {log_path}")
+        res = boot_layer(spec, files, log_path, marker=args.marker, timeout=args.timeout, accel=args.accel)
+    state.record_event(
+        run_id=run_id,
+        layer=layer,
+        key=res.key or key,
+        kind="boot-test",
+        location=str(log_path),
+        detail={k: v for k, v in res.to_json().items() if k != "tail"},
+    )
+    if args.json:
+        print(json.dumps(res.to_json(), indent=2))
+    else:
+        out = _out()
+        style = "bold green" if res.ok else "bold red"
+        out.print(Text(f"{layer}: {res.outcome} in {res.seconds:.1f} s ({res.accel})", style=style))
+        out.print(Text(f"  {redact(res.reason)}"))
+        if not res.ok:
+            out.print(Text("  serial console (last lines):", style="dim"))
+            for line in res.tail[-20:]:
+                out.print(Text(f"    {line}"))
+        out.print(Text(f"  serial log: {res.serial_log}", style="dim"))
+    return 0 if res.ok else 1
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from .promote import promote
+    from .state import default_run_id
+
+    root, names = _split_dir(args.args)
+    if len(names) != 2:
+        raise UsageError("promote takes LAYER TAG")
+    project, lg = _load(root, args.state)
+    layer = lg.lookup(names[0])
+    if args.key:
+        state = State(_state_path(project, args.state))
+        keys = {b["key"] for b in state.builds(layer, limit=1000) if b["status"] == "ok"}
+        matches = sorted(k for k in keys if k.startswith(args.key.removeprefix("ig-")))
+        if len(matches) != 1:
+            raise UsageError(f"--key {args.key}: {len(matches)} recorded builds of {layer} match")
+        key = matches[0]
+    else:
+        project, lg, state, key = _layer_key(args, root, layer)
+    doc = promote(lg.spec(layer), layer, key, names[1], state, run_id=default_run_id(), force=args.force)
+    if args.json:
+        print(json.dumps(doc.to_json(), indent=2))
+    else:
+        out = _out()
+        out.print(Text(f"{layer}: {names[1]} -> key {key[:12]}", style="bold"))
+        for t in doc.targets:
+            for loc in t["locations"]:
+                out.print(Text(f"  {t['target']}: {redact(str(loc))}"))
+    return 0
 
 
 COMMANDS = {
@@ -580,6 +691,8 @@ COMMANDS = {
     "artifacts": cmd_artifacts,
     "status": cmd_status,
     "log": cmd_log,
+    "boot-test": cmd_boot_test,
+    "promote": cmd_promote,
 }
 
 

@@ -217,8 +217,12 @@ class LocalExecutor:
                 image = self._key_image(lp.layer, runner)
             return image
 
+        gated = bool(todo) and self._boot_test_due(lp, spec, runner)
         if "registry" in todo:
-            out.append(self._publish_registry(lp, spec, image, need_image, runner))
+            if gated:  # the key tag only, for now: human tags wait for the boot
+                self._push_key_tag(lp, spec, image, runner)
+            else:
+                out.append(self._publish_registry(lp, spec, image, need_image, runner))
         if "local" in todo:
             refs = [f"localhost/{spec.name}:{t}" for t in spec.publish_tags]
             if lp.action != Action.BUILD:  # a build already tagged them at commit
@@ -233,9 +237,69 @@ class LocalExecutor:
             )
             out.append({"target": "local", "locations": refs})
         artifact_targets = [t for t in ("s3", "dir") if t in todo]
+        if gated and not artifact_targets:
+            from .boottest import artifacts_from_image
+
+            with artifacts_from_image(spec, need_image(), runner, self.work_dir) as files:
+                self._boot_test(lp, spec, files, runner)
         if artifact_targets:
-            out.extend(self._publish_artifacts(lp, spec, need_image(), artifact_targets, runner))
+            out.extend(self._publish_artifacts(lp, spec, need_image(), artifact_targets, runner, gated))
+        if gated and "registry" in todo:
+            out.insert(0, self._publish_registry(lp, spec, None, need_image, runner))
         return out
+
+    # ---------------------------------------------------------------- boot test
+
+    def _boot_test_due(self, lp: LayerPlan, spec: LayerSpec, runner: Runner) -> bool:
+        """Whether `options.boot_test.enabled` makes this layer boot before its human tags move.
+
+        The boot test sits between making the artifacts and publishing them:
+        the registry gets the immutable key tag first (`_push_key_tag`); the
+        SquashFS, kernel and initramfs are made once, into the work dir
+        (`publish_artifacts(before_publish=...)`, or `artifacts_from_image` for
+        a layer without S3/dir targets) and booted under QEMU (boottest.py);
+        only a boot that reaches the marker lets the S3 keys, the directory
+        and the registry's human tags be written. A failed boot raises
+        BootTestError: the layer fails, its descendants are blocked, nothing
+        is published under a human tag. Tags in local container storage
+        (`publish_local`) are set at commit, as children find their parent
+        by them, and are not held back. A key that already booted (a
+        `boot-test` event in the state) is not booted again.
+        """
+        if not spec.boot_test.enabled or spec.rootfs_only:
+            return False
+        for ev in self.state.events(lp.layer, "boot-test"):
+            if ev["key"] == lp.key and ev["detail"].get("outcome") == "booted":
+                runner.note("boot-test", f"key already booted in run {ev['run_id']}; not booting again")
+                return False
+        return True
+
+    def _push_key_tag(self, lp: LayerPlan, spec: LayerSpec, image: str | None, runner: Runner) -> None:
+        from .publish.registry import push_layer, target_repository
+
+        client = self.registry()
+        client.configure_for(spec)
+        if client.manifest_digest(f"{target_repository(spec).name}:{key_tag(lp.key)}"):
+            return
+        push_layer(spec, lp.key, image or self._key_image(lp.layer, runner), runner, tags=[], client=client)
+
+    def _boot_test(self, lp: LayerPlan, spec: LayerSpec, files: Any, runner: Runner) -> None:
+        from .boottest import BootTestError, boot_layer, boot_log_path
+
+        log_path = boot_log_path(self.state_dir, lp.layer, self.run_id)
+        runner.note("boot-test", f"booting under QEMU; serial console in {log_path}")
+        res = boot_layer(spec, dataclasses.replace(files, key=lp.key, source="up"), log_path)
+        self.state.record_event(
+            run_id=self.run_id,
+            layer=lp.layer,
+            key=lp.key,
+            kind="boot-test",
+            location=str(log_path),
+            detail={k: v for k, v in res.to_json().items() if k != "tail"},
+        )
+        runner.note("boot-test", f"{res.outcome} in {res.seconds:.0f} s ({res.accel}): {res.reason}")
+        if not res.ok:
+            raise BootTestError(res.message(), res)
 
     def _publish_registry(
         self, lp: LayerPlan, spec: LayerSpec, image: str | None, need_image, runner: Runner
@@ -273,9 +337,20 @@ class LocalExecutor:
         return {"target": "registry", "locations": locations, "digest": digest}
 
     def _publish_artifacts(
-        self, lp: LayerPlan, spec: LayerSpec, image: str, targets: list[str], runner: Runner
+        self,
+        lp: LayerPlan,
+        spec: LayerSpec,
+        image: str,
+        targets: list[str],
+        runner: Runner,
+        boot_test: bool = False,
     ) -> list[dict]:
+        from .boottest import BootArtifacts
         from .publish.artifacts import mounted_image, publish_artifacts
+
+        def boot(files: dict[str, Path]) -> None:
+            arts = BootArtifacts(files["rootfs"], files["kernel"], files["initramfs"])
+            self._boot_test(lp, spec, arts, runner)
 
         # Only the targets that are missing: a deleted S3 object does not rewrite the local directory.
         only = dataclasses.replace(
@@ -285,7 +360,9 @@ class LocalExecutor:
         )
         self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with mounted_image(image, runner) as rootfs:
-            pub = publish_artifacts(only, lp.key, rootfs, runner, self.work_dir)
+            pub = publish_artifacts(
+                only, lp.key, rootfs, runner, self.work_dir, before_publish=boot if boot_test else None
+            )
         out = []
         for target in targets:
             objs = [dataclasses.asdict(o) for o in pub.objects if o.target == target]

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .redact import mask_url_credentials
 from .spec import LayerSpec
 
 KEY_FORMAT = 1
@@ -141,8 +142,9 @@ def build_inputs(spec: LayerSpec, parent: ParentInput, upstream: dict[str, str] 
                 "repos": [
                     {
                         "alias": r.alias,
-                        "url": r.url,
-                        "gpg": r.gpg,
+                        # Credentials are not content (and must not reach the state): masked.
+                        "url": mask_url_credentials(r.url),
+                        "gpg": mask_url_credentials(r.gpg) if r.gpg else r.gpg,
                         "priority": r.priority,
                         "suite": r.suite,
                         "components": list(r.components),

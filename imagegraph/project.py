@@ -26,6 +26,7 @@ import jsonschema
 
 from . import __version__
 from .errors import Diagnostic, SpecError
+from .redact import mask_url_credentials
 from .spec import LayerSpec, parse_yaml, read_spec, source_diagnostics
 
 SETTINGS_FILE = "imagegraph.yaml"
@@ -38,8 +39,8 @@ SETTINGS_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "registry_aliases": {"type": "object", "additionalProperties": {"type": "string"}},
-        "defaults": {"type": "object"},
-        "state_dir": {"type": "string"},
+        "defaults": {"type": "object"},  # checked against the spec schema's options (_defaults_schema)
+        "state_dir": {"type": "string", "minLength": 1, "pattern": "^[^\\x00-\\x1f]+$(?!\\n)"},
         "jobs": {"type": "integer", "minimum": 1},
         "allow_outside_sources": {"type": "boolean"},
     },
@@ -135,6 +136,8 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
         errors.append(
             Diagnostic(file, line, col, f"{'.'.join(map(str, path_)) or 'settings'}: {err.message}")
         )
+    if not errors and isinstance(plain.get("defaults"), dict):
+        errors += _defaults_diagnostics(doc, plain["defaults"], file)
     if errors:
         return Settings(), errors
     aliases = {k.rstrip("/"): v.rstrip("/") for k, v in (plain.get("registry_aliases") or {}).items()}
@@ -148,6 +151,27 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
         ),
         [],
     )
+
+
+def _defaults_diagnostics(doc: Any, defaults: dict, file: str) -> list[Diagnostic]:
+    """`defaults` are options every layer gets: they must pass the spec schema's options section."""
+    from .spec import _position, _schema_message, layer_schema
+
+    schema = layer_schema()
+    options = {k: v for k, v in schema["properties"]["options"].items() if k != "required"}
+    validator = jsonschema.Draft202012Validator({"$defs": schema["$defs"], **options})
+    out = []
+    for err in validator.iter_errors(defaults):
+        path = ["defaults", *err.absolute_path]
+        if err.validator == "additionalProperties":
+            for key in err.instance:
+                if key not in options["properties"]:
+                    line, col = _position(doc, [*path, key], key_position=True)
+                    out.append(Diagnostic(file, line, col, f"defaults: '{key}' is not a spec option"))
+            continue
+        line, col = _position(doc, path)
+        out.append(Diagnostic(file, line, col, "defaults: " + _schema_message(err)))
+    return out
 
 
 class SpecCache:
@@ -204,6 +228,12 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
     layers: dict[str, LayerSpec] = {}
     for path in files:
         shown = _shown(path)
+        if any(ord(c) < 0x20 or c == "\x7f" for c in path.stem):
+            # The layer name (file stem) goes into log file names, container names and messages.
+            diags.append(
+                Diagnostic(repr(path.name), 0, 0, "layer file name has control characters; rename it")
+            )
+            continue
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -233,8 +263,9 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
                 )
                 continue
             spec, file_diags = read_spec(path, text, settings.defaults, shown=shown)
-            cache.entries[digest] = (spec, file_diags)
-            cache.dirty = True
+            if mask_url_credentials(text) == text:  # credentials in URLs stay out of the state directory
+                cache.entries[digest] = (spec, file_diags)
+                cache.dirty = True
         diags.extend(file_diags)
         if spec is not None and not any(d.severity == "error" for d in file_diags):
             layers[layer_id(path)] = spec

@@ -40,10 +40,15 @@ def register_environment() -> None:
         add_secret(os.environ.get(name))
 
 
+def mask_url_credentials(text: str) -> str:
+    """`scheme://user:pass@host` -> `scheme://***@host`; deterministic (no registered secrets)."""
+    return _URL_CREDS.sub(lambda m: f"{m['scheme']}{MASK}@", text) if text else text
+
+
 def redact(text: str) -> str:
     if not text:
         return text
-    text = _URL_CREDS.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = mask_url_credentials(text)
     with _lock:
         secrets = sorted(_secrets, key=len, reverse=True)
     for s in secrets:

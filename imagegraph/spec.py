@@ -68,6 +68,20 @@ class SquashfsOptions:
 
 
 @dataclass(frozen=True)
+class BootTestOptions:
+    """`options.boot_test` (imagegraph addition): how `boot-test` and `up` boot the layer under QEMU.
+
+    Not part of the build key nor the publish key: testing an image does not change it.
+    """
+
+    enabled: bool = False  # `up` boot-tests the layer before its human tags are published
+    marker: str = "login:"
+    timeout: float = 300.0
+    memory: int | None = None  # MiB; default from the SquashFS size
+    accel: str = "auto"  # auto (KVM when it works), kvm, tcg
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     """A validated layer spec with defaults applied.
 
@@ -112,6 +126,7 @@ class LayerSpec:
     kernel_version: str | None = None
     rootfs_only: bool = False
     boot_params: str | None = None
+    boot_test: BootTestOptions = BootTestOptions()
     # where things are in the file, for later diagnostics (e.g. parent resolution)
     lines: dict[str, int] = field(default_factory=dict, compare=False)
     warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)
@@ -247,6 +262,8 @@ def _pattern_hint(path: list) -> str:
         return "image references may not contain spaces or control characters"
     if last == "publish_s3":
         return "give the S3 endpoint as an http:// or https:// URL"
+    if last in ("publish_dir", "src", "dest", "dst"):
+        return "paths may not contain control characters"
     return "see the spec reference in the README"
 
 
@@ -613,6 +630,7 @@ def _build(
         kernel_version=opts.get("kernel_version"),
         rootfs_only=opts.get("rootfs_only", False),
         boot_params=opts.get("boot_params"),
+        boot_test=BootTestOptions(**(opts.get("boot_test") or {})),
         lines=lines,
         warnings=tuple(d for d in diags if d.severity == "warning"),
     )

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,11 @@ class State:
             if not readonly:
                 self._conn.execute("PRAGMA journal_mode=WAL")
             self._migrate()
+        except StateError:
+            self.close()
+            raise
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise StateError(
                 f"the state database {self.path} cannot be read ({exc}). It is a cache: move it aside "
                 f"(mv {self.path} {self.path}.broken) and the next run rebuilds its knowledge from the "
@@ -134,26 +138,55 @@ class State:
                 f"the state database {self.path} has schema version {version}, newer than this imagegraph "
                 f"understands ({SCHEMA_VERSION}); upgrade imagegraph or use another --state"
             )
-        if version == SCHEMA_VERSION or self.readonly:
+        if version == SCHEMA_VERSION:
+            return
+        if self.readonly:
+            # `plan` on an older database: migrate it once through a short read-write connection
+            # (SQLite transactions make that safe beside a running `up`); where it cannot be written,
+            # plan as if it knew nothing rather than fail.
+            self._conn.close()
+            try:
+                State(self.path).close()
+                self._conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30
+                )
+                self._conn.row_factory = sqlite3.Row
+            except (StateError, OSError, sqlite3.OperationalError):
+                self._conn = None
             return
         with self.transaction() as c:
+            indexes = []
             for v in range(version + 1, SCHEMA_VERSION + 1):
                 for stmt in _statements(MIGRATIONS[v]):
-                    c.execute(stmt)
+                    if stmt.upper().startswith("CREATE INDEX"):
+                        indexes.append(stmt)  # after the columns they index exist
+                    else:
+                        c.execute(stmt)
+            _add_missing_columns(c)
+            for stmt in indexes:
+                c.execute(stmt)
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         assert self._conn is not None
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
-                self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    with suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                    raise
+                else:
+                    self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise StateError(
+                    f"writing the state database {self.path} failed ({exc}). If it is damaged, move it aside"
+                    f" (mv {self.path} {self.path}.broken); the next run rebuilds its knowledge from the"
+                    " registry and S3."
+                ) from exc
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         if self._conn is None:
@@ -342,6 +375,35 @@ class State:
         with self.transaction() as c:
             c.execute("DELETE FROM published WHERE layer=? AND target=?", (layer, target))
 
+    def record_event(
+        self,
+        *,
+        run_id: str,
+        layer: str,
+        key: str,
+        kind: str,
+        location: str,
+        digest: str | None = None,
+        detail: dict | None = None,
+    ) -> None:
+        """A row of the publication history that is no publish target: `boot-test`, `promote`.
+
+        Unlike `record_publication` it leaves `published` (what `plan` compares) alone.
+        """
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO publications (run_id, layer, key, target, location, digest, detail, published_at)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, layer, key, kind, location, digest, json.dumps(detail or {}), time.time()),
+            )
+
+    def events(self, layer: str, kind: str) -> list[dict]:
+        """`record_event` rows of a layer, newest first, `detail` decoded."""
+        rows = self._query(
+            "SELECT * FROM publications WHERE layer=? AND target=? ORDER BY id DESC", (layer, kind)
+        )
+        return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
     # ------------------------------------------------------------------- runs
 
     def start_run(self, run_id: str, command: str) -> None:
@@ -360,6 +422,30 @@ class State:
 
     def runs(self, limit: int = 10) -> list[dict]:
         return [dict(r) for r in self._query("SELECT * FROM runs ORDER BY started DESC LIMIT ?", (limit,))]
+
+
+def _add_missing_columns(c: sqlite3.Connection) -> None:
+    """Columns of the current schema that an older (or unversioned) database's tables lack.
+
+    `CREATE TABLE IF NOT EXISTS` leaves an existing table as it is; this adds what it misses
+    (as nullable columns: SQLite cannot add a NOT NULL column without a default).
+    """
+    want = sqlite3.connect(":memory:")
+    try:
+        for v in sorted(MIGRATIONS):
+            for stmt in _statements(MIGRATIONS[v]):
+                want.execute(stmt)
+        tables = [r[0] for r in want.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            if table.startswith("sqlite_"):
+                continue
+            have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+            for _cid, name, typ, _notnull, default, _pk in want.execute(f"PRAGMA table_info({table})"):
+                if name not in have:
+                    extra = f" DEFAULT {default}" if default is not None else ""
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {typ}{extra}")
+    finally:
+        want.close()
 
 
 def _statements(script: str) -> list[str]:

@@ -43,7 +43,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -289,12 +289,15 @@ def publish_artifacts(
     *,
     s3_settings: S3Settings | None = None,
     epoch: int | None = None,
+    before_publish: Callable[[dict[str, Path]], None] | None = None,
 ) -> ArtifactPublication:
     """Make the SquashFS once, pick the boot files, publish to `publish_dir` and/or S3 for each tag.
 
     `rootfs` is the image's mounted root (see `mounted_image`); `workdir` a
     scratch directory on a filesystem with room for the SquashFS (nothing is
-    left in it). Raises PublishError (or Cancelled).
+    left in it). `before_publish` gets the made files by role (`rootfs`,
+    `kernel`, `initramfs`) before anything is published; raising there
+    publishes nothing (`up` boot-tests the layer here). Raises PublishError (or Cancelled).
     """
     tags = list(tags or spec.publish_tags)
     rootfs, workdir = Path(rootfs), Path(workdir)
@@ -332,6 +335,8 @@ def publish_artifacts(
             sha256=pub.squashfs_sha256,
             step="squashfs",
         )
+        if before_publish is not None:
+            before_publish({role: f.path for role, f in files.items()})
         if spec.publish_dir:
             _check_cancel(runner)
             pub.objects += _publish_dir(spec, key, tags, files, pub, boot)

@@ -1,0 +1,217 @@
+"""`imagegraph promote LAYER TAG`: point a human tag at a key that is already built, without building.
+
+The key is the layer's current one (what `plan` computes), or `key=` (a
+prefix of a recorded build). Each of the layer's targets moves:
+
+- registry: the tag is put on the manifest of the immutable key tag
+  (`RegistryClient.put_tag`, same digest, nothing pushed);
+- S3: server-side copies of the key's objects (found by `find_published`
+  under any tag already holding that key) to the keys the layout gives the
+  new tag; the SquashFS last, with its boot files' ETags, so the new tag is
+  complete the moment it appears (image-builder's boot-file keys hold no tag
+  and are shared, so only the SquashFS is copied there);
+- local directory: `<publish_dir>/<name>/<TAG>/` made of hard links of a
+  directory holding the key, swapped in atomically;
+- local container storage (`publish_local`): `buildah tag`.
+
+When the layer has `options.boot_test.enabled`, the key must have booted
+(a `boot-test` event in the state, from `up` or `boot-test`), unless forced.
+Every move is recorded in the state as a `promote` event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ImagegraphError, UsageError
+from .key import key_tag
+from .runner import Runner
+from .state import State
+
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+class PromoteError(ImagegraphError):
+    """The key cannot be promoted (not built, not tested, a target lacks it)."""
+
+
+@dataclass
+class Promotion:
+    layer: str
+    key: str
+    tag: str
+    targets: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def tested(state: State, layer: str, key: str) -> dict | None:
+    """The newest successful boot test of `key`, or None."""
+    for ev in state.events(layer, "boot-test"):
+        if ev["key"] == key and ev["detail"].get("outcome") == "booted":
+            return ev
+    return None
+
+
+def promote(
+    spec: Any,
+    layer: str,
+    key: str,
+    tag: str,
+    state: State,
+    *,
+    run_id: str,
+    force: bool = False,
+    runner: Runner | None = None,
+) -> Promotion:
+    """Move `tag` of every target of the layer to `key` (module docstring). Raises PromoteError."""
+    if not TAG_RE.fullmatch(tag):
+        raise UsageError(f"invalid tag {tag!r} (letters, digits, '_', '.', '-'; at most 128)")
+    if tag.startswith("ig-"):
+        raise UsageError(f"{tag!r}: tags starting with 'ig-' are imagegraph's immutable key tags")
+    if spec.boot_test.enabled and not force and tested(state, layer, key) is None:
+        raise PromoteError(
+            f"{layer}: key {key[:12]} has not booted (options.boot_test is enabled): run "
+            f"`imagegraph boot-test {layer}` or `imagegraph up` first, or pass --force"
+        )
+    runner = runner or Runner(layer)
+    out = Promotion(layer, key, tag)
+    if spec.publish_registry:
+        out.targets.append(_registry(spec, key, tag))
+    if spec.publish_local:
+        moved = _local(spec, key, tag, runner)
+        if moved:
+            out.targets.append(moved)
+    if spec.publish_dir:
+        out.targets.append(_dir(spec, key, tag))
+    if spec.publish_s3:
+        out.targets.append(_s3(spec, key, tag, state, layer))
+    if not out.targets:
+        raise PromoteError(f"{layer}: nothing to promote: the layer has no registry, S3 or directory target")
+    for t in out.targets:
+        state.record_event(
+            run_id=run_id,
+            layer=layer,
+            key=key,
+            kind="promote",
+            location=json.dumps(t["locations"]),
+            digest=t.get("digest"),
+            detail={"tag": tag, "target": t["target"], "forced": force},
+        )
+    return out
+
+
+def _registry(spec: Any, key: str, tag: str) -> dict:
+    from .publish.registry import RegistryClient, target_repository
+
+    client = RegistryClient()
+    client.configure_for(spec)
+    repo = target_repository(spec).name
+    digest = client.manifest_digest(f"{repo}:{key_tag(key)}")
+    if digest is None:
+        why = client.errors.get(f"{repo}:{key_tag(key)}", "not found")
+        raise PromoteError(f"{spec.name}: {repo}:{key_tag(key)[:15]}... is not in the registry ({why})")
+    client.put_tag(repo, digest, tag)
+    return {"target": "registry", "locations": [f"{repo}:{tag}"], "digest": digest}
+
+
+def _local(spec: Any, key: str, tag: str, runner: Runner) -> dict | None:
+    from .build import local_image_id
+    from .plan import local_key_ref
+
+    image = local_image_id(local_key_ref(spec, key), runner)
+    if image is None:
+        return None  # built elsewhere: local storage is no publication target then
+    ref = f"localhost/{spec.name}:{tag}"
+    runner.run(["buildah", "tag", image, ref], step="promote")
+    return {"target": "local", "locations": [ref], "digest": image}
+
+
+def _dir(spec: Any, key: str, tag: str) -> dict:
+    from .publish import artifacts as a
+
+    base = Path(spec.publish_dir) / spec.name
+    source = None
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        if d.name.startswith(".") or d.name == tag:
+            continue
+        try:
+            doc = json.loads((d / a.MANIFEST_NAME).read_text())
+        except (OSError, ValueError):
+            continue
+        if doc.get("key") == key and a.dir_artifacts_present(spec, key, [d.name]):
+            source, manifest = d, doc
+            break
+    if source is None:
+        current = base / tag
+        if a.dir_artifacts_present(spec, key, [tag]):
+            return {"target": "dir", "locations": [str(current)], "action": "unchanged"}
+        raise PromoteError(
+            f"{spec.name}: no directory under {base} holds key {key[:12]}; run `imagegraph up`"
+        )
+    names = {"rootfs": a.ROOTFS_NAME, "kernel": a.VMLINUZ_NAME, "initramfs": a.INITRAMFS_NAME}
+    files = {}
+    for role, name in names.items():
+        info = manifest["files"].get(name)
+        if info is not None:
+            files[role] = a._File(source / name, info["sha256"], int(info["size"]))
+    doc = {**manifest, "tag": tag}
+    body = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    final = base / tag
+    a._write_tag_dir(final, body, files, names, {role: f.path for role, f in files.items()})
+    return {"target": "dir", "locations": [str(final)], "source": str(source)}
+
+
+def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> dict:
+    from .publish import artifacts as a
+    from .publish.s3 import META_SHA256, S3Index, S3Target
+
+    known = list(spec.publish_tags) + [e["detail"].get("tag") for e in state.events(layer, "promote")]
+    tags = [t for t in dict.fromkeys(known) if t and t != tag]
+    found = a.find_published(S3Index(), spec, key, tags)
+    if found is None:
+        raise PromoteError(f"{spec.name}: S3 at {spec.publish_s3} cannot be reached")
+    src = next((k for k in found.values() if k is not None), None)
+    if src is None:
+        raise PromoteError(
+            f"{spec.name}: no complete S3 publication of key {key[:12]} under tags {', '.join(tags)}; "
+            "run `imagegraph up`"
+        )
+    s3 = S3Target(spec.publish_s3, spec.s3_bucket, layer=spec.name)
+    head = s3.head(src.rootfs)
+    if head is None:
+        raise PromoteError(f"{spec.name}: {src.rootfs} vanished while promoting")
+    meta = head["metadata"]
+    kver, os_str = meta.get("imagegraph-kver"), meta.get("imagegraph-os", "")
+    initrd_name = None
+    if src.initramfs and spec.s3_layout != "versioned":
+        initrd_name = src.initramfs.removeprefix(f"efi-images/{spec.s3_prefix or ''}")
+    dest = a.artifact_keys(spec, tag, kver, os_str, initramfs_name=initrd_name)
+    locations, recorded = [], {}
+    for role, s, d in (("kernel", src.kernel, dest.kernel), ("initramfs", src.initramfs, dest.initramfs)):
+        if s is None or d is None:
+            continue
+        h = s3.head(s)
+        if h is None:
+            raise PromoteError(f"{spec.name}: {s} vanished while promoting")
+        if d != s:
+            r = s3.copy(
+                s,
+                d,
+                {k: v for k, v in h["metadata"].items() if k != META_SHA256},
+                h["metadata"].get(META_SHA256, ""),
+                h["size"],
+            )
+            h = {**h, "etag": r.etag}
+        recorded[role] = (d, h["etag"])
+        locations.append(s3.url(d))
+    rootfs_meta = a._rootfs_metadata(key, kver, os_str, recorded)
+    s3.copy(src.rootfs, dest.rootfs, rootfs_meta, meta.get(META_SHA256, ""), head["size"])
+    locations.append(s3.url(dest.rootfs))
+    return {"target": "s3", "locations": locations, "source": s3.url(src.rootfs)}
