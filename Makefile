@@ -35,6 +35,7 @@ test: system venv lint
 bench: venv
 	$(BIN)/python bench/plan_bench.py
 	$(BIN)/python bench/scheduler_bench.py
+	$(BIN)/python bench/noop_up_bench.py
 
 clean:
-	rm -rf $(VENV) .imagegraph layers/.imagegraph
+	rm -rf $(VENV) .imagegraph layers/.imagegraph out

@@ -396,10 +396,9 @@ def boot(
                         if marker in _clean(partial):
                             tail.append(_clean(partial))
                             return result("booted", f"reached {marker!r}: {_clean(partial)}")
-                        continue
                     if runner_mod.cancel_requested():
                         raise runner_mod.Cancelled(f"{layer}: boot test cancelled")
-                    if proc.poll() is not None:
+                    if proc.poll() is not None and not chunk:
                         stderr.seek(0)
                         err = [e for e in stderr.read().strip().splitlines() if e][-3:]
                         detail = "; ".join(err) or "no message"
@@ -415,7 +414,8 @@ def boot(
                             f"no {marker!r} and no known failure line within {timeout:.0f} s "
                             f"(accel {how}; HTTP: {served})",
                         )
-                    time.sleep(0.2)
+                    if not chunk:
+                        time.sleep(0.2)
         finally:
             _stop(proc)
             stderr.close()

@@ -295,18 +295,27 @@ def load_lock(root: Path) -> LockFile | None:
         )
 
     try:
-        doc = YAML(typ="safe").load(path.read_text()) or {}
-    except (YAMLError, OSError) as exc:
+        doc = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+    except (YAMLError, OSError, ValueError) as exc:  # ValueError: not UTF-8
         raise bad(f"cannot read the lock file: {exc}") from exc
+    except Exception as exc:  # the YAML library raises assorted errors on hostile input
+        raise bad(f"cannot read the lock file: {type(exc).__name__}") from exc
     if not isinstance(doc, dict) or doc.get("version") != LOCK_FORMAT:
         raise bad(f"not an imagegraph lock file of format {LOCK_FORMAT}")
+    for section in ("repositories", "parents"):
+        if not isinstance(doc.get(section) or [], list):
+            raise bad(f"'{section}' must be a list")
+
+    def strings(e: Any, *names: str) -> bool:
+        return isinstance(e, dict) and all(isinstance(e.get(n), str) for n in names)
+
     lock = LockFile(path)
     for e in doc.get("repositories") or []:
-        if not isinstance(e, dict) or not {"alias", "url", "sha256"} <= set(e):
+        if not strings(e, "alias", "url", "sha256"):
             raise bad(f"repository entry without alias, url and sha256: {e!r}")
         lock.repositories[(str(e["alias"]), str(e["url"]), str(e.get("suite") or ""))] = dict(e)
     for e in doc.get("parents") or []:
-        if not isinstance(e, dict) or not {"reference", "digest"} <= set(e):
+        if not strings(e, "reference", "digest"):
             raise bad(f"parent entry without reference and digest: {e!r}")
         lock.parents[str(e["reference"])] = dict(e)
     return lock

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from .redact import redact
+from .redact import redact, redact_obj
 
 _run_context: dict[str, str] = {}
 
@@ -33,6 +33,8 @@ def _redact_processor(_logger: Any, _name: str, event: dict) -> dict:
     for k, v in list(event.items()):
         if isinstance(v, str):
             event[k] = redact(v)
+        elif isinstance(v, list | tuple | dict):  # e.g. an argv list
+            event[k] = redact_obj(v)
     return event
 
 

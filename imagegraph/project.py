@@ -202,7 +202,7 @@ class SpecCache:
         if not (self.path and self.dirty):
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".specs.")
             with os.fdopen(fd, "wb") as f:
                 pickle.dump(

@@ -13,6 +13,8 @@ check rpmbuild rpm
 check createrepo_c createrepo-c
 check dnf dnf
 check mmdebstrap mmdebstrap
+# boot-test (and `up` with options.boot_test) boots layers under QEMU; dracut is only needed inside images.
+check qemu-system-x86_64 qemu-system-x86
 check ansible-playbook ansible-core
 check python3 python3
 # layer_type ansible reaches containers with the buildah connection plugin of the containers.podman

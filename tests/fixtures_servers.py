@@ -380,6 +380,7 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3S
     monkeypatch.setenv("S3_SECRET", S3_TEST_SECRET)
     assert s3_server.proxy is not None
     s3_server.proxy.heal()
+    s3_server.proxy.resets = 0  # counted per test
     yield s3_server
     s3_server.proxy.heal()
 

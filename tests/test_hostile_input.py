@@ -523,3 +523,52 @@ def test_bad_settings_are_located(tmp_path: Path, text: str, fragment: str, line
     _settings, diags = load_settings(tmp_path)
     assert diags and all(d.file.endswith("imagegraph.yaml") for d in diags)
     assert any(fragment in d.message and d.line == line for d in diags), [str(d) for d in diags]
+
+
+# --------------------------------------------------------------------------- lock file
+
+LOCK_VALID = {
+    "version": 1,
+    "repositories": [{"alias": "BaseOS", "url": "http://mirror.example/BaseOS/", "sha256": "ab" * 32}],
+    "parents": [{"reference": "registry.example/site/base:1", "digest": "sha256:" + "cd" * 32}],
+}
+
+
+def lock_answer(raw: bytes) -> None:
+    from imagegraph.lockfile import LockFile, load_lock
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "imagegraph.lock").write_bytes(raw)
+        try:
+            lock = load_lock(Path(tmp))
+        except SpecError as exc:
+            assert exc.diagnostics and all(d.file.endswith("imagegraph.lock") for d in exc.diagnostics)
+            return
+        assert isinstance(lock, LockFile)
+        for (alias, url, _suite), entry in lock.repositories.items():
+            assert isinstance(alias, str) and isinstance(url, str) and isinstance(entry["sha256"], str)
+        for ref, entry in lock.parents.items():
+            assert isinstance(ref, str) and isinstance(entry["digest"], str)
+
+
+@FAST
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)))
+def test_lockfile_arbitrary(raw: bytes) -> None:
+    lock_answer(raw)
+
+
+@st.composite
+def near_valid_lock(draw: st.DrawFn) -> dict:
+    doc = json.loads(json.dumps(LOCK_VALID))
+    path = draw(st.sampled_from([p for p in _paths(doc) if p]))
+    parent = doc
+    for part in path[:-1]:
+        parent = parent[part]
+    parent[path[-1]] = draw(documents)
+    return doc
+
+
+@FAST
+@given(st.one_of(near_valid_lock(), documents), st.sampled_from(["block", "flow"]))
+def test_lockfile_documents(doc: Any, style: str) -> None:
+    lock_answer(_yaml_text(doc, style).encode())

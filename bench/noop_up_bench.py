@@ -1,0 +1,165 @@
+"""Benchmark: a no-op `up` on 1,000 layers, everything already published to a real registry.
+
+A local `docker-registry` (the tests' RegistryServer) holds, for every layer
+of a synthetic directory (bench/synth.py), its repository with the layer's
+key tag and its publish tags, all on one tiny manifest (one config blob, no
+layers: nothing is built). Then, in fresh processes:
+
+- `plan`: time, and HTTP requests sent to the registry (RegistryClient.request_count)
+- `imagegraph up DIR --json` with an EMPTY state (the registry is the shared
+  memory: nothing builds, nothing is pushed), then again with the state that
+  run recorded (warm).
+
+Usage: python bench/noop_up_bench.py [LAYERS]   (default 1000; needs docker-registry)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from synth import make_layers  # noqa: E402
+
+from tests.fixtures_servers import RegistryServer  # noqa: E402
+
+PLAN_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from pathlib import Path
+from imagegraph.graph import build_graph
+from imagegraph.plan import LiveInventory, make_plan
+from imagegraph.project import load_project
+from imagegraph.state import State
+root, state = Path(sys.argv[1]), Path(sys.argv[2])
+lg = build_graph(load_project(root, cache_dir=state.parent / "cache"))
+inv = LiveInventory()
+plan = make_plan(lg, State(state, readonly=True), inv)
+t1 = time.perf_counter()
+actions = {}
+for lp in plan.layers.values():
+    actions[str(lp.action)] = actions.get(str(lp.action), 0) + 1
+reg = inv._registry
+print(json.dumps({"seconds": t1 - t0, "requests": reg.request_count if reg else 0, "actions": actions}))
+"""
+
+
+def _req(method: str, url: str, data: bytes | None = None, ctype: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=data, method=method)
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, dict(r.headers)
+
+
+def publish_everything(base: str, keys: dict[str, tuple[str, str]]) -> None:
+    """keys: repository path -> (key tag, digest placeholder); one config blob, one manifest per repo."""
+    from imagegraph.publish.registry import RegistryClient
+
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    cdigest = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": cdigest,
+                "size": len(config),
+            },
+            "layers": [],
+        }
+    ).encode()
+    mdigest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    client = RegistryClient()
+    host = base.split("//", 1)[1]
+    client.configure_registry(host, ["--tls-verify=false"])
+    for repo, (ktag, _) in keys.items():
+        _, h = _req("POST", f"{base}/v2/{repo}/blobs/uploads/")
+        loc = h["Location"]
+        loc = loc if loc.startswith("http") else base + loc
+        _req("PUT", f"{loc}{'&' if '?' in loc else '?'}digest={cdigest}", config, "application/octet-stream")
+        _req(
+            "PUT",
+            f"{base}/v2/{repo}/manifests/{ktag}",
+            manifest,
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+        for t in ("1", "latest"):
+            client.put_tag(f"{host}/{repo}", mdigest, t)
+
+
+def run(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True)
+    return time.perf_counter() - t0, r
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "reg").mkdir()
+        server = RegistryServer(tmp / "reg")
+        server.start()
+        try:
+            root = make_layers(tmp / "layers", n)
+            for p in root.glob("*.yaml"):
+                p.write_text(p.read_text().replace("registry.example.org:5000", server.host))
+            # Keys, offline (no registry needed for layers whose parents are layers).
+            out = subprocess.run(
+                [sys.executable, "-m", "imagegraph.cli", "plan", str(root), "--offline", "--json",
+                 "--state", str(tmp / "keys" / "state.db")],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            from imagegraph.key import key_tag
+
+            layers = json.loads(out.stdout)["layers"]
+            keys = {f"site/{x['name']}": (key_tag(x["key"]), "") for x in layers}
+            t0 = time.perf_counter()
+            publish_everything(server.url, keys)
+            setup = time.perf_counter() - t0
+
+            state = tmp / "state" / "state.db"
+            rows = []
+            for label in ("empty state", "warm state"):
+                if label == "warm state":
+                    pass  # the state the first `up` recorded
+                secs, r = run([sys.executable, "-c", PLAN_CHILD, str(root), str(state)])
+                p = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-2000:]}
+                secs_up, r = run(
+                    [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--state", str(state), "--json"]
+                )
+                if r.returncode != 0:
+                    raise SystemExit(f"up failed ({r.returncode}):\n{r.stderr[-3000:]}")
+                doc = json.loads(r.stdout)
+                statuses: dict[str, int] = {}
+                for x in doc["layers"]:
+                    statuses[x["status"]] = statuses.get(x["status"], 0) + 1
+                rows.append((label, p, secs_up, statuses, doc.get("remote_requests")))
+        finally:
+            server.stop()
+            server.kill()
+    print(f"{n:,} layers, all published (setup: {setup:.1f} s to push {n:,} manifests and {2 * n:,} tags)\n")
+    print(
+        "| state | plan: decide (s) | plan: registry requests | plan actions | `up` wall time (s) | `up` results |"
+    )
+    print("|---|---:|---:|---|---:|---|")
+    for label, p, secs_up, statuses, _rr in rows:
+        acts = ", ".join(f"{v} {k}" for k, v in sorted(p.get("actions", {}).items()))
+        sts = ", ".join(f"{v} {k}" for k, v in sorted(statuses.items()))
+        print(
+            f"| {label} | {p.get('seconds', 0):.2f} | {p.get('requests', '?')} | {acts} | {secs_up:.2f} | {sts} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
