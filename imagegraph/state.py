@@ -351,8 +351,9 @@ class State:
         now = time.time()
         with self.transaction() as c:
             c.execute(
-                "INSERT OR REPLACE INTO published (layer, target, key, publish_key, spec, locations, digest, published_at)"
-                " VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO published"
+                " (layer, target, key, publish_key, spec, locations, digest, detail, published_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     layer,
                     target,
@@ -361,6 +362,7 @@ class State:
                     json.dumps(spec, sort_keys=True),
                     json.dumps(locations),
                     digest,
+                    json.dumps(detail or {}),
                     now,
                 ),
             )

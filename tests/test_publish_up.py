@@ -207,6 +207,7 @@ def test_s3_and_directory_publishing(s3_site) -> None:
     art = cli("artifacts", str(root), "boot", "--state", str(state), "--json", env=env)
     assert art.returncode == 0, art.stderr
     adoc = json.loads(art.stdout)
+    assert adoc["s3"]["kver"] == "6.1.0-10"
     entry = adoc["boot_config"][0]
     assert entry["kernel"] == f"{s3.endpoint}/{bucket}/efi-images/compute/vmlinuz-6.1.0-10"
     assert f"root=live:{s3.endpoint}/{bucket}/compute/igtest1-igt-pub-boot-" in entry["params"]
@@ -224,7 +225,7 @@ def test_s3_and_directory_publishing(s3_site) -> None:
     assert rc == 0 and by_name(doc)["boot"]["action"] == "publish", err
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
     assert "compute/igtest1-igt-pub-boot-latest" in keys
-    assert [c for c in containers() if c.startswith("imagegraph-")] == []
+    assert [c for c in containers() if c.startswith("imagegraph-igt-pub-")] == []
     # Secrets never reach logs or records.
     secret = env["S3_SECRET"]
     for p in (state.parent).rglob("*"):

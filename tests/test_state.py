@@ -57,10 +57,14 @@ def test_publications(tmp_path: Path) -> None:
         locations=["r/a:1"],
         digest="sha256:x",
     )
+    s.record_publication(
+        run_id="r", layer="a", key="k", target="s3", spec={}, locations=[], detail={"kver": "6.1"}
+    )
     p = s.published("a")["registry"]
     assert p.spec == {"tags": ["1"]} and p.locations == ["r/a:1"] and p.digest == "sha256:x"
+    assert s.published("a")["s3"].detail == {"kver": "6.1"}
     s.forget_publication("a", "registry")
-    assert s.published("a") == {}
+    assert list(s.published("a")) == ["s3"]
 
 
 def test_owner_only_permissions(tmp_path: Path) -> None:
