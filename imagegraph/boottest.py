@@ -464,6 +464,33 @@ def boot_layer(
     return res
 
 
+def boot_and_record(
+    state: Any,
+    state_dir: Path,
+    run_id: str,
+    layer: str,
+    spec: Any,
+    files: BootArtifacts,
+    **options: Any,
+) -> BootResult:
+    """Boot (see `boot_layer`) and record the outcome as a `boot-test` event of the layer's key.
+
+    `up`, `boot-test` and `promote` all read these events: a key that booted
+    need not boot again, and `promote` refuses a key that did not.
+    """
+    log_path = boot_log_path(state_dir, layer, run_id)
+    res = boot_layer(spec, files, log_path, **options)
+    state.record_event(
+        run_id=run_id,
+        layer=layer,
+        key=res.key or files.key,
+        kind="boot-test",
+        location=str(log_path),
+        detail={k: v for k, v in res.to_json().items() if k != "tail"},
+    )
+    return res
+
+
 def _write_result(log_path: Path, res: BootResult) -> None:
     with contextlib.suppress(OSError):
         log_path.with_suffix(".json").write_text(json.dumps(res.to_json(), indent=2) + "\n")

@@ -598,44 +598,47 @@ def render_gc(report: Any, out: Console, err: Console) -> None:
     out.print(Text(f"gc --keep {report.keep}: {verb} {len(report.removed)}", style="bold"))
 
 
-def _layer_key(args: argparse.Namespace, root: Path, layer: str) -> tuple[Project, LayerGraph, State, str]:
-    """The layer's current key (as `plan` computes it) and a writable state; usage error if never built."""
+def _layer_key(
+    args: argparse.Namespace, root: Path, name: str
+) -> tuple[Project, LayerGraph, State, str, str]:
+    """The layer, its current key (as `plan` computes it) and a writable state; usage error if never built."""
     project, lg = _load(root, args.state)
+    layer = lg.lookup(name)
     state = State(_state_path(project, args.state))
     lp = make_plan(lg, state, LiveInventory(offline=getattr(args, "offline", False)), [layer]).layers[layer]
     if lp.action == Action.BUILD:
         why = "; ".join(r.message for r in lp.reasons)
         raise UsageError(f"{layer}: its current key {lp.key[:12]} is not built ({why}); run `imagegraph up`")
-    return project, lg, state, lp.key
+    return project, lg, state, layer, lp.key
 
 
 def cmd_boot_test(args: argparse.Namespace) -> int:
-    from .boottest import boot_layer, boot_log_path, layer_artifacts
+    from .boottest import boot_and_record, boot_log_path, layer_artifacts
     from .runner import Runner
     from .state import default_run_id
 
     root, names = _split_dir(args.args)
     if len(names) != 1:
         raise UsageError("boot-test takes one LAYER")
-    project, lg = _load(root, args.state)
-    layer = lg.lookup(names[0])
-    project, lg, state, key = _layer_key(args, root, layer)
+    project, lg, state, layer, key = _layer_key(args, root, names[0])
     spec = lg.spec(layer)
     state_dir = _state_path(project, args.state).parent
     run_id = default_run_id()
-    log_path = boot_log_path(state_dir, layer, run_id)
     with layer_artifacts(spec, key, state_dir / "work", args.tag, Runner(layer)) as files:
         if not args.json:
+            log_path = boot_log_path(state_dir, layer, run_id)
             _err().print(f"booting {layer} ({files.source}) under QEMU; serial console: {log_path}")
-        res = boot_layer(spec, files, log_path, marker=args.marker, timeout=args.timeout, accel=args.accel)
-    state.record_event(
-        run_id=run_id,
-        layer=layer,
-        key=res.key or key,
-        kind="boot-test",
-        location=str(log_path),
-        detail={k: v for k, v in res.to_json().items() if k != "tail"},
-    )
+        res = boot_and_record(
+            state,
+            state_dir,
+            run_id,
+            layer,
+            spec,
+            files,
+            marker=args.marker,
+            timeout=args.timeout,
+            accel=args.accel,
+        )
     if args.json:
         print(json.dumps(res.to_json(), indent=2))
     else:
@@ -668,7 +671,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
             raise UsageError(f"--key {args.key}: {len(matches)} recorded builds of {layer} match")
         key = matches[0]
     else:
-        project, lg, state, key = _layer_key(args, root, layer)
+        project, lg, state, layer, key = _layer_key(args, root, layer)
     doc = promote(lg.spec(layer), layer, key, names[1], state, run_id=default_run_id(), force=args.force)
     if args.json:
         print(json.dumps(doc.to_json(), indent=2))

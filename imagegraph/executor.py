@@ -158,18 +158,7 @@ class LocalExecutor:
                     raise BuildError(lp.layer, "parent", str(exc)) from exc
                 raise
             image_id, image_ref = built.image_id, built.image_ref
-            self.state.record_build(
-                run_id=self.run_id,
-                layer=lp.layer,
-                key=lp.key,
-                inputs=lp.inputs,
-                image_id=image_id,
-                image_ref=image_ref,
-                spec_file=str(spec.path),
-                parent_key=parent.key if parent else None,
-                started=t0,
-                finished=time.time(),
-            )
+            self._record_build(lp, spec, parent, t0, "ok", image_id=image_id, image_ref=image_ref)
             runner.note("build", f"built {image_ref} in {time.time() - t0:.1f} s")
         else:
             image_id = None  # found lazily: a registry-only publish needs no local image
@@ -188,21 +177,36 @@ class LocalExecutor:
     def _record_failed(
         self, lp: LayerPlan, spec: LayerSpec, parent: ParentImage | None, t0: float, exc: Exception
     ) -> None:
-        with contextlib.suppress(Exception):
-            self.state.record_build(
-                run_id=self.run_id,
-                layer=lp.layer,
-                key=lp.key,
-                inputs=lp.inputs,
-                image_id=None,
-                image_ref=None,
-                spec_file=str(spec.path),
-                parent_key=parent.key if parent else None,
-                started=t0,
-                finished=time.time(),
-                status="cancelled" if isinstance(exc, runner_mod.Cancelled) else "failed",
-                error=redact(str(exc))[-2000:],
-            )
+        status = "cancelled" if isinstance(exc, runner_mod.Cancelled) else "failed"
+        with contextlib.suppress(Exception):  # the failure itself is what must reach the user
+            self._record_build(lp, spec, parent, t0, status, error=redact(str(exc))[-2000:])
+
+    def _record_build(
+        self,
+        lp: LayerPlan,
+        spec: LayerSpec,
+        parent: ParentImage | None,
+        t0: float,
+        status: str,
+        *,
+        image_id: str | None = None,
+        image_ref: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.state.record_build(
+            run_id=self.run_id,
+            layer=lp.layer,
+            key=lp.key,
+            inputs=lp.inputs,
+            image_id=image_id,
+            image_ref=image_ref,
+            spec_file=str(spec.path),
+            parent_key=parent.key if parent else None,
+            started=t0,
+            finished=time.time(),
+            status=status,
+            error=error,
+        )
 
     # ------------------------------------------------------------------ publish
 
@@ -284,19 +288,12 @@ class LocalExecutor:
         push_layer(spec, lp.key, image or self._key_image(lp.layer, runner), runner, tags=[], client=client)
 
     def _boot_test(self, lp: LayerPlan, spec: LayerSpec, files: Any, runner: Runner) -> None:
-        from .boottest import BootTestError, boot_layer, boot_log_path
+        from .boottest import BootTestError, boot_and_record, boot_log_path
 
         log_path = boot_log_path(self.state_dir, lp.layer, self.run_id)
         runner.note("boot-test", f"booting under QEMU; serial console in {log_path}")
-        res = boot_layer(spec, dataclasses.replace(files, key=lp.key, source="up"), log_path)
-        self.state.record_event(
-            run_id=self.run_id,
-            layer=lp.layer,
-            key=lp.key,
-            kind="boot-test",
-            location=str(log_path),
-            detail={k: v for k, v in res.to_json().items() if k != "tail"},
-        )
+        files = dataclasses.replace(files, key=lp.key, source="up")
+        res = boot_and_record(self.state, self.state_dir, self.run_id, lp.layer, spec, files)
         runner.note("boot-test", f"{res.outcome} in {res.seconds:.0f} s ({res.accel}): {res.reason}")
         if not res.ok:
             raise BootTestError(res.message(), res)

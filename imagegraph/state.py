@@ -307,23 +307,16 @@ class State:
     # ------------------------------------------------------------ publishing
 
     def published(self, layer: str) -> dict[str, PublishedRecord]:
-        out = {}
-        for r in self._query("SELECT * FROM published WHERE layer=?", (layer,)):
-            out[r["target"]] = PublishedRecord(
-                r["layer"],
-                r["target"],
-                r["key"],
-                json.loads(r["spec"]),
-                json.loads(r["locations"] or "[]"),
-                r["digest"],
-                r["published_at"],
-                json.loads(r["detail"] or "{}"),
-            )
-        return out
+        return self.all_published(layer).get(layer, {})
 
-    def all_published(self) -> dict[str, dict[str, PublishedRecord]]:
+    def all_published(self, layer: str | None = None) -> dict[str, dict[str, PublishedRecord]]:
+        """What is published where, per layer and target (one layer's when `layer` is given)."""
+        if layer is None:
+            rows = self._query("SELECT * FROM published")
+        else:
+            rows = self._query("SELECT * FROM published WHERE layer=?", (layer,))
         out: dict[str, dict[str, PublishedRecord]] = {}
-        for r in self._query("SELECT * FROM published"):
+        for r in rows:
             out.setdefault(r["layer"], {})[r["target"]] = PublishedRecord(
                 r["layer"],
                 r["target"],

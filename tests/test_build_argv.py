@@ -12,7 +12,6 @@ import pytest
 
 from imagegraph.build import BuildRequest, ParentImage, build_layer, image_labels
 from imagegraph.build.ansible import inventory
-from imagegraph.build.work import resolve_in_root
 from imagegraph.errors import BuildError
 from imagegraph.runner import Cancelled, CommandError, Completed, Runner
 from tests.fixtures_build import fake_key
@@ -328,12 +327,3 @@ def test_ansible_inventory():
     assert inv["all"]["hosts"]["ctr"]["ansible_connection"] == "buildah"
     assert inv["all"]["hosts"]["ctr"]["x"] == 1
     assert inv["all"]["children"]["gpu"]["hosts"] == {"ctr": None}
-
-
-def test_resolve_in_root(tmp_path):
-    root = tmp_path / "root"
-    (root / "usr" / "bin").mkdir(parents=True)
-    (root / "bin").symlink_to("/usr/bin")  # absolute: must not escape to the host's /usr/bin
-    (root / "usr" / "bin" / "bash").write_text("")
-    assert resolve_in_root(root, "/bin/bash") == root / "usr" / "bin" / "bash"
-    assert resolve_in_root(root, "/bin/../../../etc") == root / "etc"

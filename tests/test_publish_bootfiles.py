@@ -14,10 +14,10 @@ from imagegraph.publish.bootfiles import (
     kernel_version_cmp,
     os_release,
     os_tag,
-    resolve_in_root,
     rpmvercmp,
     sort_kernel_versions,
 )
+from imagegraph.rootfs import resolve_in_root
 
 from .publish_helpers import DEBIAN, EL, EL_MODULES, SUSE, make_rootfs
 

@@ -14,9 +14,10 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from ..rootfs import resolve_in_root
 from ..runner import Completed, Runner
 from ..spec import LayerSpec
 from .container import buildah_env
@@ -56,7 +57,8 @@ class Work:
     def image_path(self, path: str) -> Path:
         """Host path of `path` inside the image, following symlinks as the image would."""
         assert self.mount is not None
-        return resolve_in_root(self.mount, path)
+        # None only for a symlink loop: then the path as written, which fails where it is used.
+        return resolve_in_root(self.mount, path, must_exist=False) or self.mount / path.lstrip("/")
 
     def has(self, *paths: str) -> bool:
         """True if any of `paths` exists inside the image (e.g. the image ships dnf)."""
@@ -77,42 +79,3 @@ class Work:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(resp.read())
         return dest
-
-
-def resolve_in_root(root: Path, path: str, _depth: int = 0) -> Path:
-    """Resolve `path` as if `root` were `/`: absolute symlinks stay inside `root`.
-
-    Images often have /bin -> usr/bin or /lib -> /usr/lib; resolving those on
-    the host would look at the host's files instead of the image's.
-    """
-    parts = [p for p in PurePosixPath(path).parts if p not in ("/", "", ".")]
-    current = root
-    for i, part in enumerate(parts):
-        if part == "..":
-            current = current.parent if current != root else root
-            continue
-        candidate = current / part
-        if candidate.is_symlink() and _depth < 40:
-            target = os.readlink(candidate)
-            rest = "/".join(parts[i + 1 :])
-            if target.startswith("/"):
-                joined = target + ("/" + rest if rest else "")
-            else:
-                base = "/" + str(current.relative_to(root)) if current != root else ""
-                joined = f"{base}/{target}" + ("/" + rest if rest else "")
-            return resolve_in_root(root, _normalize(joined), _depth + 1)
-        current = candidate
-    return current
-
-
-def _normalize(path: str) -> str:
-    out: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if out:
-                out.pop()
-            continue
-        out.append(part)
-    return "/" + "/".join(out)

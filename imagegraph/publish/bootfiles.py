@@ -14,14 +14,14 @@ rootfs, never against the host (an image's `/lib -> usr/lib` or an absolute
 
 from __future__ import annotations
 
-import os
 import shlex
 import stat
 from dataclasses import dataclass
 from functools import cmp_to_key
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..errors import PublishError
+from ..rootfs import resolve_in_root
 
 MODULE_DIRS = ("lib/modules", "usr/lib/modules")
 # Where distributions put the kernel and the initramfs, in order of preference.
@@ -31,7 +31,6 @@ INITRAMFS_CANDIDATES = (
     "boot/initrd-{k}",  # SUSE
     "boot/initrd.img-{k}",  # Debian / Ubuntu (initramfs-tools or dracut)
 )
-_MAX_LINKS = 40
 
 
 @dataclass(frozen=True)
@@ -146,41 +145,6 @@ def sort_kernel_versions(versions: list[str] | set[str]) -> list[str]:
 
 
 # -------------------------------------------------------------------- paths in the image
-
-
-def resolve_in_root(root: Path, path: str) -> Path | None:
-    """The host path of `path` inside the image at `root`, following symlinks within it.
-
-    Returns None when the path (or a link on the way) does not exist or loops.
-    `..` never climbs above the image's root.
-    """
-    parts = list(PurePosixPath("/" + path.lstrip("/")).parts[1:])
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        host = root.joinpath(*resolved, part)
-        try:
-            st = host.lstat()
-        except OSError:
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > _MAX_LINKS:
-                return None
-            target = os.readlink(host)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in PurePosixPath(target).parts if p != "/"] + parts
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
 
 
 def _regular_file(root: Path, path: str) -> Path | None:
