@@ -228,19 +228,14 @@ class _Gc:
             self.add("local-image", ref, lid, k, "older than the newest kept builds", rmi)
 
     def containers(self) -> None:
-        from .build.container import PREFIX, list_containers, pid_alive, read_owner, remove_container
+        from .build.container import remove_container, stale_containers
 
         try:
-            names = list_containers(self.runner)
+            stale = stale_containers(self.runner)
         except Exception as exc:
             self.report.errors.append(f"cannot list working containers: {exc}")
             return
-        for name in names:
-            if not name.startswith(PREFIX):
-                continue
-            owner = read_owner(name)
-            if owner and pid_alive(int(owner.get("pid", 0)), owner.get("pid_start")):
-                continue
+        for name, _owner in stale:
 
             def rm(name: str = name) -> None:
                 remove_container(name, self.runner, step="gc")

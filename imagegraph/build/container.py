@@ -128,16 +128,24 @@ def remove_container(name: str, runner: Runner, step: str = "cleanup") -> None:
     runner.run(["buildah", "rm", name], step=step, env=env, check=False, cleanup=True, loglevel="WARNING")
 
 
-def remove_stale_containers(runner: Runner) -> list[str]:
-    """Remove imagegraph working containers whose owning process is gone; return their names."""
-    removed = []
-    names = list_containers(runner)
-    for name in names:
+def stale_containers(runner: Runner, names: list[str] | None = None) -> list[tuple[str, dict | None]]:
+    """imagegraph working containers whose owning process is gone, with their owner records."""
+    out = []
+    for name in list_containers(runner) if names is None else names:
         if not name.startswith(PREFIX):
             continue
         owner = read_owner(name)
         if owner and pid_alive(int(owner.get("pid", 0)), owner.get("pid_start")):
             continue
+        out.append((name, owner))
+    return out
+
+
+def remove_stale_containers(runner: Runner) -> list[str]:
+    """Remove imagegraph working containers whose owning process is gone; return their names."""
+    removed = []
+    names = list_containers(runner)
+    for name, owner in stale_containers(runner, names):
         runner.note("cleanup", f"removing stale working container {name}" + _owner_text(owner))
         remove_container(name, runner)
         forget_owner(name)

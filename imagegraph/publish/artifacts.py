@@ -54,7 +54,7 @@ from ..log import get_logger
 from ..runner import Cancelled, Runner, cancel_requested
 from .bootfiles import BootFiles, find_boot_files, os_tag
 from .s3 import META_KEY, META_SHA256, S3Index, S3Settings, S3Target, object_url, sha256_file
-from .squashfs import make_squashfs
+from .squashfs import fsync_path, make_squashfs
 
 LAYOUTS = ("image-builder", "versioned")
 ROOTFS_NAME, VMLINUZ_NAME, INITRAMFS_NAME, MANIFEST_NAME = (
@@ -540,10 +540,10 @@ def _write_tag_dir(
         (tmp / MANIFEST_NAME).write_bytes(manifest)
         os.chmod(tmp / MANIFEST_NAME, 0o644)
         for p in tmp.iterdir():
-            _fsync(p)
-        _fsync(tmp)
+            fsync_path(p)
+        fsync_path(tmp)
         _swap_into_place(tmp, final)
-        _fsync(final.parent)
+        fsync_path(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the new dir (on failure) or the old one (after a swap)
 
@@ -557,19 +557,6 @@ def _link_or_copy(link_src: Path | None, src: Path, dest: Path) -> None:
             pass
     shutil.copyfile(src, dest)
     os.chmod(dest, 0o644)
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _AT_FDCWD = -100
