@@ -98,6 +98,12 @@ def layer_keys(state: State, layer: str, keep: int) -> tuple[list[str], list[str
     for pub in state.published(layer).values():
         if pub.key not in kept:
             kept.append(pub.key)  # what a target currently serves
+    promoted: dict[tuple[str, str], str] = {}
+    for ev in state.events(layer, "promote"):  # newest first: the first per (tag, target) is current
+        promoted.setdefault((ev["detail"].get("tag", ""), ev["detail"].get("target", "")), ev["key"])
+    for key in promoted.values():
+        if key not in kept:
+            kept.append(key)  # what a promoted tag points at (`imagegraph promote`)
     return kept, [k for k in distinct if k not in kept]
 
 
