@@ -288,6 +288,11 @@ def test_index_versioned_and_unreachable(s3_env: S3Server, rootfs: Path, tmp_pat
     publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
     assert S3Index(settings=FAST).has_artifacts(spec, KEY) is True
     assert S3Index(settings=FAST).has_artifacts(spec, KEY, ["v2"]) is False
+    # Other SquashFS options make the same key's artifacts stale, for any host that asks S3.
+    other = replace(spec, squashfs=replace(spec.squashfs, compression="zstd"))
+    assert S3Index(settings=FAST).has_artifacts(other, KEY) is False
+    publish_artifacts(other, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
+    assert S3Index(settings=FAST).has_artifacts(other, KEY) is True
     missing_bucket = replace(spec, s3_bucket="no-such-bucket-here")
     assert S3Index(settings=FAST).has_artifacts(missing_bucket, KEY) is False
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -152,10 +153,24 @@ def artifact_keys(
     return ArtifactKeys(rootfs, f"efi-images/{prefix}vmlinuz-{kver}", f"efi-images/{prefix}{initrd}")
 
 
+META_OPTIONS = "imagegraph-options"
+
+
+def artifact_options(spec: Any) -> str:
+    """A short digest of what shapes the artifacts besides the image (SquashFS options, kernel choice).
+
+    Stored with the rootfs object, so any host can tell that artifacts made
+    with other options are stale, not only the host whose state recorded them.
+    """
+    sq = spec.squashfs
+    doc = [sq.compression, sq.level, sq.block_size, spec.kernel_version, bool(spec.rootfs_only)]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
+
+
 def _rootfs_metadata(
-    key: str, kver: str | None, os_str: str, boot: dict[str, tuple[str, str]]
+    key: str, kver: str | None, os_str: str, boot: dict[str, tuple[str, str]], options: str
 ) -> dict[str, str]:
-    meta = {META_KEY: key, "imagegraph-role": "rootfs", "imagegraph-os": os_str}
+    meta = {META_KEY: key, "imagegraph-role": "rootfs", "imagegraph-os": os_str, META_OPTIONS: options}
     if kver is not None:
         meta["imagegraph-kver"] = kver
     for role, (k, etag) in boot.items():
@@ -204,7 +219,7 @@ def find_published(
                 if index.unreachable(endpoint):
                     return None
                 continue
-            if meta.get(META_KEY) != key:
+            if meta.get(META_KEY) != key or meta.get(META_OPTIONS) != artifact_options(spec):
                 continue
             boot_ok = True
             boot_keys: dict[str, str | None] = {"kernel": None, "initramfs": None}
@@ -426,7 +441,12 @@ def _publish_s3(
             meta = {META_KEY: key, "imagegraph-role": role, "imagegraph-kver": pub.kver or ""}
             recorded[role] = (obj_key, put(role, obj_key, meta, tag))
         # The SquashFS last: its presence (with its boot files' ETags) marks the tag complete.
-        put("rootfs", keys.rootfs, _rootfs_metadata(key, pub.kver, pub.os, recorded), tag)
+        put(
+            "rootfs",
+            keys.rootfs,
+            _rootfs_metadata(key, pub.kver, pub.os, recorded, artifact_options(spec)),
+            tag,
+        )
     return out
 
 
