@@ -13,6 +13,7 @@ check rpmbuild rpm
 check createrepo_c createrepo-c
 check dnf dnf
 check mmdebstrap mmdebstrap
+check zypper zypper
 # boot-test (and `up` with options.boot_test) boots layers under QEMU; dracut is only needed inside images.
 check qemu-system-x86_64 qemu-system-x86
 check ansible-playbook ansible-core

@@ -8,8 +8,9 @@ added to the image), else the host's zypper with `--root` on the mount.
 a dnf feature and are skipped with a note. `remove_packages` is `rpm -e
 --nodeps` (see `dnf.remove`).
 
-zypper is not installed on the development host: this module is tested by
-the argv it produces (tests/test_build_argv.py), not by a real build.
+Tested by a real scratch build with Debian's zypper against a local rpm-md
+repository (tests/test_build_zypper.py) and by the argv it produces for the
+image-parent paths (tests/test_build_argv.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,55 @@
+"""A real zypper build from scratch: the host's zypper (Debian's package) into the mount, from a local rpm-md repo."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from imagegraph.build import BuildRequest, build_layer
+from tests.fixtures_build import fake_key, have_buildah
+from tests.test_build_dnf import mounted_rpm_q, no_leftovers, run_in
+
+pytestmark = [
+    pytest.mark.buildah,
+    pytest.mark.skipif(not have_buildah(), reason="needs buildah as root"),
+]
+
+
+def test_zypper_from_scratch(rpm_repo, write_spec, build_runner, images):
+    assert shutil.which("zypper"), "zypper is installed by scripts/install-system-deps.sh"
+    spec = write_spec(
+        f"""
+        options:
+          layer_type: base
+          name: ig-test/zypper
+          publish_tags: ['15.6']
+          pkg_manager: zypper
+          parent: scratch
+          gpgcheck: false
+        repos:
+          - alias: igtest
+            url: '{rpm_repo.url}'
+            priority: 90
+        packages:
+          - ig-busybox
+          - ig-hello
+          - ig-extra
+        remove_packages:
+          - ig-extra
+        cmds:
+          - 'cat /usr/share/ig-hello/hello.txt > /etc/from-cmd'
+        """
+    )
+    result = build_layer(
+        BuildRequest(spec=spec, key=fake_key("zypper"), parent=None, run_id="z1"), build_runner
+    )
+    images.add(result.image_ref)
+    q = mounted_rpm_q(result.image_ref, "ig-busybox", "ig-hello", "ig-extra")
+    assert "ig-hello-1.0-1.noarch" in q.stdout and "package ig-extra is not installed" in q.stdout
+    assert run_in(result.image_ref, "cat", "/etc/from-cmd").strip() == "ig-hello 1.0"
+    # the repository definition (with its priority) stayed private to the build
+    assert "zypp" not in run_in(result.image_ref, "ls", "/etc").split()
+    log = build_runner.logfile.getvalue()
+    assert "--priority 90" in log
+    no_leftovers(log)
