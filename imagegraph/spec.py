@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import io
 import json
+import threading
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -278,9 +279,16 @@ def _oneof_hint(path: list, instance: Any) -> str:
 # --------------------------------------------------------------------------- loading
 
 
+_yaml_local = threading.local()
+
+
 def _yaml() -> YAML:
-    y = YAML(typ="rt")
-    y.allow_duplicate_keys = False
+    # One loader per thread: building a YAML() costs ~15 % of parsing a small spec.
+    y = getattr(_yaml_local, "yaml", None)
+    if y is None:
+        y = YAML(typ="rt")
+        y.allow_duplicate_keys = False
+        _yaml_local.yaml = y
     return y
 
 
