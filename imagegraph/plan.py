@@ -418,7 +418,12 @@ def make_plan(
             )
 
         publish: list[str] = []
-        if build:
+        blocker = _blocker(link, lk, parent_plan, inventory, offline) if build else None
+        if blocker is not None:
+            # Say so now rather than fail at `buildah pull` in the night.
+            reasons.insert(0, blocker)
+            action = Action.BLOCKED
+        elif build:
             publish = list(lk.targets)
             action = Action.BUILD
         else:
@@ -444,6 +449,28 @@ def make_plan(
             parent_layer=link.layer,
         )
     return Plan(lg.project.root, lg, plans, keys, offline)
+
+
+def _blocker(
+    link: Any, lk: LayerKey, parent_plan: LayerPlan | None, inventory: Inventory, offline: bool
+) -> Reason | None:
+    """Why a layer that must build cannot: its parent is blocked, or its external parent is unobtainable."""
+    if parent_plan is not None and parent_plan.action == Action.BLOCKED:
+        return Reason(
+            "parent-blocked", f"parent {parent_plan.layer} is blocked", {"parent": parent_plan.layer}
+        )
+    if (
+        link.kind == "external"
+        and lk.parent.digest is None
+        and not offline
+        and not inventory.local_image(None, link.normalized or link.ref)
+    ):
+        return Reason(
+            "parent-unavailable",
+            f"external parent {link.ref} is not in local storage and its registry did not answer",
+            {"parent": link.ref},
+        )
+    return None
 
 
 def _publish_reasons(

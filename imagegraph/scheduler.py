@@ -206,6 +206,10 @@ class Scheduler:
                     if lid in results:
                         continue
                     lp = plan.layers[lid]
+                    if lp.action == Action.BLOCKED:  # the plan already knows it cannot build
+                        why = "; ".join(r.message for r in lp.reasons)
+                        finish(lid, LayerResult(lid, lp.action, "blocked", error=why))
+                        continue
                     if not lp.pending:
                         finish(lid, LayerResult(lid, lp.action, "up-to-date", image_id=lp.image_id))
                         continue
@@ -224,7 +228,7 @@ class Scheduler:
         # Whatever never started (cancel, fail-fast) is reported as such.
         for lid, lp in plan.layers.items():
             if lid not in results:
-                status = "not-started" if lp.pending else "up-to-date"
+                status = "not-started" if lp.pending or lp.action == Action.BLOCKED else "up-to-date"
                 results[lid] = LayerResult(lid, lp.action, status)
         ordered = {lid: results[lid] for lid in plan.layers}
         return RunResult(self.run_id, started, time.time(), ordered, self.cancelled, self.signal_name)

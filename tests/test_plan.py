@@ -179,3 +179,26 @@ def test_plan_is_read_only(site) -> None:
     before = state.path.read_bytes()
     plan_of(root, state)
     assert state.path.read_bytes() == before
+
+
+def test_unobtainable_external_parent_blocks_the_layer_and_its_children(tmp_path: Path) -> None:
+    root = tmp_path / "l"
+    root.mkdir()
+    ref = "registry.suse.com/bci/bci-base:15.7"
+    (root / "suse.yaml").write_text(
+        f"options:\n  layer_type: base\n  pkg_manager: zypper\n  name: suse\n  parent: {ref}\n"
+        "  publish_local: true\n"
+    )
+    (root / "child.yaml").write_text(
+        "options:\n  layer_type: base\n  pkg_manager: zypper\n  name: child\n  parent: suse:latest\n"
+    )
+    state = State(tmp_path / "s.db")
+    down = StaticInventory(reachable=False)
+    plan = plan_of(root, state, down)
+    assert [lp.action for lp in plan.layers.values()] == [Action.BLOCKED, Action.BLOCKED]
+    assert plan.layers["suse"].reasons[0].code == "parent-unavailable"
+    assert plan.layers["child"].reasons[0].message == "parent suse is blocked"
+    # Offline, imagegraph cannot know: it plans the build. With the image in local storage, it builds.
+    assert plan_of(root, state, down, offline=True).layers["suse"].action == Action.BUILD
+    down.images.add(ref)
+    assert plan_of(root, state, down).layers["suse"].action == Action.BUILD

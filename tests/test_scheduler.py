@@ -143,3 +143,16 @@ def test_internal_errors_do_not_stop_siblings(tmp_path: Path) -> None:
     result = Scheduler(plan, Buggy(), jobs=2).run()
     assert result.results["a"].status == "failed" and "internal error" in result.results["a"].error
     assert result.results["b"].status == "ok"
+
+
+def test_plan_blocked_layers_block_descendants(tmp_path: Path) -> None:
+    from imagegraph.plan import Action, Reason
+
+    plan = tree(tmp_path, {"a": None, "b": "a", "c": None})
+    plan.layers["a"].action = Action.BLOCKED
+    plan.layers["a"].reasons = [Reason("parent-unavailable", "external parent x is unavailable")]
+    rec = Recorder()
+    result = Scheduler(plan, rec, jobs=2).run()
+    st = {k: r.status for k, r in result.results.items()}
+    assert st == {"a": "blocked", "b": "blocked", "c": "ok"} and rec.order == ["c"]
+    assert "unavailable" in result.results["a"].error and result.exit_status == 1
