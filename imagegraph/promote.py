@@ -211,7 +211,9 @@ def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> dict:
             h = {**h, "etag": r.etag}
         recorded[role] = (d, h["etag"])
         locations.append(s3.url(d))
-    rootfs_meta = a._rootfs_metadata(key, kver, os_str, recorded)
+    # The promoted copy is the same artifact: it keeps the options it was made with.
+    options = meta.get(a.META_OPTIONS) or a.artifact_options(spec)
+    rootfs_meta = a._rootfs_metadata(key, kver, os_str, recorded, options)
     s3.copy(src.rootfs, dest.rootfs, rootfs_meta, meta.get(META_SHA256, ""), head["size"])
     locations.append(s3.url(dest.rootfs))
     return {"target": "s3", "locations": locations, "source": s3.url(src.rootfs)}
