@@ -439,14 +439,21 @@ def render_result(result: Any, console: Console) -> None:
         console.print(Text("interrupted: finished layers are recorded; run again to resume", style="magenta"))
 
 
+def _layer_args(
+    args: argparse.Namespace, command: str, usage: str = "LAYER"
+) -> tuple[Project, LayerGraph, str, list[str]]:
+    """`[DIR] LAYER [MORE...]` as `usage` says: the project, its graph, the layer and the rest."""
+    root, names = _split_dir(args.args)
+    if len(names) != len(usage.split()):
+        raise UsageError(f"{command} takes {usage}")
+    project, lg = _load(root, args.state)
+    return project, lg, lg.lookup(names[0]), names[1:]
+
+
 def cmd_artifacts(args: argparse.Namespace) -> int:
     from .executor import artifacts_document
 
-    root, names = _split_dir(args.args)
-    if len(names) != 1:
-        raise UsageError("artifacts takes one LAYER")
-    project, lg = _load(root, args.state)
-    layer = lg.lookup(names[0])
+    project, lg, layer, _ = _layer_args(args, "artifacts")
     state = State(_state_path(project, args.state), readonly=True)
     doc = artifacts_document(lg, state, layer)
     if args.json:
@@ -504,11 +511,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    root, names = _split_dir(args.args)
-    if len(names) != 1:
-        raise UsageError("log takes one LAYER")
-    project, lg = _load(root, args.state)
-    layer = lg.lookup(names[0])
+    project, lg, layer, _ = _layer_args(args, "log")
     logs = _state_path(project, args.state).parent / "logs"
     latest = logs / f"{layer}.log"
     if not latest.exists():
@@ -598,18 +601,14 @@ def render_gc(report: Any, out: Console, err: Console) -> None:
     out.print(Text(f"gc --keep {report.keep}: {verb} {len(report.removed)}", style="bold"))
 
 
-def _layer_key(
-    args: argparse.Namespace, root: Path, name: str
-) -> tuple[Project, LayerGraph, State, str, str]:
-    """The layer, its current key (as `plan` computes it) and a writable state; usage error if never built."""
-    project, lg = _load(root, args.state)
-    layer = lg.lookup(name)
-    state = State(_state_path(project, args.state))
+def _layer_key(args: argparse.Namespace, lg: LayerGraph, layer: str) -> tuple[State, str]:
+    """A writable state and the layer's current key (as `plan` computes it); usage error if not built."""
+    state = State(_state_path(lg.project, args.state))
     lp = make_plan(lg, state, LiveInventory(offline=getattr(args, "offline", False)), [layer]).layers[layer]
     if lp.action == Action.BUILD:
         why = "; ".join(r.message for r in lp.reasons)
         raise UsageError(f"{layer}: its current key {lp.key[:12]} is not built ({why}); run `imagegraph up`")
-    return project, lg, state, layer, lp.key
+    return state, lp.key
 
 
 def cmd_boot_test(args: argparse.Namespace) -> int:
@@ -617,10 +616,8 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     from .runner import Runner
     from .state import default_run_id
 
-    root, names = _split_dir(args.args)
-    if len(names) != 1:
-        raise UsageError("boot-test takes one LAYER")
-    project, lg, state, layer, key = _layer_key(args, root, names[0])
+    project, lg, layer, _ = _layer_args(args, "boot-test")
+    state, key = _layer_key(args, lg, layer)
     spec = lg.spec(layer)
     state_dir = _state_path(project, args.state).parent
     run_id = default_run_id()
@@ -658,11 +655,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from .promote import promote
     from .state import default_run_id
 
-    root, names = _split_dir(args.args)
-    if len(names) != 2:
-        raise UsageError("promote takes LAYER TAG")
-    project, lg = _load(root, args.state)
-    layer = lg.lookup(names[0])
+    project, lg, layer, (tag,) = _layer_args(args, "promote", "LAYER TAG")
     if args.key:
         state = State(_state_path(project, args.state))
         keys = {b["key"] for b in state.builds(layer, limit=1000) if b["status"] == "ok"}
@@ -671,13 +664,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
             raise UsageError(f"--key {args.key}: {len(matches)} recorded builds of {layer} match")
         key = matches[0]
     else:
-        project, lg, state, layer, key = _layer_key(args, root, layer)
-    doc = promote(lg.spec(layer), layer, key, names[1], state, run_id=default_run_id(), force=args.force)
+        state, key = _layer_key(args, lg, layer)
+    doc = promote(lg.spec(layer), layer, key, tag, state, run_id=default_run_id(), force=args.force)
     if args.json:
         print(json.dumps(doc.to_json(), indent=2))
     else:
         out = _out()
-        out.print(Text(f"{layer}: {names[1]} -> key {key[:12]}", style="bold"))
+        out.print(Text(f"{layer}: {tag} -> key {key[:12]}", style="bold"))
         for t in doc.targets:
             for loc in t["locations"]:
                 out.print(Text(f"  {t['target']}: {redact(str(loc))}"))

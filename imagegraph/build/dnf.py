@@ -95,6 +95,19 @@ def _common_opts(work: Work) -> list[str]:
     return opts
 
 
+def import_gpg_keys(work: Work, inside: bool) -> None:
+    """Import the repos' gpg keys into the image's rpm database (dnf and zypper alike)."""
+    for i, repo in enumerate(r for r in work.spec.repos if r.gpg):
+        if inside:
+            work.buildah_run(["rpm", "--import", repo.gpg], env=work.proxy_env())
+        else:
+            key = work.download(repo.gpg, work.tmp / "keys" / f"{i}-{repo.alias}.key")
+            work.run(
+                ["rpm", "--root", str(work.mount), "--dbpath", image_dbpath(work), "--import", str(key)],
+                env=host_env(work),
+            )
+
+
 def install(work: Work) -> None:
     """repos (+gpg keys) -> modules -> package_groups -> packages, in image-builder's order."""
     spec = work.spec
@@ -107,15 +120,7 @@ def install(work: Work) -> None:
         reposdir = work.image_path("/etc/yum.repos.d")
     with work.step("repos", f"{len(spec.repos)} repositories ({'dnf in image' if inside else 'host dnf'})"):
         write_repos(work, reposdir)
-        for i, repo in enumerate(r for r in spec.repos if r.gpg):
-            if inside:
-                work.buildah_run(["rpm", "--import", repo.gpg], env=work.proxy_env())
-            else:
-                key = work.download(repo.gpg, work.tmp / "keys" / f"{i}-{repo.alias}.key")
-                work.run(
-                    ["rpm", "--root", str(work.mount), "--dbpath", image_dbpath(work), "--import", str(key)],
-                    env=host_env(work),
-                )
+        import_gpg_keys(work, inside)
 
     if inside:
         base = ["dnf", *_common_opts(work)]

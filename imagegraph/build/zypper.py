@@ -15,7 +15,7 @@ image-parent paths (tests/test_build_argv.py).
 
 from __future__ import annotations
 
-from .dnf import host_env, image_dbpath
+from .dnf import host_env, import_gpg_keys
 from .dnf import remove as remove  # rpm -e --nodeps, as image-builder does for zypper too
 from .work import Work
 
@@ -50,15 +50,7 @@ def install(work: Work) -> None:
     with work.step(
         "repos", f"{len(spec.repos)} repositories ({'zypper in image' if inside else 'host zypper'})"
     ):
-        for i, repo in enumerate(r for r in spec.repos if r.gpg):
-            if inside:
-                work.buildah_run(["rpm", "--import", repo.gpg], env=work.proxy_env())
-            else:
-                key = work.download(repo.gpg, work.tmp / "keys" / f"{i}-{repo.alias}.key")
-                work.run(
-                    ["rpm", "--root", str(work.mount), "--dbpath", image_dbpath(work), "--import", str(key)],
-                    env=host_env(work),
-                )
+        import_gpg_keys(work, inside)
         for repo in spec.repos:
             args = ["addrepo"]
             if repo.priority is not None:
