@@ -210,6 +210,26 @@ class LocalExecutor:
 
     # ------------------------------------------------------------------ publish
 
+    def _record_publication(
+        self,
+        lp: LayerPlan,
+        target: str,
+        locations: list,
+        digest: str | None = None,
+        detail: dict | None = None,
+    ) -> None:
+        """A target now holds this key; recorded with the target's description the plan compares."""
+        self.state.record_publication(
+            run_id=self.run_id,
+            layer=lp.layer,
+            key=lp.key,
+            target=target,
+            spec=lp.targets[target],
+            locations=locations,
+            digest=digest,
+            detail=detail,
+        )
+
     def _publish(self, lp: LayerPlan, spec: LayerSpec, image_id: str | None, runner: Runner) -> list[dict]:
         out: list[dict] = []
         todo = list(lp.publish)
@@ -231,14 +251,7 @@ class LocalExecutor:
             refs = [f"localhost/{spec.name}:{t}" for t in spec.publish_tags]
             if lp.action != Action.BUILD:  # a build already tagged them at commit
                 runner.run(["buildah", "tag", need_image(), *refs], step="publish-local")
-            self.state.record_publication(
-                run_id=self.run_id,
-                layer=lp.layer,
-                key=lp.key,
-                target="local",
-                spec=lp.targets["local"],
-                locations=refs,
-            )
+            self._record_publication(lp, "local", refs)
             out.append({"target": "local", "locations": refs})
         artifact_targets = [t for t in ("s3", "dir") if t in todo]
         if gated and not artifact_targets:
@@ -322,15 +335,7 @@ class LocalExecutor:
             pub = push_layer(spec, lp.key, image or need_image(), runner, client=client)
             digest, tags = pub.digest, list(pub.tags)
         locations = [f"{repo}:{t}" for t in tags]
-        self.state.record_publication(
-            run_id=self.run_id,
-            layer=lp.layer,
-            key=lp.key,
-            target="registry",
-            spec=lp.targets["registry"],
-            locations=locations,
-            digest=digest,
-        )
+        self._record_publication(lp, "registry", locations, digest=digest)
         return {"target": "registry", "locations": locations, "digest": digest}
 
     def _publish_artifacts(
@@ -363,15 +368,8 @@ class LocalExecutor:
         out = []
         for target in targets:
             objs = [dataclasses.asdict(o) for o in pub.objects if o.target == target]
-            self.state.record_publication(
-                run_id=self.run_id,
-                layer=lp.layer,
-                key=lp.key,
-                target=target,
-                spec=lp.targets[target],
-                locations=objs,
-                digest=pub.squashfs_sha256,
-                detail={"kver": pub.kver, "os": pub.os},
+            self._record_publication(
+                lp, target, objs, digest=pub.squashfs_sha256, detail={"kver": pub.kver, "os": pub.os}
             )
             out.append(
                 {"target": target, "kver": pub.kver, "os": pub.os, "locations": [o["location"] for o in objs]}
