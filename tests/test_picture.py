@@ -111,8 +111,8 @@ def test_200_layers_no_overlapping_boxes(tmp_path: Path) -> None:
     b = boxes(draw(nodes_of(lg)))
     assert len(b) == 200
     items = sorted(b.items(), key=lambda kv: kv[1][0])
-    for i, (n1, (x0, y0, x1, y1)) in enumerate(items):
-        for n2, (a0, b0, a1, b1) in items[i + 1 :]:
+    for i, (n1, (_x0, y0, x1, y1)) in enumerate(items):
+        for n2, (a0, b0, _a1, b1) in items[i + 1 :]:
             if a0 >= x1:
                 break  # sorted by left edge: nothing further right can overlap
             assert y1 <= b0 or b1 <= y0, f"{n1} and {n2} overlap"
