@@ -283,6 +283,8 @@ def _timeline(report: RunReport) -> dict[str, Any]:
 
 
 def _seconds(s: float) -> str:
+    if s < 10:
+        return f"{s:.1f}s"
     s = int(round(s))
     if s < 60:
         return f"{s}s"
