@@ -210,3 +210,24 @@ def test_failed_run_report_in_a_browser(tmp_path: Path, rpm_repo, s3_env) -> Non
         for ref in out:
             if f"/{P}-" in ref:
                 buildah("rmi", "-f", ref, check=False)
+
+
+def test_reports_dir_setting_and_its_validation(tmp_path: Path) -> None:
+    from imagegraph.errors import SpecError
+    from imagegraph.project import load_project
+    from imagegraph.publish.reports import publish_report
+
+    root = tmp_path / "layers"
+    root.mkdir()
+    (root / "a.yaml").write_text("options:\n  layer_type: base\n  name: a\n  pkg_manager: dnf\n")
+    (root / "imagegraph.yaml").write_text("reports:\n  dir: ../pages\n")
+    project = load_project(root)
+    assert project.settings.reports == {"dir": "../pages"}
+    written = publish_report("<html>x</html>", "run-1", project.settings.reports, project.root)
+    assert sorted(Path(w).name for w in written) == ["latest.html", "run-1.html"]
+    assert (tmp_path / "pages" / "latest.html").read_text() == "<html>x</html>"
+    assert (tmp_path / "pages" / "latest.html").stat().st_mode & 0o777 == 0o644
+    (root / "imagegraph.yaml").write_text("reports:\n  s3: not-a-url\n")
+    with pytest.raises(SpecError) as exc:
+        load_project(root)
+    assert any(d.file.endswith("imagegraph.yaml") and d.line == 2 for d in exc.value.diagnostics), exc.value
