@@ -36,6 +36,7 @@ bench: venv
 	$(BIN)/python bench/plan_bench.py
 	$(BIN)/python bench/scheduler_bench.py
 	$(BIN)/python bench/noop_up_bench.py
+	$(BIN)/python bench/picture_bench.py
 
 clean:
 	rm -rf $(VENV) .imagegraph layers/.imagegraph out

@@ -93,7 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("graph", help="print the layer graph")
     p.add_argument("dir", nargs="?", default=None)
-    p.add_argument("--format", choices=["dot", "mermaid", "json", "tree"], default="tree")
+    p.add_argument(
+        "--format",
+        choices=["dot", "mermaid", "json", "tree", "svg", "png"],
+        default="tree",
+        help="svg and png are laid out by Graphviz and coloured by the plan's actions (default tree)",
+    )
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE instead of stdout (required for png)"
+    )
+    _common(p)
+
+    p = sub.add_parser("report", help="write a run's report page (self-contained HTML)")
+    p.add_argument("dir", nargs="?", default=None)
+    p.add_argument("--run", metavar="RUN", help="run id or unique prefix (default the last run)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default stdout)")
+    p.add_argument("--state", metavar="PATH", help="state database (default DIR/.imagegraph/state.db)")
 
     p = sub.add_parser("plan", help="say what `up` would do, and why")
     p.add_argument("args", nargs="*", metavar="[DIR] [LAYER]")
@@ -119,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the run result as JSON")
     _max_age(p)
     p.add_argument("--wait", action="store_true", help="queue behind a running run instead of exiting 3")
+    p.add_argument(
+        "--report", metavar="FILE", help="write the run's report page to FILE, whatever the outcome"
+    )
 
     p = sub.add_parser(
         "lock", help="write imagegraph.lock: fingerprints of upstream repositories and parents"
@@ -307,6 +325,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     root, _ = _split_dir([args.dir] if args.dir else [])
+    if args.format in ("svg", "png"):
+        return _graph_picture(args, root)
     project, lg = _load(root)
     _print_warnings(project.warnings + lg.warnings)
     if args.format == "dot":
@@ -329,6 +349,67 @@ def cmd_graph(args: argparse.Namespace) -> int:
             if lg.parent_layer(lid) is None:
                 walk(lid, 0)
     return 0
+
+
+def _graph_picture(args: argparse.Namespace, root: Path) -> int:
+    from . import picture
+
+    if args.format == "png" and not args.output:
+        raise UsageError("graph --format png needs -o FILE (a PNG is not written to a terminal)")
+    args.force, args.force_all, args.max_age = [], False, None
+    project, lg, _state, plan = _plan(args, [str(root)])
+    _print_warnings(project.warnings + lg.warnings)
+    nodes, states = picture.nodes_of(lg), picture.plan_states(plan)
+    if args.format == "png":
+        picture.write_png(picture.to_dot(nodes, states), Path(args.output))
+        return 0
+    svg = picture.draw(nodes, states)
+    if args.output:
+        Path(args.output).write_text(svg)
+    else:
+        sys.stdout.write(svg)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import make_report, render_html, run_document
+
+    root, _ = _split_dir([args.dir] if args.dir else [])
+    project, _lg = _load(root, args.state)
+    state_dir = _state_path(project, args.state).parent
+    out = Path(args.output) if args.output else None
+    report = make_report(run_document(state_dir, args.run), log_base=(out or Path("x")).absolute().parent)
+    html = render_html(report)
+    if out:
+        from .publish.reports import write_file
+
+        write_file(out, html)
+    else:
+        sys.stdout.write(html)
+    return 0
+
+
+def _write_run_report(project: Project, state_dir: Path, run_id: str, path: str | None) -> None:
+    """`up --report FILE` and the project's `reports:` setting; a failure here is a warning only."""
+    if not path and not project.settings.reports:
+        return
+    from .publish.reports import publish_report, write_file
+    from .report import make_report, render_html, run_document
+
+    try:
+        doc = run_document(state_dir, run_id)
+        if path:
+            write_file(Path(path), render_html(make_report(doc, log_base=Path(path).absolute().parent)))
+        if project.settings.reports:
+            base = project.settings.reports.get("dir")
+            log_base = (Path(base) if Path(base).is_absolute() else project.root / base) if base else None
+            html = render_html(make_report(doc, log_base=log_base.absolute() if log_base else None))
+            for where in publish_report(html, run_id, project.settings.reports, project.root):
+                logmod.get_logger().info("report written", where=where)
+    except ImagegraphError as exc:
+        _print_warnings(
+            [Diagnostic(path or "reports", 0, 0, f"run report not written: {exc}", severity="warning")]
+        )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -379,6 +460,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     if progress:
         progress.stop()
+    _write_run_report(project, _state_path(project, args.state).parent, result.run_id, args.report)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -682,6 +764,7 @@ COMMANDS = {
     "gc": cmd_gc,
     "validate": cmd_validate,
     "graph": cmd_graph,
+    "report": cmd_report,
     "plan": cmd_plan,
     "up": cmd_up,
     "artifacts": cmd_artifacts,

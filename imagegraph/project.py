@@ -43,6 +43,27 @@ SETTINGS_SCHEMA: dict[str, Any] = {
         "state_dir": {"type": "string", "minLength": 1, "pattern": "^[^\\x00-\\x1f]+$(?!\\n)"},
         "jobs": {"type": "integer", "minimum": 1},
         "allow_outside_sources": {"type": "boolean"},
+        # Where each run's report page goes (publish/reports.py): a directory, or an S3 prefix.
+        "reports": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["dir"],
+                    "properties": {"dir": {"type": "string", "minLength": 1}},
+                },
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["s3"],
+                    "properties": {
+                        "s3": {"type": "string", "pattern": "^https?://"},
+                        "bucket": {"type": "string", "minLength": 1},
+                        "prefix": {"type": "string"},
+                    },
+                },
+            ]
+        },
     },
 }
 
@@ -56,6 +77,7 @@ class Settings:
     state_dir: str | None = None
     jobs: int | None = None
     allow_outside_sources: bool = False
+    reports: dict[str, str] | None = None
 
 
 @dataclass
@@ -148,6 +170,7 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
             state_dir=plain.get("state_dir"),
             jobs=plain.get("jobs"),
             allow_outside_sources=bool(plain.get("allow_outside_sources", False)),
+            reports=plain.get("reports"),
         ),
         [],
     )

@@ -43,6 +43,8 @@ class LayerResult:
     published: list[dict] = field(default_factory=list)
     blocked_by: str | None = None
     log_file: str | None = None
+    started: float | None = None  # wall-clock span of the layer's work (epoch seconds), for reports
+    finished: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -60,6 +62,8 @@ class LayerResult:
             "published": self.published,
             "blocked_by": self.blocked_by,
             "log_file": self.log_file,
+            "started": self.started,
+            "finished": self.finished,
         }
 
 
@@ -234,6 +238,12 @@ class Scheduler:
         return RunResult(self.run_id, started, time.time(), ordered, self.cancelled, self.signal_name)
 
     def _execute(self, lp: LayerPlan, parents: dict[str, LayerResult]) -> LayerResult:
+        res = self._execute_timed(lp, parents)
+        res.finished = time.time()
+        res.started = res.finished - res.duration
+        return res
+
+    def _execute_timed(self, lp: LayerPlan, parents: dict[str, LayerResult]) -> LayerResult:
         t0 = time.monotonic()
         try:
             res = self.executor.execute(lp, parents)

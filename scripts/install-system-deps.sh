@@ -18,6 +18,10 @@ check zypper zypper
 check qemu-system-x86_64 qemu-system-x86
 check ansible-playbook ansible-core
 check python3 python3
+# Pictures: Graphviz lays out `graph --format svg` and report pages; tests render them in Chromium.
+check dot graphviz
+check chromium chromium
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 || need+=(fonts-dejavu-core)
 # layer_type ansible reaches containers with the buildah connection plugin of the containers.podman
 # collection, which Debian ships in `ansible` (ansible-core alone lacks it).
 [ -e /usr/lib/python3/dist-packages/ansible_collections/containers/podman/plugins/connection/buildah.py ] ||
