@@ -76,3 +76,54 @@ def test_this_host_runs_aarch64_when_set_up() -> None:
         assert e.usable, f"{e.problem}: {e.fix}"
     elif not e.usable:
         pytest.skip(f"{e.problem}: {e.fix}")
+
+
+def elf_machine(path: Path) -> int:
+    """e_machine of an ELF file (0x3e x86-64, 0xb7 aarch64), read without running it."""
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF"
+    return int.from_bytes(head[18:20], "little")
+
+
+@pytest.mark.buildah
+def test_an_aarch64_binary_runs_in_a_build_container(tmp_path: Path) -> None:
+    """What every emulated build step relies on: `buildah run` of an aarch64 binary under qemu-user."""
+    import os
+    import shutil
+    import subprocess
+    import tarfile
+
+    from tests.fixtures_build import buildah, have_buildah
+
+    if not (have_buildah() and shutil.which("mmdebstrap")):
+        pytest.skip("needs buildah as root and mmdebstrap")
+    e = emulation(Arch.AARCH64)
+    if not e.usable:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{e.problem}: {e.fix}")
+        pytest.skip(f"{e.problem}: {e.fix}")
+    tar = tmp_path / "bb.tar"
+    # variant=extract unpacks without running anything of the target arch: a static busybox only.
+    subprocess.run(
+        [
+            "mmdebstrap",
+            "--quiet",
+            "--variant=extract",
+            "--include=busybox-static",
+            "--arch=arm64",
+            "bookworm",
+            str(tar),
+        ],
+        check=True,
+        timeout=600,
+    )
+    with tarfile.open(tar) as t:
+        t.extract("./bin/busybox", tmp_path, filter="tar")
+    assert elf_machine(tmp_path / "bin" / "busybox") == 0xB7
+    ctr = buildah("from", "--arch", "arm64", "scratch").stdout.strip()
+    try:
+        buildah("add", ctr, str(tar), "/")
+        got = buildah("run", ctr, "--", "/bin/busybox", "uname", "-m")
+        assert got.stdout.strip() == "aarch64", got.stderr
+    finally:
+        buildah("rm", ctr, check=False)
