@@ -29,15 +29,27 @@ dpkg -s fonts-dejavu-core >/dev/null 2>&1 || need+=(fonts-dejavu-core)
 # Build tests package a static busybox into an RPM so scratch-built test images have a shell.
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# Foreign architectures build under qemu-user-static through binfmt_misc; mmdebstrap needs arch-test.
+check qemu-aarch64-static qemu-user-static
+check update-binfmts binfmt-support
+check arch-test arch-test
 # A registry test stops the daemon it starts; the Debian package also ships a service we do not want.
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
-fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# Handlers do not survive a reboot and containers start without binfmt_misc mounted: every run checks.
+enable_binfmt() {
+  [ -e /proc/sys/fs/binfmt_misc/status ] ||
+    $SUDO mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || return 0
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || $SUDO update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+}
+if [ ${#need[@]} -eq 0 ]; then
+  enable_binfmt
+  exit 0
+fi
 echo "installing system packages: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" uidmap fuse-overlayfs >/dev/null
 # docker-registry's Debian service would hold port 5000; tests start their own on free ports.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
+enable_binfmt
