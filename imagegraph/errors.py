@@ -86,7 +86,7 @@ class BuildError(ImagegraphError):
         self.tail = tail or []
         text = f"{layer}: step {step} failed: {message}"
         if self.tail:
-            text += "\n  last output:\n" + "\n".join("    " + t for t in self.tail)
+            text += "\n  output:\n" + "\n".join("    " + t for t in self.tail)
         super().__init__(text)
 
 

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .labels import label_inputs
 from .redact import mask_url_credentials
 from .spec import LayerSpec
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: the image name and parent as written (in labels) are key inputs
 KEY_TAG_PREFIX = "ig-"
 
 
@@ -163,6 +164,7 @@ def build_inputs(spec: LayerSpec, parent: ParentInput, upstream: dict[str, str] 
             }
         )
     doc["labels"] = dict(sorted(spec.labels.items()))
+    doc["image"] = label_inputs(spec)  # the label values no other field of this document fixes
     doc["upstream"] = dict(sorted((upstream or {}).items()))
     return doc
 

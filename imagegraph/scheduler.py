@@ -43,6 +43,7 @@ class LayerResult:
     published: list[dict] = field(default_factory=list)
     blocked_by: str | None = None
     log_file: str | None = None
+    built_at: str | None = None  # ISO 8601 UTC time the image was committed (this run built it)
 
     @property
     def succeeded(self) -> bool:
@@ -60,6 +61,7 @@ class LayerResult:
             "published": self.published,
             "blocked_by": self.blocked_by,
             "log_file": self.log_file,
+            "built_at": self.built_at,
         }
 
 

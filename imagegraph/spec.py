@@ -97,6 +97,7 @@ class LayerSpec:
     pkg_manager: str | None = None
     parent: str = SCRATCH
     gpgcheck: bool = True
+    gpgcheck_explicit: bool = False  # the spec (or project defaults) set gpgcheck; not a key input
     proxy: str | None = None
     publish_local: bool = False
     publish_registry: str | None = None
@@ -142,6 +143,18 @@ class LayerSpec:
 
     def line_of(self, key: str) -> int:
         return self.lines.get(key, 1)
+
+    def verifies(self, repo: Repo) -> bool:
+        """Whether packages from `repo` are signature-checked (the gpgcheck rule).
+
+        From scratch, as image-builder: a repository without a `gpg` key installs
+        unverified unless `gpgcheck` is set (an explicit `true` with no key is a
+        spec error); one with a key is verified. In an image parent, `gpgcheck`
+        as written (the image may already trust the repository's key).
+        """
+        if not self.gpgcheck:
+            return False
+        return bool(repo.gpg) or not self.is_scratch or repo.url.endswith(".repo")
 
 
 # --------------------------------------------------------------------------- schema
@@ -547,6 +560,26 @@ def _build(
                 components=_as_tuple(r.get("components")),
             )
         )
+    gpgcheck_explicit = "gpgcheck" in opts  # in the spec or the project's defaults
+    if parent == SCRATCH and pkg_manager in ("dnf", "zypper") and opts.get("gpgcheck", True):
+        for i, r in enumerate(repos):
+            if r.gpg or r.url.endswith(".repo"):
+                continue  # a .repo file says itself whether it is checked
+            if gpgcheck_explicit:
+                error(
+                    ["repos", i, "alias"],
+                    f"gpgcheck is true but repository {r.alias} has no gpg key: "
+                    f"{pkg_manager} would refuse its packages",
+                    hint="add `gpg:` with the key's URL, or drop `gpgcheck: true` to install it unverified "
+                    "as image-builder does",
+                )
+            else:
+                warn(
+                    ["repos", i],
+                    f"installs unsigned packages from {r.alias}: add `gpg:` to verify them",
+                    hint="image-builder installs scratch layers unverified; imagegraph does so only "
+                    "for repositories without a key",
+                )
     aliases = [r.alias for r in repos]
     for i, a in enumerate(aliases):
         if a in aliases[:i]:
@@ -609,6 +642,7 @@ def _build(
         pkg_manager=pkg_manager,
         parent=parent,
         gpgcheck=opts.get("gpgcheck", True),
+        gpgcheck_explicit=gpgcheck_explicit,
         proxy=opts.get("proxy"),
         publish_local=opts.get("publish_local", False),
         publish_registry=registry,
