@@ -44,6 +44,7 @@ _CAUSES = re.compile(
             r"Package '.*' not found",
             r"Repository '.*' is invalid",
             r"Signature verification failed",
+            r"is unsigned",
             r"Valid metadata not found",
             r"^ERROR:",
             # apt, dpkg, mmdebstrap
