@@ -355,8 +355,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         with StateLock(_state_path(project, args.state).parent, "up (waiting)", wait=True):
             pass
     project, lg, state, plan = _plan(args, args.args)
-    if not args.json:
-        _print_warnings(project.warnings + lg.warnings)
+    _print_warnings(project.warnings + lg.warnings)  # on stderr: --json's stdout stays one document
     if args.dry_run:
         if args.json:
             print(json.dumps(plan.to_json(), indent=2))

@@ -43,6 +43,11 @@ SETTINGS_SCHEMA: dict[str, Any] = {
         "state_dir": {"type": "string", "minLength": 1, "pattern": "^[^\\x00-\\x1f]+$(?!\\n)"},
         "jobs": {"type": "integer", "minimum": 1},
         "allow_outside_sources": {"type": "boolean"},
+        "path_map": {
+            "type": "object",
+            "propertyNames": {"pattern": "^/"},
+            "additionalProperties": {"type": "string", "minLength": 1},
+        },
     },
 }
 
@@ -56,6 +61,9 @@ class Settings:
     state_dir: str | None = None
     jobs: int | None = None
     allow_outside_sources: bool = False
+    # absolute source prefix -> directory (relative to the layer directory), e.g. image-builder's
+    # container convention {"/data/image-configs": "."}; in no key but through the files it finds
+    path_map: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +156,7 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
             state_dir=plain.get("state_dir"),
             jobs=plain.get("jobs"),
             allow_outside_sources=bool(plain.get("allow_outside_sources", False)),
+            path_map={k.rstrip("/") or "/": v for k, v in (plain.get("path_map") or {}).items()},
         ),
         [],
     )
@@ -195,6 +204,7 @@ class SpecCache:
         h = hashlib.sha256()
         h.update(str(path.resolve()).encode() + b"\0")
         h.update(json.dumps(settings.defaults, sort_keys=True, default=str).encode() + b"\0")
+        h.update(json.dumps(settings.path_map, sort_keys=True).encode() + b"\0")
         h.update(raw)
         return h.hexdigest()
 
@@ -262,7 +272,9 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
                     )
                 )
                 continue
-            spec, file_diags = read_spec(path, text, settings.defaults, shown=shown)
+            spec, file_diags = read_spec(
+                path, text, settings.defaults, shown=shown, path_map=settings.path_map
+            )
             if mask_url_credentials(text) == text:  # credentials in URLs stay out of the state directory
                 cache.entries[digest] = (spec, file_diags)
                 cache.dirty = True

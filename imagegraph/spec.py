@@ -408,11 +408,16 @@ def load_spec(path: Path, text: str | None = None, defaults: dict | None = None)
 
 
 def read_spec(
-    path: Path, text: str | None = None, defaults: dict | None = None, shown: str | None = None
+    path: Path,
+    text: str | None = None,
+    defaults: dict | None = None,
+    shown: str | None = None,
+    path_map: dict[str, str] | None = None,
 ) -> tuple[LayerSpec | None, list[Diagnostic]]:
     """Load one spec, returning (spec or None, diagnostics incl. warnings).
 
-    `shown` is the file name used in messages (default: the path as given).
+    `shown` is the file name used in messages (default: the path as given);
+    `path_map` maps absolute source prefixes to directories (project settings).
     """
     path = Path(path)
     file = shown or str(path)
@@ -437,7 +442,7 @@ def read_spec(
         return None, [Diagnostic(file, 1, 1, f"the document is too large or too deep: {why}")]
     if any(d.severity == "error" for d in diags):
         return None, diags
-    spec, diags = _build(path, file, doc, defaults or {}, diags)
+    spec, diags = _build(path, file, doc, defaults or {}, diags, path_map or {})
     if spec is not None:
         diags += source_diagnostics(spec, file)
         if any(d.severity == "error" for d in diags):
@@ -451,10 +456,12 @@ def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
     for cf in spec.copyfiles:
         if not cf.source.exists() and not cf.source.is_symlink():
             absolute = cf.src.startswith("/")
-            where = "" if absolute else f" (looked at {cf.source})"
+            where = "" if absolute and str(cf.source) == cf.src else f" (looked at {cf.source})"
             hint = "create it or fix the path" + (
                 "" if absolute else "; relative paths resolve against the spec's directory"
             )
+            if absolute and str(cf.source) == cf.src:
+                hint = _path_map_hint(spec.directory, cf.src) or hint
             out.append(
                 Diagnostic(
                     file, cf.line, cf.column, f"copyfiles source '{cf.src}' does not exist{where}", hint=hint
@@ -467,20 +474,28 @@ def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
         ):
             for v, p in zip(values, paths, strict=True):
                 if not p.exists():
+                    hint = "fix the path; relative paths resolve against the spec's directory"
+                    if v.startswith("/") and str(p) == v:
+                        hint = _path_map_hint(spec.directory, v) or hint
                     out.append(
                         Diagnostic(
                             file,
                             spec.line_of(f"options.{key}"),
                             3,
-                            f"{key} path '{v}' does not exist",
-                            hint="fix the path; relative paths resolve against the spec's directory",
+                            f"{key} path '{v}' does not exist" + ("" if str(p) == v else f" (looked at {p})"),
+                            hint=hint,
                         )
                     )
     return out
 
 
 def _build(
-    path: Path, file: str, doc: CommentedMap, defaults: dict, diags: list[Diagnostic]
+    path: Path,
+    file: str,
+    doc: CommentedMap,
+    defaults: dict,
+    diags: list[Diagnostic],
+    path_map: dict[str, str],
 ) -> tuple[LayerSpec | None, list]:
     opts_node = doc["options"]
     opts = {**defaults, **_plain(opts_node)}
@@ -598,7 +613,7 @@ def _build(
             error(["copyfiles", i], "copyfiles item needs 'dest'")
             continue
         src = item["src"]
-        source = (base / src) if not src.startswith("/") else Path(src)
+        source = map_path(base, src, path_map)
         line, col = pos("copyfiles", i, "src")
         copyfiles.append(
             CopyFile(
@@ -616,8 +631,8 @@ def _build(
 
     playbooks = _as_tuple(opts.get("playbooks"))
     inventory = _as_tuple(opts.get("inventory"))
-    playbook_paths = tuple(_resolve(base, p) for p in playbooks)
-    inventory_paths = tuple(_resolve(base, p) for p in inventory)
+    playbook_paths = tuple(map_path(base, p, path_map) for p in playbooks)
+    inventory_paths = tuple(map_path(base, p, path_map) for p in inventory)
     modules = tuple((str(k), _as_tuple(v)) for k, v in (_plain(doc.get("modules")) or {}).items())
     sq = opts.get("squashfs") or {}
     squashfs = SquashfsOptions(
@@ -681,6 +696,29 @@ def _build(
 
 def _resolve(base: Path, p: str) -> Path:
     return Path(p) if p.startswith("/") else base / p
+
+
+def map_path(base: Path, p: str, path_map: dict[str, str]) -> Path:
+    """A source path as the host sees it: relative ones against the spec's directory `base`,
+    absolute ones under a `path_map` prefix (longest first) moved to its directory."""
+    if p.startswith("/"):
+        for prefix in sorted(path_map, key=len, reverse=True):
+            if p == prefix or p.startswith(prefix + "/"):
+                return _resolve(base, path_map[prefix]) / p[len(prefix) :].lstrip("/")
+    return _resolve(base, p)
+
+
+def _path_map_hint(base: Path, p: str) -> str | None:
+    """For a missing absolute path: the `path_map` line that would find it beside the spec."""
+    parts = Path(p).parts[1:]
+    for k in range(1, len(parts)):
+        if (base / Path(*parts[k:])).exists():
+            prefix = "/" + "/".join(parts[:k])
+            return (
+                f"{Path(*parts[k:])} is beside the spec: map the prefix in imagegraph.yaml with "
+                f"`path_map: {{{prefix}: .}}` (image-builder mounts the configs at {prefix})"
+            )
+    return None
 
 
 def _split_opts(value: Any) -> tuple[str, ...]:
