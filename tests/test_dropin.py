@@ -22,6 +22,7 @@ import pytest
 from imagegraph.build.container import inspect_labels
 from imagegraph.runner import Runner
 from tests.fixtures_build import buildah, containers, have_buildah, overlay_mounts
+from tests.httpproxy import RecordingProxy
 from tests.rpmrepo import serve
 from tests.standin import KEY_FILE, Signer, standin_repo
 
@@ -283,3 +284,39 @@ def test_explicit_gpgcheck_with_a_keyless_repository_is_a_spec_error(tmp_path: P
             "base.yaml:6:12: error: gpgcheck is true but repository Local_BaseOS has no gpg key" in r.stderr
         )
         assert "nothing was built" in r.stderr
+
+
+def test_proxy_carries_the_package_managers_requests(signed_repo, tmp_path: Path, cleanup_images) -> None:
+    """`options.proxy`: dnf and the key download go through a real proxy (the repository's host
+    name resolves nowhere else)."""
+    proxy = RecordingProxy(signed_repo)
+    try:
+        root = tmp_path / "layers"
+        root.mkdir()
+        (root / "proxied.yaml").write_text(
+            textwrap.dedent(
+                f"""\
+                options:
+                  layer_type: base
+                  name: {NAME}-proxied
+                  pkg_manager: dnf
+                  parent: scratch
+                  publish_local: true
+                  releasever: '9'
+                  proxy: '{proxy.url}'
+                repos:
+                  - alias: behind_proxy
+                    url: 'http://standin.invalid/repo/'
+                    gpg: 'http://standin.invalid/repo/{KEY_FILE}'
+                packages: [ig-busybox, kernel]
+                """
+            )
+        )
+        r = cli("up", str(root), "--json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    finally:
+        proxy.stop()
+    asked = [url for _method, url in proxy.requests]
+    assert f"http://standin.invalid/repo/{KEY_FILE}" in asked
+    assert "http://standin.invalid/repo/repodata/repomd.xml" in asked
+    assert "http://standin.invalid/repo/kernel-1.0-1.noarch.rpm" in asked
