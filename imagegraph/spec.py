@@ -305,17 +305,85 @@ def _yaml() -> YAML:
     return y
 
 
+# ruamel's (context, problem) in plain words: (what is wrong, what to do, where it starts).
+# "context" places point at ruamel's context mark: where the unclosed thing began, not where the
+# parser gave up (an unclosed quote is noticed only at the end of the file).
+_YAML_WORDS: list[tuple[str, str, str, str, str]] = [
+    (
+        "while scanning a quoted scalar",
+        "",
+        "a quoted string starts here and is never closed",
+        "add the closing quote",
+        "context",
+    ),
+    (
+        "while parsing a flow sequence",
+        "",
+        "a '[' list starts here and is not closed",
+        "close it with ']', or write one '- item' per line",
+        "context",
+    ),
+    (
+        "while parsing a flow mapping",
+        "",
+        "a '{' mapping starts here and is not closed",
+        "close it with '}'",
+        "context",
+    ),
+    (
+        "while scanning a simple key",
+        "",
+        "this line has no ':' but the lines around it are 'key: value' lines",
+        "add the ':' or indent the line under the key it continues",
+        "context",
+    ),
+    (
+        "",
+        "mapping values are not allowed here",
+        "unexpected ':' here: the line is indented differently from its neighbours, or a value "
+        "containing ': ' needs quotes",
+        "align the indentation, or quote the value",
+        "problem",
+    ),
+    (
+        "",
+        "cannot start any token",
+        "a tab or another character that YAML does not allow here",
+        "indent with spaces only",
+        "problem",
+    ),
+    (
+        "",
+        "expected <block end>",
+        "this line is indented differently from the lines before it",
+        "indent it like its siblings",
+        "problem",
+    ),
+]
+
+
+def _plain_yaml_error(exc: MarkedYAMLError) -> tuple[str, str, Any]:
+    context, problem = str(exc.context or ""), str(exc.problem or "")
+    if "duplicate key" in problem:
+        first = exc.context_mark.line + 1 if exc.context_mark else None
+        key = problem.split('"')[1] if '"' in problem else problem
+        where = f" (the mapping starts at line {first})" if first else ""
+        return f"key '{key}' appears twice in the same mapping{where}", "keep one", exc.problem_mark
+    for ctx, prob, words, hint, mark in _YAML_WORDS:
+        if (not ctx or context.startswith(ctx)) and (not prob or prob in problem):
+            chosen = exc.context_mark if mark == "context" and exc.context_mark else exc.problem_mark
+            return words, hint, chosen or exc.context_mark
+    return (problem or str(exc).splitlines()[0]), "fix the syntax", exc.problem_mark or exc.context_mark
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
-    """Parse YAML keeping positions; syntax errors become diagnostics."""
+    """Parse YAML keeping positions; syntax errors become diagnostics in plain words."""
     try:
         return _yaml().load(io.StringIO(text)), []
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        message, hint, mark = _plain_yaml_error(exc)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or str(exc).splitlines()[0]
-        if exc.context and "duplicate" in str(exc.problem or ""):
-            problem = str(exc.problem)
-        return None, [Diagnostic(file, line, col, f"invalid YAML: {problem}", hint="fix the syntax")]
+        return None, [Diagnostic(file, line, col, f"invalid YAML: {message}", hint=hint)]
     except YAMLError as exc:
         return None, [Diagnostic(file, 1, 1, f"invalid YAML: {exc}")]
     except Exception as exc:  # ruamel raises assorted errors on binary junk
