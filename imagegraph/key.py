@@ -68,8 +68,13 @@ def _file_digest(path: Path, st: os.stat_result) -> str:
     return hit
 
 
-def path_digest(path: Path) -> str:
-    """sha256 over a file's bytes and mode, or a whole tree's names, modes, bytes and links."""
+def path_digest(path: Path) -> str | None:
+    """sha256 over a file's bytes and mode, or a whole tree's names, modes, bytes and links.
+
+    None for a missing path: such a layer is planned as blocked (project.unbuildable), never built.
+    """
+    if not os.path.lexists(path):
+        return None
     entries: list[list] = []
 
     def add(p: Path, rel: str) -> None:

@@ -74,6 +74,10 @@ class Project:
     layers: dict[str, LayerSpec]
     settings: Settings
     warnings: list[Diagnostic] = field(default_factory=list)
+    errors: list[Diagnostic] = field(default_factory=list)  # kept when loaded with strict=False
+    # layers whose spec is sound but pulls in missing files (sources_required=False): drawn and
+    # planned as blocked, never built
+    unbuildable: dict[str, list[Diagnostic]] = field(default_factory=dict)
 
     def default_state_dir(self) -> Path:
         if self.settings.state_dir:
@@ -223,8 +227,14 @@ class SpecCache:
             pass  # read-only state directory: caching is optional
 
 
-def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: bool = True) -> Project:
-    """Load every spec of `root`. Raises SpecError listing every problem when any file is invalid."""
+def load_project(
+    root: Path | str, *, cache_dir: Path | None = None, strict: bool = True, sources_required: bool = True
+) -> Project:
+    """Load every spec of `root`. Raises SpecError listing every problem when any file is invalid.
+
+    With `sources_required=False`, missing copyfiles sources and playbooks are not fatal: those
+    layers load into `Project.unbuildable` with their errors (for `graph` and `plan`).
+    """
     root = Path(root)
     if not root.is_dir():
         raise SpecError(
@@ -236,6 +246,7 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
         diags.append(Diagnostic(str(root), 0, 0, "no layer specs (*.yaml) found here"))
     cache = SpecCache(cache_dir / "specs.pickle" if cache_dir else None)
     layers: dict[str, LayerSpec] = {}
+    unbuildable: dict[str, list[Diagnostic]] = {}
     for path in files:
         shown = _shown(path)
         if any(ord(c) < 0x20 or c == "\x7f" for c in path.stem):
@@ -254,8 +265,8 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
         if hit is not None:
             spec, file_diags = hit
             if spec is not None:
-                # Copied files can disappear without the spec changing.
-                file_diags = [d for d in file_diags if not d.message.startswith("copyfiles source")]
+                # Copied files can disappear (or appear) without the spec changing.
+                file_diags = [d for d in file_diags if d.kind != "source"]
                 file_diags += source_diagnostics(spec, shown)
         else:
             try:
@@ -279,17 +290,27 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
                 cache.entries[digest] = (spec, file_diags)
                 cache.dirty = True
         diags.extend(file_diags)
-        if spec is not None and not any(d.severity == "error" for d in file_diags):
+        file_errors = [d for d in file_diags if d.severity == "error"]
+        if spec is not None and not file_errors:
             layers[layer_id(path)] = spec
+        elif spec is not None and not sources_required and all(d.kind == "source" for d in file_errors):
+            layers[layer_id(path)] = spec
+            unbuildable[layer_id(path)] = file_errors
     if not settings.allow_outside_sources:
         for spec in layers.values():
             diags.extend(_escape_diagnostics(spec, root))
     cache.save()
     errors = [d for d in diags if d.severity == "error"]
-    if errors and strict:
+    tolerated = {id(d) for ds in unbuildable.values() for d in ds}
+    if strict and any(id(d) not in tolerated for d in errors):
         raise SpecError(diags)
     return Project(
-        root=root, layers=layers, settings=settings, warnings=[d for d in diags if d.severity != "error"]
+        root=root,
+        layers=layers,
+        settings=settings,
+        warnings=[d for d in diags if d.severity != "error"],
+        errors=errors,
+        unbuildable=unbuildable,
     )
 
 

@@ -512,9 +512,9 @@ def read_spec(
         return None, diags
     spec, diags = _build(path, file, doc, defaults or {}, diags, path_map or {})
     if spec is not None:
+        # The spec itself is sound: it is returned with its missing sources, so a layer can be
+        # drawn and planned (as blocked) without the files; building it needs them (load_spec).
         diags += source_diagnostics(spec, file)
-        if any(d.severity == "error" for d in diags):
-            return None, diags
     return spec, diags
 
 
@@ -532,7 +532,12 @@ def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
                 hint = _path_map_hint(spec.directory, cf.src) or hint
             out.append(
                 Diagnostic(
-                    file, cf.line, cf.column, f"copyfiles source '{cf.src}' does not exist{where}", hint=hint
+                    file,
+                    cf.line,
+                    cf.column,
+                    f"copyfiles source '{cf.src}' does not exist{where}",
+                    hint=hint,
+                    kind="source",
                 )
             )
     if spec.layer_type == "ansible":
@@ -552,6 +557,7 @@ def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
                             3,
                             f"{key} path '{v}' does not exist" + ("" if str(p) == v else f" (looked at {p})"),
                             hint=hint,
+                            kind="source",
                         )
                     )
     return out
