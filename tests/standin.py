@@ -5,7 +5,8 @@ repository holding a tiny noarch RPM for every package name asked for (each inst
 `/usr/share/standin/<name>.txt`), `ig-busybox` (a shell, so `cmds` run in a scratch image),
 comps groups with the given display names (`Minimal Install`, `Development Tools`), dnf module
 streams (modulemd documents added with modifyrepo_c) and, with a `Signer`, packages signed by a
-throwaway gpg key made at test time whose public key is served as `RPM-GPG-KEY-standin`.
+throwaway gpg key made at test time whose public key is served as `RPM-GPG-KEY-standin`
+(and `repodata/repomd.xml` signed by it, as SUSE repositories are).
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ class Signer:
             stdin=subprocess.DEVNULL,
             env={"HOME": str(home), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )
+
+    def sign_file(self, path: Path) -> None:
+        """A detached armored signature `<path>.asc` and the public key as `<path>.key`."""
+        subprocess.run(
+            [GPG, "--batch", "--homedir", str(self.home), "--pinentry-mode", "loopback", "--passphrase", ""]
+            + ["--local-user", self.name, "--armor", "--detach-sign", "--output", f"{path}.asc", str(path)],
+            check=True,
+            capture_output=True,
+        )
+        Path(f"{path}.key").write_bytes(self.public_key())
 
     def cleanup(self) -> None:
         shutil.rmtree(self.home, ignore_errors=True)
@@ -174,6 +185,8 @@ def standin_repo(
                 check=True,
                 capture_output=True,
             )
+        if signer:  # signed metadata too, as SUSE repositories have it (zypper checks repomd.xml)
+            signer.sign_file(path / "repodata" / "repomd.xml")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path
