@@ -223,11 +223,14 @@ _json_stderr = False
 def _print_warnings(diags: list[Diagnostic]) -> None:
     if _json_stderr:
         for d in diags:
-            logmod.get_logger().warning(redact(str(d)), file=d.file, line=d.line, severity=d.severity)
+            log = logmod.get_logger()
+            (log.error if d.severity == "error" else log.warning)(
+                redact(str(d)), file=d.file, line=d.line, severity=d.severity
+            )
         return
     err = _err()
     for d in diags:
-        err.print(Text(redact(str(d)), style="yellow"))
+        err.print(Text(redact(str(d)), style="red" if d.severity == "error" else "yellow"))
 
 
 def _plan(args: argparse.Namespace, names_and_dir: list[str]) -> tuple[Project, LayerGraph, State, Plan]:

@@ -33,6 +33,7 @@ SETTINGS_FILE = "imagegraph.yaml"
 LOCK_FILE = "imagegraph.lock"
 NOT_LAYERS = {SETTINGS_FILE, "imagegraph.yml", LOCK_FILE}
 STATE_DIR = ".imagegraph"
+CACHE_FORMAT = 2  # 2: specs with missing sources are kept (Diagnostic.kind "source")
 
 SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -198,7 +199,11 @@ class SpecCache:
             try:
                 with path.open("rb") as f:
                     data = pickle.load(f)
-                if isinstance(data, dict) and data.get("version") == __version__:
+                if (
+                    isinstance(data, dict)
+                    and data.get("version") == __version__
+                    and data.get("format") == CACHE_FORMAT
+                ):
                     self.entries = data["entries"]
             except Exception:  # a broken cache is only a slower run
                 self.entries = {}
@@ -220,7 +225,9 @@ class SpecCache:
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".specs.")
             with os.fdopen(fd, "wb") as f:
                 pickle.dump(
-                    {"version": __version__, "entries": self.entries}, f, protocol=pickle.HIGHEST_PROTOCOL
+                    {"version": __version__, "format": CACHE_FORMAT, "entries": self.entries},
+                    f,
+                    protocol=pickle.HIGHEST_PROTOCOL,
                 )
             os.replace(tmp, self.path)
         except OSError:

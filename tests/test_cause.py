@@ -150,3 +150,12 @@ def test_real_apt_missing_package() -> None:
         # -s: a simulation, nothing is installed on the host
         Runner("t").run(["apt-get", "install", "-s", "ig-nope-no-such-package"], step="packages")
     assert ei.value.tail[0] == "E: Unable to locate package ig-nope-no-such-package"
+
+
+def test_real_buildah_failure_quotes_its_error() -> None:
+    if not shutil.which("buildah"):
+        pytest.skip("buildah is needed (scripts/install-system-deps.sh)")
+    with pytest.raises(CommandError) as ei:
+        Runner("t").run(["buildah", "from", "--pull=never", "localhost/ig-no-such-image:1"], step="from")
+    assert ei.value.tail[0].startswith("Error: ")
+    assert "ig-no-such-image" in ei.value.tail[0]

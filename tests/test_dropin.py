@@ -198,6 +198,9 @@ def test_missing_package_quotes_dnf_in_summary_and_json(standins, tmp_path: Path
     summary = r.stdout.split("base failed:", 1)[1]
     # the cause is quoted right under the failure, before any other output
     assert summary.splitlines()[2].strip() == "No match for argument: ig-no-such-package"
+    # a failed build leaves nothing behind either
+    assert [c for c in containers() if NAME in c] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image-configs"]
 
 
 def _signed_site(root: Path, url: str, key_url: str, gpgcheck: str = "") -> Path:
