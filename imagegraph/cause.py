@@ -64,7 +64,8 @@ _CAUSES = re.compile(
     )
 )
 # `sslverify: 1`, `enabled_metadata: ` ... : lowercase keys, no spaces, as dnf dumps a repository.
-_CONFIG_LINE = re.compile(r"^[a-z][a-z0-9_]*: ?\S*.*$")
+# A value with its own ': ' is a message (`cp: cannot stat 'x': No such file ...`), not a setting.
+_CONFIG_LINE = re.compile(r"^[a-z][a-z0-9_]*:(?: (?!.*: ).*)?$")
 _NOT_CONFIG = ("error", "warning", "fatal", "note", "hint", "e", "w")
 
 
@@ -78,18 +79,28 @@ def _is_config(line: str) -> bool:
 
 
 def without_config_dumps(lines: Iterable[str]) -> list[str]:
-    """`lines` minus runs of CONFIG_RUN or more `key: value` lines (dnf's repository dumps)."""
+    """`lines` minus runs of CONFIG_RUN or more `key: value` lines with distinct keys (dnf's
+    repository dumps; three `cp: ...` messages in a row are kept)."""
     out: list[str] = []
     run: list[str] = []
-    for line in [*lines, ""]:
-        if _is_config(line):
+
+    def flush() -> None:
+        keys = {r.split(":", 1)[0] for r in run}
+        if len(run) < CONFIG_RUN or len(keys) < len(run):
+            out.extend(run)
+        run.clear()
+
+    for line in lines:
+        if _is_config(line) and line.split(":", 1)[0] not in {r.split(":", 1)[0] for r in run}:
             run.append(line)
             continue
-        if len(run) < CONFIG_RUN:
-            out.extend(run)
-        run = []
-        out.append(line)
-    return out[:-1]
+        flush()
+        if _is_config(line):
+            run.append(line)
+        else:
+            out.append(line)
+    flush()
+    return out
 
 
 def quote(causes: Iterable[str], tail: Iterable[str]) -> list[str]:

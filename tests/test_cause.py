@@ -30,6 +30,11 @@ def test_config_dumps_are_dropped_and_causes_lead() -> None:
         "error: z",
     ]
     assert quote(["Error: boom"], ["line", "Error: boom", "last"]) == ["Error: boom", "line", "last"]
+    # messages of a tool in a row are not a dump (the same key, or a value with its own ': ')
+    cps = ["cp: cannot stat 'a': No such file or directory"] * 3
+    assert without_config_dumps(cps) == cps
+    same = ["mkdir: x", "mkdir: y", "mkdir: z"]
+    assert without_config_dumps(same) == same
 
 
 @pytest.mark.parametrize(

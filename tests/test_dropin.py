@@ -139,6 +139,9 @@ def test_image_builder_base_builds_through_up(standins, tmp_path: Path, cleanup_
     doc = json.loads(r.stdout)
     (res,) = doc["layers"]
     assert res["status"] == "ok" and res["built_at"]
+    # the build time is in the run record, not in the image
+    record = json.loads((root / ".imagegraph" / "last-run.json").read_text())
+    assert record["layers"][0]["built_at"] == res["built_at"]
 
     ref = f"localhost/{NAME}:v0.0.1"
     ctr = buildah("from", "--pull=never", ref).stdout.strip()
