@@ -331,10 +331,10 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     project, lg, state, plan = _plan(args, args.args)
+    _print_warnings(project.warnings + lg.warnings)  # on stderr: --json's stdout stays one document
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:
-        _print_warnings(project.warnings + lg.warnings)
         render_plan(plan, _out())
     if project.errors:  # missing sources: their layers are planned as blocked; still a spec error
         _print_warnings(project.errors)

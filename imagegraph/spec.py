@@ -509,7 +509,8 @@ def read_spec(
         why = "it contains itself through an alias" if isinstance(exc, RecursionError) else str(exc)
         return None, [Diagnostic(file, 1, 1, f"the document is too large or too deep: {why}")]
     if any(d.severity == "error" for d in diags):
-        return None, diags
+        # The source paths are checked anyway: fixing the schema must not reveal a second round.
+        return None, diags + _raw_source_diagnostics(doc, path.parent, file, path_map or {})
     spec, diags = _build(path, file, doc, defaults or {}, diags, path_map or {})
     if spec is not None:
         # The spec itself is sound: it is returned with its missing sources, so a layer can be
@@ -523,21 +524,15 @@ def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
     out = []
     for cf in spec.copyfiles:
         if not cf.source.exists() and not cf.source.is_symlink():
-            absolute = cf.src.startswith("/")
-            where = "" if absolute and str(cf.source) == cf.src else f" (looked at {cf.source})"
-            hint = "create it or fix the path" + (
-                "" if absolute else "; relative paths resolve against the spec's directory"
-            )
-            if absolute and str(cf.source) == cf.src:
-                hint = _path_map_hint(spec.directory, cf.src) or hint
             out.append(
-                Diagnostic(
+                _missing(
                     file,
                     cf.line,
                     cf.column,
-                    f"copyfiles source '{cf.src}' does not exist{where}",
-                    hint=hint,
-                    kind="source",
+                    f"copyfiles source '{cf.src}'",
+                    cf.src,
+                    cf.source,
+                    spec.directory,
                 )
             )
     if spec.layer_type == "ansible":
@@ -547,20 +542,49 @@ def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
         ):
             for v, p in zip(values, paths, strict=True):
                 if not p.exists():
-                    hint = "fix the path; relative paths resolve against the spec's directory"
-                    if v.startswith("/") and str(p) == v:
-                        hint = _path_map_hint(spec.directory, v) or hint
                     out.append(
-                        Diagnostic(
-                            file,
-                            spec.line_of(f"options.{key}"),
-                            3,
-                            f"{key} path '{v}' does not exist" + ("" if str(p) == v else f" (looked at {p})"),
-                            hint=hint,
-                            kind="source",
+                        _missing(
+                            file, spec.line_of(f"options.{key}"), 3, f"{key} path '{v}'", v, p, spec.directory
                         )
                     )
     return out
+
+
+def _raw_source_diagnostics(doc: Any, base: Path, file: str, path_map: dict[str, str]) -> list[Diagnostic]:
+    """Missing copyfiles sources and playbook/inventory paths of a document that failed the
+    schema, as far as they are written as strings (what `source_diagnostics` says of a spec)."""
+    if not isinstance(doc, dict):
+        return []
+    out = []
+    items = doc.get("copyfiles")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        src = item.get("src") if isinstance(item, dict) else None
+        if isinstance(src, str) and src and "\0" not in src:
+            source = map_path(base, src, path_map)
+            if not source.exists() and not source.is_symlink():
+                line, col = _position(doc, ["copyfiles", i, "src"])
+                out.append(_missing(file, line, col, f"copyfiles source '{src}'", src, source, base))
+    opts = doc.get("options")
+    for key in ("playbooks", "inventory"):
+        value = opts.get(key) if isinstance(opts, dict) else None
+        for v in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
+            if isinstance(v, str) and v and "\0" not in v:
+                p = map_path(base, v, path_map)
+                if not p.exists():
+                    line, _col = _position(doc, ["options", key], key_position=True)
+                    out.append(_missing(file, line, 3, f"{key} path '{v}'", v, p, base))
+    return out
+
+
+def _missing(file: str, line: int, col: int, what: str, written: str, found: Path, base: Path) -> Diagnostic:
+    as_written = written.startswith("/") and Path(written) == found
+    hint = "create it or fix the path"
+    if not written.startswith("/"):
+        hint += "; relative paths resolve against the spec's directory"
+    elif as_written:
+        hint = _path_map_hint(base, written) or hint
+    where = "" if as_written else f" (looked at {found})"
+    return Diagnostic(file, line, col, f"{what} does not exist{where}", hint=hint, kind="source")
 
 
 def _build(
@@ -785,7 +809,8 @@ def map_path(base: Path, p: str, path_map: dict[str, str]) -> Path:
 def _path_map_hint(base: Path, p: str) -> str | None:
     """For a missing absolute path: the `path_map` line that would find it beside the spec."""
     parts = Path(p).parts[1:]
-    for k in range(1, len(parts)):
+    # A bare file name beside the spec says little (it may be another spec): want dir/file at least.
+    for k in range(1, len(parts) - 1):
         if (base / Path(*parts[k:])).exists():
             prefix = "/" + "/".join(parts[:k])
             return (

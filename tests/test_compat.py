@@ -114,6 +114,7 @@ def test_site_all_problems_in_one_run(tmp_path: Path, capsys: pytest.CaptureFixt
     assert ("broken.yaml:3:9", "error") in said  # YAML: where the unclosed quote opens
     assert ("ansible.yaml:5:18", "error") in said  # schema: `true'` is a string
     assert ("base.yaml:30:10", "error") in said  # source: /data/image-configs/files/motd
+    assert ("ansible.yaml:6:3", "error") in said  # source too, though the file failed the schema
     assert ("compute.yaml:8:3", "warning") in said  # graph: parent spelled without the port
     assert ("login.yaml:5:3", "warning") in said  # graph: a typo'd parent
     assert got["exit"] == 2 and got["layers"] == ["base", "compute", "login"]
