@@ -39,16 +39,16 @@ SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "registry_aliases": {"type": "object", "additionalProperties": {"type": "string"}},
-        "defaults": {"type": "object"},  # checked against the spec schema's options (_defaults_schema)
-        "state_dir": {"type": "string", "minLength": 1, "pattern": "^[^\\x00-\\x1f]+$(?!\\n)"},
-        "jobs": {"type": "integer", "minimum": 1},
-        "allow_outside_sources": {"type": "boolean"},
         "path_map": {
             "type": "object",
             "propertyNames": {"pattern": "^/"},
             "additionalProperties": {"type": "string", "minLength": 1},
         },
+        "registry_aliases": {"type": "object", "additionalProperties": {"type": "string"}},
+        "defaults": {"type": "object"},  # checked against the spec schema's options (_defaults_schema)
+        "state_dir": {"type": "string", "minLength": 1, "pattern": "^[^\\x00-\\x1f]+$(?!\\n)"},
+        "jobs": {"type": "integer", "minimum": 1},
+        "allow_outside_sources": {"type": "boolean"},
     },
 }
 
@@ -59,12 +59,12 @@ class Settings:
 
     registry_aliases: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
-    state_dir: str | None = None
-    jobs: int | None = None
-    allow_outside_sources: bool = False
     # absolute source prefix -> directory (relative to the layer directory), e.g. image-builder's
     # container convention {"/data/image-configs": "."}; in no key but through the files it finds
     path_map: dict[str, str] = field(default_factory=dict)
+    state_dir: str | None = None
+    jobs: int | None = None
+    allow_outside_sources: bool = False
 
 
 @dataclass
@@ -158,10 +158,10 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
         Settings(
             registry_aliases=aliases,
             defaults=plain.get("defaults") or {},
+            path_map={k.rstrip("/") or "/": v for k, v in (plain.get("path_map") or {}).items()},
             state_dir=plain.get("state_dir"),
             jobs=plain.get("jobs"),
             allow_outside_sources=bool(plain.get("allow_outside_sources", False)),
-            path_map={k.rstrip("/") or "/": v for k, v in (plain.get("path_map") or {}).items()},
         ),
         [],
     )
