@@ -171,7 +171,8 @@ def standin_repo(
         for rpm in rpms:
             shutil.copy(rpm, path)
         if signer:
-            signer.sign(path.glob("*.rpm"))
+            if rpms:
+                signer.sign(path.glob("*.rpm"))
             (path / KEY_FILE).write_bytes(signer.public_key())
         argv = ["createrepo_c", "--quiet"]
         if groups:

@@ -326,3 +326,93 @@ def test_proxy_carries_the_package_managers_requests(signed_repo, tmp_path: Path
     assert f"http://standin.invalid/repo/{KEY_FILE}" in asked
     assert "http://standin.invalid/repo/repodata/repomd.xml" in asked
     assert "http://standin.invalid/repo/kernel-1.0-1.noarch.rpm" in asked
+
+
+def _buildable_examples() -> list[Path]:
+    """Shared example specs that can build here: dnf from scratch, cmds that are only `echo`,
+    no copied files (their RPMs are stood in for; their tools and files are not)."""
+    from imagegraph.spec import read_spec
+    from tests.test_spec import EXAMPLES
+
+    out = []
+    for path in sorted(EXAMPLES.rglob("*.yaml")) if EXAMPLES.is_dir() else []:
+        spec, _ = read_spec(path)
+        if (
+            spec is not None
+            and spec.is_scratch
+            and spec.pkg_manager == "dnf"
+            and not spec.copyfiles
+            and all(c.cmd.startswith("echo ") for c in spec.cmds)
+            and (spec.package_groups or not spec.remove_packages)
+        ):
+            out.append(path)
+    return out
+
+
+@pytest.mark.parametrize("path", _buildable_examples(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shared_example_builds_with_only_its_urls_swapped(path: Path, tmp_path: Path) -> None:
+    """The real file, byte for byte but for its repository and key URLs, built by `up`."""
+    from imagegraph.spec import load_spec
+
+    spec = load_spec(path)
+    signer = Signer() if any(r.gpg for r in spec.repos) else None
+    top = tmp_path / "repos"
+    groups = {g: [] for g in spec.package_groups}
+    if groups:  # the shell, and what remove_packages removes, come with the first group
+        groups[spec.package_groups[0]] = ["ig-busybox", *spec.remove_packages]
+    for i, repo in enumerate(spec.repos):
+        standin_repo(
+            top / repo.alias,
+            packages=spec.packages if i == 0 else (),
+            groups=groups if i == 0 else None,
+            signer=signer,
+            busybox=i == 0,
+        )
+    server = serve(top)
+    text = path.read_text()
+    for repo in spec.repos:
+        text = text.replace(repo.url, f"{server.url}{repo.alias}/")
+        if repo.gpg:
+            text = text.replace(repo.gpg, f"{server.url}{spec.repos[0].alias}/{KEY_FILE}")
+    root = tmp_path / "layers"
+    root.mkdir()
+    (root / path.name).write_text(text)
+    try:
+        r = cli("up", str(root), "--json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        (res,) = json.loads(r.stdout)["layers"]
+        ctr = buildah("from", "--pull=never", res["image_ref"]).stdout.strip()
+        try:
+            mnt = buildah("mount", ctr).stdout.strip()
+            q = subprocess.run(
+                [
+                    "rpm",
+                    "--root",
+                    mnt,
+                    "--dbpath",
+                    "/var/lib/rpm",
+                    "-q",
+                    *spec.packages,
+                    *spec.remove_packages,
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "HOME": "/nonexistent"},
+            )
+        finally:
+            buildah("rm", ctr, check=False)
+        for p in spec.packages:
+            assert f"{p}-1.0-1.noarch" in q.stdout
+        for p in spec.remove_packages:
+            assert f"package {p} is not installed" in q.stdout
+        for r_ in spec.repos:  # keyless repositories are warned about, keyed ones are not
+            assert (f"installs unsigned packages from {r_.alias}" in r.stderr) == (not r_.gpg)
+    finally:
+        server.stop()
+        if signer:
+            signer.cleanup()
+        for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
+            if ref.startswith(f"localhost/{spec.name}:") or ref.startswith(
+                f"localhost/imagegraph/{spec.name}:"
+            ):
+                buildah("rmi", "-f", ref, check=False)
