@@ -2,8 +2,10 @@
 
 Every buildah, dnf, mksquashfs ... call goes through `Runner.run`, which
 streams the command's stdout and stderr line by line into the structured log
-(tagged with layer and step) and into the layer's log file, keeps the last
-lines for error messages, and turns a non-zero exit into `CommandError`.
+(tagged with layer and step; cleaned of carriage returns and ANSI escapes,
+see `log.clean_line`) and into the layer's log file (as written), keeps the
+last lines and the lines that say why (`cause.py`) for error messages, and
+turns a non-zero exit into `CommandError`, which quotes the latter first.
 
 Cancellation: every child runs in its own process group and is registered
 while it runs, so `terminate_all()` (called on Ctrl-C/SIGTERM) can stop
