@@ -11,7 +11,7 @@ layer log and timed.
 Whatever happens, the working container is unmounted and removed and the
 build's temporary directory deleted (the clean-up commands run even after
 cancellation). A failure becomes `BuildError` naming the step (`packages`,
-`copyfiles[0]`, `cmds[2]` ...) with the command's last output lines;
+`copyfiles[0]`, `cmds[2]` ...) quoting the command's cause lines, then its last lines;
 `Cancelled` is re-raised as it is.
 """
 
