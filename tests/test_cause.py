@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imagegraph.cause import is_cause, quote, without_config_dumps
 from imagegraph.log import clean_line
@@ -164,3 +166,37 @@ def test_real_buildah_failure_quotes_its_error() -> None:
         Runner("t").run(["buildah", "from", "--pull=never", "localhost/ig-no-such-image:1"], step="from")
     assert ei.value.tail[0].startswith("Error: ")
     assert "ig-no-such-image" in ei.value.tail[0]
+
+
+_lines = st.lists(
+    st.one_of(
+        st.sampled_from(
+            [
+                "Error: Unable to find a match: x",
+                "No match for argument: x",
+                "E: Unable to locate package x",
+                "sslverify: 1",
+                "timeout: 30",
+                "baseurl: http://m/x",
+                "cp: cannot stat 'a': No such file or directory",
+                "Installing: x",
+                "",
+            ]
+        ),
+        st.text(alphabet="abc :-_E", max_size=12),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_lines)
+def test_quote_leads_with_causes_and_loses_only_dumps(lines: list[str]) -> None:
+    causes = [ln for ln in lines if is_cause(ln)]
+    quoted = quote(causes, lines)
+    lead = list(dict.fromkeys(c for c in causes if c.strip()))[-12:]
+    assert quoted[: len(lead)] == lead
+    kept = without_config_dumps(lines)
+    # nothing but configuration dumps is dropped, and a dump is never a cause
+    assert all(ln in quoted or not ln.strip() for ln in kept)
+    assert all(not is_cause(ln) for ln in lines if ln not in kept)
