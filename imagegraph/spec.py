@@ -97,7 +97,6 @@ class LayerSpec:
     pkg_manager: str | None = None
     parent: str = SCRATCH
     gpgcheck: bool = True
-    gpgcheck_explicit: bool = False  # the spec (or project defaults) set gpgcheck; not a key input
     proxy: str | None = None
     publish_local: bool = False
     publish_registry: str | None = None
@@ -523,7 +522,7 @@ def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
     """Host paths the spec pulls in (copyfiles sources, playbooks, inventories) that do not exist."""
     out = []
     for cf in spec.copyfiles:
-        if not cf.source.exists() and not cf.source.is_symlink():
+        if not _exists(cf.source):
             out.append(
                 _missing(
                     file,
@@ -541,7 +540,7 @@ def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
             ("inventory", spec.inventory, spec.inventory_paths),
         ):
             for v, p in zip(values, paths, strict=True):
-                if not p.exists():
+                if not _exists(p):
                     out.append(
                         _missing(
                             file, spec.line_of(f"options.{key}"), 3, f"{key} path '{v}'", v, p, spec.directory
@@ -561,7 +560,7 @@ def _raw_source_diagnostics(doc: Any, base: Path, file: str, path_map: dict[str,
         src = item.get("src") if isinstance(item, dict) else None
         if isinstance(src, str) and src and "\0" not in src:
             source = map_path(base, src, path_map)
-            if not source.exists() and not source.is_symlink():
+            if not _exists(source):
                 line, col = _position(doc, ["copyfiles", i, "src"])
                 out.append(_missing(file, line, col, f"copyfiles source '{src}'", src, source, base))
     opts = doc.get("options")
@@ -570,10 +569,18 @@ def _raw_source_diagnostics(doc: Any, base: Path, file: str, path_map: dict[str,
         for v in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
             if isinstance(v, str) and v and "\0" not in v:
                 p = map_path(base, v, path_map)
-                if not p.exists():
+                if not _exists(p):
                     line, _col = _position(doc, ["options", key], key_position=True)
                     out.append(_missing(file, line, 3, f"{key} path '{v}'", v, p, base))
     return out
+
+
+def _exists(p: Path) -> bool:
+    """A path (or a dangling symlink) is there; names no file system accepts are not."""
+    try:
+        return p.exists() or p.is_symlink()
+    except (OSError, ValueError):
+        return False
 
 
 def _missing(file: str, line: int, col: int, what: str, written: str, found: Path, base: Path) -> Diagnostic:
@@ -755,7 +762,6 @@ def _build(
         pkg_manager=pkg_manager,
         parent=parent,
         gpgcheck=opts.get("gpgcheck", True),
-        gpgcheck_explicit=gpgcheck_explicit,
         proxy=opts.get("proxy"),
         publish_local=opts.get("publish_local", False),
         publish_registry=registry,
@@ -811,7 +817,7 @@ def _path_map_hint(base: Path, p: str) -> str | None:
     parts = Path(p).parts[1:]
     # A bare file name beside the spec says little (it may be another spec): want dir/file at least.
     for k in range(1, len(parts) - 1):
-        if (base / Path(*parts[k:])).exists():
+        if _exists(base / Path(*parts[k:])):
             prefix = "/" + "/".join(parts[:k])
             return (
                 f"{Path(*parts[k:])} is beside the spec: map the prefix in imagegraph.yaml with "
