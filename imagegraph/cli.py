@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="load and check every spec of a directory")
     p.add_argument("dir", nargs="?", default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--strict", action="store_true", help="every warning is an error")
 
     p = sub.add_parser("graph", help="print the layer graph")
     p.add_argument("dir", nargs="?", default=None)
@@ -219,9 +220,15 @@ def _state_path(project: Project, arg: str | None) -> Path:
     return Path(arg) if arg else project.default_state_dir() / "state.db"
 
 
-def _load(root: Path, state_arg: str | None = None) -> tuple[Project, LayerGraph]:
+def _cache_dir(root: Path, state_arg: str | None = None) -> Path | None:
     cache_dir = (Path(state_arg).parent if state_arg else root / ".imagegraph") / "cache"
-    project = load_project(root, cache_dir=cache_dir if cache_dir.parent.exists() else None)
+    return cache_dir if cache_dir.parent.exists() else None
+
+
+def _load(
+    root: Path, state_arg: str | None = None, sources_required: bool = True
+) -> tuple[Project, LayerGraph]:
+    project = load_project(root, cache_dir=_cache_dir(root, state_arg), sources_required=sources_required)
     lg = build_graph(project)
     return project, lg
 
@@ -234,16 +241,19 @@ _json_stderr = False
 def _print_warnings(diags: list[Diagnostic]) -> None:
     if _json_stderr:
         for d in diags:
-            logmod.get_logger().warning(redact(str(d)), file=d.file, line=d.line, severity=d.severity)
+            log = logmod.get_logger()
+            (log.error if d.severity == "error" else log.warning)(
+                redact(str(d)), file=d.file, line=d.line, severity=d.severity
+            )
         return
     err = _err()
     for d in diags:
-        err.print(Text(redact(str(d)), style="yellow"))
+        err.print(Text(redact(str(d)), style="red" if d.severity == "error" else "yellow"))
 
 
 def _plan(args: argparse.Namespace, names_and_dir: list[str]) -> tuple[Project, LayerGraph, State, Plan]:
     root, names = _split_dir(names_and_dir)
-    project, lg = _load(root, args.state)
+    project, lg = _load(root, args.state, sources_required=args.command == "up")
     state = State(_state_path(project, args.state), readonly=args.command == "plan")
     inventory = LiveInventory(offline=args.offline)
     lock = load_lock(project.root)  # keys include the locked upstream fingerprints, when there are any
@@ -297,29 +307,17 @@ def render_plan(plan: Plan, console: Console) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate
+
     root, _ = _split_dir([args.dir] if args.dir else [])
-    try:
-        project, lg = _load(root)
-    except SpecError as exc:
-        if args.json:
-            print(json.dumps({"ok": False, "diagnostics": [d.to_dict() for d in exc.diagnostics]}, indent=2))
-            return 2
-        raise
-    warnings = project.warnings + lg.warnings
+    result = validate(root, cache_dir=_cache_dir(root), strict=args.strict)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": True,
-                    "layers": sorted(project.layers),
-                    "diagnostics": [d.to_dict() for d in warnings],
-                },
-                indent=2,
-            )
-        )
-        return 0
-    _print_warnings(warnings)
-    _out().print(f"{len(project.layers)} layer specs OK in {root}")
+        print(json.dumps(result.to_json(), indent=2))
+        return result.exit_status
+    if not result.ok:
+        raise SpecError(result.diagnostics)
+    _print_warnings(result.warnings)
+    _out().print(f"{len(result.layers)} layer specs OK in {root}")
     return 0
 
 
@@ -327,8 +325,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
     root, _ = _split_dir([args.dir] if args.dir else [])
     if args.format in ("svg", "png"):
         return _graph_picture(args, root)
-    project, lg = _load(root)
-    _print_warnings(project.warnings + lg.warnings)
+    project, lg = _load(root, sources_required=False)  # drawing needs no file contents
+    _print_warnings(project.warnings + lg.warnings + project.errors)
     if args.format == "dot":
         sys.stdout.write(to_dot(lg))
     elif args.format == "mermaid":
@@ -348,7 +346,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
         for lid in lg.order():
             if lg.parent_layer(lid) is None:
                 walk(lid, 0)
-    return 0
+    return 2 if project.errors else 0
 
 
 def _graph_picture(args: argparse.Namespace, root: Path) -> int:
@@ -414,11 +412,14 @@ def _write_run_report(project: Project, state_dir: Path, run_id: str, path: str 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     project, lg, state, plan = _plan(args, args.args)
+    _print_warnings(project.warnings + lg.warnings)  # on stderr: --json's stdout stays one document
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:
-        _print_warnings(project.warnings + lg.warnings)
         render_plan(plan, _out())
+    if project.errors:  # missing sources: their layers are planned as blocked; still a spec error
+        _print_warnings(project.errors)
+        return 2
     if args.check:
         return 1 if plan.pending else 0
     return 0
@@ -436,8 +437,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         with StateLock(_state_path(project, args.state).parent, "up (waiting)", wait=True):
             pass
     project, lg, state, plan = _plan(args, args.args)
-    if not args.json:
-        _print_warnings(project.warnings + lg.warnings)
+    _print_warnings(project.warnings + lg.warnings)  # on stderr: --json's stdout stays one document
     if args.dry_run:
         if args.json:
             print(json.dumps(plan.to_json(), indent=2))

@@ -21,6 +21,9 @@ class Diagnostic:
     message: str
     severity: str = "error"  # "error" or "warning"
     hint: str | None = None
+    # "source": a host path the spec pulls in is missing; the layer can be drawn and planned
+    # (blocked) but not built. "" for everything else.
+    kind: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         loc = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
@@ -86,7 +89,7 @@ class BuildError(ImagegraphError):
         self.tail = tail or []
         text = f"{layer}: step {step} failed: {message}"
         if self.tail:
-            text += "\n  last output:\n" + "\n".join("    " + t for t in self.tail)
+            text += "\n  output:\n" + "\n".join("    " + t for t in self.tail)
         super().__init__(text)
 
 

@@ -144,7 +144,7 @@ class LocalExecutor:
         runner = Runner(lp.layer, logf)
         runner.note("plan", f"{lp.action}: " + "; ".join(r.message for r in lp.reasons))
         t0 = time.time()
-        image_ref = None
+        image_ref = built_at = None
         if lp.action == Action.BUILD:
             parent = None
             try:
@@ -158,6 +158,8 @@ class LocalExecutor:
                     raise BuildError(lp.layer, "parent", str(exc)) from exc
                 raise
             image_id, image_ref = built.image_id, built.image_ref
+            # The image carries no build date (its labels come from key inputs only): the run record does.
+            built_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self._record_build(lp, spec, parent, t0, "ok", image_id=image_id, image_ref=image_ref)
             runner.note("build", f"built {image_ref} in {time.time() - t0:.1f} s")
         else:
@@ -172,6 +174,7 @@ class LocalExecutor:
             image_ref=image_ref,
             published=published,
             log_file=str(log_path),
+            built_at=built_at,
         )
 
     def _record_failed(

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
+from rapidfuzz.distance import OSA
 
 from .errors import Diagnostic, SpecError, UsageError
 from .project import Project
@@ -219,6 +220,20 @@ def build_graph(project: Project) -> LayerGraph:
             )
         else:
             parents[lid] = ParentLink("external", spec.parent, None, "exact", aliased)
+            typo = _near_output(aliased, owner)
+            if typo is not None:
+                ref, other = typo
+                warnings.append(
+                    Diagnostic(
+                        str(spec.path),
+                        line,
+                        3,
+                        f"parent '{spec.parent}' is published by no layer and is taken as an external "
+                        f"image; did you mean '{ref}' (layer '{other}', {project.layers[other].path.name})?",
+                        severity="warning",
+                        hint="fix the spelling, or fully qualify an image that really is external",
+                    )
+                )
 
     for lid, link in parents.items():
         if link.kind == "layer":
@@ -239,6 +254,33 @@ def build_graph(project: Project) -> LayerGraph:
     if diags:
         raise SpecError(diags + warnings)
     return LayerGraph(project, g, parents, outputs, warnings)
+
+
+TYPO_DISTANCE = 2  # edits (a transposition is one) that make an external parent look like a typo
+
+
+def _near_output(ref: str, owner: dict[str, str]) -> tuple[str, str] | None:
+    """The one layer output on the same registry within TYPO_DISTANCE edits of `ref`, if any.
+
+    Local short names normalise to docker.io/library/..., as the layers' publish_local outputs do,
+    so they are compared among themselves too.
+    """
+    try:
+        want = parse_reference(ref)
+    except ValueError:
+        return None
+    near = []
+    for out, lid in owner.items():
+        have = parse_reference(out)
+        if have.registry != want.registry:
+            continue
+        d = OSA.distance(f"{want.repository}:{want.tag}", f"{have.repository}:{have.tag}")
+        if 0 < d <= TYPO_DISTANCE:
+            near.append((d, out, lid))
+    if not near:
+        return None
+    _d, out, lid = min(near)
+    return out, lid
 
 
 def _cycles(g: nx.DiGraph) -> list[list[str]]:

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .labels import label_inputs
 from .redact import mask_url_credentials
 from .spec import LayerSpec
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: the image name and parent as written (in labels) are key inputs
 KEY_TAG_PREFIX = "ig-"
 
 
@@ -67,8 +68,13 @@ def _file_digest(path: Path, st: os.stat_result) -> str:
     return hit
 
 
-def path_digest(path: Path) -> str:
-    """sha256 over a file's bytes and mode, or a whole tree's names, modes, bytes and links."""
+def path_digest(path: Path) -> str | None:
+    """sha256 over a file's bytes and mode, or a whole tree's names, modes, bytes and links.
+
+    None for a missing path: such a layer is planned as blocked (project.unbuildable), never built.
+    """
+    if not os.path.lexists(path):
+        return None
     entries: list[list] = []
 
     def add(p: Path, rel: str) -> None:
@@ -163,6 +169,7 @@ def build_inputs(spec: LayerSpec, parent: ParentInput, upstream: dict[str, str] 
             }
         )
     doc["labels"] = dict(sorted(spec.labels.items()))
+    doc["image"] = label_inputs(spec)  # the label values no other field of this document fixes
     doc["upstream"] = dict(sorted((upstream or {}).items()))
     return doc
 

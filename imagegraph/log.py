@@ -8,6 +8,7 @@ process-wide event log.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -16,6 +17,18 @@ import structlog
 from .redact import redact, redact_obj
 
 _run_context: dict[str, str] = {}
+
+# CSI sequences (colours, cursor moves), OSC sequences (titles, links) and lone two-byte escapes.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+
+
+def clean_line(line: str) -> str:
+    """A streamed output line as a terminal would leave it: ANSI escapes removed, and of a line
+    redrawn with carriage returns (progress bars) only its last state."""
+    line = _ANSI.sub("", line).rstrip("\r")
+    if "\r" in line:
+        line = line.rsplit("\r", 1)[1]
+    return line
 
 
 def bind_run(run_id: str) -> None:

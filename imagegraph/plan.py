@@ -419,6 +419,14 @@ def make_plan(
 
         publish: list[str] = []
         blocker = _blocker(link, lk, parent_plan, inventory, offline) if build else None
+        missing = lg.project.unbuildable.get(lid)
+        if missing:  # its spec pulls in files that do not exist (the errors say which)
+            first = f"{missing[0].file}:{missing[0].line}"
+            blocker = Reason(
+                "source-missing",
+                f"{len(missing)} file(s) it copies or runs do not exist (first at {first})",
+                {"diagnostics": [d.to_dict() for d in missing]},
+            )
         if blocker is not None:
             # Say so now rather than fail at `buildah pull` in the night.
             reasons.insert(0, blocker)

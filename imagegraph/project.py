@@ -33,11 +33,17 @@ SETTINGS_FILE = "imagegraph.yaml"
 LOCK_FILE = "imagegraph.lock"
 NOT_LAYERS = {SETTINGS_FILE, "imagegraph.yml", LOCK_FILE}
 STATE_DIR = ".imagegraph"
+CACHE_FORMAT = 2  # 2: specs with missing sources are kept (Diagnostic.kind "source")
 
 SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
+        "path_map": {
+            "type": "object",
+            "propertyNames": {"pattern": "^/"},
+            "additionalProperties": {"type": "string", "minLength": 1},
+        },
         "registry_aliases": {"type": "object", "additionalProperties": {"type": "string"}},
         "defaults": {"type": "object"},  # checked against the spec schema's options (_defaults_schema)
         "state_dir": {"type": "string", "minLength": 1, "pattern": "^[^\\x00-\\x1f]+$(?!\\n)"},
@@ -74,6 +80,9 @@ class Settings:
 
     registry_aliases: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
+    # absolute source prefix -> directory (relative to the layer directory), e.g. image-builder's
+    # container convention {"/data/image-configs": "."}; in no key but through the files it finds
+    path_map: dict[str, str] = field(default_factory=dict)
     state_dir: str | None = None
     jobs: int | None = None
     allow_outside_sources: bool = False
@@ -88,6 +97,10 @@ class Project:
     layers: dict[str, LayerSpec]
     settings: Settings
     warnings: list[Diagnostic] = field(default_factory=list)
+    errors: list[Diagnostic] = field(default_factory=list)  # kept when loaded with strict=False
+    # layers whose spec is sound but pulls in missing files (sources_required=False): drawn and
+    # planned as blocked, never built
+    unbuildable: dict[str, list[Diagnostic]] = field(default_factory=dict)
 
     def default_state_dir(self) -> Path:
         if self.settings.state_dir:
@@ -167,6 +180,7 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
         Settings(
             registry_aliases=aliases,
             defaults=plain.get("defaults") or {},
+            path_map={k.rstrip("/") or "/": v for k, v in (plain.get("path_map") or {}).items()},
             state_dir=plain.get("state_dir"),
             jobs=plain.get("jobs"),
             allow_outside_sources=bool(plain.get("allow_outside_sources", False)),
@@ -208,7 +222,11 @@ class SpecCache:
             try:
                 with path.open("rb") as f:
                     data = pickle.load(f)
-                if isinstance(data, dict) and data.get("version") == __version__:
+                if (
+                    isinstance(data, dict)
+                    and data.get("version") == __version__
+                    and data.get("format") == CACHE_FORMAT
+                ):
                     self.entries = data["entries"]
             except Exception:  # a broken cache is only a slower run
                 self.entries = {}
@@ -218,6 +236,7 @@ class SpecCache:
         h = hashlib.sha256()
         h.update(str(path.resolve()).encode() + b"\0")
         h.update(json.dumps(settings.defaults, sort_keys=True, default=str).encode() + b"\0")
+        h.update(json.dumps(settings.path_map, sort_keys=True).encode() + b"\0")
         h.update(raw)
         return h.hexdigest()
 
@@ -229,15 +248,23 @@ class SpecCache:
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".specs.")
             with os.fdopen(fd, "wb") as f:
                 pickle.dump(
-                    {"version": __version__, "entries": self.entries}, f, protocol=pickle.HIGHEST_PROTOCOL
+                    {"version": __version__, "format": CACHE_FORMAT, "entries": self.entries},
+                    f,
+                    protocol=pickle.HIGHEST_PROTOCOL,
                 )
             os.replace(tmp, self.path)
         except OSError:
             pass  # read-only state directory: caching is optional
 
 
-def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: bool = True) -> Project:
-    """Load every spec of `root`. Raises SpecError listing every problem when any file is invalid."""
+def load_project(
+    root: Path | str, *, cache_dir: Path | None = None, strict: bool = True, sources_required: bool = True
+) -> Project:
+    """Load every spec of `root`. Raises SpecError listing every problem when any file is invalid.
+
+    With `sources_required=False`, missing copyfiles sources and playbooks are not fatal: those
+    layers load into `Project.unbuildable` with their errors (for `graph` and `plan`).
+    """
     root = Path(root)
     if not root.is_dir():
         raise SpecError(
@@ -249,6 +276,7 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
         diags.append(Diagnostic(str(root), 0, 0, "no layer specs (*.yaml) found here"))
     cache = SpecCache(cache_dir / "specs.pickle" if cache_dir else None)
     layers: dict[str, LayerSpec] = {}
+    unbuildable: dict[str, list[Diagnostic]] = {}
     for path in files:
         shown = _shown(path)
         if any(ord(c) < 0x20 or c == "\x7f" for c in path.stem):
@@ -267,8 +295,8 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
         if hit is not None:
             spec, file_diags = hit
             if spec is not None:
-                # Copied files can disappear without the spec changing.
-                file_diags = [d for d in file_diags if not d.message.startswith("copyfiles source")]
+                # Copied files can disappear (or appear) without the spec changing.
+                file_diags = [d for d in file_diags if d.kind != "source"]
                 file_diags += source_diagnostics(spec, shown)
         else:
             try:
@@ -285,22 +313,34 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
                     )
                 )
                 continue
-            spec, file_diags = read_spec(path, text, settings.defaults, shown=shown)
+            spec, file_diags = read_spec(
+                path, text, settings.defaults, shown=shown, path_map=settings.path_map
+            )
             if mask_url_credentials(text) == text:  # credentials in URLs stay out of the state directory
                 cache.entries[digest] = (spec, file_diags)
                 cache.dirty = True
         diags.extend(file_diags)
-        if spec is not None and not any(d.severity == "error" for d in file_diags):
+        file_errors = [d for d in file_diags if d.severity == "error"]
+        if spec is not None and not file_errors:
             layers[layer_id(path)] = spec
+        elif spec is not None and not sources_required and all(d.kind == "source" for d in file_errors):
+            layers[layer_id(path)] = spec
+            unbuildable[layer_id(path)] = file_errors
     if not settings.allow_outside_sources:
         for spec in layers.values():
             diags.extend(_escape_diagnostics(spec, root))
     cache.save()
     errors = [d for d in diags if d.severity == "error"]
-    if errors and strict:
+    tolerated = {id(d) for ds in unbuildable.values() for d in ds}
+    if strict and any(id(d) not in tolerated for d in errors):
         raise SpecError(diags)
     return Project(
-        root=root, layers=layers, settings=settings, warnings=[d for d in diags if d.severity != "error"]
+        root=root,
+        layers=layers,
+        settings=settings,
+        warnings=[d for d in diags if d.severity != "error"],
+        errors=errors,
+        unbuildable=unbuildable,
     )
 
 

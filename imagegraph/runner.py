@@ -2,8 +2,10 @@
 
 Every buildah, dnf, mksquashfs ... call goes through `Runner.run`, which
 streams the command's stdout and stderr line by line into the structured log
-(tagged with layer and step) and into the layer's log file, keeps the last
-lines for error messages, and turns a non-zero exit into `CommandError`.
+(tagged with layer and step; cleaned of carriage returns and ANSI escapes,
+see `log.clean_line`) and into the layer's log file (as written), keeps the
+last lines and the lines that say why (`cause.py`) for error messages, and
+turns a non-zero exit into `CommandError`, which quotes the latter first.
 
 Cancellation: every child runs in its own process group and is registered
 while it runs, so `terminate_all()` (called on Ctrl-C/SIGTERM) can stop
@@ -25,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .cause import QUOTE_CAUSES, is_cause, quote
 from .errors import ImagegraphError
-from .log import get_logger
+from .log import clean_line, get_logger
 from .redact import redact
 
 TAIL_LINES = 20
@@ -38,17 +41,25 @@ _cancelled = threading.Event()
 class CommandError(ImagegraphError):
     """An external command exited non-zero (or could not start)."""
 
-    def __init__(self, argv: Sequence[str], returncode: int, tail: list[str], step: str = ""):
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int,
+        tail: list[str],
+        step: str = "",
+        causes: Sequence[str] = (),
+    ):
         self.argv = list(argv)
         self.returncode = returncode
-        self.tail = tail
+        # What the failure quotes: the lines that say why first (cause.py), then the last lines.
+        self.tail = quote(causes, tail)
         self.step = step
         shown = redact(" ".join(self.argv))
         if len(shown) > 300:
             shown = shown[:300] + "..."
         msg = f"command exited with status {returncode}: {shown}"
-        if tail:
-            msg += "\n  last output:\n" + "\n".join("    " + redact(t) for t in tail)
+        if self.tail:
+            msg += "\n  output:\n" + "\n".join("    " + redact(t) for t in self.tail)
         super().__init__(msg)
 
 
@@ -167,18 +178,22 @@ class Runner:
         with _active_lock:
             _active.add(proc)
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        causes: collections.deque[str] = collections.deque(maxlen=QUOTE_CAUSES)
         captured: list[str] = []
         out_level = logging.getLevelName(stdout_level.upper())
         err_level = logging.getLevelName("WARNING" if loglevel.upper() == "WARN" else loglevel.upper())
 
         def pump(stream: IO[bytes], level: int, is_stdout: bool) -> None:
             for raw in iter(stream.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip("\n")
+                text = raw.decode("utf-8", "replace").rstrip("\n")
                 if is_stdout and capture:
-                    captured.append(line)
+                    captured.append(text)
                     continue
+                self._write_file(text)  # the layer log keeps the bytes as the tool wrote them
+                line = clean_line(text)
                 tail.append(line)
-                self._write_file(line)
+                if is_cause(line):
+                    causes.append(line)
                 self.log.log(level, line, step=step, stream="stdout" if is_stdout else "stderr")
             stream.close()
 
@@ -215,7 +230,7 @@ class Runner:
             raise Cancelled(f"{self.layer or 'run'}: {step} stopped by cancellation")
         if rc != 0 and check:
             self._write_file(f"!! exit status {rc}")
-            raise CommandError(argv, rc, list(tail), step)
+            raise CommandError(argv, rc, list(tail), step, causes)
         return result
 
     def output(self, argv: Sequence[str], *, step: str, **kw: Any) -> str:

@@ -40,6 +40,7 @@ class LayerResult:
     error: str | None = None
     image_id: str | None = None
     image_ref: str | None = None
+    built_at: str | None = None  # ISO 8601 UTC time the image was committed (this run built it)
     published: list[dict] = field(default_factory=list)
     blocked_by: str | None = None
     log_file: str | None = None
@@ -59,6 +60,7 @@ class LayerResult:
             "error": redact(self.error) if self.error else None,
             "image_id": self.image_id,
             "image_ref": self.image_ref,
+            "built_at": self.built_at,
             "published": self.published,
             "blocked_by": self.blocked_by,
             "log_file": self.log_file,

@@ -143,6 +143,18 @@ class LayerSpec:
     def line_of(self, key: str) -> int:
         return self.lines.get(key, 1)
 
+    def verifies(self, repo: Repo) -> bool:
+        """Whether packages from `repo` are signature-checked (the gpgcheck rule).
+
+        From scratch, as image-builder: a repository without a `gpg` key installs
+        unverified unless `gpgcheck` is set (an explicit `true` with no key is a
+        spec error); one with a key is verified. In an image parent, `gpgcheck`
+        as written (the image may already trust the repository's key).
+        """
+        if not self.gpgcheck:
+            return False
+        return bool(repo.gpg) or not self.is_scratch or repo.url.endswith(".repo")
+
 
 # --------------------------------------------------------------------------- schema
 
@@ -292,17 +304,85 @@ def _yaml() -> YAML:
     return y
 
 
+# ruamel's (context, problem) in plain words: (what is wrong, what to do, where it starts).
+# "context" places point at ruamel's context mark: where the unclosed thing began, not where the
+# parser gave up (an unclosed quote is noticed only at the end of the file).
+_YAML_WORDS: list[tuple[str, str, str, str, str]] = [
+    (
+        "while scanning a quoted scalar",
+        "",
+        "a quoted string starts here and is never closed",
+        "add the closing quote",
+        "context",
+    ),
+    (
+        "while parsing a flow sequence",
+        "",
+        "a '[' list starts here and is not closed",
+        "close it with ']', or write one '- item' per line",
+        "context",
+    ),
+    (
+        "while parsing a flow mapping",
+        "",
+        "a '{' mapping starts here and is not closed",
+        "close it with '}'",
+        "context",
+    ),
+    (
+        "while scanning a simple key",
+        "",
+        "this line has no ':' but the lines around it are 'key: value' lines",
+        "add the ':' or indent the line under the key it continues",
+        "context",
+    ),
+    (
+        "",
+        "mapping values are not allowed here",
+        "unexpected ':' here: the line is indented differently from its neighbours, or a value "
+        "containing ': ' needs quotes",
+        "align the indentation, or quote the value",
+        "problem",
+    ),
+    (
+        "",
+        "cannot start any token",
+        "a tab or another character that YAML does not allow here",
+        "indent with spaces only",
+        "problem",
+    ),
+    (
+        "",
+        "expected <block end>",
+        "this line is indented differently from the lines before it",
+        "indent it like its siblings",
+        "problem",
+    ),
+]
+
+
+def _plain_yaml_error(exc: MarkedYAMLError) -> tuple[str, str, Any]:
+    context, problem = str(exc.context or ""), str(exc.problem or "")
+    if "duplicate key" in problem:
+        first = exc.context_mark.line + 1 if exc.context_mark else None
+        key = problem.split('"')[1] if '"' in problem else problem
+        where = f" (the mapping starts at line {first})" if first else ""
+        return f"key '{key}' appears twice in the same mapping{where}", "keep one", exc.problem_mark
+    for ctx, prob, words, hint, mark in _YAML_WORDS:
+        if (not ctx or context.startswith(ctx)) and (not prob or prob in problem):
+            chosen = exc.context_mark if mark == "context" and exc.context_mark else exc.problem_mark
+            return words, hint, chosen or exc.context_mark
+    return (problem or str(exc).splitlines()[0]), "fix the syntax", exc.problem_mark or exc.context_mark
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
-    """Parse YAML keeping positions; syntax errors become diagnostics."""
+    """Parse YAML keeping positions; syntax errors become diagnostics in plain words."""
     try:
         return _yaml().load(io.StringIO(text)), []
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        message, hint, mark = _plain_yaml_error(exc)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or str(exc).splitlines()[0]
-        if exc.context and "duplicate" in str(exc.problem or ""):
-            problem = str(exc.problem)
-        return None, [Diagnostic(file, line, col, f"invalid YAML: {problem}", hint="fix the syntax")]
+        return None, [Diagnostic(file, line, col, f"invalid YAML: {message}", hint=hint)]
     except YAMLError as exc:
         return None, [Diagnostic(file, 1, 1, f"invalid YAML: {exc}")]
     except Exception as exc:  # ruamel raises assorted errors on binary junk
@@ -395,11 +475,16 @@ def load_spec(path: Path, text: str | None = None, defaults: dict | None = None)
 
 
 def read_spec(
-    path: Path, text: str | None = None, defaults: dict | None = None, shown: str | None = None
+    path: Path,
+    text: str | None = None,
+    defaults: dict | None = None,
+    shown: str | None = None,
+    path_map: dict[str, str] | None = None,
 ) -> tuple[LayerSpec | None, list[Diagnostic]]:
     """Load one spec, returning (spec or None, diagnostics incl. warnings).
 
-    `shown` is the file name used in messages (default: the path as given).
+    `shown` is the file name used in messages (default: the path as given);
+    `path_map` maps absolute source prefixes to directories (project settings).
     """
     path = Path(path)
     file = shown or str(path)
@@ -423,12 +508,13 @@ def read_spec(
         why = "it contains itself through an alias" if isinstance(exc, RecursionError) else str(exc)
         return None, [Diagnostic(file, 1, 1, f"the document is too large or too deep: {why}")]
     if any(d.severity == "error" for d in diags):
-        return None, diags
-    spec, diags = _build(path, file, doc, defaults or {}, diags)
+        # The source paths are checked anyway: fixing the schema must not reveal a second round.
+        return None, diags + _raw_source_diagnostics(doc, path.parent, file, path_map or {})
+    spec, diags = _build(path, file, doc, defaults or {}, diags, path_map or {})
     if spec is not None:
+        # The spec itself is sound: it is returned with its missing sources, so a layer can be
+        # drawn and planned (as blocked) without the files; building it needs them (load_spec).
         diags += source_diagnostics(spec, file)
-        if any(d.severity == "error" for d in diags):
-            return None, diags
     return spec, diags
 
 
@@ -436,15 +522,16 @@ def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
     """Host paths the spec pulls in (copyfiles sources, playbooks, inventories) that do not exist."""
     out = []
     for cf in spec.copyfiles:
-        if not cf.source.exists() and not cf.source.is_symlink():
-            absolute = cf.src.startswith("/")
-            where = "" if absolute else f" (looked at {cf.source})"
-            hint = "create it or fix the path" + (
-                "" if absolute else "; relative paths resolve against the spec's directory"
-            )
+        if not _exists(cf.source):
             out.append(
-                Diagnostic(
-                    file, cf.line, cf.column, f"copyfiles source '{cf.src}' does not exist{where}", hint=hint
+                _missing(
+                    file,
+                    cf.line,
+                    cf.column,
+                    f"copyfiles source '{cf.src}'",
+                    cf.src,
+                    cf.source,
+                    spec.directory,
                 )
             )
     if spec.layer_type == "ansible":
@@ -453,21 +540,67 @@ def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
             ("inventory", spec.inventory, spec.inventory_paths),
         ):
             for v, p in zip(values, paths, strict=True):
-                if not p.exists():
+                if not _exists(p):
                     out.append(
-                        Diagnostic(
-                            file,
-                            spec.line_of(f"options.{key}"),
-                            3,
-                            f"{key} path '{v}' does not exist",
-                            hint="fix the path; relative paths resolve against the spec's directory",
+                        _missing(
+                            file, spec.line_of(f"options.{key}"), 3, f"{key} path '{v}'", v, p, spec.directory
                         )
                     )
     return out
 
 
+def _raw_source_diagnostics(doc: Any, base: Path, file: str, path_map: dict[str, str]) -> list[Diagnostic]:
+    """Missing copyfiles sources and playbook/inventory paths of a document that failed the
+    schema, as far as they are written as strings (what `source_diagnostics` says of a spec)."""
+    if not isinstance(doc, dict):
+        return []
+    out = []
+    items = doc.get("copyfiles")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        src = item.get("src") if isinstance(item, dict) else None
+        if isinstance(src, str) and src and "\0" not in src:
+            source = map_path(base, src, path_map)
+            if not _exists(source):
+                line, col = _position(doc, ["copyfiles", i, "src"])
+                out.append(_missing(file, line, col, f"copyfiles source '{src}'", src, source, base))
+    opts = doc.get("options")
+    for key in ("playbooks", "inventory"):
+        value = opts.get(key) if isinstance(opts, dict) else None
+        for v in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
+            if isinstance(v, str) and v and "\0" not in v:
+                p = map_path(base, v, path_map)
+                if not _exists(p):
+                    line, _col = _position(doc, ["options", key], key_position=True)
+                    out.append(_missing(file, line, 3, f"{key} path '{v}'", v, p, base))
+    return out
+
+
+def _exists(p: Path) -> bool:
+    """A path (or a dangling symlink) is there; names no file system accepts are not."""
+    try:
+        return p.exists() or p.is_symlink()
+    except (OSError, ValueError):
+        return False
+
+
+def _missing(file: str, line: int, col: int, what: str, written: str, found: Path, base: Path) -> Diagnostic:
+    as_written = written.startswith("/") and Path(written) == found
+    hint = "create it or fix the path"
+    if not written.startswith("/"):
+        hint += "; relative paths resolve against the spec's directory"
+    elif as_written:
+        hint = _path_map_hint(base, written) or hint
+    where = "" if as_written else f" (looked at {found})"
+    return Diagnostic(file, line, col, f"{what} does not exist{where}", hint=hint, kind="source")
+
+
 def _build(
-    path: Path, file: str, doc: CommentedMap, defaults: dict, diags: list[Diagnostic]
+    path: Path,
+    file: str,
+    doc: CommentedMap,
+    defaults: dict,
+    diags: list[Diagnostic],
+    path_map: dict[str, str],
 ) -> tuple[LayerSpec | None, list]:
     opts_node = doc["options"]
     opts = {**defaults, **_plain(opts_node)}
@@ -547,6 +680,26 @@ def _build(
                 components=_as_tuple(r.get("components")),
             )
         )
+    gpgcheck_explicit = "gpgcheck" in opts  # in the spec or the project's defaults
+    if parent == SCRATCH and pkg_manager in ("dnf", "zypper") and opts.get("gpgcheck", True):
+        for i, r in enumerate(repos):
+            if r.gpg or r.url.endswith(".repo"):
+                continue  # a .repo file says itself whether it is checked
+            if gpgcheck_explicit:
+                error(
+                    ["repos", i, "alias"],
+                    f"gpgcheck is true but repository {r.alias} has no gpg key: "
+                    f"{pkg_manager} would refuse its packages",
+                    hint="add `gpg:` with the key's URL, or drop `gpgcheck: true` to install it unverified "
+                    "as image-builder does",
+                )
+            else:
+                warn(
+                    ["repos", i],
+                    f"installs unsigned packages from {r.alias}: add `gpg:` to verify them",
+                    hint="image-builder installs scratch layers unverified; imagegraph does so only "
+                    "for repositories without a key",
+                )
     aliases = [r.alias for r in repos]
     for i, a in enumerate(aliases):
         if a in aliases[:i]:
@@ -565,7 +718,7 @@ def _build(
             error(["copyfiles", i], "copyfiles item needs 'dest'")
             continue
         src = item["src"]
-        source = (base / src) if not src.startswith("/") else Path(src)
+        source = map_path(base, src, path_map)
         line, col = pos("copyfiles", i, "src")
         copyfiles.append(
             CopyFile(
@@ -583,8 +736,8 @@ def _build(
 
     playbooks = _as_tuple(opts.get("playbooks"))
     inventory = _as_tuple(opts.get("inventory"))
-    playbook_paths = tuple(_resolve(base, p) for p in playbooks)
-    inventory_paths = tuple(_resolve(base, p) for p in inventory)
+    playbook_paths = tuple(map_path(base, p, path_map) for p in playbooks)
+    inventory_paths = tuple(map_path(base, p, path_map) for p in inventory)
     modules = tuple((str(k), _as_tuple(v)) for k, v in (_plain(doc.get("modules")) or {}).items())
     sq = opts.get("squashfs") or {}
     squashfs = SquashfsOptions(
@@ -647,6 +800,30 @@ def _build(
 
 def _resolve(base: Path, p: str) -> Path:
     return Path(p) if p.startswith("/") else base / p
+
+
+def map_path(base: Path, p: str, path_map: dict[str, str]) -> Path:
+    """A source path as the host sees it: relative ones against the spec's directory `base`,
+    absolute ones under a `path_map` prefix (longest first) moved to its directory."""
+    if p.startswith("/"):
+        for prefix in sorted(path_map, key=len, reverse=True):
+            if p == prefix or p.startswith(prefix + "/"):
+                return _resolve(base, path_map[prefix]) / p[len(prefix) :].lstrip("/")
+    return _resolve(base, p)
+
+
+def _path_map_hint(base: Path, p: str) -> str | None:
+    """For a missing absolute path: the `path_map` line that would find it beside the spec."""
+    parts = Path(p).parts[1:]
+    # A bare file name beside the spec says little (it may be another spec): want dir/file at least.
+    for k in range(1, len(parts) - 1):
+        if _exists(base / Path(*parts[k:])):
+            prefix = "/" + "/".join(parts[:k])
+            return (
+                f"{Path(*parts[k:])} is beside the spec: map the prefix in imagegraph.yaml with "
+                f"`path_map: {{{prefix}: .}}` (image-builder mounts the configs at {prefix})"
+            )
+    return None
 
 
 def _split_opts(value: Any) -> tuple[str, ...]:

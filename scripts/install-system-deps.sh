@@ -11,6 +11,10 @@ check docker-registry docker-registry
 check rpm rpm
 check rpmbuild rpm
 check createrepo_c createrepo-c
+# Stand-in repositories: signed test RPMs (rpmsign, a throwaway gpg key) and dnf module metadata.
+check modifyrepo_c createrepo-c
+check rpmsign rpm
+check gpg gnupg
 check dnf dnf
 check mmdebstrap mmdebstrap
 check zypper zypper

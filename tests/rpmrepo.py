@@ -193,3 +193,9 @@ def serve(directory: Path) -> Server:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     return Server(f"http://127.0.0.1:{httpd.server_address[1]}/", httpd, thread)
+
+
+# Public names for other repository builders (tests/standin.py).
+build_rpm = _rpmbuild
+simple_spec = _spec_simple
+busybox_spec = _spec_busybox

@@ -141,3 +141,36 @@ def test_renderings(tmp_path: Path) -> None:
     assert doc["edges"] == [{"from": "suse", "to": "child"}]
     assert [n["name"] for n in doc["layers"]] == ["suse", "child"]
     assert doc["layers"][1]["parent"] == "suse" and doc["layers"][0]["parent_kind"] == "external"
+
+
+@pytest.mark.parametrize(
+    "parent, meant",
+    [
+        ("localhost/comptue:bookworm", "localhost/compute:bookworm"),  # a transposition
+        ("comptue:bookworm", "docker.io/library/compute:bookworm"),  # a local short name
+        ("localhost/compute:bookwrm", "localhost/compute:bookworm"),  # the tag
+    ],
+)
+def test_typo_parent_warns_with_did_you_mean(tmp_path: Path, parent: str, meant: str) -> None:
+    write(tmp_path, "compute.yaml", spec("compute", tags="[bookworm]", local=True))
+    write(tmp_path, "gpu.yaml", spec("gpu", parent=parent))
+    lg = graph_of(tmp_path)
+    assert lg.parents["gpu"].kind == "external"  # still what it says, but ...
+    (w,) = lg.warnings
+    assert w.file.endswith("gpu.yaml") and w.line == 5 and w.severity == "warning"
+    assert f"did you mean '{meant}' (layer 'compute', compute.yaml)?" in w.message
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        "docker.io/library/rockylinux:9",  # far from the layer's `rocky:9`
+        "registry.other:5000/site/compte:bookworm",  # close, but on another registry
+        "localhost/compute-gpu-extra:bookworm",  # more than two edits
+    ],
+)
+def test_real_external_parents_are_not_typos(tmp_path: Path, parent: str) -> None:
+    write(tmp_path, "compute.yaml", spec("compute", tags="[bookworm]", local=True))
+    write(tmp_path, "rocky.yaml", spec("rocky", tags="['9']", local=True))
+    write(tmp_path, "gpu.yaml", spec("gpu", parent=parent))
+    assert graph_of(tmp_path).warnings == []

@@ -107,9 +107,9 @@ def test_parent_key_chains(tmp_path: Path) -> None:
 # Golden keys: an accidental change to what goes into a key rebuilds whole sites.
 # If a change is deliberate, bump KEY_FORMAT and update these with the reason in the commit.
 GOLDEN = {
-    "base": "5dba9749468bdf0288ab9aada422932a15a29c6beabdc5c435faddf60db11366",
-    "compute": "3da0b2f9e761dcbc1045f180d7dac1565bf51be03eb2424065a02835d174381e",
-    "ansible": "702ec7df79d836c85f6989e878bb383db5a9e42040de792d2a6412a43aecab6f",
+    "base": "402251811c16a8ea57cd8024e086aa487269132655ece167ebb2604209144514",
+    "compute": "14b759e8e8b7dd762e4b95da2bbfa643afcc8922a3cb237924b60aa9ec97ab11",
+    "ansible": "915a206c0ada0e99bb66f38c77e0a6fef5021e8f1f1c0eff22093d8ffe612b03",
 }
 
 

@@ -92,3 +92,49 @@ def test_cache_is_used_and_invalidated(tmp_path: Path) -> None:
     (root / "files" / "chrony.conf").unlink()
     with pytest.raises(SpecError, match="chrony.conf' does not exist"):
         load_project(root, cache_dir=cache)
+
+
+def test_path_map_resolves_image_builder_paths_and_is_in_no_key(tmp_path: Path) -> None:
+    from imagegraph.key import ParentInput, build_inputs, key_of
+
+    def key(root: Path) -> str:
+        spec = load_project(root).layers["base"]
+        return key_of(build_inputs(spec, ParentInput("scratch")))
+
+    layer = (
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n"
+        "copyfiles:\n  - src: /data/image-configs/files/motd\n    dest: /etc/motd\n"
+    )
+    keys = []
+    for where, target in (("a", "."), ("b", "configs")):
+        root = tmp_path / where
+        files = root / target / "files" if target != "." else root / "files"
+        files.mkdir(parents=True)
+        (files / "motd").write_text("hi\n")
+        (root / "base.yaml").write_text(layer)
+        (root / "imagegraph.yaml").write_text(f"path_map:\n  /data/image-configs/: {target}\n")
+        spec = load_project(root).layers["base"]
+        assert spec.copyfiles[0].source == files / "motd"
+        keys.append(key(root))
+    assert keys[0] == keys[1]  # the map is in no key ...
+    (tmp_path / "b" / "configs" / "files" / "motd").write_text("changed\n")
+    assert key(tmp_path / "b") != keys[0]  # ... the content it resolves to is
+
+
+def test_missing_sources_load_as_unbuildable_when_allowed(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n"
+        "copyfiles:\n  - src: /data/image-configs/files/motd\n    dest: /etc/motd\n"
+    )
+    with pytest.raises(SpecError) as ei:
+        load_project(tmp_path)
+    (d,) = ei.value.diagnostics
+    assert (d.line, d.column, d.kind) == (5, 10, "source")
+    assert "does not exist" in d.message and d.hint and "create it" in d.hint
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "motd").write_text("hi\n")
+    with pytest.raises(SpecError) as ei:
+        load_project(tmp_path)
+    assert "`path_map: {/data/image-configs: .}`" in (ei.value.diagnostics[0].hint or "")
+    p = load_project(tmp_path, sources_required=False)
+    assert list(p.layers) == ["base"] and [d.line for d in p.unbuildable["base"]] == [5]

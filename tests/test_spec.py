@@ -183,3 +183,74 @@ def test_every_shared_example_loads_or_fails_clearly(path: Path) -> None:
             assert d.line >= 1 and d.file == str(path)
             # Missing /data/... copyfiles sources and the ansible example's `true'` are the known failures.
             assert "does not exist" in d.message or "must be of type boolean" in d.message, str(d)
+
+
+@pytest.mark.parametrize(
+    "text, where, words",
+    [
+        # the unclosed quote is reported where it opens, not at the end of the file
+        (
+            "options:\n  layer_type: base\n  name: 'rocky\n  pkg_manager: dnf\n"
+            + "packages:\n"
+            + "  - p\n" * 16,
+            (3, 9),
+            "a quoted string starts here and is never closed",
+        ),
+        ("options:\n  layer_type: base\n  pkg_manager: dnf\n   name: x\n", (4, 8), "unexpected ':' here"),
+        ("options:\n  layer_type: base\npackages: [vim, git\ncmds: []\n", (3, 11), "a '[' list starts here"),
+        ("options:\n  layer_type: base\n\tpkg_manager: dnf\n", (3, 1), "indent with spaces only"),
+        ("options:\n  layer_type: base\n  layer_type: ansible\n", (3, 3), "key 'layer_type' appears twice"),
+    ],
+)
+def test_yaml_errors_in_plain_words_where_they_start(tmp_path, text, where, words):
+    p = tmp_path / "layer.yaml"
+    p.write_text(text)
+    spec, diags = read_spec(p)
+    assert spec is None
+    (d,) = diags
+    assert (d.line, d.column) == where
+    assert words in str(d)
+    assert "while scanning" not in str(d) and "while parsing" not in str(d)
+
+
+@pytest.mark.parametrize(
+    "parent, gpgcheck, gpg, verified, diagnostic",
+    [
+        # from scratch: keyless -> unverified with a warning, as image-builder installs it
+        ("scratch", None, None, False, ("warning", "installs unsigned packages from Local_BaseOS")),
+        ("scratch", None, "http://m/key", True, None),  # a key -> verified
+        (
+            "scratch",
+            "true",
+            None,
+            None,
+            ("error", "gpgcheck is true but repository Local_BaseOS has no gpg key"),
+        ),
+        ("scratch", "true", "http://m/key", True, None),
+        ("scratch", "false", "http://m/key", False, None),  # explicitly off: off for every repository
+        # an image parent: gpgcheck as written (the image may trust the key already)
+        ("reg/rocky:9", None, None, True, None),
+        ("reg/rocky:9", "false", None, False, None),
+    ],
+)
+def test_gpgcheck_rule(tmp_path, parent, gpgcheck, gpg, verified, diagnostic):
+    text = f"options:\n  layer_type: base\n  pkg_manager: dnf\n  parent: '{parent}'\n"
+    if gpgcheck:
+        text += f"  gpgcheck: {gpgcheck}\n"
+    text += "repos:\n  - alias: Local_BaseOS\n    url: http://m/baseos\n"
+    if gpg:
+        text += f"    gpg: {gpg}\n"
+    p = tmp_path / "layer.yaml"
+    p.write_text(text)
+    spec, diags = read_spec(p)
+    said = [(d.severity, d.message, d.line) for d in diags]
+    if diagnostic is None:
+        assert said == []
+    else:
+        ((severity, message, line),) = said
+        assert severity == diagnostic[0] and message.startswith(diagnostic[1])
+        assert line == text.splitlines().index("  - alias: Local_BaseOS") + 1
+    if verified is None:
+        assert spec is None
+    else:
+        assert spec.verifies(spec.repos[0]) is verified

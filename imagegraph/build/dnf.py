@@ -38,7 +38,7 @@ IMAGE_RPM = ("/usr/bin/rpm", "/bin/rpm")
 
 
 def repo_file(repo: Repo, gpgcheck: bool) -> str:
-    """A yum/dnf .repo file for one spec repository."""
+    """A yum/dnf .repo file for one spec repository (`gpgcheck` from `LayerSpec.verifies`)."""
     lines = [
         f"[{repo.alias}]",
         f"name={repo.alias}",
@@ -59,7 +59,7 @@ def write_repos(work: Work, reposdir: Path) -> None:
         if repo.url.endswith(".repo"):
             work.download(repo.url, dest)
         else:
-            dest.write_text(repo_file(repo, work.spec.gpgcheck))
+            dest.write_text(repo_file(repo, work.spec.verifies(repo)))
 
 
 def uses_image_dnf(work: Work) -> bool:

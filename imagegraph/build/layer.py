@@ -11,13 +11,12 @@ layer log and timed.
 Whatever happens, the working container is unmounted and removed and the
 build's temporary directory deleted (the clean-up commands run even after
 cancellation). A failure becomes `BuildError` naming the step (`packages`,
-`copyfiles[0]`, `cmds[2]` ...) with the command's last output lines;
+`copyfiles[0]`, `cmds[2]` ...) quoting the command's cause lines, then its last lines;
 `Cancelled` is re-raised as it is.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from ..errors import BuildError
 from ..key import key_tag
+from ..labels import image_labels as spec_image_labels
 from ..redact import redact
 from ..runner import Cancelled, CommandError, Runner
 from ..spec import LayerSpec
@@ -63,42 +63,13 @@ def local_ref(spec: LayerSpec, key: str) -> str:
     return f"{LOCAL_REPO}/{spec.name}:{key_tag(key)}"
 
 
-def build_date() -> str:
-    """ISO 8601 build date; SOURCE_DATE_EPOCH (reproducible builds) wins over the clock."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch and epoch.strip().isdigit():
-        when = dt.datetime.fromtimestamp(int(epoch), tz=dt.UTC)
-    else:
-        when = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
-    return when.isoformat()
-
-
 def image_labels(spec: LayerSpec, key: str, parent: ParentImage | None) -> dict[str, str]:
-    """Labels set at commit: image-builder's, the spec's own, and imagegraph's.
+    """Labels set at commit: the spec's (labels.py, all key inputs) and imagegraph's key labels.
 
-    As in image-builder, its org.openchami.image.* labels win over same-named
-    spec labels; imagegraph's io.imagegraph.* labels win over everything,
-    since the planner trusts them.
+    io.imagegraph.* win over everything, since the planner trusts them.
     """
-    labels: dict[str, str] = dict(spec.labels)
-    labels.update(
-        {
-            "org.openchami.image.name": spec.name,
-            "org.openchami.image.type": spec.layer_type,
-            "org.openchami.image.parent": parent.ref if parent else "scratch",
-            "org.openchami.image.package-manager": spec.pkg_manager or "",
-            "org.openchami.image.tags": ",".join(spec.publish_tags),
-            "org.openchami.image.build-date": build_date(),
-        }
-    )
-    if spec.repos:
-        labels["org.openchami.image.repositories"] = ",".join(r.alias for r in spec.repos)
-    if spec.packages:
-        labels["org.openchami.image.packages"] = ",".join(spec.packages)
-    if spec.package_groups:
-        labels["org.openchami.image.package-groups"] = ",".join(spec.package_groups)
+    labels = spec_image_labels(spec)
     labels["io.imagegraph.key"] = key
-    labels["io.imagegraph.spec"] = spec.path.name
     labels["io.imagegraph.parent-key"] = (parent.key or "") if parent else ""
     return labels
 

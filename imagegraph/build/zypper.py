@@ -55,7 +55,7 @@ def install(work: Work) -> None:
             args = ["addrepo"]
             if repo.priority is not None:
                 args += ["--priority", str(repo.priority)]
-            if not spec.gpgcheck:
+            if not spec.verifies(repo):
                 args.append("--no-gpgcheck")
             if repo.url.endswith(".repo"):
                 args.append(repo.url)  # a .repo file names its own alias
