@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import io
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from functools import cache
@@ -51,6 +52,16 @@ class CopyFile:
     dest: str
     opts: tuple[str, ...] = ()
     source: Path = Path()  # resolved host path
+    line: int = 0
+    column: int = 0
+
+
+@dataclass(frozen=True)
+class KeyPath:
+    """One `options.key_paths` item: a host file or directory whose content counts in the key."""
+
+    path: str  # as written in the spec
+    source: Path  # resolved host path
     line: int = 0
     column: int = 0
 
@@ -128,6 +139,7 @@ class LayerSpec:
     rootfs_only: bool = False
     boot_params: str | None = None
     boot_test: BootTestOptions = BootTestOptions()
+    key_paths: tuple[KeyPath, ...] = ()
     # where things are in the file, for later diagnostics (e.g. parent resolution)
     lines: dict[str, int] = field(default_factory=dict, compare=False)
     warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)
@@ -395,14 +407,23 @@ def load_spec(path: Path, text: str | None = None, defaults: dict | None = None)
 
 
 def read_spec(
-    path: Path, text: str | None = None, defaults: dict | None = None, shown: str | None = None
+    path: Path,
+    text: str | None = None,
+    defaults: dict | None = None,
+    shown: str | None = None,
+    check_sources: bool = True,
 ) -> tuple[LayerSpec | None, list[Diagnostic]]:
     """Load one spec, returning (spec or None, diagnostics incl. warnings).
 
-    `shown` is the file name used in messages (default: the path as given).
+    `shown` is the file name used in messages (default: the path as given). Every
+    path in the spec is made absolute against the spec's directory, whatever the
+    working directory. `check_sources=False` leaves out `source_diagnostics` (the
+    host files the spec names), for callers that cache the result and check those
+    on every use.
     """
     path = Path(path)
     file = shown or str(path)
+    path = Path(os.path.abspath(path))
     if text is None:
         try:
             raw = path.read_bytes()
@@ -425,7 +446,7 @@ def read_spec(
     if any(d.severity == "error" for d in diags):
         return None, diags
     spec, diags = _build(path, file, doc, defaults or {}, diags)
-    if spec is not None:
+    if spec is not None and check_sources:
         diags += source_diagnostics(spec, file)
         if any(d.severity == "error" for d in diags):
             return None, diags
@@ -433,8 +454,19 @@ def read_spec(
 
 
 def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
-    """Host paths the spec pulls in (copyfiles sources, playbooks, inventories) that do not exist."""
+    """Host paths the spec pulls in (copyfiles sources, playbooks, inventories, key_paths) that do not exist."""
     out = []
+    for kp in spec.key_paths:
+        if not kp.source.exists() and not kp.source.is_symlink():
+            out.append(
+                Diagnostic(
+                    file,
+                    kp.line,
+                    kp.column,
+                    f"key_paths entry '{kp.path}' does not exist (looked at {kp.source})",
+                    hint="create it or remove it from options.key_paths; relative paths resolve against the spec's directory",
+                )
+            )
     for cf in spec.copyfiles:
         if not cf.source.exists() and not cf.source.is_symlink():
             absolute = cf.src.startswith("/")
@@ -565,7 +597,7 @@ def _build(
             error(["copyfiles", i], "copyfiles item needs 'dest'")
             continue
         src = item["src"]
-        source = (base / src) if not src.startswith("/") else Path(src)
+        source = _resolve(base, src)
         line, col = pos("copyfiles", i, "src")
         copyfiles.append(
             CopyFile(
@@ -598,6 +630,15 @@ def _build(
     for k in doc:
         lines[str(k)] = pos(k, key=True)[0]
     publish_dir = opts.get("publish_dir")
+    key_paths = []
+    for i, written in enumerate(_as_tuple(opts.get("key_paths"))):
+        where = (
+            ["options", "key_paths", i]
+            if isinstance(opts_node.get("key_paths"), list)
+            else ["options", "key_paths"]
+        )
+        line, col = pos(*where)
+        key_paths.append(KeyPath(path=written, source=_resolve(base, written), line=line, column=col))
 
     if any(d.severity == "error" for d in diags):
         return None, diags
@@ -639,6 +680,7 @@ def _build(
         rootfs_only=opts.get("rootfs_only", False),
         boot_params=opts.get("boot_params"),
         boot_test=BootTestOptions(**(opts.get("boot_test") or {})),
+        key_paths=tuple(key_paths),
         lines=lines,
         warnings=tuple(d for d in diags if d.severity == "warning"),
     )
@@ -646,7 +688,8 @@ def _build(
 
 
 def _resolve(base: Path, p: str) -> Path:
-    return Path(p) if p.startswith("/") else base / p
+    """`p` against the spec's directory, normalised (`layers/../out` is `out`): one spelling per path."""
+    return Path(os.path.normpath(p if p.startswith("/") else base / p))
 
 
 def _split_opts(value: Any) -> tuple[str, ...]:
