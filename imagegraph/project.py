@@ -8,7 +8,14 @@ not layers). `imagegraph.yaml` holds optional project settings and
 Every file is loaded even when an earlier one is broken, so one run reports
 every problem in the directory. Parsed specs are cached by file content
 (plus the settings that shape them) in the state directory, so re-planning a
-large directory does not re-parse unchanged files.
+large directory does not re-parse unchanged files. The cache holds only what
+the spec file itself decides: the host files a spec names (copyfiles
+sources, playbooks, key_paths) are checked on every load, hit or miss.
+
+The directory is taken by its canonical absolute path, so every path in a
+spec (and in what is keyed, cached and recorded from it) is the same
+whichever working directory and spelling of DIR (`layers`, `layers/`,
+`./layers`, absolute) imagegraph was started with.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import json
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,9 +197,12 @@ class SpecCache:
             except Exception:  # a broken cache is only a slower run
                 self.entries = {}
 
+    FORMAT = 2  # 2: absolute paths; no entry depends on files outside the spec
+
     @staticmethod
     def digest(path: Path, raw: bytes, settings: Settings) -> str:
         h = hashlib.sha256()
+        h.update(f"{SpecCache.FORMAT}\0".encode())
         h.update(str(path.resolve()).encode() + b"\0")
         h.update(json.dumps(settings.defaults, sort_keys=True, default=str).encode() + b"\0")
         h.update(raw)
@@ -215,7 +225,7 @@ class SpecCache:
 
 def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: bool = True) -> Project:
     """Load every spec of `root`. Raises SpecError listing every problem when any file is invalid."""
-    root = Path(root)
+    root = Path(root).resolve()
     if not root.is_dir():
         raise SpecError(
             [Diagnostic(str(root), 0, 0, "not a directory of layer specs", hint="give the layer directory")]
@@ -243,10 +253,6 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
         hit = cache.entries.get(digest)
         if hit is not None:
             spec, file_diags = hit
-            if spec is not None:
-                # Copied files can disappear without the spec changing.
-                file_diags = [d for d in file_diags if not d.message.startswith("copyfiles source")]
-                file_diags += source_diagnostics(spec, shown)
         else:
             try:
                 text = raw.decode("utf-8")
@@ -262,10 +268,15 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
                     )
                 )
                 continue
-            spec, file_diags = read_spec(path, text, settings.defaults, shown=shown)
+            # Cached under the canonical file name; shown as the user's working directory sees it.
+            spec, file_diags = read_spec(path, text, settings.defaults, shown=str(path), check_sources=False)
             if mask_url_credentials(text) == text:  # credentials in URLs stay out of the state directory
                 cache.entries[digest] = (spec, file_diags)
                 cache.dirty = True
+        file_diags = [replace(d, file=shown) if d.file == str(path) else d for d in file_diags]
+        if spec is not None:
+            # Host files come and go without the spec changing: checked on every load, never cached.
+            file_diags = [*file_diags, *source_diagnostics(spec, shown)]
         diags.extend(file_diags)
         if spec is not None and not any(d.severity == "error" for d in file_diags):
             layers[layer_id(path)] = spec
