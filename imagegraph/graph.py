@@ -1,14 +1,20 @@
 """Parent resolution and the layer graph (a networkx DiGraph, edges parent -> child).
 
 A layer's outputs are `<publish_registry>/<name>:<tag>` for each tag and, with
-`publish_local`, `<name>:<tag>` (also spelled `localhost/<name>:<tag>`). A
-`parent` resolves to the layer that publishes it, comparing normalised
-references (Docker Hub defaults, trailing and doubled slashes, project
-registry aliases). Real files often spell the parent's registry differently
-from where the parent publishes (a missing port, another host name), so when
-no output matches exactly, a *unique* match on the repository's last
-component and tag resolves it, with a warning naming both spellings. Two
-candidates is an error: imagegraph never guesses between layers.
+`publish_local`, `localhost/<name>:<tag>`. A `parent` resolves to the layer
+that publishes it, comparing normalised references (Docker Hub defaults,
+trailing and doubled slashes, project registry aliases).
+
+A *fully qualified* parent (its first component is a registry host:
+`docker.io/...`, `registry.example.org/...`, `host:5000/...`) names a
+registry, so it resolves to a layer only through an exact output or the
+project's `registry_aliases`; otherwise it is an external image, and when a
+layer publishes the same name and tag elsewhere a warning names both
+spellings and the alias that would join them. A short name (`name:tag`,
+`org/name:tag`) is looked up as podman does, local storage first: a
+`publish_local` output; failing that, a *unique* match on the repository's
+last component and tag resolves it, with a warning naming both spellings.
+Two candidates is an error: imagegraph never guesses between layers.
 """
 
 from __future__ import annotations
@@ -110,9 +116,16 @@ def layer_outputs(spec: LayerSpec) -> list[str]:
         if spec.publish_registry:
             out.append(normalize_reference(f"{spec.publish_registry}/{spec.name}:{tag}"))
         if spec.publish_local:
+            # Local storage only: `name:tag` reaches it as a short name, never as docker.io/library/name.
             out.append(normalize_reference(f"localhost/{spec.name}:{tag}"))
-            out.append(normalize_reference(f"{spec.name}:{tag}"))
     return list(dict.fromkeys(out))
+
+
+def is_qualified(ref: str) -> bool:
+    """True when a reference, as written, starts with a registry host (docker.io/..., host:5000/...)."""
+    text = ref.strip().removeprefix("docker://").lstrip("/")
+    first, sep, _ = text.partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")
 
 
 def apply_aliases(ref: str, aliases: dict[str, str]) -> str:
@@ -177,23 +190,42 @@ def build_graph(project: Project) -> LayerGraph:
             diags.append(Diagnostic(str(spec.path), line, 3, f"options.parent: {exc}"))
             continue
         aliased = normalize_reference(apply_aliases(written, project.settings.registry_aliases))
+        qualified = is_qualified(spec.parent)
         if written in owner:
             parents[lid] = ParentLink("layer", spec.parent, owner[written], "exact", written)
             continue
         if aliased in owner:
             parents[lid] = ParentLink("layer", spec.parent, owner[aliased], "alias", aliased)
             continue
+        local = None if qualified else normalize_reference(f"localhost/{spec.parent}")
+        if local in owner:
+            parents[lid] = ParentLink("layer", spec.parent, owner[local], "short-name", local)
+            continue
         repo, tag = _name_tag(aliased)
         candidates: set[str] = set()
         for (name, t), lids in by_name_tag.items():
             if t == tag and (repo == name or repo.endswith("/" + name)):
                 candidates |= lids
-        if len(candidates) == 1:
+        if qualified:
+            # A registry was named: only the user may say that it is another spelling of a layer's.
+            parents[lid] = ParentLink("external", spec.parent, None, "exact", aliased)
+            for hit in sorted(candidates):
+                published = _published_as(outputs[hit], tag)
+                warnings.append(
+                    Diagnostic(
+                        str(spec.path),
+                        line,
+                        3,
+                        f"parent '{spec.parent}' names a registry no layer publishes to, so it is an external image; "
+                        f"layer '{hit}' ({project.layers[hit].path.name}) publishes '{published}' under the same name and tag",
+                        severity="warning",
+                        hint=f"if they are the same image, spell the parent '{published}' or declare "
+                        f"registry_aliases: {{{_registry_of(aliased)}: {_registry_of(published)}}} in imagegraph.yaml",
+                    )
+                )
+        elif len(candidates) == 1:
             hit = candidates.pop()
-            published = next(
-                (r for r in outputs[hit] if _name_tag(r)[1] == tag and r.split("/", 1)[0] != "docker.io"),
-                outputs[hit][0],
-            )
+            published = _published_as(outputs[hit], tag)
             parents[lid] = ParentLink("layer", spec.parent, hit, "name-tag", aliased)
             warnings.append(
                 Diagnostic(
@@ -239,6 +271,16 @@ def build_graph(project: Project) -> LayerGraph:
     if diags:
         raise SpecError(diags + warnings)
     return LayerGraph(project, g, parents, outputs, warnings)
+
+
+def _published_as(refs: list[str], tag: str) -> str:
+    """The output of a layer to show beside a parent reference: one with the same tag."""
+    return next((r for r in refs if _name_tag(r)[1] == tag), refs[0])
+
+
+def _registry_of(ref: str) -> str:
+    """The registry host and namespace of a normalised reference (what registry_aliases map)."""
+    return parse_reference(ref).name.rsplit("/", 1)[0]
 
 
 def _cycles(g: nx.DiGraph) -> list[list[str]]:

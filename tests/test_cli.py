@@ -19,11 +19,12 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def test_validate_ok_with_warning(tmp_path: Path) -> None:
-    root = seed_dir(tmp_path / "layers")
+    root = seed_dir(tmp_path / "layers", aliases=False)
     r = run("validate", str(root))
     assert r.returncode == 0, r.stderr
     assert "3 layer specs OK" in r.stdout
-    assert "resolved by name and tag" in r.stderr  # the seed's registry mismatch warning
+    # the seed's registry mismatch: an external parent, and the alias that would make it base
+    assert "names a registry no layer publishes to" in r.stderr and "registry_aliases" in r.stderr
 
 
 def test_validate_reports_every_problem_of_the_directory(tmp_path: Path) -> None:
