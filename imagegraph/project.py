@@ -114,9 +114,12 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
         return Settings(), diags
     if doc is None:
         return Settings(), []
-    from .spec import _plain, _position  # the same position machinery as specs
+    from .spec import DocumentTooLarge, UnpairedSurrogate, _plain, _position  # the same machinery as specs
 
-    plain = _plain(doc)
+    try:
+        plain = _plain(doc)
+    except (DocumentTooLarge, UnpairedSurrogate, RecursionError) as exc:
+        return Settings(), [Diagnostic(file, 1, 1, f"unusable project settings: {type(exc).__name__}")]
     if not isinstance(plain, dict):
         return Settings(), [Diagnostic(file, 1, 1, "project settings must be a mapping")]
     errors = []

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from functools import cache
@@ -328,6 +329,22 @@ class DocumentTooLarge(ValueError):
     """A document whose values, aliases expanded, exceed MAX_NODES."""
 
 
+class UnpairedSurrogate(ValueError):
+    """A string holding half a UTF-16 surrogate pair (a `\\udXXX` escape): no tool can encode it."""
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _text(s: str) -> str:
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnpairedSurrogate(s) from None
+    return s
+
+
 def _plain(node: Any, _budget: list[int] | None = None) -> Any:
     """ruamel containers -> plain JSON-like Python values.
 
@@ -339,12 +356,12 @@ def _plain(node: Any, _budget: list[int] | None = None) -> Any:
     if budget[0] < 0:
         raise DocumentTooLarge(f"more than {MAX_NODES:,} values once aliases are expanded")
     if isinstance(node, dict):
-        return {str(k): _plain(v, budget) for k, v in node.items()}
+        return {_text(str(k)): _plain(v, budget) for k, v in node.items()}
     if isinstance(node, list):
         return [_plain(v, budget) for v in node]
     if isinstance(node, bool | int | float | str) or node is None:
         if isinstance(node, str):
-            return str(node)
+            return _text(str(node))
         return node
     return str(node)
 
@@ -443,6 +460,21 @@ def read_spec(
     except (DocumentTooLarge, RecursionError) as exc:
         why = "it contains itself through an alias" if isinstance(exc, RecursionError) else str(exc)
         return None, [Diagnostic(file, 1, 1, f"the document is too large or too deep: {why}")]
+    except UnpairedSurrogate:
+        # YAML does not join \\ud83d\\ude00 pairs as JSON does: each half is a lone, unencodable code point.
+        m = _SURROGATE_ESCAPE.search(text)
+        line, col = (
+            (text.count("\n", 0, m.start()) + 1, m.start() - text.rfind("\n", 0, m.start())) if m else (1, 1)
+        )
+        return None, [
+            Diagnostic(
+                file,
+                line,
+                col,
+                "a \\u escape here is half of a UTF-16 surrogate pair, which is not a character",
+                hint="write the character itself, or escape it as \\UXXXXXXXX (8 hex digits)",
+            )
+        ]
     if any(d.severity == "error" for d in diags):
         return None, diags
     spec, diags = _build(path, file, doc, defaults or {}, diags)
