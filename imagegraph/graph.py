@@ -25,7 +25,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from .errors import Diagnostic, SpecError, UsageError
+from .errors import Diagnostic, SpecError, UsageError, rel
 from .project import Project
 from .publish.registry import normalize_reference, parse_reference
 from .spec import SCRATCH, LayerSpec
@@ -158,7 +158,7 @@ def build_graph(project: Project) -> LayerGraph:
                 o = project.layers[other]
                 diags.append(
                     Diagnostic(
-                        str(spec.path),
+                        rel(spec.path),
                         spec.line_of("options.name"),
                         1,
                         f"{ref} is published by two specs: {o.path.name} and {spec.path.name}",
@@ -187,7 +187,7 @@ def build_graph(project: Project) -> LayerGraph:
         try:
             written = normalize_reference(spec.parent)
         except ValueError as exc:
-            diags.append(Diagnostic(str(spec.path), line, 3, f"options.parent: {exc}"))
+            diags.append(Diagnostic(rel(spec.path), line, 3, f"options.parent: {exc}"))
             continue
         aliased = normalize_reference(apply_aliases(written, project.settings.registry_aliases))
         qualified = is_qualified(spec.parent)
@@ -213,7 +213,7 @@ def build_graph(project: Project) -> LayerGraph:
                 published = _published_as(outputs[hit], tag)
                 warnings.append(
                     Diagnostic(
-                        str(spec.path),
+                        rel(spec.path),
                         line,
                         3,
                         f"parent '{spec.parent}' names a registry no layer publishes to, so it is an external image; "
@@ -229,7 +229,7 @@ def build_graph(project: Project) -> LayerGraph:
             parents[lid] = ParentLink("layer", spec.parent, hit, "name-tag", aliased)
             warnings.append(
                 Diagnostic(
-                    str(spec.path),
+                    rel(spec.path),
                     line,
                     3,
                     f"parent '{spec.parent}' is not published by any layer as written; "
@@ -242,7 +242,7 @@ def build_graph(project: Project) -> LayerGraph:
             files = ", ".join(sorted(project.layers[c].path.name for c in candidates))
             diags.append(
                 Diagnostic(
-                    str(spec.path),
+                    rel(spec.path),
                     line,
                     3,
                     f"parent '{spec.parent}' could be any of several layers ({files}); imagegraph does not guess",
@@ -261,7 +261,7 @@ def build_graph(project: Project) -> LayerGraph:
         first = project.layers[cycle[0]]
         diags.append(
             Diagnostic(
-                str(first.path),
+                rel(first.path),
                 first.line_of("options.parent"),
                 3,
                 f"parent cycle: {chain}",
