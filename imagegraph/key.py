@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .arch import Arch, host_arch
@@ -33,6 +34,7 @@ from .build import backends
 from .digest import canonical_json as canonical_json
 from .digest import path_digest as path_digest
 from .digest import sha256_hex
+from .errors import Diagnostic, SpecError, rel
 from .keytag import KEY_TAG_PREFIX as KEY_TAG_PREFIX
 from .keytag import key_tag as key_tag
 from .redact import mask_url_credentials
@@ -70,7 +72,44 @@ def build_inputs(
     upstream: dict[str, str] | None = None,
     arch: Arch | None = None,
 ) -> dict:
-    """The canonical key document of one layer (JSON-ready), built for `arch` (default: the host's)."""
+    """The canonical key document of one layer (JSON-ready), built for `arch` (default: the host's).
+
+    A file the key must read but cannot is a `SpecError` naming the spec line that pulls it in.
+    """
+    try:
+        return _build_inputs(spec, parent, upstream, arch)
+    except OSError as exc:
+        raise SpecError([_unreadable(spec, exc)]) from exc
+
+
+def _unreadable(spec: LayerSpec, exc: OSError) -> Diagnostic:
+    failed = Path(exc.filename) if exc.filename else None
+
+    def pulls_in(source: Path) -> bool:
+        return failed is not None and (failed == source or source in failed.parents)
+
+    line, col, what = 1, 1, "a file the layer's key reads"
+    for cf in spec.copyfiles:
+        if pulls_in(cf.source):
+            line, col, what = cf.line, cf.column, f"copyfiles source '{cf.src}'"
+    for kp in spec.key_paths:
+        if pulls_in(kp.source):
+            line, col, what = kp.line, kp.column, f"key_paths entry '{kp.path}'"
+    for key, paths in (("playbooks", spec.playbook_paths), ("inventory", spec.inventory_paths)):
+        if any(pulls_in(p) for p in paths):
+            line, col, what = spec.line_of(f"options.{key}"), 3, f"{key} path"
+    return Diagnostic(
+        rel(spec.path),
+        line,
+        col,
+        f"cannot read {what}: {exc.strerror or exc} ({exc.filename})",
+        hint="make it readable by the user running imagegraph, or stop pulling it in",
+    )
+
+
+def _build_inputs(
+    spec: LayerSpec, parent: ParentInput, upstream: dict[str, str] | None, arch: Arch | None
+) -> dict:
     doc: dict[str, Any] = {
         "format": KEY_FORMAT,
         "arch": str(arch or host_arch()),

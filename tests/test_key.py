@@ -275,3 +275,23 @@ def test_publish_tags_and_targets_stay_out_of_every_build_key(tmp_path: Path) ->
         )
     )
     assert _graph_keys(tmp_path) == before
+
+
+def test_an_unreadable_input_is_a_located_spec_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import imagegraph.digest as digest_mod
+
+    golden_keys.write_project(tmp_path)
+
+    def refuse(path: Path, st: os.stat_result) -> str:
+        if path.name == "site.sh":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, st)
+
+    real = digest_mod._file_digest
+    monkeypatch.setattr(digest_mod, "_file_digest", refuse)
+    lg = build_graph(load_project(tmp_path))
+    with pytest.raises(SpecError) as ei:
+        compute_keys(lg, lg.order(), arch=Arch.X86_64)
+    (d,) = ei.value.diagnostics
+    assert d.file.endswith("copyfiles.yaml") and d.line == 10
+    assert "copyfiles source 'files/profile.d'" in d.message and "Permission denied" in d.message
