@@ -2,7 +2,9 @@
 
 Specs name architectures as the distributions do (`x86_64`, `aarch64`,
 `ppc64le`); OCI platforms and Debian use other names (`amd64`/`arm64`/`ppc64le`,
-`amd64`/`arm64`/`ppc64el`). `normalize` accepts any of them.
+`amd64`/`arm64`/`ppc64el`). `normalize_arch` accepts any of them. A layer's
+key includes the architecture it is built for, so callers pass an `Arch`
+rather than asking the host themselves.
 
 A foreign architecture builds here by emulation: the kernel hands its binaries
 to qemu-user-static through a binfmt_misc handler. Builds run in a chroot, so
@@ -25,47 +27,52 @@ class Arch(StrEnum):
     X86_64 = "x86_64"
     AARCH64 = "aarch64"
     PPC64LE = "ppc64le"
+    S390X = "s390x"
+    RISCV64 = "riscv64"
 
     @property
     def oci(self) -> str:
         """The OCI platform architecture (image indexes, `buildah --arch`)."""
-        return {Arch.X86_64: "amd64", Arch.AARCH64: "arm64", Arch.PPC64LE: "ppc64le"}[self]
+        return _OCI.get(self, self.value)
 
     @property
     def debian(self) -> str:
         """Debian's architecture name (mmdebstrap `--arch`, dpkg)."""
-        return {Arch.X86_64: "amd64", Arch.AARCH64: "arm64", Arch.PPC64LE: "ppc64el"}[self]
+        return _DEBIAN.get(self, self.value)
 
     @property
     def qemu(self) -> str:
         """The qemu-user / binfmt handler suffix (`qemu-aarch64`)."""
-        return {Arch.X86_64: "x86_64", Arch.AARCH64: "aarch64", Arch.PPC64LE: "ppc64le"}[self]
+        return self.value
 
 
+_OCI = {Arch.X86_64: "amd64", Arch.AARCH64: "arm64"}
+_DEBIAN = {Arch.X86_64: "amd64", Arch.AARCH64: "arm64", Arch.PPC64LE: "ppc64el"}
 _ALIASES = {
-    "x86_64": Arch.X86_64,
     "amd64": Arch.X86_64,
     "x86-64": Arch.X86_64,
-    "aarch64": Arch.AARCH64,
+    "x64": Arch.X86_64,
     "arm64": Arch.AARCH64,
-    "ppc64le": Arch.PPC64LE,
+    "armv8": Arch.AARCH64,
     "ppc64el": Arch.PPC64LE,
 }
 
 
-def normalize(name: str) -> Arch:
-    """The architecture a name means; ValueError naming the accepted spellings otherwise."""
+def normalize_arch(name: str) -> Arch:
+    """'amd64', 'x86_64', 'arm64', 'aarch64' ... -> the distribution name; ValueError if unknown."""
+    n = name.strip().lower()
     try:
-        return _ALIASES[name.strip().lower()]
-    except KeyError:
-        raise ValueError(
-            f"unknown architecture '{name}' (use one of {', '.join(a.value for a in Arch)})"
-        ) from None
+        return Arch(n)
+    except ValueError:
+        pass
+    if n in _ALIASES:
+        return _ALIASES[n]
+    raise ValueError(f"unknown architecture {name!r} (known: {', '.join(a.value for a in Arch)})")
 
 
 def host_arch() -> Arch:
-    """This machine's architecture."""
-    return normalize(platform.machine())
+    """The architecture this machine builds natively."""
+    return normalize_arch(platform.machine())
 
 
 @dataclass(frozen=True)

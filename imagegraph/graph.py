@@ -1,14 +1,20 @@
 """Parent resolution and the layer graph (a networkx DiGraph, edges parent -> child).
 
 A layer's outputs are `<publish_registry>/<name>:<tag>` for each tag and, with
-`publish_local`, `<name>:<tag>` (also spelled `localhost/<name>:<tag>`). A
-`parent` resolves to the layer that publishes it, comparing normalised
-references (Docker Hub defaults, trailing and doubled slashes, project
-registry aliases). Real files often spell the parent's registry differently
-from where the parent publishes (a missing port, another host name), so when
-no output matches exactly, a *unique* match on the repository's last
-component and tag resolves it, with a warning naming both spellings. Two
-candidates is an error: imagegraph never guesses between layers.
+`publish_local`, `localhost/<name>:<tag>`. A `parent` resolves to the layer
+that publishes it, comparing normalised references (Docker Hub defaults,
+trailing and doubled slashes, project registry aliases).
+
+A *fully qualified* parent (its first component is a registry host:
+`docker.io/...`, `registry.example.org/...`, `host:5000/...`) names a
+registry, so it resolves to a layer only through an exact output or the
+project's `registry_aliases`; otherwise it is an external image, and when a
+layer publishes the same name and tag elsewhere a warning names both
+spellings and the alias that would join them. A short name (`name:tag`,
+`org/name:tag`) is looked up as podman does, local storage first: a
+`publish_local` output; failing that, a *unique* match on the repository's
+last component and tag resolves it, with a warning naming both spellings.
+Two candidates is an error: imagegraph never guesses between layers.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 import networkx as nx
 from rapidfuzz.distance import OSA
 
-from .errors import Diagnostic, SpecError, UsageError
+from .errors import Diagnostic, SpecError, UsageError, rel
 from .project import Project
 from .publish.registry import normalize_reference, parse_reference
 from .spec import SCRATCH, LayerSpec
@@ -111,9 +117,16 @@ def layer_outputs(spec: LayerSpec) -> list[str]:
         if spec.publish_registry:
             out.append(normalize_reference(f"{spec.publish_registry}/{spec.name}:{tag}"))
         if spec.publish_local:
+            # Local storage only: `name:tag` reaches it as a short name, never as docker.io/library/name.
             out.append(normalize_reference(f"localhost/{spec.name}:{tag}"))
-            out.append(normalize_reference(f"{spec.name}:{tag}"))
     return list(dict.fromkeys(out))
+
+
+def is_qualified(ref: str) -> bool:
+    """True when a reference, as written, starts with a registry host (docker.io/..., host:5000/...)."""
+    text = ref.strip().removeprefix("docker://").lstrip("/")
+    first, sep, _ = text.partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")
 
 
 def apply_aliases(ref: str, aliases: dict[str, str]) -> str:
@@ -146,7 +159,7 @@ def build_graph(project: Project) -> LayerGraph:
                 o = project.layers[other]
                 diags.append(
                     Diagnostic(
-                        str(spec.path),
+                        rel(spec.path),
                         spec.line_of("options.name"),
                         1,
                         f"{ref} is published by two specs: {o.path.name} and {spec.path.name}",
@@ -175,30 +188,49 @@ def build_graph(project: Project) -> LayerGraph:
         try:
             written = normalize_reference(spec.parent)
         except ValueError as exc:
-            diags.append(Diagnostic(str(spec.path), line, 3, f"options.parent: {exc}"))
+            diags.append(Diagnostic(rel(spec.path), line, 3, f"options.parent: {exc}"))
             continue
         aliased = normalize_reference(apply_aliases(written, project.settings.registry_aliases))
+        qualified = is_qualified(spec.parent)
         if written in owner:
             parents[lid] = ParentLink("layer", spec.parent, owner[written], "exact", written)
             continue
         if aliased in owner:
             parents[lid] = ParentLink("layer", spec.parent, owner[aliased], "alias", aliased)
             continue
+        local = None if qualified else normalize_reference(f"localhost/{spec.parent}")
+        if local in owner:
+            parents[lid] = ParentLink("layer", spec.parent, owner[local], "short-name", local)
+            continue
         repo, tag = _name_tag(aliased)
         candidates: set[str] = set()
         for (name, t), lids in by_name_tag.items():
             if t == tag and (repo == name or repo.endswith("/" + name)):
                 candidates |= lids
-        if len(candidates) == 1:
+        if qualified:
+            # A registry was named: only the user may say that it is another spelling of a layer's.
+            parents[lid] = ParentLink("external", spec.parent, None, "exact", aliased)
+            for hit in sorted(candidates):
+                published = _published_as(outputs[hit], tag)
+                warnings.append(
+                    Diagnostic(
+                        rel(spec.path),
+                        line,
+                        3,
+                        f"parent '{spec.parent}' names a registry no layer publishes to, so it is an external image; "
+                        f"layer '{hit}' ({project.layers[hit].path.name}) publishes '{published}' under the same name and tag",
+                        severity="warning",
+                        hint=f"if they are the same image, spell the parent '{published}' or declare "
+                        f"registry_aliases: {{{_registry_of(aliased)}: {_registry_of(published)}}} in imagegraph.yaml",
+                    )
+                )
+        elif len(candidates) == 1:
             hit = candidates.pop()
-            published = next(
-                (r for r in outputs[hit] if _name_tag(r)[1] == tag and r.split("/", 1)[0] != "docker.io"),
-                outputs[hit][0],
-            )
+            published = _published_as(outputs[hit], tag)
             parents[lid] = ParentLink("layer", spec.parent, hit, "name-tag", aliased)
             warnings.append(
                 Diagnostic(
-                    str(spec.path),
+                    rel(spec.path),
                     line,
                     3,
                     f"parent '{spec.parent}' is not published by any layer as written; "
@@ -211,7 +243,7 @@ def build_graph(project: Project) -> LayerGraph:
             files = ", ".join(sorted(project.layers[c].path.name for c in candidates))
             diags.append(
                 Diagnostic(
-                    str(spec.path),
+                    rel(spec.path),
                     line,
                     3,
                     f"parent '{spec.parent}' could be any of several layers ({files}); imagegraph does not guess",
@@ -220,12 +252,14 @@ def build_graph(project: Project) -> LayerGraph:
             )
         else:
             parents[lid] = ParentLink("external", spec.parent, None, "exact", aliased)
-            typo = _near_output(aliased, owner)
+        if parents.get(lid) is not None and parents[lid].kind == "external" and not candidates:
+            # Short names are looked for in local storage, so they are compared as localhost/... there.
+            typo = _near_output(local or aliased, owner)
             if typo is not None:
                 ref, other = typo
                 warnings.append(
                     Diagnostic(
-                        str(spec.path),
+                        rel(spec.path),
                         line,
                         3,
                         f"parent '{spec.parent}' is published by no layer and is taken as an external "
@@ -244,7 +278,7 @@ def build_graph(project: Project) -> LayerGraph:
         first = project.layers[cycle[0]]
         diags.append(
             Diagnostic(
-                str(first.path),
+                rel(first.path),
                 first.line_of("options.parent"),
                 3,
                 f"parent cycle: {chain}",
@@ -262,8 +296,8 @@ TYPO_DISTANCE = 2  # edits (a transposition is one) that make an external parent
 def _near_output(ref: str, owner: dict[str, str]) -> tuple[str, str] | None:
     """The one layer output on the same registry within TYPO_DISTANCE edits of `ref`, if any.
 
-    Local short names normalise to docker.io/library/..., as the layers' publish_local outputs do,
-    so they are compared among themselves too.
+    A short name is passed as its local-storage spelling (localhost/...), which is how
+    `publish_local` outputs are spelled.
     """
     try:
         want = parse_reference(ref)
@@ -281,6 +315,16 @@ def _near_output(ref: str, owner: dict[str, str]) -> tuple[str, str] | None:
         return None
     _d, out, lid = min(near)
     return out, lid
+
+
+def _published_as(refs: list[str], tag: str) -> str:
+    """The output of a layer to show beside a parent reference: one with the same tag."""
+    return next((r for r in refs if _name_tag(r)[1] == tag), refs[0])
+
+
+def _registry_of(ref: str) -> str:
+    """The registry host and namespace of a normalised reference (what registry_aliases map)."""
+    return parse_reference(ref).name.rsplit("/", 1)[0]
 
 
 def _cycles(g: nx.DiGraph) -> list[list[str]]:

@@ -1,101 +1,50 @@
 """Content keys: what a layer is made of, hashed.
 
-A layer's *build key* is sha256 over a canonical JSON document (`KeyInputs`):
-the key-format version, every build-relevant field of the spec with defaults
-applied (list order counts; comments, mapping order and YAML style do not),
-the bytes and mode of every file and directory that `copyfiles` or a playbook
-pulls in, the locked upstream fingerprints of its repositories, and its
-parent: the parent layer's key, an external image's manifest digest, or
-`scratch`. A change anywhere upstream changes every key below it.
+A layer's *build key* is sha256 over a canonical JSON document: the
+key-format version; the target architecture; every build-relevant field of
+the spec with defaults applied (list order counts; comments, mapping order
+and YAML style do not); the build backend's name, version and effective
+defaults (`build.backends`: apt's suite and mirror, dnf's releasever, the
+ansible project tree ...); the bytes and mode of every file and directory
+that `copyfiles`, a playbook or `options.key_paths` pulls in, named as the
+spec spells them (never by where the project directory is); the locked
+upstream fingerprints of its repositories; and its parent: the parent
+layer's key, an external image's manifest digest, or `scratch`. A change
+anywhere upstream changes every key below it.
 
 Publish targets (registry, tags, S3, local directory, SquashFS options) are
 not in the build key, so adding a tag republishes without rebuilding; they
 make up a separate *publish key*.
 
 Changing what goes into a key rebuilds every site that upgrades: bump
-KEY_FORMAT deliberately, and the golden tests in tests/test_key.py fail on
-any accidental change.
+KEY_FORMAT deliberately. The golden key documents in tests/golden/ fail on
+any accidental change and name the input that moved
+(scripts/regen-golden-keys.py rewrites them).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .arch import Arch, host_arch
+from .build import backends
+from .digest import canonical_json as canonical_json
+from .digest import path_digest as path_digest
+from .digest import sha256_hex
+from .errors import Diagnostic, SpecError, rel
+from .keytag import KEY_TAG_PREFIX as KEY_TAG_PREFIX
+from .keytag import key_tag as key_tag
 from .labels import label_inputs
 from .redact import mask_url_credentials
 from .spec import LayerSpec
 
-KEY_FORMAT = 2  # 2: the image name and parent as written (in labels) are key inputs
-KEY_TAG_PREFIX = "ig-"
-
-
-def key_tag(key: str) -> str:
-    """The immutable registry tag that names a layer key."""
-    return KEY_TAG_PREFIX + key
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-# ------------------------------------------------------------------ file digests
-
-_file_cache: dict[tuple, str] = {}
-
-
-def _file_digest(path: Path, st: os.stat_result) -> str:
-    # Re-hash only when the file changed; planning a directory twice in one process is cheap.
-    ident = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
-    hit = _file_cache.get(ident)
-    if hit is None:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        hit = h.hexdigest()
-        _file_cache[ident] = hit
-    return hit
-
-
-def path_digest(path: Path) -> str | None:
-    """sha256 over a file's bytes and mode, or a whole tree's names, modes, bytes and links.
-
-    None for a missing path: such a layer is planned as blocked (project.unbuildable), never built.
-    """
-    if not os.path.lexists(path):
-        return None
-    entries: list[list] = []
-
-    def add(p: Path, rel: str) -> None:
-        st = p.lstat()
-        mode = stat.S_IMODE(st.st_mode)
-        if stat.S_ISLNK(st.st_mode):
-            entries.append([rel, "link", os.readlink(p)])
-        elif stat.S_ISDIR(st.st_mode):
-            entries.append([rel, "dir", mode])
-            for child in sorted(os.listdir(p)):
-                add(p / child, f"{rel}/{child}" if rel else child)
-        elif stat.S_ISREG(st.st_mode):
-            entries.append([rel, "file", mode, _file_digest(p, st)])
-        else:
-            entries.append([rel, "special", mode])
-
-    if path.is_symlink() and path.exists():
-        # A symlinked source is copied as what it points to (buildah copy follows it).
-        path = path.resolve()
-    add(path, "")
-    return sha256_hex(canonical_json(entries).encode())
+# 2: the target architecture, each build backend's name, version and defaults (the ansible
+# project tree among them), options.key_paths, and the image name and parent as written (the
+# labels' values) joined the key; paths are the spec's own.
+KEY_FORMAT = 2
 
 
 # ------------------------------------------------------------------------ inputs
@@ -119,12 +68,58 @@ class ParentInput:
         return {"kind": "image", "digest": self.digest} if self.digest else {"kind": "image", "ref": self.ref}
 
 
-def build_inputs(spec: LayerSpec, parent: ParentInput, upstream: dict[str, str] | None = None) -> dict:
-    """The canonical key document of one layer (JSON-ready)."""
+def build_inputs(
+    spec: LayerSpec,
+    parent: ParentInput,
+    upstream: dict[str, str] | None = None,
+    arch: Arch | None = None,
+) -> dict:
+    """The canonical key document of one layer (JSON-ready), built for `arch` (default: the host's).
+
+    A file the key must read but cannot is a `SpecError` naming the spec line that pulls it in.
+    """
+    try:
+        return _build_inputs(spec, parent, upstream, arch)
+    except OSError as exc:
+        raise SpecError([_unreadable(spec, exc)]) from exc
+
+
+def _unreadable(spec: LayerSpec, exc: OSError) -> Diagnostic:
+    failed = Path(exc.filename) if exc.filename else None
+
+    def pulls_in(source: Path) -> bool:
+        return failed is not None and (failed == source or source in failed.parents)
+
+    line, col, what = 1, 1, "a file the layer's key reads"
+    for cf in spec.copyfiles:
+        if pulls_in(cf.source):
+            line, col, what = cf.line, cf.column, f"copyfiles source '{cf.src}'"
+    for kp in spec.key_paths:
+        if pulls_in(kp.source):
+            line, col, what = kp.line, kp.column, f"key_paths entry '{kp.path}'"
+    for key, paths in (("playbooks", spec.playbook_paths), ("inventory", spec.inventory_paths)):
+        if any(pulls_in(p) for p in paths):
+            line, col, what = spec.line_of(f"options.{key}"), 3, f"{key} path"
+    return Diagnostic(
+        rel(spec.path),
+        line,
+        col,
+        f"cannot read {what}: {exc.strerror or exc} ({exc.filename})",
+        hint="make it readable by the user running imagegraph, or stop pulling it in",
+    )
+
+
+def _build_inputs(
+    spec: LayerSpec, parent: ParentInput, upstream: dict[str, str] | None, arch: Arch | None
+) -> dict:
     doc: dict[str, Any] = {
         "format": KEY_FORMAT,
+        "arch": str(arch or host_arch()),
         "layer_type": spec.layer_type,
         "parent": parent.to_json(),
+        # The build backend's own contribution: its version and what it assumes (build/backends.py).
+        "backend": backends.key_inputs(spec),
+        "key_paths": [{"path": kp.path, "content": path_digest(kp.source)} for kp in spec.key_paths],
     }
     if spec.layer_type == "ansible":
         doc["ansible"] = {
@@ -228,6 +223,7 @@ class LayerKey:
     inputs: dict
     targets: dict
     parent: ParentInput
+    arch: Arch
 
 
 def compute_keys(
@@ -235,8 +231,13 @@ def compute_keys(
     layers: list[str],
     digest_of: DigestLookup | None = None,
     upstream_of: Callable[[LayerSpec], dict[str, str]] | None = None,
+    arch: Arch | None = None,
 ) -> dict[str, LayerKey]:
-    """Keys for `layers` (given in topological order, ancestors included)."""
+    """Keys for `layers` (given in topological order, ancestors included), built for `arch`.
+
+    `arch` defaults to the host's; one call per architecture gives a multi-arch site its keys.
+    """
+    arch = arch or host_arch()
     out: dict[str, LayerKey] = {}
     for lid in layers:
         spec = lg.spec(lid)
@@ -248,7 +249,7 @@ def compute_keys(
         else:
             digest = digest_of(link.ref, spec) if digest_of else None
             parent = ParentInput("image", ref=link.normalized or link.ref, digest=digest)
-        inputs = build_inputs(spec, parent, upstream_of(spec) if upstream_of else None)
+        inputs = build_inputs(spec, parent, upstream_of(spec) if upstream_of else None, arch)
         k = key_of(inputs)
-        out[lid] = LayerKey(k, publish_key(k, spec), inputs, publish_targets(spec), parent)
+        out[lid] = LayerKey(k, publish_key(k, spec), inputs, publish_targets(spec), parent, arch)
     return out

@@ -583,6 +583,10 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
             for name in sorted(set(a or {}) | set(b or {})):
                 if (a or {}).get(name) != (b or {}).get(name):
                     out.append(_upstream_reason(name, (a or {}).get(name), (b or {}).get(name)))
+        elif field_name == "backend":
+            out.extend(_backend_reasons(a or {}, b or {}))
+        elif field_name == "key_paths":
+            out.extend(_path_reasons("key_paths", a or [], b or []))
         elif field_name == "ansible":
             for sub in sorted(set(a or {}) | set(b or {})):
                 if (a or {}).get(sub) != (b or {}).get(sub):
@@ -598,6 +602,40 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
                 Reason("field-changed", f"{field_name}: {_short(a)} -> {_short(b)}", {"field": field_name})
             )
     return out or [Reason("key-changed", "key inputs changed")]
+
+
+def _backend_reasons(old: dict, new: dict) -> list[Reason]:
+    """A build backend's version or defaults moved (build/backends.py), or its ansible project files."""
+    name = new.get("name") or old.get("name")
+    out = []
+    for sub in sorted(set(old) | set(new)):
+        a, b = old.get(sub), new.get(sub)
+        if a == b:
+            continue
+        if sub == "version":
+            msg = f"imagegraph's {name} build steps changed (backend version {a} -> {b})"
+            out.append(Reason("backend-changed", msg, {"backend": name, "old": a, "new": b}))
+        elif sub == "project":
+            out.extend(_path_reasons("ansible project", a or [], b or []))
+        else:
+            msg = f"{name} default {sub}: {_short(a)} -> {_short(b)}"
+            out.append(Reason("backend-changed", msg, {"backend": name, "field": sub}))
+    return out
+
+
+def _path_reasons(label: str, old: list, new: list) -> list[Reason]:
+    """Per path of a [{path, content}] list: added, removed or changed."""
+    old_by = {p["path"]: p["content"] for p in old}
+    new_by = {p["path"]: p["content"] for p in new}
+    out = []
+    for path in sorted(set(old_by) | set(new_by)):
+        if path not in old_by:
+            out.append(Reason("file-changed", f"{label}: +{path}", {"path": path}))
+        elif path not in new_by:
+            out.append(Reason("file-changed", f"{label}: -{path}", {"path": path}))
+        elif old_by[path] != new_by[path]:
+            out.append(Reason("file-changed", f"{label} {path} changed", {"path": path}))
+    return out or [Reason("field-changed", f"{label} reordered", {"field": label})]
 
 
 def _upstream_reason(name: str, old: str | None, new: str | None) -> Reason:

@@ -8,7 +8,14 @@ not layers). `imagegraph.yaml` holds optional project settings and
 Every file is loaded even when an earlier one is broken, so one run reports
 every problem in the directory. Parsed specs are cached by file content
 (plus the settings that shape them) in the state directory, so re-planning a
-large directory does not re-parse unchanged files.
+large directory does not re-parse unchanged files. The cache holds only what
+the spec file itself decides: the host files a spec names (copyfiles
+sources, playbooks, key_paths) are checked on every load, hit or miss.
+
+The directory is taken by its canonical absolute path, so every path in a
+spec (and in what is keyed, cached and recorded from it) is the same
+whichever working directory and spelling of DIR (`layers`, `layers/`,
+`./layers`, absolute) imagegraph was started with.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import json
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +149,12 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
         return Settings(), diags
     if doc is None:
         return Settings(), []
-    from .spec import _plain, _position  # the same position machinery as specs
+    from .spec import DocumentTooLarge, UnpairedSurrogate, _plain, _position  # the same machinery as specs
 
-    plain = _plain(doc)
+    try:
+        plain = _plain(doc)
+    except (DocumentTooLarge, UnpairedSurrogate, RecursionError) as exc:
+        return Settings(), [Diagnostic(file, 1, 1, f"unusable project settings: {type(exc).__name__}")]
     if not isinstance(plain, dict):
         return Settings(), [Diagnostic(file, 1, 1, "project settings must be a mapping")]
     errors = []
@@ -231,9 +241,12 @@ class SpecCache:
             except Exception:  # a broken cache is only a slower run
                 self.entries = {}
 
+    FORMAT = 2  # 2: absolute paths; no entry depends on files outside the spec
+
     @staticmethod
     def digest(path: Path, raw: bytes, settings: Settings) -> str:
         h = hashlib.sha256()
+        h.update(f"{SpecCache.FORMAT}\0".encode())
         h.update(str(path.resolve()).encode() + b"\0")
         h.update(json.dumps(settings.defaults, sort_keys=True, default=str).encode() + b"\0")
         h.update(json.dumps(settings.path_map, sort_keys=True).encode() + b"\0")
@@ -265,7 +278,7 @@ def load_project(
     With `sources_required=False`, missing copyfiles sources and playbooks are not fatal: those
     layers load into `Project.unbuildable` with their errors (for `graph` and `plan`).
     """
-    root = Path(root)
+    root = Path(root).resolve()
     if not root.is_dir():
         raise SpecError(
             [Diagnostic(str(root), 0, 0, "not a directory of layer specs", hint="give the layer directory")]
@@ -294,10 +307,6 @@ def load_project(
         hit = cache.entries.get(digest)
         if hit is not None:
             spec, file_diags = hit
-            if spec is not None:
-                # Copied files can disappear (or appear) without the spec changing.
-                file_diags = [d for d in file_diags if d.kind != "source"]
-                file_diags += source_diagnostics(spec, shown)
         else:
             try:
                 text = raw.decode("utf-8")
@@ -313,12 +322,24 @@ def load_project(
                     )
                 )
                 continue
+            # Cached under the canonical file name; shown as the user's working directory sees it.
             spec, file_diags = read_spec(
-                path, text, settings.defaults, shown=shown, path_map=settings.path_map
+                path,
+                text,
+                settings.defaults,
+                shown=str(path),
+                path_map=settings.path_map,
+                check_sources=False,
             )
-            if mask_url_credentials(text) == text:  # credentials in URLs stay out of the state directory
+            # Neither credentials in URLs nor answers about host files (an invalid spec's source
+            # checks) go into the cache.
+            if mask_url_credentials(text) == text and not any(d.kind == "source" for d in file_diags):
                 cache.entries[digest] = (spec, file_diags)
                 cache.dirty = True
+        file_diags = [replace(d, file=shown) if d.file == str(path) else d for d in file_diags]
+        if spec is not None:
+            # Host files come and go without the spec changing: checked on every load, never cached.
+            file_diags = [*file_diags, *source_diagnostics(spec, shown)]
         diags.extend(file_diags)
         file_errors = [d for d in file_diags if d.severity == "error"]
         if spec is not None and not file_errors:

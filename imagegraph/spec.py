@@ -14,6 +14,8 @@ import difflib
 import hashlib
 import io
 import json
+import os
+import re
 import threading
 from dataclasses import dataclass, field
 from functools import cache
@@ -51,6 +53,16 @@ class CopyFile:
     dest: str
     opts: tuple[str, ...] = ()
     source: Path = Path()  # resolved host path
+    line: int = 0
+    column: int = 0
+
+
+@dataclass(frozen=True)
+class KeyPath:
+    """One `options.key_paths` item: a host file or directory whose content counts in the key."""
+
+    path: str  # as written in the spec
+    source: Path  # resolved host path
     line: int = 0
     column: int = 0
 
@@ -128,6 +140,7 @@ class LayerSpec:
     rootfs_only: bool = False
     boot_params: str | None = None
     boot_test: BootTestOptions = BootTestOptions()
+    key_paths: tuple[KeyPath, ...] = ()
     # where things are in the file, for later diagnostics (e.g. parent resolution)
     lines: dict[str, int] = field(default_factory=dict, compare=False)
     warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)
@@ -396,6 +409,22 @@ class DocumentTooLarge(ValueError):
     """A document whose values, aliases expanded, exceed MAX_NODES."""
 
 
+class UnpairedSurrogate(ValueError):
+    """A string holding half a UTF-16 surrogate pair (a `\\udXXX` escape): no tool can encode it."""
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _text(s: str) -> str:
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnpairedSurrogate(s) from None
+    return s
+
+
 def _plain(node: Any, _budget: list[int] | None = None) -> Any:
     """ruamel containers -> plain JSON-like Python values.
 
@@ -407,12 +436,12 @@ def _plain(node: Any, _budget: list[int] | None = None) -> Any:
     if budget[0] < 0:
         raise DocumentTooLarge(f"more than {MAX_NODES:,} values once aliases are expanded")
     if isinstance(node, dict):
-        return {str(k): _plain(v, budget) for k, v in node.items()}
+        return {_text(str(k)): _plain(v, budget) for k, v in node.items()}
     if isinstance(node, list):
         return [_plain(v, budget) for v in node]
     if isinstance(node, bool | int | float | str) or node is None:
         if isinstance(node, str):
-            return str(node)
+            return _text(str(node))
         return node
     return str(node)
 
@@ -480,14 +509,20 @@ def read_spec(
     defaults: dict | None = None,
     shown: str | None = None,
     path_map: dict[str, str] | None = None,
+    check_sources: bool = True,
 ) -> tuple[LayerSpec | None, list[Diagnostic]]:
     """Load one spec, returning (spec or None, diagnostics incl. warnings).
 
     `shown` is the file name used in messages (default: the path as given);
-    `path_map` maps absolute source prefixes to directories (project settings).
+    `path_map` maps absolute source prefixes to directories (project settings). Every
+    path in the spec is made absolute against the spec's directory, whatever the
+    working directory. `check_sources=False` leaves out `source_diagnostics` (the
+    host files a valid spec names), for callers that cache the result and check those
+    on every use.
     """
     path = Path(path)
     file = shown or str(path)
+    path = Path(os.path.abspath(path))
     if text is None:
         try:
             raw = path.read_bytes()
@@ -507,11 +542,26 @@ def read_spec(
     except (DocumentTooLarge, RecursionError) as exc:
         why = "it contains itself through an alias" if isinstance(exc, RecursionError) else str(exc)
         return None, [Diagnostic(file, 1, 1, f"the document is too large or too deep: {why}")]
+    except UnpairedSurrogate:
+        # YAML does not join \\ud83d\\ude00 pairs as JSON does: each half is a lone, unencodable code point.
+        m = _SURROGATE_ESCAPE.search(text)
+        line, col = (
+            (text.count("\n", 0, m.start()) + 1, m.start() - text.rfind("\n", 0, m.start())) if m else (1, 1)
+        )
+        return None, [
+            Diagnostic(
+                file,
+                line,
+                col,
+                "a \\u escape here is half of a UTF-16 surrogate pair, which is not a character",
+                hint="write the character itself, or escape it as \\UXXXXXXXX (8 hex digits)",
+            )
+        ]
     if any(d.severity == "error" for d in diags):
         # The source paths are checked anyway: fixing the schema must not reveal a second round.
         return None, diags + _raw_source_diagnostics(doc, path.parent, file, path_map or {})
     spec, diags = _build(path, file, doc, defaults or {}, diags, path_map or {})
-    if spec is not None:
+    if spec is not None and check_sources:
         # The spec itself is sound: it is returned with its missing sources, so a layer can be
         # drawn and planned (as blocked) without the files; building it needs them (load_spec).
         diags += source_diagnostics(spec, file)
@@ -519,8 +569,19 @@ def read_spec(
 
 
 def source_diagnostics(spec: LayerSpec, file: str) -> list[Diagnostic]:
-    """Host paths the spec pulls in (copyfiles sources, playbooks, inventories) that do not exist."""
+    """Host paths the spec pulls in (copyfiles sources, playbooks, inventories, key_paths) that do not exist."""
     out = []
+    for kp in spec.key_paths:
+        if not kp.source.exists() and not kp.source.is_symlink():
+            out.append(
+                Diagnostic(
+                    file,
+                    kp.line,
+                    kp.column,
+                    f"key_paths entry '{kp.path}' does not exist (looked at {kp.source})",
+                    hint="create it or remove it from options.key_paths; relative paths resolve against the spec's directory",
+                )
+            )
     for cf in spec.copyfiles:
         if not _exists(cf.source):
             out.append(
@@ -751,6 +812,15 @@ def _build(
     for k in doc:
         lines[str(k)] = pos(k, key=True)[0]
     publish_dir = opts.get("publish_dir")
+    key_paths = []
+    for i, written in enumerate(_as_tuple(opts.get("key_paths"))):
+        where = (
+            ["options", "key_paths", i]
+            if isinstance(opts_node.get("key_paths"), list)
+            else ["options", "key_paths"]
+        )
+        line, col = pos(*where)
+        key_paths.append(KeyPath(path=written, source=_resolve(base, written), line=line, column=col))
 
     if any(d.severity == "error" for d in diags):
         return None, diags
@@ -792,6 +862,7 @@ def _build(
         rootfs_only=opts.get("rootfs_only", False),
         boot_params=opts.get("boot_params"),
         boot_test=BootTestOptions(**(opts.get("boot_test") or {})),
+        key_paths=tuple(key_paths),
         lines=lines,
         warnings=tuple(d for d in diags if d.severity == "warning"),
     )
@@ -799,7 +870,8 @@ def _build(
 
 
 def _resolve(base: Path, p: str) -> Path:
-    return Path(p) if p.startswith("/") else base / p
+    """`p` against the spec's directory, normalised (`layers/../out` is `out`): one spelling per path."""
+    return Path(os.path.normpath(p if p.startswith("/") else base / p))
 
 
 def map_path(base: Path, p: str, path_map: dict[str, str]) -> Path:

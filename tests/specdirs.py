@@ -78,8 +78,18 @@ packages:
 """
 
 
-def seed_dir(root: Path) -> Path:
-    """base -> compute -> gpu, with the seed's registry mismatch and a copied file."""
+SEED_ALIASES = "registry_aliases:\n  registry.my.cluster/my-cluster: registry.dist.si.usrc:5000/redondo\n"
+
+
+def seed_dir(root: Path, aliases: bool = True) -> Path:
+    """base -> compute -> gpu, with the seed's registry mismatch and a copied file.
+
+    compute names base on another registry host than base publishes to; a fully
+    qualified parent joins its layer only through registry_aliases (imagegraph.yaml),
+    written unless `aliases` is false.
+    """
+    if aliases:
+        write(root, "imagegraph.yaml", SEED_ALIASES)
     write(root, "base.yaml", BASE)
     write(root, "compute.yaml", COMPUTE)
     write(root, "gpu.yaml", GPU)

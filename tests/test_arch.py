@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imagegraph.arch import Arch, emulation, host_arch, normalize
+from imagegraph.arch import Arch, emulation, host_arch, normalize_arch
 
 
 @given(st.sampled_from(list(Arch)))
 def test_every_spelling_maps_back(arch: Arch) -> None:
     for name in (arch.value, arch.oci, arch.debian, arch.value.upper()):
-        assert normalize(name) is arch
+        assert normalize_arch(name) is arch
 
 
 def test_unknown_name_says_what_is_accepted() -> None:
     with pytest.raises(ValueError, match="unknown architecture 'sparc'.*x86_64, aarch64, ppc64le"):
-        normalize("sparc")
+        normalize_arch("sparc")
 
 
 def handler(tmp: Path, arch: str, flags: str, enabled: bool = True) -> Path:
@@ -127,3 +128,22 @@ def test_an_aarch64_binary_runs_in_a_build_container(tmp_path: Path) -> None:
         assert got.stdout.strip() == "aarch64", got.stderr
     finally:
         buildah("rm", ctr, check=False)
+
+
+@pytest.mark.parametrize(
+    "name, arch",
+    [("x86_64", Arch.X86_64), ("amd64", Arch.X86_64), ("AMD64", Arch.X86_64), ("arm64", Arch.AARCH64)],
+)
+def test_names_normalise(name: str, arch: Arch) -> None:
+    assert normalize_arch(name) is arch
+
+
+def test_debian_names_and_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Arch.X86_64.debian == "amd64" and Arch.AARCH64.debian == "arm64"
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")  # macOS and some kernels say arm64
+    assert host_arch() is Arch.AARCH64
+
+
+def test_unknown_architecture_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="x86_64, aarch64"):
+        normalize_arch("vax")

@@ -19,11 +19,12 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 def test_validate_ok_with_warning(tmp_path: Path) -> None:
-    root = seed_dir(tmp_path / "layers")
+    root = seed_dir(tmp_path / "layers", aliases=False)
     r = run("validate", str(root))
     assert r.returncode == 0, r.stderr
     assert "3 layer specs OK" in r.stdout
-    assert "resolved by name and tag" in r.stderr  # the seed's registry mismatch warning
+    # the seed's registry mismatch: an external parent, and the alias that would make it base
+    assert "names a registry no layer publishes to" in r.stderr and "registry_aliases" in r.stderr
 
 
 def test_validate_reports_every_problem_of_the_directory(tmp_path: Path) -> None:
@@ -97,3 +98,16 @@ def test_cycle_exit_2(tmp_path: Path) -> None:
     )
     r = run("plan", str(root), "--offline")
     assert r.returncode == 2 and "parent cycle: a.yaml -> b.yaml -> a.yaml" in r.stderr
+
+
+def test_a_created_copyfiles_source_clears_the_error_with_a_state_directory(tmp_path: Path) -> None:
+    root = seed_dir(tmp_path / "layers")
+    (root / ".imagegraph").mkdir()  # the parsed-spec cache is used
+    (root / "files" / "chrony.conf").unlink()
+    for _ in range(2):  # the second run reads compute.yaml from the cache
+        r = run("plan", "layers", "--offline", cwd=tmp_path)
+        assert r.returncode == 2 and "copyfiles source 'files/chrony.conf' does not exist" in r.stderr
+    assert (root / ".imagegraph" / "cache" / "specs.pickle").exists()
+    write(root, "files/chrony.conf", "server time.example.org iburst\n")
+    r = run("plan", "layers", "--offline", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr

@@ -152,6 +152,10 @@ def test_graph_draws_with_missing_sources(tmp_path: Path, capsys: pytest.Capture
     shutil.copytree(OWN["site"], root)
     (root / "broken.yaml").unlink()
     (root / "ansible.yaml").unlink()
+    # compute.yaml names its parent's registry without the port: only an alias joins the two spellings.
+    (root / "imagegraph.yaml").write_text(
+        "registry_aliases:\n  registry.local/site: registry.local:5000/site\n"
+    )
     rc, out, events = _run(capsys, ["graph", "--format", "json", str(root)])
     assert rc == 2  # the missing source is still an error ...
     assert any("copyfiles source '/data/image-configs/files/motd'" in e["event"] for e in events)

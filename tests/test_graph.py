@@ -29,16 +29,23 @@ def graph_of(root: Path):
     return build_graph(load_project(root))
 
 
-def test_seed_registry_mismatch_resolves_by_name_and_tag_with_warning(tmp_path: Path) -> None:
-    lg = graph_of(seed_dir(tmp_path))
-    assert lg.parents["compute"].layer == "base" and lg.parents["compute"].how == "name-tag"
+def test_seed_registry_mismatch_is_external_with_a_warning_naming_the_alias(tmp_path: Path) -> None:
+    lg = graph_of(seed_dir(tmp_path, aliases=False))
+    assert lg.parents["compute"].kind == "external"
     assert lg.parents["gpu"].layer == "compute" and lg.parents["gpu"].how == "exact"
     (w,) = lg.warnings
     assert w.severity == "warning" and w.file.endswith("compute.yaml") and w.line == 8
-    # both spellings are named
+    # both spellings are named, and the alias that would join them
     assert "registry.my.cluster/my-cluster/rocky-base:9.5" in w.message
     assert "registry.dist.si.usrc:5000/redondo/rocky-base:9.5" in w.message
-    assert lg.order() == ["base", "compute", "gpu"]
+    assert "registry.my.cluster/my-cluster: registry.dist.si.usrc:5000/redondo" in (w.hint or "")
+    assert lg.order() == ["base", "compute", "gpu"]  # no edge: base and compute are both roots
+
+
+def test_seed_with_its_registry_alias_chains(tmp_path: Path) -> None:
+    lg = graph_of(seed_dir(tmp_path))
+    assert lg.parents["compute"].layer == "base" and lg.parents["compute"].how == "alias"
+    assert lg.warnings == []
 
 
 def test_missing_port_and_doubled_slashes(tmp_path: Path) -> None:
@@ -49,24 +56,68 @@ def test_missing_port_and_doubled_slashes(tmp_path: Path) -> None:
     )
     write(tmp_path, "a.yaml", spec("a", "registry.dist.si.usrc:5000/stratus//rocky-base:8.9", "x:5000/y"))
     write(tmp_path, "b.yaml", spec("b", "registry.dist.si.usrc/stratus/rocky-base:8.9", "x:5000/y"))
+    write(tmp_path, "c.yaml", spec("c", "stratus/rocky-base:8.9", "x:5000/y"))
     lg = graph_of(tmp_path)
     assert lg.parents["a"].how == "exact" and lg.parents["a"].layer == "base"
-    assert lg.parents["b"].how == "name-tag" and lg.parents["b"].layer == "base"
-    assert len(lg.warnings) == 1
+    # another port is another registry as far as anyone can tell: the user says so with an alias
+    assert lg.parents["b"].kind == "external"
+    # a short name may resolve by name and tag, with a warning
+    assert lg.parents["c"].how == "name-tag" and lg.parents["c"].layer == "base"
+    assert sorted(Path(w.file).name for w in lg.warnings) == ["b.yaml", "c.yaml"]
 
 
 def test_two_candidates_is_an_error_naming_both(tmp_path: Path) -> None:
     write(tmp_path, "r8.yaml", spec("rocky-base", registry="reg.a:5000/x", tags="'9'"))
     write(tmp_path, "r9.yaml", spec("rocky-base", registry="reg.b:5000/y", tags="'9'"))
-    write(tmp_path, "child.yaml", spec("child", "reg.c/z/rocky-base:9"))
+    write(tmp_path, "child.yaml", spec("child", "z/rocky-base:9"))
     with pytest.raises(SpecError) as ei:
         graph_of(tmp_path)
     (d,) = [d for d in ei.value.diagnostics if d.severity == "error"]
     assert d.file.endswith("child.yaml") and "r8.yaml" in d.message and "r9.yaml" in d.message
 
 
+def test_qualified_parent_with_two_lookalikes_is_external_and_names_both(tmp_path: Path) -> None:
+    write(tmp_path, "r8.yaml", spec("rocky-base", registry="reg.a:5000/x", tags="'9'"))
+    write(tmp_path, "r9.yaml", spec("rocky-base", registry="reg.b:5000/y", tags="'9'"))
+    write(tmp_path, "child.yaml", spec("child", "reg.c/z/rocky-base:9"))
+    lg = graph_of(tmp_path)
+    assert lg.parents["child"].kind == "external"
+    assert sorted(w.message.split("layer '")[1].split("'")[0] for w in lg.warnings) == ["r8", "r9"]
+
+
+@pytest.mark.parametrize(
+    "parent, how",
+    [
+        ("docker.io/library/rockylinux:9", None),
+        ("index.docker.io/library/rockylinux:9", None),
+        ("docker://docker.io/library/rockylinux:9", None),
+        ("rockylinux:9", "short-name"),
+        ("localhost/rockylinux:9", "exact"),
+    ],
+)
+def test_docker_hub_reference_is_not_a_local_layer(tmp_path: Path, parent: str, how: str | None) -> None:
+    write(tmp_path, "rockylinux.yaml", spec("rockylinux", tags="'9'", local=True))
+    write(tmp_path, "child.yaml", spec("child", parent))
+    lg = graph_of(tmp_path)
+    link = lg.parents["child"]
+    if how is None:
+        assert link.kind == "external" and link.normalized == "docker.io/library/rockylinux:9"
+        (w,) = lg.warnings
+        assert "external image" in w.message and "localhost/rockylinux:9" in w.message
+    else:
+        assert (link.kind, link.layer, link.how) == ("layer", "rockylinux", how) and not lg.warnings
+
+
+def test_docker_hub_reference_resolves_through_an_alias(tmp_path: Path) -> None:
+    write(tmp_path, "rockylinux.yaml", spec("rockylinux", tags="'9'", local=True))
+    write(tmp_path, "child.yaml", spec("child", "docker.io/library/rockylinux:9"))
+    write(tmp_path, "imagegraph.yaml", "registry_aliases:\n  docker.io/library: localhost\n")
+    lg = graph_of(tmp_path)
+    assert (lg.parents["child"].layer, lg.parents["child"].how) == ("rockylinux", "alias")
+
+
 def test_registry_aliases_in_project_settings(tmp_path: Path) -> None:
-    seed_dir(tmp_path)
+    seed_dir(tmp_path, aliases=False)
     write(
         tmp_path,
         "imagegraph.yaml",
@@ -147,7 +198,7 @@ def test_renderings(tmp_path: Path) -> None:
     "parent, meant",
     [
         ("localhost/comptue:bookworm", "localhost/compute:bookworm"),  # a transposition
-        ("comptue:bookworm", "docker.io/library/compute:bookworm"),  # a local short name
+        ("comptue:bookworm", "localhost/compute:bookworm"),  # a local short name
         ("localhost/compute:bookwrm", "localhost/compute:bookworm"),  # the tag
     ],
 )

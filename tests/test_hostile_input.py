@@ -500,7 +500,8 @@ def test_publish_dir_is_relative_to_the_spec_not_the_cwd(tmp_path: Path, monkeyp
     )
     assert isinstance(result, Project), result
     monkeypatch.chdir(tmp_path / "layers")
-    assert result.layers["a"].publish_dir == root / "../out"
+    # stored canonically: one spelling, whatever the working directory or DIR's spelling
+    assert result.layers["a"].publish_dir == (tmp_path / "out").resolve()
     assert result.layers["b"].publish_dir == Path("/srv/boot")
     # <publish_dir>/<name>/<tag>/: name and tag cannot climb out of it (see the rejections above).
 

@@ -202,3 +202,40 @@ def test_unobtainable_external_parent_blocks_the_layer_and_its_children(tmp_path
     assert plan_of(root, state, down, offline=True).layers["suse"].action == Action.BUILD
     down.images.add(ref)
     assert plan_of(root, state, down).layers["suse"].action == Action.BUILD
+
+
+@pytest.fixture
+def golden_site(tmp_path: Path):
+    from . import golden_keys
+
+    root = golden_keys.write_project(tmp_path / "layers")
+    return root, State(tmp_path / "state.db")
+
+
+def test_ansible_role_edit_is_named_and_rebuilds_only_that_layer(golden_site) -> None:
+    root, state = golden_site
+    inv = StaticInventory(reachable=False)
+    record_all(plan_of(root, state, inv, offline=True), state, inv)
+    (root / "play/roles/ntp/tasks/main.yml").write_text("- debug: {msg: changed}\n")
+    plan = plan_of(root, state, inv, offline=True)
+    assert {lid for lid, lp in plan.layers.items() if lp.action == Action.BUILD} == {"ansible"}
+    (r,) = plan.layers["ansible"].reasons
+    assert r.code == "file-changed" and r.message == "ansible project play/roles changed"
+
+
+def test_backend_version_bump_and_key_format_bump_say_so(golden_site, monkeypatch) -> None:
+    from imagegraph import key as key_mod
+    from imagegraph.build import zypper
+
+    root, state = golden_site
+    inv = StaticInventory(reachable=False)
+    record_all(plan_of(root, state, inv, offline=True), state, inv)
+    monkeypatch.setattr(zypper, "VERSION", zypper.VERSION + 1)
+    plan = plan_of(root, state, inv, offline=True)
+    (r,) = plan.layers["zypper"].reasons
+    assert r.code == "backend-changed" and "zypper build steps changed" in r.message
+    monkeypatch.setattr(key_mod, "KEY_FORMAT", key_mod.KEY_FORMAT + 1)
+    plan = plan_of(root, state, inv, offline=True)
+    # a format bump rebuilds every layer once, and says why
+    assert {lp.action for lp in plan.layers.values()} == {Action.BUILD}
+    assert plan.layers["apt"].reasons[0].code == "key-format"

@@ -138,3 +138,79 @@ def test_missing_sources_load_as_unbuildable_when_allowed(tmp_path: Path) -> Non
     assert "`path_map: {/data/image-configs: .}`" in (ei.value.diagnostics[0].hint or "")
     p = load_project(tmp_path, sources_required=False)
     assert list(p.layers) == ["base"] and [d.line for d in p.unbuildable["base"]] == [5]
+
+
+def _parses(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Paths the loader actually parses (a cache hit parses nothing)."""
+    import imagegraph.project as project_mod
+
+    seen: list[Path] = []
+    real = project_mod.read_spec
+
+    def counting(path, *a, **kw):
+        seen.append(Path(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(project_mod, "read_spec", counting)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "missing, fix",
+    [
+        ("copyfiles", lambda root: write(root, "files/motd", "hello\n")),
+        ("key_paths", lambda root: write(root, "extra/site.conf", "x\n")),
+    ],
+)
+def test_a_fixed_source_error_does_not_come_back_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str, fix
+) -> None:
+    root = tmp_path / "layers"
+    if missing == "copyfiles":
+        write(root, "a.yaml", MIN + "copyfiles:\n  - src: files/motd\n    dest: /etc/motd\n")
+    else:
+        write(root, "a.yaml", MIN + "  key_paths: [extra/site.conf]\n")
+    cache = root / ".imagegraph" / "cache"
+    cache.mkdir(parents=True)
+    parsed = _parses(monkeypatch)
+    for _ in range(2):  # a miss, then a hit: both report the missing file
+        with pytest.raises(SpecError, match="does not exist"):
+            load_project(root, cache_dir=cache)
+    assert parsed == [root / "a.yaml"], "the second load was not a cache hit"
+    fix(root)
+    p = load_project(root, cache_dir=cache)  # a hit: the spec did not change, the host did
+    assert list(p.layers) == ["a"] and len(parsed) == 1
+
+
+def test_dir_spelling_and_working_directory_do_not_change_what_is_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = seed_dir(tmp_path / "site" / "layers")
+    write(
+        root,
+        "out.yaml",
+        MIN
+        + "  name: out\n  publish_dir: ../out\ncopyfiles:\n  - {src: ./files/../files/chrony.conf, dest: /x}\n",
+    )
+    cache = root / ".imagegraph" / "cache"
+    cache.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(root)
+    seen = []
+    for cwd, spelling in [
+        (root, "."),
+        (root.parent, "layers"),
+        (root.parent, "layers/"),
+        (root.parent, "./layers"),
+        (tmp_path / "elsewhere", str(root)),
+        (tmp_path / "elsewhere", "../site/layers"),
+        (tmp_path, "link"),
+    ]:
+        monkeypatch.chdir(cwd)
+        p = load_project(spelling, cache_dir=root / ".imagegraph" / "cache")
+        seen.append((p.root, p.layers))
+        assert p.root == root.resolve()
+        assert p.layers["out"].publish_dir == (tmp_path / "site" / "out").resolve()
+        assert p.layers["out"].copyfiles[0].source == root.resolve() / "files" / "chrony.conf"
+        assert all(s.path.is_absolute() for s in p.layers.values())
+    assert all(s == seen[0] for s in seen)

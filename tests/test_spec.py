@@ -254,3 +254,16 @@ def test_gpgcheck_rule(tmp_path, parent, gpgcheck, gpg, verified, diagnostic):
         assert spec is None
     else:
         assert spec.verifies(spec.repos[0]) is verified
+
+
+def test_half_a_surrogate_pair_is_a_located_error_not_a_crash(tmp_path: Path) -> None:
+    # YAML's \u escapes are 16-bit: "\ud83d\ude00" is two lone surrogates, which nothing can encode.
+    p = tmp_path / "a.yaml"
+    p.write_text('options:\n  layer_type: base\n  pkg_manager: dnf\ncmds:\n  - "echo \\ud83d\\ude00"\n')
+    spec, diags = read_spec(p)
+    assert spec is None
+    (d,) = diags
+    assert (d.line, d.column) == (5, 11) and "surrogate" in d.message and "\\U" in (d.hint or "")
+    p.write_text('options:\n  layer_type: base\n  pkg_manager: dnf\ncmds:\n  - "echo \\U0001F600"\n')
+    spec, diags = read_spec(p)
+    assert spec is not None and spec.cmds[0].cmd == "echo \U0001f600"

@@ -23,17 +23,32 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
-from ..spec import Repo
+from ..spec import LayerSpec, Repo
 from .work import Work
 
+NAME = "apt"
+VERSION = 1  # bump when a change below changes what an image contains
 DEFAULT_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 
 
-def suite_of(work: Work) -> str:
-    spec = work.spec
+def key_inputs(spec: LayerSpec) -> dict[str, Any]:
+    """What apt builds assume where the spec is silent (see `build.backends`)."""
+    scratch = spec.parent == "scratch"  # mmdebstrap; on a parent, apt-get in the image
+    return {
+        "suite": suite_of(spec),
+        "mirror": DEFAULT_MIRROR if scratch and not spec.repos else None,
+        "components": ["main"],  # of a repo that names none
+        "variant": "minbase" if scratch else None,
+        "recommends": False,
+        "package_lists": "removed",
+    }
+
+
+def suite_of(spec: LayerSpec) -> str:
     for repo in spec.repos:
         if repo.suite:
             return repo.suite
@@ -71,7 +86,7 @@ def install(work: Work) -> None:
 
 def bootstrap(work: Work) -> None:
     spec = work.spec
-    suite = suite_of(work)
+    suite = suite_of(spec)
     repos = spec.repos or (Repo(alias="debian", url=DEFAULT_MIRROR),)
     argv = [
         "mmdebstrap",
@@ -96,7 +111,7 @@ def bootstrap(work: Work) -> None:
 
 def install_inside(work: Work) -> None:
     spec = work.spec
-    suite = suite_of(work)
+    suite = suite_of(spec)
     with work.step("repos", f"{len(spec.repos)} repositories"):
         for repo in spec.repos:
             if repo.gpg:

@@ -27,14 +27,28 @@ packages in the host's /var/lib/dnf, so host dnf runs with `--noplugins`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from ..spec import Repo
+from ..spec import LayerSpec, Repo
 from .work import Work
 
+NAME = "dnf"
+VERSION = 1  # bump when a change below changes what an image contains
 RPM_DBPATH = "/var/lib/rpm"
 DBPATH_CANDIDATES = ("/var/lib/rpm", "/usr/lib/sysimage/rpm")
 IMAGE_DNF = ("/usr/bin/dnf", "/usr/bin/yum", "/bin/dnf", "/bin/yum")
 IMAGE_RPM = ("/usr/bin/rpm", "/bin/rpm")
+
+
+def key_inputs(spec: LayerSpec) -> dict[str, Any]:
+    """What dnf builds assume where the spec is silent (see `build.backends`)."""
+    return {
+        # Without releasever, dnf in the image uses the image's own; the host's dnf has none.
+        "releasever": spec.releasever or "from-image",
+        "rpm_dbpath": RPM_DBPATH,  # where a new image's database goes (an existing one stays)
+        "host_plugins": False,  # host dnf runs with --noplugins
+        "repo_files": "image" if spec.parent != "scratch" else "none",
+    }
 
 
 def repo_file(repo: Repo, gpgcheck: bool) -> str:

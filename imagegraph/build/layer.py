@@ -24,17 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildError
-from ..key import key_tag
+from ..keytag import key_tag
 from ..labels import image_labels as spec_image_labels
 from ..redact import redact
 from ..runner import Cancelled, CommandError, Runner
 from ..spec import LayerSpec
-from . import ansible, apt, dnf, zypper
+from . import ansible
+from .backends import PACKAGE_MANAGERS
 from .container import container_name, forget_owner, record_owner, remove_container
 from .work import Work
 
 LOCAL_REPO = "localhost/imagegraph"
-BACKENDS = {"dnf": dnf, "zypper": zypper, "apt": apt}
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def build_layer(req: BuildRequest, runner: Runner) -> BuildResult:
 
 def _base_layer(work: Work) -> None:
     spec = work.spec
-    backend = BACKENDS.get(spec.pkg_manager or "")
+    backend = PACKAGE_MANAGERS.get(spec.pkg_manager or "")
     if backend is None:
         raise BuildError(spec.name, "packages", f"unknown pkg_manager {spec.pkg_manager!r}")
     backend.install(work)

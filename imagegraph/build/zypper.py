@@ -15,11 +15,27 @@ image-parent paths (tests/test_build_argv.py).
 
 from __future__ import annotations
 
-from .dnf import host_env, import_gpg_keys
+from typing import Any
+
+from ..spec import LayerSpec
+from .dnf import RPM_DBPATH, host_env, import_gpg_keys
 from .dnf import remove as remove  # rpm -e --nodeps, as image-builder does for zypper too
 from .work import Work
 
+NAME = "zypper"
+VERSION = 1  # bump when a change below changes what an image contains
 IMAGE_ZYPPER = ("/usr/bin/zypper", "/bin/zypper")
+
+
+def key_inputs(spec: LayerSpec) -> dict[str, Any]:
+    """What zypper builds assume where the spec is silent (see `build.backends`)."""
+    return {
+        "releasever": spec.releasever or "from-image",
+        "rpm_dbpath": RPM_DBPATH,
+        "gpg_keys": "auto-import" if spec.gpgcheck else "unchecked",
+        "licenses": "auto-agree",
+        "package_groups": "patterns",
+    }
 
 
 def uses_image_zypper(work: Work) -> bool:
