@@ -344,8 +344,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .executor import StateLock, run_up
+    from .executor import run_up
     from .state import default_run_id
+    from .statelock import StateLock
 
     run_id = default_run_id()
     logmod.bind_run(run_id)  # planning's events (registry warnings) carry the run id too
@@ -521,8 +522,8 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from .executor import StateLock
     from .lockfile import lock
+    from .statelock import StateLock
 
     root, _ = _split_dir([args.dir] if args.dir else [])
     project, lg = _load(root, args.state)

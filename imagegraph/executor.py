@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import signal
@@ -30,7 +29,7 @@ from typing import IO, Any
 
 from . import runner as runner_mod
 from .build import BuildRequest, ParentImage, build_layer, local_image_id, pull_image, remove_stale_containers
-from .errors import BuildError, ImagegraphError, LockHeldError, PublishError
+from .errors import BuildError, ImagegraphError, PublishError
 from .key import key_tag
 from .log import bind_run, get_logger
 from .plan import Action, LayerPlan, Plan, local_key_ref
@@ -39,6 +38,7 @@ from .runner import CommandError, Runner
 from .scheduler import EventHook, LayerResult, RunResult, Scheduler
 from .spec import LayerSpec
 from .state import State, default_run_id
+from .statelock import StateLock, atomic_write
 
 
 class LocalExecutor:
@@ -377,56 +377,6 @@ class LocalExecutor:
         return out
 
 
-# ----------------------------------------------------------------------- locking
-
-
-class StateLock:
-    """An exclusive lock on the state directory: one `up` (or `gc`, `lock --update`) at a time."""
-
-    def __init__(self, state_dir: Path, command: str, wait: bool = False):
-        self.path = state_dir / "lock"
-        self.command = command
-        self.wait = wait
-        self._fd: int | None = None
-
-    def __enter__(self) -> StateLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip()
-            os.close(fd)
-            try:
-                info = json.loads(holder)
-                who = f"pid {info['pid']} ({info.get('command', '?')}), started {info.get('started_at', '?')}"
-            except (ValueError, KeyError):
-                who = "another process"
-            raise LockHeldError(
-                f"another imagegraph run holds {self.path}: {who}; wait for it, or pass --wait to queue"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(
-            fd,
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "command": self.command,
-                    "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                }
-            ).encode(),
-        )
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)
-            self._fd = None
-
-
 # ------------------------------------------------------------------------- run_up
 
 
@@ -518,19 +468,11 @@ def _write_records(state_dir: Path, run_id: str, doc: dict, status: str) -> None
     """The run's result document, and a last-success marker a monitor can check."""
     runs = state_dir / "runs"
     runs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _atomic_write(runs / f"{run_id}.json", json.dumps(doc, indent=2, sort_keys=True))
-    _atomic_write(state_dir / "last-run.json", json.dumps(doc, indent=2, sort_keys=True))
+    atomic_write(runs / f"{run_id}.json", json.dumps(doc, indent=2, sort_keys=True))
+    atomic_write(state_dir / "last-run.json", json.dumps(doc, indent=2, sort_keys=True))
     if status == "ok":
         marker = {"run_id": run_id, "finished": doc["finished"], "layers": len(doc["layers"])}
-        _atomic_write(state_dir / "last-success.json", json.dumps(marker, indent=2))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        atomic_write(state_dir / "last-success.json", json.dumps(marker, indent=2))
 
 
 # --------------------------------------------------------------------- artifacts
