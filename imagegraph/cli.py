@@ -373,7 +373,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         state_dir=_state_path(project, args.state).parent,
         jobs=jobs,
         fail_fast=args.fail_fast,
-        on_event=progress.event if progress else None,
+        reporter=progress,
         install_signals=True,
         wait_lock=args.wait,
         run_id=run_id,
@@ -388,12 +388,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """Live progress on a terminal: running layers, done/total, elapsed."""
+    """Live progress on a terminal (a `Reporter`): running tasks, done/total, elapsed."""
 
     def __init__(self, console: Console, plan: Plan):
         from rich.live import Live
 
-        self.total = sum(1 for lp in plan.layers.values() if lp.pending)
+        self.total = sum(len(lp.tasks) for lp in plan.layers.values())
         self.done = 0
         self.running: dict[str, float] = {}
         self.start = time.monotonic()
@@ -408,12 +408,22 @@ class _Progress:
         )
         return t
 
-    def event(self, kind: str, layer: str, result: Any) -> None:
-        if kind == "start":
-            self.running[layer] = time.monotonic()
-        elif kind == "finish":
-            if self.running.pop(layer, None) is not None:
-                self.done += 1
+    def task_started(self, task: Any) -> None:
+        self.running[f"{task.layer} {task.kind}"] = time.monotonic()
+        self.live.update(self._render())
+
+    def task_finished(self, task: Any, result: Any) -> None:
+        self.running.pop(f"{task.layer} {task.kind}", None)
+        self.done += 1
+        self.live.update(self._render())
+
+    task_failed = task_finished
+
+    def task_skipped(self, task: Any, result: Any) -> None:
+        self.done += 1
+        self.live.update(self._render())
+
+    def run_finished(self, result: Any) -> None:
         self.live.update(self._render())
 
     def stop(self) -> None:

@@ -11,7 +11,8 @@ from imagegraph.graph import build_graph
 from imagegraph.plan import StaticInventory, make_plan
 from imagegraph.project import load_project
 from imagegraph.runner import Cancelled
-from imagegraph.scheduler import LayerResult, Scheduler, bottom_levels
+from imagegraph.scheduler import Scheduler, TaskResult, bottom_levels
+from imagegraph.tasks import TaskKind
 from imagegraph.state import State
 
 from .specdirs import write
@@ -31,29 +32,53 @@ def tree(tmp_path: Path, edges: dict[str, str | None]):
 
 
 class Recorder:
+    """A fake executor: records the order and overlap of build tasks, fails the layers named.
+
+    Violations are collected, not asserted in the worker thread (where the
+    scheduler would turn them into a failed task); `check()` asserts them.
+    """
+
+    build_slots = 1
+
     def __init__(self, seconds: dict[str, float] | None = None, fail: set[str] | None = None):
         self.seconds = seconds or {}
         self.fail = fail or set()
         self.order: list[str] = []
         self.running = 0
         self.peak = 0
+        self.violations: list[str] = []
         self.lock = threading.Lock()
 
-    def execute(self, lp, parents):
+    def prepare(self, plan, tasks) -> None:
+        self.prepared = [t.id for t in tasks]
+
+    def cancel(self) -> None:
+        pass
+
+    def run_task(self, task, needs):
+        if task.kind != TaskKind.BUILD:
+            return TaskResult(task.id, task.layer, task.kind)
+        return self.execute(task, needs)
+
+    def execute(self, task, needs):
         with self.lock:
-            self.order.append(lp.layer)
+            self.order.append(task.layer)
             self.running += 1
             self.peak = max(self.peak, self.running)
-            for p, r in parents.items():
-                assert r.status in ("ok", "up-to-date"), f"{lp.layer} started before parent {p} succeeded"
+            for dep in task.after:
+                if dep not in needs or needs[dep].status != "ok":
+                    self.violations.append(f"{task.id} started before {dep} succeeded")
         try:
-            time.sleep(self.seconds.get(lp.layer, 0.01))
-            if lp.layer in self.fail:
-                raise BuildError(lp.layer, "cmds[0]", "exit 1", ["boom"])
-            return LayerResult(lp.layer, lp.action, "ok", image_id="sha256:" + lp.layer)
+            time.sleep(self.seconds.get(task.layer, 0.01))
+            if task.layer in self.fail:
+                raise BuildError(task.layer, "cmds[0]", "exit 1", ["boom"])
+            return TaskResult(task.id, task.layer, task.kind, image_id="sha256:" + task.layer)
         finally:
             with self.lock:
                 self.running -= 1
+
+    def check(self) -> None:
+        assert self.violations == []
 
 
 EDGES = {
@@ -72,6 +97,7 @@ def test_parents_before_children_and_parallelism(tmp_path: Path) -> None:
     result = Scheduler(plan, rec, jobs=2).run()
     assert result.exit_status == 0 and set(result.counts()) == {"ok"}
     assert rec.order[0] == "base" and rec.peak == 2
+    rec.check()
     for child, parent in EDGES.items():
         if parent:
             assert rec.order.index(parent) < rec.order.index(child)
@@ -105,7 +131,8 @@ def test_longest_chain_first(tmp_path: Path) -> None:
     # 'x' heads a long chain, 'y' is a lone layer: with one worker, x starts first.
     plan = tree(tmp_path, {"x": None, "x1": "x", "x2": "x1", "y": None})
     levels = bottom_levels(plan, {"y": 100})
-    assert levels["y"] == 100 and levels["x"] == 180
+    # Each layer builds (y: 100 s recorded, others 60 s by default), then pushes (10 s by default).
+    assert levels["y"] == 110 and levels["x"] == 190
     rec = Recorder()
     Scheduler(plan, rec, jobs=1, durations={"y": 100}).run()
     assert rec.order[0] == "x"
@@ -118,11 +145,11 @@ def test_cancel_reports_what_finished(tmp_path: Path) -> None:
     plan = tree(tmp_path, {"a": None, "b": "a", "c": "b"})
 
     class Slow(Recorder):
-        def execute(self, lp, parents):
-            if lp.layer == "b":
+        def execute(self, task, needs):
+            if task.layer == "b":
                 sched.cancel("SIGTERM")
                 raise Cancelled("b: stopped")
-            return super().execute(lp, parents)
+            return super().execute(task, needs)
 
     sched = Scheduler(plan, Slow(), jobs=1)
     result = sched.run()
@@ -135,10 +162,10 @@ def test_internal_errors_do_not_stop_siblings(tmp_path: Path) -> None:
     plan = tree(tmp_path, {"a": None, "b": None})
 
     class Buggy(Recorder):
-        def execute(self, lp, parents):
-            if lp.layer == "a":
+        def execute(self, task, needs):
+            if task.layer == "a":
                 raise KeyError("oops")
-            return super().execute(lp, parents)
+            return super().execute(task, needs)
 
     result = Scheduler(plan, Buggy(), jobs=2).run()
     assert result.results["a"].status == "failed" and "internal error" in result.results["a"].error
