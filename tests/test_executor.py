@@ -245,7 +245,8 @@ def test_ctrl_c_mid_upload_leaves_no_partial_upload(tmp_path: Path, fake: FakeBu
     s3_env.proxy.heal()
     assert proc.returncode == 130, err
     doc = json.loads(out)
-    assert tasks(doc)["base:publish-artifacts"]["status"] == "cancelled", tasks(doc)["base:publish-artifacts"]["error"]
+    upload = tasks(doc)["base:publish-artifacts"]
+    assert upload["status"] == "cancelled", upload["error"]
     # The children's builds did not wait for the upload.
     assert tasks(doc)["compute:build"]["status"] == "ok"
     client = s3_env.client()
