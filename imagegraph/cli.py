@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-all", action="store_true", help="rebuild every selected layer")
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
     p.add_argument("--fail-fast", action="store_true", help="start nothing new after the first failure")
+    p.add_argument(
+        "--uploads", type=int, default=None, metavar="N", help="registry/S3/dir uploads at once (default: 2)"
+    )
+    p.add_argument(
+        "--boot-tests", type=int, default=None, metavar="N", help="QEMU boot tests at once (default: 1)"
+    )
     p.add_argument("--json", action="store_true", help="print the run result as JSON")
     _max_age(p)
     p.add_argument("--wait", action="store_true", help="queue behind a running run instead of exiting 3")
@@ -373,6 +379,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         state_dir=_state_path(project, args.state).parent,
         jobs=jobs,
         fail_fast=args.fail_fast,
+        uploads=args.uploads,
+        boot_tests=args.boot_tests,
         reporter=progress,
         install_signals=True,
         wait_lock=args.wait,

@@ -44,9 +44,9 @@ from .log import bind_run, get_logger
 from .plan import Action, LayerPlan, Plan, local_key_ref
 from .publish.artifacts import MadeArtifacts, make_artifacts, mounted_image, upload_artifacts
 from .redact import redact
-from .reporting import LogReporter, Reporter, Reporters, RunRecord
+from .reporting import LogReporter, Reporter, Reporters, RunRecord, task_durations
 from .runner import CommandError, Runner
-from .scheduler import DEFAULT_BOOT_TESTS, DEFAULT_UPLOADS, RunResult, Scheduler, TaskResult
+from .scheduler import RunResult, Scheduler, TaskResult
 from .spec import LayerSpec
 from .state import State, default_run_id
 from .statelock import StateLock
@@ -435,8 +435,8 @@ def run_up(
     *,
     state_dir: Path,
     jobs: int = 1,
-    uploads: int = DEFAULT_UPLOADS,
-    boot_tests: int = DEFAULT_BOOT_TESTS,
+    uploads: int | None = None,
+    boot_tests: int | None = None,
     fail_fast: bool = False,
     reporter: Reporter | None = None,
     install_signals: bool = False,
@@ -464,7 +464,7 @@ def run_up(
             uploads=uploads,
             boot_tests=boot_tests,
             fail_fast=fail_fast,
-            durations=state.durations(),
+            durations={**task_durations(state_dir), **state.durations()},
             reporter=Reporters(LogReporter(log), reporter, RunRecord(state, state_dir, plan, command)),
             run_id=run_id,
         )

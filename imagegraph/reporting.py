@@ -153,3 +153,22 @@ def write_records(state_dir: Path, run_id: str, doc: dict, status: str) -> None:
     if status == "ok":
         marker = {"run_id": run_id, "finished": doc["finished"], "layers": len(doc["layers"])}
         atomic_write(state_dir / "last-success.json", json.dumps(marker, indent=2))
+
+
+def task_durations(state_dir: Path) -> dict[str, float]:
+    """Seconds each task took in the last run (`last-run.json`), by task id: priorities for the next.
+
+    Builds are weighted by the state's recorded means (`State.durations`);
+    this adds the other tasks (uploads, SquashFS, boot tests). A missing or
+    unreadable record gives nothing: the defaults of tasks.py apply.
+    """
+    try:
+        doc = json.loads((state_dir / "last-run.json").read_text())
+        return {
+            t["id"]: float(t["duration"])
+            for layer in doc.get("layers", [])
+            for t in layer.get("tasks", [])
+            if t.get("status") == "ok" and t.get("kind") != "build"
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}

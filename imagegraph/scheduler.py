@@ -224,8 +224,8 @@ class Scheduler:
         executor: Executor,
         *,
         jobs: int = 1,
-        uploads: int = DEFAULT_UPLOADS,
-        boot_tests: int = DEFAULT_BOOT_TESTS,
+        uploads: int | None = None,
+        boot_tests: int | None = None,
         fail_fast: bool = False,
         durations: dict[str, float] | None = None,
         reporter: Reporter | None = None,
@@ -235,8 +235,8 @@ class Scheduler:
         self.executor = executor
         self.limits = {
             Resource.BUILD: max(1, jobs),
-            Resource.UPLOAD: max(1, uploads),
-            Resource.BOOT: max(1, boot_tests),
+            Resource.UPLOAD: max(1, uploads or DEFAULT_UPLOADS),
+            Resource.BOOT: max(1, boot_tests or DEFAULT_BOOT_TESTS),
         }
         self.fail_fast = fail_fast
         self.durations = durations or {}

@@ -14,7 +14,7 @@ from imagegraph.graph import build_graph
 from imagegraph.plan import StaticInventory, make_plan
 from imagegraph.project import load_project
 from imagegraph.runner import Cancelled
-from imagegraph.scheduler import Scheduler, TaskResult, bottom_levels
+from imagegraph.scheduler import Scheduler, TaskResult, bottom_levels, task_levels
 from imagegraph.state import State
 from imagegraph.tasks import TaskKind
 
@@ -362,3 +362,16 @@ def test_scheduler_properties(tmp_path_factory, run) -> None:
         else:
             assert r.status == "ok"
     assert result.exit_status == (1 if fail else 0)
+
+
+def test_recorded_task_durations_weigh_priorities(tmp_path: Path) -> None:
+    # Two lone layers; 'a' pushed slowly last time, so with one build slot it goes first.
+    plan = tree(tmp_path, {"a": None, "b": None})
+    levels = task_levels([t for lp in plan.layers.values() for t in lp.tasks], {"a:push": 500})
+    assert levels["a:build"] == 560 and levels["b:build"] == 70
+    rec = Recorder()
+    Scheduler(plan, rec, jobs=1, durations={"a:push": 500, "b": 100}).run()
+    assert rec.order == ["a", "b"]
+    rec = Recorder()
+    Scheduler(plan, rec, jobs=1, durations={"b": 1000}).run()
+    assert rec.order == ["b", "a"]
