@@ -134,6 +134,7 @@ class RunResult:
     results: dict[str, LayerResult]
     cancelled: bool = False
     signal_name: str | None = None
+    limits: dict[str, int] = field(default_factory=dict)  # slots per resource class
 
     @property
     def failed(self) -> list[str]:
@@ -164,6 +165,7 @@ class RunResult:
             "cancelled": self.cancelled,
             "exit_status": self.exit_status,
             "summary": self.counts(),
+            "limits": self.limits,
             "layers": [r.to_json() for r in self.results.values()],
         }
 
@@ -369,7 +371,10 @@ class Scheduler:
             if tid not in results:
                 skip(tid, TaskStatus.NOT_STARTED, reason, None, None)
         layers = {lid: self._layer_result(lid, results) for lid in plan.layers}
-        result = RunResult(self.run_id, started, time.time(), layers, self.cancelled, self.signal_name)
+        limits = {str(k): v for k, v in self.limits.items()}
+        result = RunResult(
+            self.run_id, started, time.time(), layers, self.cancelled, self.signal_name, limits
+        )
         self.reporter.run_finished(result)
         return result
 
