@@ -436,6 +436,9 @@ class _Progress:
         self.done += 1
         self.live.update(self._render())
 
+    def layer_finished(self, result: Any) -> None:
+        pass
+
     def run_finished(self, result: Any) -> None:
         self.live.update(self._render())
 

@@ -2,7 +2,8 @@
 
 The scheduler calls a reporter by name, from its own thread, as tasks
 start, finish, fail (or are cancelled) and are skipped (blocked by a failed
-task, or never started), and once when the run is over. Implemented here:
+task, or never started), as each layer's last task ends (or at once for a
+layer with nothing to do), and once when the run is over. Implemented here:
 `LogReporter` (structlog events: the console or JSON-lines log) and
 `RunRecord` (the state's run row, `runs/<run id>.json`, `last-run.json` and
 `last-success.json`); the CLI's terminal progress is a third. `Reporters`
@@ -20,7 +21,7 @@ from .statelock import atomic_write
 
 if TYPE_CHECKING:
     from .plan import Plan
-    from .scheduler import RunResult, TaskResult
+    from .scheduler import LayerResult, RunResult, TaskResult
     from .state import State
     from .tasks import Task
 
@@ -33,6 +34,8 @@ class Reporter(Protocol):
     def task_failed(self, task: Task, result: TaskResult) -> None: ...
 
     def task_skipped(self, task: Task, result: TaskResult) -> None: ...
+
+    def layer_finished(self, result: LayerResult) -> None: ...
 
     def run_finished(self, result: RunResult) -> None: ...
 
@@ -50,6 +53,9 @@ class NullReporter:
         pass
 
     def task_skipped(self, task: Task, result: TaskResult) -> None:
+        pass
+
+    def layer_finished(self, result: LayerResult) -> None:
         pass
 
     def run_finished(self, result: RunResult) -> None:
@@ -77,6 +83,10 @@ class Reporters:
     def task_skipped(self, task: Task, result: TaskResult) -> None:
         for r in self.reporters:
             r.task_skipped(task, result)
+
+    def layer_finished(self, result: LayerResult) -> None:
+        for r in self.reporters:
+            r.layer_finished(result)
 
     def run_finished(self, result: RunResult) -> None:
         for r in self.reporters:
@@ -114,6 +124,17 @@ class LogReporter:
 
     def task_skipped(self, task: Task, result: TaskResult) -> None:
         self.log.info("task skipped", reason=str(result.reason), **self._fields(task, result))
+
+    def layer_finished(self, result: LayerResult) -> None:
+        fields: dict[str, Any] = {
+            "layer": result.layer,
+            "action": str(result.action),
+            "status": str(result.status),
+            "seconds": round(result.duration, 1),
+        }
+        if result.error:
+            fields["error"] = result.error.splitlines()[0]
+        (self.log.error if result.status == "failed" else self.log.info)("layer finished", **fields)
 
     def run_finished(self, result: RunResult) -> None:
         self.log.info(

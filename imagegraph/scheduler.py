@@ -288,11 +288,19 @@ class Scheduler:
         def make_ready(tid: str) -> None:
             heapq.heappush(ready[tasks[tid].resource], (-levels[tid], order_index[tid], tid))
 
+        left = {lid: len(lp.tasks) for lid, lp in plan.layers.items()}
+
+        def layer_done(lid: str) -> None:
+            left[lid] -= 1
+            if left[lid] == 0:
+                self.reporter.layer_finished(self._layer_result(lid, results))
+
         def skip(tid: str, status: TaskStatus, reason: SkipReason, by: str | None, error: str | None) -> None:
             t = tasks[tid]
             res = TaskResult(tid, t.layer, t.kind, status, reason=reason, blocked_by=by, error=error)
             results[tid] = res
             self.reporter.task_skipped(t, res)
+            layer_done(t.layer)
 
         def block_below(tid: str, reason: SkipReason, error: str) -> None:
             stack = list(below[tid])
@@ -309,12 +317,14 @@ class Scheduler:
             t = tasks[tid]
             if res.status == TaskStatus.OK:
                 self.reporter.task_finished(t, res)
+                layer_done(t.layer)
                 for c in below[tid]:
                     waiting[c] -= 1
                     if waiting[c] == 0 and c not in results:
                         make_ready(c)
                 return
             self.reporter.task_failed(t, res)
+            layer_done(t.layer)
             if res.status == TaskStatus.CANCELLED:
                 return  # what needs it is reported as not started, not as blocked
             failed_any = True
@@ -323,6 +333,9 @@ class Scheduler:
                 self.executor.cancel()
 
         order_index = {tid: i for i, tid in enumerate(order)}
+        for lid, lp in plan.layers.items():
+            if not lp.tasks:  # up to date (or blocked with nothing to run): finished before anything starts
+                self.reporter.layer_finished(self._layer_result(lid, results))
         # Layers the plan already knows cannot build: their tasks, and what needs them, are blocked.
         for lid, lp in plan.layers.items():
             if lp.action == Action.BLOCKED:

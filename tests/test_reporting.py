@@ -43,6 +43,7 @@ def test_run_record_and_task_durations(tmp_path: Path) -> None:
     durs = task_durations(sd)
     assert set(durs) == {"a:push", "b:push"} and durs["a:push"] >= 0.05
     assert [e for lvl, e, _ in log.events].count("task started") == 4
+    assert sorted(kw["layer"] for _, e, kw in log.events if e == "layer finished") == ["a", "b"]
     assert log.events[-1][1] == "run finished" and log.events[-1][2]["status"] == "ok"
 
 

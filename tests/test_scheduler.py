@@ -307,6 +307,9 @@ class Reports:
     def task_skipped(self, task, result):
         self.calls.append(("skipped", task.id))
 
+    def layer_finished(self, result):
+        self.calls.append(("layer", result.layer))
+
     def run_finished(self, result):
         self.calls.append(("run", result.run_id))
 
@@ -315,7 +318,14 @@ def test_reporter_hears_every_task_once(tmp_path: Path) -> None:
     plan = tree(tmp_path, {"a": None, "b": "a", "c": None})
     rep = Reports()
     Scheduler(plan, TaskRecorder(fail={"a:build"}), jobs=2, reporter=rep, run_id="r1").run()
-    ends = [c for c in rep.calls if c[0] != "started"]
+    layers = [(i, c[1]) for i, c in enumerate(rep.calls) if c[0] == "layer"]
+    assert sorted(name for _, name in layers) == ["a", "b", "c"]
+    # A layer is reported once its last task has ended.
+    for i, name in layers:
+        assert all(
+            rep.calls.index(c) < i for c in rep.calls if c[0] != "layer" and c[1].startswith(f"{name}:")
+        )
+    ends = [c for c in rep.calls if c[0] not in ("started", "layer")]
     assert sorted(t for _, t in ends[:-1]) == sorted(t.id for lp in plan.layers.values() for t in lp.tasks)
     assert ("failed", "a:build") in ends and ("skipped", "b:build") in ends and ends[-1] == ("run", "r1")
     assert {t for k, t in rep.calls if k == "started"} == {"a:build", "c:build", "c:push"}
