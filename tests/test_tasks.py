@@ -132,3 +132,40 @@ def test_booted_key_is_not_gated_again(tmp_path: Path) -> None:
     )
     again = make_plan(lg, state, StaticInventory(reachable=False))
     assert TaskKind.BOOT_TEST not in {t.kind for t in again.layers["a"].tasks}
+
+
+GOLDEN = Path(__file__).parent / "golden" / "tasks.json"
+
+
+def golden_plan(tmp: Path) -> dict:
+    root = tmp / "g"
+    write(root, "base.yaml", layer_yaml("base", None, True, True))
+    write(root, "compute.yaml", layer_yaml("compute", "base", False, False))
+    write(root, "debug.yaml", layer_yaml("debug", "compute", True, False))
+    write(root, "login.yaml", layer_yaml("login", "compute", False, True))
+    docs = {}
+    for name, where in (("site", root), ("layers", Path(__file__).parents[1] / "layers")):
+        plan = make_plan(
+            build_graph(load_project(where)),
+            State(tmp / f"{name}.db"),
+            StaticInventory(reachable=False),
+            offline=True,
+        )
+        docs[name] = {
+            lid: {"action": str(lp.action), "tasks": lp.to_json()["tasks"]} for lid, lp in plan.layers.items()
+        }
+    return docs
+
+
+def test_golden_task_graphs(tmp_path: Path) -> None:
+    """The task graphs of a fresh plan (a gated S3+registry base and its children; the bundled layers/).
+
+    Regenerate with IMAGEGRAPH_UPDATE_GOLDEN=1 after an intended change, and review the diff.
+    """
+    import json
+    import os
+
+    docs = golden_plan(tmp_path)
+    if os.environ.get("IMAGEGRAPH_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(docs, indent=2, sort_keys=True) + "\n")
+    assert docs == json.loads(GOLDEN.read_text())
