@@ -296,7 +296,7 @@ class LocalExecutor:
     ) -> TaskResult:
         image = self._built_now(lp, needs)
         if task.gated:  # the key tag only, for now: human tags wait for the boot (`tag-registry`)
-            self._push_key_tag(lp, spec, image or self._image(lp, needs, runner), runner)
+            self._push_key_tag(lp, spec, image, lambda: self._image(lp, needs, runner), runner)
             return TaskResult(task.id, task.layer, task.kind)
         pub = self._publish_registry(lp, spec, image, lambda: self._image(lp, needs, runner), runner)
         return TaskResult(task.id, task.layer, task.kind, published=[pub])
@@ -316,14 +316,16 @@ class LocalExecutor:
         self._record_publication(lp, "local", refs)
         return TaskResult(task.id, task.layer, task.kind, published=[{"target": "local", "locations": refs}])
 
-    def _push_key_tag(self, lp: LayerPlan, spec: LayerSpec, image: str, runner: Runner) -> None:
+    def _push_key_tag(
+        self, lp: LayerPlan, spec: LayerSpec, image: str | None, need_image, runner: Runner
+    ) -> None:
         from .publish.registry import push_layer, target_repository
 
         client = self.registry()
         client.configure_for(spec)
         if client.manifest_digest(f"{target_repository(spec).name}:{key_tag(lp.key)}"):
-            return
-        push_layer(spec, lp.key, image, runner, tags=[], client=client)
+            return  # already there (built elsewhere): no pull, no push
+        push_layer(spec, lp.key, image or need_image(), runner, tags=[], client=client)
 
     def _publish_registry(
         self, lp: LayerPlan, spec: LayerSpec, image: str | None, need_image, runner: Runner
