@@ -344,7 +344,14 @@ class Scheduler:
                     if t.id not in results:
                         skip(t.id, TaskStatus.BLOCKED, SkipReason.PLAN_BLOCKED, None, why)
                         block_below(t.id, SkipReason.PLAN_BLOCKED, f"blocked by {lid} (blocked)")
-        self.executor.prepare(plan, [t for tid, t in tasks.items() if tid not in results])
+        try:
+            self.executor.prepare(plan, [t for tid, t in tasks.items() if tid not in results])
+        except ImagegraphError as exc:
+            # Nothing could be handed to the build service (a batch system refused the jobs): the
+            # builds fail with its reason; publish tasks of layers that need no build still run.
+            for tid, t in tasks.items():
+                if t.kind == TaskKind.BUILD and tid not in results:
+                    finish(tid, TaskResult(tid, t.layer, t.kind, TaskStatus.FAILED, error=str(exc)))
         for tid in order:
             if tid not in results and waiting[tid] == 0:
                 make_ready(tid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -385,3 +386,30 @@ def test_recorded_task_durations_weigh_priorities(tmp_path: Path) -> None:
     rec = Recorder()
     Scheduler(plan, rec, jobs=1, durations={"b": 1000}).run()
     assert rec.order == ["b", "a"]
+
+
+def test_prepare_failure_fails_the_builds_only(tmp_path: Path) -> None:
+    from imagegraph.errors import BuildError
+    from imagegraph.plan import Action
+
+    plan = tree(tmp_path, {"a": None, "b": "a", "c": None})
+    # 'c' needs only publishing (its image exists): its push still runs.
+    plan.layers["c"].tasks = [t for t in plan.layers["c"].tasks if t.kind != TaskKind.BUILD]
+    plan.layers["c"].tasks = [dataclasses.replace(t, after=()) for t in plan.layers["c"].tasks]
+    plan.layers["c"].action = Action.PUBLISH
+
+    class Refused(TaskRecorder):
+        def prepare(self, plan, tasks):
+            raise BuildError("a", "submit", "sbatch: error: Batch job submission failed")
+
+    rec = Refused()
+    result = Scheduler(plan, rec, jobs=2).run()
+    st = {t.task: str(t.status) for t in result.tasks}
+    assert st == {
+        "a:build": "failed",
+        "a:push": "blocked",
+        "b:build": "blocked",
+        "b:push": "blocked",
+        "c:push": "ok",
+    }
+    assert "submission failed" in result.results["a"].error and set(rec.spans) == {"c:push"}
