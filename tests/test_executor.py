@@ -1,4 +1,4 @@
-"""The executor and scheduler through the real CLI, with a recording fake buildah on PATH (no root).
+"""The executor and scheduler through the real CLI, with a recording fake buildah on PATH (no buildah needed).
 
 The failure matrix: a failed build, a failed upload (real moto S3: a bucket
 that does not exist, a server that is not there), a failed boot test (real
