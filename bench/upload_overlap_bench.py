@@ -1,7 +1,8 @@
 """Benchmark: children build while their parent's large S3 upload runs (from the run record's task times).
 
 A parent layer (dnf from scratch: busybox from a local RPM repository, plus
-SIZE MB of random bytes, so the SquashFS does not compress) publishes to
+a file of SIZE MB of random bytes by `copyfiles`, so the SquashFS does not
+compress) publishes to
 moto's S3 server over HTTP on 127.0.0.1; two children publish nothing but
 local tags. Real buildah, real mksquashfs, real S3. One `imagegraph up -j 2`
 in a fresh process; the task start/end times come from `last-run.json`.
@@ -50,6 +51,7 @@ def main() -> None:
         tmp = Path(t)
         repo = make_repo(tmp / "repo")
         server = serve(repo.path)
+        (tmp / "moto").mkdir()
         s3 = S3Server(tmp / "moto")
         s3.start()
         try:
@@ -61,8 +63,11 @@ def main() -> None:
                 f"  publish_s3: {s3.endpoint}\n  s3_bucket: {bucket}\n"
                 f"repos:\n  - alias: igtest\n    url: '{server.url}'\npackage_groups: ['IG Minimal']\n"
             )
-            big = f"head -c {size}M /dev/urandom > /big.bin"
-            (root / "base.yaml").write_text(layer("base", "scratch", [big], extra))
+            with open(root / "big.bin", "wb") as f:  # random: the SquashFS stays as big as this
+                for _ in range(size):
+                    f.write(os.urandom(1024 * 1024))
+            extra += "copyfiles:\n  - {src: big.bin, dest: /big.bin}\n"
+            (root / "base.yaml").write_text(layer("base", "scratch", ["echo base > /etc/role"], extra))
             for child in ("c1", "c2"):
                 (root / f"{child}.yaml").write_text(
                     layer(child, f"localhost/{PREFIX}-base:1", [f"echo {child} > /etc/role"])
