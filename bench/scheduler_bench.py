@@ -1,8 +1,11 @@
-"""Benchmark: scheduler makespan with a simulated backend against the lower bound.
+"""Benchmark: scheduler makespan with a simulated backend against the lower bound; overhead per task.
 
-Each layer "builds" by sleeping its simulated duration (milliseconds stand
-for seconds). The lower bound of any schedule is max(critical path, total
-work / jobs). Prints a Markdown table.
+1. Each layer's build task sleeps its simulated duration (milliseconds stand
+   for seconds; its push task takes no time). The lower bound of any
+   schedule is max(critical path, total work / jobs).
+2. Overhead: 2,500 layers (5,000 tasks: a build and a push each) through the
+   scheduler with an executor that returns at once; wall time per task.
+Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imagegraph.graph import build_graph  # noqa: E402
 from imagegraph.plan import StaticInventory, make_plan  # noqa: E402
 from imagegraph.project import load_project  # noqa: E402
-from imagegraph.scheduler import LayerResult, Scheduler  # noqa: E402
+from imagegraph.scheduler import Scheduler, TaskResult  # noqa: E402
 from imagegraph.state import State  # noqa: E402
+from imagegraph.tasks import TaskKind  # noqa: E402
 
 SCALE = 0.01  # one simulated second = 10 ms
 
@@ -33,12 +37,39 @@ def spec(name: str, parent: str | None) -> str:
 
 
 class Sim:
-    def __init__(self, durations: dict[str, float]):
-        self.durations = durations
+    build_slots = 1
 
-    def execute(self, lp, parents):
-        time.sleep(self.durations[lp.layer] * SCALE)
-        return LayerResult(lp.layer, lp.action, "ok")
+    def __init__(self, durations: dict[str, float] | None = None):
+        self.durations = durations or {}
+
+    def prepare(self, plan, tasks) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+    def run_task(self, task, needs):
+        if task.kind == TaskKind.BUILD and self.durations:
+            time.sleep(self.durations[task.layer] * SCALE)
+        return TaskResult(task.id, task.layer, task.kind)
+
+
+def overhead(tmp: Path, layers: int = 2500, rounds: int = 3) -> list[tuple[int, int, float, float]]:
+    """Scheduler wall time per task with an executor that does nothing (a forest of chains of 5)."""
+    root = tmp / "overhead"
+    root.mkdir()
+    for i in range(layers):
+        (root / f"o{i:05d}.yaml").write_text(spec(f"o{i:05d}", f"o{i - 1:05d}" if i % 5 else None))
+    plan = make_plan(build_graph(load_project(root)), State(tmp / "o.db"), StaticInventory(reachable=False))
+    n = sum(len(lp.tasks) for lp in plan.layers.values())
+    rows = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        result = Scheduler(plan, Sim(), jobs=8, uploads=2).run()
+        wall = time.perf_counter() - t0
+        assert result.exit_status == 0
+        rows.append((layers, n, wall, wall / n * 1000))
+    return rows
 
 
 def scenario(tmp: Path, name: str, edges: dict[str, str | None], durations: dict[str, float], jobs: int):
@@ -80,6 +111,7 @@ def main() -> None:
             edges[f"t{i:03d}"] = f"t{rng.randrange(i):03d}"
         durs = {k: float(rng.randint(10, 100)) for k in edges}
         rows.append(scenario(tmp, "random-tree-200", edges, durs, 8))
+        over = overhead(tmp)
     print(
         "| scenario | layers | jobs | total work (s) | critical path (s) | lower bound (s) | makespan (s) | ratio |"
     )
@@ -88,6 +120,11 @@ def main() -> None:
         print(
             f"| {name} | {n} | {jobs} | {work:.0f} | {cp:.0f} | {bound:.0f} | {span:.0f} | {span / bound:.3f} |"
         )
+    print()
+    print("| layers | tasks | scheduler wall time (s) | per task (ms) |")
+    print("|---:|---:|---:|---:|")
+    for layers, n, wall, per in over:
+        print(f"| {layers} | {n} | {wall:.3f} | {per:.3f} |")
 
 
 if __name__ == "__main__":

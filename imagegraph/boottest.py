@@ -29,7 +29,7 @@ timeout, Ctrl-C, `up` being cancelled). The serial log stays in
 Where the files come from (`layer_artifacts`): the layer's `publish_dir`
 (`<dir>/<name>/<tag>/`), else its S3 publication (downloaded), else its image
 in local container storage (a SquashFS made on the spot). `up` hands over the
-files it has just made (see `LocalExecutor._publish`).
+files its `squashfs` task made (see `LocalExecutor._boot_test_task`).
 """
 
 from __future__ import annotations

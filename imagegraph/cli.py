@@ -124,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[DIR] [LAYER]")
     _common(p)
     p.add_argument(
-        "-j", "--jobs", type=int, default=None, help="layers built at once (default: cores/2, at least 1)"
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        help="build slots: builds and SquashFS at once (default: cores + 1)",
     )
     p.add_argument(
         "--force", action="append", default=[], metavar="LAYER", help="rebuild LAYER regardless of its key"
@@ -132,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force-all", action="store_true", help="rebuild every selected layer")
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
     p.add_argument("--fail-fast", action="store_true", help="start nothing new after the first failure")
+    p.add_argument(
+        "--uploads", type=int, default=None, metavar="N", help="registry/S3/dir uploads at once (default: 2)"
+    )
+    p.add_argument(
+        "--boot-tests", type=int, default=None, metavar="N", help="QEMU boot tests at once (default: 1)"
+    )
     p.add_argument("--json", action="store_true", help="print the run result as JSON")
     _max_age(p)
     p.add_argument("--wait", action="store_true", help="queue behind a running run instead of exiting 3")
@@ -426,8 +436,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .executor import StateLock, run_up
+    from .executor import run_up
     from .state import default_run_id
+    from .statelock import StateLock
 
     run_id = default_run_id()
     logmod.bind_run(run_id)  # planning's events (registry warnings) carry the run id too
@@ -444,7 +455,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         else:
             render_plan(plan, _out())
         return 0
-    jobs = args.jobs or project.settings.jobs or max(1, (os.cpu_count() or 2) // 2)
+    # cores + 1: measured fastest for independent builds on 2 cores, near or far repository (bench/README.md).
+    jobs = args.jobs or project.settings.jobs or (os.cpu_count() or 1) + 1
     console = _err()
     progress = _Progress(console, plan) if console.is_terminal and not args.json else None
     result = run_up(
@@ -453,7 +465,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         state_dir=_state_path(project, args.state).parent,
         jobs=jobs,
         fail_fast=args.fail_fast,
-        on_event=progress.event if progress else None,
+        uploads=args.uploads,
+        boot_tests=args.boot_tests,
+        reporter=progress,
         install_signals=True,
         wait_lock=args.wait,
         run_id=run_id,
@@ -469,12 +483,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """Live progress on a terminal: running layers, done/total, elapsed."""
+    """Live progress on a terminal (a `Reporter`): running tasks, done/total, elapsed."""
 
     def __init__(self, console: Console, plan: Plan):
         from rich.live import Live
 
-        self.total = sum(1 for lp in plan.layers.values() if lp.pending)
+        self.total = sum(len(lp.tasks) for lp in plan.layers.values())
         self.done = 0
         self.running: dict[str, float] = {}
         self.start = time.monotonic()
@@ -489,12 +503,25 @@ class _Progress:
         )
         return t
 
-    def event(self, kind: str, layer: str, result: Any) -> None:
-        if kind == "start":
-            self.running[layer] = time.monotonic()
-        elif kind == "finish":
-            if self.running.pop(layer, None) is not None:
-                self.done += 1
+    def task_started(self, task: Any) -> None:
+        self.running[f"{task.layer} {task.kind}"] = time.monotonic()
+        self.live.update(self._render())
+
+    def task_finished(self, task: Any, result: Any) -> None:
+        self.running.pop(f"{task.layer} {task.kind}", None)
+        self.done += 1
+        self.live.update(self._render())
+
+    task_failed = task_finished
+
+    def task_skipped(self, task: Any, result: Any) -> None:
+        self.done += 1
+        self.live.update(self._render())
+
+    def layer_finished(self, result: Any) -> None:
+        pass
+
+    def run_finished(self, result: Any) -> None:
         self.live.update(self._render())
 
     def stop(self) -> None:
@@ -603,8 +630,8 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
-    from .executor import StateLock
     from .lockfile import lock
+    from .statelock import StateLock
 
     root, _ = _split_dir([args.dir] if args.dir else [])
     project, lg = _load(root, args.state)

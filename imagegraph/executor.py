@@ -1,25 +1,32 @@
 """Running a Plan on this machine: `up`.
 
-`LocalExecutor` is the scheduler's executor for one build host: for a
-`build` action it finds the exact parent image (the one this run just built,
-or the one recorded for the parent's key, or the key tag pulled from the
-registry; never a mutable tag), builds with buildah, records the build
-atomically, then publishes; for a `publish` action it publishes the image
-that already exists for the key. Every command goes through a per-layer
-`Runner` writing `<state dir>/logs/<layer>-<run id>.log`.
+`LocalExecutor` is the scheduler's executor for one build host; it runs
+one task (tasks.py) at a time per call, in the scheduler's threads:
+
+- `build`: finds the exact parent image (the one this run just built, or
+  the one recorded for the parent's key, or the key tag pulled from the
+  registry; never a mutable tag), builds through the `BuildService`
+  (buildservice.py; buildah here by default) and records the build;
+- `push` / `tag-registry` / `tag-local`: the registry push (all tags, or
+  the key tag first when the boot gate holds the human tags), the human
+  tags after the boot test, local tags; each recorded as a publication;
+- `squashfs` -> `boot-test` -> `publish-artifacts`: the SquashFS and boot
+  files made once into the work dir, booted under QEMU when gated, then
+  uploaded to S3 and/or the directory and recorded.
+
+Every command goes through a per-layer `Runner` writing
+`<state dir>/logs/<layer>-<run id>.log`.
 
 `run_up` wraps a run: the state-directory lock (one run at a time),
 clean-up of working containers left by dead runs, signal handling
-(Ctrl-C/SIGTERM stop running commands and start nothing new), the run
-record, the result document and the last-success marker.
+(Ctrl-C/SIGTERM stop running commands and start nothing new), the reporters
+(log, run record, the caller's) and the clean-up of artifacts never uploaded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import json
 import os
 import signal
 import threading
@@ -29,22 +36,34 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import runner as runner_mod
-from .build import BuildRequest, ParentImage, build_layer, local_image_id, pull_image, remove_stale_containers
-from .errors import BuildError, ImagegraphError, LockHeldError, PublishError
+from .build import ParentImage, local_image_id, pull_image, remove_stale_containers
+from .buildservice import BuildService, LocalBuildService
+from .errors import BuildError, ImagegraphError, PublishError
 from .key import key_tag
 from .log import bind_run, get_logger
 from .plan import Action, LayerPlan, Plan, local_key_ref
-from .redact import redact, redact_obj
+from .publish.artifacts import MadeArtifacts, make_artifacts, mounted_image, upload_artifacts
+from .redact import redact
+from .reporting import LogReporter, Reporter, Reporters, RunRecord, task_durations
 from .runner import CommandError, Runner
-from .scheduler import EventHook, LayerResult, RunResult, Scheduler
+from .scheduler import RunResult, Scheduler, TaskResult
 from .spec import LayerSpec
 from .state import State, default_run_id
+from .statelock import StateLock
+from .tasks import Task, TaskKind, task_id
 
 
 class LocalExecutor:
-    """Builds and publishes layers on this host (see module docstring)."""
+    """Runs a run's tasks on this host (see module docstring); builds go through a `BuildService`."""
 
-    def __init__(self, plan: Plan, state: State, state_dir: Path, run_id: str):
+    def __init__(
+        self,
+        plan: Plan,
+        state: State,
+        state_dir: Path,
+        run_id: str,
+        build_service: BuildService | None = None,
+    ):
         self.plan = plan
         self.state = state
         self.state_dir = state_dir
@@ -56,6 +75,10 @@ class LocalExecutor:
         self._pull_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._registry = None
+        self._task = threading.local()  # the running task's Runner, for the build service
+        self._made: dict[str, MadeArtifacts] = {}  # layer -> SquashFS and boot files awaiting boot/upload
+        self.builds: BuildService = build_service or LocalBuildService(plan, run_id, self.runner_for)
+        self.build_slots = self.builds.slots
 
     # ------------------------------------------------------------------ helpers
 
@@ -67,6 +90,11 @@ class LocalExecutor:
                 self._registry = RegistryClient()
             return self._registry
 
+    def runner_for(self, layer: str) -> Runner:
+        """The Runner (layer log) of the task running in this thread."""
+        runner = getattr(self._task, "runner", None)
+        return runner if runner is not None and runner.layer == layer else Runner(layer)
+
     @contextlib.contextmanager
     def _layer_log(self, layer: str) -> Iterator[tuple[IO[str], Path]]:
         path = self.log_dir / f"{layer}-{self.run_id}.log"
@@ -74,7 +102,7 @@ class LocalExecutor:
         # logs/<layer>.log always points at the newest build log, from the moment it starts.
         latest = self.log_dir / f"{layer}.log"
         with contextlib.suppress(OSError):
-            tmp = latest.with_suffix(f".log.{os.getpid()}.tmp")
+            tmp = latest.with_suffix(f".log.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(path.name)
             os.replace(tmp, latest)
@@ -106,13 +134,13 @@ class LocalExecutor:
             return self._pull_once(ref, opts, runner)
         raise BuildError(lid, "parent", f"no image for key {lp.key[:12]} locally or in a registry")
 
-    def _parent(self, lp: LayerPlan, parents: dict[str, LayerResult], runner: Runner) -> ParentImage | None:
+    def _parent(self, lp: LayerPlan, needs: dict[str, TaskResult], runner: Runner) -> ParentImage | None:
         spec = self.plan.graph.spec(lp.layer)
         link = self.plan.graph.parents[lp.layer]
         if link.kind == "scratch":
             return None
         if link.kind == "layer":
-            pres = parents.get(link.layer)
+            pres = needs.get(task_id(link.layer, TaskKind.BUILD))
             image = pres.image_id if pres and pres.image_id else self._key_image(link.layer, runner)
             return ParentImage(image=image, ref=spec.parent, key=self.plan.layers[link.layer].key)
         ref = spec.parent
@@ -126,55 +154,89 @@ class LocalExecutor:
         image = self._pull_once(ref, spec.registry_opts_pull, runner)
         return ParentImage(image=image, ref=spec.parent, key=None)
 
-    # ------------------------------------------------------------------ execute
+    # ------------------------------------------------------------------ tasks
 
-    def execute(self, lp: LayerPlan, parents: dict[str, LayerResult]) -> LayerResult:
-        spec = self.plan.graph.spec(lp.layer)
-        with self._layer_log(lp.layer) as (logf, log_path):
+    def prepare(self, plan: Plan, tasks: list[Task]) -> None:
+        self.builds.prepare(plan, [plan.layers[t.layer] for t in tasks if t.kind == TaskKind.BUILD])
+
+    def cancel(self) -> None:
+        self.builds.cancel()
+
+    def close(self) -> None:
+        """Remove artifacts made but never uploaded (a failed boot test, a cancelled run)."""
+        with self._lock:
+            made, self._made = list(self._made.values()), {}
+        for m in made:
+            m.remove()
+
+    def run_task(self, task: Task, needs: dict[str, TaskResult]) -> TaskResult:
+        lp = self.plan.layers[task.layer]
+        spec = self.plan.graph.spec(task.layer)
+        step = {
+            TaskKind.BUILD: self._build,
+            TaskKind.PUSH: self._push,
+            TaskKind.TAG_REGISTRY: self._tag_registry,
+            TaskKind.TAG_LOCAL: self._tag_local,
+            TaskKind.SQUASHFS: self._make_artifacts,
+            TaskKind.BOOT_TEST: self._boot_test_task,
+            TaskKind.PUBLISH_ARTIFACTS: self._upload_artifacts,
+        }[task.kind]
+        with self._layer_log(task.layer) as (logf, log_path):
+            runner = Runner(task.layer, logf)
+            self._task.runner = runner
             try:
-                return self._execute(lp, parents, spec, logf, log_path)
+                res = step(task, lp, spec, needs, runner)
             except ImagegraphError as exc:
                 exc.log_file = str(log_path)  # the scheduler's failure result points at the full log
-                Runner(lp.layer, logf).note("result", f"failed: {redact(str(exc))}")
+                runner.note("result", f"{task.kind} failed: {redact(str(exc))}")
                 raise
+            finally:
+                self._task.runner = None
+        res.log_file = str(log_path)
+        return res
 
-    def _execute(
-        self, lp: LayerPlan, parents: dict[str, LayerResult], spec: LayerSpec, logf: IO[str], log_path: Path
-    ) -> LayerResult:
-        runner = Runner(lp.layer, logf)
+    def _image(self, lp: LayerPlan, needs: dict[str, TaskResult], runner: Runner) -> str:
+        """The image of this layer's key: the one this run built, else found (or pulled) by key."""
+        built = needs.get(task_id(lp.layer, TaskKind.BUILD))
+        if built is not None and built.image_id:
+            return built.image_id
+        return self._key_image(lp.layer, runner)
+
+    def _built_now(self, lp: LayerPlan, needs: dict[str, TaskResult]) -> str | None:
+        built = needs.get(task_id(lp.layer, TaskKind.BUILD))
+        return built.image_id if built is not None else None
+
+    # ------------------------------------------------------------------ build
+
+    def _build(
+        self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
+    ) -> TaskResult:
         runner.note("plan", f"{lp.action}: " + "; ".join(r.message for r in lp.reasons))
         t0 = time.time()
-        image_ref = built_at = None
-        if lp.action == Action.BUILD:
-            parent = None
-            try:
-                parent = self._parent(lp, parents, runner)
-                built = build_layer(BuildRequest(spec, lp.key, parent, self.run_id), runner)
-            except (ImagegraphError, RuntimeError) as exc:
-                self._record_failed(lp, spec, parent, t0, exc)
-                if isinstance(exc, CommandError):
-                    raise BuildError(lp.layer, exc.step or "parent", str(exc), exc.tail) from exc
-                if isinstance(exc, RuntimeError):
-                    raise BuildError(lp.layer, "parent", str(exc)) from exc
-                raise
-            image_id, image_ref = built.image_id, built.image_ref
+        parent = None
+        try:
+            parent = self._parent(lp, needs, runner)
+            built = self.builds.build(lp, parent)
+        except (ImagegraphError, RuntimeError) as exc:
+            self._record_failed(lp, spec, parent, t0, exc)
+            if isinstance(exc, CommandError):
+                raise BuildError(lp.layer, exc.step or "parent", str(exc), exc.tail) from exc
+            if isinstance(exc, RuntimeError):
+                raise BuildError(lp.layer, "parent", str(exc)) from exc
+            raise
+        self._record_build(lp, spec, parent, t0, "ok", image_id=built.image_id, image_ref=built.image_ref)
+        runner.note("build", f"built {built.image_ref} in {time.time() - t0:.1f} s")
+        return TaskResult(
+            task.id,
+            task.layer,
+            task.kind,
+            image_id=built.image_id,
+            image_ref=built.image_ref,
             # The image carries no build date (its labels come from key inputs only): the run record does.
-            built_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            self._record_build(lp, spec, parent, t0, "ok", image_id=image_id, image_ref=image_ref)
-            runner.note("build", f"built {image_ref} in {time.time() - t0:.1f} s")
-        else:
-            image_id = None  # found lazily: a registry-only publish needs no local image
-        published = self._publish(lp, spec, image_id, runner)
-        return LayerResult(
-            lp.layer,
-            lp.action,
-            "ok",
-            duration=time.time() - t0,
-            image_id=image_id or lp.image_id,
-            image_ref=image_ref,
-            published=published,
-            log_file=str(log_path),
-            built_at=built_at,
+            detail={
+                **({"digest": built.digest} if built.digest else {}),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
         )
 
     def _record_failed(
@@ -233,86 +295,41 @@ class LocalExecutor:
             detail=detail,
         )
 
-    def _publish(self, lp: LayerPlan, spec: LayerSpec, image_id: str | None, runner: Runner) -> list[dict]:
-        out: list[dict] = []
-        todo = list(lp.publish)
-        image = image_id
+    def _push(
+        self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
+    ) -> TaskResult:
+        image = self._built_now(lp, needs)
+        if task.gated:  # the key tag only, for now: human tags wait for the boot (`tag-registry`)
+            self._push_key_tag(lp, spec, image, lambda: self._image(lp, needs, runner), runner)
+            return TaskResult(task.id, task.layer, task.kind)
+        pub = self._publish_registry(lp, spec, image, lambda: self._image(lp, needs, runner), runner)
+        return TaskResult(task.id, task.layer, task.kind, published=[pub])
 
-        def need_image() -> str:
-            nonlocal image
-            if image is None:
-                image = self._key_image(lp.layer, runner)
-            return image
+    def _tag_registry(
+        self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
+    ) -> TaskResult:
+        pub = self._publish_registry(lp, spec, None, lambda: self._image(lp, needs, runner), runner)
+        return TaskResult(task.id, task.layer, task.kind, published=[pub])
 
-        gated = bool(todo) and self._boot_test_due(lp, spec, runner)
-        if "registry" in todo:
-            if gated:  # the key tag only, for now: human tags wait for the boot
-                self._push_key_tag(lp, spec, image, runner)
-            else:
-                out.append(self._publish_registry(lp, spec, image, need_image, runner))
-        if "local" in todo:
-            refs = [f"localhost/{spec.name}:{t}" for t in spec.publish_tags]
-            if lp.action != Action.BUILD:  # a build already tagged them at commit
-                runner.run(["buildah", "tag", need_image(), *refs], step="publish-local")
-            self._record_publication(lp, "local", refs)
-            out.append({"target": "local", "locations": refs})
-        artifact_targets = [t for t in ("s3", "dir") if t in todo]
-        if gated and not artifact_targets:
-            from .boottest import artifacts_from_image
+    def _tag_local(
+        self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
+    ) -> TaskResult:
+        refs = [f"localhost/{spec.name}:{t}" for t in spec.publish_tags]
+        if lp.action != Action.BUILD:  # a build already tagged them at commit
+            runner.run(["buildah", "tag", self._image(lp, needs, runner), *refs], step="publish-local")
+        self._record_publication(lp, "local", refs)
+        return TaskResult(task.id, task.layer, task.kind, published=[{"target": "local", "locations": refs}])
 
-            with artifacts_from_image(spec, need_image(), runner, self.work_dir) as files:
-                self._boot_test(lp, spec, files, runner)
-        if artifact_targets:
-            out.extend(self._publish_artifacts(lp, spec, need_image(), artifact_targets, runner, gated))
-        if gated and "registry" in todo:
-            out.insert(0, self._publish_registry(lp, spec, None, need_image, runner))
-        return out
-
-    # ---------------------------------------------------------------- boot test
-
-    def _boot_test_due(self, lp: LayerPlan, spec: LayerSpec, runner: Runner) -> bool:
-        """Whether `options.boot_test.enabled` makes this layer boot before its human tags move.
-
-        The boot test sits between making the artifacts and publishing them:
-        the registry gets the immutable key tag first (`_push_key_tag`); the
-        SquashFS, kernel and initramfs are made once, into the work dir
-        (`publish_artifacts(before_publish=...)`, or `artifacts_from_image` for
-        a layer without S3/dir targets) and booted under QEMU (boottest.py);
-        only a boot that reaches the marker lets the S3 keys, the directory
-        and the registry's human tags be written. A failed boot raises
-        BootTestError: the layer fails, its descendants are blocked, nothing
-        is published under a human tag. Tags in local container storage
-        (`publish_local`) are set at commit, as children find their parent
-        by them, and are not held back. A key that already booted (a
-        `boot-test` event in the state) is not booted again.
-        """
-        if not spec.boot_test.enabled or spec.rootfs_only:
-            return False
-        for ev in self.state.events(lp.layer, "boot-test"):
-            if ev["key"] == lp.key and ev["detail"].get("outcome") == "booted":
-                runner.note("boot-test", f"key already booted in run {ev['run_id']}; not booting again")
-                return False
-        return True
-
-    def _push_key_tag(self, lp: LayerPlan, spec: LayerSpec, image: str | None, runner: Runner) -> None:
+    def _push_key_tag(
+        self, lp: LayerPlan, spec: LayerSpec, image: str | None, need_image, runner: Runner
+    ) -> None:
         from .publish.registry import push_layer, target_repository
 
         client = self.registry()
         client.configure_for(spec)
         if client.manifest_digest(f"{target_repository(spec).name}:{key_tag(lp.key)}"):
-            return
-        push_layer(spec, lp.key, image or self._key_image(lp.layer, runner), runner, tags=[], client=client)
-
-    def _boot_test(self, lp: LayerPlan, spec: LayerSpec, files: Any, runner: Runner) -> None:
-        from .boottest import BootTestError, boot_and_record, boot_log_path
-
-        log_path = boot_log_path(self.state_dir, lp.layer, self.run_id)
-        runner.note("boot-test", f"booting under QEMU; serial console in {log_path}")
-        files = dataclasses.replace(files, key=lp.key, source="up")
-        res = boot_and_record(self.state, self.state_dir, self.run_id, lp.layer, spec, files)
-        runner.note("boot-test", f"{res.outcome} in {res.seconds:.0f} s ({res.accel}): {res.reason}")
-        if not res.ok:
-            raise BootTestError(res.message(), res)
+            return  # already there (built elsewhere): no pull, no push
+        push_layer(spec, lp.key, image or need_image(), runner, tags=[], client=client)
 
     def _publish_registry(
         self, lp: LayerPlan, spec: LayerSpec, image: str | None, need_image, runner: Runner
@@ -341,35 +358,70 @@ class LocalExecutor:
         self._record_publication(lp, "registry", locations, digest=digest)
         return {"target": "registry", "locations": locations, "digest": digest}
 
-    def _publish_artifacts(
-        self,
-        lp: LayerPlan,
-        spec: LayerSpec,
-        image: str,
-        targets: list[str],
-        runner: Runner,
-        boot_test: bool = False,
-    ) -> list[dict]:
-        from .boottest import BootArtifacts
-        from .publish.artifacts import mounted_image, publish_artifacts
+    # ---------------------------------------------------------------- artifacts
 
-        def boot(files: dict[str, Path]) -> None:
-            arts = BootArtifacts(files["rootfs"], files["kernel"], files["initramfs"])
-            self._boot_test(lp, spec, arts, runner)
-
+    def _only(self, spec: LayerSpec, targets: tuple[str, ...]) -> LayerSpec:
         # Only the targets that are missing: a deleted S3 object does not rewrite the local directory.
-        only = dataclasses.replace(
+        return dataclasses.replace(
             spec,
             publish_s3=spec.publish_s3 if "s3" in targets else None,
             publish_dir=spec.publish_dir if "dir" in targets else None,
         )
+
+    def _make_artifacts(
+        self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
+    ) -> TaskResult:
         self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with mounted_image(image, runner) as rootfs:
-            pub = publish_artifacts(
-                only, lp.key, rootfs, runner, self.work_dir, before_publish=boot if boot_test else None
+        with mounted_image(self._image(lp, needs, runner), runner) as rootfs:
+            made = make_artifacts(self._only(spec, task.targets), lp.key, rootfs, runner, self.work_dir)
+        with self._lock:
+            self._made[lp.layer] = made
+        detail = {"kver": made.pub.kver, "os": made.pub.os, "squashfs_size": made.pub.squashfs_size}
+        return TaskResult(task.id, task.layer, task.kind, detail=detail)
+
+    def _boot_test_task(
+        self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
+    ) -> TaskResult:
+        from .boottest import BootArtifacts
+
+        made = self._made[lp.layer]
+        files = made.paths()
+        try:
+            self._boot_test(
+                lp, spec, BootArtifacts(files["rootfs"], files["kernel"], files["initramfs"]), runner
             )
+        finally:
+            if not any(t.kind == TaskKind.PUBLISH_ARTIFACTS for t in lp.tasks):
+                self._drop_made(lp.layer)
+        return TaskResult(task.id, task.layer, task.kind)
+
+    def _boot_test(self, lp: LayerPlan, spec: LayerSpec, files: Any, runner: Runner) -> None:
+        from .boottest import BootTestError, boot_and_record, boot_log_path
+
+        log_path = boot_log_path(self.state_dir, lp.layer, self.run_id)
+        runner.note("boot-test", f"booting under QEMU; serial console in {log_path}")
+        files = dataclasses.replace(files, key=lp.key, source="up")
+        res = boot_and_record(self.state, self.state_dir, self.run_id, lp.layer, spec, files)
+        runner.note("boot-test", f"{res.outcome} in {res.seconds:.0f} s ({res.accel}): {res.reason}")
+        if not res.ok:
+            raise BootTestError(res.message(), res)
+
+    def _drop_made(self, layer: str) -> None:
+        with self._lock:
+            made = self._made.pop(layer, None)
+        if made is not None:
+            made.remove()
+
+    def _upload_artifacts(
+        self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
+    ) -> TaskResult:
+        made = self._made[lp.layer]
+        try:
+            pub = upload_artifacts(made, self._only(spec, task.targets), lp.key, runner)
+        finally:
+            self._drop_made(lp.layer)
         out = []
-        for target in targets:
+        for target in task.targets:
             objs = [dataclasses.asdict(o) for o in pub.objects if o.target == target]
             self._record_publication(
                 lp, target, objs, digest=pub.squashfs_sha256, detail={"kver": pub.kver, "os": pub.os}
@@ -377,57 +429,7 @@ class LocalExecutor:
             out.append(
                 {"target": target, "kver": pub.kver, "os": pub.os, "locations": [o["location"] for o in objs]}
             )
-        return out
-
-
-# ----------------------------------------------------------------------- locking
-
-
-class StateLock:
-    """An exclusive lock on the state directory: one `up` (or `gc`, `lock --update`) at a time."""
-
-    def __init__(self, state_dir: Path, command: str, wait: bool = False):
-        self.path = state_dir / "lock"
-        self.command = command
-        self.wait = wait
-        self._fd: int | None = None
-
-    def __enter__(self) -> StateLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip()
-            os.close(fd)
-            try:
-                info = json.loads(holder)
-                who = f"pid {info['pid']} ({info.get('command', '?')}), started {info.get('started_at', '?')}"
-            except (ValueError, KeyError):
-                who = "another process"
-            raise LockHeldError(
-                f"another imagegraph run holds {self.path}: {who}; wait for it, or pass --wait to queue"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(
-            fd,
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "command": self.command,
-                    "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                }
-            ).encode(),
-        )
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)
-            self._fd = None
+        return TaskResult(task.id, task.layer, task.kind, published=out)
 
 
 # ------------------------------------------------------------------------- run_up
@@ -439,11 +441,14 @@ def run_up(
     *,
     state_dir: Path,
     jobs: int = 1,
+    uploads: int | None = None,
+    boot_tests: int | None = None,
     fail_fast: bool = False,
-    on_event: EventHook | None = None,
+    reporter: Reporter | None = None,
     install_signals: bool = False,
     wait_lock: bool = False,
     executor: Any = None,
+    build_service: BuildService | None = None,
     command: str = "up",
     run_id: str | None = None,
 ) -> RunResult:
@@ -457,14 +462,16 @@ def run_up(
         with contextlib.suppress(Exception):
             for name in remove_stale_containers(janitor):
                 log.warning("removed a working container left by a dead run", container=name)
-        executor = executor or LocalExecutor(plan, state, state_dir, run_id)
+        executor = executor or LocalExecutor(plan, state, state_dir, run_id, build_service)
         sched = Scheduler(
             plan,
             executor,
             jobs=jobs,
+            uploads=uploads,
+            boot_tests=boot_tests,
             fail_fast=fail_fast,
-            durations=state.durations(),
-            on_event=_logging_hook(log, on_event),
+            durations={**task_durations(state_dir), **state.durations()},
+            reporter=Reporters(LogReporter(log), reporter, RunRecord(state, state_dir, plan, command)),
             run_id=run_id,
         )
         state.start_run(run_id, command)
@@ -480,60 +487,13 @@ def run_up(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, handler)
         try:
-            result = sched.run()
+            return sched.run()
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
-        status = "cancelled" if result.cancelled else ("failed" if result.failed else "ok")
-        doc = redact_obj({**result.to_json(), "command": command, "plan": plan.to_json()})
-        state.finish_run(run_id, status, doc)
-        _write_records(state_dir, run_id, doc, status)
-        log.info(
-            "run finished",
-            status=status,
-            summary=result.counts(),
-            seconds=round(result.finished - result.started, 1),
-        )
-        return result
-
-
-def _logging_hook(log: Any, downstream: EventHook | None) -> EventHook:
-    def hook(kind: str, layer: str, result: LayerResult | None) -> None:
-        if kind == "start":
-            log.info("layer started", layer=layer)
-        elif result is not None:
-            fields = {
-                "layer": layer,
-                "action": str(result.action),
-                "status": result.status,
-                "seconds": round(result.duration, 1),
-            }
-            if result.error:
-                fields["error"] = result.error.splitlines()[0]
-            (log.error if result.status == "failed" else log.info)("layer finished", **fields)
-        if downstream:
-            downstream(kind, layer, result)
-
-    return hook
-
-
-def _write_records(state_dir: Path, run_id: str, doc: dict, status: str) -> None:
-    """The run's result document, and a last-success marker a monitor can check."""
-    runs = state_dir / "runs"
-    runs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _atomic_write(runs / f"{run_id}.json", json.dumps(doc, indent=2, sort_keys=True))
-    _atomic_write(state_dir / "last-run.json", json.dumps(doc, indent=2, sort_keys=True))
-    if status == "ok":
-        marker = {"run_id": run_id, "finished": doc["finished"], "layers": len(doc["layers"])}
-        _atomic_write(state_dir / "last-success.json", json.dumps(marker, indent=2))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+            close = getattr(executor, "close", None)
+            if close is not None:
+                close()
 
 
 # --------------------------------------------------------------------- artifacts

@@ -325,9 +325,9 @@ def run_gc(
     **kw: Any,
 ) -> GcReport:
     """`gc` under the state lock (no `up` may build meanwhile), recorded as a run unless dry-run."""
-    from .executor import StateLock, _atomic_write
     from .log import bind_run
     from .state import default_run_id
+    from .statelock import StateLock, atomic_write
 
     run_id = default_run_id()
     bind_run(run_id)
@@ -341,7 +341,7 @@ def run_gc(
             state.finish_run(run_id, "failed" if report.errors else "ok", doc)
             runs = state_dir / "runs"
             runs.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _atomic_write(runs / f"{run_id}.json", json.dumps(doc, indent=2, sort_keys=True))
+            atomic_write(runs / f"{run_id}.json", json.dumps(doc, indent=2, sort_keys=True))
         get_logger().info(
             "gc finished", removed=len(report.removed), errors=len(report.errors), dry_run=dry_run
         )

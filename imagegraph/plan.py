@@ -35,6 +35,7 @@ from .graph import LayerGraph
 from .key import LayerKey, compute_keys, key_tag
 from .spec import LayerSpec
 from .state import PublishedRecord, State
+from .tasks import Task, TaskKind, layer_tasks, task_id
 
 
 class Action(StrEnum):
@@ -79,6 +80,7 @@ class LayerPlan:
     image_source: str | None = None  # local, registry (where the image for this key can be had)
     notes: list[Reason] = field(default_factory=list)
     parent_layer: str | None = None
+    tasks: list[Task] = field(default_factory=list)  # the work `up` schedules (tasks.py)
 
     @property
     def pending(self) -> bool:
@@ -98,7 +100,29 @@ class LayerPlan:
             "reasons": [r.to_json() for r in self.reasons],
             "publish": self.publish,
             "notes": [r.to_json() for r in self.notes],
+            "tasks": [t.to_json() for t in self.tasks],
         }
+
+
+def action_of(tasks: list[Task]) -> Action:
+    """A layer's action, from its tasks: `build` when one builds, `publish` when some publish."""
+    if any(t.kind == TaskKind.BUILD for t in tasks):
+        return Action.BUILD
+    return Action.PUBLISH if tasks else Action.UP_TO_DATE
+
+
+def boot_test_due(spec: LayerSpec, key: str, state: State, layer: str) -> bool:
+    """Whether `options.boot_test.enabled` makes this key boot before its human tags move.
+
+    A key that already booted (a `boot-test` event in the state) is not
+    booted again; a rootfs-only layer has no kernel to boot.
+    """
+    if not spec.boot_test.enabled or spec.rootfs_only:
+        return False
+    return not any(
+        ev["key"] == key and ev["detail"].get("outcome") == "booted"
+        for ev in state.events(layer, "boot-test")
+    )
 
 
 @dataclass
@@ -430,14 +454,20 @@ def make_plan(
         if blocker is not None:
             # Say so now rather than fail at `buildah pull` in the night.
             reasons.insert(0, blocker)
-            action = Action.BLOCKED
         elif build:
             publish = list(lk.targets)
-            action = Action.BUILD
         else:
             pub_reasons, publish = _publish_reasons(spec, lk, published.get(lid, {}), tags, inventory)
             reasons.extend(pub_reasons)
-            action = Action.PUBLISH if publish else Action.UP_TO_DATE
+        parent_builds = parent_plan is not None and parent_plan.action in (Action.BUILD, Action.BLOCKED)
+        tasks = layer_tasks(
+            lid,
+            build=build,
+            publish=publish,
+            boot_test=bool(publish) and boot_test_due(spec, lk.key, state, lid),
+            parent_build=task_id(link.layer, TaskKind.BUILD) if parent_builds and link.layer else None,
+        )
+        action = Action.BLOCKED if blocker is not None else action_of(tasks)
         plans[lid] = LayerPlan(
             layer=lid,
             image_name=spec.name,
@@ -455,6 +485,7 @@ def make_plan(
             image_source=source,
             notes=notes,
             parent_layer=link.layer,
+            tasks=tasks,
         )
     return Plan(lg.project.root, lg, plans, keys, offline)
 

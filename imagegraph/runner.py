@@ -82,6 +82,12 @@ def cancel_requested() -> bool:
     return _cancelled.is_set()
 
 
+def sleep_unless_cancelled(seconds: float) -> None:
+    """A retry's wait that ends at once, raising Cancelled, when the run is interrupted."""
+    if _cancelled.wait(seconds):
+        raise Cancelled("cancelled while waiting to retry")
+
+
 def reset_cancel() -> None:
     _cancelled.clear()
 

@@ -1,34 +1,95 @@
-"""Executes a Plan: ordering, parallelism, priorities, keep-going and cancellation.
+"""Executes a Plan's task graph: ordering, resource classes, priorities, keep-going and cancellation.
 
-The scheduler knows nothing of buildah. It hands each pending layer to an
-`Executor` (where a layer's work runs: this machine today, a Slurm job
-later) once its parent has finished, and does the bookkeeping:
+The scheduler knows nothing of buildah. It takes the tasks of every layer
+(`LayerPlan.tasks`, see tasks.py), hands each to an `Executor` once the
+tasks it needs have succeeded, and does the bookkeeping:
 
-- up to `jobs` layers at once; among ready layers, the one with the longest
-  remaining chain below it (weighted by recorded durations) starts first;
-- a failure blocks only the failed layer's descendants; with `fail_fast`
-  nothing new starts after the first failure;
+- resource classes: `build` tasks (and `squashfs`) share `jobs` slots, a
+  build holding `Executor.build_slots` of them (None: builds run elsewhere
+  and hold none); `upload` tasks share `uploads`; `boot` tasks `boot_tests`;
+  `none` tasks are not limited;
+- among ready tasks of a class, the one with the longest remaining chain of
+  tasks below it (builds weighted by recorded durations) starts first;
+- a failure blocks only the tasks that need its result (a failed upload
+  blocks nothing of its children); with `fail_fast` nothing new starts
+  after the first failure;
 - `cancel()` (Ctrl-C, SIGTERM) starts nothing new and lets running work end
   (the runner stops its commands), then reports what finished.
+
+Progress goes to a `Reporter` (reporting.py) by named calls; results are
+`TaskResult`s, folded into one `LayerResult` per layer (the run record's
+shape) that carries its tasks as detail.
 """
 
 from __future__ import annotations
 
 import heapq
+import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from .errors import ImagegraphError
-from .plan import Action, LayerPlan, Plan
+from .plan import Action, Plan
 from .redact import redact
+from .reporting import NullReporter, Reporter
 from .runner import Cancelled
+from .tasks import DEFAULT_SECONDS, Resource, SkipReason, Task, TaskKind, TaskStatus
 
-DEFAULT_BUILD_SECONDS = 60.0
-DEFAULT_PUBLISH_SECONDS = 10.0
+DEFAULT_UPLOADS = 2
+DEFAULT_BOOT_TESTS = 1
+
+
+class LayerStatus(StrEnum):
+    """A layer's status in run results, folded from its tasks'."""
+
+    OK = "ok"
+    UP_TO_DATE = "up-to-date"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    CANCELLED = "cancelled"
+    NOT_STARTED = "not-started"
+
+
+@dataclass
+class TaskResult:
+    task: str  # task id, `<layer>:<kind>`
+    layer: str
+    kind: TaskKind
+    status: TaskStatus = TaskStatus.OK
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    reason: SkipReason | None = None
+    blocked_by: str | None = None  # the task whose failure blocked this one
+    image_id: str | None = None
+    image_ref: str | None = None
+    published: list[dict] = field(default_factory=list)
+    log_file: str | None = None
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        if self.started is None or self.finished is None:
+            return 0.0
+        return self.finished - self.started
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.task,
+            "layer": self.layer,
+            "kind": str(self.kind),
+            "status": str(self.status),
+            "started": self.started,
+            "finished": self.finished,
+            "duration": round(self.duration, 3),
+            "error": redact(self.error) if self.error else None,
+            "reason": str(self.reason) if self.reason else None,
+            "blocked_by": self.blocked_by,
+            **({"detail": self.detail} if self.detail else {}),
+        }
 
 
 @dataclass
@@ -44,12 +105,11 @@ class LayerResult:
     published: list[dict] = field(default_factory=list)
     blocked_by: str | None = None
     log_file: str | None = None
-    started: float | None = None  # wall-clock span of the layer's work (epoch seconds), for reports
-    finished: float | None = None
+    tasks: list[TaskResult] = field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:
-        return self.status in ("ok", "up-to-date")
+        return self.status in (LayerStatus.OK, LayerStatus.UP_TO_DATE)
 
     def to_json(self) -> dict:
         return {
@@ -64,8 +124,7 @@ class LayerResult:
             "published": self.published,
             "blocked_by": self.blocked_by,
             "log_file": self.log_file,
-            "started": self.started,
-            "finished": self.finished,
+            "tasks": [t.to_json() for t in self.tasks],
         }
 
 
@@ -77,16 +136,21 @@ class RunResult:
     results: dict[str, LayerResult]
     cancelled: bool = False
     signal_name: str | None = None
+    limits: dict[str, int] = field(default_factory=dict)  # slots per resource class
 
     @property
     def failed(self) -> list[str]:
-        return [k for k, r in self.results.items() if r.status in ("failed", "blocked")]
+        return [k for k, r in self.results.items() if r.status in (LayerStatus.FAILED, LayerStatus.BLOCKED)]
 
     @property
     def exit_status(self) -> int:
         if self.cancelled:
             return 143 if self.signal_name == "SIGTERM" else 130
         return 1 if self.failed else 0
+
+    @property
+    def tasks(self) -> list[TaskResult]:
+        return [t for r in self.results.values() for t in r.tasks]
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -103,33 +167,58 @@ class RunResult:
             "cancelled": self.cancelled,
             "exit_status": self.exit_status,
             "summary": self.counts(),
+            "limits": self.limits,
             "layers": [r.to_json() for r in self.results.values()],
         }
 
 
 class Executor(Protocol):
-    """Runs one layer's action. Raises on failure; returns a result with status 'ok'."""
+    """Where tasks run. `run_task` raises on failure and returns a result on success.
 
-    def execute(self, lp: LayerPlan, parents: dict[str, LayerResult]) -> LayerResult: ...
+    `needs` holds the results of the tasks named in `task.after`.
+    `build_slots` is the number of `build` slots one build task holds (None:
+    builds are not limited here).
+    """
+
+    build_slots: int | None
+
+    def prepare(self, plan: Plan, tasks: list[Task]) -> None: ...
+
+    def run_task(self, task: Task, needs: dict[str, TaskResult]) -> TaskResult: ...
+
+    def cancel(self) -> None: ...
 
 
-EventHook = Callable[[str, str, LayerResult | None], None]
+def task_weight(task: Task, durations: dict[str, float]) -> float:
+    """Seconds a task is expected to take: a build's recorded mean, else the kind's default."""
+    if task.kind == TaskKind.BUILD:
+        return durations.get(task.layer, DEFAULT_SECONDS[TaskKind.BUILD])
+    return durations.get(task.id, DEFAULT_SECONDS[task.kind])
+
+
+def plan_tasks(plan: Plan) -> list[Task]:
+    """Every task of the plan, in dependency order (layers are topological, and so is each layer's list)."""
+    return [t for lp in plan.layers.values() for t in lp.tasks]
+
+
+def task_levels(tasks: list[Task], durations: dict[str, float]) -> dict[str, float]:
+    """Length of the longest weighted chain of tasks from each task to the end (itself included)."""
+    ids = {t.id for t in tasks}
+    below: dict[str, list[str]] = {t.id: [] for t in tasks}
+    for t in tasks:
+        for a in t.after:
+            if a in ids:
+                below[a].append(t.id)
+    levels: dict[str, float] = {}
+    for t in reversed(tasks):
+        levels[t.id] = task_weight(t, durations) + max((levels[c] for c in below[t.id]), default=0.0)
+    return levels
 
 
 def bottom_levels(plan: Plan, durations: dict[str, float]) -> dict[str, float]:
-    """Length of the longest weighted chain from each layer to a leaf (itself included)."""
-    g = plan.graph.graph.subgraph(plan.layers)
-    levels: dict[str, float] = {}
-    for lid in reversed(list(plan.layers)):
-        lp = plan.layers[lid]
-        if lp.action == Action.BUILD:
-            w = durations.get(lid, DEFAULT_BUILD_SECONDS)
-        elif lp.action == Action.PUBLISH:
-            w = DEFAULT_PUBLISH_SECONDS
-        else:
-            w = 0.0
-        levels[lid] = w + max((levels[c] for c in g.successors(lid)), default=0.0)
-    return levels
+    """Per layer: the longest weighted task chain starting at its first task (0 without tasks)."""
+    levels = task_levels(plan_tasks(plan), durations)
+    return {lid: max((levels[t.id] for t in lp.tasks), default=0.0) for lid, lp in plan.layers.items()}
 
 
 class Scheduler:
@@ -139,17 +228,23 @@ class Scheduler:
         executor: Executor,
         *,
         jobs: int = 1,
+        uploads: int | None = None,
+        boot_tests: int | None = None,
         fail_fast: bool = False,
         durations: dict[str, float] | None = None,
-        on_event: EventHook | None = None,
+        reporter: Reporter | None = None,
         run_id: str = "",
     ):
         self.plan = plan
         self.executor = executor
-        self.jobs = max(1, jobs)
+        self.limits = {
+            Resource.BUILD: max(1, jobs),
+            Resource.UPLOAD: max(1, uploads or DEFAULT_UPLOADS),
+            Resource.BOOT: max(1, boot_tests or DEFAULT_BOOT_TESTS),
+        }
         self.fail_fast = fail_fast
         self.durations = durations or {}
-        self.on_event = on_event or (lambda kind, layer, result: None)
+        self.reporter: Reporter = reporter or NullReporter()
         self.run_id = run_id
         self._cancel = threading.Event()
         self.signal_name: str | None = None
@@ -157,126 +252,233 @@ class Scheduler:
     def cancel(self, signal_name: str | None = None) -> None:
         self.signal_name = self.signal_name or signal_name
         self._cancel.set()
+        self.executor.cancel()
 
     @property
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
+    def _cost(self, task: Task) -> int:
+        """Slots of its resource class a task holds (0: not limited)."""
+        if task.resource == Resource.NONE:
+            return 0
+        if task.kind == TaskKind.BUILD:
+            slots = self.executor.build_slots
+            return 0 if slots is None else min(slots, self.limits[Resource.BUILD])
+        return 1
+
     def run(self) -> RunResult:
         plan = self.plan
         started = time.time()
-        results: dict[str, LayerResult] = {}
-        levels = bottom_levels(plan, self.durations)
-        g = plan.graph.graph.subgraph(plan.layers)
-        waiting = {lid: set(g.predecessors(lid)) for lid in plan.layers}
-        ready: list[tuple[float, str]] = []
+        tasks = {t.id: t for t in plan_tasks(plan)}
+        order = list(tasks)
+        levels = task_levels(list(tasks.values()), self.durations)
+        below: dict[str, list[str]] = {tid: [] for tid in tasks}
+        waiting: dict[str, int] = {}
+        for t in tasks.values():
+            deps = [a for a in t.after if a in tasks]
+            waiting[t.id] = len(deps)
+            for a in deps:
+                below[a].append(t.id)
+        results: dict[str, TaskResult] = {}
+        ready: dict[Resource, list[tuple[float, int, str]]] = {r: [] for r in Resource}
+        in_use = dict.fromkeys(Resource, 0)
+        done_q: queue.SimpleQueue[tuple[str, TaskResult]] = queue.SimpleQueue()
+        running: set[str] = set()
         failed_any = False
 
-        def push_ready(lid: str) -> None:
-            heapq.heappush(ready, (-levels[lid], lid))
+        def make_ready(tid: str) -> None:
+            heapq.heappush(ready[tasks[tid].resource], (-levels[tid], order_index[tid], tid))
 
-        def finish(lid: str, res: LayerResult) -> None:
+        left = {lid: len(lp.tasks) for lid, lp in plan.layers.items()}
+
+        def layer_done(lid: str) -> None:
+            left[lid] -= 1
+            if left[lid] == 0:
+                self.reporter.layer_finished(self._layer_result(lid, results))
+
+        def skip(tid: str, status: TaskStatus, reason: SkipReason, by: str | None, error: str | None) -> None:
+            t = tasks[tid]
+            res = TaskResult(tid, t.layer, t.kind, status, reason=reason, blocked_by=by, error=error)
+            results[tid] = res
+            self.reporter.task_skipped(t, res)
+            layer_done(t.layer)
+
+        def block_below(tid: str, reason: SkipReason, error: str) -> None:
+            stack = list(below[tid])
+            while stack:
+                d = stack.pop()
+                if d in results:
+                    continue
+                skip(d, TaskStatus.BLOCKED, reason, tid, error)
+                stack.extend(below[d])
+
+        def finish(tid: str, res: TaskResult) -> None:
             nonlocal failed_any
-            results[lid] = res
-            self.on_event("finish", lid, res)
-            if res.status == "cancelled":
-                return  # descendants are reported as not started, not as blocked
-            if not res.succeeded:
-                failed_any = failed_any or res.status == "failed"
-                for d in sorted(plan.graph.descendants(lid) & set(plan.layers)):
-                    if d not in results:
-                        results[d] = LayerResult(
-                            d,
-                            plan.layers[d].action,
-                            "blocked",
-                            blocked_by=lid,
-                            error=f"blocked by {lid} ({res.status})",
-                        )
-                        self.on_event("finish", d, results[d])
+            results[tid] = res
+            t = tasks[tid]
+            if res.status == TaskStatus.OK:
+                self.reporter.task_finished(t, res)
+                layer_done(t.layer)
+                for c in below[tid]:
+                    waiting[c] -= 1
+                    if waiting[c] == 0 and c not in results:
+                        make_ready(c)
                 return
-            for c in g.successors(lid):
-                waiting[c].discard(lid)
-                if not waiting[c] and c not in results:
-                    push_ready(c)
+            self.reporter.task_failed(t, res)
+            layer_done(t.layer)
+            if res.status == TaskStatus.CANCELLED:
+                return  # what needs it is reported as not started, not as blocked
+            failed_any = True
+            block_below(tid, SkipReason.DEPENDENCY_FAILED, f"blocked by {tid} ({res.status})")
+            if self.fail_fast:
+                self.executor.cancel()
 
-        for lid, deps in waiting.items():
-            if not deps:
-                push_ready(lid)
-
-        running: dict[Future, str] = {}
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="layer") as pool:
-            while ready or running:
-                stop_starting = self.cancelled or (self.fail_fast and failed_any)
-                while ready and not stop_starting:
-                    _, lid = heapq.heappop(ready)
-                    if lid in results:
-                        continue
-                    lp = plan.layers[lid]
-                    if lp.action == Action.BLOCKED:  # the plan already knows it cannot build
-                        why = "; ".join(r.message for r in lp.reasons)
-                        finish(lid, LayerResult(lid, lp.action, "blocked", error=why))
-                        continue
-                    if not lp.pending:
-                        finish(lid, LayerResult(lid, lp.action, "up-to-date", image_id=lp.image_id))
-                        continue
-                    if len(running) >= self.jobs:
-                        push_ready(lid)
-                        break
-                    parents = {p: results[p] for p in g.predecessors(lid)}
-                    self.on_event("start", lid, None)
-                    running[pool.submit(self._execute, lp, parents)] = lid
-                if not running:
-                    break
-                done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    lid = running.pop(fut)
-                    finish(lid, fut.result())
-        # Whatever never started (cancel, fail-fast) is reported as such.
+        order_index = {tid: i for i, tid in enumerate(order)}
         for lid, lp in plan.layers.items():
-            if lid not in results:
-                status = "not-started" if lp.pending or lp.action == Action.BLOCKED else "up-to-date"
-                results[lid] = LayerResult(lid, lp.action, status)
-        ordered = {lid: results[lid] for lid in plan.layers}
-        return RunResult(self.run_id, started, time.time(), ordered, self.cancelled, self.signal_name)
-
-    def _execute(self, lp: LayerPlan, parents: dict[str, LayerResult]) -> LayerResult:
-        res = self._execute_timed(lp, parents)
-        res.finished = time.time()
-        res.started = res.finished - res.duration
-        return res
-
-    def _execute_timed(self, lp: LayerPlan, parents: dict[str, LayerResult]) -> LayerResult:
-        t0 = time.monotonic()
+            if not lp.tasks:  # up to date (or blocked with nothing to run): finished before anything starts
+                self.reporter.layer_finished(self._layer_result(lid, results))
+        # Layers the plan already knows cannot build: their tasks, and what needs them, are blocked.
+        for lid, lp in plan.layers.items():
+            if lp.action == Action.BLOCKED:
+                why = "; ".join(r.message for r in lp.reasons)
+                for t in lp.tasks:
+                    if t.id not in results:
+                        skip(t.id, TaskStatus.BLOCKED, SkipReason.PLAN_BLOCKED, None, why)
+                        block_below(t.id, SkipReason.PLAN_BLOCKED, f"blocked by {lid} (blocked)")
         try:
-            res = self.executor.execute(lp, parents)
-            res.duration = res.duration or (time.monotonic() - t0)
-            return res
+            self.executor.prepare(plan, [t for tid, t in tasks.items() if tid not in results])
+        except ImagegraphError as exc:
+            # Nothing could be handed to the build service (a batch system refused the jobs): the
+            # builds fail with its reason; publish tasks of layers that need no build still run.
+            for tid, t in tasks.items():
+                if t.kind == TaskKind.BUILD and tid not in results:
+                    finish(tid, TaskResult(tid, t.layer, t.kind, TaskStatus.FAILED, error=str(exc)))
+        for tid in order:
+            if tid not in results and waiting[tid] == 0:
+                make_ready(tid)
+
+        def work(t: Task, needs: dict[str, TaskResult]) -> None:
+            done_q.put((t.id, self._execute(t, needs)))
+
+        while True:
+            if not (self.cancelled or (self.fail_fast and failed_any)):
+                for resource, heap in ready.items():
+                    limit = self.limits.get(resource)
+                    while heap:
+                        tid = heap[0][2]
+                        cost = self._cost(tasks[tid])
+                        if cost and limit is not None and in_use[resource] + cost > limit:
+                            break
+                        heapq.heappop(heap)
+                        t = tasks[tid]
+                        in_use[resource] += cost
+                        running.add(tid)
+                        self.reporter.task_started(t)
+                        needs = {a: results[a] for a in t.after if a in results}
+                        threading.Thread(
+                            target=work, args=(t, needs), name=f"task-{tid}", daemon=True
+                        ).start()
+            if not running:
+                break
+            try:
+                tid, res = done_q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            running.discard(tid)
+            in_use[tasks[tid].resource] -= self._cost(tasks[tid])
+            finish(tid, res)
+        reason = SkipReason.CANCELLED if self.cancelled else SkipReason.FAIL_FAST
+        for tid in order:
+            if tid not in results:
+                skip(tid, TaskStatus.NOT_STARTED, reason, None, None)
+        layers = {lid: self._layer_result(lid, results) for lid in plan.layers}
+        limits = {str(k): v for k, v in self.limits.items()}
+        result = RunResult(
+            self.run_id, started, time.time(), layers, self.cancelled, self.signal_name, limits
+        )
+        self.reporter.run_finished(result)
+        return result
+
+    def _layer_result(self, lid: str, results: dict[str, TaskResult]) -> LayerResult:
+        """One layer's result from its tasks' results (the run record's per-layer shape)."""
+        lp = self.plan.layers[lid]
+        trs = [results[t.id] for t in lp.tasks]
+        ran = [r for r in trs if r.started is not None]
+        duration = (max(r.finished or 0 for r in ran) - min(r.started or 0 for r in ran)) if ran else 0.0
+        build = next((r for r in trs if r.kind == TaskKind.BUILD), None)
+        published = [p for r in trs for p in r.published]
+        published.sort(key=lambda p: ("registry", "local", "s3", "dir").index(p.get("target", "dir")))
+        out = LayerResult(
+            lid,
+            lp.action,
+            LayerStatus.OK,
+            duration=duration,
+            image_id=(build.image_id if build and build.image_id else None) or lp.image_id,
+            image_ref=build.image_ref if build else None,
+            built_at=build.detail.get("built_at") if build else None,
+            published=published,
+            log_file=next((r.log_file for r in reversed(ran) if r.log_file), None),
+            tasks=trs,
+        )
+        statuses = {r.status for r in trs}
+        failed = next((r for r in trs if r.status == TaskStatus.FAILED), None)
+        if lp.action == Action.BLOCKED:
+            out.status = LayerStatus.BLOCKED
+            out.error = "; ".join(r.message for r in lp.reasons)
+        elif not trs:
+            out.status = LayerStatus.UP_TO_DATE
+        elif failed is not None:
+            out.status, out.error = LayerStatus.FAILED, failed.error
+            out.log_file = failed.log_file or out.log_file
+        elif TaskStatus.CANCELLED in statuses:
+            cancelled = next(r for r in trs if r.status == TaskStatus.CANCELLED)
+            out.status, out.error = LayerStatus.CANCELLED, cancelled.error
+            out.log_file = cancelled.log_file or out.log_file
+        elif TaskStatus.BLOCKED in statuses:
+            blocked = next(r for r in trs if r.status == TaskStatus.BLOCKED)
+            by = blocked.blocked_by.partition(":")[0] if blocked.blocked_by else None
+            out.status, out.blocked_by = LayerStatus.BLOCKED, by
+            out.error = f"blocked by {by} ({results[blocked.blocked_by].status})" if by else blocked.error
+            if blocked.reason == SkipReason.PLAN_BLOCKED and blocked.error:
+                out.error = blocked.error
+        elif TaskStatus.NOT_STARTED in statuses:
+            out.status = LayerStatus.NOT_STARTED
+        return out
+
+    def _execute(self, task: Task, needs: dict[str, TaskResult]) -> TaskResult:
+        t0 = time.time()
+        try:
+            res = self.executor.run_task(task, needs)
+            res.status = TaskStatus.OK
         except Cancelled as exc:
-            return LayerResult(
-                lp.layer,
-                lp.action,
-                "cancelled",
-                time.monotonic() - t0,
+            res = TaskResult(
+                task.id,
+                task.layer,
+                task.kind,
+                TaskStatus.CANCELLED,
                 error=str(exc),
                 log_file=getattr(exc, "log_file", None),
             )
         except ImagegraphError as exc:
-            return LayerResult(
-                lp.layer,
-                lp.action,
-                "failed",
-                time.monotonic() - t0,
+            res = TaskResult(
+                task.id,
+                task.layer,
+                task.kind,
+                TaskStatus.FAILED,
                 error=str(exc),
                 log_file=getattr(exc, "log_file", None),
             )
-        except Exception as exc:  # a bug must not take the other layers down
-            return LayerResult(
-                lp.layer,
-                lp.action,
-                "failed",
-                time.monotonic() - t0,
+        except Exception as exc:  # a bug must not take the other tasks down
+            res = TaskResult(
+                task.id,
+                task.layer,
+                task.kind,
+                TaskStatus.FAILED,
                 error=f"internal error: {type(exc).__name__}: {exc}",
             )
+        res.started, res.finished = t0, time.time()
+        return res
 
 
 def run_plan(plan: Plan, executor: Executor, **kw) -> RunResult:

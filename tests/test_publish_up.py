@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,83 @@ def test_s3_and_directory_publishing(s3_site) -> None:
     for p in (state.parent).rglob("*"):
         if p.is_file() and p.suffix in (".log", ".json"):
             assert secret not in p.read_text(errors="replace"), p
+
+
+@pytest.fixture
+def other_registry(tmp_path_factory: pytest.TempPathFactory):
+    from tests.fixtures_servers import _registry_server
+
+    yield from _registry_server(tmp_path_factory.mktemp("registry2"))
+
+
+def test_registry_stopped_mid_run_fails_only_that_push(
+    tmp_path: Path, rpm_repo, registry, other_registry
+) -> None:
+    """root -> registry A (stopped while root builds); child -> registry B. The child builds and pushes anyway,
+    with every blob of its image, root's included (registry B never saw root)."""
+    root = tmp_path / "layers"
+    root.mkdir()
+    opts = "  registry_opts_push: ['--tls-verify=false']\n  registry_opts_pull: ['--tls-verify=false']\n"
+    common = "  pkg_manager: dnf\n  gpgcheck: false\n  releasever: '9'\n" + opts
+    (root / "root.yaml").write_text(
+        "options:\n  layer_type: base\n  name: igt-mid-root\n  publish_tags: ['1']\n  parent: scratch\n"
+        + common
+        + f"  publish_registry: '{registry.host}/igt'\n"
+        + f"repos:\n  - alias: igtest\n    url: '{rpm_repo.url}'\npackage_groups: ['IG Minimal']\n"
+        + "cmds:\n  - 'echo root > /etc/role; sleep 4'\n"
+    )
+    (root / "child.yaml").write_text(
+        "options:\n  layer_type: base\n  name: igt-mid-child\n  publish_tags: ['1']\n"
+        f"  parent: '{registry.host}/igt/igt-mid-root:1'\n"
+        + common
+        + f"  publish_registry: '{other_registry.host}/igt'\n"
+        + "cmds:\n  - 'echo child > /etc/role'\n"
+    )
+    state = tmp_path / "s" / "state.db"
+    env = {
+        **os.environ,
+        "BUILDAH_ISOLATION": "chroot",
+        "IMAGEGRAPH_RETRY_ATTEMPTS": "2",
+        "IMAGEGRAPH_RETRY_INITIAL_WAIT": "0.2",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--state", str(state), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        log = state.parent / "logs" / "root.log"
+        deadline = time.time() + 300
+        while not (log.exists() and "sleep 4" in log.read_text(errors="replace")):
+            assert time.time() < deadline and proc.poll() is None, "root's build never started"
+            time.sleep(0.2)
+        registry.stop()  # planned with it up; gone before root's push
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cleanup_images("igt-mid-")
+    assert proc.returncode == 1, err[-3000:]
+    doc = json.loads(out)
+    t = {x["id"]: x for layer in doc["layers"] for x in layer["tasks"]}
+    assert t["root:build"]["status"] == "ok" and t["root:push"]["status"] == "failed"
+    assert t["child:build"]["status"] == "ok" and t["child:push"]["status"] == "ok"
+    assert {x["name"]: x["status"] for x in doc["layers"]} == {"root": "failed", "child": "ok"}
+    # The child's image is whole in registry B: skopeo copies every blob out of it.
+    copy = subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            f"docker://{other_registry.host}/igt/igt-mid-child:1",
+            f"dir:{tmp_path / 'copy'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert copy.returncode == 0, copy.stderr
+    manifest = json.loads((tmp_path / "copy" / "manifest.json").read_text())
+    assert len(manifest["layers"]) >= 2  # root's layer and the child's own

@@ -135,6 +135,13 @@ def test_incremental_builds(site) -> None:
     assert rc == 0, err
     assert built(doc) == {"root", "mid", "left", "leaf", "right"}
     assert role(f"localhost/{P}-leaf:1") == "leaf"
+    # -j 2: the independent builds of mid and right overlapped in time (the run record's timestamps).
+    record = json.loads((state.parent / "last-run.json").read_text())
+    assert record["run_id"] == doc["run_id"]
+    spans = {t["id"]: (t["started"], t["finished"]) for x in record["layers"] for t in x["tasks"]}
+    (m0, m1), (r0, r1) = spans["mid:build"], spans["right:build"]
+    assert m0 < r1 and r0 < m1, spans
+    assert spans["mid:build"][0] >= spans["root:build"][1]
     ids = {x["name"]: x["image_id"] for x in doc["layers"]}
 
     # Nothing changed: nothing builds, images unchanged.
@@ -175,7 +182,28 @@ def test_failure_blocks_only_its_branch(site) -> None:
     assert rc == 0 and built(doc) == {"left", "leaf"}, err
 
 
-def test_sigterm_cleans_up_and_next_run_resumes(site) -> None:
+def test_fail_fast_starts_nothing_new(site) -> None:
+    root, state = site
+    left = root / "left.yaml"
+    left.write_text(left.read_text().replace("echo left > /etc/role", "exit 7"))
+    # One slot: after mid, left (the longer chain below it) starts before right, fails, and right never starts.
+    rc, doc, err = up(root, state, "-j", "1", "--fail-fast")
+    assert rc == 1, err
+    assert statuses(doc) == {
+        "root": "ok",
+        "mid": "ok",
+        "left": "failed",
+        "leaf": "blocked",
+        "right": "not-started",
+    }
+    record = json.loads((state.parent / "last-run.json").read_text())
+    reasons = {t["id"]: t["reason"] for x in record["layers"] for t in x["tasks"]}
+    assert reasons["right:build"] == "fail-fast" and reasons["leaf:build"] == "dependency-failed"
+    no_leftovers()
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_cleans_up_and_next_run_resumes(site, sig: signal.Signals, status: int) -> None:
     root, state = site
     right = root / "right.yaml"
     right.write_text(right.read_text().replace("echo right > /etc/role", "sleep 120"))
@@ -199,12 +227,14 @@ def test_sigterm_cleans_up_and_next_run_resumes(site) -> None:
         proc.kill()
         pytest.fail("the sleeping build never started")
     time.sleep(1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode == status, err
     doc = json.loads(out)
     st = statuses(doc)
     assert st["right"] == "cancelled" and st["root"] == "ok"
+    record = json.loads((state.parent / "last-run.json").read_text())
+    assert record["run_id"] == doc["run_id"] and record["cancelled"] and record["exit_status"] == status
     no_leftovers()
     right.write_text(right.read_text().replace("sleep 120", "echo right > /etc/role"))
     rc, doc, err = up(root, state)

@@ -294,6 +294,109 @@ def _check_cancel(runner: Runner) -> None:
         raise Cancelled(f"{runner.layer or 'run'}: cancelled while publishing artifacts")
 
 
+@dataclass
+class MadeArtifacts:
+    """A layer's SquashFS and boot files, made (`make_artifacts`) and not yet published.
+
+    Everything lives in `scratch`, a directory of its own under the work dir
+    (the kernel and initramfs copied out of the image, so the image need not
+    stay mounted); `remove()` deletes it.
+    """
+
+    scratch: Path
+    files: dict[str, _File]
+    pub: ArtifactPublication
+    boot: BootFiles | None
+
+    def paths(self) -> dict[str, Path]:
+        return {role: f.path for role, f in self.files.items()}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def make_artifacts(
+    spec: Any,
+    key: str,
+    rootfs: Path,
+    runner: Runner,
+    workdir: Path,
+    *,
+    s3_settings: S3Settings | None = None,
+    epoch: int | None = None,
+    squashfs: bool = True,
+) -> MadeArtifacts:
+    """Pick the boot files and make the SquashFS of a mounted root, in a new directory under `workdir`.
+
+    The S3 bucket is checked first (before minutes of mksquashfs, not
+    after) when the layer publishes to S3. `squashfs=False` makes nothing
+    (a layer without S3/dir targets); the result then holds kver and os only.
+    Raises PublishError (or Cancelled); on failure nothing is left behind.
+    """
+    rootfs, workdir = Path(rootfs), Path(workdir)
+    layer = spec.name
+    log = get_logger(layer=layer)
+    if spec.publish_s3 and squashfs:
+        S3Target(spec.publish_s3, spec.s3_bucket, layer=layer, settings=s3_settings).check_bucket()
+    boot: BootFiles | None = None
+    if not spec.rootfs_only:
+        boot = find_boot_files(rootfs, spec.kernel_version, layer=layer)
+    os_str = os_tag(rootfs)
+    pub = ArtifactPublication(key=key, kver=boot.kver if boot else None, os=os_str)
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="artifacts-", dir=workdir))
+    made = MadeArtifacts(scratch, {}, pub, boot)
+    if not squashfs:
+        return made
+    try:
+        _check_cancel(runner)
+        runner.note("squashfs", f"making SquashFS of {rootfs} ({spec.squashfs.compression})")
+        sq = make_squashfs(rootfs, scratch / ROOTFS_NAME, spec.squashfs, runner, epoch)
+        made.files["rootfs"] = _File(sq, sha256_file(sq), sq.stat().st_size)
+        if boot:
+            for role, p, name in (
+                ("kernel", boot.vmlinuz, VMLINUZ_NAME),
+                ("initramfs", boot.initramfs, INITRAMFS_NAME),
+            ):
+                copy = scratch / name
+                shutil.copyfile(p, copy)
+                made.files[role] = _File(copy, sha256_file(copy), copy.stat().st_size)
+        pub.squashfs_sha256, pub.squashfs_size = made.files["rootfs"].sha256, made.files["rootfs"].size
+        log.info(
+            "artifacts ready",
+            kver=pub.kver,
+            os=os_str,
+            squashfs_size=pub.squashfs_size,
+            sha256=pub.squashfs_sha256,
+            step="squashfs",
+        )
+    except BaseException:
+        made.remove()
+        raise
+    return made
+
+
+def upload_artifacts(
+    made: MadeArtifacts,
+    spec: Any,
+    key: str,
+    runner: Runner,
+    tags: Sequence[str] | None = None,
+    *,
+    s3_settings: S3Settings | None = None,
+) -> ArtifactPublication:
+    """Publish made artifacts to `publish_dir` and/or S3 for each tag. Raises PublishError (or Cancelled)."""
+    tags = list(tags or spec.publish_tags)
+    pub = made.pub
+    if spec.publish_dir:
+        _check_cancel(runner)
+        pub.objects += _publish_dir(spec, key, tags, made.files, pub, made.boot)
+    if spec.publish_s3:
+        s3 = S3Target(spec.publish_s3, spec.s3_bucket, layer=spec.name, settings=s3_settings)
+        pub.objects += _publish_s3(s3, spec, key, tags, made.files, pub, made.boot, runner)
+    return pub
+
+
 def publish_artifacts(
     spec: Any,
     key: str,
@@ -308,58 +411,30 @@ def publish_artifacts(
 ) -> ArtifactPublication:
     """Make the SquashFS once, pick the boot files, publish to `publish_dir` and/or S3 for each tag.
 
-    `rootfs` is the image's mounted root (see `mounted_image`); `workdir` a
-    scratch directory on a filesystem with room for the SquashFS (nothing is
-    left in it). `before_publish` gets the made files by role (`rootfs`,
-    `kernel`, `initramfs`) before anything is published; raising there
-    publishes nothing (`up` boot-tests the layer here). Raises PublishError (or Cancelled).
+    `make_artifacts` then `upload_artifacts`. `rootfs` is the image's mounted
+    root (see `mounted_image`); `workdir` a scratch directory on a filesystem
+    with room for the SquashFS (nothing is left in it). `before_publish` gets
+    the made files by role (`rootfs`, `kernel`, `initramfs`) before anything
+    is published; raising there publishes nothing. Raises PublishError (or Cancelled).
     """
-    tags = list(tags or spec.publish_tags)
-    rootfs, workdir = Path(rootfs), Path(workdir)
-    layer = spec.name
-    log = get_logger(layer=layer)
-    s3: S3Target | None = None
-    if spec.publish_s3:
-        s3 = S3Target(spec.publish_s3, spec.s3_bucket, layer=layer, settings=s3_settings)
-        s3.check_bucket()  # before minutes of mksquashfs, not after
-
-    boot: BootFiles | None = None
-    if not spec.rootfs_only:
-        boot = find_boot_files(rootfs, spec.kernel_version, layer=layer)
-    os_str = os_tag(rootfs)
-    pub = ArtifactPublication(key=key, kver=boot.kver if boot else None, os=os_str)
-    if not (spec.publish_s3 or spec.publish_dir):
-        return pub
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="artifacts-", dir=workdir))
+    made = make_artifacts(
+        spec,
+        key,
+        rootfs,
+        runner,
+        workdir,
+        s3_settings=s3_settings,
+        epoch=epoch,
+        squashfs=bool(spec.publish_s3 or spec.publish_dir),
+    )
     try:
-        _check_cancel(runner)
-        runner.note("squashfs", f"making SquashFS of {rootfs} ({spec.squashfs.compression})")
-        sq = make_squashfs(rootfs, scratch / ROOTFS_NAME, spec.squashfs, runner, epoch)
-        files: dict[str, _File] = {"rootfs": _File(sq, sha256_file(sq), sq.stat().st_size)}
-        if boot:
-            for role, p in (("kernel", boot.vmlinuz), ("initramfs", boot.initramfs)):
-                files[role] = _File(p, sha256_file(p), p.stat().st_size)
-        pub.squashfs_sha256, pub.squashfs_size = files["rootfs"].sha256, files["rootfs"].size
-        log.info(
-            "artifacts ready",
-            kver=pub.kver,
-            os=os_str,
-            squashfs_size=pub.squashfs_size,
-            sha256=pub.squashfs_sha256,
-            step="squashfs",
-        )
+        if not (spec.publish_s3 or spec.publish_dir):
+            return made.pub
         if before_publish is not None:
-            before_publish({role: f.path for role, f in files.items()})
-        if spec.publish_dir:
-            _check_cancel(runner)
-            pub.objects += _publish_dir(spec, key, tags, files, pub, boot)
-        if s3 is not None:
-            pub.objects += _publish_s3(s3, spec, key, tags, files, pub, boot, runner)
+            before_publish(made.paths())
+        return upload_artifacts(made, spec, key, runner, tags, s3_settings=s3_settings)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return pub
+        made.remove()
 
 
 def _publish_s3(

@@ -50,6 +50,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from ..errors import PublishError
 from ..log import get_logger
 from ..redact import add_secret, redact
+from ..runner import Cancelled, sleep_unless_cancelled
 
 DEFAULT_REGION = "us-east-1"
 MiB = 1024 * 1024
@@ -409,6 +410,7 @@ class S3Target:
             wait=wait_exponential(multiplier=s.wait_initial, max=s.wait_max),
             retry=retry_if_exception(is_transient),
             before_sleep=before_sleep,
+            sleep=sleep_unless_cancelled,  # Ctrl-C ends a retrying upload, not only a running command
             reraise=True,
         )
 
@@ -429,6 +431,8 @@ class S3Target:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise self._fail(exc, f"cannot read {key}") from None
+        except Cancelled:
+            raise
         except Exception as exc:
             raise self._fail(exc, f"cannot read {key}") from None
         return {
@@ -448,6 +452,8 @@ class S3Target:
             if code in ("404", "NoSuchBucket", "NotFound"):
                 exc.response.setdefault("Error", {})["Code"] = "NoSuchBucket"
             raise self._fail(exc, "cannot use the bucket") from None
+        except Cancelled:
+            raise
         except Exception as exc:
             raise self._fail(exc, "cannot use the bucket") from None
 
@@ -483,7 +489,7 @@ class S3Target:
                 with self._no_checksum_lock:
                     self._no_checksum.add(self.endpoint)
                 self._upload_with_retries(path, key, meta, False)
-        except PublishError:
+        except (PublishError, Cancelled):
             raise
         except Exception as exc:
             raise self._fail(exc, f"uploading {key} failed") from None
@@ -530,6 +536,8 @@ class S3Target:
                     except BaseException:
                         self._abort_started(key)
                         raise
+        except Cancelled:
+            raise
         except Exception as exc:
             raise self._fail(exc, f"copying {src_key} to {key} failed") from None
         head = self.head(key)
