@@ -41,7 +41,7 @@ def test_validate_reports_every_problem_of_the_directory(tmp_path: Path) -> None
     assert "a.yaml:4:1" in r.stderr and "did you mean 'packages'" in r.stderr
     assert "b.yaml:3:16" in r.stderr
     assert "c.yaml:5:10" in r.stderr and "/data/x" in r.stderr
-    assert "3 error(s); nothing was built" in r.stderr
+    assert "3 errors; nothing was built" in r.stderr
     j = run("validate", str(root), "--json")
     doc = json.loads(j.stdout)
     assert j.returncode == 2 and not doc["ok"] and len(doc["diagnostics"]) == 3
