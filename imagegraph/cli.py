@@ -533,8 +533,8 @@ def _cmd_help(sub: Any) -> None:
         "help",
         "show the help of a command",
         "[COMMAND]",
-        "Show a command's help (all commands without one).",
-        EXIT_STATUS,
+        "Show a command's help (the list of commands without one).",
+        _examples("imagegraph help up", "imagegraph help"),
     )
     p.add_argument(
         "topic", nargs="?", default=None, metavar="COMMAND", help="the command (default: all commands)"

@@ -68,6 +68,13 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # `imagegraph plan | head`: the reader has what it wanted; rich would exit 1, which reads as
+        # failure under `set -o pipefail`. Raise for `cli.main`, which exits 0.
+        raise BrokenPipeError
+
+
 class Output:
     """Where a command's results and diagnostics go, in the chosen format."""
 
@@ -75,8 +82,8 @@ class Output:
         self.fmt = fmt
         self.quiet = quiet
         self.command = command
-        self.out = Console(highlight=False, soft_wrap=True, no_color=not use_color(sys.stdout))
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True, no_color=not use_color(sys.stderr))
+        self.out = _Console(highlight=False, soft_wrap=True, no_color=not use_color(sys.stdout))
+        self.err = _Console(stderr=True, highlight=False, soft_wrap=True, no_color=not use_color(sys.stderr))
 
     @property
     def json(self) -> bool:

@@ -97,3 +97,93 @@ def test_cycle_exit_2(tmp_path: Path) -> None:
     )
     r = run("plan", str(root), "--offline")
     assert r.returncode == 2 and "parent cycle: a.yaml -> b.yaml -> a.yaml" in r.stderr
+
+
+# ------------------------------------------------------------------ help, usage, completion
+
+
+def _walk(parser):
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _walk(sub)
+
+
+def test_every_option_and_command_has_help_and_an_epilog() -> None:
+    import argparse
+
+    from imagegraph.cli import build_parser
+
+    missing = []
+    for p in _walk(build_parser()):
+        if p.prog != "imagegraph":
+            assert p.description, f"{p.prog}: no description"
+            assert "examples:" in (p.epilog or "") and "exit status:" in (p.epilog or ""), p.prog
+            assert p.usage and p.usage.startswith(f"{p.prog} [OPTIONS]"), p.prog
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                missing += [f"{p.prog} {c.dest}" for c in a._choices_actions if not c.help]
+            elif not a.help or a.help == argparse.SUPPRESS:
+                missing.append(f"{p.prog} {'/'.join(a.option_strings) or a.dest}")
+            elif a.option_strings and a.default not in (None, False, [], argparse.SUPPRESS):
+                if not isinstance(a, argparse._CountAction | argparse._VersionAction | argparse._HelpAction):
+                    shown = p.formatter_class(p.prog)._get_help_string(a)
+                    assert "default" in shown, f"{p.prog} {a.option_strings}: default not said"
+    assert missing == []
+
+
+def test_help_command_unknown_command_and_per_command_errors() -> None:
+    h = run("help", "plan")
+    assert h.returncode == 0 and "usage: imagegraph plan [OPTIONS] [DIR] [LAYER ...]" in h.stdout
+    assert "examples:" in h.stdout and "exit status:" in h.stdout
+    top = run("--help")
+    assert "environment:" in top.stdout and "IMAGEGRAPH_RETRY_ATTEMPTS" in top.stdout
+    r = run("pln")
+    assert r.returncode == 2 and "did you mean 'plan'?" in r.stderr
+    r = run("plan", "--bogus")
+    assert r.returncode == 2 and "usage: imagegraph plan" in r.stderr and "imagegraph help plan" in r.stderr
+    for bad in ("0", "-2", "x"):
+        r = run("up", "-j", bad)
+        assert r.returncode == 2 and "imagegraph up: error: argument -j/--jobs" in r.stderr, bad
+
+
+def test_state_that_does_not_exist_and_a_spec_file_for_a_directory(tmp_path: Path) -> None:
+    root = seed_dir(tmp_path / "layers")
+    r = run("plan", str(root), "--offline", "--state", str(tmp_path / "nope" / "state.db"))
+    assert r.returncode == 2 and "--state" in r.stderr and "no such file" in r.stderr
+    r = run("status", str(root), "--offline", "--state", str(tmp_path / "state.db"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+    one = json.loads(run("plan", str(root / "compute.yaml"), "--offline", "--json").stdout)
+    assert [x["name"] for x in one["layers"]] == ["base", "compute"]
+
+
+def test_completion_scripts_come_from_the_parser() -> None:
+    bash = run("completion", "bash")
+    assert bash.returncode == 0 and "complete" in bash.stdout
+    for word in ("boot-test", "--registry-timeout", "--summary", "doctor"):
+        assert word in bash.stdout
+    zsh = run("completion", "zsh")
+    assert zsh.returncode == 0 and zsh.stdout.startswith("#compdef imagegraph")
+    assert "--max-age" in zsh.stdout
+    # bash accepts the script
+    check = subprocess.run(["bash", "-n"], input=bash.stdout, text=True, capture_output=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_plan_tree_summary_and_singular(tmp_path: Path) -> None:
+    root = seed_dir(tmp_path / "layers")
+    write(root, "io.yaml", (root / "compute.yaml").read_text().replace("compute-base", "io-node"))
+    tree = run("plan", str(root), "--offline").stdout
+    assert "├─ " in tree and "└─ " in tree and "│" in tree
+    lines = tree.splitlines()
+    # a child with a later sibling hangs on ├─, its own children are indented under │
+    assert any(line.startswith(("├─ compute", "├─ io")) for line in lines), tree
+    assert "4 layers: 4 build" in tree
+    one = run("plan", str(root / "base.yaml"), "--offline").stdout
+    assert "1 layer: 1 build" in one
+    summary = run("plan", str(root), "--offline", "--summary").stdout.splitlines()
+    assert summary[0] == "4 layers: 4 build" and len(summary) == 5
+    assert summary[1].split()[:2] == ["build", "base"]

@@ -592,6 +592,7 @@ class _RegistryOpts:
     """What buildah push/pull options say that the HTTP client must honour too."""
 
     insecure: bool = False
+    verify: bool = False  # --tls-verify=true said explicitly: verify even a loopback registry
     authfile: str | None = None
     creds: Credentials | None = None
     cert_dir: str | None = None
@@ -641,6 +642,10 @@ def _parse_opts(opts: Iterable[str]) -> _RegistryOpts:
         creds = Credentials(user, password, "--creds")
     return _RegistryOpts(
         insecure=tls.lower() == "false",
+        verify=any(
+            values.get(k, "").lower() == "true"
+            for k in ("--tls-verify", "--dest-tls-verify", "--src-tls-verify")
+        ),
         authfile=values.get("--authfile"),
         creds=creds,
         cert_dir=values.get("--cert-dir"),
@@ -763,6 +768,7 @@ class RegistryClient:
         self._auth_file = auth_file
         self._auth_files = [Path(p) for p in auth_files] if auth_files is not None else None
         self._insecure: set[str] = {h.lower() for h in insecure}
+        self._verify: set[str] = set()
         self._host_authfile: dict[str, str] = {}
         self._host_creds: dict[str, Credentials] = {}
         self._host_verify: dict[str, str] = {}
@@ -802,6 +808,8 @@ class RegistryClient:
         with self._lock:
             if parsed.insecure:
                 self._insecure.add(host)
+            if parsed.verify:
+                self._verify.add(host)
             if parsed.authfile:
                 self._host_authfile[host] = parsed.authfile
             if parsed.creds:
@@ -814,6 +822,8 @@ class RegistryClient:
     def is_insecure(self, registry: str) -> bool:
         """Whether plain http (and unverified https) may be used for `registry`."""
         host = registry.lower()
+        if host in self._verify and host not in self._insecure:
+            return False
         return host in self._insecure or _is_loopback(host) or host in _registries_conf_insecure()
 
     def schemes(self, registry: str) -> list[str]:
