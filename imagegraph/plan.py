@@ -598,6 +598,32 @@ def _list_delta(old: list, new: list) -> str:
     return " ".join(bits)
 
 
+# Inputs whose order matters (commands run in sequence): diffed position by position.
+_ORDERED = {"cmds"}
+
+
+def _indexed_delta(name: str, old: list, new: list) -> list[Reason]:
+    """`cmds[0]: 'echo two' -> 'echo one'`, `cmds[2]: added 'x'`, `cmds[3]: removed 'y'`."""
+
+    def show(x: Any) -> str:
+        return repr(_short(x))
+
+    out = []
+    for i in range(max(len(old), len(new))):
+        a = old[i] if i < len(old) else None
+        b = new[i] if i < len(new) else None
+        if a == b:
+            continue
+        if a is None:
+            text = f"{name}[{i}]: added {show(b)}"
+        elif b is None:
+            text = f"{name}[{i}]: removed {show(a)}"
+        else:
+            text = f"{name}[{i}]: {show(a)} -> {show(b)}"
+        out.append(Reason("field-changed", text, {"field": name, "index": i}))
+    return out
+
+
 def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> list[Reason]:
     """Why a key changed: one reason per changed input, in words."""
     out: list[Reason] = []
@@ -625,6 +651,8 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
             for sub in sorted(set(a or {}) | set(b or {})):
                 if (a or {}).get(sub) != (b or {}).get(sub):
                     out.append(Reason("field-changed", f"ansible {sub} changed", {"field": f"ansible.{sub}"}))
+        elif field_name in _ORDERED and isinstance(a, list) and isinstance(b, list):
+            out.extend(_indexed_delta(field_name, a, b))
         elif isinstance(a, list) and isinstance(b, list):
             out.append(Reason("field-changed", f"{field_name}: {_list_delta(a, b)}", {"field": field_name}))
         elif isinstance(a, dict) and isinstance(b, dict):
