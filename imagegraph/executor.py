@@ -569,6 +569,10 @@ def artifacts_document(lg: Any, state: State, layer: str, base_url: str | None =
     if reg:
         doc["registry"] = {"references": reg.locations, "digest": reg.digest}
         urls.extend(reg.locations)
+    local = records.get("local")
+    if local:
+        doc["local"] = {"references": local.locations}
+        urls.extend(str(x) for x in local.locations)
     for target in ("s3", "dir"):
         rec = records.get(target)
         if not rec:
