@@ -588,6 +588,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def man_include() -> str:
+    """Extra man page sections (argparse-manpage `--include`, help2man's format), from the same text
+    as `--help`: ENVIRONMENT and EXIT STATUS."""
+
+    def body(block: str) -> str:
+        rows = [line.strip() for line in block.splitlines()[1:]]
+        return "\n".join(f".TP\n.B {r.split(maxsplit=1)[0]}\n{r.split(maxsplit=1)[1]}" for r in rows if r)
+
+    return f"[ENVIRONMENT]\n{body(ENVIRONMENT)}\n\n[EXIT STATUS]\n{body(EXIT_STATUS)}\n"
+
+
 # ------------------------------------------------------------------- helpers
 
 

@@ -168,9 +168,58 @@ def test_completion_scripts_come_from_the_parser() -> None:
     zsh = run("completion", "zsh")
     assert zsh.returncode == 0 and zsh.stdout.startswith("#compdef imagegraph")
     assert "--max-age" in zsh.stdout
-    # bash accepts the script
-    check = subprocess.run(["bash", "-n"], input=bash.stdout, text=True, capture_output=True)
-    assert check.returncode == 0, check.stderr
+    # bash accepts the script, and it completes commands and a command's options
+    script = Path(os.environ.get("TMPDIR", "/tmp")) / f"ig-completion-{os.getpid()}.sh"
+    script.write_text(bash.stdout)
+    try:
+        words = (
+            f"source {script}; "
+            'COMP_WORDS=(imagegraph pl); COMP_CWORD=1; _shtab_imagegraph imagegraph pl imagegraph; echo "${COMPREPLY[@]}"; '
+            'COMP_WORDS=(imagegraph plan --su); COMP_CWORD=2; _shtab_imagegraph imagegraph --su plan; echo "${COMPREPLY[@]}"'
+        )
+        done = subprocess.run(["bash", "-c", words], text=True, capture_output=True, timeout=60)
+    finally:
+        script.unlink()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["plan", "--summary"]
+
+
+def test_man_page_is_generated_from_the_parser(tmp_path: Path) -> None:
+    from imagegraph.cli import man_include
+
+    inc = tmp_path / "man.include"
+    inc.write_text(man_include())
+    out = tmp_path / "imagegraph.1"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from argparse_manpage.cli import main; sys.exit(main())",
+            "--module",
+            "imagegraph.cli",
+            "--function",
+            "build_parser",
+            "--prog",
+            "imagegraph",
+            "--include",
+            str(inc),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    page = out.read_text()
+    for section in (
+        ".SH SYNOPSIS",
+        ".SH ENVIRONMENT",
+        ".SH EXIT STATUS",
+        "imagegraph doctor",
+        "\\-\\-registry\\-timeout",
+    ):
+        assert section in page, section
 
 
 def test_plan_tree_summary_and_singular(tmp_path: Path) -> None:

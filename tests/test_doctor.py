@@ -53,7 +53,11 @@ def test_doctor_on_a_path_without_buildah(tmp_path: Path) -> None:
     root = seed_dir(tmp_path / "layers")
     env = {**os.environ, "PATH": _bare_path(tmp_path, ("dnf", "rpm"))}
     r = subprocess.run(
-        [*EXE, "doctor", str(root), "--offline", "--json"], capture_output=True, text=True, env=env, timeout=120
+        [*EXE, "doctor", str(root), "--offline", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert r.returncode == 1, r.stderr
     doc = json.loads(r.stdout)
@@ -73,7 +77,9 @@ def test_doctor_on_a_path_without_buildah(tmp_path: Path) -> None:
 def test_up_fails_early_naming_the_missing_tool(tmp_path: Path) -> None:
     root = seed_dir(tmp_path / "layers")
     env = {**os.environ, "PATH": _bare_path(tmp_path)}
-    r = subprocess.run([*EXE, "up", str(root), "--offline"], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [*EXE, "up", str(root), "--offline"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert r.returncode == 1
     assert "missing buildah" in r.stderr and "apt-get install buildah" in r.stderr
     assert "nothing was built" in r.stderr and "Traceback" not in r.stderr
