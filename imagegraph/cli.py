@@ -641,11 +641,20 @@ def _state_path(project: Project, arg: str | None) -> Path:
 
 def _load(root: Path, state_arg: str | None = None) -> tuple[Project, LayerGraph]:
     from .graph import build_graph
+    from .log import get_logger
     from .project import load_project
 
     cache_dir = (Path(state_arg).parent if state_arg else root / ".imagegraph") / "cache"
     project = load_project(root, cache_dir=cache_dir if cache_dir.parent.exists() else None)
-    return project, build_graph(project)
+    lg = build_graph(project)
+    # -v: which directory, state and how many layers a command works on
+    get_logger().info(
+        "layer directory loaded",
+        dir=str(root),
+        layers=len(project.layers),
+        state=str(_state_path(project, state_arg)),
+    )
+    return project, lg
 
 
 def _registry_timeout(args: argparse.Namespace) -> float:
@@ -741,10 +750,9 @@ def cmd_graph(args: argparse.Namespace, out: Output) -> int:
     root, _ = _root(args)
     project, lg = _load(root)
     out.warnings(project.warnings + lg.warnings)
-    if args.format == "dot":
-        sys.stdout.write(to_dot(lg))
-    elif args.format == "mermaid":
-        sys.stdout.write(to_mermaid(lg))
+    if args.format in ("dot", "mermaid"):
+        text = (to_dot if args.format == "dot" else to_mermaid)(lg)
+        out.document({"format": args.format, "text": text}, False, lambda: sys.stdout.write(text))
     elif args.format == "json":
         out.document(to_json(lg), True, lambda: None)
     else:
@@ -936,7 +944,8 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
     latest = logs / f"{layer}.log"
     if not latest.exists():
         raise UsageError(f"no build log for {layer} yet (looked in {logs})")
-    sys.stdout.write(latest.read_text(errors="replace"))
+    text = latest.read_text(errors="replace")
+    out.document({"layer": layer, "file": str(latest), "log": text}, False, lambda: sys.stdout.write(text))
     return 0
 
 
