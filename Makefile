@@ -8,12 +8,15 @@ export BUILDAH_ISOLATION ?= chroot
 PREFIX ?= /usr/local
 MAN := $(VENV)/share/man/man1/imagegraph.1
 
-.PHONY: all system venv test-venv demo plan test lint bench man install clean
+.PHONY: all system system-run venv test-venv demo plan test lint bench man install clean
 
 all: test
 
 system:
 	./scripts/install-system-deps.sh
+
+system-run:
+	./scripts/install-system-deps.sh --run
 
 # Running needs only the runtime dependencies; `make test` adds the test extras.
 $(BIN)/imagegraph: pyproject.toml
@@ -51,7 +54,7 @@ install: venv man
 	$(BIN)/imagegraph completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/imagegraph
 	$(BIN)/imagegraph completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_imagegraph
 
-demo: system venv
+demo: system-run venv
 	$(BIN)/imagegraph plan layers/
 	$(BIN)/imagegraph up layers/
 	$(BIN)/imagegraph plan layers/

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Installs the host toolchain imagegraph drives (buildah and friends) on Debian/Ubuntu,
 # only when something is missing, so `make test` works on a fresh machine and is quick after.
+# `--run`: only what running imagegraph needs (`make demo`), not what the tests add
+# (docker-registry, rpmbuild, createrepo_c, busybox-static).
 set -euo pipefail
+tests=1
+[ "${1:-}" = "--run" ] && tests=0
 need=()
 check() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
 check buildah buildah
 check skopeo skopeo
 check mksquashfs squashfs-tools
-check docker-registry docker-registry
+[ $tests = 1 ] && check docker-registry docker-registry
 check rpm rpm
-check rpmbuild rpm
-check createrepo_c createrepo-c
+[ $tests = 1 ] && check rpmbuild rpm
+[ $tests = 1 ] && check createrepo_c createrepo-c
 check dnf dnf
 check mmdebstrap mmdebstrap
 check zypper zypper
@@ -23,7 +27,7 @@ check python3 python3
 [ -e /usr/lib/python3/dist-packages/ansible_collections/containers/podman/plugins/connection/buildah.py ] ||
   need+=(ansible)
 # Build tests package a static busybox into an RPM so scratch-built test images have a shell.
-dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+[ $tests = 0 ] || dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # A registry test stops the daemon it starts; the Debian package also ships a service we do not want.
 if [ ${#need[@]} -eq 0 ]; then
