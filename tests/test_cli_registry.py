@@ -183,3 +183,13 @@ def test_verbose_shows_each_registry_request(tmp_path: Path, tls_registry: str, 
     lines = [line for line in r.stderr.splitlines() if "registry request" in line]
     assert lines and all("/v2/site/" in line for line in lines), r.stderr
     assert any("status=200" in line for line in lines)
+
+
+def test_terminal_shows_what_planning_waits_for(tmp_path: Path, silent_registry: str) -> None:
+    from .test_cli_terminal import on_pty
+
+    root = layers(tmp_path / "layers", silent_registry)
+    rc, text = on_pty("plan", str(root), "--registry-timeout", "2")
+    assert rc == 0, text
+    assert f"asking {silent_registry} (2 repositories)..." in text
+    assert text.count("warning: registry") == 1
