@@ -622,17 +622,21 @@ def _root(args: argparse.Namespace) -> tuple[Path, list[str]]:
     return _split_dir([args.dir] if getattr(args, "dir", None) else list(getattr(args, "args", []) or []))
 
 
-def _check_state_arg(args: argparse.Namespace, must_exist: bool) -> None:
+def _check_state_arg(args: argparse.Namespace, must_exist: bool, out: Output | None = None) -> None:
+    """`--state` at a directory that does not exist is an error; at a file that does not exist yet,
+    commands that only read say so (everything then reads as never built)."""
     from .errors import UsageError
 
     arg = getattr(args, "state", None)
     if not arg:
         return
     p = Path(arg)
-    if must_exist and not p.exists():
-        raise UsageError(f"--state {arg}: no such file (nothing was recorded there); check the path")
     if not p.parent.is_dir():
         raise UsageError(f"--state {arg}: directory {p.parent} does not exist; create it or fix the path")
+    if must_exist and not p.exists():
+        if out is None:
+            raise UsageError(f"--state {arg}: no such file (nothing was recorded there); check the path")
+        out.warning(f"--state {arg}: no such file yet; every layer reads as never built")
 
 
 def _state_path(project: Project, arg: str | None) -> Path:
@@ -676,7 +680,7 @@ def _plan(
     from .state import State
 
     root, names = _split_dir(names_and_dir)
-    _check_state_arg(args, must_exist=args.command in ("plan", "status"))
+    _check_state_arg(args, must_exist=args.command in ("plan", "status"), out=out)
     project, lg = _load(root, args.state)
     state = State(_state_path(project, args.state), readonly=args.command in ("plan", "status"))
     inventory = LiveInventory(offline=args.offline, timeout=_registry_timeout(args))
