@@ -623,17 +623,18 @@ def _root(args: argparse.Namespace) -> tuple[Path, list[str]]:
 
 
 def _check_state_arg(args: argparse.Namespace, must_exist: bool, out: Output | None = None) -> None:
-    """`--state` at a directory that does not exist is an error; at a file that does not exist yet,
-    commands that only read say so (everything then reads as never built)."""
+    """For commands that only read (`must_exist`): `--state` in a directory that does not exist is an
+    error; a file that does not exist yet is said (everything then reads as never built), or an
+    error without `out`. Commands that write create both."""
     from .errors import UsageError
 
     arg = getattr(args, "state", None)
-    if not arg:
+    if not arg or not must_exist:
         return
     p = Path(arg)
     if not p.parent.is_dir():
         raise UsageError(f"--state {arg}: directory {p.parent} does not exist; create it or fix the path")
-    if must_exist and not p.exists():
+    if not p.exists():
         if out is None:
             raise UsageError(f"--state {arg}: no such file (nothing was recorded there); check the path")
         out.warning(f"--state {arg}: no such file yet; every layer reads as never built")

@@ -79,7 +79,11 @@ class StatusReport:
     layers: list[LayerRow] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"runs": [r.to_json() for r in self.runs], "layers": [s.to_json() for s in self.layers]}
+        # layers keyed by name (`jq .layers.compute`), in build order
+        return {
+            "runs": [r.to_json() for r in self.runs],
+            "layers": {s.layer: s.to_json() for s in self.layers},
+        }
 
 
 def _parsed(text: str | None) -> Any:
