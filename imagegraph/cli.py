@@ -623,21 +623,17 @@ def _root(args: argparse.Namespace) -> tuple[Path, list[str]]:
 
 
 def _check_state_arg(args: argparse.Namespace, must_exist: bool, out: Output | None = None) -> None:
-    """For commands that only read (`must_exist`): `--state` in a directory that does not exist is an
-    error; a file that does not exist yet is said (everything then reads as never built), or an
-    error without `out`. Commands that write create both."""
+    """For commands that only read (`must_exist`), a `--state` that does not exist is said: as a
+    warning with `out` (plan, status: everything then reads as never built), else as an error
+    (log, artifacts: nothing to show). Commands that write create it."""
     from .errors import UsageError
 
     arg = getattr(args, "state", None)
-    if not arg or not must_exist:
+    if not arg or not must_exist or Path(arg).exists():
         return
-    p = Path(arg)
-    if not p.parent.is_dir():
-        raise UsageError(f"--state {arg}: directory {p.parent} does not exist; create it or fix the path")
-    if not p.exists():
-        if out is None:
-            raise UsageError(f"--state {arg}: no such file (nothing was recorded there); check the path")
-        out.warning(f"--state {arg}: no such file yet; every layer reads as never built")
+    if out is None:
+        raise UsageError(f"--state {arg}: no such file (nothing was recorded there); check the path")
+    out.warning(f"--state {arg}: no such file yet; every layer reads as never built")
 
 
 def _state_path(project: Project, arg: str | None) -> Path:
