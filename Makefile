@@ -70,6 +70,7 @@ bench: test-venv
 	$(BIN)/python bench/plan_bench.py
 	$(BIN)/python bench/scheduler_bench.py
 	$(BIN)/python bench/noop_up_bench.py
+	$(BIN)/python bench/silent_registry_bench.py
 
 clean:
 	rm -rf $(VENV) .imagegraph layers/.imagegraph out
