@@ -102,6 +102,7 @@ class Output:
     def document(self, doc: Any, as_json: bool, human: Callable[[], None]) -> None:
         """A command's result: `--json` prints the document (one line in JSON mode),
         JSON mode alone wraps it in an event, else `human()` renders it."""
+        doc = redact_obj(doc)
         if as_json:
             if self.json:
                 print(json.dumps(doc, sort_keys=True, default=str), flush=True)
