@@ -7,6 +7,7 @@ returns data (`StatusReport`), never prints. Timestamps in `to_json` are ISO
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +61,7 @@ class LayerRow:
     duration: float | None
     detail: str = ""  # why stale, or the failure
     hint: str | None = None  # the command that says more
+    image: str | None = None  # the recorded build's image (reference, else ID)
 
     def to_json(self) -> dict:
         return {
@@ -70,6 +72,7 @@ class LayerRow:
             "duration": self.duration,
             "detail": self.detail,
             "hint": self.hint,
+            "image": self.image,
         }
 
 
@@ -134,5 +137,7 @@ def layer_status(plan: Plan, state: State, runs: int = 10) -> StatusReport:
             row = LayerRow(lid, LayerStatus.NEVER_BUILT, lp.key, None, None)
         else:
             row = LayerRow(lid, LayerStatus.STALE, lp.key, rec.built_at, rec.duration, why)
+        if rec is not None:
+            row = dataclasses.replace(row, image=rec.image_ref or rec.image_id)
         report.layers.append(row)
     return report

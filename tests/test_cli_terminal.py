@@ -53,8 +53,9 @@ def test_terminal_gets_colour_pipes_and_no_color_do_not(tmp_path: Path) -> None:
     rc, text = on_pty("validate", str(root))
     assert rc == 0 and "resolved by name and tag" in text
     assert ANSI in text  # the warning is coloured on a terminal
-    rc, text = on_pty("validate", str(root), NO_COLOR="1")
+    rc, text = on_pty("validate", str(root), "-v", NO_COLOR="1")
     assert rc == 0 and "resolved by name and tag" in text and ANSI not in text
+    assert "layer directory loaded" in text  # log events follow NO_COLOR too
     r = piped("validate", str(root))
     assert "resolved by name and tag" in r.stderr and ANSI not in r.stderr + r.stdout
     # text, not JSON, when stderr is a pipe (`validate DIR 2>&1 | grep error`)
