@@ -1113,7 +1113,7 @@ def cmd_help(args: argparse.Namespace, out: Output) -> int:
         return 0
     commands = parser.commands  # type: ignore[attr-defined]
     if args.topic not in commands:
-        commands["help"].error(f"invalid choice: '{args.topic}'")
+        parser.error(f"invalid choice: '{args.topic}'")
     commands[args.topic].print_help()
     return 0
 
