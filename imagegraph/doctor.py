@@ -308,12 +308,16 @@ def _s3_checks(lg: LayerGraph, timeout: float) -> list[Check]:
         return []
     import botocore.session
 
-    from .publish.s3 import S3Settings, make_client
+    from .publish.s3 import S3Settings, credentials, make_client
 
     settings = S3Settings(botocore_attempts=1, attempts=1, connect_timeout=timeout, read_timeout=timeout)
-    found = botocore.session.get_session().get_credentials()
-    # Where the credentials come from (env, shared-credentials-file, ...), never what they are.
-    who = f"credentials from {found.method}" if found is not None else "no credentials found"
+    # Where the credentials come from (S3_ACCESS/S3_SECRET, env, shared-credentials-file, ...),
+    # never what they are.
+    if credentials() is not None:
+        who = "credentials from S3_ACCESS/S3_SECRET"
+    else:
+        found = botocore.session.get_session().get_credentials()
+        who = f"credentials from {found.method}" if found is not None else "no credentials found"
 
     def check(target: tuple[str, str]) -> Check:
         endpoint, bucket = target

@@ -119,3 +119,23 @@ def test_doctor_registry_checks_say_who_without_secrets(tmp_path: Path, monkeypa
     assert reg.status == CheckStatus.FAILED and reg.needed_by == ("a",)
     assert "connection refused" in reg.detail and "alice" in reg.detail
     assert "s3cr3t-pw" not in json.dumps(report.to_json())
+
+
+def test_doctor_s3_reachable_bucket_and_a_missing_one(tmp_path: Path, s3_env) -> None:
+    from .fixtures_servers import S3_TEST_SECRET
+
+    bucket = s3_env.make_bucket()
+    root = tmp_path / "layers"
+    for name, b in (("good", bucket), ("bad", "no-such-bucket-here")):
+        write(
+            root,
+            f"{name}.yaml",
+            f"options:\n  layer_type: base\n  name: {name}\n  pkg_manager: dnf\n  publish_s3: {s3_env.endpoint}\n"
+            f"  s3_bucket: {b}\npackages: [bash]\n",
+        )
+    report = run_doctor(build_graph(load_project(root)), timeout=5)
+    s3 = {c.needed_by: c for c in report.checks if c.kind == "s3"}
+    assert s3[("good",)].status == CheckStatus.OK
+    assert "credentials from S3_ACCESS/S3_SECRET" in s3[("good",)].detail
+    assert s3[("bad",)].status == CheckStatus.FAILED and "404" in s3[("bad",)].detail
+    assert S3_TEST_SECRET not in json.dumps(report.to_json())
