@@ -225,10 +225,13 @@ def plan_summary(plan: Plan) -> list[Text]:
 def registry_warnings(plan: Plan, reasons: Mapping[str, str] | None = None) -> list[str]:
     """One warning per registry that did not answer, naming the layer files it affects."""
     by_registry: dict[str, list[str]] = {}
+    parents: dict[str, list[str]] = {}
     for lp in plan.layers.values():
         if any(n.code == "registry-unreachable" for n in lp.notes):
             spec = plan.graph.spec(lp.layer)
             by_registry.setdefault(spec.publish_registry or "?", []).append(lp.file)
+        if not plan.offline and any(n.code == "parent-digest-unknown" for n in lp.notes):
+            parents.setdefault(_registry_host(lp.parent), []).append(lp.file)
     out = []
     for reg, files in by_registry.items():
         why = (reasons or {}).get(reg.split("/", 1)[0].lower(), "did not answer")
@@ -236,7 +239,19 @@ def registry_warnings(plan: Plan, reasons: Mapping[str, str] | None = None) -> l
             f"registry {reg} {why}; what is published there is taken from local records "
             f"for {plural(len(files), 'layer')}: {', '.join(files)}"
         )
+    for host, files in parents.items():
+        why = (reasons or {}).get(host.lower(), "did not answer")
+        out.append(
+            f"registry {host} {why}; external parents keyed by reference, not digest, "
+            f"for {plural(len(files), 'layer')}: {', '.join(files)}"
+        )
     return out
+
+
+def _registry_host(ref: str) -> str:
+    """The registry part of an image reference, as the distribution spec tells it from a namespace."""
+    first, _, rest = ref.partition("/")
+    return first if rest and ("." in first or ":" in first or first == "localhost") else "docker.io"
 
 
 def print_lines(console: Console, lines: list[Text]) -> None:

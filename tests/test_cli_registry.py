@@ -193,3 +193,26 @@ def test_terminal_shows_what_planning_waits_for(tmp_path: Path, silent_registry:
     assert rc == 0, text
     assert f"asking {silent_registry} (2 repositories)..." in text
     assert text.count("warning: registry") == 1
+
+
+def test_silent_parent_registry_is_one_warning_too(tmp_path: Path, silent_registry: str) -> None:
+    root = tmp_path / "layers"
+    for name in ("a", "b", "c"):
+        write(
+            root,
+            f"{name}.yaml",
+            f"""
+            options:
+              layer_type: base
+              name: {name}
+              pkg_manager: dnf
+              parent: '{silent_registry}/vendor/rocky:9'
+            packages: [bash]
+            """,
+        )
+    start = time.monotonic()
+    r = run("plan", str(root), "--registry-timeout", "1")
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - start < 15
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "keyed by reference" in warnings[0] and "3 layers" in warnings[0], r.stderr
