@@ -299,7 +299,7 @@ def _cmd_up(sub: Any) -> None:
             "imagegraph up layers/ compute -j 4",
             "imagegraph up layers/ --dry-run",
             "imagegraph up layers/ --wait --log-format json   # nightly, from cron",
-        ),
+        ).replace("  1  a layer failed", "  1  a layer failed, or a tool the layers need is missing"),
     )
     p.add_argument("args", nargs="*", metavar="[DIR] [LAYER]", help=DIR_HELP + "; then layers to select")
     _state_opt(p)
