@@ -90,8 +90,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\nTry '{see}' for more information.\n")
 
 
-def _examples(*lines: str) -> str:
-    return "examples:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" + EXIT_STATUS
+def _examples(*lines: str, one: str | None = None) -> str:
+    """The epilog: examples, then the exit statuses (`one`: what 1 means for this command)."""
+    status = EXIT_STATUS
+    if one:
+        status = re.sub(r"(?m)^  1  .*$", f"  1  {one}", status)
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" + status
 
 
 # ------------------------------------------------------------------- argument types
@@ -264,6 +268,7 @@ def _cmd_plan(sub: Any) -> None:
             "imagegraph plan layers/compute.yaml",
             "imagegraph plan layers/ --summary",
             "imagegraph plan layers/ --check && echo 'nothing to do'",
+            one="--check: something would be done",
         ),
     )
     p.add_argument("args", nargs="*", metavar="[DIR] [LAYER]", help=DIR_HELP + "; then layers to select")
@@ -299,7 +304,8 @@ def _cmd_up(sub: Any) -> None:
             "imagegraph up layers/ compute -j 4",
             "imagegraph up layers/ --dry-run",
             "imagegraph up layers/ --wait --log-format json   # nightly, from cron",
-        ).replace("  1  a layer failed", "  1  a layer failed, or a tool the layers need is missing"),
+            one="a layer failed, or a tool the layers need is missing",
+        ),
     )
     p.add_argument("args", nargs="*", metavar="[DIR] [LAYER]", help=DIR_HELP + "; then layers to select")
     _state_opt(p)
@@ -338,8 +344,11 @@ def _cmd_doctor(sub: Any) -> None:
         "container storage, registry and S3 reachability and credentials (never printed). Says what to "
         "install for each missing piece.",
         _examples(
-            "imagegraph doctor layers/", "imagegraph doctor layers/ --offline", "imagegraph doctor --json"
-        ).replace("  1  a layer failed", "  1  something needed is missing or unreachable; a layer failed"),
+            "imagegraph doctor layers/",
+            "imagegraph doctor layers/ --offline",
+            "imagegraph doctor --json",
+            one="something needed is missing, failing or unreachable",
+        ),
     )
     _dir_arg(p)
     p.add_argument("--offline", action="store_true", help="check only this host: no registries, no S3")
@@ -406,7 +415,8 @@ def _cmd_artifacts(sub: Any) -> None:
             "imagegraph artifacts layers/ compute",
             "imagegraph artifacts layers/ compute --base-url http://boot.example:8080/images",
             "imagegraph artifacts layers/ compute --json | jq -r .urls[]",
-        ).replace("  1  a layer failed", "  1  the layer is not built or not published yet"),
+            one="the layer is not built or not published yet",
+        ),
     )
     p.add_argument("args", nargs="+", metavar="[DIR] LAYER", help=DIR_HELP + "; then the layer")
     _state_opt(p)
@@ -463,7 +473,8 @@ def _cmd_boot_test(sub: Any) -> None:
         _examples(
             "imagegraph boot-test layers/ compute",
             "imagegraph boot-test layers/ compute --accel tcg --timeout 900",
-        ).replace("  1  a layer failed", "  1  the boot failed or timed out"),
+            one="the boot failed or timed out",
+        ),
     )
     p.add_argument("args", nargs="+", metavar="[DIR] LAYER", help=DIR_HELP + "; then the layer")
     _state_opt(p)
