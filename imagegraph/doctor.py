@@ -248,7 +248,15 @@ def _binfmt_check() -> Check:
 
 
 def _registry_checks(lg: LayerGraph, timeout: float) -> list[Check]:
-    from .publish.registry import RegistryClient, RegistryError, RetryPolicy, target_repository
+    """One check per registry host: publish registries list a repository's tags, registries of
+    external parents answer a HEAD for the parent's manifest."""
+    from .publish.registry import (
+        RegistryClient,
+        RegistryError,
+        RetryPolicy,
+        parse_reference,
+        target_repository,
+    )
 
     client = RegistryClient(
         retry=RetryPolicy(attempts=1),
@@ -256,46 +264,55 @@ def _registry_checks(lg: LayerGraph, timeout: float) -> list[Check]:
         retry_timeouts=False,
         warn_unreachable=False,
     )
-    repos: dict[str, dict[str, list[str]]] = {}  # host -> repository -> layers
+    # host -> what to ask ("tags" of a repository, or the "manifest" of a parent) -> layers
+    asks: dict[str, dict[tuple[str, str], list[str]]] = {}
     for lid in lg.order():
         spec = lg.spec(lid)
+        client.configure_for(spec)
         if spec.publish_registry:
-            client.configure_for(spec)
             ref = target_repository(spec)
-            repos.setdefault(ref.registry, {}).setdefault(ref.name, []).append(lid)
+            asks.setdefault(ref.registry, {}).setdefault(("tags", ref.name), []).append(lid)
+        link = lg.parents[lid]
+        if link.kind == "external":
+            try:
+                parent = parse_reference(link.ref)
+            except ValueError:
+                continue
+            asks.setdefault(parent.registry, {}).setdefault(("manifest", link.ref), []).append(lid)
 
     def check(host: str) -> Check:
-        users = repos[host]
-        layers = tuple(lid for ls in users.values() for lid in ls)
-        repo = next(iter(users))
-        creds = client.credentials(repo)
+        users = asks[host]
+        layers = tuple(dict.fromkeys(lid for ls in users.values() for lid in ls))
+        kind, what = next(iter(users))
+        creds = client.credentials(parse_reference(what).name if kind == "manifest" else what)
         who = (
             f"credentials for {creds.username} from {creds.source}" if creds else "no credentials (anonymous)"
         )
         try:
-            tags = client.tags(repo)
+            found = client.tags(what) if kind == "tags" else client.manifest_digest(what)
         except RegistryError as exc:
             return Check(CheckKind.REGISTRY, host, CheckStatus.FAILED, f"{exc}; {who}", needed_by=layers)
-        if tags is None:
-            why = client.errors.get(repo, "did not answer").removeprefix("registry unreachable: ")
+        key = what if kind == "tags" else str(parse_reference(what))
+        why = client.errors.get(key, "")
+        if found is None and why != "not found":
             return Check(
                 CheckKind.REGISTRY,
                 host,
                 CheckStatus.FAILED,
-                f"{why}; {who}",
+                f"{(why or 'did not answer').removeprefix('registry unreachable: ')}; {who}",
                 fix="check the address, the firewall, or that the registry runs",
                 needed_by=layers,
             )
-        return Check(
-            CheckKind.REGISTRY,
-            host,
-            CheckStatus.OK,
-            f"answers ({len(users)} repositories); {who}",
-            needed_by=layers,
-        )
+        detail = f"answers ({_plural(len(users), 'question')}, first: {kind} of {what}"
+        detail += ": not found)" if found is None else ")"
+        return Check(CheckKind.REGISTRY, host, CheckStatus.OK, f"{detail}; {who}", needed_by=layers)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(check, repos))
+        return list(pool.map(check, asks))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _s3_checks(lg: LayerGraph, timeout: float) -> list[Check]:

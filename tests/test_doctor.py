@@ -139,3 +139,17 @@ def test_doctor_s3_reachable_bucket_and_a_missing_one(tmp_path: Path, s3_env) ->
     assert "credentials from S3_ACCESS/S3_SECRET" in s3[("good",)].detail
     assert s3[("bad",)].status == CheckStatus.FAILED and "404" in s3[("bad",)].detail
     assert S3_TEST_SECRET not in json.dumps(report.to_json())
+
+
+def test_doctor_asks_a_real_registry_for_publishing_and_for_parents(tmp_path: Path, registry) -> None:
+    root = tmp_path / "layers"
+    write(
+        root,
+        "a.yaml",
+        f"options:\n  layer_type: base\n  name: a\n  pkg_manager: dnf\n  parent: '{registry.host}/vendor/rocky:9'\n"
+        f"  publish_registry: {registry.host}/site\npackages: [bash]\n",
+    )
+    report = run_doctor(build_graph(load_project(root)), timeout=5)
+    (reg,) = [c for c in report.checks if c.kind == "registry"]
+    assert reg.status == CheckStatus.OK and reg.name == registry.host and reg.needed_by == ("a",)
+    assert "2 questions" in reg.detail and "anonymous" in reg.detail
