@@ -680,7 +680,10 @@ def _registry_timeout(args: argparse.Namespace) -> float:
 
 
 def _plan(
-    args: argparse.Namespace, out: Output, names_and_dir: list[str]
+    args: argparse.Namespace,
+    out: Output,
+    names_and_dir: list[str],
+    loaded: tuple[Project, LayerGraph] | None = None,
 ) -> tuple[Project, LayerGraph, State, Plan]:
     from .lockfile import load_lock
     from .plan import LiveInventory, make_plan
@@ -689,7 +692,7 @@ def _plan(
 
     root, names = _split_dir(names_and_dir)
     _check_state_arg(args, must_exist=args.command in ("plan", "status"), out=out)
-    project, lg = _load(root, args.state)
+    project, lg = loaded or _load(root, args.state)
     state = State(_state_path(project, args.state), readonly=args.command in ("plan", "status"))
     inventory = LiveInventory(offline=args.offline, timeout=_registry_timeout(args))
     lock = load_lock(project.root)  # keys include the locked upstream fingerprints, when there are any
@@ -803,14 +806,16 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
     run_id = default_run_id()
     logmod.bind_run(run_id)  # planning's events (registry warnings) carry the run id too
     _check_state_arg(args, must_exist=False)
+    loaded = _load(_split_dir(args.args)[0], args.state)
     if not args.dry_run:
-        _preflight(args, out)
+        _preflight(args, loaded[1])
     if args.wait and not args.dry_run:
-        # Queue first, then plan: a plan made before the other run finished would redo its work.
-        project, _ = _load(_split_dir(args.args)[0], args.state)
-        with StateLock(_state_path(project, args.state).parent, "up (waiting)", wait=True):
+        # Queue first, then plan: a plan made before the other run finished would redo its work
+        # (and the specs are read again: hours may pass).
+        with StateLock(_state_path(loaded[0], args.state).parent, "up (waiting)", wait=True):
             pass
-    project, lg, state, plan = _plan(args, out, args.args)
+        loaded = None
+    project, lg, state, plan = _plan(args, out, args.args, loaded)
     if not args.json:
         out.warnings(project.warnings + lg.warnings)
     if args.dry_run:
@@ -846,12 +851,11 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
     return result.exit_status
 
 
-def _preflight(args: argparse.Namespace, out: Output) -> None:
+def _preflight(args: argparse.Namespace, lg: LayerGraph) -> None:
     """The cheap part of `doctor` (host tools on PATH) before anything is planned or built."""
     from .doctor import PreflightError, preflight
 
     root, names = _split_dir(args.args)
-    project, lg = _load(root, args.state)
     missing = preflight(lg, lg.select(names or None))
     if missing:
         raise PreflightError(root, missing)
