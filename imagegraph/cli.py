@@ -1,207 +1,124 @@
-"""The `imagegraph` command: argument parsing and rendering only.
+"""The `imagegraph` command: argument parsing and dispatch only.
 
 Every command calls into the core (`project`, `graph`, `plan`, `scheduler`,
-`executor`) and renders the objects it gets back. Exit statuses: 0 done /
-nothing to do, 1 a layer failed (or `plan --check` found work), 2 a spec or
-usage error, 3 another run holds the state directory, 130/143 interrupted.
+`executor`, `doctor`, `status`) and hands the objects it gets back to
+`render`. The parser is built one function per command (`_cmd_<name>`), so
+that `--help`, the man page and shell completion all come from it. Heavy
+imports (rich, requests, boto3, the executor) happen inside the functions
+that need them: `--help` and completion stay quick.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import difflib
 import os
-import signal
+import re
+import shutil
 import sys
-import time
+import textwrap
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
-from . import log as logmod
-from .errors import Diagnostic, ImagegraphError, SpecError, UsageError
-from .graph import LayerGraph, build_graph, to_dot, to_json, to_mermaid
-from .lockfile import load_lock
-from .plan import Action, LiveInventory, Plan, make_plan
-from .project import Project, load_project
-from .redact import redact, register_environment
-from .state import State
 
-ACTION_STYLE = {
-    Action.BUILD: "bold yellow",
-    Action.PUBLISH: "cyan",
-    Action.UP_TO_DATE: "green",
-    Action.BLOCKED: "red",
-}
-STATUS_STYLE = {
-    "ok": "green",
-    "up-to-date": "green",
-    "failed": "bold red",
-    "blocked": "red",
-    "cancelled": "magenta",
-    "not-started": "dim",
-}
+if TYPE_CHECKING:
+    from .graph import LayerGraph
+    from .plan import Plan
+    from .project import Project
+    from .render import Output
+    from .state import State
 
+EXIT_STATUS = """\
+exit status:
+  0  done, or nothing to do
+  1  a layer failed (plan --check: something would be done)
+  2  a spec or usage error; nothing was built
+  3  another run holds the state directory
+  130/143  interrupted (SIGINT/SIGTERM)"""
 
-def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+ENVIRONMENT = """\
+environment:
+  IMAGEGRAPH_RETRY_ATTEMPTS      registry tries per operation (default 5)
+  IMAGEGRAPH_RETRY_INITIAL_WAIT  first wait between tries, seconds (default 1)
+  IMAGEGRAPH_RETRY_MAX_WAIT      longest wait between tries, seconds (default 30)
+  IMAGEGRAPH_REGISTRY_TIMEOUT    seconds planning waits for a registry (default 5; --registry-timeout)
+  IMAGEGRAPH_BOOT_ACCEL          boot-test accelerator: auto, kvm or tcg (default auto)
+  IMAGEGRAPH_RUNTIME_DIR         where working-container owner records live (default $XDG_RUNTIME_DIR)
+  IMAGEGRAPH_REGISTRY_PASSWORD   a registry password, masked in every output
+  REGISTRY_AUTH_FILE             registry credentials (containers-auth.json), as buildah reads them
+  AWS_*                          S3 credentials, region and endpoint (boto3's usual variables)
+  SOURCE_DATE_EPOCH              timestamp for reproducible SquashFS images
+  NO_COLOR                       no colour, even on a terminal
+  JOURNAL_STREAM                 set by systemd: output becomes JSON lines (as --log-format json)"""
 
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-# ------------------------------------------------------------------- arguments
+LOG_FORMATS = ["auto", "text", "json", "console"]
 
 
-def _split_dir(positional: list[str]) -> tuple[Path, list[str]]:
-    """`[DIR] [LAYER...]`: the first word is the directory when it is one."""
-    if positional and (Path(positional[0]).is_dir() or "/" in positional[0]):
-        return Path(positional[0]), positional[1:]
-    default = Path("layers") if Path("layers").is_dir() and not list(Path(".").glob("*.yaml")) else Path(".")
-    return default, positional
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout; appends an option's default when its help does not say it."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=min(100, shutil.get_terminal_size().columns))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if (
+            "default" not in text
+            and action.option_strings
+            and d not in (None, False, [], argparse.SUPPRESS)
+            and not isinstance(action, argparse._CountAction | argparse._VersionAction)
+        ):
+            text += " (default: %(default)s)"
+        return text
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state", metavar="PATH", help="state database (default DIR/.imagegraph/state.db)")
-    p.add_argument(
-        "--offline",
-        action="store_true",
-        help="do not ask registries or S3; key external parents by reference",
-    )
+class _Parser(argparse.ArgumentParser):
+    """Errors name the command, suggest a close command name and point at its help."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.search(r"invalid choice: '([^']*)'", message)
+        commands = getattr(self, "commands", None)
+        if m and commands:
+            close = difflib.get_close_matches(m[1], list(commands), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            message = f"unknown command '{m[1]}'{hint}"
+        self.print_usage(sys.stderr)
+        name = self.prog.removeprefix("imagegraph ").strip()
+        see = f"imagegraph help {name}" if name != "imagegraph" else "imagegraph --help"
+        self.exit(2, f"{self.prog}: error: {message}\nTry '{see}' for more information.\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="imagegraph",
-        description="make for diskless boot images: build OpenCHAMI image-builder layer graphs.",
-    )
-    parser.add_argument("--version", action="version", version=f"imagegraph {__version__}")
-    parser.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for commands)"
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _examples(*lines: str, one: str | None = None) -> str:
+    """The epilog: examples, then the exit statuses (`one`: what 1 means for this command)."""
+    status = EXIT_STATUS
+    if one:
+        status = re.sub(r"(?m)^  1  .*$", f"  1  {one}", status)
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines) + "\n\n" + status
 
-    p = sub.add_parser("validate", help="load and check every spec of a directory")
-    p.add_argument("dir", nargs="?", default=None)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--strict", action="store_true", help="every warning is an error")
 
-    p = sub.add_parser("graph", help="print the layer graph")
-    p.add_argument("dir", nargs="?", default=None)
-    p.add_argument(
-        "--format",
-        choices=["dot", "mermaid", "json", "tree", "svg", "png"],
-        default="tree",
-        help="svg and png are laid out by Graphviz and coloured by the plan's actions (default tree)",
-    )
-    p.add_argument(
-        "-o", "--output", metavar="FILE", help="write to FILE instead of stdout (required for png)"
-    )
-    _common(p)
+# ------------------------------------------------------------------- argument types
 
-    p = sub.add_parser("report", help="write a run's report page (self-contained HTML)")
-    p.add_argument("dir", nargs="?", default=None)
-    p.add_argument("--run", metavar="RUN", help="run id or unique prefix (default the last run)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default stdout)")
-    p.add_argument("--state", metavar="PATH", help="state database (default DIR/.imagegraph/state.db)")
 
-    p = sub.add_parser("plan", help="say what `up` would do, and why")
-    p.add_argument("args", nargs="*", metavar="[DIR] [LAYER]")
-    _common(p)
-    p.add_argument("--json", action="store_true", help="print the plan as a JSON document")
-    p.add_argument("--check", action="store_true", help="exit 1 when anything would be done (like make -q)")
-    p.add_argument("--force", action="append", default=[], metavar="LAYER")
-    p.add_argument("--force-all", action="store_true")
-    _max_age(p)
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
-    p = sub.add_parser("up", help="build and publish what is stale")
-    p.add_argument("args", nargs="*", metavar="[DIR] [LAYER]")
-    _common(p)
-    p.add_argument(
-        "-j",
-        "--jobs",
-        type=int,
-        default=None,
-        help="build slots: builds and SquashFS at once (default: cores + 1)",
-    )
-    p.add_argument(
-        "--force", action="append", default=[], metavar="LAYER", help="rebuild LAYER regardless of its key"
-    )
-    p.add_argument("--force-all", action="store_true", help="rebuild every selected layer")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
-    p.add_argument("--fail-fast", action="store_true", help="start nothing new after the first failure")
-    p.add_argument(
-        "--uploads", type=int, default=None, metavar="N", help="registry/S3/dir uploads at once (default: 2)"
-    )
-    p.add_argument(
-        "--boot-tests", type=int, default=None, metavar="N", help="QEMU boot tests at once (default: 1)"
-    )
-    p.add_argument("--json", action="store_true", help="print the run result as JSON")
-    _max_age(p)
-    p.add_argument("--wait", action="store_true", help="queue behind a running run instead of exiting 3")
-    p.add_argument(
-        "--report", metavar="FILE", help="write the run's report page to FILE, whatever the outcome"
-    )
 
-    p = sub.add_parser(
-        "lock", help="write imagegraph.lock: fingerprints of upstream repositories and parents"
-    )
-    p.add_argument("dir", nargs="?", default=None)
-    p.add_argument("--update", action="store_true", help="fetch every fingerprint again (else: missing ones)")
-    p.add_argument("--state", metavar="PATH")
-    p.add_argument("--wait", action="store_true", help="queue behind a running run instead of exiting 3")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("gc", help="remove key tags, S3 objects and local images of old builds")
-    p.add_argument("dir", nargs="?", default=None)
-    p.add_argument("--keep", type=int, required=True, metavar="N", help="builds kept per layer, newest first")
-    p.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
-    p.add_argument("--state", metavar="PATH")
-    p.add_argument("--wait", action="store_true", help="queue behind a running run instead of exiting 3")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("artifacts", help="published URLs and an OpenCHAMI boot configuration for a layer")
-    p.add_argument("args", nargs="+", metavar="[DIR] LAYER")
-    p.add_argument("--state", metavar="PATH")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("status", help="recent runs and each layer's state")
-    p.add_argument("dir", nargs="?", default=None)
-    p.add_argument("--state", metavar="PATH")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("log", help="show a layer's last build log")
-    p.add_argument("args", nargs="+", metavar="[DIR] LAYER")
-    p.add_argument("--state", metavar="PATH")
-
-    p = sub.add_parser("boot-test", help="boot a layer's kernel, initramfs and SquashFS under QEMU")
-    p.add_argument("args", nargs="+", metavar="[DIR] LAYER")
-    p.add_argument("--state", metavar="PATH")
-    p.add_argument("--timeout", type=float, default=None, help="seconds (default options.boot_test or 300)")
-    p.add_argument("--marker", default=None, help="console text that means booted (default 'login:')")
-    p.add_argument("--tag", default=None, help="boot this tag's files (default the first publish tag)")
-    p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default=None)
-    p.add_argument("--offline", action="store_true", help="do not ask registries or S3 for the key")
-    p.add_argument("--json", action="store_true")
-
-    p = sub.add_parser("promote", help="point a human tag at an already built key, without building")
-    p.add_argument("args", nargs="+", metavar="[DIR] LAYER TAG")
-    p.add_argument("--state", metavar="PATH")
-    p.add_argument("--key", default=None, help="a recorded build's key (prefix); default the current key")
-    p.add_argument("--force", action="store_true", help="promote a key that has not passed its boot test")
-    p.add_argument("--json", action="store_true")
-    # The global options work after the command too (`imagegraph up DIR --log-format json`, as
-    # cron lines are written); SUPPRESS keeps a subcommand from resetting what came before it.
-    for cmd in sub.choices.values():
-        cmd.add_argument("--log-format", choices=["auto", "console", "json"], default=argparse.SUPPRESS)
-        cmd.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
-    return parser
+def _seconds(text: str) -> float:
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    if not n > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return n
 
 
 def _duration(text: str) -> float:
@@ -213,17 +130,567 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+# ------------------------------------------------------------------- shared options
+
+DIR_HELP = "the layer directory, or one spec file in it (default: ./layers if it exists, else .)"
+
+
+def _globals(p: argparse.ArgumentParser, top: bool) -> None:
+    """-q, -v and --log-format, before or after the command (`up DIR --log-format json`, as cron
+    lines are written). SUPPRESS keeps a subcommand from resetting what came before it."""
+    default: Any = (lambda v: v) if top else (lambda _v: argparse.SUPPRESS)
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default("auto"),
+        help="text: readable lines; json: every line printed is a JSON object; "
+        "auto: json under systemd (JOURNAL_STREAM), else text (default: auto; console = text)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default(0),
+        help="more output: -v progress events and each registry request, -vv every command run",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default(False),
+        help="print only errors and the command's own data (no warnings, summaries or progress)",
+    )
+
+
+def _dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", nargs="?", default=None, metavar="DIR", help=DIR_HELP)
+
+
+def _state_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", metavar="PATH", help="the state database (default: DIR/.imagegraph/state.db)")
+
+
+def _json_opt(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as one JSON document on stdout")
+
+
+def _wait_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="queue behind a running run instead of exiting 3")
+
+
+def _online_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not ask registries or S3; key external parents by reference",
+    )
+    p.add_argument(
+        "--registry-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="how long planning waits for a registry to connect and to answer "
+        "(default: $IMAGEGRAPH_REGISTRY_TIMEOUT or 5)",
+    )
+
+
 def _max_age(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-age",
         type=_duration,
         default=None,
         metavar="DURATION",
-        help="also rebuild layers last built longer ago than this (7d, 12h, 30m)",
+        help="also rebuild layers last built longer ago than this, e.g. 7d, 12h, 30m (default: no limit)",
     )
 
 
+def _add(
+    sub: Any, name: str, summary: str, usage: str, description: str, epilog: str
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        usage=f"imagegraph {name} [OPTIONS] {usage}".rstrip(),
+        description=textwrap.fill(description, 80),
+        epilog=epilog,
+        formatter_class=_Formatter,
+    )
+
+
+# ------------------------------------------------------------------- commands' parsers
+
+
+def _cmd_validate(sub: Any) -> None:
+    p = _add(
+        sub,
+        "validate",
+        "load and check every spec of a directory",
+        "[DIR]",
+        "Load every layer spec of DIR, check it against the schema and resolve the parents; report every "
+        "problem with its file, line and column. Builds nothing.",
+        _examples("imagegraph validate layers/", "imagegraph validate layers/ --json | jq .diagnostics"),
+    )
+    _dir_arg(p)
+    _json_opt(p, "the layers and diagnostics")
+    p.add_argument("--strict", action="store_true", help="every warning is an error")
+
+
+def _cmd_graph(sub: Any) -> None:
+    p = _add(
+        sub,
+        "graph",
+        "print the layer graph",
+        "[DIR]",
+        "Print the parent graph of DIR's layers: a tree, Graphviz dot, Mermaid, or JSON "
+        "(parents as written in the specs).",
+        _examples(
+            "imagegraph graph layers/",
+            "imagegraph graph layers/ --format dot | dot -Tsvg > layers.svg",
+            "imagegraph graph layers/ --format mermaid",
+            "imagegraph graph layers/ --format svg -o graph.svg",
+        ),
+    )
+    _dir_arg(p)
+    p.add_argument(
+        "--format",
+        choices=["tree", "dot", "mermaid", "json", "svg", "png"],
+        default="tree",
+        help="output format; svg and png are laid out by Graphviz and coloured by the plan's actions",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (required for png; default stdout)")
+    _state_opt(p)
+    _online_opts(p)
+
+
+def _cmd_report(sub: Any) -> None:
+    p = _add(
+        sub,
+        "report",
+        "write a run's report page (one self-contained HTML file)",
+        "[DIR]",
+        "Write the report page of a recorded run: its status, the graph coloured by each layer's result, "
+        "a timeline of its tasks with the critical path, and per layer its reasons, key, result, the "
+        "quoted cause of a failure and a link to its log. Nothing in the page is fetched from anywhere.",
+        _examples(
+            "imagegraph report layers/ -o report.html",
+            "imagegraph report layers/ --run 20261201T0300 -o /srv/www/nightly.html",
+        ),
+    )
+    _dir_arg(p)
+    p.add_argument("--run", metavar="RUN", help="a run id or unique prefix (default: the last run)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
+    _state_opt(p)
+
+
+def _cmd_plan(sub: Any) -> None:
+    p = _add(
+        sub,
+        "plan",
+        "say what `up` would do, and why",
+        "[DIR] [LAYER ...]",
+        "Compute every selected layer's key and say, per layer, whether `up` would build it, only publish "
+        "it, or leave it, with the reasons. LAYERs (ids, file names or image names) select those layers "
+        "and their ancestors. Reads the state; changes nothing.",
+        _examples(
+            "imagegraph plan layers/",
+            "imagegraph plan layers/compute.yaml",
+            "imagegraph plan layers/ --summary",
+            "imagegraph plan layers/ --check && echo 'nothing to do'",
+            one="--check: something would be done",
+        ),
+    )
+    p.add_argument("args", nargs="*", metavar="[DIR] [LAYER]", help=DIR_HELP + "; then layers to select")
+    _state_opt(p)
+    _online_opts(p)
+    _json_opt(p, "the plan")
+    p.add_argument(
+        "--summary", action="store_true", help="counts per action and one line per layer that builds"
+    )
+    p.add_argument("--check", action="store_true", help="exit 1 when anything would be done (like make -q)")
+    p.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="LAYER",
+        help="plan LAYER as rebuilt regardless of its key (repeatable)",
+    )
+    p.add_argument("--force-all", action="store_true", help="plan every selected layer as rebuilt")
+    _max_age(p)
+
+
+def _cmd_up(sub: Any) -> None:
+    p = _add(
+        sub,
+        "up",
+        "build and publish what is stale",
+        "[DIR] [LAYER ...]",
+        "Make the plan, then build the stale layers with buildah (parents first, up to -j at once) and "
+        "publish them to their targets. Finished layers are recorded as they finish: an interrupted run "
+        "resumes where it stopped. Checks first that the host tools the layers need are installed.",
+        _examples(
+            "imagegraph up layers/",
+            "imagegraph up layers/ compute -j 4",
+            "imagegraph up layers/ --dry-run",
+            "imagegraph up layers/ --wait --log-format json   # nightly, from cron",
+            one="a layer failed, or a tool the layers need is missing",
+        ),
+    )
+    p.add_argument("args", nargs="*", metavar="[DIR] [LAYER]", help=DIR_HELP + "; then layers to select")
+    _state_opt(p)
+    _online_opts(p)
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="build slots: builds and SquashFS at once, at least 1 (default: imagegraph.yaml jobs, else cores + 1)",
+    )
+    p.add_argument(
+        "--uploads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="registry, S3 and directory uploads at once (default: 2)",
+    )
+    p.add_argument(
+        "--boot-tests",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="QEMU boot tests at once (default: 1)",
+    )
+    p.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="LAYER",
+        help="rebuild LAYER regardless of its key (repeatable)",
+    )
+    p.add_argument("--force-all", action="store_true", help="rebuild every selected layer")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
+    p.add_argument("--fail-fast", action="store_true", help="start nothing new after the first failure")
+    _json_opt(p, "the run result")
+    _max_age(p)
+    _wait_opt(p)
+    p.add_argument(
+        "--report", metavar="FILE", help="write the run's report page to FILE, whatever the outcome"
+    )
+
+
+def _cmd_doctor(sub: Any) -> None:
+    p = _add(
+        sub,
+        "doctor",
+        "check the host tools, storage, registries and S3 a directory's layers need",
+        "[DIR]",
+        "Check what building and publishing DIR's layers needs: host tools (buildah, skopeo, the package "
+        "managers, mksquashfs, qemu, binfmt handlers for foreign architectures) with their versions, "
+        "container storage, registry and S3 reachability and credentials (never printed). Says what to "
+        "install for each missing piece.",
+        _examples(
+            "imagegraph doctor layers/",
+            "imagegraph doctor layers/ --offline",
+            "imagegraph doctor --json",
+            one="something needed is missing, failing or unreachable",
+        ),
+    )
+    _dir_arg(p)
+    p.add_argument("--offline", action="store_true", help="check only this host: no registries, no S3")
+    p.add_argument(
+        "--registry-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds to wait for each registry and S3 endpoint (default: $IMAGEGRAPH_REGISTRY_TIMEOUT or 5)",
+    )
+    _json_opt(p, "the report")
+
+
+def _cmd_lock(sub: Any) -> None:
+    p = _add(
+        sub,
+        "lock",
+        "write imagegraph.lock: fingerprints of upstream repositories and parents",
+        "[DIR]",
+        "Fetch the fingerprints (repomd.xml, Release, .repo files) of every upstream repository the "
+        "layers use and the digests of external parents, and write them to DIR/imagegraph.lock. Keys "
+        "include what is locked, so a changed upstream shows up in `plan`.",
+        _examples("imagegraph lock layers/", "imagegraph lock layers/ --update && imagegraph plan layers/"),
+    )
+    _dir_arg(p)
+    p.add_argument(
+        "--update", action="store_true", help="fetch every fingerprint again (else: only missing ones)"
+    )
+    _state_opt(p)
+    _wait_opt(p)
+    _json_opt(p, "the changes")
+
+
+def _cmd_gc(sub: Any) -> None:
+    p = _add(
+        sub,
+        "gc",
+        "remove key tags, S3 objects and local images of old builds",
+        "--keep N [DIR]",
+        "Keep the newest N builds of every layer (and every key a promoted tag points at); remove older "
+        "key tags from registries, their S3 objects and local images.",
+        _examples("imagegraph gc layers/ --keep 5 --dry-run", "imagegraph gc layers/ --keep 5"),
+    )
+    _dir_arg(p)
+    p.add_argument(
+        "--keep", type=_positive_int, required=True, metavar="N", help="builds kept per layer, newest first"
+    )
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
+    _state_opt(p)
+    _wait_opt(p)
+    _json_opt(p, "the report")
+
+
+def _cmd_artifacts(sub: Any) -> None:
+    p = _add(
+        sub,
+        "artifacts",
+        "published URLs and an OpenCHAMI boot configuration for a layer",
+        "[DIR] LAYER",
+        "Print where a layer was published and, for SquashFS targets (S3 or a directory), the boot "
+        "configuration for OpenCHAMI's boot service. A publish_dir target's URLs are file:// URLs unless "
+        "--base-url (or the target's base_url) says where a web server serves the directory.",
+        _examples(
+            "imagegraph artifacts layers/ compute",
+            "imagegraph artifacts layers/ compute --base-url http://boot.example:8080/images",
+            "imagegraph artifacts layers/ compute --json | jq -r .urls[]",
+            one="the layer is not built or not published yet",
+        ),
+    )
+    p.add_argument("args", nargs="+", metavar="[DIR] LAYER", help=DIR_HELP + "; then the layer")
+    _state_opt(p)
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        default=None,
+        help="the URL a web server serves the publish_dir directory at (default: file:// URLs)",
+    )
+    _json_opt(p, "the document")
+
+
+def _cmd_status(sub: Any) -> None:
+    p = _add(
+        sub,
+        "status",
+        "recent runs and whether each layer is up to date, stale or failed",
+        "[DIR]",
+        "Show the recent runs and, per layer, whether it is up to date, stale (and why), or failed (see "
+        "`imagegraph log LAYER`).",
+        _examples(
+            "imagegraph status layers/",
+            "imagegraph status layers/ --json | jq '.layers[] | select(.status==\"failed\")'",
+        ),
+    )
+    _dir_arg(p)
+    _state_opt(p)
+    _online_opts(p)
+    _json_opt(p, "runs and layers (ISO 8601 timestamps)")
+
+
+def _cmd_log(sub: Any) -> None:
+    p = _add(
+        sub,
+        "log",
+        "show a layer's last build log",
+        "[DIR] LAYER",
+        "Print the full log of a layer's last build (every command and its output).",
+        _examples("imagegraph log layers/ compute", "imagegraph log layers/ compute | less"),
+    )
+    p.add_argument("args", nargs="+", metavar="[DIR] LAYER", help=DIR_HELP + "; then the layer")
+    _state_opt(p)
+
+
+def _cmd_boot_test(sub: Any) -> None:
+    p = _add(
+        sub,
+        "boot-test",
+        "boot a layer's kernel, initramfs and SquashFS under QEMU",
+        "[DIR] LAYER",
+        "Boot the layer's published (or locally built) kernel, initramfs and SquashFS under QEMU, the "
+        "SquashFS served on 127.0.0.1, and watch the serial console for the marker. The result is "
+        "recorded; `promote` checks it.",
+        _examples(
+            "imagegraph boot-test layers/ compute",
+            "imagegraph boot-test layers/ compute --accel tcg --timeout 900",
+            one="the boot failed or timed out",
+        ),
+    )
+    p.add_argument("args", nargs="+", metavar="[DIR] LAYER", help=DIR_HELP + "; then the layer")
+    _state_opt(p)
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="give up after this long (default: options.boot_test timeout, else 300)",
+    )
+    p.add_argument("--marker", default=None, help="console text that means booted (default: 'login:')")
+    p.add_argument("--tag", default=None, help="boot this tag's files (default: the first publish tag)")
+    p.add_argument(
+        "--accel",
+        choices=["auto", "kvm", "tcg"],
+        default=None,
+        help="QEMU accelerator; auto uses KVM when /dev/kvm works (default: $IMAGEGRAPH_BOOT_ACCEL or auto)",
+    )
+    _online_opts(p)
+    _json_opt(p, "the boot result")
+
+
+def _cmd_promote(sub: Any) -> None:
+    p = _add(
+        sub,
+        "promote",
+        "point a human tag at an already built key, without building",
+        "[DIR] LAYER TAG",
+        "Point TAG at a built key on every target (registry, S3, directory, local storage) without "
+        "building, once the key passed its boot test.",
+        _examples(
+            "imagegraph promote layers/ compute stable",
+            "imagegraph promote layers/ compute stable --key 3f2a9c",
+        ),
+    )
+    p.add_argument(
+        "args", nargs="+", metavar="[DIR] LAYER TAG", help=DIR_HELP + "; then the layer and the tag"
+    )
+    _state_opt(p)
+    p.add_argument(
+        "--key", default=None, help="a recorded build's key or its prefix (default: the current key)"
+    )
+    p.add_argument("--force", action="store_true", help="promote a key that has not passed its boot test")
+    _online_opts(p)
+    _json_opt(p, "what was tagged")
+
+
+def _cmd_completion(sub: Any) -> None:
+    p = _add(
+        sub,
+        "completion",
+        "print a bash or zsh completion script",
+        "{bash,zsh}",
+        "Print a shell completion script generated from this parser (shtab). `make install` installs "
+        "both; by hand: `imagegraph completion bash > /etc/bash_completion.d/imagegraph`.",
+        _examples(
+            "source <(imagegraph completion bash)",
+            "imagegraph completion zsh > ~/.zfunc/_imagegraph",
+        ),
+    )
+    p.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
+
+
+def _cmd_help(sub: Any) -> None:
+    p = _add(
+        sub,
+        "help",
+        "show the help of a command",
+        "[COMMAND]",
+        "Show a command's help (the list of commands without one).",
+        _examples("imagegraph help up", "imagegraph help"),
+    )
+    p.add_argument(
+        "topic", nargs="?", default=None, metavar="COMMAND", help="the command (default: all commands)"
+    )
+
+
+# The order of `imagegraph --help`.
+PARSERS = [
+    _cmd_validate,
+    _cmd_graph,
+    _cmd_report,
+    _cmd_plan,
+    _cmd_up,
+    _cmd_doctor,
+    _cmd_status,
+    _cmd_log,
+    _cmd_artifacts,
+    _cmd_boot_test,
+    _cmd_promote,
+    _cmd_lock,
+    _cmd_gc,
+    _cmd_completion,
+    _cmd_help,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="imagegraph",
+        description=textwrap.fill(
+            "make for diskless boot images: build OpenCHAMI image-builder layer graphs "
+            "incrementally with buildah, publish them, boot-test them.",
+            80,
+        ),
+        epilog=_examples(
+            "imagegraph plan layers/",
+            "imagegraph up layers/ -j 4",
+            "imagegraph help up",
+        )
+        + "\n\n"
+        + ENVIRONMENT,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"imagegraph {__version__}")
+    _globals(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for add in PARSERS:
+        add(sub)
+    for cmd in sub.choices.values():
+        _globals(cmd, top=False)
+    parser.commands = sub.choices  # type: ignore[attr-defined]
+    return parser
+
+
+def man_include() -> str:
+    """Extra man page sections (argparse-manpage `--include`, help2man's format), from the same text
+    as `--help`: ENVIRONMENT and EXIT STATUS."""
+
+    def body(block: str) -> str:
+        rows = [line.strip() for line in block.splitlines()[1:]]
+        return "\n".join(f".TP\n.B {r.split(maxsplit=1)[0]}\n{r.split(maxsplit=1)[1]}" for r in rows if r)
+
+    return f"[ENVIRONMENT]\n{body(ENVIRONMENT)}\n\n[EXIT STATUS]\n{body(EXIT_STATUS)}\n"
+
+
 # ------------------------------------------------------------------- helpers
+
+
+def _default_dir() -> Path:
+    return Path("layers") if Path("layers").is_dir() and not list(Path(".").glob("*.yaml")) else Path(".")
+
+
+def _split_dir(positional: list[str]) -> tuple[Path, list[str]]:
+    """`[DIR] [LAYER...]`: the first word is the directory when it is one. A spec file
+    (`layers/compute.yaml`) stands for its directory and that layer."""
+    if positional:
+        first = Path(positional[0])
+        if first.suffix in (".yaml", ".yml") and first.is_file() and first.name != "imagegraph.yaml":
+            return first.parent, [first.name, *positional[1:]]
+        if first.is_dir() or "/" in positional[0]:
+            return first, positional[1:]
+    return _default_dir(), positional
+
+
+def _root(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    return _split_dir([args.dir] if getattr(args, "dir", None) else list(getattr(args, "args", []) or []))
+
+
+def _check_state_arg(args: argparse.Namespace, must_exist: bool, out: Output | None = None) -> None:
+    """For commands that only read (`must_exist`), a `--state` that does not exist is said: as a
+    warning with `out` (plan, status: everything then reads as never built), else as an error
+    (log, artifacts: nothing to show). Commands that write create it."""
+    from .errors import UsageError
+
+    arg = getattr(args, "state", None)
+    if not arg or not must_exist or Path(arg).exists():
+        return
+    if out is None:
+        raise UsageError(f"--state {arg}: no such file (nothing was recorded there); check the path")
+    out.warning(f"--state {arg}: no such file yet; every layer reads as never built")
 
 
 def _state_path(project: Project, arg: str | None) -> Path:
@@ -238,135 +705,144 @@ def _cache_dir(root: Path, state_arg: str | None = None) -> Path | None:
 def _load(
     root: Path, state_arg: str | None = None, sources_required: bool = True
 ) -> tuple[Project, LayerGraph]:
+    from .graph import build_graph
+    from .log import get_logger
+    from .project import load_project
+
     project = load_project(root, cache_dir=_cache_dir(root, state_arg), sources_required=sources_required)
     lg = build_graph(project)
+    # -v: which directory, state and how many layers a command works on
+    get_logger().info(
+        "layer directory loaded",
+        dir=str(root),
+        layers=len(project.layers),
+        state=str(_state_path(project, state_arg)),
+    )
     return project, lg
 
 
-# With --log-format json, stderr carries JSON lines only (journald, log shippers): diagnostics and
-# errors become events there instead of coloured text.
-_json_stderr = False
+def _registry_timeout(args: argparse.Namespace) -> float:
+    if getattr(args, "registry_timeout", None):
+        return args.registry_timeout
+    try:
+        value = float(os.environ.get("IMAGEGRAPH_REGISTRY_TIMEOUT", "") or 5.0)
+    except ValueError:
+        value = 5.0
+    return value if value > 0 else 5.0
 
 
-def _print_warnings(diags: list[Diagnostic]) -> None:
-    if _json_stderr:
-        for d in diags:
-            log = logmod.get_logger()
-            (log.error if d.severity == "error" else log.warning)(
-                redact(str(d)), file=d.file, line=d.line, severity=d.severity
-            )
-        return
-    err = _err()
-    for d in diags:
-        err.print(Text(redact(str(d)), style="red" if d.severity == "error" else "yellow"))
+def _plan(
+    args: argparse.Namespace,
+    out: Output,
+    names_and_dir: list[str],
+    loaded: tuple[Project, LayerGraph] | None = None,
+) -> tuple[Project, LayerGraph, State, Plan]:
+    from .lockfile import load_lock
+    from .plan import LiveInventory, make_plan
+    from .render import registry_warnings
+    from .state import State
 
-
-def _plan(args: argparse.Namespace, names_and_dir: list[str]) -> tuple[Project, LayerGraph, State, Plan]:
     root, names = _split_dir(names_and_dir)
-    project, lg = _load(root, args.state, sources_required=args.command == "up")
-    state = State(_state_path(project, args.state), readonly=args.command == "plan")
-    inventory = LiveInventory(offline=args.offline)
+    _check_state_arg(args, must_exist=args.command in ("plan", "status"), out=out)
+    project, lg = loaded or _load(root, args.state, sources_required=args.command == "up")
+    state = State(_state_path(project, args.state), readonly=args.command in ("plan", "status"))
+    inventory = LiveInventory(offline=args.offline, timeout=_registry_timeout(args))
     lock = load_lock(project.root)  # keys include the locked upstream fingerprints, when there are any
-    plan = make_plan(
-        lg,
-        state,
-        inventory,
-        names,
-        force=set(args.force),
-        force_all=args.force_all,
-        offline=args.offline,
-        upstream_of=lock.upstream_of if lock else None,
-        locked_digest=lock.parent_digest if lock else None,
-        max_age=args.max_age,
-    )
+    registries = inventory.registries_of([lg.spec(lid) for lid in lg.order(lg.select(names or None))])
+    ask = ", ".join(f"{host} ({n} repositor{'y' if n == 1 else 'ies'})" for host, n in registries.items())
+    with out.status(f"asking {ask}..." if ask else "planning..."):
+        plan = make_plan(
+            lg,
+            state,
+            inventory,
+            names,
+            force=set(getattr(args, "force", None) or []),
+            force_all=getattr(args, "force_all", False),
+            offline=args.offline,
+            upstream_of=lock.upstream_of if lock else None,
+            locked_digest=lock.parent_digest if lock else None,
+            max_age=getattr(args, "max_age", None),
+        )
+    for text in registry_warnings(plan, inventory.registry_problems()):
+        out.warning(text)
     return project, lg, state, plan
 
 
-def render_plan(plan: Plan, console: Console) -> None:
-    lg = plan.graph
-    roots = [
-        lid for lid in plan.layers if not lg.parent_layer(lid) or lg.parent_layer(lid) not in plan.layers
-    ]
+def _render_plan(plan: Plan, out: Output, as_json: bool, summary: bool = False) -> None:
+    from .render import counts_line, plan_summary, plan_tree, print_lines
 
-    def walk(lid: str, depth: int) -> None:
-        lp = plan.layers[lid]
-        indent = "  " * depth + ("└─ " if depth else "")
-        line = Text(indent)
-        line.append(f"{lid}", style="bold")
-        line.append(f"  {lp.action}", style=ACTION_STYLE[lp.action])
-        if depth == 0 and lp.parent_kind != "layer":
-            line.append(f"  (from {lp.parent})", style="dim")
-        console.print(line)
-        pad = "  " * depth + ("   " if depth else "") + "    "
-        for r in lp.reasons:
-            console.print(Text(pad + "- " + redact(r.message)))
-        for r in lp.notes:
-            console.print(Text(pad + "· " + redact(r.message), style="dim"))
-        for c in lg.children(lid):
-            if c in plan.layers:
-                walk(c, depth + 1)
+    def human() -> None:
+        if out.quiet:
+            out.out.print(counts_line(plan))
+        elif summary:
+            print_lines(out.out, plan_summary(plan))
+        else:
+            print_lines(out.out, plan_tree(plan))
+            out.out.print()
+            out.out.print(counts_line(plan))
 
-    for r in roots:
-        walk(r, 0)
-    c = plan.counts()
-    summary = ", ".join(f"{n} {a}" for a, n in c.items() if n)
-    console.print(Text(f"\n{len(plan.layers)} layers: {summary}", style="bold"))
+    out.document(plan.to_json(), as_json, human)
 
 
 # ------------------------------------------------------------------- commands
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def cmd_validate(args: argparse.Namespace, out: Output) -> int:
+    from .errors import SpecError
+    from .render import plural
     from .validate import validate
 
-    root, _ = _split_dir([args.dir] if args.dir else [])
+    root, _ = _root(args)
     result = validate(root, cache_dir=_cache_dir(root), strict=args.strict)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        out.document(result.to_json(), True, lambda: None)
         return result.exit_status
     if not result.ok:
         raise SpecError(result.diagnostics)
-    _print_warnings(result.warnings)
-    _out().print(f"{len(result.layers)} layer specs OK in {root}")
+    out.warnings(result.warnings)
+    out.info(f"{plural(len(result.layers), 'layer spec')} OK in {root}")
     return 0
 
 
-def cmd_graph(args: argparse.Namespace) -> int:
-    root, _ = _split_dir([args.dir] if args.dir else [])
-    if args.format in ("svg", "png"):
-        return _graph_picture(args, root)
-    project, lg = _load(root, sources_required=False)  # drawing needs no file contents
-    _print_warnings(project.warnings + lg.warnings + project.errors)
-    if args.format == "dot":
-        sys.stdout.write(to_dot(lg))
-    elif args.format == "mermaid":
-        sys.stdout.write(to_mermaid(lg))
-    elif args.format == "json":
-        print(json.dumps(to_json(lg), indent=2))
-    else:
-        console = _out()
+def cmd_graph(args: argparse.Namespace, out: Output) -> int:
+    from .graph import to_dot, to_json, to_mermaid
 
-        def walk(lid: str, depth: int) -> None:
-            link = lg.parents[lid]
-            extra = f"  (from {link.describe()})" if depth == 0 else ""
-            console.print(("  " * depth) + ("└─ " if depth else "") + lid + extra)
-            for c in lg.children(lid):
-                walk(c, depth + 1)
+    root, _ = _root(args)
+    if args.format in ("svg", "png"):
+        return _graph_picture(args, out, root)
+    project, lg = _load(root, sources_required=False)  # drawing needs no file contents
+    out.warnings(project.warnings + lg.warnings + project.errors)
+    if args.format in ("dot", "mermaid"):
+        text = (to_dot if args.format == "dot" else to_mermaid)(lg)
+        out.document({"format": args.format, "text": text}, False, lambda: sys.stdout.write(text))
+    elif args.format == "json":
+        out.document(to_json(lg), True, lambda: None)
+    else:
+        lines: list[str] = []
+
+        def walk(lid: str, connector: str, prefix: str) -> None:
+            extra = f"  (from {lg.parents[lid].describe()})" if not connector else ""
+            lines.append(connector + lid + extra)
+            kids = lg.children(lid)
+            for i, c in enumerate(kids):
+                last = i == len(kids) - 1
+                walk(c, prefix + ("└─ " if last else "├─ "), prefix + ("   " if last else "│  "))
 
         for lid in lg.order():
             if lg.parent_layer(lid) is None:
-                walk(lid, 0)
+                walk(lid, "", "")
+        out.document(to_json(lg), False, lambda: sys.stdout.write("\n".join(lines) + "\n"))
     return 2 if project.errors else 0
 
 
-def _graph_picture(args: argparse.Namespace, root: Path) -> int:
+def _graph_picture(args: argparse.Namespace, out: Output, root: Path) -> int:
     from . import picture
+    from .errors import UsageError
 
     if args.format == "png" and not args.output:
         raise UsageError("graph --format png needs -o FILE (a PNG is not written to a terminal)")
-    args.force, args.force_all, args.max_age = [], False, None
-    project, lg, _state, plan = _plan(args, [str(root)])
-    _print_warnings(project.warnings + lg.warnings)
+    project, lg, _state, plan = _plan(args, out, [str(root)])
+    out.warnings(project.warnings + lg.warnings)
     nodes, states = picture.nodes_of(lg), picture.plan_states(plan)
     if args.format == "png":
         picture.write_png(picture.to_dot(nodes, states), Path(args.output))
@@ -379,28 +855,31 @@ def _graph_picture(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace, out: Output) -> int:
     from .report import make_report, render_html, run_document
 
-    root, _ = _split_dir([args.dir] if args.dir else [])
-    project, _lg = _load(root, args.state)
+    root, _ = _root(args)
+    _check_state_arg(args, must_exist=True)
+    project, _lg = _load(root, args.state, sources_required=False)
     state_dir = _state_path(project, args.state).parent
-    out = Path(args.output) if args.output else None
-    report = make_report(run_document(state_dir, args.run), log_base=(out or Path("x")).absolute().parent)
+    target = Path(args.output) if args.output else None
+    report = make_report(run_document(state_dir, args.run), log_base=(target or Path("x")).absolute().parent)
     html = render_html(report)
-    if out:
+    if target:
         from .publish.reports import write_file
 
-        write_file(out, html)
+        write_file(target, html)
     else:
         sys.stdout.write(html)
     return 0
 
 
-def _write_run_report(project: Project, state_dir: Path, run_id: str, path: str | None) -> None:
+def _write_run_report(out: Output, project: Project, state_dir: Path, run_id: str, path: str | None) -> None:
     """`up --report FILE` and the project's `reports:` setting; a failure here is a warning only."""
     if not path and not project.settings.reports:
         return
+    from .errors import ImagegraphError
+    from .log import get_logger
     from .publish.reports import publish_report, write_file
     from .report import make_report, render_html, run_document
 
@@ -413,98 +892,116 @@ def _write_run_report(project: Project, state_dir: Path, run_id: str, path: str 
             log_base = (Path(base) if Path(base).is_absolute() else project.root / base) if base else None
             html = render_html(make_report(doc, log_base=log_base.absolute() if log_base else None))
             for where in publish_report(html, run_id, project.settings.reports, project.root):
-                logmod.get_logger().info("report written", where=where)
+                get_logger().info("report written", where=where)
     except ImagegraphError as exc:
-        _print_warnings(
-            [Diagnostic(path or "reports", 0, 0, f"run report not written: {exc}", severity="warning")]
-        )
+        out.warning(f"{path or 'reports'}: run report not written: {exc}")
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    project, lg, state, plan = _plan(args, args.args)
-    _print_warnings(project.warnings + lg.warnings)  # on stderr: --json's stdout stays one document
-    if args.json:
-        print(json.dumps(plan.to_json(), indent=2))
-    else:
-        render_plan(plan, _out())
+def cmd_plan(args: argparse.Namespace, out: Output) -> int:
+    project, lg, state, plan = _plan(args, out, args.args)
+    out.warnings(project.warnings + lg.warnings)  # on stderr: --json's stdout stays one document
+    _render_plan(plan, out, args.json, args.summary)
     if project.errors:  # missing sources: their layers are planned as blocked; still a spec error
-        _print_warnings(project.errors)
+        out.warnings(project.errors)
         return 2
     if args.check:
         return 1 if plan.pending else 0
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def cmd_up(args: argparse.Namespace, out: Output) -> int:
+    from . import log as logmod
     from .executor import run_up
     from .state import default_run_id
     from .statelock import StateLock
 
     run_id = default_run_id()
     logmod.bind_run(run_id)  # planning's events (registry warnings) carry the run id too
+    _check_state_arg(args, must_exist=False)
+    loaded = _load(_split_dir(args.args)[0], args.state)
+    if not args.dry_run:
+        _preflight(args, loaded[1])
     if args.wait and not args.dry_run:
-        # Queue first, then plan: a plan made before the other run finished would redo its work.
-        project, _ = _load(_split_dir(args.args)[0], args.state)
-        with StateLock(_state_path(project, args.state).parent, "up (waiting)", wait=True):
+        # Queue first, then plan: a plan made before the other run finished would redo its work
+        # (and the specs are read again: hours may pass).
+        with StateLock(_state_path(loaded[0], args.state).parent, "up (waiting)", wait=True):
             pass
-    project, lg, state, plan = _plan(args, args.args)
-    _print_warnings(project.warnings + lg.warnings)  # on stderr: --json's stdout stays one document
+        loaded = None
+    project, lg, state, plan = _plan(args, out, args.args, loaded)
+    out.warnings(project.warnings + lg.warnings)  # on stderr: --json's stdout stays one document
     if args.dry_run:
-        if args.json:
-            print(json.dumps(plan.to_json(), indent=2))
-        else:
-            render_plan(plan, _out())
+        _render_plan(plan, out, args.json)
         return 0
     # cores + 1: measured fastest for independent builds on 2 cores, near or far repository (bench/README.md).
     jobs = args.jobs or project.settings.jobs or (os.cpu_count() or 1) + 1
-    console = _err()
-    progress = _Progress(console, plan) if console.is_terminal and not args.json else None
-    result = run_up(
-        plan,
-        state,
-        state_dir=_state_path(project, args.state).parent,
-        jobs=jobs,
-        fail_fast=args.fail_fast,
-        uploads=args.uploads,
-        boot_tests=args.boot_tests,
-        reporter=progress,
-        install_signals=True,
-        wait_lock=args.wait,
-        run_id=run_id,
-    )
-    if progress:
-        progress.stop()
-    _write_run_report(project, _state_path(project, args.state).parent, result.run_id, args.report)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        render_result(result, _out())
+    progress = None
+    if out.err.is_terminal and not args.json and not out.json and not out.quiet:
+        progress = _Progress(out, plan)
+    try:
+        result = run_up(
+            plan,
+            state,
+            state_dir=_state_path(project, args.state).parent,
+            jobs=jobs,
+            fail_fast=args.fail_fast,
+            uploads=args.uploads,
+            boot_tests=args.boot_tests,
+            reporter=progress,
+            install_signals=True,
+            wait_lock=args.wait,
+            run_id=run_id,
+        )
+    finally:
+        if progress:
+            progress.stop()
+    _write_run_report(out, project, _state_path(project, args.state).parent, result.run_id, args.report)
+    from .render import print_lines, result_lines, result_table
+
+    def human() -> None:
+        if not out.quiet:
+            out.out.print(result_table(result))
+        print_lines(out.err if out.quiet else out.out, result_lines(result))
+
+    out.document(result.to_json(), args.json, human)
     return result.exit_status
+
+
+def _preflight(args: argparse.Namespace, lg: LayerGraph) -> None:
+    """The cheap part of `doctor` (host tools on PATH) before anything is planned or built."""
+    from .doctor import PreflightError, preflight
+
+    root, names = _split_dir(args.args)
+    missing = preflight(lg, lg.select(names or None))
+    if missing:
+        raise PreflightError(root, missing)
 
 
 class _Progress:
     """Live progress on a terminal (a `Reporter`): running tasks, done/total, elapsed."""
 
-    def __init__(self, console: Console, plan: Plan):
+    def __init__(self, out: Output, plan: Plan):
+        import time
+
         from rich.live import Live
 
+        self._time = time.monotonic
         self.total = sum(len(lp.tasks) for lp in plan.layers.values())
         self.done = 0
         self.running: dict[str, float] = {}
-        self.start = time.monotonic()
-        self.live = Live(self._render(), console=console, refresh_per_second=2, transient=True)
+        self.start = self._time()
+        self.live = Live(self._render(), console=out.err, refresh_per_second=2, transient=True)
         self.live.start()
 
-    def _render(self) -> Text:
-        el = time.monotonic() - self.start
-        t = Text(f"[{self.done}/{self.total}] {el:5.0f}s  ")
-        t.append(
-            ", ".join(f"{k} ({time.monotonic() - v:.0f}s)" for k, v in self.running.items()) or "waiting"
-        )
+    def _render(self) -> Any:
+        from rich.text import Text
+
+        now = self._time()
+        t = Text(f"[{self.done}/{self.total}] {now - self.start:5.0f}s  ")
+        t.append(", ".join(f"{k} ({now - v:.0f}s)" for k, v in self.running.items()) or "waiting")
         return t
 
     def task_started(self, task: Any) -> None:
-        self.running[f"{task.layer} {task.kind}"] = time.monotonic()
+        self.running[f"{task.layer} {task.kind}"] = self._time()
         self.live.update(self._render())
 
     def task_finished(self, task: Any, result: Any) -> None:
@@ -528,200 +1025,136 @@ class _Progress:
         self.live.stop()
 
 
-def render_result(result: Any, console: Console) -> None:
-    table = Table(title=f"run {result.run_id}", show_lines=False)
-    table.add_column("layer")
-    table.add_column("action")
-    table.add_column("result")
-    table.add_column("time", justify="right")
-    for r in result.results.values():
-        table.add_row(
-            r.layer, str(r.action), Text(r.status, style=STATUS_STYLE.get(r.status, "")), f"{r.duration:.1f}s"
-        )
-    console.print(table)
-    for r in result.results.values():
-        if r.status == "failed" and r.error:
-            console.print(Text(f"{r.layer} failed: {redact(r.error)}", style="red"))
-            if r.log_file:
-                console.print(Text(f"  full log: {r.log_file}", style="dim"))
-    if result.cancelled:
-        console.print(Text("interrupted: finished layers are recorded; run again to resume", style="magenta"))
-
-
 def _layer_args(
     args: argparse.Namespace, command: str, usage: str = "LAYER"
 ) -> tuple[Project, LayerGraph, str, list[str]]:
     """`[DIR] LAYER [MORE...]` as `usage` says: the project, its graph, the layer and the rest."""
+    from .errors import UsageError
+
     root, names = _split_dir(args.args)
     if len(names) != len(usage.split()):
-        raise UsageError(f"{command} takes {usage}")
+        raise UsageError(f"{command} takes [DIR] {usage}; see `imagegraph help {command}`")
+    _check_state_arg(args, must_exist=command in ("artifacts", "log"))
     project, lg = _load(root, args.state)
     return project, lg, lg.lookup(names[0]), names[1:]
 
 
-def cmd_artifacts(args: argparse.Namespace) -> int:
+def cmd_artifacts(args: argparse.Namespace, out: Output) -> int:
     from .executor import artifacts_document
+    from .state import State
 
     project, lg, layer, _ = _layer_args(args, "artifacts")
     state = State(_state_path(project, args.state), readonly=True)
-    doc = artifacts_document(lg, state, layer)
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
+    doc = artifacts_document(lg, state, layer, base_url=args.base_url)
+
+    def human() -> None:
         from ruamel.yaml import YAML
 
-        y = YAML()
-        y.default_flow_style = False
-        if doc.get("urls"):
-            _err().print("published:")
+        if doc.get("message"):
+            out.err.print(doc["message"])
+        if doc.get("urls") and not out.quiet:
+            out.err.print("published:")
             for u in doc["urls"]:
-                _err().print(f"  {u}")
-        y.dump(doc["boot_config"], sys.stdout)
+                out.err.print(f"  {u}")
+        if doc["boot_config"]:
+            y = YAML()
+            y.default_flow_style = False
+            y.dump(doc["boot_config"], sys.stdout)
+
+    out.document(doc, args.json, human)
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    root, _ = _split_dir([args.dir] if args.dir else [])
-    project, lg = _load(root, args.state)
-    state = State(_state_path(project, args.state), readonly=True)
-    runs = state.runs(10)
-    layers = state.layers()
-    if args.json:
-        print(
-            json.dumps(
-                {"runs": runs, "layers": {k: v.__dict__ for k, v in layers.items()}}, indent=2, default=str
-            )
-        )
-        return 0
-    console = _out()
-    t = Table(title="recent runs")
-    for c in ("run", "command", "started", "status"):
-        t.add_column(c)
-    for r in runs:
-        t.add_row(
-            r["run_id"],
-            r["command"] or "",
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"])),
-            r["status"] or "",
-        )
-    console.print(t)
-    t = Table(title="layers")
-    for c in ("layer", "key", "built", "duration"):
-        t.add_column(c)
-    for lid in lg.order():
-        rec = layers.get(lid)
-        if rec:
-            built = time.strftime("%Y-%m-%d %H:%M", time.localtime(rec.built_at)) if rec.built_at else "-"
-            t.add_row(lid, rec.key[:12], built, f"{rec.duration:.0f}s" if rec.duration else "-")
-        else:
-            t.add_row(lid, "-", "never", "-")
-    console.print(t)
+def cmd_status(args: argparse.Namespace, out: Output) -> int:
+    from .render import status_table
+    from .status import layer_status
+
+    _project, _lg, state, plan = _plan(args, out, [args.dir] if args.dir else [])
+    report = layer_status(plan, state)
+
+    def human() -> None:
+        for item in status_table(report):
+            out.out.print(item)
+
+    out.document(report.to_json(), args.json, human)
     return 0
 
 
-def cmd_log(args: argparse.Namespace) -> int:
+def cmd_log(args: argparse.Namespace, out: Output) -> int:
+    from .errors import UsageError
+
     project, lg, layer, _ = _layer_args(args, "log")
     logs = _state_path(project, args.state).parent / "logs"
     latest = logs / f"{layer}.log"
     if not latest.exists():
         raise UsageError(f"no build log for {layer} yet (looked in {logs})")
-    sys.stdout.write(latest.read_text(errors="replace"))
+    text = latest.read_text(errors="replace")
+    out.document({"layer": layer, "file": str(latest), "log": text}, False, lambda: sys.stdout.write(text))
     return 0
 
 
-def cmd_lock(args: argparse.Namespace) -> int:
+def cmd_lock(args: argparse.Namespace, out: Output) -> int:
     from .lockfile import lock
+    from .render import lock_lines, print_lines
     from .statelock import StateLock
 
-    root, _ = _split_dir([args.dir] if args.dir else [])
+    root, _ = _root(args)
+    _check_state_arg(args, must_exist=False)
     project, lg = _load(root, args.state)
     # The lock file changes keys: never under a running `up`.
     with StateLock(_state_path(project, args.state).parent, "lock", wait=args.wait):
         report = lock(lg, update=args.update)
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        render_lock(report, _out(), _err())
+    lines, errors = lock_lines(report)
+    for e in errors:
+        out.error(e, command="lock")
+
+    out.document(
+        report.to_json(), args.json, lambda: print_lines(out.out, lines[-1:] if out.quiet else lines)
+    )
     return report.exit_status
 
 
-def render_lock(report: Any, out: Console, err: Console) -> None:
-    marks = {"added": ("+", "green"), "updated": ("~", "yellow"), "removed": ("-", "red")}
-    for c in report.changes:
-        if c.change == "unchanged":
-            continue
-        mark, style = marks[c.change]
-        line = Text(f"{mark} {c.what} {c.name}", style=style)
-        if c.what == "repository":
-            line.append(f"  {c.url}", style="dim")
-        if c.change == "updated":
-            line.append(f"  {(c.old or '')[:19]} -> {(c.new or '')[:19]}")
-        out.print(line)
-    for e in report.errors:
-        if _json_stderr:
-            logmod.get_logger().error(e, command=report.to_json().get("command", "lock"))
-        else:
-            err.print(Text(f"error: {e}", style="red"))
-    n = {k: len(report.of(k)) for k in ("added", "updated", "unchanged", "removed")}
-    summary = ", ".join(f"{v} {k}" for k, v in n.items() if v) or "nothing locked"
-    if report.errors:
-        out.print(
-            Text(
-                f"{report.path}: left unchanged ({len(report.errors)} error(s); {summary})", style="bold red"
-            )
-        )
-    else:
-        verb = "written" if report.written else "unchanged"
-        out.print(Text(f"{report.path}: {verb} ({summary})", style="bold"))
-
-
-def cmd_gc(args: argparse.Namespace) -> int:
+def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     from .gc import run_gc
+    from .render import gc_lines, print_lines
+    from .state import State
 
-    if args.keep < 1:
-        raise UsageError("--keep must be at least 1")
-    root, _ = _split_dir([args.dir] if args.dir else [])
+    root, _ = _root(args)
+    _check_state_arg(args, must_exist=False)
     project, lg = _load(root, args.state)
     path = _state_path(project, args.state)
-    state = State(path)
     report = run_gc(
-        lg, state, state_dir=path.parent, keep=args.keep, dry_run=args.dry_run, wait_lock=args.wait
+        lg, State(path), state_dir=path.parent, keep=args.keep, dry_run=args.dry_run, wait_lock=args.wait
     )
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        render_gc(report, _out(), _err())
+    lines, errors = gc_lines(report)
+    for e in errors:
+        out.error(e, command="gc")
+    out.document(
+        report.to_json(), args.json, lambda: print_lines(out.out, lines[-1:] if out.quiet else lines)
+    )
     return report.exit_status
-
-
-def render_gc(report: Any, out: Console, err: Console) -> None:
-    styles = {"removed": "red", "would-remove": "yellow", "kept": "dim", "failed": "bold red"}
-    for i in report.items:
-        line = Text(f"{i.action:12} {i.kind:12} {redact(i.location)}", style=styles.get(i.action, ""))
-        if i.reason:
-            line.append(f"  ({i.reason})", style="dim")
-        out.print(line)
-    for e in report.errors:
-        if _json_stderr:
-            logmod.get_logger().error(e, command=report.to_json().get("command", "lock"))
-        else:
-            err.print(Text(f"error: {e}", style="red"))
-    verb = "would remove" if report.dry_run else "removed"
-    out.print(Text(f"gc --keep {report.keep}: {verb} {len(report.removed)}", style="bold"))
 
 
 def _layer_key(args: argparse.Namespace, lg: LayerGraph, layer: str) -> tuple[State, str]:
     """A writable state and the layer's current key (as `plan` computes it); usage error if not built."""
+    from .errors import UsageError
+    from .plan import Action, LiveInventory, make_plan
+    from .state import State
+
     state = State(_state_path(lg.project, args.state))
-    lp = make_plan(lg, state, LiveInventory(offline=getattr(args, "offline", False)), [layer]).layers[layer]
+    inventory = LiveInventory(offline=getattr(args, "offline", False), timeout=_registry_timeout(args))
+    lp = make_plan(lg, state, inventory, [layer]).layers[layer]
     if lp.action == Action.BUILD:
         why = "; ".join(r.message for r in lp.reasons)
         raise UsageError(f"{layer}: its current key {lp.key[:12]} is not built ({why}); run `imagegraph up`")
     return state, lp.key
 
 
-def cmd_boot_test(args: argparse.Namespace) -> int:
+def cmd_boot_test(args: argparse.Namespace, out: Output) -> int:
+    from rich.text import Text
+
     from .boottest import boot_and_record, boot_log_path, layer_artifacts
+    from .redact import redact
     from .runner import Runner
     from .state import default_run_id
 
@@ -731,9 +1164,9 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     state_dir = _state_path(project, args.state).parent
     run_id = default_run_id()
     with layer_artifacts(spec, key, state_dir / "work", args.tag, Runner(layer)) as files:
-        if not args.json:
+        if not args.json and not out.json and not out.quiet:
             log_path = boot_log_path(state_dir, layer, run_id)
-            _err().print(f"booting {layer} ({files.source}) under QEMU; serial console: {log_path}")
+            out.err.print(f"booting {layer} ({files.source}) under QEMU; serial console: {log_path}")
         res = boot_and_record(
             state,
             state_dir,
@@ -745,24 +1178,29 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             accel=args.accel,
         )
-    if args.json:
-        print(json.dumps(res.to_json(), indent=2))
-    else:
-        out = _out()
+
+    def human() -> None:
+        o = out.out
         style = "bold green" if res.ok else "bold red"
-        out.print(Text(f"{layer}: {res.outcome} in {res.seconds:.1f} s ({res.accel})", style=style))
-        out.print(Text(f"  {redact(res.reason)}"))
+        o.print(Text(f"{layer}: {res.outcome} in {res.seconds:.1f} s ({res.accel})", style=style))
+        o.print(Text(f"  {redact(res.reason)}"))
         if not res.ok:
-            out.print(Text("  serial console (last lines):", style="dim"))
+            o.print(Text("  serial console (last lines):", style="dim"))
             for line in res.tail[-20:]:
-                out.print(Text(f"    {line}"))
-        out.print(Text(f"  serial log: {res.serial_log}", style="dim"))
+                o.print(Text(f"    {line}"))
+        o.print(Text(f"  serial log: {res.serial_log}", style="dim"))
+
+    out.document(res.to_json(), args.json, human)
     return 0 if res.ok else 1
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
+def cmd_promote(args: argparse.Namespace, out: Output) -> int:
+    from rich.text import Text
+
+    from .errors import UsageError
     from .promote import promote
-    from .state import default_run_id
+    from .redact import redact
+    from .state import State, default_run_id
 
     project, lg, layer, (tag,) = _layer_args(args, "promote", "LAYER TAG")
     if args.key:
@@ -775,83 +1213,135 @@ def cmd_promote(args: argparse.Namespace) -> int:
     else:
         state, key = _layer_key(args, lg, layer)
     doc = promote(lg.spec(layer), layer, key, tag, state, run_id=default_run_id(), force=args.force)
-    if args.json:
-        print(json.dumps(doc.to_json(), indent=2))
-    else:
-        out = _out()
-        out.print(Text(f"{layer}: {tag} -> key {key[:12]}", style="bold"))
+
+    def human() -> None:
+        out.out.print(Text(f"{layer}: {tag} -> key {key[:12]}", style="bold"))
         for t in doc.targets:
             for loc in t["locations"]:
-                out.print(Text(f"  {t['target']}: {redact(str(loc))}"))
+                out.out.print(Text(f"  {t['target']}: {redact(str(loc))}"))
+
+    out.document(doc.to_json(), args.json, human)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
+    from .doctor import run_doctor
+    from .render import doctor_lines, print_lines
+
+    root, _ = _root(args)
+    lg = None
+    if args.dir or (root / "imagegraph.yaml").exists() or list(root.glob("*.yaml")):
+        _project, lg = _load(root)
+    report = run_doctor(lg, offline=args.offline, timeout=_registry_timeout(args))
+    out.document(report.to_json(), args.json, lambda: print_lines(out.out, doctor_lines(report, out.quiet)))
+    return report.exit_status
+
+
+def cmd_completion(args: argparse.Namespace, out: Output) -> int:
+    sys.stdout.write(completion_script(args.shell))
+    return 0
+
+
+def completion_script(shell: str) -> str:
+    """The bash or zsh completion script for the whole parser (shtab: static, no Python per TAB)."""
+    import shtab
+
+    return shtab.complete(build_parser(), shell=shell)
+
+
+def cmd_help(args: argparse.Namespace, out: Output) -> int:
+    parser = build_parser()
+    if not args.topic:
+        parser.print_help()
+        return 0
+    commands = parser.commands  # type: ignore[attr-defined]
+    if args.topic not in commands:
+        parser.error(f"invalid choice: '{args.topic}'")
+    commands[args.topic].print_help()
     return 0
 
 
 COMMANDS = {
-    "lock": cmd_lock,
-    "gc": cmd_gc,
     "validate": cmd_validate,
     "graph": cmd_graph,
     "report": cmd_report,
     "plan": cmd_plan,
     "up": cmd_up,
+    "doctor": cmd_doctor,
+    "lock": cmd_lock,
+    "gc": cmd_gc,
     "artifacts": cmd_artifacts,
     "status": cmd_status,
     "log": cmd_log,
     "boot-test": cmd_boot_test,
     "promote": cmd_promote,
+    "completion": cmd_completion,
+    "help": cmd_help,
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     # Layer names may follow options (`up layers/ -j 4 compute`): argparse leaves them over.
     args, extra = parser.parse_known_args(argv)
     if extra:
+        cmd = parser.commands[args.command]  # type: ignore[attr-defined]
         if hasattr(args, "args") and not any(e.startswith("-") for e in extra):
             args.args = [*args.args, *extra]
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    register_environment()
-    fmt = args.log_format
-    if fmt == "auto":
-        fmt = "console" if sys.stderr.isatty() else "json"
-    # On a terminal `up` shows live progress and a summary; the full story is in the layer logs.
-    # Unattended (JSON lines), every layer event is logged for the morning.
-    quiet = "WARNING" if fmt == "console" or args.command not in ("up", "lock", "gc") else "INFO"
-    level = "DEBUG" if args.verbose >= 2 else ("INFO" if args.verbose == 1 else quiet)
-    logmod.configure(fmt, level)
-    global _json_stderr
-    _json_stderr = fmt == "json"
+            cmd.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        return COMMANDS[args.command](args)
-    except SpecError as exc:
-        errors = [d for d in exc.diagnostics if d.severity == "error"]
-        if _json_stderr:
-            for d in exc.diagnostics:
-                log = logmod.get_logger()
-                (log.error if d.severity == "error" else log.warning)(
-                    redact(str(d)), file=d.file, line=d.line, column=d.column
-                )
-            logmod.get_logger().error(f"{len(errors)} error(s); nothing was built", exit_status=2)
-            return 2
-        err = _err()
-        for d in exc.diagnostics:
-            err.print(Text(redact(str(d)), style="red" if d.severity == "error" else "yellow"))
-        err.print(Text(f"{len(errors)} error(s); nothing was built", style="bold red"))
-        return 2
-    except ImagegraphError as exc:
-        if _json_stderr:
-            logmod.get_logger().error(redact(str(exc)), exit_status=exc.exit_status)
-        else:
-            _err().print(Text(f"imagegraph: {redact(str(exc))}", style="red"))
-        return exc.exit_status
-    except KeyboardInterrupt:
-        _err().print("interrupted")
-        return 130
+        return _main(argv)
     except BrokenPipeError:
+        # `imagegraph plan | head`: the reader has all it wanted. Exit 0, and point stdout at
+        # /dev/null so the interpreter's final flush does not complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
 
 
+def _main(argv: list[str] | None) -> int:
+    args = _parse(argv)
+    if args.command in ("help", "completion"):
+        return COMMANDS[args.command](args, None)  # type: ignore[arg-type]
+
+    from . import log as logmod
+    from .errors import ImagegraphError, SpecError
+    from .redact import redact, register_environment
+    from .render import Output, OutputFormat, choose_format, plural
+
+    register_environment()
+    fmt = choose_format(args.log_format)
+    out = Output(fmt, quiet=args.quiet, command=args.command)
+    # Text: warnings and errors only (a terminal shows live progress; the full story is in the
+    # layer logs). JSON lines (unattended): every layer event of the commands that change things.
+    default = "INFO" if fmt == OutputFormat.JSON and args.command in ("up", "lock", "gc") else "WARNING"
+    level = "DEBUG" if args.verbose >= 2 else ("INFO" if args.verbose == 1 else default)
+    if args.quiet:
+        level = "ERROR"
+    logmod.configure("json" if fmt == OutputFormat.JSON else "console", level)
+    try:
+        return COMMANDS[args.command](args, out)
+    except SpecError as exc:
+        errors = [d for d in exc.diagnostics if d.severity == "error"]
+        out.quiet = False
+        out.warnings(exc.diagnostics)
+        out.error(f"{plural(len(errors), 'error')}; nothing was built", exit_status=2)
+        return 2
+    except ImagegraphError as exc:
+        out.error(
+            redact(str(exc)) if out.json else f"imagegraph {args.command}: {redact(str(exc))}",
+            exit_status=exc.exit_status,
+        )
+        return exc.exit_status
+    except KeyboardInterrupt:
+        out.error("interrupted", exit_status=130)
+        return 130
+
+
 if __name__ == "__main__":
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())

@@ -65,6 +65,29 @@ class UsageError(ImagegraphError):
     exit_status = 2
 
 
+class RegistryTLSError(ImagegraphError):
+    """A registry's TLS certificate is not trusted: a setting to change, named with its files."""
+
+    exit_status = 2
+
+    def __init__(self, failures: list[tuple[str, str, list[str], str]]):
+        # (registry host, what TLS said, the layer files that use it, the option to set)
+        self.failures = failures
+        parts = []
+        for host, reason, files, option in failures:
+            parts.append(
+                f"registry {host}: TLS certificate verification failed ({reason}); used by "
+                f"{', '.join(files)}. Trust its CA (system store, or `{option}: ['--cert-dir=DIR']` "
+                f"with DIR/*.crt), or for a test registry set `{option}: ['--tls-verify=false']` "
+                f"in those files' options"
+            )
+        super().__init__("\n".join(parts) + "\nnothing was built")
+
+
+class NotBuiltError(ImagegraphError):
+    """What was asked about has not been built (or published) yet (exit 1)."""
+
+
 class LockHeldError(ImagegraphError):
     """Another imagegraph run holds the state directory."""
 

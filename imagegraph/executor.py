@@ -38,7 +38,7 @@ from typing import IO, Any
 from . import runner as runner_mod
 from .build import ParentImage, local_image_id, pull_image, remove_stale_containers
 from .buildservice import BuildService, LocalBuildService
-from .errors import BuildError, ImagegraphError, PublishError
+from .errors import BuildError, ImagegraphError, NotBuiltError
 from .key import key_tag
 from .log import bind_run, get_logger
 from .plan import Action, LayerPlan, Plan, local_key_ref
@@ -499,34 +499,71 @@ def run_up(
 # --------------------------------------------------------------------- artifacts
 
 
-def artifacts_document(lg: Any, state: State, layer: str) -> dict:
-    """Published URLs and a boot configuration for OpenCHAMI's boot service, from the state."""
-    from .publish.artifacts import ArtifactPublication, PublishedObject, boot_config
+def artifacts_document(lg: Any, state: State, layer: str, base_url: str | None = None) -> dict:
+    """Published URLs and a boot configuration for OpenCHAMI's boot service, from the state.
+
+    A publish_dir target's URLs are under `base_url` when given, else `file://`.
+    A layer only published to local storage gets a `message` and no boot configuration.
+    """
+    from .publish.artifacts import ArtifactPublication, PublishedObject, boot_config, dir_boot_config
 
     spec = lg.spec(layer)
     records = state.published(layer)
     urls: list[str] = []
-    doc: dict[str, Any] = {"layer": layer, "image": spec.name, "urls": urls, "boot_config": []}
+    doc: dict[str, Any] = {
+        "layer": layer,
+        "image": spec.name,
+        "urls": urls,
+        "boot_config": [],
+        "message": None,
+    }
+    if not records:
+        if state.layer(layer) is None:
+            raise NotBuiltError(
+                f"{layer}: not built yet; run `imagegraph up {lg.project.root} {layer}` first"
+            )
+        if not (spec.publish_registry or spec.publish_s3 or spec.publish_dir or spec.publish_local):
+            doc["message"] = f"{layer}: no publish target; nothing to boot from here"
+            return doc
+        raise NotBuiltError(
+            f"{layer}: built but not published yet; run `imagegraph up {lg.project.root} {layer}`"
+        )
     reg = records.get("registry")
     if reg:
         doc["registry"] = {"references": reg.locations, "digest": reg.digest}
         urls.extend(reg.locations)
+    local = records.get("local")
+    if local:
+        doc["local"] = {"references": local.locations}
+        urls.extend(str(x) for x in local.locations)
     for target in ("s3", "dir"):
         rec = records.get(target)
         if not rec:
             continue
         objs = [PublishedObject(**o) for o in rec.locations]
-        urls.extend(o.location for o in objs if o.role != "manifest")
+        pub = ArtifactPublication(
+            key=rec.key, kver=rec.detail.get("kver"), os=rec.detail.get("os", ""), objects=objs
+        )
+        entries = boot_config(spec, pub) if target == "s3" else dir_boot_config(spec, pub, base_url)
+        if target == "dir":
+            urls.extend(e for entry in entries for e in (entry["kernel"], entry["initrd"]))
+            urls.extend(o.location for o in objs if o.role == "rootfs")
+        else:
+            urls.extend(o.location for o in objs if o.role != "manifest")
         doc[target] = {
             "key": rec.key,
             "kver": rec.detail.get("kver"),
             "objects": [dataclasses.asdict(o) for o in objs],
         }
-        if target == "s3":
-            pub = ArtifactPublication(
-                key=rec.key, kver=rec.detail.get("kver"), os=rec.detail.get("os", ""), objects=objs
+        if not doc["boot_config"]:  # S3 first: nodes fetch from the gateway
+            doc["boot_config"] = entries
+    if not doc["boot_config"]:
+        if spec.rootfs_only and (records.get("s3") or records.get("dir")):
+            doc["message"] = f"{layer}: rootfs_only: no kernel or initramfs, so no boot configuration"
+        elif set(records) <= {"local", "registry"}:
+            where = "local container storage" if set(records) == {"local"} else "container images only"
+            doc["message"] = (
+                f"{layer}: published to {where}; nothing to boot from here "
+                "(publish_s3 or publish_dir makes a SquashFS, kernel and initramfs)"
             )
-            doc["boot_config"] = boot_config(spec, pub)
-    if not records:
-        raise PublishError(layer, "artifacts", "nothing published yet; run `imagegraph up` first")
     return doc

@@ -129,6 +129,17 @@ def is_qualified(ref: str) -> bool:
     return bool(sep) and ("." in first or ":" in first or first == "localhost")
 
 
+def written_outputs(spec: LayerSpec) -> list[str]:
+    """The references a layer publishes as its spec spells them (no Docker Hub normalising)."""
+    out: list[str] = []
+    for tag in spec.publish_tags:
+        if spec.publish_registry:
+            out.append(f"{spec.publish_registry.rstrip('/')}/{spec.name}:{tag}")
+        if spec.publish_local:
+            out.append(f"localhost/{spec.name}:{tag}")
+    return list(dict.fromkeys(out))
+
+
 def apply_aliases(ref: str, aliases: dict[str, str]) -> str:
     """Rewrite a reference's registry prefix by the project's registry aliases (longest first)."""
     for alias in sorted(aliases, key=len, reverse=True):
@@ -356,7 +367,9 @@ def to_json(lg: LayerGraph) -> dict:
                 "parent": link.describe(),
                 "parent_kind": link.kind,
                 "parent_resolution": link.how if link.kind == "layer" else None,
-                "outputs": lg.outputs[lid],
+                "parent_ref": link.ref,  # as written in the spec
+                "outputs": written_outputs(spec),
+                "normalized_outputs": lg.outputs[lid],
             }
         )
     edges = [{"from": u, "to": v} for u, v in sorted(lg.graph.edges)]
@@ -381,16 +394,22 @@ def to_dot(lg: LayerGraph) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mermaid_label(text: str) -> str:
+    """A Mermaid node label in quotes: quotes and markup characters as entity codes (`#quot;`)."""
+    codes = {'"': "#quot;", "#": "#35;", "<": "#lt;", ">": "#gt;", "&": "#amp;", "`": "#96;", "\n": " "}
+    return '"' + "".join(codes.get(c, c) for c in text) + '"'
+
+
 def to_mermaid(lg: LayerGraph) -> str:
     ids = {lid: f"L{i}" for i, lid in enumerate(lg.order())}
     lines = ["graph TD"]
     ext_ids: dict[str, str] = {}
     for lid in lg.order():
-        lines.append(f'  {ids[lid]}["{lid}"]')
+        lines.append(f"  {ids[lid]}[{mermaid_label(lid)}]")
         link = lg.parents[lid]
         if link.kind == "external":
             eid = ext_ids.setdefault(link.ref, f"E{len(ext_ids)}")
-            lines.append(f'  {eid}(["{link.ref}"]) --> {ids[lid]}')
+            lines.append(f"  {eid}([{mermaid_label(link.ref)}]) --> {ids[lid]}")
     for u, v in sorted(lg.graph.edges):
         lines.append(f"  {ids[u]} --> {ids[v]}")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""structlog configuration: readable on a terminal, JSON lines otherwise.
+"""structlog configuration: readable lines, or JSON lines when asked (or under systemd).
 
 Every event passes through the secret redactor. Per-layer build logs are
 plain text files written by the runner; this module only configures the
@@ -8,6 +8,7 @@ process-wide event log.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from typing import Any
@@ -51,16 +52,21 @@ def _redact_processor(_logger: Any, _name: str, event: dict) -> dict:
     return event
 
 
-def configure(fmt: str = "auto", level: str = "INFO", stream: Any = None) -> None:
-    """Set up structlog once per process. fmt: auto, console or json."""
+def configure(
+    fmt: str = "console", level: str = "INFO", stream: Any = None, color: bool | None = None
+) -> None:
+    """Set up structlog once per process. fmt: console (readable lines) or json (JSON lines).
+
+    `color` None: colour when the stream is a terminal and NO_COLOR is unset.
+    """
     stream = stream or sys.stderr
-    if fmt == "auto":
-        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+    if color is None:
+        color = getattr(stream, "isatty", lambda: False)() and not os.environ.get("NO_COLOR")
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=True)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)())
+        renderer = structlog.dev.ConsoleRenderer(colors=color)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .duration import format_age, format_duration
+from .errors import RegistryTLSError
 from .graph import LayerGraph
 from .key import LayerKey, compute_keys, key_tag
 from .spec import LayerSpec
@@ -199,8 +200,9 @@ class StaticInventory:
 class LiveInventory:
     """Asks the real world, cheaply: one process for local images, one request per repository."""
 
-    def __init__(self, offline: bool = False):
+    def __init__(self, offline: bool = False, timeout: float = 5.0):
         self.offline = offline
+        self.timeout = timeout  # seconds to connect, and again to read an answer
         self._images: set[str] | None = None
         self._registry = None
         self._s3 = None
@@ -230,11 +232,33 @@ class LiveInventory:
             from .publish.registry import RegistryClient, RetryPolicy
 
             # Planning must stay fast when a registry is down: a short retry, then "did not answer".
+            # A registry that accepts connections and never answers costs one timeout, not one
+            # per retry and scheme; the CLI says once per registry what did not answer.
             policy = RetryPolicy.from_env()
             self._registry = RegistryClient(
-                retry=RetryPolicy(attempts=min(policy.attempts, 2), initial_wait=0.2, max_wait=0.5)
+                retry=RetryPolicy(attempts=min(policy.attempts, 2), initial_wait=0.2, max_wait=0.5),
+                timeout=(self.timeout, self.timeout),
+                retry_timeouts=False,
+                warn_unreachable=False,
             )
         return self._registry
+
+    def registries_of(self, specs: list[LayerSpec]) -> dict[str, int]:
+        """The registries `prefetch` asks, with how many repositories each (for a status line)."""
+        if self.offline:
+            return {}
+        from .publish.registry import target_repository
+
+        repos: dict[str, set[str]] = {}
+        for spec in specs:
+            if spec.publish_registry:
+                ref = target_repository(spec)
+                repos.setdefault(ref.registry, set()).add(ref.name)
+        return {host: len(names) for host, names in repos.items()}
+
+    def registry_problems(self) -> dict[str, str]:
+        """Why each registry host that did not answer did not: host -> reason."""
+        return self._registry.down_reasons() if self._registry is not None else {}
 
     def prefetch(self, specs: list[LayerSpec], workers: int = 16) -> None:
         """Ask every registry repository the plan needs at once, in parallel, before planning.
@@ -247,7 +271,7 @@ class LiveInventory:
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        from .publish.registry import target_repository
+        from .publish.registry import TLSVerifyError, target_repository
 
         client = self.registry()
         repos = []
@@ -255,10 +279,27 @@ class LiveInventory:
             if spec.publish_registry:
                 client.configure_for(spec)
                 repos.append(target_repository(spec).name)
+        users: dict[str, list[LayerSpec]] = {}
+        for spec, repo in zip([s for s in specs if s.publish_registry], repos, strict=True):
+            users.setdefault(repo, []).append(spec)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch") as pool:
             local = pool.submit(self._local)
-            list(pool.map(client.tags, dict.fromkeys(repos)))
+            futures = {repo: pool.submit(client.tags, repo) for repo in users}
+            tls: dict[str, tuple[str, list[LayerSpec]]] = {}
+            for repo, fut in futures.items():
+                try:
+                    fut.result()
+                except TLSVerifyError as exc:
+                    reason, affected = tls.setdefault(exc.host, (exc.reason, []))
+                    affected.extend(users[repo])
             local.result()
+        if tls:
+            raise RegistryTLSError(
+                [
+                    (host, reason, [str(s.path) for s in affected], "registry_opts_push")
+                    for host, (reason, affected) in tls.items()
+                ]
+            )
 
     def registry_tags(self, spec: LayerSpec) -> set[str] | None:
         if self.offline or not spec.publish_registry:
@@ -275,9 +316,14 @@ class LiveInventory:
     def external_digest(self, ref: str, spec: LayerSpec) -> str | None:
         if self.offline:
             return None
+        from .publish.registry import TLSVerifyError
+
         client = self.registry()
         client.configure_for(spec)
-        return client.manifest_digest(ref)
+        try:
+            return client.manifest_digest(ref)
+        except TLSVerifyError as exc:
+            raise RegistryTLSError([(exc.host, exc.reason, [str(spec.path)], "registry_opts_pull")]) from exc
 
     def artifacts_present(self, spec: LayerSpec, key: str, target: str) -> bool | None:
         if target == "dir":
@@ -591,6 +637,32 @@ def _list_delta(old: list, new: list) -> str:
     return " ".join(bits)
 
 
+# Inputs whose order matters (commands run in sequence): diffed position by position.
+_ORDERED = {"cmds"}
+
+
+def _indexed_delta(name: str, old: list, new: list) -> list[Reason]:
+    """`cmds[0]: 'echo two' -> 'echo one'`, `cmds[2]: added 'x'`, `cmds[3]: removed 'y'`."""
+
+    def show(x: Any) -> str:
+        return repr(_short(x))
+
+    out = []
+    for i in range(max(len(old), len(new))):
+        a = old[i] if i < len(old) else None
+        b = new[i] if i < len(new) else None
+        if a == b:
+            continue
+        if a is None:
+            text = f"{name}[{i}]: added {show(b)}"
+        elif b is None:
+            text = f"{name}[{i}]: removed {show(a)}"
+        else:
+            text = f"{name}[{i}]: {show(a)} -> {show(b)}"
+        out.append(Reason("field-changed", text, {"field": name, "index": i}))
+    return out
+
+
 def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> list[Reason]:
     """Why a key changed: one reason per changed input, in words."""
     out: list[Reason] = []
@@ -622,6 +694,8 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
             for sub in sorted(set(a or {}) | set(b or {})):
                 if (a or {}).get(sub) != (b or {}).get(sub):
                     out.append(Reason("field-changed", f"ansible {sub} changed", {"field": f"ansible.{sub}"}))
+        elif field_name in _ORDERED and isinstance(a, list) and isinstance(b, list):
+            out.extend(_indexed_delta(field_name, a, b))
         elif isinstance(a, list) and isinstance(b, list):
             out.append(Reason("field-changed", f"{field_name}: {_list_delta(a, b)}", {"field": field_name}))
         elif isinstance(a, dict) and isinstance(b, dict):

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Installs the host toolchain imagegraph drives (buildah and friends) on Debian/Ubuntu,
 # only when something is missing, so `make test` works on a fresh machine and is quick after.
+# `--run`: only what running imagegraph needs (`make demo`), not what the tests add
+# (docker-registry, rpmbuild, createrepo_c, busybox-static).
 set -euo pipefail
+tests=1
+[ "${1:-}" = "--run" ] && tests=0
 need=()
 check() { command -v "$1" >/dev/null 2>&1 || need+=("$2"); }
 check buildah buildah
 check skopeo skopeo
 check mksquashfs squashfs-tools
-check docker-registry docker-registry
+[ $tests = 1 ] && check docker-registry docker-registry
 check rpm rpm
-check rpmbuild rpm
-check createrepo_c createrepo-c
+[ $tests = 1 ] && check rpmbuild rpm
+[ $tests = 1 ] && check createrepo_c createrepo-c
 # Stand-in repositories: signed test RPMs (rpmsign, a throwaway gpg key) and dnf module metadata.
-check modifyrepo_c createrepo-c
-check rpmsign rpm
-check gpg gnupg
+[ $tests = 1 ] && check modifyrepo_c createrepo-c
+[ $tests = 1 ] && check rpmsign rpm
+[ $tests = 1 ] && check gpg gnupg
 check dnf dnf
 check mmdebstrap mmdebstrap
 check zypper zypper
@@ -24,14 +28,14 @@ check ansible-playbook ansible-core
 check python3 python3
 # Pictures: Graphviz lays out `graph --format svg` and report pages; tests render them in Chromium.
 check dot graphviz
-check chromium chromium
+[ $tests = 1 ] && check chromium chromium
 dpkg -s fonts-dejavu-core >/dev/null 2>&1 || need+=(fonts-dejavu-core)
 # layer_type ansible reaches containers with the buildah connection plugin of the containers.podman
 # collection, which Debian ships in `ansible` (ansible-core alone lacks it).
 [ -e /usr/lib/python3/dist-packages/ansible_collections/containers/podman/plugins/connection/buildah.py ] ||
   need+=(ansible)
 # Build tests package a static busybox into an RPM so scratch-built test images have a shell.
-dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+[ $tests = 0 ] || dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 # Foreign architectures build under qemu-user-static through binfmt_misc; mmdebstrap needs arch-test.
 check qemu-aarch64-static qemu-user-static

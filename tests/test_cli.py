@@ -42,7 +42,7 @@ def test_validate_reports_every_problem_of_the_directory(tmp_path: Path) -> None
     assert "a.yaml:4:1" in r.stderr and "did you mean 'packages'" in r.stderr
     assert "b.yaml:3:16" in r.stderr
     assert "c.yaml:5:10" in r.stderr and "/data/x" in r.stderr
-    assert "3 error(s); nothing was built" in r.stderr
+    assert "3 errors; nothing was built" in r.stderr
     j = run("validate", str(root), "--json")
     doc = json.loads(j.stdout)
     assert j.returncode == 2 and not doc["ok"] and len(doc["diagnostics"]) == 3
@@ -111,3 +111,144 @@ def test_a_created_copyfiles_source_clears_the_error_with_a_state_directory(tmp_
     write(root, "files/chrony.conf", "server time.example.org iburst\n")
     r = run("plan", "layers", "--offline", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ help, usage, completion
+
+
+def _walk(parser):
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _walk(sub)
+
+
+def test_every_option_and_command_has_help_and_an_epilog() -> None:
+    import argparse
+
+    from imagegraph.cli import build_parser
+
+    missing = []
+    for p in _walk(build_parser()):
+        if p.prog != "imagegraph":
+            assert p.description, f"{p.prog}: no description"
+            assert "examples:" in (p.epilog or "") and "exit status:" in (p.epilog or ""), p.prog
+            assert p.usage and p.usage.startswith(f"{p.prog} [OPTIONS]"), p.prog
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                missing += [f"{p.prog} {c.dest}" for c in a._choices_actions if not c.help]
+            elif not a.help or a.help == argparse.SUPPRESS:
+                missing.append(f"{p.prog} {'/'.join(a.option_strings) or a.dest}")
+            elif a.option_strings and a.default not in (None, False, [], argparse.SUPPRESS):
+                if not isinstance(a, argparse._CountAction | argparse._VersionAction | argparse._HelpAction):
+                    shown = p.formatter_class(p.prog)._get_help_string(a)
+                    assert "default" in shown, f"{p.prog} {a.option_strings}: default not said"
+    assert missing == []
+
+
+def test_help_command_unknown_command_and_per_command_errors() -> None:
+    h = run("help", "plan")
+    assert h.returncode == 0 and "usage: imagegraph plan [OPTIONS] [DIR] [LAYER ...]" in h.stdout
+    assert "examples:" in h.stdout and "exit status:" in h.stdout
+    top = run("--help")
+    assert "environment:" in top.stdout and "IMAGEGRAPH_RETRY_ATTEMPTS" in top.stdout
+    r = run("pln")
+    assert r.returncode == 2 and "did you mean 'plan'?" in r.stderr
+    r = run("plan", "--bogus")
+    assert r.returncode == 2 and "usage: imagegraph plan" in r.stderr and "imagegraph help plan" in r.stderr
+    for bad in ("0", "-2", "x"):
+        r = run("up", "-j", bad)
+        assert r.returncode == 2 and "imagegraph up: error: argument -j/--jobs" in r.stderr, bad
+
+
+def test_state_that_does_not_exist_and_a_spec_file_for_a_directory(tmp_path: Path) -> None:
+    root = seed_dir(tmp_path / "layers")
+    r = run("plan", str(root), "--offline", "--state", str(tmp_path / "nope" / "state.db"))
+    assert r.returncode == 0 and "warning: --state" in r.stderr and "no such file yet" in r.stderr
+    r = run("status", str(root), "--offline", "--state", str(tmp_path / "state.db"))
+    assert r.returncode == 0 and "warning: --state" in r.stderr and "no such file yet" in r.stderr
+    r = run("log", str(root), "base", "--state", str(tmp_path / "state.db"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+    one = json.loads(run("plan", str(root / "compute.yaml"), "--offline", "--json").stdout)
+    assert [x["name"] for x in one["layers"]] == ["base", "compute"]
+
+
+def test_completion_scripts_come_from_the_parser() -> None:
+    bash = run("completion", "bash")
+    assert bash.returncode == 0 and "complete" in bash.stdout
+    for word in ("boot-test", "--registry-timeout", "--summary", "doctor"):
+        assert word in bash.stdout
+    zsh = run("completion", "zsh")
+    assert zsh.returncode == 0 and zsh.stdout.startswith("#compdef imagegraph")
+    assert "--max-age" in zsh.stdout
+    # bash accepts the script, and it completes commands and a command's options
+    script = Path(os.environ.get("TMPDIR", "/tmp")) / f"ig-completion-{os.getpid()}.sh"
+    script.write_text(bash.stdout)
+    try:
+        words = (
+            f"source {script}; "
+            'COMP_WORDS=(imagegraph pl); COMP_CWORD=1; _shtab_imagegraph imagegraph pl imagegraph; echo "${COMPREPLY[@]}"; '
+            'COMP_WORDS=(imagegraph plan --su); COMP_CWORD=2; _shtab_imagegraph imagegraph --su plan; echo "${COMPREPLY[@]}"'
+        )
+        done = subprocess.run(["bash", "-c", words], text=True, capture_output=True, timeout=60)
+    finally:
+        script.unlink()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["plan", "--summary"]
+
+
+def test_man_page_is_generated_from_the_parser(tmp_path: Path) -> None:
+    from imagegraph.cli import man_include
+
+    inc = tmp_path / "man.include"
+    inc.write_text(man_include())
+    out = tmp_path / "imagegraph.1"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from argparse_manpage.cli import main; sys.exit(main())",
+            "--module",
+            "imagegraph.cli",
+            "--function",
+            "build_parser",
+            "--prog",
+            "imagegraph",
+            "--include",
+            str(inc),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    page = out.read_text()
+    for section in (
+        ".SH SYNOPSIS",
+        ".SH ENVIRONMENT",
+        ".SH EXIT STATUS",
+        "imagegraph doctor",
+        "\\-\\-registry\\-timeout",
+    ):
+        assert section in page, section
+
+
+def test_plan_tree_summary_and_singular(tmp_path: Path) -> None:
+    root = seed_dir(tmp_path / "layers")
+    write(root, "io.yaml", (root / "compute.yaml").read_text().replace("compute-base", "io-node"))
+    tree = run("plan", str(root), "--offline").stdout
+    assert "├─ " in tree and "└─ " in tree and "│" in tree
+    lines = tree.splitlines()
+    # a child with a later sibling hangs on ├─, its own children are indented under │
+    assert any(line.startswith(("├─ compute", "├─ io")) for line in lines), tree
+    assert "4 layers: 4 build" in tree
+    one = run("plan", str(root / "base.yaml"), "--offline").stdout
+    assert "1 layer: 1 build" in one
+    summary = run("plan", str(root), "--offline", "--summary").stdout.splitlines()
+    assert summary[0] == "4 layers: 4 build" and len(summary) == 5
+    assert summary[1].split()[:2] == ["build", "base"]

@@ -225,3 +225,31 @@ def test_real_external_parents_are_not_typos(tmp_path: Path, parent: str) -> Non
     write(tmp_path, "rocky.yaml", spec("rocky", tags="['9']", local=True))
     write(tmp_path, "gpu.yaml", spec("gpu", parent=parent))
     assert graph_of(tmp_path).warnings == []
+
+
+def test_json_shows_references_as_written_and_mermaid_escapes(tmp_path: Path) -> None:
+    write(tmp_path, "base.yaml", spec("rocky", "rockylinux/rockylinux:9", "docker.io/site/"))
+    write(tmp_path, "child.yaml", spec("child", "docker.io/site/rocky:1"))
+    lg = graph_of(tmp_path)
+    doc = to_json(lg)
+    base = doc["layers"][0]
+    assert base["parent"] == "rockylinux/rockylinux:9" and base["parent_ref"] == "rockylinux/rockylinux:9"
+    assert base["outputs"] == ["docker.io/site/rocky:1"]  # not docker.io/library/... nor index.docker.io
+    assert doc["layers"][1]["parent_ref"] == "docker.io/site/rocky:1"
+    mer = to_mermaid(lg)
+    assert '(["rockylinux/rockylinux:9"])' in mer
+
+
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        ('a"b', '"a#quot;b"'),
+        ("x#y", '"x#35;y"'),
+        ("<b>&", '"#lt;b#gt;#amp;"'),
+        ("plain-name_1", '"plain-name_1"'),
+    ],
+)
+def test_mermaid_label(text: str, label: str) -> None:
+    from imagegraph.graph import mermaid_label
+
+    assert mermaid_label(text) == label

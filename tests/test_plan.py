@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imagegraph.graph import build_graph
 from imagegraph.key import key_tag
@@ -239,3 +241,36 @@ def test_backend_version_bump_and_key_format_bump_say_so(golden_site, monkeypatc
     # a format bump rebuilds every layer once, and says why
     assert {lp.action for lp in plan.layers.values()} == {Action.BUILD}
     assert plan.layers["apt"].reasons[0].code == "key-format"
+
+
+def test_cmds_diff_by_position() -> None:
+    from imagegraph.plan import diff_inputs
+
+    old = {"format": 1, "cmds": ["echo two", "make", "rm x"]}
+    new = {"format": 1, "cmds": ["echo one", "make"]}
+    assert [r.message for r in diff_inputs(old, new)] == [
+        "cmds[0]: 'echo two' -> 'echo one'",
+        "cmds[2]: removed 'rm x'",
+    ]
+
+
+_cmd = st.text(alphabet="abc xyz", min_size=1, max_size=8)
+
+
+@given(st.lists(_cmd, max_size=6), st.lists(_cmd, max_size=6))
+def test_cmds_diff_names_exactly_the_changed_positions(old: list[str], new: list[str]) -> None:
+    from imagegraph.plan import diff_inputs
+
+    reasons = diff_inputs({"format": 1, "cmds": old}, {"format": 1, "cmds": new})
+    changed = [i for i in range(max(len(old), len(new))) if (old + [None] * 9)[i] != (new + [None] * 9)[i]]
+    if not changed:
+        assert [r.code for r in reasons] == ["key-changed"]
+        return
+    assert [r.detail["index"] for r in reasons] == changed
+    for r in reasons:
+        i = r.detail["index"]
+        assert r.message.startswith(f"cmds[{i}]: ")
+        if i < len(new):
+            assert repr(new[i]) in r.message
+        if i < len(old):
+            assert repr(old[i]) in r.message

@@ -295,6 +295,7 @@ class FakeRegistry(BaseHTTPRequestHandler):
     """Paginated tag lists, bearer tokens and scripted failures."""
 
     script: list[int] = []  # statuses to answer before behaving normally
+    page_faults: dict[str, list[int]] = {}  # `last` of a page -> statuses to answer for it first
     calls: list[str] = []
     token_calls: list[dict] = []
     tags = [f"t{i}" for i in range(7)]
@@ -333,6 +334,9 @@ class FakeRegistry(BaseHTTPRequestHandler):
 
         q = parse_qs(urlsplit(self.path).query)
         last = q.get("last", [None])[0]
+        if self.page_faults.get(last or ""):
+            self._send(self.page_faults[last or ""].pop(0), {"errors": [{"code": "TOOMANYREQUESTS"}]})
+            return
         start = self.tags.index(last) + 1 if last else 0
         page = self.tags[start : start + 3]
         headers = {}
@@ -344,6 +348,7 @@ class FakeRegistry(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_registry() -> Iterator[str]:
     FakeRegistry.script = []
+    FakeRegistry.page_faults = {}
     FakeRegistry.calls = []
     FakeRegistry.token_calls = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRegistry)
@@ -371,6 +376,15 @@ def test_transient_status_is_retried(fake_registry: str) -> None:
     FakeRegistry.script = [503, 429]
     c = RegistryClient(retry=FAST, auth_files=[])
     assert c.tags(f"{fake_registry}/ns/img") == set(FakeRegistry.tags)
+
+
+def test_429_in_the_middle_of_pagination_keeps_the_token_and_the_pages(fake_registry: str) -> None:
+    FakeRegistry.page_faults = {"t2": [429, 429]}  # the second page is rate-limited twice
+    c = RegistryClient(retry=FAST, auth_files=[])
+    assert c.tags(f"{fake_registry}/ns/img") == set(FakeRegistry.tags)
+    assert len(FakeRegistry.token_calls) == 1  # the bearer token outlives the retries
+    listings = [p for p in FakeRegistry.calls if "tags/list" in p]
+    assert sum("last=t2" in p for p in listings) == 3 and sum("last=t5" in p for p in listings) == 1
 
 
 def test_transient_status_exhausts_to_none(fake_registry: str) -> None:

@@ -44,6 +44,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -713,15 +714,34 @@ def boot_config(spec: Any, publication: ArtifactPublication, s3_public_url: str 
     base = s3_public_url or spec.publish_s3
     if not base:
         return []
+    return _boot_entries(spec, publication, "s3", lambda o: object_url(base, o.bucket, o.key))
+
+
+def dir_boot_config(spec: Any, publication: ArtifactPublication, base_url: str | None = None) -> list[dict]:
+    """Boot entries for a publish_dir target: URLs under `base_url` (where a web server serves
+    the directory), else `file://` URLs of the files themselves."""
+    root = Path(spec.publish_dir).resolve() if spec.publish_dir else None
+
+    def url(o: PublishedObject) -> str:
+        path = Path(o.location).resolve()
+        if base_url and root is not None and path.is_relative_to(root):
+            return base_url.rstrip("/") + "/" + urllib.parse.quote(path.relative_to(root).as_posix())
+        return path.as_uri()
+
+    return _boot_entries(spec, publication, "dir", url)
+
+
+def _boot_entries(
+    spec: Any, publication: ArtifactPublication, target: str, url_of: Callable[[PublishedObject], str]
+) -> list[dict]:
     entries = []
     for tag in publication.tags:
-        objs = {r: publication.find("s3", tag, r) for r in ("rootfs", "kernel", "initramfs")}
-        if any(o is None or o.key is None or o.bucket is None for o in objs.values()):
+        objs = {r: publication.find(target, tag, r) for r in ("rootfs", "kernel", "initramfs")}
+        if any(o is None or (target == "s3" and (o.key is None or o.bucket is None)) for o in objs.values()):
             continue
 
         def url(role: str, objs: dict = objs) -> str:
-            o = objs[role]
-            return object_url(base, o.bucket, o.key)
+            return url_of(objs[role])
 
         params = _merge_params([f"root=live:{url('rootfs')}", *DEFAULT_BOOT_PARAMS], spec.boot_params)
         entries.append(

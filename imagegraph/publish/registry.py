@@ -271,6 +271,19 @@ class RegistryError(PublishError):
         ImagegraphError.__init__(self, redact(text))
 
 
+class TLSVerifyError(RegistryError):
+    """The registry's certificate is not trusted (not transient: a setting must change)."""
+
+    def __init__(self, host: str, reason: str):
+        self.host = host
+        self.reason = reason
+        super().__init__(
+            host,
+            f"TLS certificate verification failed ({reason}): install the registry's CA, or set "
+            "--cert-dir=DIR (DIR/*.crt) or --tls-verify=false in the layer's registry options",
+        )
+
+
 class TransientError(Exception):
     """Internal: a failure worth retrying (carried through tenacity)."""
 
@@ -279,6 +292,10 @@ class TransientError(Exception):
         self.detail = detail
         self.status = status
         super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class _NoRetry(TransientError):
+    """Transient, but retrying cannot help within the caller's time bound (a timeout while planning)."""
 
 
 @dataclass(frozen=True)
@@ -443,7 +460,9 @@ class RetryPolicy:
             # whose arguments changed between tenacity 8 and 9)
             wait=tenacity.wait_exponential(multiplier=self.initial_wait, max=self.max_wait)
             + tenacity.wait_random(0, min(1.0, self.initial_wait)),
-            retry=tenacity.retry_if_exception_type(TransientError),
+            retry=tenacity.retry_if_exception(
+                lambda e: isinstance(e, TransientError) and not isinstance(e, _NoRetry)
+            ),
             reraise=True,
             sleep=_interruptible_sleep,
             before_sleep=before_sleep,
@@ -573,6 +592,7 @@ class _RegistryOpts:
     """What buildah push/pull options say that the HTTP client must honour too."""
 
     insecure: bool = False
+    verify: bool = False  # --tls-verify=true said explicitly: verify even a loopback registry
     authfile: str | None = None
     creds: Credentials | None = None
     cert_dir: str | None = None
@@ -622,6 +642,10 @@ def _parse_opts(opts: Iterable[str]) -> _RegistryOpts:
         creds = Credentials(user, password, "--creds")
     return _RegistryOpts(
         insecure=tls.lower() == "false",
+        verify=any(
+            values.get(k, "").lower() == "true"
+            for k in ("--tls-verify", "--dest-tls-verify", "--src-tls-verify")
+        ),
         authfile=values.get("--authfile"),
         creds=creds,
         cert_dir=values.get("--cert-dir"),
@@ -677,6 +701,17 @@ def _error_detail(resp: requests.Response) -> str:
     return text or resp.reason or ""
 
 
+def _verify_reason(exc: BaseException) -> str:
+    """What OpenSSL said about the certificate ("self-signed certificate", "certificate has expired")."""
+    m = re.search(r"certificate verify failed: ([^(]+?)\s*\(", str(exc))
+    return m[1].strip() if m else "certificate verify failed"
+
+
+def _timeout_text(timeout: float | tuple[float, float]) -> str:
+    t = max(timeout) if isinstance(timeout, tuple) else timeout
+    return f"{t:g} s"
+
+
 def _describe_exception(exc: BaseException) -> str:
     text = str(exc)
     for needle, short in (
@@ -719,14 +754,21 @@ class RegistryClient:
         auth_files: Sequence[str | Path] | None = None,
         session: requests.Session | None = None,
         down_ttl: float = 60.0,
+        retry_timeouts: bool = True,
+        warn_unreachable: bool = True,
     ):
         self.retry = retry or RetryPolicy.from_env()
         self.timeout = timeout
+        # False: a registry that did not answer within the timeout is down at once (planning);
+        # neither retried nor asked again over plain http.
+        self.retry_timeouts = retry_timeouts
+        self.warn_unreachable = warn_unreachable
         self.request_count = 0
         self.errors: dict[str, str] = {}
         self._auth_file = auth_file
         self._auth_files = [Path(p) for p in auth_files] if auth_files is not None else None
         self._insecure: set[str] = {h.lower() for h in insecure}
+        self._verify: set[str] = set()
         self._host_authfile: dict[str, str] = {}
         self._host_creds: dict[str, Credentials] = {}
         self._host_verify: dict[str, str] = {}
@@ -766,6 +808,8 @@ class RegistryClient:
         with self._lock:
             if parsed.insecure:
                 self._insecure.add(host)
+            if parsed.verify:
+                self._verify.add(host)
             if parsed.authfile:
                 self._host_authfile[host] = parsed.authfile
             if parsed.creds:
@@ -778,6 +822,8 @@ class RegistryClient:
     def is_insecure(self, registry: str) -> bool:
         """Whether plain http (and unverified https) may be used for `registry`."""
         host = registry.lower()
+        if host in self._verify and host not in self._insecure:
+            return False
         return host in self._insecure or _is_loopback(host) or host in _registries_conf_insecure()
 
     def schemes(self, registry: str) -> list[str]:
@@ -793,6 +839,14 @@ class RegistryClient:
             self._manifests.clear()
             self._down.clear()
             self.errors.clear()
+
+    def down_reasons(self) -> dict[str, str]:
+        """Registry host -> why it was marked down (what the last attempt said)."""
+        with self._lock:
+            return {
+                host: reason.removeprefix("registry unreachable: ")
+                for host, (reason, _) in self._down.items()
+            }
 
     def credentials(self, name: str) -> Credentials | None:
         """Credentials for repository `name` (`host/ns/repo`), or None (anonymous)."""
@@ -948,7 +1002,8 @@ class RegistryClient:
         with self._lock:
             self._down[registry.lower()] = (reason, time.monotonic() + self.down_ttl)
             self.errors[key] = reason
-        _log.warning("registry unreachable", registry=registry, reason=str(exc))
+        if self.warn_unreachable:
+            _log.warning("registry unreachable", registry=registry, reason=str(exc))
 
     def _list_tags(self, ref: ImageRef) -> set[str]:
         found: set[str] = set()
@@ -1083,31 +1138,36 @@ class RegistryClient:
                 verify = self._host_verify.get(host.lower(), not self.is_insecure(host))
                 if verify is False:
                     _quiet_insecure_warnings()
+            url = f"{scheme}://{api_host}{path}"
+            started = time.monotonic()
             try:
                 resp = self.session.request(
-                    method,
-                    f"{scheme}://{api_host}{path}",
-                    headers=headers,
-                    data=data,
-                    timeout=self.timeout,
-                    verify=verify,
+                    method, url, headers=headers, data=data, timeout=self.timeout, verify=verify
                 )
             except requests.exceptions.SSLError as exc:
                 last = exc
                 if i + 1 < len(schemes):
                     continue
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                    raise RegistryError(
-                        host,
-                        "TLS certificate verification failed: install the registry's CA "
-                        "or add --tls-verify=false to the layer's registry options",
-                    ) from exc
+                    raise TLSVerifyError(host, _verify_reason(exc)) from exc
                 raise TransientError("TLS handshake failed", _describe_exception(exc)) from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 last = exc
+                timed_out = isinstance(exc, requests.exceptions.Timeout)
+                _log.info("registry request", method=method, url=url, error=_describe_exception(exc))
+                if timed_out and not self.retry_timeouts:
+                    # Something listens and does not answer: asking again (or over http) waits again.
+                    raise _NoRetry(f"did not answer within {_timeout_text(self.timeout)}") from exc
                 if i + 1 < len(schemes):
                     continue
                 raise TransientError(f"{host} unreachable", _describe_exception(exc)) from exc
+            _log.info(
+                "registry request",
+                method=method,
+                url=url,
+                status=resp.status_code,
+                seconds=round(time.monotonic() - started, 3),
+            )
             with self._lock:
                 self.request_count += 1
                 if len(schemes) > 1:

@@ -1,0 +1,396 @@
+"""What the command line prints: human lines or JSON lines, from the core's objects.
+
+The core returns objects; this module turns them into text for a person (a
+plan tree, summaries, tables) or into JSON events for a machine. One rule
+decides between them (`choose_format`): human lines unless `--log-format
+json` is given or systemd's `JOURNAL_STREAM` is set, and then everything
+printed is a JSON line. Colour only on a terminal and never with `NO_COLOR`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .errors import Diagnostic
+from .plan import Action, Plan
+from .redact import redact, redact_obj
+
+
+class OutputFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+ACTION_STYLE = {
+    Action.BUILD: "bold yellow",
+    Action.PUBLISH: "cyan",
+    Action.UP_TO_DATE: "green",
+    Action.BLOCKED: "red",
+}
+STATUS_STYLE = {
+    "ok": "green",
+    "up-to-date": "green",
+    "up to date": "green",
+    "failed": "bold red",
+    "blocked": "red",
+    "stale": "yellow",
+    "never built": "yellow",
+    "cancelled": "magenta",
+    "not-started": "dim",
+}
+
+
+def choose_format(requested: str, environ: Mapping[str, str] | None = None) -> OutputFormat:
+    """`json` asks for JSON lines; `auto` means JSON under systemd (JOURNAL_STREAM), else text."""
+    env = os.environ if environ is None else environ
+    if requested == "json" or (requested == "auto" and env.get("JOURNAL_STREAM")):
+        return OutputFormat.JSON
+    return OutputFormat.TEXT
+
+
+def use_color(stream: IO[str], environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return bool(getattr(stream, "isatty", lambda: False)()) and not env.get("NO_COLOR")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # `imagegraph plan | head`: the reader has what it wanted; rich would exit 1, which reads as
+        # failure under `set -o pipefail`. Raise for `cli.main`, which exits 0.
+        raise BrokenPipeError
+
+
+class Output:
+    """Where a command's results and diagnostics go, in the chosen format."""
+
+    def __init__(self, fmt: OutputFormat, quiet: bool = False, command: str = ""):
+        self.fmt = fmt
+        self.quiet = quiet
+        self.command = command
+        self.out = _Console(highlight=False, soft_wrap=True, no_color=not use_color(sys.stdout))
+        self.err = _Console(stderr=True, highlight=False, soft_wrap=True, no_color=not use_color(sys.stderr))
+
+    @property
+    def json(self) -> bool:
+        return self.fmt == OutputFormat.JSON
+
+    def event(self, event: str, level: str = "info", stream: IO[str] | None = None, **fields: Any) -> None:
+        """One JSON line, shaped like the log's events (event, level, timestamp)."""
+        doc = {
+            "event": redact(event),
+            "level": level,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **redact_obj(fields),
+        }
+        print(json.dumps(doc, sort_keys=True, default=str), file=stream or sys.stdout, flush=True)
+
+    def document(self, doc: Any, as_json: bool, human: Callable[[], None]) -> None:
+        """A command's result: `--json` prints the document (one line in JSON mode),
+        JSON mode alone wraps it in an event, else `human()` renders it."""
+        doc = redact_obj(doc)
+        if as_json:
+            if self.json:
+                print(json.dumps(doc, sort_keys=True, default=str), flush=True)
+            else:
+                print(json.dumps(doc, indent=2, default=str), flush=True)
+        elif self.json:
+            self.event(f"{self.command} result", command=self.command, result=doc)
+        else:
+            human()
+
+    def info(self, text: str | Text) -> None:
+        """A human summary line on stdout (dropped by -q, an event in JSON mode)."""
+        if self.quiet:
+            return
+        if self.json:
+            self.event(str(text), command=self.command)
+        else:
+            self.out.print(text)
+
+    def warnings(self, diags: list[Diagnostic]) -> None:
+        if self.quiet:
+            return
+        for d in diags:
+            if self.json:
+                self.event(
+                    redact(str(d)),
+                    level=d.severity,
+                    stream=sys.stderr,
+                    file=d.file,
+                    line=d.line,
+                    column=d.column,
+                )
+            else:
+                self.err.print(Text(redact(str(d)), style="yellow" if d.severity == "warning" else "red"))
+
+    def warning(self, text: str, **fields: Any) -> None:
+        if self.quiet:
+            return
+        if self.json:
+            self.event(text, level="warning", stream=sys.stderr, **fields)
+        else:
+            self.err.print(Text(f"warning: {redact(text)}", style="yellow"))
+
+    def error(self, text: str, **fields: Any) -> None:
+        if self.json:
+            self.event(text, level="error", stream=sys.stderr, **fields)
+        else:
+            self.err.print(Text(redact(text), style="red"))
+
+    @contextmanager
+    def status(self, text: str) -> Iterator[Callable[[str], None]]:
+        """A transient status line on a terminal while something slow runs; nothing elsewhere."""
+        if self.json or self.quiet or not self.err.is_terminal:
+            yield lambda _t: None
+            return
+        with self.err.status(text) as st:
+            yield lambda t: st.update(t)
+
+
+# ------------------------------------------------------------------------- plans
+
+
+def _roots(plan: Plan) -> list[str]:
+    lg = plan.graph
+    return [lid for lid in plan.layers if not lg.parent_layer(lid) or lg.parent_layer(lid) not in plan.layers]
+
+
+# Notes said once per registry by `registry_warnings`, not once per layer in the tree.
+_GROUPED_NOTES = {"registry-unreachable"}
+
+
+def plan_tree(plan: Plan) -> list[Text]:
+    """The plan as a tree of layers (`├─`, `│`, `└─`), each with its reasons and notes."""
+    lg = plan.graph
+    lines: list[Text] = []
+
+    def walk(lid: str, connector: str, prefix: str, root: bool) -> None:
+        lp = plan.layers[lid]
+        kids = [c for c in lg.children(lid) if c in plan.layers]
+        line = Text(connector)
+        line.append(lid, style="bold")
+        line.append(f"  {lp.action}", style=ACTION_STYLE[lp.action])
+        if root and lp.parent_kind != "layer":
+            line.append(f"  (from {lp.parent})", style="dim")
+        lines.append(line)
+        pad = prefix + ("│    " if kids else "     ")
+        for r in lp.reasons:
+            lines.append(Text(pad + "- " + redact(r.message)))
+        for r in lp.notes:
+            if r.code not in _GROUPED_NOTES:
+                lines.append(Text(pad + "· " + redact(r.message), style="dim"))
+        for i, c in enumerate(kids):
+            last = i == len(kids) - 1
+            walk(c, prefix + ("└─ " if last else "├─ "), prefix + ("   " if last else "│  "), False)
+
+    for r in _roots(plan):
+        walk(r, "", "", True)
+    return lines
+
+
+def counts_line(plan: Plan) -> Text:
+    summary = ", ".join(f"{n} {a}" for a, n in plan.counts().items() if n)
+    return Text(f"{plural(len(plan.layers), 'layer')}: {summary}", style="bold")
+
+
+def plan_summary(plan: Plan) -> list[Text]:
+    """Compact: one line per action with its count, then one line per layer that builds."""
+    lines = [counts_line(plan)]
+    for lid, lp in plan.layers.items():
+        if lp.action in (Action.BUILD, Action.BLOCKED):
+            why = lp.reasons[0].message if lp.reasons else ""
+            line = Text(f"{lp.action:8} ", style=ACTION_STYLE[lp.action])
+            line.append(lid, style="bold")
+            if why:
+                line.append(f"  ({redact(why)})", style="dim")
+            lines.append(line)
+    return lines
+
+
+def registry_warnings(plan: Plan, reasons: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per registry that did not answer, naming the layer files it affects."""
+    by_registry: dict[str, list[str]] = {}
+    parents: dict[str, list[str]] = {}
+    for lp in plan.layers.values():
+        if any(n.code == "registry-unreachable" for n in lp.notes):
+            spec = plan.graph.spec(lp.layer)
+            by_registry.setdefault(spec.publish_registry or "?", []).append(lp.file)
+        if not plan.offline and any(n.code == "parent-digest-unknown" for n in lp.notes):
+            parents.setdefault(_registry_host(lp.parent), []).append(lp.file)
+    out = []
+    for reg, files in by_registry.items():
+        why = (reasons or {}).get(reg.split("/", 1)[0].lower(), "did not answer")
+        out.append(
+            f"registry {reg} {why}; what is published there is taken from local records "
+            f"for {plural(len(files), 'layer')}: {', '.join(files)}"
+        )
+    for host, files in parents.items():
+        why = (reasons or {}).get(host.lower(), "did not answer")
+        out.append(
+            f"registry {host} {why}; external parents keyed by reference, not digest, "
+            f"for {plural(len(files), 'layer')}: {', '.join(files)}"
+        )
+    return out
+
+
+def _registry_host(ref: str) -> str:
+    """The registry part of an image reference, as the distribution spec tells it from a namespace."""
+    first, _, rest = ref.partition("/")
+    return first if rest and ("." in first or ":" in first or first == "localhost") else "docker.io"
+
+
+def print_lines(console: Console, lines: list[Text]) -> None:
+    for line in lines:
+        console.print(line)
+
+
+# ------------------------------------------------------------------------- runs
+
+
+def result_table(result: Any) -> Table:
+    table = Table(title=f"run {result.run_id}", show_lines=False)
+    table.add_column("layer")
+    table.add_column("action")
+    table.add_column("result")
+    table.add_column("time", justify="right")
+    for r in result.results.values():
+        table.add_row(
+            r.layer, str(r.action), Text(r.status, style=STATUS_STYLE.get(r.status, "")), f"{r.duration:.1f}s"
+        )
+    return table
+
+
+def result_lines(result: Any) -> list[Text]:
+    lines = []
+    for r in result.results.values():
+        if r.status == "failed" and r.error:
+            lines.append(Text(f"{r.layer} failed: {redact(r.error)}", style="red"))
+            if r.log_file:
+                lines.append(Text(f"  full log: {r.log_file}  (or: imagegraph log {r.layer})", style="dim"))
+    if result.cancelled:
+        lines.append(Text("interrupted: finished layers are recorded; run again to resume", style="magenta"))
+    return lines
+
+
+def status_table(report: Any) -> list[Any]:
+    """Recent runs and each layer's status (`status.StatusReport`)."""
+    runs = Table(title="recent runs")
+    for c in ("run", "command", "started", "status"):
+        runs.add_column(c)
+    for r in report.runs:
+        runs.add_row(r.run_id, r.command, _local_time(r.started), r.status)
+    layers = Table(title="layers")
+    for c in ("layer", "status", "key", "built", "duration"):
+        layers.add_column(c)
+    for s in report.layers:
+        layers.add_row(
+            s.layer,
+            Text(str(s.status), style=STATUS_STYLE.get(str(s.status), "")),
+            (s.key or "-")[:12],
+            _local_time(s.built_at) if s.built_at else "never",
+            f"{s.duration:.0f}s" if s.duration else "-",
+        )
+    hints = [
+        Text(
+            f"{s.layer}: {s.status}: {redact(s.detail)}" + (f"  (see: {s.hint})" if s.hint else ""),
+            style="dim",
+        )
+        for s in report.layers
+        if s.detail
+    ]
+    return [runs, layers, *hints]
+
+
+def _local_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def lock_lines(report: Any) -> tuple[list[Text], list[str]]:
+    marks = {"added": ("+", "green"), "updated": ("~", "yellow"), "removed": ("-", "red")}
+    lines = []
+    for c in report.changes:
+        if c.change == "unchanged":
+            continue
+        mark, style = marks[c.change]
+        line = Text(f"{mark} {c.what} {c.name}", style=style)
+        if c.what == "repository":
+            line.append(f"  {c.url}", style="dim")
+        if c.change == "updated":
+            line.append(f"  {(c.old or '')[:19]} -> {(c.new or '')[:19]}")
+        lines.append(line)
+    n = {k: len(report.of(k)) for k in ("added", "updated", "unchanged", "removed")}
+    summary = ", ".join(f"{v} {k}" for k, v in n.items() if v) or "nothing locked"
+    if report.errors:
+        lines.append(
+            Text(
+                f"{report.path}: left unchanged ({plural(len(report.errors), 'error')}; {summary})",
+                style="bold red",
+            )
+        )
+    else:
+        verb = "written" if report.written else "unchanged"
+        lines.append(Text(f"{report.path}: {verb} ({summary})", style="bold"))
+    return lines, [f"error: {e}" for e in report.errors]
+
+
+def gc_lines(report: Any) -> tuple[list[Text], list[str]]:
+    styles = {"removed": "red", "would-remove": "yellow", "kept": "dim", "failed": "bold red"}
+    lines = []
+    for i in report.items:
+        line = Text(f"{i.action:12} {i.kind:12} {redact(i.location)}", style=styles.get(i.action, ""))
+        if i.reason:
+            line.append(f"  ({i.reason})", style="dim")
+        lines.append(line)
+    verb = "would remove" if report.dry_run else "removed"
+    lines.append(Text(f"gc --keep {report.keep}: {verb} {len(report.removed)}", style="bold"))
+    return lines, [f"error: {e}" for e in report.errors]
+
+
+def doctor_lines(report: Any, quiet: bool = False) -> list[Text]:
+    """One line per check (`doctor.DoctorReport`); -q keeps only the problems."""
+    marks = {
+        "ok": ("ok", "green"),
+        "missing": ("MISSING", "bold red"),
+        "failed": ("FAILED", "bold red"),
+        "unknown": ("unknown", "yellow"),
+        "info": ("-", "dim"),
+    }
+    lines = []
+    for c in report.checks:
+        if quiet and c.status not in ("missing", "failed"):
+            continue
+        mark, style = marks[str(c.status)]
+        line = Text(f"{mark:8} ", style=style)
+        line.append(f"{c.kind}: {c.name}", style="bold")
+        if c.version:
+            line.append(f" {c.version}")
+        if c.detail:
+            line.append(f"  {redact(c.detail)}", style="dim" if str(c.status) in ("ok", "info") else "")
+        lines.append(line)
+        if c.fix and str(c.status) in ("missing", "failed"):
+            lines.append(Text(f"         fix: {c.fix}", style="yellow"))
+        if c.needed_by and str(c.status) in ("missing", "failed"):
+            lines.append(Text(f"         needed by: {', '.join(c.needed_by)}", style="dim"))
+    n = len(report.problems)
+    lines.append(
+        Text(
+            "everything needed is here" if not n else f"{plural(n, 'problem')} found",
+            style="bold" if not n else "bold red",
+        )
+    )
+    return lines

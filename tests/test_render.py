@@ -1,0 +1,119 @@
+"""render: the output-format rule, plural, the plan tree (golden and property), the summary."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imagegraph.graph import build_graph
+from imagegraph.plan import StaticInventory, make_plan
+from imagegraph.project import load_project
+from imagegraph.render import OutputFormat, choose_format, plan_summary, plan_tree, plural, use_color
+from imagegraph.state import State
+
+from .specdirs import write
+
+
+@pytest.mark.parametrize(
+    "requested, env, expected",
+    [
+        ("auto", {}, OutputFormat.TEXT),
+        ("auto", {"JOURNAL_STREAM": "8:1234"}, OutputFormat.JSON),
+        ("text", {"JOURNAL_STREAM": "8:1234"}, OutputFormat.TEXT),
+        ("console", {}, OutputFormat.TEXT),
+        ("json", {}, OutputFormat.JSON),
+    ],
+)
+def test_choose_format(requested: str, env: dict, expected: OutputFormat) -> None:
+    assert choose_format(requested, env) == expected
+
+
+def test_colour_only_on_a_terminal_without_no_color() -> None:
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    assert use_color(Tty(), {}) is True
+    assert use_color(Tty(), {"NO_COLOR": "1"}) is False
+    assert use_color(tempfile.TemporaryFile("w"), {}) is False
+
+
+def test_plural() -> None:
+    assert [plural(n, "layer") for n in (0, 1, 2)] == ["0 layers", "1 layer", "2 layers"]
+
+
+def _plan_of(parents: list[int | None], root: Path):
+    """Layers l0..lN; parents[i] is the index of l<i>'s parent (always earlier) or None (scratch)."""
+    for i, p in enumerate(parents):
+        parent = "scratch" if p is None else f"r.io/x/l{p}:1"
+        write(
+            root,
+            f"l{i}.yaml",
+            f"options:\n  layer_type: base\n  pkg_manager: dnf\n  name: l{i}\n  parent: '{parent}'\n"
+            "  publish_tags: '1'\n  publish_registry: r.io/x\npackages: [bash]\n",
+        )
+    lg = build_graph(load_project(root))
+    return make_plan(lg, State(root / "state.db", readonly=True), StaticInventory(), offline=True)
+
+
+def test_plan_tree_golden(tmp_path: Path) -> None:
+    plan = _plan_of([None, 0, 1, 1, 0], tmp_path)
+    assert [t.plain for t in plan_tree(plan)] == [
+        "l0  build  (from scratch)",
+        "│    - never built",
+        "├─ l1  build",
+        "│  │    - parent l0 rebuilds",
+        "│  ├─ l2  build",
+        "│  │       - parent l1 rebuilds",
+        "│  └─ l3  build",
+        "│          - parent l1 rebuilds",
+        "└─ l4  build",
+        "        - parent l0 rebuilds",
+    ]
+    assert [t.plain for t in plan_summary(plan)][:2] == ["5 layers: 5 build", "build    l0  (never built)"]
+
+
+_forests = st.integers(1, 7).flatmap(
+    lambda n: st.tuples(
+        *[st.none() if i == 0 else st.one_of(st.none(), st.integers(0, i - 1)) for i in range(n)]
+    )
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(_forests)
+def test_plan_tree_draws_the_graph(parents: tuple[int | None, ...]) -> None:
+    """Reading the tree back (depth from the connector's column) gives every layer's parent."""
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = _plan_of(list(parents), Path(tmp))
+    stack: list[str] = []
+    seen: dict[str, str | None] = {}
+    connectors: dict[str | None, list[str]] = {}
+    lines = [t.plain for t in plan_tree(plan)]
+    for line in lines:
+        stripped = line.lstrip("│ ")
+        if stripped.startswith(("- ", "· ")):
+            continue
+        if stripped.startswith(("├─ ", "└─ ")):
+            depth = (len(line) - len(stripped)) // 3 + 1
+            name = stripped[3:].split()[0]
+        else:
+            depth, name = 0, stripped.split()[0]
+        del stack[depth:]
+        seen[name] = stack[-1] if stack else None
+        if depth:
+            connectors.setdefault(seen[name], []).append(stripped[:2])
+        stack.append(name)
+    assert seen == {f"l{i}": (None if p is None else f"l{p}") for i, p in enumerate(parents)}
+    for kids in connectors.values():
+        assert kids == ["├─"] * (len(kids) - 1) + ["└─"], lines
+    # no │ or ├ dangles above a line that does not continue it
+    for i, line in enumerate(lines):
+        for col, ch in enumerate(line):
+            if ch in "├│":
+                below = [row[col] if col < len(row) else " " for row in lines[i + 1 : i + 2]]
+                assert below and below[0] in "├│└", (line, lines)
