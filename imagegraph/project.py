@@ -19,10 +19,9 @@ import os
 import pickle
 import tempfile
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
-
-import jsonschema
 
 from . import __version__
 from .errors import Diagnostic, SpecError
@@ -113,7 +112,7 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
     if not isinstance(plain, dict):
         return Settings(), [Diagnostic(file, 1, 1, "project settings must be a mapping")]
     errors = []
-    for err in jsonschema.Draft202012Validator(SETTINGS_SCHEMA).iter_errors(plain):
+    for err in _settings_validator().iter_errors(plain):
         path_ = list(err.absolute_path)
         if err.validator == "additionalProperties":
             for key in err.instance:
@@ -153,15 +152,31 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
     )
 
 
+@cache
+def _settings_validator() -> Any:
+    import jsonschema  # loaded only when a project has settings to check
+
+    return jsonschema.Draft202012Validator(SETTINGS_SCHEMA)
+
+
+@cache
+def _defaults_validator() -> Any:
+    import jsonschema
+
+    from .spec import layer_schema
+
+    schema = layer_schema()
+    options = {k: v for k, v in schema["properties"]["options"].items() if k != "required"}
+    return jsonschema.Draft202012Validator({"$defs": schema["$defs"], **options})
+
+
 def _defaults_diagnostics(doc: Any, defaults: dict, file: str) -> list[Diagnostic]:
     """`defaults` are options every layer gets: they must pass the spec schema's options section."""
     from .spec import _position, _schema_message, layer_schema
 
-    schema = layer_schema()
-    options = {k: v for k, v in schema["properties"]["options"].items() if k != "required"}
-    validator = jsonschema.Draft202012Validator({"$defs": schema["$defs"], **options})
+    options = {k: v for k, v in layer_schema()["properties"]["options"].items() if k != "required"}
     out = []
-    for err in validator.iter_errors(defaults):
+    for err in _defaults_validator().iter_errors(defaults):
         path = ["defaults", *err.absolute_path]
         if err.validator == "additionalProperties":
             for key in err.instance:

@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from . import yamlload
 from .errors import Diagnostic, SpecError
+
+if TYPE_CHECKING:
+    import jsonschema
 
 DEFAULT_NAME = "base"
 DEFAULT_TAGS = ("latest",)
@@ -155,7 +158,24 @@ def layer_schema() -> dict:
 
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
+    import jsonschema  # only when a document has errors to word (50 ms to import)
+
     return jsonschema.Draft202012Validator(layer_schema())
+
+
+@cache
+def _compiled_validator() -> Any:
+    """The schema compiled once per process (jsonschema-rs): the fast yes/no answer."""
+    import jsonschema_rs
+
+    return jsonschema_rs.validator_for(layer_schema())
+
+
+def _schema_valid(plain: Any) -> bool:
+    try:
+        return bool(_compiled_validator().is_valid(plain))
+    except Exception:  # a value it cannot take (a huge integer): let jsonschema decide
+        return False
 
 
 def _known_keys(schema_path: list) -> list[str]:
@@ -282,20 +302,34 @@ def _oneof_hint(path: list, instance: Any) -> str:
 _yaml_local = threading.local()
 
 
-def _yaml() -> YAML:
-    # One loader per thread: building a YAML() costs ~15 % of parsing a small spec.
+def _new_yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.allow_duplicate_keys = False
+    return y
+
+
+def _yaml(text: str = "") -> YAML:
+    # One loader per thread: building a YAML() costs ~15 % of parsing a small spec. A document
+    # with a %YAML directive gets its own: ruamel keeps its version for every later document.
+    if yamlload.has_directive(text):
+        return _new_yaml()
     y = getattr(_yaml_local, "yaml", None)
     if y is None:
-        y = YAML(typ="rt")
-        y.allow_duplicate_keys = False
-        _yaml_local.yaml = y
+        y = _yaml_local.yaml = _new_yaml()
     return y
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
-    """Parse YAML keeping positions; syntax errors become diagnostics."""
+    """Parse YAML keeping positions; syntax errors become diagnostics.
+
+    libyaml first (`yamlload.fast_load`); ruamel for whatever it cannot read identically.
+    """
+    doc = yamlload.fast_load(text)
+    yamlload.stats.record(file, doc)
+    if not isinstance(doc, yamlload.Unsupported):
+        return doc, []
     try:
-        return _yaml().load(io.StringIO(text)), []
+        return _yaml(text).load(io.StringIO(text)), []
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -359,6 +393,8 @@ def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list
     if defaults and isinstance(plain.get("options"), dict):
         # Defaults are validated as part of every spec: a bad one must not reach _build.
         plain["options"] = {**_plain(defaults), **plain["options"]}
+    if _schema_valid(plain):
+        return diags  # jsonschema only words the errors of a document the compiled check refused
     for err in _validator().iter_errors(plain):
         path = list(err.absolute_path)
         if err.validator == "additionalProperties":
@@ -574,7 +610,7 @@ def _build(
         )
 
     cmds = []
-    for node in doc.get("cmds") or []:
+    for node in _plain(doc.get("cmds") or []):  # plain: a tagged item (`- !x`) is its text
         if isinstance(node, str):
             cmds.append(Cmd(cmd=str(node)))
         else:
