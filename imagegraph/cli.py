@@ -15,11 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from . import log as logmod
@@ -30,6 +26,12 @@ from .plan import Action, LiveInventory, Plan, make_plan
 from .project import Project, load_project
 from .redact import redact, register_environment
 from .state import State
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+# rich is imported where output is rendered: `plan --json` and `--version` never load it.
 
 ACTION_STYLE = {
     Action.BUILD: "bold yellow",
@@ -48,10 +50,14 @@ STATUS_STYLE = {
 
 
 def _out() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True)
 
 
 def _err() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -214,6 +220,8 @@ _json_stderr = False
 
 
 def _print_warnings(diags: list[Diagnostic]) -> None:
+    from rich.text import Text
+
     if _json_stderr:
         for d in diags:
             logmod.get_logger().warning(redact(str(d)), file=d.file, line=d.line, severity=d.severity)
@@ -245,6 +253,8 @@ def _plan(args: argparse.Namespace, names_and_dir: list[str]) -> tuple[Project, 
 
 
 def render_plan(plan: Plan, console: Console) -> None:
+    from rich.text import Text
+
     lg = plan.graph
     roots = [
         lid for lid in plan.layers if not lg.parent_layer(lid) or lg.parent_layer(lid) not in plan.layers
@@ -400,6 +410,8 @@ class _Progress:
         self.live.start()
 
     def _render(self) -> Text:
+        from rich.text import Text
+
         el = time.monotonic() - self.start
         t = Text(f"[{self.done}/{self.total}] {el:5.0f}s  ")
         t.append(
@@ -420,6 +432,9 @@ class _Progress:
 
 
 def render_result(result: Any, console: Console) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"run {result.run_id}", show_lines=False)
     table.add_column("layer")
     table.add_column("action")
@@ -472,6 +487,8 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
     root, _ = _split_dir([args.dir] if args.dir else [])
     project, lg = _load(root, args.state)
     state = State(_state_path(project, args.state), readonly=True)
@@ -537,6 +554,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def render_lock(report: Any, out: Console, err: Console) -> None:
+    from rich.text import Text
+
     marks = {"added": ("+", "green"), "updated": ("~", "yellow"), "removed": ("-", "red")}
     for c in report.changes:
         if c.change == "unchanged":
@@ -586,6 +605,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def render_gc(report: Any, out: Console, err: Console) -> None:
+    from rich.text import Text
+
     styles = {"removed": "red", "would-remove": "yellow", "kept": "dim", "failed": "bold red"}
     for i in report.items:
         line = Text(f"{i.action:12} {i.kind:12} {redact(i.location)}", style=styles.get(i.action, ""))
@@ -612,6 +633,8 @@ def _layer_key(args: argparse.Namespace, lg: LayerGraph, layer: str) -> tuple[St
 
 
 def cmd_boot_test(args: argparse.Namespace) -> int:
+    from rich.text import Text
+
     from .boottest import boot_and_record, boot_log_path, layer_artifacts
     from .runner import Runner
     from .state import default_run_id
@@ -652,6 +675,8 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from rich.text import Text
+
     from .promote import promote
     from .state import default_run_id
 
@@ -715,6 +740,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except SpecError as exc:
+        from rich.text import Text
+
         errors = [d for d in exc.diagnostics if d.severity == "error"]
         if _json_stderr:
             for d in exc.diagnostics:
@@ -730,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
         err.print(Text(f"{len(errors)} error(s); nothing was built", style="bold red"))
         return 2
     except ImagegraphError as exc:
+        from rich.text import Text
+
         if _json_stderr:
             logmod.get_logger().error(redact(str(exc)), exit_status=exc.exit_status)
         else:

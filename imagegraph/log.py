@@ -7,15 +7,18 @@ process-wide event log.
 
 from __future__ import annotations
 
-import logging
 import sys
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from .redact import redact, redact_obj
 
+if TYPE_CHECKING:
+    import structlog.typing
+
 _run_context: dict[str, str] = {}
+# configure() only records its choice; structlog (and the rich it loads, 0.1 s) is imported
+# and set up when the first logger is asked for, so commands that log nothing never load it.
+_pending: tuple[str, str, Any] | None = None
 
 
 def bind_run(run_id: str) -> None:
@@ -40,7 +43,22 @@ def _redact_processor(_logger: Any, _name: str, event: dict) -> dict:
 
 def configure(fmt: str = "auto", level: str = "INFO", stream: Any = None) -> None:
     """Set up structlog once per process. fmt: auto, console or json."""
-    stream = stream or sys.stderr
+    global _pending
+    _pending = (fmt, level, stream or sys.stderr)
+    if "structlog" in sys.modules:  # loggers already exist: apply now
+        _apply()
+
+
+def _apply() -> None:
+    global _pending
+    if _pending is None:
+        return
+    import logging
+
+    import structlog
+
+    fmt, level, stream = _pending
+    _pending = None
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
     renderer: Any
@@ -63,6 +81,24 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: Any = None) -> Non
     )
 
 
+class _LazyLogger:
+    """Stands for a structlog logger until it is first used (then imports structlog)."""
+
+    def __init__(self, bind: dict[str, Any]):
+        self._bind = bind
+
+    def __getattr__(self, name: str) -> Any:
+        import structlog
+
+        _apply()
+        return getattr(structlog.get_logger("imagegraph", **self._bind), name)
+
+
 def get_logger(**bind: Any) -> structlog.typing.FilteringBoundLogger:
     # Lazy: modules bind loggers at import time, before configure() picks the stream.
+    if "structlog" not in sys.modules:
+        return _LazyLogger(bind)  # type: ignore[return-value]
+    import structlog
+
+    _apply()
     return structlog.get_logger("imagegraph", **bind)

@@ -21,15 +21,15 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
-from . import yamlload
 from .errors import Diagnostic, SpecError
 
 if TYPE_CHECKING:
     import jsonschema
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+# ruamel.yaml and jsonschema are imported when a file is parsed by ruamel or has errors to word:
+# a plan from cached specs loads neither.
 
 DEFAULT_NAME = "base"
 DEFAULT_TAGS = ("latest",)
@@ -205,12 +205,13 @@ def _position(doc: Any, path: list, key_position: bool = False) -> tuple[int, in
     for i, part in enumerate(path):
         last = i == len(path) - 1
         try:
-            if isinstance(node, CommentedMap):
+            # ruamel's CommentedMap / CommentedSeq are a dict / list with `.lc` (positions)
+            if isinstance(node, dict):
                 if part not in node:
                     break
                 pos = node.lc.key(part) if (key_position and last) else node.lc.value(part)
                 node = node[part]
-            elif isinstance(node, CommentedSeq):
+            elif isinstance(node, list):
                 pos = node.lc.item(part)
                 node = node[part]
             else:
@@ -260,9 +261,9 @@ def _yaml_repr(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "null (empty)"
-    if isinstance(value, dict | CommentedMap):
+    if isinstance(value, dict):
         return "a mapping"
-    if isinstance(value, list | CommentedSeq):
+    if isinstance(value, list):
         return "a list"
     return repr(value)
 
@@ -303,6 +304,8 @@ _yaml_local = threading.local()
 
 
 def _new_yaml() -> YAML:
+    from ruamel.yaml import YAML
+
     y = YAML(typ="rt")
     y.allow_duplicate_keys = False
     return y
@@ -311,6 +314,8 @@ def _new_yaml() -> YAML:
 def _yaml(text: str = "") -> YAML:
     # One loader per thread: building a YAML() costs ~15 % of parsing a small spec. A document
     # with a %YAML directive gets its own: ruamel keeps its version for every later document.
+    from . import yamlload
+
     if yamlload.has_directive(text):
         return _new_yaml()
     y = getattr(_yaml_local, "yaml", None)
@@ -324,10 +329,14 @@ def parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
 
     libyaml first (`yamlload.fast_load`); ruamel for whatever it cannot read identically.
     """
+    from . import yamlload  # libyaml and ruamel load with the first file parsed
+
     doc = yamlload.fast_load(text)
     yamlload.stats.record(file, doc)
     if not isinstance(doc, yamlload.Unsupported):
         return doc, []
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     try:
         return _yaml(text).load(io.StringIO(text)), []
     except MarkedYAMLError as exc:

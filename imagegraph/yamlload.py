@@ -84,10 +84,23 @@ _resolver_local = threading.local()
 
 def _ruamel_tag(value: str) -> str:
     # ruamel's resolver, as its round-trip loader uses it for a document without %YAML (1.2).
-    r = getattr(_resolver_local, "r", None)
+    local = _resolver_local
+    r = getattr(local, "r", None)
     if r is None:
-        r = _resolver_local.r = VersionedResolver(version=(1, 2))
-    return str(r.resolve(RuamelScalarNode, value, (True, False)))
+        r = local.r = VersionedResolver(version=(1, 2))
+        # ruamel picks its regexps by a value's first character: any other first character is a
+        # string (unless some regexp applies to every first character, the None entry).
+        table = r.versioned_resolver
+        local.firsts = None if None in table else frozenset(table)
+        local.memo = {}
+    if local.firsts is not None and value[0] not in local.firsts:
+        return _STR
+    tag = local.memo.get(value)
+    if tag is None:
+        tag = str(r.resolve(RuamelScalarNode, value, (True, False)))
+        if len(local.memo) < 4096:
+            local.memo[value] = tag
+    return tag
 
 
 def _scalar(node: Any) -> Any:
