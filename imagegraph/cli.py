@@ -208,15 +208,32 @@ def _state_path(project: Project, arg: str | None) -> Path:
 
 
 def _load(root: Path, state_arg: str | None = None) -> tuple[Project, LayerGraph]:
-    cache_dir = (Path(state_arg).parent if state_arg else root / ".imagegraph") / "cache"
-    project = load_project(root, cache_dir=cache_dir if cache_dir.parent.exists() else None)
+    from .cachedir import spec_cache_dir
+
+    project = load_project(
+        root, cache_dir=spec_cache_dir(root, Path(state_arg).parent if state_arg else None)
+    )
+    _log_spec_loading(project)
     lg = build_graph(project)
     return project, lg
+
+
+def _log_spec_loading(project: Project) -> None:
+    """-v: how the specs were read (cache hits, libyaml, ruamel fallbacks); -vv names the fallbacks."""
+    if _verbosity < 1:
+        return
+    from . import yamlload
+
+    log = logmod.get_logger()
+    log.info("specs loaded", **project.spec_cache, **yamlload.stats.snapshot())
+    for file, reason in yamlload.stats.fallbacks:
+        log.debug("read with ruamel", file=file, reason=reason)
 
 
 # With --log-format json, stderr carries JSON lines only (journald, log shippers): diagnostics and
 # errors become events there instead of coloured text.
 _json_stderr = False
+_verbosity = 0
 
 
 def _print_warnings(diags: list[Diagnostic]) -> None:
@@ -735,8 +752,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet = "WARNING" if fmt == "console" or args.command not in ("up", "lock", "gc") else "INFO"
     level = "DEBUG" if args.verbose >= 2 else ("INFO" if args.verbose == 1 else quiet)
     logmod.configure(fmt, level)
-    global _json_stderr
+    global _json_stderr, _verbosity
     _json_stderr = fmt == "json"
+    _verbosity = args.verbose
     try:
         return COMMANDS[args.command](args)
     except SpecError as exc:

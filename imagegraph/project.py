@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .cachedir import ensure_dir, safe_to_use
 from .errors import Diagnostic, SpecError
 from .redact import mask_url_credentials
 from .spec import LayerSpec, parse_yaml, read_spec, source_diagnostics
@@ -65,6 +66,8 @@ class Project:
     layers: dict[str, LayerSpec]
     settings: Settings
     warnings: list[Diagnostic] = field(default_factory=list)
+    # the parsed-spec cache this load used: {"path": str | None, "hits": n, "parsed": n}
+    spec_cache: dict[str, Any] = field(default_factory=dict)
 
     def default_state_dir(self) -> Path:
         if self.settings.state_dir:
@@ -196,7 +199,9 @@ class SpecCache:
         self.path = path
         self.entries: dict[str, tuple[LayerSpec | None, list[Diagnostic]]] = {}
         self.dirty = False
-        if path and path.is_file():
+        self.hits = 0
+        self.parsed = 0
+        if path and path.is_file() and safe_to_use(path):  # a pickle someone else can write runs their code
             try:
                 with path.open("rb") as f:
                     data = pickle.load(f)
@@ -217,7 +222,7 @@ class SpecCache:
         if not (self.path and self.dirty):
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            ensure_dir(self.path.parent)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".specs.")
             with os.fdopen(fd, "wb") as f:
                 pickle.dump(
@@ -257,6 +262,7 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
         digest = SpecCache.digest(path, raw, settings)
         hit = cache.entries.get(digest)
         if hit is not None:
+            cache.hits += 1
             spec, file_diags = hit
             if spec is not None:
                 # Copied files can disappear without the spec changing.
@@ -278,6 +284,7 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
                 )
                 continue
             spec, file_diags = read_spec(path, text, settings.defaults, shown=shown)
+            cache.parsed += 1
             if mask_url_credentials(text) == text:  # credentials in URLs stay out of the state directory
                 cache.entries[digest] = (spec, file_diags)
                 cache.dirty = True
@@ -292,7 +299,15 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
     if errors and strict:
         raise SpecError(diags)
     return Project(
-        root=root, layers=layers, settings=settings, warnings=[d for d in diags if d.severity != "error"]
+        root=root,
+        layers=layers,
+        settings=settings,
+        warnings=[d for d in diags if d.severity != "error"],
+        spec_cache={
+            "path": str(cache.path) if cache.path else None,
+            "hits": cache.hits,
+            "parsed": cache.parsed,
+        },
     )
 
 

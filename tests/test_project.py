@@ -82,12 +82,18 @@ def test_cache_is_used_and_invalidated(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     first = load_project(root, cache_dir=cache)
+    n = len(first.layers)
     assert (cache / "specs.pickle").exists()
+    assert (first.spec_cache["hits"], first.spec_cache["parsed"]) == (0, n)
     again = load_project(root, cache_dir=cache)
     assert again.layers["compute"] == first.layers["compute"]
+    # Every spec came from the cache, none was parsed: a hit, told apart from a miss.
+    assert (again.spec_cache["hits"], again.spec_cache["parsed"]) == (n, 0)
     f = root / "compute.yaml"
     f.write_text(f.read_text().replace("  - vim\n", "  - vim\n  - htop\n"))
-    assert "htop" in load_project(root, cache_dir=cache).layers["compute"].packages
+    edited = load_project(root, cache_dir=cache)
+    assert "htop" in edited.layers["compute"].packages
+    assert (edited.spec_cache["hits"], edited.spec_cache["parsed"]) == (n - 1, 1)
     # A copied file that disappears is reported even when the spec comes from the cache.
     (root / "files" / "chrony.conf").unlink()
     with pytest.raises(SpecError, match="chrony.conf' does not exist"):
