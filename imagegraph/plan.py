@@ -181,6 +181,7 @@ class LiveInventory:
         self._registry = None
         self._s3 = None
         self.unreachable: set[str] = set()
+        self._digests: dict[str, str | None] = {}  # external parent reference -> digest, once per run
 
     def _local(self) -> set[str]:
         if self._images is None:
@@ -212,12 +213,16 @@ class LiveInventory:
             )
         return self._registry
 
-    def prefetch(self, specs: list[LayerSpec], workers: int = 16) -> None:
+    def prefetch(
+        self, specs: list[LayerSpec], workers: int = 16, external: list[tuple[str, LayerSpec]] = ()
+    ) -> None:
         """Ask every registry repository the plan needs at once, in parallel, before planning.
 
         One tag list per repository either way; in parallel a 1,000-layer no-op
         plan is not 1,000 sequential round trips. The answers land in the
-        client's cache, which `registry_tags` then reads.
+        client's cache, which `registry_tags` then reads. `external` (reference,
+        spec) pairs are the external parents' digests, asked in the same pool,
+        once per reference.
         """
         if self.offline:
             return
@@ -231,9 +236,16 @@ class LiveInventory:
             if spec.publish_registry:
                 client.configure_for(spec)
                 repos.append(target_repository(spec).name)
+        refs: dict[str, None] = {}
+        for ref, spec in external:
+            if ref not in self._digests and ref not in refs:
+                client.configure_for(spec)
+                refs[ref] = None
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch") as pool:
             local = pool.submit(self._local)
+            digests = pool.map(client.manifest_digest, refs)
             list(pool.map(client.tags, dict.fromkeys(repos)))
+            self._digests.update(zip(refs, digests, strict=True))
             local.result()
 
     def registry_tags(self, spec: LayerSpec) -> set[str] | None:
@@ -251,9 +263,11 @@ class LiveInventory:
     def external_digest(self, ref: str, spec: LayerSpec) -> str | None:
         if self.offline:
             return None
-        client = self.registry()
-        client.configure_for(spec)
-        return client.manifest_digest(ref)
+        if ref not in self._digests:  # children of one external parent ask once
+            client = self.registry()
+            client.configure_for(spec)
+            self._digests[ref] = client.manifest_digest(ref)
+        return self._digests[ref]
 
     def artifacts_present(self, spec: LayerSpec, key: str, target: str) -> bool | None:
         if target == "dir":
@@ -310,7 +324,14 @@ def make_plan(
 
     prefetch = getattr(inventory, "prefetch", None)
     if prefetch is not None:
-        prefetch([lg.spec(lid) for lid in order])
+        # External parents the lock file does not pin are asked alongside the tag lists.
+        external = [
+            (lg.parents[lid].ref, lg.spec(lid))
+            for lid in order
+            if lg.parents[lid].kind == "external"
+            and not (locked_digest and locked_digest(lg.parents[lid].ref))
+        ]
+        prefetch([lg.spec(lid) for lid in order], external=external)
     keys = compute_keys(lg, order, digest_of, upstream_of)
     records = state.layers()
     published = state.all_published()
