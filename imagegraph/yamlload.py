@@ -2,8 +2,9 @@
 
 ruamel.yaml's round-trip parser is pure Python (about 2 ms per spec file);
 libyaml (PyYAML's C parser) composes the same file in a few hundredths of
-that. `fast_load` composes with libyaml and builds the very objects ruamel
-would (`CommentedMap` / `CommentedSeq` with `.lc` line/column data), taking
+that. `fast_load` composes with libyaml and builds what ruamel's round-trip
+loader would, as dicts and lists that carry ruamel's `.lc` line/column
+interface (`PositionedMap`, `PositionedSeq`), taking
 each plain scalar's type from ruamel's own YAML 1.2 resolver, so `yes`, `on`
 and `no` stay strings. It constructs only the forms whose value is beyond
 doubt (strings, `true`/`false`, null, decimal integers that do not start
@@ -21,7 +22,6 @@ from collections import Counter
 from typing import Any
 
 import yaml
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.nodes import ScalarNode as RuamelScalarNode
 from ruamel.yaml.resolver import VersionedResolver
 
@@ -48,6 +48,39 @@ class Unsupported:
 
 class _NotIdentical(Exception):
     pass
+
+
+class LineCol:
+    """Positions as ruamel's `.lc` gives them (0-based): `key(k)`, `value(k)`, `item(i)`."""
+
+    __slots__ = ("line", "col", "data")
+
+    def __init__(self, line: int, col: int, data: dict):
+        self.line, self.col, self.data = line, col, data
+
+    def key(self, k: Any) -> tuple[int, int]:
+        d = self.data[k]
+        return d[0], d[1]
+
+    def value(self, k: Any) -> tuple[int, int]:
+        d = self.data[k]
+        return d[2], d[3]
+
+    def item(self, i: int) -> tuple[int, int]:
+        d = self.data[i]
+        return d[0], d[1]
+
+
+class PositionedMap(dict):
+    """A mapping with ruamel's `.lc` positions (a plain dict otherwise: C-speed access)."""
+
+    __slots__ = ("lc",)
+
+
+class PositionedSeq(list):
+    """A sequence with ruamel's `.lc` positions."""
+
+    __slots__ = ("lc",)
 
 
 # Markers the loader's resolver hands back instead of YAML 1.1 tags: the tag
@@ -132,10 +165,8 @@ def _build(node: Any) -> Any:
     if isinstance(node, yaml.MappingNode):
         if node.tag != _MAP:
             raise _NotIdentical(f"explicit tag {node.tag}")
-        out = CommentedMap()
-        lc = out.lc
-        lc.line, lc.col = mark.line, mark.column
-        data: dict[Any, list[int]] = {}
+        out = PositionedMap()
+        data: dict[Any, tuple[int, int, int, int]] = {}
         for knode, vnode in node.value:
             if not isinstance(knode, yaml.ScalarNode):
                 raise _NotIdentical("a mapping or sequence as a key")
@@ -143,21 +174,19 @@ def _build(node: Any) -> Any:
             if key in out:
                 raise _NotIdentical("duplicate key")  # ruamel words the error
             km, vm = knode.start_mark, vnode.start_mark
-            data[key] = [km.line, km.column, vm.line, vm.column]
+            data[key] = (km.line, km.column, vm.line, vm.column)
             out[key] = _build(vnode)
-        lc.data = data
+        out.lc = LineCol(mark.line, mark.column, data)
         return out
     if node.tag != _SEQ:
         raise _NotIdentical(f"explicit tag {node.tag}")
-    seq = CommentedSeq()
-    lc = seq.lc
-    lc.line, lc.col = mark.line, mark.column
-    items: dict[int, list[int]] = {}
+    seq = PositionedSeq()
+    items: dict[int, tuple[int, int]] = {}
     for i, item in enumerate(node.value):
         m = item.start_mark
-        items[i] = [m.line, m.column]
+        items[i] = (m.line, m.column)
         seq.append(_build(item))
-    lc.data = items
+    seq.lc = LineCol(mark.line, mark.column, items)
     return seq
 
 

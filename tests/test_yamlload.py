@@ -35,14 +35,14 @@ def _ruamel(text: str) -> Any:
 
 def _same_doc(fast: Any, slow: Any, where: str = "") -> None:
     if isinstance(slow, CommentedMap):
-        assert type(fast) is CommentedMap, where
+        assert type(fast) is yamlload.PositionedMap, where
         assert list(fast) == list(slow), where
         for k in slow:
             assert fast.lc.key(k) == slow.lc.key(k), f"{where}.{k} key position"
             assert fast.lc.value(k) == slow.lc.value(k), f"{where}.{k} value position"
             _same_doc(fast[k], slow[k], f"{where}.{k}")
     elif isinstance(slow, CommentedSeq):
-        assert type(fast) is CommentedSeq, where
+        assert type(fast) is yamlload.PositionedSeq, where
         assert len(fast) == len(slow), where
         for i in range(len(slow)):
             assert fast.lc.item(i) == slow.lc.item(i), f"{where}[{i}] position"
