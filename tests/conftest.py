@@ -11,6 +11,7 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="imagegraph-test-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 pytest_plugins = [
+    "tests.needs",
     "tests.fixtures_build",
     "tests.fixtures_servers",
 ]
