@@ -213,7 +213,7 @@ class SpecCache:
     @staticmethod
     def digest(path: Path, raw: bytes, settings: Settings) -> str:
         h = hashlib.sha256()
-        h.update(str(path.resolve()).encode() + b"\0")
+        h.update(os.path.realpath(path).encode() + b"\0")  # = str(path.resolve()), 3x cheaper
         h.update(json.dumps(settings.defaults, sort_keys=True, default=str).encode() + b"\0")
         h.update(raw)
         return h.hexdigest()
@@ -314,13 +314,11 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
 def _escape_diagnostics(spec: LayerSpec, root: Path) -> list[Diagnostic]:
     """A relative copyfiles source may not leave the layer directory (via .. or a symlink)."""
     out = []
-    real_root = root.resolve()
+    real_root = os.path.realpath(root)
     for cf in spec.copyfiles:
         if cf.src.startswith("/"):
             continue  # absolute paths are taken as written (real specs use /data/...)
-        try:
-            cf.source.resolve().relative_to(real_root)
-        except ValueError:
+        if _relative(os.path.realpath(cf.source), real_root) is None:
             out.append(
                 Diagnostic(
                     _shown(spec.path),
@@ -342,8 +340,18 @@ def _is_yaml_list(text: str, shown: str) -> bool:
     return False
 
 
+def _relative(real: str, base: str) -> str | None:
+    """`real` relative to `base` (both resolved), as Path.relative_to says it; None when outside.
+
+    String work on os.path.realpath results: Path.resolve() per spec file was a
+    third of a cached plan's time.
+    """
+    if real == base:
+        return "."
+    prefix = base if base.endswith("/") else base + "/"
+    return real[len(prefix) :] if real.startswith(prefix) else None
+
+
 def _shown(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+    rel = _relative(os.path.realpath(path), os.path.realpath(os.getcwd()))
+    return str(path) if rel is None else rel

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imagegraph.errors import SpecError
 from imagegraph.project import load_project
@@ -98,3 +100,21 @@ def test_cache_is_used_and_invalidated(tmp_path: Path) -> None:
     (root / "files" / "chrony.conf").unlink()
     with pytest.raises(SpecError, match="chrony.conf' does not exist"):
         load_project(root, cache_dir=cache)
+
+
+@given(
+    real=st.lists(st.sampled_from(["a", "b", "ab", "a.b"]), max_size=4),
+    base=st.lists(st.sampled_from(["a", "b", "ab"]), max_size=3),
+)
+def test_relative_is_path_relative_to(real: list[str], base: list[str]) -> None:
+    """project._relative (string work on resolved paths) answers as PurePath.relative_to does."""
+    from pathlib import PurePosixPath
+
+    from imagegraph.project import _relative
+
+    r, b = "/" + "/".join(real), "/" + "/".join(base)
+    try:
+        want: str | None = str(PurePosixPath(r).relative_to(b))
+    except ValueError:
+        want = None
+    assert _relative(r, b) == want
