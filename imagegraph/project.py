@@ -148,7 +148,9 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
             registry_aliases=aliases,
             defaults=plain.get("defaults") or {},
             state_dir=plain.get("state_dir"),
-            jobs=plain.get("jobs"),
+            jobs=int(plain["jobs"])
+            if plain.get("jobs") is not None
+            else None,  # JSON Schema: 2.0 is an integer
             allow_outside_sources=bool(plain.get("allow_outside_sources", False)),
         ),
         [],
