@@ -20,24 +20,25 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from . import log as logmod
 from .errors import Diagnostic, ImagegraphError, SpecError, UsageError
-from .graph import LayerGraph, build_graph, to_dot, to_json, to_mermaid
-from .lockfile import load_lock
-from .plan import Action, LiveInventory, Plan, make_plan
-from .project import Project, load_project
 from .redact import redact, register_environment
-from .state import State
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-# rich is imported where output is rendered: `plan --json` and `--version` never load it.
+    from .graph import LayerGraph
+    from .plan import Plan
+    from .project import Project
+    from .state import State
+
+# rich is imported where output is rendered, the core where a command needs it: `--version` loads
+# neither, `plan --json` no rich.
 
 ACTION_STYLE = {
-    Action.BUILD: "bold yellow",
-    Action.PUBLISH: "cyan",
-    Action.UP_TO_DATE: "green",
-    Action.BLOCKED: "red",
+    "build": "bold yellow",  # plan.Action values (a StrEnum: its members are these strings)
+    "publish": "cyan",
+    "up-to-date": "green",
+    "blocked": "red",
 }
 STATUS_STYLE = {
     "ok": "green",
@@ -209,6 +210,8 @@ def _state_path(project: Project, arg: str | None) -> Path:
 
 def _load(root: Path, state_arg: str | None = None) -> tuple[Project, LayerGraph]:
     from .cachedir import spec_cache_dir
+    from .graph import build_graph
+    from .project import load_project
 
     project = load_project(
         root, cache_dir=spec_cache_dir(root, Path(state_arg).parent if state_arg else None)
@@ -249,6 +252,10 @@ def _print_warnings(diags: list[Diagnostic]) -> None:
 
 
 def _plan(args: argparse.Namespace, names_and_dir: list[str]) -> tuple[Project, LayerGraph, State, Plan]:
+    from .lockfile import load_lock
+    from .plan import LiveInventory, make_plan
+    from .state import State
+
     root, names = _split_dir(names_and_dir)
     project, lg = _load(root, args.state)
     state = State(_state_path(project, args.state), readonly=args.command == "plan")
@@ -333,6 +340,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    from .graph import to_dot, to_json, to_mermaid
+
     root, _ = _split_dir([args.dir] if args.dir else [])
     project, lg = _load(root)
     _print_warnings(project.warnings + lg.warnings)
@@ -484,6 +493,7 @@ def _layer_args(
 
 def cmd_artifacts(args: argparse.Namespace) -> int:
     from .executor import artifacts_document
+    from .state import State
 
     project, lg, layer, _ = _layer_args(args, "artifacts")
     state = State(_state_path(project, args.state), readonly=True)
@@ -505,6 +515,8 @@ def cmd_artifacts(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
+
+    from .state import State
 
     root, _ = _split_dir([args.dir] if args.dir else [])
     project, lg = _load(root, args.state)
@@ -604,6 +616,7 @@ def render_lock(report: Any, out: Console, err: Console) -> None:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from .gc import run_gc
+    from .state import State
 
     if args.keep < 1:
         raise UsageError("--keep must be at least 1")
@@ -641,6 +654,9 @@ def render_gc(report: Any, out: Console, err: Console) -> None:
 
 def _layer_key(args: argparse.Namespace, lg: LayerGraph, layer: str) -> tuple[State, str]:
     """A writable state and the layer's current key (as `plan` computes it); usage error if not built."""
+    from .plan import Action, LiveInventory, make_plan
+    from .state import State
+
     state = State(_state_path(lg.project, args.state))
     lp = make_plan(lg, state, LiveInventory(offline=getattr(args, "offline", False)), [layer]).layers[layer]
     if lp.action == Action.BUILD:
@@ -695,7 +711,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from .promote import promote
-    from .state import default_run_id
+    from .state import State, default_run_id
 
     project, lg, layer, (tag,) = _layer_args(args, "promote", "LAYER TAG")
     if args.key:

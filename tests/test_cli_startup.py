@@ -75,4 +75,5 @@ def test_validate_of_a_valid_directory_loads_no_client(tmp_path: Path) -> None:
 def test_version_loads_no_client_parser_or_logger(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", PROBE, "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("imagegraph ")
-    assert not _loaded(set(json.loads(r.stderr.strip().splitlines()[-1])), NEVER_FOR_PLAN + PARSERS)
+    core = ("networkx", "imagegraph.graph", "imagegraph.plan", "imagegraph.project", "imagegraph.state")
+    assert not _loaded(set(json.loads(r.stderr.strip().splitlines()[-1])), NEVER_FOR_PLAN + PARSERS + core)
