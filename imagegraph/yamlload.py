@@ -1,17 +1,18 @@
 """Fast YAML loading: libyaml's parser, ruamel.yaml's values and positions.
 
 ruamel.yaml's round-trip parser is pure Python (about 2 ms per spec file);
-libyaml (PyYAML's C parser) composes the same file in a few hundredths of
+libyaml (PyYAML's C parser) composes the same file in a small fraction of
 that. `fast_load` composes with libyaml and builds what ruamel's round-trip
-loader would, as dicts and lists that carry ruamel's `.lc` line/column
-interface (`PositionedMap`, `PositionedSeq`), taking
-each plain scalar's type from ruamel's own YAML 1.2 resolver, so `yes`, `on`
-and `no` stay strings. It constructs only the forms whose value is beyond
-doubt (strings, `true`/`false`, null, decimal integers that do not start
-with 0); for anything else (floats, `0`, `0755`, hex, timestamps, empty
-values, tags, anchors, merge keys, directives, tabs, duplicate keys, syntax
-errors) it returns an `Unsupported` with the reason, and the caller parses
-the file with ruamel, which gives the values and error messages it always gave.
+loader would, as dicts and lists carrying ruamel's `.lc` line/column
+interface (`PositionedMap`, `PositionedSeq`). Each plain scalar's type comes
+from ruamel's own YAML 1.2 resolver, so `yes`, `on` and `no` stay strings.
+Only the forms whose value is beyond doubt are constructed (strings,
+`true`/`false`, null, decimal integers that do not start with 0); for
+anything else (floats, `0`, `0755`, hex, timestamps, empty values, tags,
+anchors, merge keys, directives, tabs, Unicode line breaks, duplicate keys,
+syntax errors) it returns an `Unsupported` with the reason, and the caller
+parses the file with ruamel, which gives the values and error messages it
+always gave. `stats` counts the files each path read (`-v` shows them).
 """
 
 from __future__ import annotations
@@ -250,7 +251,8 @@ class LoadStats:
         with self._lock:
             if isinstance(result, Unsupported):
                 self.counts["ruamel"] += 1
-                self.fallbacks.append((file, result.reason))
+                if len(self.fallbacks) < 1000:  # a long-lived process keeps a sample, not all
+                    self.fallbacks.append((file, result.reason))
             else:
                 self.counts["libyaml"] += 1
 
