@@ -223,6 +223,15 @@ def _position(doc: Any, path: list, key_position: bool = False) -> tuple[int, in
     return line, col
 
 
+def _key_line(node: Any, key: Any, default: int) -> int:
+    """1-based line of `key` in a positioned mapping; `default` when it has no position."""
+    try:
+        pos = node.lc.key(key)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return default
+    return pos[0] + 1 if pos and pos[0] is not None else default
+
+
 def _describe(path: list) -> str:
     out = ""
     for part in path:
@@ -637,11 +646,11 @@ def _build(
         level=sq.get("level"),
         block_size=str(sq["block_size"]) if sq.get("block_size") is not None else None,
     )
-    lines = {}
-    for k in opts_node:
-        lines[f"options.{k}"] = pos("options", k, key=True)[0]
+    # The key lines _position(key=True) gives, read straight from `.lc` (13 walks a file otherwise).
+    options_line = pos("options")[0]
+    lines = {f"options.{k}": _key_line(opts_node, k, options_line) for k in opts_node}
     for k in doc:
-        lines[str(k)] = pos(k, key=True)[0]
+        lines[str(k)] = _key_line(doc, k, 1)
     publish_dir = opts.get("publish_dir")
 
     if any(d.severity == "error" for d in diags):

@@ -25,8 +25,13 @@ from imagegraph import spec as specmod
 from imagegraph import yamlload
 from imagegraph.key import ParentInput, build_inputs, canonical_json
 
+from .needs import requires
+
 REPO = Path(__file__).resolve().parent.parent
-SHARED_EXAMPLES = REPO.parent / "shared" / "examples"
+SHARED_EXAMPLES = next(
+    (p for p in (REPO.parent / "shared" / "examples", Path("/work/shared/examples")) if p.is_dir()),
+    REPO.parent / "shared" / "examples",
+)  # as tests/test_spec.py finds them (a CI clone has them elsewhere)
 
 
 def _ruamel(text: str) -> Any:
@@ -107,9 +112,10 @@ def test_fixture_specs_load_identically(tmp_path: Path) -> None:
     assert len(refused) < len(specs) / 2, refused
 
 
+@requires(SHARED_EXAMPLES.is_dir(), "the shared examples are not beside this checkout")
 def test_spec_files_load_identically(tmp_path: Path) -> None:
     files = _spec_files()
-    assert files
+    assert any(SHARED_EXAMPLES in p.parents for p in files)
     for p in files:
         _both_paths(p.read_text(), p.parent if p.parent.is_dir() else tmp_path, p.name)
 
