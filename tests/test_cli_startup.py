@@ -28,6 +28,9 @@ NEVER_FOR_PLAN = (
     "imagegraph.publish.s3",
     "imagegraph.publish.artifacts",
     "imagegraph.boottest",
+    "urllib.request",  # lock file fetching
+    "http.client",
+    "concurrent.futures",  # the online prefetch's pool
 )
 PARSERS = ("ruamel", "yaml", "jsonschema", "jsonschema_rs")
 
