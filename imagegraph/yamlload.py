@@ -111,6 +111,13 @@ if _CLoader is not None:
                 return "!imagegraph-other"
             return _MAP if kind is yaml.MappingNode else _SEQ
 
+        # Path resolvers (PyYAML's add_path_resolver) are not used: skip their bookkeeping per node.
+        def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+            pass
+
+        def ascend_resolver(self) -> None:
+            pass
+
 
 _ODD_BREAKS = re.compile("[\x85\u2028\u2029]")
 _resolver_local = threading.local()
