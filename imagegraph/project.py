@@ -354,6 +354,13 @@ def _relative(real: str, base: str) -> str | None:
     return real[len(prefix) :] if real.startswith(prefix) else None
 
 
+_real_cwd: tuple[str, str] = ("", "")  # (os.getcwd(), its realpath): resolved once per directory
+
+
 def _shown(path: Path) -> str:
-    rel = _relative(os.path.realpath(path), os.path.realpath(os.getcwd()))
+    global _real_cwd
+    cwd = os.getcwd()
+    if _real_cwd[0] != cwd:
+        _real_cwd = (cwd, os.path.realpath(cwd))
+    rel = _relative(os.path.realpath(path), _real_cwd[1])
     return str(path) if rel is None else rel
