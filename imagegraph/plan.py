@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -214,7 +214,7 @@ class LiveInventory:
         return self._registry
 
     def prefetch(
-        self, specs: list[LayerSpec], workers: int = 16, external: list[tuple[str, LayerSpec]] = ()
+        self, specs: list[LayerSpec], workers: int = 16, external: Iterable[tuple[str, LayerSpec]] = ()
     ) -> None:
         """Ask every registry repository the plan needs at once, in parallel, before planning.
 
