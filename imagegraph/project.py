@@ -203,6 +203,7 @@ class SpecCache:
         self.dirty = False
         self.hits = 0
         self.parsed = 0
+        self.used: set[str] = set()  # digests this load looked up; save() drops the rest
         if path and path.is_file() and safe_to_use(path):  # a pickle someone else can write runs their code
             try:
                 with path.open("rb") as f:
@@ -221,6 +222,10 @@ class SpecCache:
         return h.hexdigest()
 
     def save(self) -> None:
+        stale = self.entries.keys() - self.used
+        if stale:  # old versions of edited specs, removed files: the cache stays the project's size
+            self.entries = {d: e for d, e in self.entries.items() if d in self.used}
+            self.dirty = True
         if not (self.path and self.dirty):
             return
         try:
@@ -262,6 +267,7 @@ def load_project(root: Path | str, *, cache_dir: Path | None = None, strict: boo
             diags.append(Diagnostic(shown, 0, 0, f"cannot read: {exc.strerror}"))
             continue
         digest = SpecCache.digest(path, raw, settings)
+        cache.used.add(digest)
         hit = cache.entries.get(digest)
         if hit is not None:
             cache.hits += 1

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imagegraph.errors import SpecError
-from imagegraph.project import load_project
+from imagegraph.project import SpecCache, load_project
 
 from .specdirs import seed_dir, write
 
@@ -96,6 +96,8 @@ def test_cache_is_used_and_invalidated(tmp_path: Path) -> None:
     edited = load_project(root, cache_dir=cache)
     assert "htop" in edited.layers["compute"].packages
     assert (edited.spec_cache["hits"], edited.spec_cache["parsed"]) == (n - 1, 1)
+    # The edited file's old entry is dropped: the cache holds one entry per current spec.
+    assert len(SpecCache(cache / "specs.pickle").entries) == n
     # A copied file that disappears is reported even when the spec comes from the cache.
     (root / "files" / "chrony.conf").unlink()
     with pytest.raises(SpecError, match="chrony.conf' does not exist"):
