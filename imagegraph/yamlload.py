@@ -163,7 +163,9 @@ def _scalar(node: Any) -> Any:
         return value.lower() == "true"
     if resolved == _INT and _DECIMAL.match(value):
         return int(value)
-    raise _NotIdentical(f"{resolved.rsplit(':', 1)[-1]} scalar {value!r}")
+    # The reason names the place, not the value (it is logged with -vv; a value may be a secret).
+    m = node.start_mark
+    raise _NotIdentical(f"{resolved.rsplit(':', 1)[-1]} scalar at line {m.line + 1}, column {m.column + 1}")
 
 
 def _build(node: Any) -> Any:
