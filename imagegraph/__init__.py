@@ -11,15 +11,50 @@ The core is importable and returns objects; the CLI only parses and renders:
 
 __version__ = "0.1.0"
 
-from .buildservice import BuildService, BuiltImage, LocalBuildService  # noqa: E402
-from .executor import run_up  # noqa: E402
-from .graph import LayerGraph, build_graph  # noqa: E402
-from .plan import Action, LiveInventory, Plan, Reason, StaticInventory, make_plan  # noqa: E402
-from .project import Project, load_project  # noqa: E402
-from .reporting import Reporter  # noqa: E402
-from .scheduler import LayerResult, RunResult, Scheduler, TaskResult, run_plan  # noqa: E402
-from .state import State  # noqa: E402
-from .tasks import Task, TaskKind, TaskStatus  # noqa: E402
+# Exports load on first use (PEP 562): `imagegraph --version` and `plan` must not pay for the
+# executor, the build backends and the publish clients.
+_EXPORTS = {
+    "run_up": "executor",
+    "LayerGraph": "graph",
+    "build_graph": "graph",
+    "Action": "plan",
+    "LiveInventory": "plan",
+    "Plan": "plan",
+    "Reason": "plan",
+    "StaticInventory": "plan",
+    "make_plan": "plan",
+    "Project": "project",
+    "load_project": "project",
+    "LayerResult": "scheduler",
+    "RunResult": "scheduler",
+    "Scheduler": "scheduler",
+    "run_plan": "scheduler",
+    "State": "state",
+    "BuildService": "buildservice",
+    "BuiltImage": "buildservice",
+    "LocalBuildService": "buildservice",
+    "Reporter": "reporting",
+    "TaskResult": "scheduler",
+    "Task": "tasks",
+    "TaskKind": "tasks",
+    "TaskStatus": "tasks",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imagegraph' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "Action",

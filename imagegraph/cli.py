@@ -698,8 +698,9 @@ def _state_path(project: Project, arg: str | None) -> Path:
 
 
 def _cache_dir(root: Path, state_arg: str | None = None) -> Path | None:
-    cache_dir = (Path(state_arg).parent if state_arg else root / ".imagegraph") / "cache"
-    return cache_dir if cache_dir.parent.exists() else None
+    from .cachedir import spec_cache_dir
+
+    return spec_cache_dir(root, Path(state_arg).parent if state_arg else None)
 
 
 def _load(
@@ -710,15 +711,32 @@ def _load(
     from .project import load_project
 
     project = load_project(root, cache_dir=_cache_dir(root, state_arg), sources_required=sources_required)
+    _log_spec_loading(project)
     lg = build_graph(project)
-    # -v: which directory, state and how many layers a command works on
-    get_logger().info(
-        "layer directory loaded",
-        dir=str(root),
-        layers=len(project.layers),
-        state=str(_state_path(project, state_arg)),
-    )
+    if _verbosity >= 1:  # -v: which directory, state and how many layers (structlog loads only then)
+        get_logger().info(
+            "layer directory loaded",
+            dir=str(root),
+            layers=len(project.layers),
+            state=str(_state_path(project, state_arg)),
+        )
     return project, lg
+
+
+def _log_spec_loading(project: Project) -> None:
+    """-v: how the specs were read (cache hits, libyaml, ruamel fallbacks); -vv names the fallbacks."""
+    if _verbosity < 1:
+        return
+    from . import yamlload
+    from .log import get_logger
+
+    log = get_logger()
+    log.info("specs loaded", **project.spec_cache, **yamlload.stats.snapshot())
+    for file, reason in yamlload.stats.fallbacks:
+        log.debug("read with ruamel", file=file, reason=reason)
+
+
+_verbosity = 0  # -v count, set by main: what _log_spec_loading says
 
 
 def _registry_timeout(args: argparse.Namespace) -> float:
@@ -1321,6 +1339,8 @@ def _main(argv: list[str] | None) -> int:
     # layer logs). JSON lines (unattended): every layer event of the commands that change things.
     default = "INFO" if fmt == OutputFormat.JSON and args.command in ("up", "lock", "gc") else "WARNING"
     level = "DEBUG" if args.verbose >= 2 else ("INFO" if args.verbose == 1 else default)
+    global _verbosity
+    _verbosity = args.verbose
     if args.quiet:
         level = "ERROR"
     logmod.configure("json" if fmt == OutputFormat.JSON else "console", level)

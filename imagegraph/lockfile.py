@@ -35,9 +35,7 @@ import os
 import platform
 import re
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,8 +183,10 @@ def http_fetch(url: str, proxy: str | None = None) -> bytes:
 
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "file":
+        from urllib.request import url2pathname  # lazily, with the thread pool: `plan` only reads
+
         try:
-            return Path(urllib.request.url2pathname(parsed.path)).read_bytes()
+            return Path(url2pathname(parsed.path)).read_bytes()
         except OSError as exc:
             raise FetchError(f"cannot read {parsed.path}: {exc.strerror}") from exc
     proxies = {"http": proxy, "https": proxy} if proxy else None
@@ -405,6 +405,8 @@ def lock(
         link = lg.parents[lid]
         if link.kind == "external":
             parents.setdefault(_normalize(link.ref), (link.ref, []))[1].append(spec)
+
+    from concurrent.futures import ThreadPoolExecutor
 
     todo = [k for k in sorted(sources) if update or k not in old.repositories]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

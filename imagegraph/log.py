@@ -7,17 +7,20 @@ process-wide event log.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from .redact import redact, redact_obj
 
+if TYPE_CHECKING:
+    import structlog.typing
+
 _run_context: dict[str, str] = {}
+# configure() only records its choice; structlog (and the rich it loads, 0.1 s) is imported
+# and set up when the first logger is asked for, so commands that log nothing never load it.
+_pending: tuple[str, str, Any, bool | None] | None = None
 
 # CSI sequences (colours, cursor moves), OSC sequences (titles, links) and lone two-byte escapes.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -52,14 +55,29 @@ def _redact_processor(_logger: Any, _name: str, event: dict) -> dict:
     return event
 
 
-def configure(
-    fmt: str = "console", level: str = "INFO", stream: Any = None, color: bool | None = None
-) -> None:
-    """Set up structlog once per process. fmt: console (readable lines) or json (JSON lines).
+def configure(fmt: str = "auto", level: str = "INFO", stream: Any = None, color: bool | None = None) -> None:
+    """Set up structlog once per process. fmt: auto, console (readable lines) or json (JSON lines).
 
     `color` None: colour when the stream is a terminal and NO_COLOR is unset.
     """
-    stream = stream or sys.stderr
+    global _pending
+    _pending = (fmt, level, stream or sys.stderr, color)
+    if "structlog" in sys.modules:  # loggers already exist: apply now
+        _apply()
+
+
+def _apply() -> None:
+    global _pending
+    if _pending is None:
+        return
+    import logging
+
+    import structlog
+
+    fmt, level, stream, color = _pending
+    _pending = None
+    if fmt == "auto":
+        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
     if color is None:
         color = getattr(stream, "isatty", lambda: False)() and not os.environ.get("NO_COLOR")
     renderer: Any
@@ -82,6 +100,24 @@ def configure(
     )
 
 
+class _LazyLogger:
+    """Stands for a structlog logger until it is first used (then imports structlog)."""
+
+    def __init__(self, bind: dict[str, Any]):
+        self._bind = bind
+
+    def __getattr__(self, name: str) -> Any:
+        import structlog
+
+        _apply()
+        return getattr(structlog.get_logger("imagegraph", **self._bind), name)
+
+
 def get_logger(**bind: Any) -> structlog.typing.FilteringBoundLogger:
     # Lazy: modules bind loggers at import time, before configure() picks the stream.
+    if "structlog" not in sys.modules:
+        return _LazyLogger(bind)  # type: ignore[return-value]
+    import structlog
+
+    _apply()
     return structlog.get_logger("imagegraph", **bind)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -207,6 +207,7 @@ class LiveInventory:
         self._registry = None
         self._s3 = None
         self.unreachable: set[str] = set()
+        self._digests: dict[str, str | None] = {}  # external parent reference -> digest, once per run
 
     def _local(self) -> set[str]:
         if self._images is None:
@@ -260,12 +261,16 @@ class LiveInventory:
         """Why each registry host that did not answer did not: host -> reason."""
         return self._registry.down_reasons() if self._registry is not None else {}
 
-    def prefetch(self, specs: list[LayerSpec], workers: int = 16) -> None:
+    def prefetch(
+        self, specs: list[LayerSpec], workers: int = 16, external: Iterable[tuple[str, LayerSpec]] = ()
+    ) -> None:
         """Ask every registry repository the plan needs at once, in parallel, before planning.
 
         One tag list per repository either way; in parallel a 1,000-layer no-op
         plan is not 1,000 sequential round trips. The answers land in the
-        client's cache, which `registry_tags` then reads.
+        client's cache, which `registry_tags` then reads. `external` (reference,
+        spec) pairs are the external parents' digests, asked in the same pool,
+        once per reference.
         """
         if self.offline:
             return
@@ -282,8 +287,14 @@ class LiveInventory:
         users: dict[str, list[LayerSpec]] = {}
         for spec, repo in zip([s for s in specs if s.publish_registry], repos, strict=True):
             users.setdefault(repo, []).append(spec)
+        refs: dict[str, None] = {}
+        for ref, spec in external:
+            if ref not in self._digests and ref not in refs:
+                client.configure_for(spec)
+                refs[ref] = None
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch") as pool:
             local = pool.submit(self._local)
+            digests = {ref: pool.submit(client.manifest_digest, ref) for ref in refs}
             futures = {repo: pool.submit(client.tags, repo) for repo in users}
             tls: dict[str, tuple[str, list[LayerSpec]]] = {}
             for repo, fut in futures.items():
@@ -292,6 +303,11 @@ class LiveInventory:
                 except TLSVerifyError as exc:
                     reason, affected = tls.setdefault(exc.host, (exc.reason, []))
                     affected.extend(users[repo])
+            for ref, fut in digests.items():
+                try:
+                    self._digests[ref] = fut.result()
+                except TLSVerifyError:
+                    pass  # external_digest asks again and names the spec that wants it
             local.result()
         if tls:
             raise RegistryTLSError(
@@ -316,14 +332,18 @@ class LiveInventory:
     def external_digest(self, ref: str, spec: LayerSpec) -> str | None:
         if self.offline:
             return None
-        from .publish.registry import TLSVerifyError
+        if ref not in self._digests:  # children of one external parent ask once
+            from .publish.registry import TLSVerifyError
 
-        client = self.registry()
-        client.configure_for(spec)
-        try:
-            return client.manifest_digest(ref)
-        except TLSVerifyError as exc:
-            raise RegistryTLSError([(exc.host, exc.reason, [str(spec.path)], "registry_opts_pull")]) from exc
+            client = self.registry()
+            client.configure_for(spec)
+            try:
+                self._digests[ref] = client.manifest_digest(ref)
+            except TLSVerifyError as exc:
+                raise RegistryTLSError(
+                    [(exc.host, exc.reason, [str(spec.path)], "registry_opts_pull")]
+                ) from exc
+        return self._digests[ref]
 
     def artifacts_present(self, spec: LayerSpec, key: str, target: str) -> bool | None:
         if target == "dir":
@@ -380,7 +400,14 @@ def make_plan(
 
     prefetch = getattr(inventory, "prefetch", None)
     if prefetch is not None:
-        prefetch([lg.spec(lid) for lid in order])
+        # External parents the lock file does not pin are asked alongside the tag lists.
+        external = [
+            (lg.parents[lid].ref, lg.spec(lid))
+            for lid in order
+            if lg.parents[lid].kind == "external"
+            and not (locked_digest and locked_digest(lg.parents[lid].ref))
+        ]
+        prefetch([lg.spec(lid) for lid in order], external=external)
     keys = compute_keys(lg, order, digest_of, upstream_of)
     records = state.layers()
     published = state.all_published()

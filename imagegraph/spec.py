@@ -21,14 +21,17 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from typing import TYPE_CHECKING, Any
 
 from .errors import Diagnostic, SpecError
+
+if TYPE_CHECKING:
+    import jsonschema
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
+
+# ruamel.yaml and jsonschema are imported when a file is parsed by ruamel or has errors to word:
+# a plan from cached specs loads neither.
 
 DEFAULT_NAME = "base"
 DEFAULT_TAGS = ("latest",)
@@ -180,7 +183,24 @@ def layer_schema() -> dict:
 
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
+    import jsonschema  # only when a document has errors to word (50 ms to import)
+
     return jsonschema.Draft202012Validator(layer_schema())
+
+
+@cache
+def _compiled_validator() -> Any:
+    """The schema compiled once per process (jsonschema-rs): the fast yes/no answer."""
+    import jsonschema_rs
+
+    return jsonschema_rs.validator_for(layer_schema())
+
+
+def _schema_valid(plain: Any) -> bool:
+    try:
+        return bool(_compiled_validator().is_valid(plain))
+    except Exception:  # a value it cannot take (a huge integer): let jsonschema decide
+        return False
 
 
 def _known_keys(schema_path: list) -> list[str]:
@@ -210,12 +230,13 @@ def _position(doc: Any, path: list, key_position: bool = False) -> tuple[int, in
     for i, part in enumerate(path):
         last = i == len(path) - 1
         try:
-            if isinstance(node, CommentedMap):
+            # ruamel's CommentedMap / CommentedSeq are a dict / list with `.lc` (positions)
+            if isinstance(node, dict):
                 if part not in node:
                     break
                 pos = node.lc.key(part) if (key_position and last) else node.lc.value(part)
                 node = node[part]
-            elif isinstance(node, CommentedSeq):
+            elif isinstance(node, list):
                 pos = node.lc.item(part)
                 node = node[part]
             else:
@@ -225,6 +246,15 @@ def _position(doc: Any, path: list, key_position: bool = False) -> tuple[int, in
         if pos and pos[0] is not None:
             line, col = pos[0] + 1, pos[1] + 1
     return line, col
+
+
+def _key_line(node: Any, key: Any, default: int) -> int:
+    """1-based line of `key` in a positioned mapping; `default` when it has no position."""
+    try:
+        pos = node.lc.key(key)
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return default
+    return pos[0] + 1 if pos and pos[0] is not None else default
 
 
 def _describe(path: list) -> str:
@@ -265,9 +295,9 @@ def _yaml_repr(value: Any) -> str:
         return "true" if value else "false"
     if value is None:
         return "null (empty)"
-    if isinstance(value, dict | CommentedMap):
+    if isinstance(value, dict):
         return "a mapping"
-    if isinstance(value, list | CommentedSeq):
+    if isinstance(value, list):
         return "a list"
     return repr(value)
 
@@ -307,13 +337,24 @@ def _oneof_hint(path: list, instance: Any) -> str:
 _yaml_local = threading.local()
 
 
-def _yaml() -> YAML:
-    # One loader per thread: building a YAML() costs ~15 % of parsing a small spec.
+def _new_yaml() -> YAML:
+    from ruamel.yaml import YAML
+
+    y = YAML(typ="rt")
+    y.allow_duplicate_keys = False
+    return y
+
+
+def _yaml(text: str = "") -> YAML:
+    # One loader per thread: building a YAML() costs ~15 % of parsing a small spec. A document
+    # with a %YAML directive gets its own: ruamel keeps its version for every later document.
+    from . import yamlload
+
+    if yamlload.has_directive(text):
+        return _new_yaml()
     y = getattr(_yaml_local, "yaml", None)
     if y is None:
-        y = YAML(typ="rt")
-        y.allow_duplicate_keys = False
-        _yaml_local.yaml = y
+        y = _yaml_local.yaml = _new_yaml()
     return y
 
 
@@ -374,7 +415,7 @@ _YAML_WORDS: list[tuple[str, str, str, str, str]] = [
 ]
 
 
-def _plain_yaml_error(exc: MarkedYAMLError) -> tuple[str, str, Any]:
+def _plain_yaml_error(exc: Any) -> tuple[str, str, Any]:
     context, problem = str(exc.context or ""), str(exc.problem or "")
     if "duplicate key" in problem:
         first = exc.context_mark.line + 1 if exc.context_mark else None
@@ -389,9 +430,20 @@ def _plain_yaml_error(exc: MarkedYAMLError) -> tuple[str, str, Any]:
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, list[Diagnostic]]:
-    """Parse YAML keeping positions; syntax errors become diagnostics in plain words."""
+    """Parse YAML keeping positions; syntax errors become diagnostics in plain words.
+
+    libyaml first (`yamlload.fast_load`); ruamel for whatever it cannot read identically.
+    """
+    from . import yamlload  # libyaml and ruamel load with the first file parsed
+
+    doc = yamlload.fast_load(text)
+    yamlload.stats.record(file, doc)
+    if not isinstance(doc, yamlload.Unsupported):
+        return doc, []
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     try:
-        return _yaml().load(io.StringIO(text)), []
+        return _yaml(text).load(io.StringIO(text)), []
     except MarkedYAMLError as exc:
         message, hint, mark = _plain_yaml_error(exc)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -468,6 +520,8 @@ def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list
     if defaults and isinstance(plain.get("options"), dict):
         # Defaults are validated as part of every spec: a bad one must not reach _build.
         plain["options"] = {**_plain(defaults), **plain["options"]}
+    if _schema_valid(plain):
+        return diags  # jsonschema only words the errors of a document the compiled check refused
     for err in _validator().iter_errors(plain):
         path = list(err.absolute_path)
         if err.validator == "additionalProperties":
@@ -788,7 +842,7 @@ def _build(
         )
 
     cmds = []
-    for node in doc.get("cmds") or []:
+    for node in _plain(doc.get("cmds") or []):  # plain: a tagged item (`- !x`) is its text
         if isinstance(node, str):
             cmds.append(Cmd(cmd=str(node)))
         else:
@@ -806,11 +860,11 @@ def _build(
         level=sq.get("level"),
         block_size=str(sq["block_size"]) if sq.get("block_size") is not None else None,
     )
-    lines = {}
-    for k in opts_node:
-        lines[f"options.{k}"] = pos("options", k, key=True)[0]
+    # The key lines _position(key=True) gives, read straight from `.lc` (13 walks a file otherwise).
+    options_line = pos("options")[0]
+    lines = {f"options.{k}": _key_line(opts_node, k, options_line) for k in opts_node}
     for k in doc:
-        lines[str(k)] = pos(k, key=True)[0]
+        lines[str(k)] = _key_line(doc, k, 1)
     publish_dir = opts.get("publish_dir")
     key_paths = []
     for i, written in enumerate(_as_tuple(opts.get("key_paths"))):

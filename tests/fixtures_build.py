@@ -23,6 +23,7 @@ import pytest
 
 from imagegraph.runner import Runner
 from imagegraph.spec import LayerSpec, load_spec
+from tests.needs import missing
 from tests.rpmrepo import RpmRepo, make_repo, serve
 
 ENV = {**os.environ, "BUILDAH_ISOLATION": os.environ.get("BUILDAH_ISOLATION", "chroot")}
@@ -65,7 +66,7 @@ class Images:
 @pytest.fixture(scope="session")
 def rpm_repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpmRepo]:
     if not (shutil.which("rpmbuild") and shutil.which("createrepo_c")):
-        pytest.skip("rpmbuild and createrepo_c are needed (scripts/install-system-deps.sh)")
+        missing("rpmbuild and createrepo_c are needed (scripts/install-system-deps.sh)")
     repo = make_repo(tmp_path_factory.mktemp("rpmrepo") / "repo")
     server = serve(repo.path)
     repo.url = server.url
@@ -143,7 +144,7 @@ def debian_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     from imagegraph.build import BuildRequest, build_layer
 
     if not shutil.which("mmdebstrap"):
-        pytest.skip("mmdebstrap is needed (scripts/install-system-deps.sh)")
+        missing("mmdebstrap is needed (scripts/install-system-deps.sh)")
     d = tmp_path_factory.mktemp("debian-spec")
     (d / "files").mkdir()
     (d / "files" / "motd").write_text("imagegraph test image\n")

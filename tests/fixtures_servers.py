@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .needs import missing
+
 # Each server has its own clearly named section below; add new servers as new sections.
 
 # --------------------------------------------------------------- registry (docker-registry)
@@ -107,7 +109,7 @@ class RegistryServer:
 
 def _registry_server(root: Path, htpasswd: Path | None = None) -> Iterator[RegistryServer]:
     if shutil.which("docker-registry") is None:
-        pytest.skip("docker-registry is not installed (scripts/install-system-deps.sh installs it)")
+        missing("docker-registry is not installed (scripts/install-system-deps.sh installs it)")
     server = RegistryServer(root, htpasswd)
     server.start()
     try:
@@ -361,10 +363,17 @@ class S3Server:
         return name
 
 
+def _need_moto() -> None:
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        missing("moto[server] is in the test extras (make venv)")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's S3 server over HTTP on 127.0.0.1 (+ `.proxy` for fault injection)."""
-    pytest.importorskip("moto.server", reason="moto[server] is in the test extras (make venv)")
+    _need_moto()
     server = S3Server(tmp_path_factory.mktemp("moto"))
     server.start()
     try:
@@ -388,7 +397,7 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3S
 @pytest.fixture
 def s3_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A second moto server that checks credentials (unknown keys get InvalidAccessKeyId, 403)."""
-    pytest.importorskip("moto.server", reason="moto[server] is in the test extras (make venv)")
+    _need_moto()
     server = S3Server(tmp_path_factory.mktemp("moto-auth"), env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
     server.start()
     try:

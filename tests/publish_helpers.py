@@ -61,3 +61,52 @@ EL = ("boot/vmlinuz-{k}", "boot/initramfs-{k}.img")
 EL_MODULES = ("lib/modules/{k}/vmlinuz", "boot/initramfs-{k}.img")
 SUSE = ("boot/vmlinuz-{k}", "boot/initrd-{k}")
 DEBIAN = ("boot/vmlinuz-{k}", "boot/initrd.img-{k}")
+
+
+def push_tiny_manifest(registry_url: str, repo: str, tag: str, marker: str = "") -> str:
+    """An image manifest with no layers, pushed through the registry API (no buildah); its digest.
+
+    `marker` goes into the config blob, so two calls with different markers give different digests.
+    """
+    import hashlib
+    import json
+    import urllib.request
+
+    def req(method: str, url: str, data: bytes | None = None, ctype: str | None = None) -> dict:
+        r = urllib.request.Request(url, data=data, method=method)
+        if ctype:
+            r.add_header("Content-Type", ctype)
+        with urllib.request.urlopen(r, timeout=30) as resp:
+            return dict(resp.headers)
+
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": []},
+            "comment": marker,
+        }
+    ).encode()
+    cdigest = "sha256:" + hashlib.sha256(config).hexdigest()
+    loc = req("POST", f"{registry_url}/v2/{repo}/blobs/uploads/")["Location"]
+    loc = loc if loc.startswith("http") else registry_url + loc
+    req("PUT", f"{loc}{'&' if '?' in loc else '?'}digest={cdigest}", config, "application/octet-stream")
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": cdigest,
+                "size": len(config),
+            },
+            "layers": [],
+        }
+    ).encode()
+    req(
+        "PUT",
+        f"{registry_url}/v2/{repo}/manifests/{tag}",
+        manifest,
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    return "sha256:" + hashlib.sha256(manifest).hexdigest()

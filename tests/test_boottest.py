@@ -26,13 +26,14 @@ from imagegraph.key import KEY_TAG_PREFIX
 from imagegraph.publish.registry import RegistryClient
 from imagegraph.state import State
 from tests.fixtures_build import buildah, have_buildah
+from tests.needs import requires
 from tests.test_publish_up import by_name, cleanup_images, cli, up
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.buildah,
-    pytest.mark.skipif(not have_buildah(), reason="needs buildah as root"),
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86"),
+    requires(have_buildah(), "needs buildah as root"),
+    requires(shutil.which("qemu-system-x86_64") is not None, "needs qemu-system-x86"),
 ]
 
 LAYERS = Path(__file__).resolve().parent.parent / "layers"

@@ -10,6 +10,7 @@ import pytest
 from imagegraph.build import BuildRequest, ParentImage, build_layer
 from imagegraph.build.container import inspect_labels
 from tests.fixtures_build import buildah, containers, fake_key, have_buildah
+from tests.needs import requires
 
 
 def have_buildah_connection() -> bool:
@@ -23,8 +24,8 @@ def have_buildah_connection() -> bool:
 
 pytestmark = [
     pytest.mark.buildah,
-    pytest.mark.skipif(not have_buildah(), reason="needs buildah as root"),
-    pytest.mark.skipif(not have_buildah_connection(), reason="needs the containers.podman collection"),
+    requires(have_buildah(), "needs buildah as root"),
+    requires(have_buildah_connection(), "needs the containers.podman collection"),
 ]
 
 

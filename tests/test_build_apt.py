@@ -7,11 +7,12 @@ import pytest
 from imagegraph.build import BuildRequest, ParentImage, build_layer, local_image_id
 from imagegraph.build.container import inspect_labels
 from tests.fixtures_build import buildah, containers, fake_key, have_buildah
+from tests.needs import requires
 
 pytestmark = [
     pytest.mark.buildah,
     pytest.mark.slow,
-    pytest.mark.skipif(not have_buildah(), reason="needs buildah as root"),
+    requires(have_buildah(), "needs buildah as root"),
 ]
 
 

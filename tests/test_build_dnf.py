@@ -27,10 +27,11 @@ from tests.fixtures_build import (
     have_buildah,
     overlay_mounts,
 )
+from tests.needs import requires
 
 pytestmark = [
     pytest.mark.buildah,
-    pytest.mark.skipif(not have_buildah(), reason="needs buildah as root"),
+    requires(have_buildah(), "needs buildah as root"),
 ]
 
 

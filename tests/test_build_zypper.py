@@ -8,11 +8,12 @@ import pytest
 
 from imagegraph.build import BuildRequest, build_layer
 from tests.fixtures_build import fake_key, have_buildah
+from tests.needs import requires
 from tests.test_build_dnf import mounted_rpm_q, no_leftovers, run_in
 
 pytestmark = [
     pytest.mark.buildah,
-    pytest.mark.skipif(not have_buildah(), reason="needs buildah as root"),
+    requires(have_buildah(), "needs buildah as root"),
 ]
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_build import buildah, containers, have_buildah
+from tests.needs import missing, requires
 
-pytestmark = [pytest.mark.buildah, pytest.mark.skipif(not have_buildah(), reason="needs buildah as root")]
+pytestmark = [pytest.mark.buildah, requires(have_buildah(), "needs buildah as root")]
 
 P = "igt-flt"
 
@@ -162,7 +163,7 @@ def small_tmpfs(tmp_path: Path):
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode(errors='replace')}")
+        missing(f"cannot mount a tmpfs: {r.stderr.decode(errors='replace')}")
     try:
         yield mnt
     finally:

@@ -257,7 +257,10 @@ BUILD_RELEVANT: list[Mutation] = [
     _append("package_groups", "Extra Group"),
     _append("cmds", "echo changed"),
     _drop("cmds"),
-    _append("repos", {"alias": "zz-new", "url": "https://mirror.example/new/"}),
+    _append(
+        "repos",
+        {"alias": "zz-new", "url": "https://mirror.example/new/", "gpg": "https://mirror.example/new.key"},
+    ),
     _edit_repo("url", "https://other.example/repo/"),
     _edit_repo("gpg", "https://other.example/key"),
     _set(["options", "releasever"], "10"),

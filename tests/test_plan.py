@@ -274,3 +274,34 @@ def test_cmds_diff_names_exactly_the_changed_positions(old: list[str], new: list
             assert repr(new[i]) in r.message
         if i < len(old):
             assert repr(old[i]) in r.message
+
+
+def test_external_parents_are_asked_once_per_reference(tmp_path: Path, registry) -> None:
+    """Five layers on two external parents: two digest look-ups (in the prefetch), keys by digest."""
+    from imagegraph.plan import LiveInventory
+
+    from .publish_helpers import push_tiny_manifest
+    from .specdirs import write
+
+    host = registry.host
+    d1 = push_tiny_manifest(registry.url, "vendor/os", "9", marker="one")
+    d2 = push_tiny_manifest(registry.url, "vendor/os", "10", marker="two")
+    root = tmp_path / "layers"
+    for i in range(5):
+        parent = f"{host}/vendor/os:{9 if i < 3 else 10}"
+        write(
+            root,
+            f"l{i}.yaml",
+            f"options:\n  layer_type: base\n  name: l{i}\n  pkg_manager: dnf\n  parent: '{parent}'\n"
+            "  registry_opts_pull: ['--tls-verify=false']\n",
+        )
+    lg = build_graph(load_project(root))
+    inv = LiveInventory()
+    plan = make_plan(lg, State(tmp_path / "s.db"), inv)
+    assert inv.registry().request_count == 2  # one HEAD per reference, none per layer
+    digests = {lid: plan.keys[lid].parent.digest for lid in plan.layers}
+    assert digests == {"l0": d1, "l1": d1, "l2": d1, "l3": d2, "l4": d2}
+    # Pinned by the lock file: no request at all.
+    inv2 = LiveInventory()
+    make_plan(lg, State(tmp_path / "s.db"), inv2, locked_digest=lambda ref: "sha256:" + "0" * 64)
+    assert inv2._registry is None or inv2._registry.request_count == 0

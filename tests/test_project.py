@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imagegraph.errors import SpecError
-from imagegraph.project import load_project
+from imagegraph.project import SpecCache, load_project
 
 from .specdirs import seed_dir, write
 
@@ -82,12 +84,20 @@ def test_cache_is_used_and_invalidated(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     first = load_project(root, cache_dir=cache)
+    n = len(first.layers)
     assert (cache / "specs.pickle").exists()
+    assert (first.spec_cache["hits"], first.spec_cache["parsed"]) == (0, n)
     again = load_project(root, cache_dir=cache)
     assert again.layers["compute"] == first.layers["compute"]
+    # Every spec came from the cache, none was parsed: a hit, told apart from a miss.
+    assert (again.spec_cache["hits"], again.spec_cache["parsed"]) == (n, 0)
     f = root / "compute.yaml"
     f.write_text(f.read_text().replace("  - vim\n", "  - vim\n  - htop\n"))
-    assert "htop" in load_project(root, cache_dir=cache).layers["compute"].packages
+    edited = load_project(root, cache_dir=cache)
+    assert "htop" in edited.layers["compute"].packages
+    assert (edited.spec_cache["hits"], edited.spec_cache["parsed"]) == (n - 1, 1)
+    # The edited file's old entry is dropped: the cache holds one entry per current spec.
+    assert len(SpecCache(cache / "specs.pickle").entries) == n
     # A copied file that disappears is reported even when the spec comes from the cache.
     (root / "files" / "chrony.conf").unlink()
     with pytest.raises(SpecError, match="chrony.conf' does not exist"):
@@ -214,3 +224,21 @@ def test_dir_spelling_and_working_directory_do_not_change_what_is_loaded(
         assert p.layers["out"].copyfiles[0].source == root.resolve() / "files" / "chrony.conf"
         assert all(s.path.is_absolute() for s in p.layers.values())
     assert all(s == seen[0] for s in seen)
+
+
+@given(
+    real=st.lists(st.sampled_from(["a", "b", "ab", "a.b"]), max_size=4),
+    base=st.lists(st.sampled_from(["a", "b", "ab"]), max_size=3),
+)
+def test_relative_is_path_relative_to(real: list[str], base: list[str]) -> None:
+    """project._relative (string work on resolved paths) answers as PurePath.relative_to does."""
+    from pathlib import PurePosixPath
+
+    from imagegraph.project import _relative
+
+    r, b = "/" + "/".join(real), "/" + "/".join(base)
+    try:
+        want: str | None = str(PurePosixPath(r).relative_to(b))
+    except ValueError:
+        want = None
+    assert _relative(r, b) == want

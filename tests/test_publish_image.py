@@ -17,13 +17,14 @@ from imagegraph.publish.s3 import S3Index
 from imagegraph.runner import Runner
 
 from .fixtures_servers import S3Server
+from .needs import requires
 from .publish_helpers import EL, make_rootfs
 from .test_publish_s3 import FAST, spec_for
 
 pytestmark = [
     pytest.mark.buildah,
-    pytest.mark.skipif(shutil.which("buildah") is None, reason="buildah not installed"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="buildah mount needs root"),
+    requires(shutil.which("buildah") is not None, "buildah not installed"),
+    requires(os.geteuid() == 0, "buildah mount needs root"),
 ]
 
 KVER = "5.14.0-427.el9.x86_64"

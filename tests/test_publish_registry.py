@@ -45,10 +45,10 @@ from imagegraph.redact import redact
 from imagegraph.runner import Runner
 from imagegraph.spec import LayerSpec
 
+from .needs import missing, requires
+
 BUILDAH_ENV = {**os.environ, "BUILDAH_ISOLATION": os.environ.get("BUILDAH_ISOLATION", "chroot")}
-needs_buildah = pytest.mark.skipif(
-    shutil.which("buildah") is None or os.geteuid() != 0, reason="needs buildah as root"
-)
+needs_buildah = requires(shutil.which("buildah") is not None and os.geteuid() == 0, "needs buildah as root")
 FAST = RetryPolicy(attempts=3, initial_wait=0.1, max_wait=0.5)
 KEY = hashlib.sha256(b"registry-test").hexdigest()
 
@@ -421,7 +421,7 @@ def _buildah(*args: str, input: str | None = None) -> str:
 def tiny_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A one-file image from scratch (no package manager: fast); removed afterwards."""
     if shutil.which("buildah") is None or os.geteuid() != 0:
-        pytest.skip("needs buildah as root")
+        missing("needs buildah as root")
     src = tmp_path_factory.mktemp("tiny") / "hello.txt"
     src.write_text(f"hello from imagegraph {uuid.uuid4()}\n")
     ctr = _buildah("from", "scratch")

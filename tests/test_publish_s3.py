@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -65,6 +66,19 @@ def meta(s3: S3Server, bucket: str, key: str) -> dict:
     return s3.client().head_object(Bucket=bucket, Key=key)["Metadata"]
 
 
+def stored_sha256(s3: S3Server, bucket: str, key: str) -> str:
+    """sha256 of the bytes S3 holds, downloaded with the test's own client: not what imagegraph reports."""
+    body = s3.client().get_object(Bucket=bucket, Key=key)["Body"]
+    h = hashlib.sha256()
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.fixture
 def rootfs(tmp_path: Path) -> Path:
     return make_rootfs(tmp_path / "root", {KVER: EL, "5.14.0-70.el9.x86_64": EL})
@@ -121,6 +135,8 @@ def test_multipart_upload_carries_metadata(s3_env: S3Server, tmp_path: Path) -> 
     assert r.etag.endswith("-2")  # two parts: s3transfer's minimum part is 5 MiB
     head = s3_env.client().head_object(Bucket=bucket, Key="x/big", ChecksumMode="ENABLED")
     assert head["Metadata"] == {"imagegraph-key": KEY, "sha256": r.sha256}
+    # The bytes stored are the file's, and the recorded checksum is theirs (hashed here, independently).
+    assert stored_sha256(s3_env, bucket, "x/big") == file_sha256(f) == r.sha256
     assert head["ContentLength"] == 6 * MiB + 5
     assert head.get("ChecksumSHA256")  # the SHA256 transfer checksum was used
     assert target.incomplete_uploads() == []
@@ -154,6 +170,14 @@ def test_publish_image_builder_layout_several_tags(s3_env: S3Server, rootfs: Pat
     ]
     m = meta(s3_env, bucket, "compute/base/rocky9.6-compute-stable")
     assert m["imagegraph-key"] == KEY and m["sha256"] == pub.squashfs_sha256
+    # Uploaded once, copied twice: each object holds the bytes its metadata's checksum names.
+    for tag in ("v1", "latest", "stable"):
+        key = f"compute/base/rocky9.6-compute-{tag}"
+        assert (
+            stored_sha256(s3_env, bucket, key) == meta(s3_env, bucket, key)["sha256"] == pub.squashfs_sha256
+        )
+    kernel = f"efi-images/compute/base/vmlinuz-{KVER}"
+    assert stored_sha256(s3_env, bucket, kernel) == file_sha256(rootfs / f"boot/vmlinuz-{KVER}")
     assert m["imagegraph-kernel"] == f"efi-images/compute/base/vmlinuz-{KVER}"
     assert meta(s3_env, bucket, f"efi-images/compute/base/vmlinuz-{KVER}")["imagegraph-key"] == KEY
     assert not list((tmp_path / "work").iterdir())  # nothing left in the workdir
@@ -241,6 +265,7 @@ def test_publish_dir_is_atomic_and_linked(s3_env: S3Server, rootfs: Path, tmp_pa
     manifest = json.loads((latest / "manifest.json").read_text())
     assert manifest["key"] == KEY and manifest["kver"] == KVER and manifest["tag"] == "latest"
     assert manifest["files"]["rootfs.squashfs"]["sha256"] == pub.squashfs_sha256
+    assert file_sha256(latest / "rootfs.squashfs") == pub.squashfs_sha256  # hashed here, not reported
     assert (v1 / "vmlinuz").read_bytes() == (rootfs / f"boot/vmlinuz-{KVER}").read_bytes()
     assert dir_artifacts_present(spec, KEY) is True
     assert dir_artifacts_present(spec, "b" * 64) is False
@@ -317,6 +342,7 @@ def test_dropped_connections_are_retried(s3_env: S3Server, tmp_path: Path) -> No
     r = target.upload(f, "retried", {"imagegraph-key": KEY})
     assert s3_env.proxy.resets == 2
     assert meta(s3_env, bucket, "retried")["sha256"] == r.sha256
+    assert stored_sha256(s3_env, bucket, "retried") == file_sha256(f)  # cut-off parts left no damage
     assert s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads") is None
 
 
@@ -395,7 +421,8 @@ def test_endpoint_without_checksum_support(
     target.client.meta.events.register("provide-client-params.s3.PutObject", reject)
     try:
         r = target.upload(f, "k", {"imagegraph-key": KEY})
-        assert meta(s3_env, bucket, "k")["sha256"] == r.sha256
+        assert meta(s3_env, bucket, "k")["sha256"] == r.sha256 == stored_sha256(s3_env, bucket, "k")
+        assert r.sha256 == hashlib.sha256(b"hello").hexdigest()
         assert target.endpoint in S3Target._no_checksum
     finally:
         S3Target._no_checksum.discard(target.endpoint)

@@ -16,9 +16,10 @@ from imagegraph.publish.squashfs import make_squashfs, mksquashfs_args
 from imagegraph.runner import Runner
 from imagegraph.spec import SquashfsOptions
 
+from .needs import missing, requires
 from .publish_helpers import EL, make_rootfs
 
-pytestmark = pytest.mark.skipif(shutil.which("mksquashfs") is None, reason="squashfs-tools not installed")
+pytestmark = requires(shutil.which("mksquashfs") is not None, "squashfs-tools not installed")
 
 FAST = SquashfsOptions(compression="gzip", level=1)
 
@@ -133,7 +134,7 @@ def test_failure_leaves_no_partial_file(tmp_path: Path) -> None:
         ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True, text=True
     )
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); needs root")
+        missing(f"cannot mount a tmpfs here ({r.stderr.strip()}); needs root")
     try:
         dest = small / "rootfs.squashfs"
         with pytest.raises(PublishError) as err:

@@ -15,8 +15,9 @@ import pytest
 from imagegraph.key import KEY_TAG_PREFIX
 from imagegraph.publish.registry import RegistryClient
 from tests.fixtures_build import buildah, containers, have_buildah
+from tests.needs import requires
 
-pytestmark = [pytest.mark.buildah, pytest.mark.skipif(not have_buildah(), reason="needs buildah as root")]
+pytestmark = [pytest.mark.buildah, requires(have_buildah(), "needs buildah as root")]
 
 KERNELS = (
     "mkdir -p /lib/modules/6.1.0-9 /lib/modules/6.1.0-10 /boot"

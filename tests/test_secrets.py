@@ -24,8 +24,9 @@ import pytest
 
 from tests.fixtures_build import buildah, have_buildah
 from tests.fixtures_servers import S3_TEST_ACCESS, S3_TEST_SECRET
+from tests.needs import requires
 
-pytestmark = [pytest.mark.buildah, pytest.mark.skipif(not have_buildah(), reason="needs buildah as root")]
+pytestmark = [pytest.mark.buildah, requires(have_buildah(), "needs buildah as root")]
 
 P = "igt-sec"
 REPO_USER = "repouser"

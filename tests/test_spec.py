@@ -9,6 +9,7 @@ import pytest
 from imagegraph.errors import SpecError
 from imagegraph.spec import load_spec, read_spec
 
+from .needs import requires
 from .specdirs import BASE, write
 
 # The workplace's shared examples sit beside the checkout; a CI clone may live elsewhere.
@@ -173,7 +174,7 @@ def _example_files() -> list[Path]:
     return sorted(EXAMPLES.rglob("*.yaml")) if EXAMPLES.is_dir() else []
 
 
-@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="the shared examples are not beside this checkout")
+@requires(EXAMPLES.is_dir(), "the shared examples are not beside this checkout")
 @pytest.mark.parametrize("path", _example_files(), ids=lambda p: str(p.relative_to(EXAMPLES)))
 def test_every_shared_example_loads_or_fails_clearly(path: Path) -> None:
     spec, diags = read_spec(path)

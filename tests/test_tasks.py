@@ -134,7 +134,7 @@ def test_booted_key_is_not_gated_again(tmp_path: Path) -> None:
     assert TaskKind.BOOT_TEST not in {t.kind for t in again.layers["a"].tasks}
 
 
-GOLDEN = Path(__file__).parent / "golden" / "tasks.json"
+GOLDEN = Path(__file__).parent / "golden_tasks.json"
 
 
 def golden_plan(tmp: Path) -> dict:

@@ -18,9 +18,10 @@ import pytest
 from imagegraph.key import KEY_TAG_PREFIX
 from imagegraph.publish.registry import RegistryClient
 from tests.fixtures_build import buildah, have_buildah
+from tests.needs import requires
 from tests.rpmrepo import make_repo, serve
 
-pytestmark = [pytest.mark.buildah, pytest.mark.skipif(not have_buildah(), reason="needs buildah as root")]
+pytestmark = [pytest.mark.buildah, requires(have_buildah(), "needs buildah as root")]
 
 P = "igt-un"
 EXE = [sys.executable, "-m", "imagegraph.cli"]

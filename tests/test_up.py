@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_build import buildah, containers, have_buildah, overlay_mounts
+from tests.needs import requires
 
-pytestmark = [pytest.mark.buildah, pytest.mark.skipif(not have_buildah(), reason="needs buildah as root")]
+pytestmark = [pytest.mark.buildah, requires(have_buildah(), "needs buildah as root")]
 
 P = "igt-up"
 

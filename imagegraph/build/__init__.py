@@ -8,8 +8,31 @@ images; `remove_stale_containers` cleans up after runs that died. Modules:
 `work` (state shared by the steps).
 """
 
-from .container import local_image_id, pull_image, remove_stale_containers
-from .layer import BuildRequest, BuildResult, ParentImage, build_layer, image_labels, local_ref
+# Exports load on first use (PEP 562): planning needs the backend table (`backends`, for the key
+# document) but not buildah's container and layer machinery.
+_EXPORTS = {
+    "local_image_id": "container",
+    "pull_image": "container",
+    "remove_stale_containers": "container",
+    "BuildRequest": "layer",
+    "BuildResult": "layer",
+    "ParentImage": "layer",
+    "build_layer": "layer",
+    "image_labels": "layer",
+    "local_ref": "layer",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imagegraph.build' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BuildRequest",

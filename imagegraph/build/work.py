@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 from ..rootfs import resolve_in_root
 from ..runner import Completed, Runner
 from ..spec import LayerSpec
-from .container import buildah_env
 
 
 @dataclass
@@ -47,6 +45,8 @@ class Work:
 
     def run(self, argv: Sequence[str], *, env: dict[str, str] | None = None, **kw: Any) -> Completed:
         """runner.run at the current step, with buildah's environment."""
+        from .container import buildah_env  # buildah's side loads when a build runs, not when planning
+
         return self.runner.run(argv, step=self.current, env={**buildah_env(), **(env or {})}, **kw)
 
     def buildah_run(self, argv: Sequence[str], *, env: dict[str, str] | None = None, **kw: Any) -> Completed:
@@ -70,6 +70,8 @@ class Work:
 
     def download(self, url: str, dest: Path) -> Path:
         """Fetch a URL (a .repo file, a signing key) through the spec's proxy, if any."""
+        import urllib.request
+
         handlers = []
         if self.spec.proxy:
             handlers.append(urllib.request.ProxyHandler({"http": self.spec.proxy, "https": self.spec.proxy}))

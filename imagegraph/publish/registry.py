@@ -81,9 +81,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import requests
-import tenacity
-
 from ..errors import ImagegraphError, PublishError
 from ..key import key_tag
 from ..log import get_logger
@@ -91,6 +88,9 @@ from ..redact import add_secret, redact
 from ..runner import Cancelled, CommandError, Runner, cancel_requested
 
 if TYPE_CHECKING:
+    import requests
+    import tenacity
+
     from ..spec import LayerSpec
 
 __all__ = [
@@ -448,6 +448,8 @@ class RetryPolicy:
     def retrying(
         self, on_retry: Callable[[TransientError, int, float], None] | None = None
     ) -> tenacity.Retrying:
+        import tenacity  # with requests, loaded when a registry is first asked (not by `plan --offline`)
+
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
@@ -781,6 +783,8 @@ class RegistryClient:
         self.down_ttl = down_ttl
         self._lock = threading.Lock()
         self._repo_locks: dict[str, threading.Lock] = {}
+        import requests
+
         self.session = session or requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
         self.session.mount("http://", adapter)
@@ -1132,6 +1136,8 @@ class RegistryClient:
         api_host = _API_HOSTS.get(host, host)
         schemes = self.schemes(host)
         last: Exception | None = None
+        import requests
+
         for i, scheme in enumerate(schemes):
             verify: bool | str = True
             if scheme == "https":
@@ -1204,6 +1210,8 @@ class RegistryClient:
         realm = params["realm"]
         realm_host = urllib.parse.urlsplit(realm).netloc.lower()
         verify: bool | str = self._host_verify.get(realm_host, not self.is_insecure(realm_host))
+        import requests
+
         try:
             resp = self.session.get(
                 realm,

@@ -1,0 +1,88 @@
+"""`imagegraph plan` / `validate` / `--version` load only what they need (fresh processes).
+
+What a command imports decides how fast it starts; the benchmark (bench/plan_bench.py)
+measures the time, this test pins the module set so a stray top-level import shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .specdirs import seed_dir
+
+# Loaded by `up`, `lock`, `gc`, the registry and S3 clients, terminal rendering and logging.
+NEVER_FOR_PLAN = (
+    "boto3",
+    "botocore",
+    "requests",
+    "tenacity",
+    "structlog",
+    "imagegraph.executor",
+    "imagegraph.scheduler",
+    # the build package's backend table and backends (their key inputs) are light; not buildah's side
+    "imagegraph.build.layer",
+    "imagegraph.build.container",
+    "imagegraph.publish.s3",
+    "imagegraph.publish.artifacts",
+    "imagegraph.boottest",
+    "urllib.request",  # lock file fetching
+    "http.client",
+    "concurrent.futures",  # the online prefetch's pool
+)
+PARSERS = ("ruamel", "yaml", "jsonschema", "jsonschema_rs")
+
+PROBE = r"""
+import json, sys
+from imagegraph.cli import main
+try:
+    status = main(sys.argv[1:])
+finally:  # --version exits inside argparse
+    sys.stdout.flush()
+    print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+raise SystemExit(status)
+"""
+
+
+def _modules(*args: str, xdg: Path) -> set[str]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(xdg)}
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    return set(json.loads(r.stderr.strip().splitlines()[-1]))
+
+
+def _loaded(modules: set[str], names: tuple[str, ...]) -> set[str]:
+    return {m for m in modules for n in names if m == n or m.startswith(n + ".")}
+
+
+def test_plan_json_loads_no_client_renderer_or_logger(tmp_path: Path) -> None:
+    root = seed_dir(tmp_path / "layers")
+    cold = _modules("plan", "--offline", "--json", str(root), xdg=tmp_path / "xdg")
+    assert not _loaded(cold, NEVER_FOR_PLAN)
+    assert _loaded(cold, ("yaml",))  # the specs were parsed: the fast path ran
+    assert not _loaded(cold, ("jsonschema",))  # valid specs: no error to word
+    warm = _modules("plan", "--offline", "--json", str(root), xdg=tmp_path / "xdg")
+    assert not _loaded(warm, NEVER_FOR_PLAN + ("jsonschema",))
+    # imagegraph.yaml is read on every run (it is not cached); without it nothing is parsed at all
+    (root / "imagegraph.yaml").unlink()
+    _modules("plan", "--offline", "--json", str(root), xdg=tmp_path / "xdg")
+    warm = _modules("plan", "--offline", "--json", str(root), xdg=tmp_path / "xdg")
+    assert not _loaded(warm, NEVER_FOR_PLAN + PARSERS)  # every spec came from the cache
+
+
+def test_validate_of_a_valid_directory_loads_no_client(tmp_path: Path) -> None:
+    root = seed_dir(tmp_path / "layers")
+    mods = _modules("validate", "--json", str(root), xdg=tmp_path / "xdg")
+    assert not _loaded(mods, tuple(n for n in NEVER_FOR_PLAN if n != "rich"))
+
+
+def test_version_loads_no_client_parser_or_logger(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-c", PROBE, "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("imagegraph ")
+    core = ("networkx", "imagegraph.graph", "imagegraph.plan", "imagegraph.project", "imagegraph.state")
+    assert not _loaded(set(json.loads(r.stderr.strip().splitlines()[-1])), NEVER_FOR_PLAN + PARSERS + core)
