@@ -124,7 +124,7 @@ class LocalExecutor:
             # plan time), not whatever the tag points at now.
             ref = str(parse_reference(spec.parent).with_digest(digest))
         image = self._pull_once(ref, spec.registry_opts_pull, runner)
-        return ParentImage(image=image, ref=spec.parent, key=None)
+        return ParentImage(image=image, ref=spec.parent, key=None, digest=digest)
 
     # ------------------------------------------------------------------ execute
 
@@ -159,6 +159,8 @@ class LocalExecutor:
                 raise
             image_id, image_ref = built.image_id, built.image_ref
             self._record_build(lp, spec, parent, t0, "ok", image_id=image_id, image_ref=image_ref)
+            if built.inventory is not None and built.inventory.known:
+                self.state.record_inventory(lp.layer, lp.key, built.inventory)
             runner.note("build", f"built {image_ref} in {time.time() - t0:.1f} s")
         else:
             image_id = None  # found lazily: a registry-only publish needs no local image
