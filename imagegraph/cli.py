@@ -161,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="do not ask registries or S3 for the key")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("diff", help="packages added, removed, upgraded, downgraded between two builds")
+    p.add_argument("args", nargs="+", metavar="[DIR] LAYER [FROM] [TO]")
+    p.add_argument("--state", metavar="PATH")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sbom", help="print a built key's CycloneDX 1.5 SBOM")
+    p.add_argument("args", nargs="+", metavar="[DIR] LAYER")
+    p.add_argument("--state", metavar="PATH")
+    p.add_argument("--key", default=None, help="a key, key prefix or tag (default the current build)")
+
     p = sub.add_parser("promote", help="point a human tag at an already built key, without building")
     p.add_argument("args", nargs="+", metavar="[DIR] LAYER TAG")
     p.add_argument("--state", metavar="PATH")
@@ -477,12 +487,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = State(_state_path(project, args.state), readonly=True)
     runs = state.runs(10)
     layers = state.layers()
+    from .diff import changes_since_previous
+
+    changes = {lid: changes_since_previous(state, lid, rec.key) for lid, rec in layers.items()}
     if args.json:
-        print(
-            json.dumps(
-                {"runs": runs, "layers": {k: v.__dict__ for k, v in layers.items()}}, indent=2, default=str
-            )
-        )
+        doc = {"runs": runs, "layers": {k: v.__dict__ for k, v in layers.items()}}
+        doc["changes"] = {k: {**d.to_json(), "brief": d.brief()} for k, d in changes.items()}
+        print(json.dumps(doc, indent=2, default=str))
         return 0
     console = _out()
     t = Table(title="recent runs")
@@ -497,15 +508,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     console.print(t)
     t = Table(title="layers")
-    for c in ("layer", "key", "built", "duration"):
+    for c in ("layer", "key", "built", "duration", "packages since previous build"):
         t.add_column(c)
     for lid in lg.order():
         rec = layers.get(lid)
         if rec:
             built = time.strftime("%Y-%m-%d %H:%M", time.localtime(rec.built_at)) if rec.built_at else "-"
-            t.add_row(lid, rec.key[:12], built, f"{rec.duration:.0f}s" if rec.duration else "-")
+            dur = f"{rec.duration:.0f}s" if rec.duration else "-"
+            t.add_row(lid, rec.key[:12], built, dur, changes[lid].brief(limit=4))
         else:
-            t.add_row(lid, "-", "never", "-")
+            t.add_row(lid, "-", "never", "-", "")
     console.print(t)
     return 0
 
@@ -674,6 +686,66 @@ def cmd_promote(args: argparse.Namespace) -> int:
         for t in doc.targets:
             for loc in t["locations"]:
                 out.print(Text(f"  {t['target']}: {redact(str(loc))}"))
+        if doc.changes is not None:
+            render_diff(doc.changes, out)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .diff import default_keys, layer_diff, resolve_ref
+
+    root, names = _split_dir(args.args)
+    if not 1 <= len(names) <= 3:
+        raise UsageError("diff takes [DIR] LAYER [FROM] [TO]")
+    project, lg = _load(root, args.state)
+    layer = lg.lookup(names[0])
+    spec = lg.spec(layer)
+    state = State(_state_path(project, args.state), readonly=True)
+    from_key, to_key, from_label = default_keys(state, layer, spec)
+    to_label = "current"
+    if len(names) >= 2:
+        from_key, from_label = resolve_ref(state, layer, spec, names[1]), names[1]
+    if len(names) == 3:
+        to_key, to_label = resolve_ref(state, layer, spec, names[2]), names[2]
+    d = layer_diff(state, layer, from_key, to_key, from_label=from_label, to_label=to_label)
+    if args.json:
+        print(json.dumps(d.to_json(), indent=2))
+    else:
+        render_diff(d, _out())
+    return 0 if d.status == "known" else 1
+
+
+def render_diff(d: Any, console: Console) -> None:
+    marks = {
+        "added": ("+", "green"),
+        "removed": ("-", "red"),
+        "upgraded": ("↑", "cyan"),
+        "downgraded": ("↓", "yellow"),
+    }
+    old = f"{d.from_key[:12]} ({d.from_label})" if d.from_key else "nothing (first build)"
+    console.print(Text(f"{d.layer}: {old} -> {d.to_key[:12]} ({d.to_label or 'current'})", style="bold"))
+    for c in d.changes:
+        mark, style = marks[str(c.kind)]
+        versions = f"{c.old} -> {c.new}" if c.old and c.new else (c.new or c.old)
+        console.print(Text(f"  {mark} {c.kind:10} {c.name} {versions} ({c.arch})", style=style))
+    console.print(Text(d.summary(), style="bold" if d.status == "known" else "bold red"))
+
+
+def cmd_sbom(args: argparse.Namespace) -> int:
+    from .diff import resolve_ref
+    from .sbom import layer_sbom, sbom_bytes
+
+    project, lg, layer, _ = _layer_args(args, "sbom")
+    spec = lg.spec(layer)
+    state = State(_state_path(project, args.state), readonly=True)
+    rec = state.layer(layer)
+    if args.key:
+        key = resolve_ref(state, layer, spec, args.key)
+    elif rec is not None:
+        key = rec.key
+    else:
+        raise UsageError(f"{layer}: never built here; run `imagegraph up` first")
+    sys.stdout.write(sbom_bytes(layer_sbom(state, layer, spec, key)).decode())
     return 0
 
 
@@ -689,6 +761,8 @@ COMMANDS = {
     "log": cmd_log,
     "boot-test": cmd_boot_test,
     "promote": cmd_promote,
+    "diff": cmd_diff,
+    "sbom": cmd_sbom,
 }
 
 

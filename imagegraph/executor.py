@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from . import runner as runner_mod
 from .build import BuildRequest, ParentImage, build_layer, local_image_id, pull_image, remove_stale_containers
+from .diff import run_changes
 from .errors import BuildError, ImagegraphError, LockHeldError, PublishError
 from .key import key_tag
 from .log import bind_run, get_logger
@@ -484,7 +485,15 @@ def run_up(
             for sig, h in previous.items():
                 signal.signal(sig, h)
         status = "cancelled" if result.cancelled else ("failed" if result.failed else "ok")
-        doc = redact_obj({**result.to_json(), "command": command, "plan": plan.to_json()})
+        built = {
+            r.layer: plan.layers[r.layer].key
+            for r in result.results.values()
+            if r.action == Action.BUILD and r.status == "ok"
+        }
+        changes = run_changes(state, built)  # per rebuilt layer: packages since its previous build
+        doc = redact_obj(
+            {**result.to_json(), "command": command, "plan": plan.to_json(), "package_changes": changes}
+        )
         state.finish_run(run_id, status, doc)
         _write_records(state_dir, run_id, doc, status)
         log.info(

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from .rootfs import resolve_in_root
+from .rootfs import read_os_release, resolve_in_root
 from .runner import Runner
 
 # Where rpm keeps its database, newest convention first (Fedora 36+/EL 10 use sysimage;
@@ -86,10 +86,14 @@ class Inventory:
     packages: list[Package] = field(default_factory=list)
     dbpath: str | None = None  # where in the image it was read
     reason: str = ""  # why it is unknown
+    os_id: str = ""  # the image's os-release ID and VERSION_ID (purl namespace and distro)
+    os_version: str = ""
 
     def to_json(self) -> dict:
         return {
             "status": str(self.status),
+            "os_id": self.os_id,
+            "os_version": self.os_version,
             "format": str(self.format) if self.format else None,
             "dbpath": self.dbpath,
             "reason": self.reason,
@@ -104,6 +108,8 @@ class Inventory:
             packages=[Package(**p) for p in doc.get("packages", [])],
             dbpath=doc.get("dbpath"),
             reason=doc.get("reason", ""),
+            os_id=doc.get("os_id", ""),
+            os_version=doc.get("os_version", ""),
         )
 
     def compress(self) -> bytes:
@@ -169,7 +175,15 @@ def read_inventory(root: Path, runner: Runner, step: str = "inventory") -> Inven
     parse = _parse_rpm if fmt == PackageFormat.RPM else _parse_dpkg
     packages = [p for line in done.stdout.splitlines() if (p := parse(line)) is not None]
     packages.sort(key=Package.sort_key)
-    return Inventory(InventoryStatus.KNOWN, fmt, packages, dbpath=dbpath)
+    osr = read_os_release(root)
+    return Inventory(
+        InventoryStatus.KNOWN,
+        fmt,
+        packages,
+        dbpath,
+        os_id=osr.get("ID", ""),
+        os_version=osr.get("VERSION_ID", ""),
+    )
 
 
 def _none(value: str) -> str | None:

@@ -16,7 +16,8 @@ prefix of a recorded build). Each of the layer's targets moves:
 
 When the layer has `options.boot_test.enabled`, the key must have booted
 (a `boot-test` event in the state, from `up` or `boot-test`), unless forced.
-Every move is recorded in the state as a `promote` event.
+Every move is recorded in the state as a `promote` event, with the package
+diff from the key the tag pointed at before (`diff.tag_changes`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .diff import PackageDiff, tag_changes
 from .errors import ImagegraphError, UsageError
 from .key import key_tag
 from .runner import Runner
@@ -46,9 +48,12 @@ class Promotion:
     key: str
     tag: str
     targets: list[dict] = field(default_factory=list)
+    changes: PackageDiff | None = None  # packages from what `tag` pointed at to `key`
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        doc = dataclasses.asdict(dataclasses.replace(self, changes=None))
+        doc["changes"] = self.changes.to_json() if self.changes else None
+        return doc
 
 
 def tested(state: State, layer: str, key: str) -> dict | None:
@@ -81,7 +86,7 @@ def promote(
             f"`imagegraph boot-test {layer}` or `imagegraph up` first, or pass --force"
         )
     runner = runner or Runner(layer)
-    out = Promotion(layer, key, tag)
+    out = Promotion(layer, key, tag, changes=tag_changes(state, layer, spec, tag, key))
     if spec.publish_registry:
         out.targets.append(_registry(spec, key, tag))
     if spec.publish_local:
@@ -102,7 +107,12 @@ def promote(
             kind="promote",
             location=json.dumps(t["locations"]),
             digest=t.get("digest"),
-            detail={"tag": tag, "target": t["target"], "forced": force},
+            detail={
+                "tag": tag,
+                "target": t["target"],
+                "forced": force,
+                "changes": out.changes.to_json() if out.changes else None,
+            },
         )
     return out
 

@@ -13,14 +13,13 @@ rootfs, never against the host (an image's `/lib -> usr/lib` or an absolute
 
 from __future__ import annotations
 
-import shlex
 import stat
 from dataclasses import dataclass
 from functools import cmp_to_key
 from pathlib import Path
 
 from ..errors import PublishError
-from ..rootfs import resolve_in_root
+from ..rootfs import read_os_release, resolve_in_root
 from ..versions import rpmvercmp
 
 MODULE_DIRS = ("lib/modules", "usr/lib/modules")
@@ -149,28 +148,6 @@ def find_boot_files(rootfs: Path, kernel_version: str | None = None, *, layer: s
 
 
 # ----------------------------------------------------------------------------- os-release
-
-
-def read_os_release(rootfs: Path) -> dict[str, str]:
-    """`/etc/os-release` (else `/usr/lib/os-release`) of the image, values unquoted."""
-    for candidate in ("etc/os-release", "usr/lib/os-release"):
-        p = _regular_file(Path(rootfs), candidate)
-        if p is None:
-            continue
-        out: dict[str, str] = {}
-        for line in p.read_text(errors="replace").splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            k, _, v = line.partition("=")
-            try:
-                words = shlex.split(v)
-                v = " ".join(words)
-            except ValueError:
-                v = v.strip().strip("\"'")
-            out[k.strip()] = v
-        return out
-    return {}
 
 
 def os_release(rootfs: Path) -> tuple[str, str]:

@@ -1,0 +1,236 @@
+"""What changed, through the real CLI: inventories, `diff`, `sbom`, `promote`, `status`, layer.json.
+
+One scratch dnf layer is built twice from a repository made here (tests/rpmrepo.py):
+the second build adds `ig-new` and picks up `ig-hello` 1.1. It publishes to a
+real docker-registry, moto's S3 over HTTP and a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_build import buildah, containers, have_buildah
+from tests.fixtures_servers import S3_TEST_ACCESS, S3_TEST_SECRET, _registry_server
+from tests.rpmrepo import make_repo, serve
+
+pytestmark = [
+    pytest.mark.buildah,
+    pytest.mark.slow,
+    pytest.mark.skipif(not have_buildah(), reason="needs buildah as root"),
+]
+
+ENV = {
+    "BUILDAH_ISOLATION": "chroot",
+    "IMAGEGRAPH_RETRY_ATTEMPTS": "2",
+    "IMAGEGRAPH_RETRY_INITIAL_WAIT": "0.2",
+    "S3_ACCESS": S3_TEST_ACCESS,
+    "S3_SECRET": S3_TEST_SECRET,
+}
+
+
+def cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "imagegraph.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        timeout=600,
+    )
+
+
+def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def cleanup_images(prefix: str) -> None:
+    for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
+        if prefix in ref:
+            buildah("rmi", "-f", ref, check=False)
+
+
+def image_file(ref: str, path: str) -> str:
+    """A file of a local image, read from its mount (no command runs inside)."""
+    ctr = buildah("from", "--pull=never", ref).stdout.strip()
+    try:
+        mnt = buildah("mount", ctr).stdout.strip()
+        return (Path(mnt) / path.lstrip("/")).read_text()
+    finally:
+        buildah("rm", ctr, check=False)
+
+
+@dataclass
+class Story:
+    root: Path
+    state: Path
+    tmp: Path
+    bucket: str
+    s3: object
+    registry: object
+    keys: list[str] = field(default_factory=list)
+    up: list[dict] = field(default_factory=list)
+    promote: list[subprocess.CompletedProcess] = field(default_factory=list)
+
+    def run(self, *args: object) -> subprocess.CompletedProcess:
+        return cli(args[0], self.root, *args[1:], "--state", self.state)
+
+
+DNF_SPEC = """
+options:
+  layer_type: base
+  name: igt-chg-dnf
+  publish_tags: ['1']
+  pkg_manager: dnf
+  parent: scratch
+  gpgcheck: false
+  releasever: '9'
+  rootfs_only: true
+  publish_dir: '../out'
+  publish_s3: '{endpoint}'
+  s3_bucket: '{bucket}'
+  s3_prefix: 'chg/'
+  s3_layout: versioned
+  publish_registry: '{registry}/igt'
+  registry_opts_push: ['--tls-verify=false']
+repos:
+  - alias: igtest
+    url: '{repo}'
+package_groups: ['IG Minimal']
+packages: {packages}
+"""
+
+
+def current_key(story: Story) -> str:
+    plan = json.loads(ok(story.run("plan", "--json", "--offline")).stdout)
+    return plan["layers"][0]["key"]
+
+
+@pytest.fixture(scope="module")
+def dnf_story(tmp_path_factory: pytest.TempPathFactory, s3_server) -> Iterator[Story]:
+    tmp = tmp_path_factory.mktemp("changes-dnf")
+    repo = make_repo(tmp / "repo")
+    server = serve(repo.path)
+    (tmp / "registry").mkdir()
+    registries = _registry_server(tmp / "registry")
+    registry = next(registries)
+    try:
+        bucket = s3_server.make_bucket("chg")
+        root = tmp / "layers"
+        root.mkdir()
+        spec = root / "dnf.yaml"
+
+        def write(packages: list[str]) -> None:
+            spec.write_text(
+                textwrap.dedent(DNF_SPEC).format(
+                    endpoint=s3_server.endpoint,
+                    bucket=bucket,
+                    registry=registry.host,
+                    repo=server.url,
+                    packages=json.dumps(packages),
+                )
+            )
+
+        story = Story(root, tmp / "state" / "state.db", tmp, bucket, s3_server, registry)
+        write(["ig-hello", "ig-tool"])
+        for second in (False, True):
+            if second:  # a newer ig-hello in the repository, and a package added to the spec
+                repo.add_version("ig-hello", "1.1")
+                repo.add_version("ig-new", "2.0")
+                write(["ig-hello", "ig-tool", "ig-new"])
+            r = story.run("up", "--json")
+            assert r.returncode == 0, r.stderr[-4000:]
+            story.up.append(json.loads(r.stdout))
+            story.keys.append(current_key(story))
+            story.promote.append(ok(story.run("promote", "dnf", "prod")))
+        yield story
+    finally:
+        cleanup_images("igt-chg-")
+        server.stop()
+        repo.cleanup()
+        next(registries, None)
+
+
+def test_diff_shows_exactly_the_two_changes(dnf_story: Story) -> None:
+    s = dnf_story
+    assert s.keys[0] != s.keys[1]
+    text = ok(s.run("diff", "dnf")).stdout
+    lines = [ln.strip() for ln in text.splitlines()]
+    changed = [ln for ln in lines if ln[:1] in "+-↑↓"]
+    assert changed == [
+        "↑ upgraded   ig-hello 1.0-1 -> 1.1-1 (noarch)",
+        "+ added      ig-new 2.0-1 (noarch)",
+    ]
+    assert lines[-1] == "1 added, 0 removed, 1 upgraded, 0 downgraded"
+    doc = json.loads(ok(s.run("diff", "dnf", "--json")).stdout)
+    assert (doc["from"], doc["to"]) == (s.keys[0], s.keys[1])
+    assert doc["counts"] == {"added": 1, "removed": 0, "upgraded": 1, "downgraded": 0}
+    assert doc["changes"] == [
+        {"kind": "upgraded", "name": "ig-hello", "arch": "noarch", "old": "1.0-1", "new": "1.1-1"},
+        {"kind": "added", "name": "ig-new", "arch": "noarch", "old": None, "new": "2.0-1"},
+    ]
+    # FROM and TO by key prefix, ig- key tag or human tag; reversed, it is a downgrade and a removal
+    back = json.loads(ok(s.run("diff", "dnf", s.keys[1][:10], "ig-" + s.keys[0], "--json")).stdout)
+    assert back["counts"] == {"added": 0, "removed": 1, "upgraded": 0, "downgraded": 1}
+    same = json.loads(ok(s.run("diff", "dnf", "prod", s.keys[1][:12], "--json")).stdout)
+    assert same["changes"] == [] and same["from"] == s.keys[1]
+    bad = s.run("diff", "dnf", "no-such-tag")
+    assert bad.returncode == 2 and "no-such-tag" in bad.stderr
+
+
+def test_promote_prints_and_records_the_change(dnf_story: Story) -> None:
+    first, second = (p.stdout for p in dnf_story.promote)
+    assert "+ added      ig-hello 1.0-1" in first  # prod pointed at nothing before
+    assert "↑ upgraded   ig-hello 1.0-1 -> 1.1-1 (noarch)" in second
+    assert "+ added      ig-new 2.0-1 (noarch)" in second
+    assert "1 added, 0 removed, 1 upgraded, 0 downgraded" in second
+    from imagegraph.state import State
+
+    ev = State(dnf_story.state, readonly=True).events("dnf", "promote")[0]
+    assert ev["key"] == dnf_story.keys[1]
+    assert ev["detail"]["changes"]["counts"] == {"added": 1, "removed": 0, "upgraded": 1, "downgraded": 0}
+
+
+def test_run_record_and_status_carry_the_changes(dnf_story: Story) -> None:
+    rec = dnf_story.up[1]
+    run = json.loads((dnf_story.state.parent / "last-run.json").read_text())
+    ch = run["package_changes"]["dnf"]
+    assert ch["from"] == dnf_story.keys[0] and ch["to"] == dnf_story.keys[1]
+    assert ch["brief"] == "ig-hello 1.0-1 → 1.1-1, +ig-new 2.0-1"
+    assert rec["layers"][0]["action"] == "build"
+    status = json.loads(ok(dnf_story.run("status", "--json")).stdout)
+    assert status["changes"]["dnf"]["brief"] == "ig-hello 1.0-1 → 1.1-1, +ig-new 2.0-1"
+    assert "ig-hello 1.0-1 → 1.1-1" in ok(dnf_story.run("status")).stdout
+
+
+def test_the_image_holds_its_key(dnf_story: Story) -> None:
+    from imagegraph import __version__
+
+    key = dnf_story.keys[1]
+    doc = json.loads(image_file(f"localhost/imagegraph/igt-chg-dnf:ig-{key}", "/etc/imagegraph/layer.json"))
+    assert doc == {
+        "format": 1,
+        "name": "igt-chg-dnf",
+        "key": key,
+        "key_tag": f"ig-{key}",
+        "parent": "scratch",
+        "parent_key": None,
+        "parent_digest": None,
+        "spec": "dnf.yaml",
+        "imagegraph": __version__,
+    }
+    listing = subprocess.run(
+        ["unsquashfs", "-l", str(dnf_story.tmp / "out" / "igt-chg-dnf" / "1" / "rootfs.squashfs")],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "squashfs-root/etc/imagegraph/layer.json" in listing
+    assert [c for c in containers() if c.startswith("imagegraph-igt-chg-")] == []
