@@ -166,6 +166,7 @@ class LocalExecutor:
         else:
             image_id = None  # found lazily: a registry-only publish needs no local image
         published = self._publish(lp, spec, image_id, runner)
+        published += self._publish_sbom(lp, spec, runner)
         return LayerResult(
             lp.layer,
             lp.action,
@@ -267,6 +268,25 @@ class LocalExecutor:
         if gated and "registry" in todo:
             out.insert(0, self._publish_registry(lp, spec, None, need_image, runner))
         return out
+
+    def _publish_sbom(self, lp: LayerPlan, spec: LayerSpec, runner: Runner) -> list[dict]:
+        """The key's SBOM beside what this action published (publish/sbomfiles.py).
+
+        A failure is a warning in the log: the boot image is published already.
+        """
+        targets = [t for t in lp.publish if t in ("s3", "dir", "registry")]
+        if not targets or self.state.inventory_blob(lp.key) is None:
+            return []
+        from .publish.sbomfiles import publish_sbom
+        from .sbom import layer_sbom, sbom_bytes
+
+        try:
+            body = sbom_bytes(layer_sbom(self.state, lp.layer, spec, lp.key))
+            return publish_sbom(self.state, lp.layer, spec, lp.key, body, targets, runner, self.work_dir)
+        except (ImagegraphError, OSError) as exc:
+            runner.note("sbom", f"SBOM not published: {redact(str(exc))}")
+            get_logger().warning("SBOM not published", layer=lp.layer, error=redact(str(exc)))
+            return []
 
     # ---------------------------------------------------------------- boot test
 

@@ -106,6 +106,8 @@ repos:
     url: '{repo}'
 package_groups: ['IG Minimal']
 packages: {packages}
+cmds:
+  - "printf 'ID=igtest\\nVERSION_ID=1\\n' > /etc/os-release"
 """
 
 
@@ -234,3 +236,81 @@ def test_the_image_holds_its_key(dnf_story: Story) -> None:
     ).stdout
     assert "squashfs-root/etc/imagegraph/layer.json" in listing
     assert [c for c in containers() if c.startswith("imagegraph-igt-chg-")] == []
+
+
+def validate_cyclonedx(text: str) -> None:
+    """Against CycloneDX's published 1.5 JSON schema (shipped, strict, with cyclonedx-python-lib)."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    error = JsonStrictValidator(SchemaVersion.V1_5).validate_str(text)
+    assert error is None, error
+
+
+def components(doc: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in doc["components"]}
+
+
+def props(component: dict) -> dict[str, str]:
+    return {p["name"]: p["value"] for p in component.get("properties", [])}
+
+
+def test_sbom_validates_and_lists_both_changes(dnf_story: Story) -> None:
+    s = dnf_story
+    text = ok(s.run("sbom", "dnf")).stdout
+    validate_cyclonedx(text)
+    doc = json.loads(text)
+    assert (doc["bomFormat"], doc["specVersion"]) == ("CycloneDX", "1.5")
+    comps = components(doc)
+    assert comps["ig-hello"]["version"] == "1.1-1" and comps["ig-new"]["version"] == "2.0-1"
+    assert comps["ig-hello"]["purl"] == "pkg:rpm/igtest/ig-hello@1.1-1?arch=noarch&distro=igtest-1"
+    assert comps["ig-hello"]["licenses"] == [{"license": {"id": "MIT"}}]
+    image = props(doc["metadata"]["component"])
+    assert image["imagegraph:key"] == s.keys[1] and image["imagegraph:layer"] == "dnf"
+    assert image["imagegraph:image-digest"].startswith("sha256:")
+    assert "imagegraph:parent-key" not in image  # scratch
+    # --key names an older build: its SBOM has the old versions and no ig-new
+    old = json.loads(ok(s.run("sbom", "dnf", "--key", s.keys[0][:12])).stdout)
+    assert components(old)["ig-hello"]["version"] == "1.0-1" and "ig-new" not in components(old)
+    # the document is a function of the key: printed twice, the same bytes
+    assert ok(s.run("sbom", "dnf")).stdout == text
+
+
+def test_sbom_is_published_beside_the_squashfs(dnf_story: Story) -> None:
+    s = dnf_story
+    key = s.keys[1]
+    local = s.tmp / "out" / "igt-chg-dnf" / "1"
+    assert (local / "rootfs.squashfs").exists()
+    printed = json.loads(ok(s.run("sbom", "dnf")).stdout)
+    assert json.loads((local / "sbom.cdx.json").read_text()) == printed
+    client = s.s3.client()
+    obj = client.get_object(Bucket=s.bucket, Key="chg/igt-chg-dnf/1/sbom.cdx.json")
+    assert obj["Metadata"]["imagegraph-key"] == key
+    assert json.loads(obj["Body"].read()) == printed
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s.bucket, Prefix="chg/").get("Contents", [])}
+    assert {"chg/igt-chg-dnf/1/rootfs.squashfs", "chg/igt-chg-dnf/1/sbom.cdx.json"} <= keys
+
+
+def test_sbom_is_attached_to_the_registry_image(dnf_story: Story) -> None:
+    from imagegraph.publish.referrers import fallback_tag, referring
+    from imagegraph.publish.registry import RegistryClient
+    from imagegraph.sbom import SBOM_MEDIA_TYPE
+
+    s = dnf_story
+    repo = f"{s.registry.host}/igt/igt-chg-dnf"
+    client = RegistryClient()
+    digest = client.manifest_digest(f"{repo}:ig-{s.keys[1]}")
+    found = referring(client, repo, digest)
+    assert [m["artifactType"] for m in found] == [SBOM_MEDIA_TYPE]
+    assert found[0]["annotations"]["io.imagegraph.key"] == s.keys[1]
+    if client.referrers(repo, digest) is None:
+        # Debian 12's distribution registry (2.8) has no referrers API: the OCI tag schema holds it
+        assert fallback_tag(digest) in (client.tags(repo) or set())
+    manifest = json.loads(client.manifest(f"{repo}@{found[0]['digest']}")[0])
+    assert manifest["subject"]["digest"] == digest
+    layer = manifest["layers"][0]
+    blob = client.session.get(f"{s.registry.url}/v2/igt/igt-chg-dnf/blobs/{layer['digest']}").content
+    assert json.loads(blob) == json.loads(ok(s.run("sbom", "dnf")).stdout)
+    # the build of the first key has its own SBOM, on its own image
+    first = client.manifest_digest(f"{repo}:ig-{s.keys[0]}")
+    assert [m["annotations"]["io.imagegraph.key"] for m in referring(client, repo, first)] == [s.keys[0]]
