@@ -7,11 +7,13 @@ real docker-registry, moto's S3 over HTTP and a directory.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,3 +316,146 @@ def test_sbom_is_attached_to_the_registry_image(dnf_story: Story) -> None:
     # the build of the first key has its own SBOM, on its own image
     first = client.manifest_digest(f"{repo}:ig-{s.keys[0]}")
     assert [m["annotations"]["io.imagegraph.key"] for m in referring(client, repo, first)] == [s.keys[0]]
+
+
+# ----------------------------------------------------------------------------- Debian
+
+DEB_SPEC = """
+options:
+  layer_type: base
+  name: igt-chg-deb
+  publish_tags: ['bookworm']
+  pkg_manager: apt
+  parent: localhost/ig-test/debian:bookworm
+  gpgcheck: false
+repos:
+  - alias: igdeb
+    url: '{repo}'
+    suite: igtest
+    components: [main]
+packages: {packages}
+"""
+
+
+@dataclass
+class DebStory:
+    root: Path
+    state: Path
+    parent_key: str
+    keys: list[str] = field(default_factory=list)
+    refs: list[str] = field(default_factory=list)
+    inventories: list = field(default_factory=list)
+
+    def run(self, *args: object) -> subprocess.CompletedProcess:
+        return cli(args[0], self.root, *args[1:], "--state", self.state)
+
+
+@pytest.fixture(scope="module")
+def deb_story(debian_image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebStory]:
+    """A child of the session's one Debian minbase image, built twice by build_layer (the same call
+    `up` makes) and recorded as `up` records it; `diff` and `sbom` then run through the CLI."""
+    from imagegraph.build import BuildRequest, ParentImage, build_layer
+    from imagegraph.runner import Runner
+    from imagegraph.spec import load_spec
+    from imagegraph.state import State
+    from tests.debrepo import make_deb_repo
+    from tests.fixtures_build import fake_key
+
+    parent_result, _, parent_key, _ = debian_image
+    tmp = tmp_path_factory.mktemp("changes-deb")
+    repo = make_deb_repo(tmp / "debrepo")
+    repo.add("ig-deb-a", "1.0~rc1")
+    server = serve(repo.path)
+    root = tmp / "layers"
+    root.mkdir()
+    story = DebStory(root, tmp / "state" / "state.db", parent_key)
+    state = State(story.state)
+    parent = ParentImage(parent_result.image_id, "localhost/ig-test/debian:bookworm", parent_key)
+    try:
+        for i, packages in enumerate((["ig-deb-a"], ["ig-deb-a", "ig-deb-new"])):
+            if i == 1:  # 1.0 is newer than 1.0~rc1 in dpkg's order (not in a string order)
+                repo.add("ig-deb-a", "1.0")
+                repo.add("ig-deb-new", "1:0.5-1")
+            (root / "deb.yaml").write_text(
+                textwrap.dedent(DEB_SPEC).format(repo=server.url, packages=json.dumps(packages))
+            )
+            spec = load_spec(root / "deb.yaml")
+            key = fake_key(f"changes-deb-{i}")
+            t0 = time.time()
+            res = build_layer(BuildRequest(spec, key, parent, "chg"), Runner("deb", logfile=io.StringIO()))
+            state.record_build(
+                run_id=f"chg-{i}",
+                layer="deb",
+                key=key,
+                inputs={"parent": {"kind": "layer", "key": parent_key}},
+                image_id=res.image_id,
+                image_ref=res.image_ref,
+                spec_file=str(spec.path),
+                parent_key=parent_key,
+                started=t0,
+                finished=time.time(),
+            )
+            state.record_inventory("deb", key, res.inventory)
+            story.keys.append(key)
+            story.refs.append(res.image_ref)
+            story.inventories.append(res.inventory)
+        state.close()
+        yield story
+    finally:
+        for ref in story.refs:
+            buildah("rmi", "-f", ref, check=False)
+        server.stop()
+
+
+def test_deb_diff_uses_dpkgs_order(deb_story: DebStory) -> None:
+    s = deb_story
+    assert s.inventories[0].format == "deb" and len(s.inventories[0].packages) > 50  # minbase + ours
+    text = ok(s.run("diff", "deb")).stdout
+    changed = [ln.strip() for ln in text.splitlines() if ln.strip()[:1] in "+-↑↓"]
+    assert changed == [
+        "↑ upgraded   ig-deb-a 1.0~rc1 -> 1.0 (all)",
+        "+ added      ig-deb-new 1:0.5-1 (all)",
+    ]
+    assert text.splitlines()[-1] == "1 added, 0 removed, 1 upgraded, 0 downgraded"
+    doc = json.loads(ok(s.run("diff", "deb", s.keys[1][:8], s.keys[0][:8], "--json")).stdout)
+    assert doc["format"] == "deb"
+    assert doc["changes"] == [
+        {"kind": "downgraded", "name": "ig-deb-a", "arch": "all", "old": "1.0", "new": "1.0~rc1"},
+        {"kind": "removed", "name": "ig-deb-new", "arch": "all", "old": "1:0.5-1", "new": None},
+    ]
+
+
+def test_deb_sbom_validates(deb_story: DebStory) -> None:
+    text = ok(deb_story.run("sbom", "deb")).stdout
+    validate_cyclonedx(text)
+    doc = json.loads(text)
+    comps = components(doc)
+    assert comps["ig-deb-a"]["purl"] == "pkg:deb/debian/ig-deb-a@1.0?arch=all&distro=debian-12"
+    assert comps["ig-deb-new"]["version"] == "1:0.5-1"
+    assert comps["dpkg"]["purl"].startswith("pkg:deb/debian/dpkg@1.21")
+    assert props(doc["metadata"]["component"])["imagegraph:parent-key"] == deb_story.parent_key
+
+
+def test_deb_image_holds_its_key_and_inventory_runs_nothing_inside(deb_story: DebStory, tmp_path) -> None:
+    from imagegraph.packages import read_inventory
+    from imagegraph.runner import Runner
+    from tests.test_packages import booby_trap
+
+    doc = json.loads(image_file(deb_story.refs[1], "/etc/imagegraph/layer.json"))
+    assert (doc["key"], doc["parent_key"], doc["spec"]) == (
+        deb_story.keys[1],
+        deb_story.parent_key,
+        "deb.yaml",
+    )
+    assert doc["parent"] == "localhost/ig-test/debian:bookworm" and "tags" not in doc
+    # the image's own dpkg, dpkg-query and sh replaced by traps: the inventory reads the same
+    ctr = buildah("from", "--pull=never", deb_story.refs[1]).stdout.strip()
+    try:
+        mnt = Path(buildah("mount", ctr).stdout.strip())
+        mark = tmp_path / "ran"
+        booby_trap(mnt, mark, "dpkg", "dpkg-query", "sh", "dash")
+        inv = read_inventory(mnt, Runner("t", logfile=io.StringIO()))
+        assert not mark.exists()
+        assert inv == deb_story.inventories[1]
+    finally:
+        buildah("rm", ctr, check=False)
