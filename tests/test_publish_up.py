@@ -191,6 +191,9 @@ def test_s3_and_directory_publishing(s3_site) -> None:
         "compute/igtest1-igt-pub-boot-latest",
         "efi-images/compute/vmlinuz-6.1.0-10",
         "efi-images/compute/initramfs-6.1.0-10.img",
+        # each tag's SBOM beside its SquashFS (publish/sbomfiles.py)
+        "compute/igtest1-igt-pub-boot-1.cdx.json",
+        "compute/igtest1-igt-pub-boot-latest.cdx.json",
     }
     plan = json.loads(cli("plan", str(root), "--state", str(state), "--json", env=env).stdout)
     key = plan["layers"][0]["key"]
