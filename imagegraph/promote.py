@@ -175,7 +175,22 @@ def _dir(spec: Any, key: str, tag: str) -> dict:
     body = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
     final = base / tag
     a._write_tag_dir(final, body, files, names, {role: f.path for role, f in files.items()})
+    _copy_sbom_file(source, final)
     return {"target": "dir", "locations": [str(final)], "source": str(source)}
+
+
+def _copy_sbom_file(source: Path, final: Path) -> None:
+    """The key's SBOM (publish/sbomfiles.py) goes with it, when the source tag has one."""
+    import os
+    import shutil
+
+    from .publish.sbomfiles import SBOM_NAME
+
+    if (source / SBOM_NAME).is_file():
+        tmp = final / f".{SBOM_NAME}.tmp"
+        shutil.copyfile(source / SBOM_NAME, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final / SBOM_NAME)
 
 
 def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> dict:
@@ -226,4 +241,10 @@ def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> dict:
     rootfs_meta = a._rootfs_metadata(key, kver, os_str, recorded, options)
     s3.copy(src.rootfs, dest.rootfs, rootfs_meta, meta.get(META_SHA256, ""), head["size"])
     locations.append(s3.url(dest.rootfs))
+    from .publish.sbomfiles import s3_sbom_key
+
+    sbom_src, sbom_dest = s3_sbom_key(spec, src.rootfs), s3_sbom_key(spec, dest.rootfs)
+    sbom = s3.head(sbom_src) if sbom_src != sbom_dest else None
+    if sbom is not None and sbom["metadata"].get("imagegraph-key") == key:
+        s3.copy(sbom_src, sbom_dest, sbom["metadata"], sbom["metadata"].get(META_SHA256, ""), sbom["size"])
     return {"target": "s3", "locations": locations, "source": s3.url(src.rootfs)}

@@ -410,10 +410,13 @@ class State:
     # ------------------------------------------------------------- inventories
 
     def record_inventory(self, layer: str, key: str, inventory: Any) -> None:
-        """A key's package inventory (a `packages.Inventory`); one per key, the first one kept."""
+        """A key's package inventory (a `packages.Inventory`), one per key.
+
+        A forced rebuild of a key replaces it: the key tag now names that image.
+        """
         with self.transaction() as c:
             c.execute(
-                "INSERT OR IGNORE INTO inventories (key, layer, status, format, packages, data, read_at)"
+                "INSERT OR REPLACE INTO inventories (key, layer, status, format, packages, data, read_at)"
                 " VALUES (?,?,?,?,?,?,?)",
                 (
                     key,

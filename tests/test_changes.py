@@ -291,6 +291,10 @@ def test_sbom_is_published_beside_the_squashfs(dnf_story: Story) -> None:
     assert json.loads(obj["Body"].read()) == printed
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=s.bucket, Prefix="chg/").get("Contents", [])}
     assert {"chg/igt-chg-dnf/1/rootfs.squashfs", "chg/igt-chg-dnf/1/sbom.cdx.json"} <= keys
+    # promote carries it to the promoted tag, in the directory and on S3
+    assert json.loads((local.parent / "prod" / "sbom.cdx.json").read_text()) == printed
+    prod = client.get_object(Bucket=s.bucket, Key="chg/igt-chg-dnf/prod/sbom.cdx.json")
+    assert prod["Metadata"]["imagegraph-key"] == key and json.loads(prod["Body"].read()) == printed
 
 
 def test_sbom_is_attached_to_the_registry_image(dnf_story: Story) -> None:
