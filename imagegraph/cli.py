@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="+", metavar="[DIR] LAYER [FROM] [TO]")
     p.add_argument("--state", metavar="PATH")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--files", action="store_true", help="also paths added/removed/changed (local images)")
 
     p = sub.add_parser("sbom", help="print a built key's CycloneDX 1.5 SBOM")
     p.add_argument("args", nargs="+", metavar="[DIR] LAYER")
@@ -708,11 +709,47 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if len(names) == 3:
         to_key, to_label = resolve_ref(state, layer, spec, names[2]), names[2]
     d = layer_diff(state, layer, from_key, to_key, from_label=from_label, to_label=to_label)
+    files = None
+    if args.files:
+        from .rootdiff import tree_changes
+        from .runner import Runner
+
+        if from_key is None:
+            raise UsageError(f"{layer}: --files needs two builds; FROM is the first build's nothing")
+        files = tree_changes(spec, from_key, to_key, Runner(layer))
     if args.json:
-        print(json.dumps(d.to_json(), indent=2))
+        doc = d.to_json()
+        if files is not None:
+            doc["files"] = [f.to_json() for f in files]
+        print(json.dumps(doc, indent=2))
     else:
         render_diff(d, _out())
+        if files is not None:
+            render_file_changes(files, _out())
     return 0 if d.status == "known" else 1
+
+
+def render_file_changes(files: list, console: Console) -> None:
+    marks = {"added": ("+", "green"), "removed": ("-", "red"), "changed": ("~", "yellow")}
+
+    def size(n: int | None) -> str:
+        return "" if n is None else f"{n} B"
+
+    for f in files:
+        mark, style = marks[str(f.kind)]
+        sizes = (
+            f"{size(f.old_size)} -> {size(f.new_size)}"
+            if f.kind == "changed"
+            else size(f.old_size or f.new_size)
+        )
+        extra = f" {f.what}" if f.what else ""
+        console.print(
+            Text(f"  {mark} {f.path}{extra} ({sizes})" if sizes else f"  {mark} {f.path}{extra}", style=style)
+        )
+    n = {k: sum(1 for f in files if f.kind == k) for k in ("added", "removed", "changed")}
+    console.print(
+        Text(f"{n['added']} paths added, {n['removed']} removed, {n['changed']} changed", style="bold")
+    )
 
 
 def render_diff(d: Any, console: Console) -> None:

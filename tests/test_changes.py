@@ -463,3 +463,18 @@ def test_deb_image_holds_its_key_and_inventory_runs_nothing_inside(deb_story: De
         assert inv == deb_story.inventories[1]
     finally:
         buildah("rm", ctr, check=False)
+
+
+def test_diff_files_compares_the_two_root_filesystems(dnf_story: Story) -> None:
+    s = dnf_story
+    doc = json.loads(ok(s.run("diff", "dnf", "--files", "--json")).stdout)
+    files = {(f["kind"], f["path"]): f for f in doc["files"]}
+    assert ("added", "/usr/share/ig-new") in files and ("added", "/usr/share/ig-new/new.txt") in files
+    hello = files[("changed", "/usr/share/ig-hello/hello.txt")]  # "ig-hello 1.0" -> "ig-hello 1.1"
+    assert (hello["what"], hello["old_size"], hello["new_size"]) == ("content", 13, 13)
+    assert ("changed", "/etc/imagegraph/layer.json") in files
+    # only dnf's metadata cache of the old repository state (scratch builds keep /var/cache/dnf)
+    assert all(k[1].startswith("/var/cache/dnf/") for k in files if k[0] == "removed")
+    text = ok(s.run("diff", "dnf", "--files")).stdout
+    assert "~ /usr/share/ig-hello/hello.txt content (13 B -> 13 B)" in text
+    assert [c for c in containers() if c.startswith("imagegraph-publish-")] == []
