@@ -275,12 +275,17 @@ class LocalExecutor:
         A failure is a warning in the log: the boot image is published already.
         """
         targets = [t for t in lp.publish if t in ("s3", "dir", "registry")]
-        if not targets or self.state.inventory_blob(lp.key) is None:
+        if not targets:
             return []
-        from .publish.sbomfiles import publish_sbom
+        from .publish.sbomfiles import ensure_inventory, publish_sbom
         from .sbom import layer_sbom, sbom_bytes
 
         try:
+            if not ensure_inventory(self.state, lp.layer, spec, lp.key, runner):
+                runner.note(
+                    "sbom", "no package inventory for this key (no local image, or no package database)"
+                )
+                return []
             body = sbom_bytes(layer_sbom(self.state, lp.layer, spec, lp.key))
             return publish_sbom(self.state, lp.layer, spec, lp.key, body, targets, runner, self.work_dir)
         except (ImagegraphError, OSError) as exc:

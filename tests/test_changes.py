@@ -478,3 +478,19 @@ def test_diff_files_compares_the_two_root_filesystems(dnf_story: Story) -> None:
     text = ok(s.run("diff", "dnf", "--files")).stdout
     assert "~ /usr/share/ig-hello/hello.txt content (13 B -> 13 B)" in text
     assert [c for c in containers() if c.startswith("imagegraph-publish-")] == []
+
+
+def test_a_key_without_an_inventory_gets_it_from_its_local_image(dnf_story: Story, tmp_path: Path) -> None:
+    from imagegraph.diff import inventory_of
+    from imagegraph.publish.sbomfiles import ensure_inventory
+    from imagegraph.runner import Runner
+    from imagegraph.spec import load_spec
+    from imagegraph.state import State
+
+    state = State(tmp_path / "fresh.db")  # as on a host whose state predates inventories
+    spec = load_spec(dnf_story.root / "dnf.yaml")
+    assert ensure_inventory(state, "dnf", spec, dnf_story.keys[0], Runner("dnf", logfile=io.StringIO()))
+    inv = inventory_of(state, dnf_story.keys[0])
+    assert {p.name: p.version for p in inv.packages}["ig-hello"] == "1.0-1"
+    assert not ensure_inventory(state, "dnf", spec, "f" * 64, Runner("dnf", logfile=io.StringIO()))
+    assert [c for c in containers() if c.startswith("imagegraph-publish-")] == []

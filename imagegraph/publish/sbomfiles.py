@@ -41,6 +41,28 @@ def _rootfs_objects(state: State, layer: str, key: str, target: str) -> list[dic
     return [o for o in rec.locations if isinstance(o, dict) and o.get("role") == "rootfs"]
 
 
+def ensure_inventory(state: State, layer: str, spec: Any, key: str, runner: Runner) -> bool:
+    """Whether the state has `key`'s inventory, reading it from the key's local image if it lacks one.
+
+    Keys built before imagegraph read inventories (or adopted from a registry
+    and pulled) get theirs once, the first time they are published again.
+    """
+    if state.inventory_blob(key) is not None:
+        return True
+    from ..build import local_image_id, local_ref
+    from ..packages import read_inventory
+    from .artifacts import mounted_image
+
+    image = local_image_id(local_ref(spec, key), runner)
+    if image is None:
+        return False
+    with mounted_image(image, runner) as root:
+        inv = read_inventory(root, runner)
+    if inv.known:
+        state.record_inventory(layer, key, inv)
+    return inv.known
+
+
 def publish_sbom(
     state: State,
     layer: str,
