@@ -3,8 +3,9 @@
 `read_inventory(root, runner)` looks for an rpm database (`/usr/lib/sysimage/rpm`,
 then `/var/lib/rpm`, following the image's own symlinks) or a dpkg status
 database (`/var/lib/dpkg`) under a mounted root and asks the HOST's rpm or
-dpkg-query to read it (`rpm --root R --dbpath D -qa --queryformat`,
-`dpkg-query --admindir R/var/lib/dpkg -W`). Nothing inside the image runs,
+dpkg-query to read it (`rpm --dbpath COPY -qa --queryformat`, `dpkg-query --admindir COPY -W`)
+on a private copy of the database's regular files, so the image is not
+written to and symlinks in it lead nowhere. Nothing inside the image runs,
 so a foreign-arch image (or one without rpm at all, as a scratch dnf image)
 is read the same way. An image with neither database has an inventory of
 status `unknown`, never an empty one.
@@ -17,6 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
+import tempfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -137,12 +141,20 @@ def find_database(root: Path) -> tuple[PackageFormat, str] | None:
     root = Path(root)
     for candidate in RPM_DBPATHS:
         d = _inside(root, candidate)
-        if d and any((root / d.lstrip("/") / f).is_file() for f in RPM_DB_FILES):
+        if d and any(_regular(root / d.lstrip("/") / f) for f in RPM_DB_FILES):
             return PackageFormat.RPM, d
     d = _inside(root, DPKG_ADMINDIR)
-    if d and (root / d.lstrip("/") / "status").is_file():
+    if d and _regular(root / d.lstrip("/") / "status"):
         return PackageFormat.DEB, d
     return None
+
+
+def _regular(path: Path) -> bool:
+    """A regular file itself, not a symlink to one (which would point into the host)."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def read_inventory(root: Path, runner: Runner, step: str = "inventory") -> Inventory:
@@ -156,14 +168,22 @@ def read_inventory(root: Path, runner: Runner, step: str = "inventory") -> Inven
             "(/var/lib/dpkg/status) in the image",
         )
     fmt, dbpath = found
-    if fmt == PackageFormat.RPM:
-        # An empty HOME: Debian's rpm reads ~/.rpmmacros, which may move the database elsewhere.
-        argv = ["rpm", "--root", str(root), "--dbpath", dbpath, "-qa", "--queryformat", RPM_QUERYFORMAT]
-        env = {"HOME": "/nonexistent", "LC_ALL": "C"}
-    else:
-        argv = ["dpkg-query", "--admindir", str(root / dbpath.lstrip("/")), "-W", "-f", DPKG_SHOWFORMAT]
-        env = {"LC_ALL": "C"}
-    done = runner.run(argv, step=step, capture=True, check=False, env=env)
+    # The tools read a private copy of the database's regular files: rpm opens even a query
+    # read-write (it would add rpmdb.sqlite-shm/-wal and .rpm.lock to the image being
+    # committed), and a symlink planted in the image must not lead the host's tools to the
+    # host's own files.
+    with tempfile.TemporaryDirectory(prefix="imagegraph-inventory-") as tmp:
+        copy = Path(tmp) / "db"
+        _copy_regular_files(root / dbpath.lstrip("/"), copy)
+        if fmt == PackageFormat.RPM:
+            # An empty HOME: Debian's rpm reads ~/.rpmmacros, which may move the database elsewhere.
+            argv = ["rpm", "--dbpath", str(copy), "-qa", "--queryformat", RPM_QUERYFORMAT]
+            env = {"HOME": "/nonexistent", "LC_ALL": "C"}
+        else:
+            _copy_regular_files(root / dbpath.lstrip("/") / "updates", copy / "updates")
+            argv = ["dpkg-query", "--admindir", str(copy), "-W", "-f", DPKG_SHOWFORMAT]
+            env = {"LC_ALL": "C"}
+        done = runner.run(argv, step=step, capture=True, check=False, env=env)
     if done.returncode != 0:
         tail = " ".join(done.tail[-3:])
         return Inventory(
@@ -184,6 +204,18 @@ def read_inventory(root: Path, runner: Runner, step: str = "inventory") -> Inven
         os_id=osr.get("ID", ""),
         os_version=osr.get("VERSION_ID", ""),
     )
+
+
+def _copy_regular_files(src: Path, dest: Path) -> None:
+    """The regular files directly in `src` (never through a symlink) into a new directory `dest`."""
+    dest.mkdir(mode=0o700)
+    try:
+        entries = list(os.scandir(src)) if not src.is_symlink() else []
+    except OSError:
+        return
+    for e in entries:
+        if e.is_file(follow_symlinks=False) and not e.name.startswith(".rpm.lock"):
+            shutil.copyfile(e.path, dest / e.name, follow_symlinks=False)
 
 
 def _none(value: str) -> str | None:

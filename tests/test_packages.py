@@ -103,6 +103,33 @@ def test_rpm_inventory_of_a_foreign_root_runs_nothing_inside(tmp_path: Path, rpm
     assert hello.source and hello.source.startswith("ig-hello-") and hello.source.endswith(".src.rpm")
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.mark.skipif(shutil.which("rpm") is None, reason="needs rpm")
+def test_reading_writes_nothing_into_the_image(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {**os.environ, "HOME": "/nonexistent"}
+    subprocess.run(["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "--initdb"], check=True, env=env)
+    for extra in root.glob("var/lib/rpm/*"):  # as a committed image may hold it: the database alone
+        if extra.name != "rpmdb.sqlite":
+            extra.unlink()
+    before = snapshot(root)
+    inv = read_inventory(root, runner())
+    assert inv.known and inv.packages == []  # a database with nothing in it: known, and empty
+    assert snapshot(root) == before
+
+
+def test_a_planted_symlink_is_not_followed_into_the_host(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").symlink_to("/var/lib/dpkg/status")  # the HOST's, if followed
+    inv = read_inventory(root, runner())
+    assert inv.status == InventoryStatus.UNKNOWN and inv.packages == []
+
+
 def test_rpm_database_found_through_the_images_own_symlink(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "usr/lib/sysimage/rpm").mkdir(parents=True)
