@@ -90,6 +90,9 @@ class PackageDiff:
         """One line for a report: `ig-hello 1.0-1 → 1.1-1, +ig-new 1.0-1` (`no package changes`)."""
         if self.status != InventoryStatus.KNOWN:
             return "unknown"
+        if self.from_key is None:
+            n = len(self.changes)
+            return f"first build: {n} package{'' if n == 1 else 's'}"
         if not self.changes:
             return "no package changes"
         words = [c.words() for c in self.changes[:limit]]

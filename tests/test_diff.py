@@ -154,6 +154,7 @@ def test_layer_diff_and_key_names(state: State) -> None:
     assert unknown.status == InventoryStatus.UNKNOWN and unknown.changes == []
     assert "no inventory recorded" in unknown.reason and unknown.brief() == "unknown"
     assert previous_key(state, "compute", c) == b and previous_key(state, "compute", a) is None
+    assert layer_diff(state, "compute", None, a).brief() == "first build: 1 package"
     assert resolve_ref(state, "compute", Spec(), "ig-" + b) == b
     assert resolve_ref(state, "compute", Spec(), "c" * 6) == c
     with pytest.raises(UsageError, match="matches 2 builds"):
