@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .build import BuildRequest, ParentImage, build_layer
 from .plan import LayerPlan, Plan
@@ -39,6 +39,7 @@ class BuiltImage:
     finished: float
     log_path: str | None = None
     steps: tuple[tuple[str, float], ...] = ()
+    inventory: Any = None  # the image's package inventory (packages.Inventory) when the build read one
 
     @property
     def seconds(self) -> float:
@@ -86,6 +87,7 @@ class LocalBuildService:
             finished=time.time(),
             log_path=str(runner.log_path) if getattr(runner, "log_path", None) else None,
             steps=tuple(res.steps),
+            inventory=res.inventory,
         )
 
     def cancel(self) -> None:

@@ -567,6 +567,57 @@ def _cmd_promote(sub: Any) -> None:
     _json_opt(p, "what was tagged")
 
 
+def _cmd_diff(sub: Any) -> None:
+    p = _add(
+        sub,
+        "diff",
+        "packages added, removed, upgraded and downgraded between two builds of a layer",
+        "[DIR] LAYER [FROM] [TO]",
+        "Compare the package inventories (read from each image's own package database at build time) of "
+        "two builds of LAYER. FROM and TO are keys, key prefixes, `ig-` key tags or human tags; FROM "
+        "defaults to what the layer's first human tag points at (else the previous build), TO to the "
+        "current build. Unchanged packages are left out.",
+        _examples(
+            "imagegraph diff layers/ compute",
+            "imagegraph diff layers/ compute prod",
+            "imagegraph diff layers/ compute 3f2a9c 9c1d07 --json",
+            one="an inventory is unknown (no package database, or not read on this host)",
+        ),
+    )
+    p.add_argument(
+        "args",
+        nargs="+",
+        metavar="[DIR] LAYER [FROM] [TO]",
+        help=DIR_HELP + "; then the layer and the builds",
+    )
+    _state_opt(p)
+    _json_opt(p, "the changes")
+    p.add_argument(
+        "--files",
+        action="store_true",
+        help="also the paths added, removed and changed (needs both local images)",
+    )
+
+
+def _cmd_sbom(sub: Any) -> None:
+    p = _add(
+        sub,
+        "sbom",
+        "print a built key's CycloneDX 1.5 SBOM",
+        "[DIR] LAYER",
+        "Print the CycloneDX 1.5 JSON SBOM of a build of LAYER: every installed package with its package "
+        "URL, the layer's key, its parent's key and the image digest.",
+        _examples(
+            "imagegraph sbom layers/ compute > compute.cdx.json", "imagegraph sbom layers/ compute --key prod"
+        ),
+    )
+    p.add_argument("args", nargs="+", metavar="[DIR] LAYER", help=DIR_HELP + "; then the layer")
+    _state_opt(p)
+    p.add_argument(
+        "--key", default=None, help="a key, key prefix or tag (default: the layer's last build here)"
+    )
+
+
 def _cmd_completion(sub: Any) -> None:
     p = _add(
         sub,
@@ -610,6 +661,8 @@ PARSERS = [
     _cmd_artifacts,
     _cmd_boot_test,
     _cmd_promote,
+    _cmd_diff,
+    _cmd_sbom,
     _cmd_lock,
     _cmd_gc,
     _cmd_completion,
@@ -1233,12 +1286,77 @@ def cmd_promote(args: argparse.Namespace, out: Output) -> int:
     doc = promote(lg.spec(layer), layer, key, tag, state, run_id=default_run_id(), force=args.force)
 
     def human() -> None:
+        from .render import diff_lines, print_lines
+
         out.out.print(Text(f"{layer}: {tag} -> key {key[:12]}", style="bold"))
         for t in doc.targets:
             for loc in t["locations"]:
                 out.out.print(Text(f"  {t['target']}: {redact(str(loc))}"))
+        if doc.changes is not None:
+            print_lines(out.out, diff_lines(doc.changes))
 
     out.document(doc.to_json(), args.json, human)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, out: Output) -> int:
+    from .diff import default_keys, layer_diff, resolve_ref
+    from .errors import UsageError
+    from .render import diff_lines, file_change_lines, print_lines
+    from .state import State
+
+    root, names = _split_dir(args.args)
+    if not 1 <= len(names) <= 3:
+        raise UsageError("diff takes [DIR] LAYER [FROM] [TO]")
+    project, lg = _load(root, args.state, sources_required=False)
+    layer = lg.lookup(names[0])
+    spec = lg.spec(layer)
+    state = State(_state_path(project, args.state), readonly=True)
+    from_key, to_key, from_label = default_keys(state, layer, spec)
+    to_label = "current"
+    if len(names) >= 2:
+        from_key, from_label = resolve_ref(state, layer, spec, names[1]), names[1]
+    if len(names) == 3:
+        to_key, to_label = resolve_ref(state, layer, spec, names[2]), names[2]
+    d = layer_diff(state, layer, from_key, to_key, from_label=from_label, to_label=to_label)
+    files = None
+    if args.files:
+        from .rootdiff import tree_changes
+        from .runner import Runner
+
+        if from_key is None:
+            raise UsageError(f"{layer}: --files needs two builds; FROM is the first build's nothing")
+        files = tree_changes(spec, from_key, to_key, Runner(layer))
+    doc = d.to_json()
+    if files is not None:
+        doc["files"] = [f.to_json() for f in files]
+
+    def human() -> None:
+        print_lines(out.out, diff_lines(d))
+        if files is not None:
+            print_lines(out.out, file_change_lines(files))
+
+    out.document(doc, args.json, human)
+    return 0 if d.status == "known" else 1
+
+
+def cmd_sbom(args: argparse.Namespace, out: Output) -> int:
+    from .diff import resolve_ref
+    from .errors import UsageError
+    from .sbom import layer_sbom, sbom_bytes
+    from .state import State
+
+    project, lg, layer, _ = _layer_args(args, "sbom")
+    spec = lg.spec(layer)
+    state = State(_state_path(project, args.state), readonly=True)
+    rec = state.layer(layer)
+    if args.key:
+        key = resolve_ref(state, layer, spec, args.key)
+    elif rec is not None:
+        key = rec.key
+    else:
+        raise UsageError(f"{layer}: never built here; run `imagegraph up` first")
+    sys.stdout.write(sbom_bytes(layer_sbom(state, layer, spec, key)).decode())
     return 0
 
 
@@ -1293,6 +1411,8 @@ COMMANDS = {
     "log": cmd_log,
     "boot-test": cmd_boot_test,
     "promote": cmd_promote,
+    "diff": cmd_diff,
+    "sbom": cmd_sbom,
     "completion": cmd_completion,
     "help": cmd_help,
 }

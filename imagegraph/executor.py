@@ -152,7 +152,7 @@ class LocalExecutor:
             # plan time), not whatever the tag points at now.
             ref = str(parse_reference(spec.parent).with_digest(digest))
         image = self._pull_once(ref, spec.registry_opts_pull, runner)
-        return ParentImage(image=image, ref=spec.parent, key=None)
+        return ParentImage(image=image, ref=spec.parent, key=None, digest=digest)
 
     # ------------------------------------------------------------------ tasks
 
@@ -225,6 +225,8 @@ class LocalExecutor:
                 raise BuildError(lp.layer, "parent", str(exc)) from exc
             raise
         self._record_build(lp, spec, parent, t0, "ok", image_id=built.image_id, image_ref=built.image_ref)
+        if built.inventory is not None and built.inventory.known:
+            self.state.record_inventory(lp.layer, lp.key, built.inventory)
         runner.note("build", f"built {built.image_ref} in {time.time() - t0:.1f} s")
         return TaskResult(
             task.id,
@@ -301,9 +303,12 @@ class LocalExecutor:
         image = self._built_now(lp, needs)
         if task.gated:  # the key tag only, for now: human tags wait for the boot (`tag-registry`)
             self._push_key_tag(lp, spec, image, lambda: self._image(lp, needs, runner), runner)
-            return TaskResult(task.id, task.layer, task.kind)
+            return TaskResult(
+                task.id, task.layer, task.kind, published=self._publish_sbom(lp, spec, runner, ["registry"])
+            )
         pub = self._publish_registry(lp, spec, image, lambda: self._image(lp, needs, runner), runner)
-        return TaskResult(task.id, task.layer, task.kind, published=[pub])
+        sbom = self._publish_sbom(lp, spec, runner, ["registry"])
+        return TaskResult(task.id, task.layer, task.kind, published=[pub, *sbom])
 
     def _tag_registry(
         self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
@@ -319,6 +324,30 @@ class LocalExecutor:
             runner.run(["buildah", "tag", self._image(lp, needs, runner), *refs], step="publish-local")
         self._record_publication(lp, "local", refs)
         return TaskResult(task.id, task.layer, task.kind, published=[{"target": "local", "locations": refs}])
+
+    def _publish_sbom(self, lp: LayerPlan, spec: LayerSpec, runner: Runner, wanted: list[str]) -> list[dict]:
+        """The key's SBOM beside what a task just published (publish/sbomfiles.py).
+
+        A failure is a warning in the log: the boot image is published already.
+        """
+        targets = [t for t in wanted if t in ("s3", "dir", "registry")]
+        if not targets:
+            return []
+        from .publish.sbomfiles import ensure_inventory, publish_sbom
+        from .sbom import layer_sbom, sbom_bytes
+
+        try:
+            if not ensure_inventory(self.state, lp.layer, spec, lp.key, runner):
+                runner.note(
+                    "sbom", "no package inventory for this key (no local image, or no package database)"
+                )
+                return []
+            body = sbom_bytes(layer_sbom(self.state, lp.layer, spec, lp.key))
+            return publish_sbom(self.state, lp.layer, spec, lp.key, body, targets, runner, self.work_dir)
+        except (ImagegraphError, OSError) as exc:
+            runner.note("sbom", f"SBOM not published: {redact(str(exc))}")
+            get_logger().warning("SBOM not published", layer=lp.layer, error=redact(str(exc)))
+            return []
 
     def _push_key_tag(
         self, lp: LayerPlan, spec: LayerSpec, image: str | None, need_image, runner: Runner
@@ -429,6 +458,7 @@ class LocalExecutor:
             out.append(
                 {"target": target, "kver": pub.kver, "os": pub.os, "locations": [o["location"] for o in objs]}
             )
+        out += self._publish_sbom(lp, spec, runner, list(task.targets))
         return TaskResult(task.id, task.layer, task.kind, published=out)
 
 

@@ -179,6 +179,17 @@ class _Gc:
                 client.delete_tag(repo, t)
 
             self.add("key-tag", f"{repo}:{t}", lid, key, "older than the newest kept builds", delete)
+            # The image's SBOM index under the OCI tag schema (publish/referrers.py) goes with it.
+            index_tag = d.replace(":", "-", 1)
+            if index_tag in tags:
+                self.add(
+                    "referrers",
+                    f"{repo}:{index_tag}",
+                    lid,
+                    key,
+                    "artifacts (SBOM) referring to a removed key tag's image",
+                    lambda t=index_tag: client.delete_tag(repo, t),
+                )
 
     # -- S3
 

@@ -16,7 +16,8 @@ prefix of a recorded build). Each of the layer's targets moves:
 
 When the layer has `options.boot_test.enabled`, the key must have booted
 (a `boot-test` event in the state, from `up` or `boot-test`), unless forced.
-Every move is recorded in the state as a `promote` event.
+Every move is recorded in the state as a `promote` event, with the package
+diff from the key the tag pointed at before (`diff.tag_changes`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .diff import PackageDiff, tag_changes
 from .errors import ImagegraphError, UsageError
 from .key import key_tag
 from .runner import Runner
@@ -46,9 +48,12 @@ class Promotion:
     key: str
     tag: str
     targets: list[dict] = field(default_factory=list)
+    changes: PackageDiff | None = None  # packages from what `tag` pointed at to `key`
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        doc = dataclasses.asdict(dataclasses.replace(self, changes=None))
+        doc["changes"] = self.changes.to_json() if self.changes else None
+        return doc
 
 
 def tested(state: State, layer: str, key: str) -> dict | None:
@@ -81,7 +86,7 @@ def promote(
             f"`imagegraph boot-test {layer}` or `imagegraph up` first, or pass --force"
         )
     runner = runner or Runner(layer)
-    out = Promotion(layer, key, tag)
+    out = Promotion(layer, key, tag, changes=tag_changes(state, layer, spec, tag, key))
     if spec.publish_registry:
         out.targets.append(_registry(spec, key, tag))
     if spec.publish_local:
@@ -102,7 +107,12 @@ def promote(
             kind="promote",
             location=json.dumps(t["locations"]),
             digest=t.get("digest"),
-            detail={"tag": tag, "target": t["target"], "forced": force},
+            detail={
+                "tag": tag,
+                "target": t["target"],
+                "forced": force,
+                "changes": out.changes.to_json() if out.changes else None,
+            },
         )
     return out
 
@@ -165,7 +175,22 @@ def _dir(spec: Any, key: str, tag: str) -> dict:
     body = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
     final = base / tag
     a._write_tag_dir(final, body, files, names, {role: f.path for role, f in files.items()})
+    _copy_sbom_file(source, final)
     return {"target": "dir", "locations": [str(final)], "source": str(source)}
+
+
+def _copy_sbom_file(source: Path, final: Path) -> None:
+    """The key's SBOM (publish/sbomfiles.py) goes with it, when the source tag has one."""
+    import os
+    import shutil
+
+    from .publish.sbomfiles import SBOM_NAME
+
+    if (source / SBOM_NAME).is_file():
+        tmp = final / f".{SBOM_NAME}.tmp"
+        shutil.copyfile(source / SBOM_NAME, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, final / SBOM_NAME)
 
 
 def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> dict:
@@ -216,4 +241,10 @@ def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> dict:
     rootfs_meta = a._rootfs_metadata(key, kver, os_str, recorded, options)
     s3.copy(src.rootfs, dest.rootfs, rootfs_meta, meta.get(META_SHA256, ""), head["size"])
     locations.append(s3.url(dest.rootfs))
+    from .publish.sbomfiles import s3_sbom_key
+
+    sbom_src, sbom_dest = s3_sbom_key(spec, src.rootfs), s3_sbom_key(spec, dest.rootfs)
+    sbom = s3.head(sbom_src) if sbom_src != sbom_dest else None
+    if sbom is not None and sbom["metadata"].get("imagegraph-key") == key:
+        s3.copy(sbom_src, sbom_dest, sbom["metadata"], sbom["metadata"].get(META_SHA256, ""), sbom["size"])
     return {"target": "s3", "locations": locations, "source": s3.url(src.rootfs)}

@@ -394,3 +394,51 @@ def doctor_lines(report: Any, quiet: bool = False) -> list[Text]:
         )
     )
     return lines
+
+
+# ------------------------------------------------------------------- package diffs
+
+_DIFF_MARKS = {
+    "added": ("+", "green"),
+    "removed": ("-", "red"),
+    "upgraded": ("↑", "cyan"),
+    "downgraded": ("↓", "yellow"),
+}
+
+
+def diff_lines(d: Any) -> list[Text]:
+    """A `diff.LayerDiff`: the two builds, one line per changed package, the summary."""
+    old = f"{d.from_key[:12]} ({d.from_label})" if d.from_key else "nothing (first build)"
+    lines = [Text(f"{d.layer}: {old} -> {d.to_key[:12]} ({d.to_label or 'current'})", style="bold")]
+    for c in d.changes:
+        mark, style = _DIFF_MARKS[str(c.kind)]
+        versions = f"{c.old} -> {c.new}" if c.old and c.new else (c.new or c.old)
+        lines.append(Text(f"  {mark} {c.kind:10} {c.name} {versions} ({c.arch})", style=style))
+    lines.append(Text(d.summary(), style="bold" if d.status == "known" else "bold red"))
+    return lines
+
+
+def file_change_lines(files: list) -> list[Text]:
+    """`rootdiff` path changes: one line each, then the counts."""
+    marks = {"added": ("+", "green"), "removed": ("-", "red"), "changed": ("~", "yellow")}
+
+    def size(n: int | None) -> str:
+        return "" if n is None else f"{n} B"
+
+    lines = []
+    for f in files:
+        mark, style = marks[str(f.kind)]
+        sizes = (
+            f"{size(f.old_size)} -> {size(f.new_size)}"
+            if f.kind == "changed"
+            else size(f.old_size or f.new_size)
+        )
+        extra = f" {f.what}" if f.what else ""
+        lines.append(
+            Text(f"  {mark} {f.path}{extra} ({sizes})" if sizes else f"  {mark} {f.path}{extra}", style=style)
+        )
+    n = {k: sum(1 for f in files if f.kind == k) for k in ("added", "removed", "changed")}
+    lines.append(
+        Text(f"{n['added']} paths added, {n['removed']} removed, {n['changed']} changed", style="bold")
+    )
+    return lines

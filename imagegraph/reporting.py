@@ -159,8 +159,24 @@ class RunRecord(NullReporter):
         self.command = command
 
     def run_finished(self, result: RunResult) -> None:
+        from .diff import run_changes
+        from .plan import Action
+
         status = run_status(result)
-        doc = redact_obj({**result.to_json(), "command": self.command, "plan": self.plan.to_json()})
+        built = {
+            lid: self.plan.layers[lid].key
+            for lid, r in result.results.items()
+            if r.action == Action.BUILD and r.status == "ok"
+        }
+        changes = run_changes(self.state, built)  # per rebuilt layer: packages since its previous build
+        doc = redact_obj(
+            {
+                **result.to_json(),
+                "command": self.command,
+                "plan": self.plan.to_json(),
+                "package_changes": changes,
+            }
+        )
         self.state.finish_run(result.run_id, status, doc)
         write_records(self.state_dir, result.run_id, doc, status)
 

@@ -4,11 +4,13 @@ Images often hold absolute symlinks (/bin -> /usr/bin, /lib -> /usr/lib,
 /boot/vmlinuz -> /boot/vmlinuz-6.1.0-28-amd64); following them on the host
 would read the host's files instead of the image's. Builds (writing repo
 files into a mount) and publishing (finding kernels) both resolve through here.
+`read_os_release` reads the image's os-release that way.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from pathlib import Path, PurePosixPath
 
@@ -52,3 +54,27 @@ def resolve_in_root(root: Path, path: str, *, must_exist: bool = True) -> Path |
             continue
         resolved.append(part)
     return root.joinpath(*resolved)
+
+
+def read_os_release(rootfs: Path) -> dict[str, str]:
+    """`/etc/os-release` (else `/usr/lib/os-release`) of the image, values unquoted."""
+    for candidate in ("etc/os-release", "usr/lib/os-release"):
+        p = resolve_in_root(Path(rootfs), candidate)
+        if p is not None and not p.is_file():
+            p = None
+        if p is None:
+            continue
+        out: dict[str, str] = {}
+        for line in p.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            k, _, v = line.partition("=")
+            try:
+                words = shlex.split(v)
+                v = " ".join(words)
+            except ValueError:
+                v = v.strip().strip("\"'")
+            out[k.strip()] = v
+        return out
+    return {}

@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import ImagegraphError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -57,8 +57,16 @@ CREATE TABLE IF NOT EXISTS publications (
 CREATE INDEX IF NOT EXISTS publications_layer ON publications(layer, key);
 """
 
+# v2: package inventories, one per layer key (packages.Inventory.compress: zlib'd JSON).
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS inventories (
+    key TEXT PRIMARY KEY, layer TEXT NOT NULL, status TEXT NOT NULL, format TEXT,
+    packages INTEGER, data BLOB NOT NULL, read_at REAL
+);
+"""
+
 # Each entry migrates from version N-1 to N.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}
 
 
 class StateError(ImagegraphError):
@@ -398,6 +406,33 @@ class State:
             "SELECT * FROM publications WHERE layer=? AND target=? ORDER BY id DESC", (layer, kind)
         )
         return [{**dict(r), "detail": json.loads(r["detail"] or "{}")} for r in rows]
+
+    # ------------------------------------------------------------- inventories
+
+    def record_inventory(self, layer: str, key: str, inventory: Any) -> None:
+        """A key's package inventory (a `packages.Inventory`), one per key.
+
+        A forced rebuild of a key replaces it: the key tag now names that image.
+        """
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO inventories (key, layer, status, format, packages, data, read_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (
+                    key,
+                    layer,
+                    str(inventory.status),
+                    str(inventory.format) if inventory.format else None,
+                    len(inventory.packages),
+                    inventory.compress(),
+                    time.time(),
+                ),
+            )
+
+    def inventory_blob(self, key: str) -> bytes | None:
+        """The compressed inventory recorded for `key`, or None (decode with `Inventory.decompress`)."""
+        rows = self._query("SELECT data FROM inventories WHERE key=?", (key,))
+        return bytes(rows[0]["data"]) if rows else None
 
     # ------------------------------------------------------------------- runs
 

@@ -22,6 +22,8 @@ check rpm rpm
 check dnf dnf
 check mmdebstrap mmdebstrap
 check zypper zypper
+# tests/debrepo.py indexes a test apt repository (package inventories and dpkg's version order).
+check dpkg-scanpackages dpkg-dev
 # boot-test (and `up` with options.boot_test) boots layers under QEMU; dracut is only needed inside images.
 check qemu-system-x86_64 qemu-system-x86
 check ansible-playbook ansible-core

@@ -4,7 +4,8 @@ The steps follow image-builder's order: `buildah from` (scratch or the
 parent's image ID, never pulling: the executor pulled it once per run) ->
 mount -> repos -> modules -> package_groups -> packages (see dnf, zypper,
 apt) or the ansible playbooks -> remove_packages -> copyfiles[i] -> cmds[i]
--> labels -> commit to `localhost/imagegraph/<name>:<key tag>` -> tags
+-> /etc/imagegraph/layer.json (stamp.py) -> package inventory
+(packages.py) -> labels -> commit to `localhost/imagegraph/<name>:<key tag>` -> tags
 (`localhost/<name>:<tag>` when publish_local). Each step is noted in the
 layer log and timed.
 
@@ -26,12 +27,14 @@ from pathlib import Path
 from ..errors import BuildError
 from ..keytag import key_tag
 from ..labels import image_labels as spec_image_labels
+from ..packages import Inventory, read_inventory
 from ..redact import redact
 from ..runner import Cancelled, CommandError, Runner
 from ..spec import LayerSpec
 from . import ansible
 from .backends import PACKAGE_MANAGERS
 from .container import container_name, forget_owner, record_owner, remove_container
+from .stamp import write_stamp
 from .work import Work
 
 LOCAL_REPO = "localhost/imagegraph"
@@ -42,6 +45,7 @@ class ParentImage:
     image: str  # what to `buildah from`: an image ID or a full reference
     ref: str  # the human reference (for the org.openchami.image.parent label)
     key: str | None  # the parent layer's imagegraph key, None for an external parent
+    digest: str | None = None  # an external parent's manifest digest (the one in the key)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class BuildResult:
     image_id: str  # full image ID
     image_ref: str  # local reference committed: localhost/imagegraph/<name>:<key tag>
     steps: list[tuple[str, float]]  # (step name, seconds)
+    inventory: Inventory | None = None  # the installed packages, read before commit
 
 
 def local_ref(spec: LayerSpec, key: str) -> str:
@@ -94,8 +99,11 @@ def build_layer(req: BuildRequest, runner: Runner) -> BuildResult:
             ansible.run_playbooks(work)
         else:
             _base_layer(work)
+        write_stamp(work, req.parent)
+        with work.step("inventory"):  # the mount is what commit snapshots: same packages, no extra mount
+            inventory = read_inventory(work.mount, runner)
         image_id = _commit(work, req)
-        return BuildResult(image_id=image_id, image_ref=local_ref(spec, req.key), steps=work.steps)
+        return BuildResult(image_id, local_ref(spec, req.key), work.steps, inventory)
     except Cancelled:
         raise
     except BuildError:

@@ -3,8 +3,7 @@
 image-builder takes the first directory `os.listdir` returns from
 `/lib/modules`, which is arbitrary when an image has several kernels. Here the
 choice is deterministic: the highest version by rpm's version comparison
-(`rpmvercmp`, implemented below because rpm's Python bindings are not
-installable from PyPI) among the kernels that have BOTH a vmlinuz and an
+(`versions.rpmvercmp`) among the kernels that have BOTH a vmlinuz and an
 initramfs, unless the spec names a version.
 
 All lookups happen inside the image's root: symlinks are resolved against the
@@ -14,14 +13,14 @@ rootfs, never against the host (an image's `/lib -> usr/lib` or an absolute
 
 from __future__ import annotations
 
-import shlex
 import stat
 from dataclasses import dataclass
 from functools import cmp_to_key
 from pathlib import Path
 
 from ..errors import PublishError
-from ..rootfs import resolve_in_root
+from ..rootfs import read_os_release, resolve_in_root
+from ..versions import rpmvercmp
 
 MODULE_DIRS = ("lib/modules", "usr/lib/modules")
 # Where distributions put the kernel and the initramfs, in order of preference.
@@ -45,86 +44,6 @@ class BootFiles:
     def initramfs_name(self) -> str:
         """The file name in the image, e.g. `initramfs-K.img` or `initrd-K` (image-builder keys use it)."""
         return self.initramfs.name
-
-
-# ----------------------------------------------------------------------------- rpmvercmp
-
-
-def _isdigit(c: str) -> bool:
-    return "0" <= c <= "9"
-
-
-def _isalpha(c: str) -> bool:
-    return ("a" <= c <= "z") or ("A" <= c <= "Z")
-
-
-def _isalnum(c: str) -> bool:
-    return _isdigit(c) or _isalpha(c)
-
-
-def rpmvercmp(a: str, b: str) -> int:
-    """Compare two version strings exactly as rpm's `rpmvercmp()` does: -1, 0 or 1.
-
-    Segments of digits compare numerically (leading zeros ignored), segments
-    of letters compare as strings, a numeric segment is newer than an alpha
-    one, separators only separate, `~` sorts before anything (even the end of
-    the string: 1.0~rc1 < 1.0), `^` sorts after the end but before anything
-    else (1.0 < 1.0^git1 < 1.0.1).
-    """
-    if a == b:
-        return 0
-    i = j = 0
-    la, lb = len(a), len(b)
-    while i < la or j < lb:
-        while i < la and not _isalnum(a[i]) and a[i] not in "~^":
-            i += 1
-        while j < lb and not _isalnum(b[j]) and b[j] not in "~^":
-            j += 1
-        ca = a[i] if i < la else ""
-        cb = b[j] if j < lb else ""
-        if ca == "~" or cb == "~":
-            if ca != "~":
-                return 1
-            if cb != "~":
-                return -1
-            i += 1
-            j += 1
-            continue
-        if ca == "^" or cb == "^":
-            if not ca:
-                return -1
-            if not cb:
-                return 1
-            if ca != "^":
-                return 1
-            if cb != "^":
-                return -1
-            i += 1
-            j += 1
-            continue
-        if not (ca and cb):
-            break
-        si, sj = i, j
-        isnum = _isdigit(ca)
-        same_kind = _isdigit if isnum else _isalpha
-        while i < la and same_kind(a[i]):
-            i += 1
-        while j < lb and same_kind(b[j]):
-            j += 1
-        seg1, seg2 = a[si:i], b[sj:j]
-        if not seg1:  # cannot happen: ca was alnum
-            return -1
-        if not seg2:  # different kinds: numeric is newer than alpha
-            return 1 if isnum else -1
-        if isnum:
-            seg1, seg2 = seg1.lstrip("0"), seg2.lstrip("0")
-            if len(seg1) != len(seg2):
-                return 1 if len(seg1) > len(seg2) else -1
-        if seg1 != seg2:
-            return 1 if seg1 > seg2 else -1
-    if i >= la and j >= lb:
-        return 0
-    return -1 if i >= la else 1
 
 
 def kernel_version_cmp(a: str, b: str) -> int:
@@ -229,28 +148,6 @@ def find_boot_files(rootfs: Path, kernel_version: str | None = None, *, layer: s
 
 
 # ----------------------------------------------------------------------------- os-release
-
-
-def read_os_release(rootfs: Path) -> dict[str, str]:
-    """`/etc/os-release` (else `/usr/lib/os-release`) of the image, values unquoted."""
-    for candidate in ("etc/os-release", "usr/lib/os-release"):
-        p = _regular_file(Path(rootfs), candidate)
-        if p is None:
-            continue
-        out: dict[str, str] = {}
-        for line in p.read_text(errors="replace").splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            k, _, v = line.partition("=")
-            try:
-                words = shlex.split(v)
-                v = " ".join(words)
-            except ValueError:
-                v = v.strip().strip("\"'")
-            out[k.strip()] = v
-        return out
-    return {}
 
 
 def os_release(rootfs: Path) -> tuple[str, str]:

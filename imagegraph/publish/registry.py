@@ -991,6 +991,101 @@ class RegistryClient:
             self._manifests.pop((ref.name, digest), None)
         return True
 
+    # -- artifacts (publish/referrers.py attaches SBOMs with these)
+
+    def manifest(self, ref: str) -> tuple[bytes, str] | None:
+        """The manifest bytes and media type a reference points at; None when it does not exist."""
+        image = parse_reference(ref)
+        try:
+            return self._manifest(image)
+        except RegistryError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        except TransientError as exc:
+            raise RegistryError(str(image), f"gave up: {exc}", transient=True) from exc
+
+    def put_blob(self, repository_ref: str, data: bytes) -> str:
+        """Upload `data` as a blob of the repository (monolithic POST + PUT); returns its digest."""
+        ref = parse_reference(repository_ref)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        try:
+            head = _with_retries(
+                self.retry, lambda: self._request("HEAD", ref, f"/blobs/{digest}", "pull,push")
+            )
+            if head.status_code == 200:
+                return digest
+            start = _with_retries(
+                self.retry, lambda: self._request("POST", ref, "/blobs/uploads/", "pull,push")
+            )
+            if start.status_code != 202 or "Location" not in start.headers:
+                raise self._http_error(ref.name, start, "starting a blob upload")
+            loc = urllib.parse.urlsplit(urllib.parse.urljoin(start.url, start.headers["Location"]))
+            path = loc.path.removeprefix(f"/v2/{ref.repository}")
+            query = (loc.query + "&" if loc.query else "") + urllib.parse.urlencode({"digest": digest})
+            resp = _with_retries(
+                self.retry,
+                lambda: self._request(
+                    "PUT",
+                    ref,
+                    f"{path}?{query}",
+                    "pull,push",
+                    data=data,
+                    headers={"Content-Type": "application/octet-stream"},
+                ),
+            )
+        except TransientError as exc:
+            raise RegistryError(ref.name, f"gave up uploading a blob: {exc}", transient=True) from exc
+        if resp.status_code not in (201, 202):
+            raise self._http_error(ref.name, resp, "uploading a blob")
+        return digest
+
+    def put_manifest(
+        self, repository_ref: str, reference: str, body: bytes, media_type: str
+    ) -> dict[str, str]:
+        """PUT a manifest under a tag or its digest; returns the response headers (OCI-Subject ...)."""
+        ref = parse_reference(repository_ref)
+        try:
+            resp = _with_retries(
+                self.retry,
+                lambda: self._request(
+                    "PUT",
+                    ref,
+                    f"/manifests/{reference}",
+                    "pull,push",
+                    data=body,
+                    headers={"Content-Type": media_type},
+                ),
+            )
+        except TransientError as exc:
+            raise RegistryError(ref.name, f"gave up putting a manifest: {exc}", transient=True) from exc
+        if resp.status_code not in (200, 201, 202):
+            raise self._http_error(f"{ref.name}:{reference}", resp, "putting a manifest")
+        return dict(resp.headers)
+
+    def referrers(self, repository_ref: str, digest: str) -> dict | None:
+        """The referrers API's index for `digest`; None when the registry has no referrers API (404)."""
+        ref = parse_reference(repository_ref)
+        try:
+            resp = _with_retries(
+                self.retry,
+                lambda: self._request(
+                    "GET",
+                    ref,
+                    f"/referrers/{digest}",
+                    "pull",
+                    headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+                ),
+            )
+        except TransientError as exc:
+            raise RegistryError(ref.name, f"gave up asking for referrers: {exc}", transient=True) from exc
+        if resp.status_code != 200:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            return None
+
     # -- internals
 
     def _is_down(self, registry: str, key: str) -> bool:
