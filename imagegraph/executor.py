@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from . import runner as runner_mod
 from .build import BuildRequest, ParentImage, build_layer, local_image_id, pull_image, remove_stale_containers
+from .buildservice import BuildService
 from .errors import BuildError, ImagegraphError, LockHeldError, PublishError
 from .key import key_tag
 from .log import bind_run, get_logger
@@ -44,8 +45,11 @@ from .state import State, default_run_id
 class LocalExecutor:
     """Builds and publishes layers on this host (see module docstring)."""
 
-    def __init__(self, plan: Plan, state: State, state_dir: Path, run_id: str):
+    def __init__(
+        self, plan: Plan, state: State, state_dir: Path, run_id: str, builds: BuildService | None = None
+    ):
         self.plan = plan
+        self.builds = builds  # None: build here; else a service builds elsewhere (Slurm)
         self.state = state
         self.state_dir = state_dir
         self.run_id = run_id
@@ -148,8 +152,9 @@ class LocalExecutor:
         if lp.action == Action.BUILD:
             parent = None
             try:
-                parent = self._parent(lp, parents, runner)
-                built = build_layer(BuildRequest(spec, lp.key, parent, self.run_id), runner)
+                parent = None if self.builds else self._parent(lp, parents, runner)
+                req = BuildRequest(spec, lp.key, parent, self.run_id)
+                built = self.builds.build(lp, parent) if self.builds else build_layer(req, runner)
             except (ImagegraphError, RuntimeError) as exc:
                 self._record_failed(lp, spec, parent, t0, exc)
                 if isinstance(exc, CommandError):
@@ -249,7 +254,7 @@ class LocalExecutor:
                 out.append(self._publish_registry(lp, spec, image, need_image, runner))
         if "local" in todo:
             refs = [f"localhost/{spec.name}:{t}" for t in spec.publish_tags]
-            if lp.action != Action.BUILD:  # a build already tagged them at commit
+            if lp.action != Action.BUILD or image_id is None:  # a local build tagged them at commit
                 runner.run(["buildah", "tag", need_image(), *refs], step="publish-local")
             self._record_publication(lp, "local", refs)
             out.append({"target": "local", "locations": refs})
@@ -443,6 +448,7 @@ def run_up(
     executor: Any = None,
     command: str = "up",
     run_id: str | None = None,
+    builds: BuildService | None = None,
 ) -> RunResult:
     """Execute `plan` on this host under the state lock; record the run and its result document."""
     run_id = run_id or default_run_id()
@@ -454,7 +460,9 @@ def run_up(
         with contextlib.suppress(Exception):
             for name in remove_stale_containers(janitor):
                 log.warning("removed a working container left by a dead run", container=name)
-        executor = executor or LocalExecutor(plan, state, state_dir, run_id)
+        executor = executor or LocalExecutor(plan, state, state_dir, run_id, builds)
+        if builds is not None and builds.slots is None:
+            jobs = max(jobs, len(plan.layers))  # the service limits builds itself: threads only wait
         sched = Scheduler(
             plan,
             executor,
@@ -473,16 +481,24 @@ def run_up(
                 log.warning("interrupted: stopping running commands, starting nothing new", signal=name)
                 sched.cancel(name)
                 threading.Thread(target=runner_mod.terminate_all, daemon=True).start()
+                if builds is not None:
+                    threading.Thread(target=builds.cancel, daemon=True).start()
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, handler)
         try:
+            if builds is not None:
+                builds.prepare(plan, [lp for lp in plan.layers.values() if lp.action == Action.BUILD])
             result = sched.run()
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
+            if builds is not None:
+                builds.cancel()  # whatever the run left unfinished (fail-fast, an error) is not left queued
         status = "cancelled" if result.cancelled else ("failed" if result.failed else "ok")
         doc = redact_obj({**result.to_json(), "command": command, "plan": plan.to_json()})
+        if getattr(builds, "jobs_json", None):
+            doc["jobs"] = redact_obj(builds.jobs_json())
         state.finish_run(run_id, status, doc)
         _write_records(state_dir, run_id, doc, status)
         log.info(
