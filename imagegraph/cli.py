@@ -498,12 +498,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = State(_state_path(project, args.state), readonly=True)
     runs = state.runs(10)
     layers = state.layers()
+    from .slurm import last_jobs
+
+    slurm_jobs = last_jobs(runs)
     if args.json:
-        print(
-            json.dumps(
-                {"runs": runs, "layers": {k: v.__dict__ for k, v in layers.items()}}, indent=2, default=str
-            )
-        )
+        doc = {"runs": runs, "layers": {k: v.__dict__ for k, v in layers.items()}, "slurm_jobs": slurm_jobs}
+        print(json.dumps(doc, indent=2, default=str))
         return 0
     console = _out()
     t = Table(title="recent runs")
@@ -528,6 +528,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             t.add_row(lid, "-", "never", "-")
     console.print(t)
+    if slurm_jobs:
+        t = Table(title="Slurm jobs of the last Slurm run")
+        for c in ("layer", "job", "node", "state", "started", "ended", "result"):
+            t.add_column(c)
+        for j in slurm_jobs:
+            t.add_row(
+                j["layer"], j["job_id"], j["node"], j["state"], j["started"], j["ended"], redact(j["message"])
+            )
+        console.print(t)
     return 0
 
 

@@ -24,6 +24,7 @@ refuses a plan whose Slurm-built layers (or their built parents) have no
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -43,11 +44,11 @@ from .errors import Diagnostic, ImagegraphError, rel
 from .log import get_logger
 from .plan import Action, LayerPlan, Plan
 from .project import ExecutorSettings
-from .redact import redact
+from .redact import SECRET_ENV, redact
 from .runner import Cancelled, Runner
 
 # What a build job gets from the submit side's environment (by name, never secrets by value:
-# credentials stay in files the job reads, e.g. REGISTRY_AUTH_FILE).
+# credentials stay in files the job reads, e.g. REGISTRY_AUTH_FILE), and imagegraph's own IMAGEGRAPH_*.
 EXPORTED_ENV = (
     "PATH",
     "HOME",
@@ -60,8 +61,6 @@ EXPORTED_ENV = (
     "REGISTRY_AUTH_FILE",
     "DOCKER_CONFIG",
     "SOURCE_DATE_EPOCH",
-    "IMAGEGRAPH_RUNTIME_DIR",
-    "IMAGEGRAPH_PUSH_RETRIES",
     "http_proxy",
     "https_proxy",
     "no_proxy",
@@ -381,6 +380,7 @@ class SlurmBuildService:
         s = self.settings
         env = self.env if self.env is not None else os.environ
         exports = [v for v in EXPORTED_ENV if v in env]
+        exports += sorted(k for k in env if k.startswith("IMAGEGRAPH_") and k not in SECRET_ENV)
         argv = [
             "sbatch",
             "--parsable",
@@ -626,3 +626,15 @@ def service_for(
     if not log_dir.is_absolute():
         log_dir = project_root / log_dir
     return SlurmBuildService(settings, project_root=project_root, log_dir=log_dir, run_id=run_id, state=state)
+
+
+def last_jobs(runs: list[dict]) -> list[dict]:
+    """The Slurm jobs of the newest run (of `State.runs`, newest first) that submitted any."""
+    for r in runs:
+        try:
+            jobs = json.loads(r.get("result") or "{}").get("jobs")
+        except ValueError:
+            continue
+        if jobs:
+            return jobs
+    return []

@@ -17,6 +17,11 @@ check zypper zypper
 # boot-test (and `up` with options.boot_test) boots layers under QEMU; dracut is only needed inside images.
 check qemu-system-x86_64 qemu-system-x86
 check ansible-playbook ansible-core
+# `up --executor slurm` tests bring up a one-node Slurm (munge, slurmctld, slurmd) of their own.
+check slurmctld slurmctld
+check slurmd slurmd
+check sbatch slurm-client
+check munged munge
 check python3 python3
 # layer_type ansible reaches containers with the buildah connection plugin of the containers.podman
 # collection, which Debian ships in `ansible` (ansible-core alone lacks it).

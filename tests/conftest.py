@@ -7,4 +7,5 @@ os.environ.setdefault("BUILDAH_ISOLATION", "chroot")
 pytest_plugins = [
     "tests.fixtures_build",
     "tests.fixtures_servers",
+    "tests.fixtures_slurm",
 ]

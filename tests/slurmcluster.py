@@ -180,20 +180,43 @@ PartitionName=build Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         )
         return r.stdout.strip().rstrip("*~#")
 
-    def kill_slurmd(self) -> None:
-        """The node dies: slurmd and every job step on it are killed (SIGKILL)."""
+    def kill_node(self, job_id: str) -> list[int]:
+        """The node dies under a running job: slurmd, the job's step daemon and its processes get SIGKILL.
+
+        Only processes of this cluster are touched: slurmd by the PID we started, the job's by
+        `scontrol listpids` and its slurmstepd by its command line naming the job id.
+        """
+        r = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, env=self.env)
+        pids = [
+            int(ln.split()[0]) for ln in r.stdout.splitlines()[1:] if ln.split() and ln.split()[0].isdigit()
+        ]
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if cmd.startswith(f"slurmstepd: [{job_id}."):
+                    pids.append(int(proc.name))
         p = self.procs.pop("slurmd", None)
         if p is not None:
             p.kill()
             p.wait()
-        subprocess.run(["pkill", "-KILL", "-x", "slurmstepd"], check=False)
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
 
     def revive_node(self) -> None:
         """Start slurmd again and return the node to service."""
         self.start_slurmd_after_failure()
 
     def start_slurmd_after_failure(self) -> None:
-        self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", self.host])
+        p = self.procs.get("slurmd")
+        if p is None or p.poll() is not None:
+            self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", self.host])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and self.node_state() not in ("idle", "mixed", "allocated"):
             subprocess.run(
