@@ -116,6 +116,22 @@ def wait_until(what: str, check, timeout: float = 120.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def node_env(graphroot: Path) -> dict[str, str]:
+    conf = Path(str(graphroot) + "-run") / "storage.conf"
+    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "BUILDAH_ISOLATION": "chroot"}
+
+
+def node_containers(graphroot: Path) -> list[str]:
+    r = subprocess.run(
+        ["buildah", "containers", "--format", "{{.ContainerName}}"],
+        capture_output=True,
+        text=True,
+        env=node_env(graphroot),
+        check=True,
+    )
+    return r.stdout.split()
+
+
 def node_storage_clean(graphroot: Path) -> None:
     """Remove what jobs left in their node-local storage (working containers, images)."""
     conf = Path(str(graphroot) + "-run") / "storage.conf"
@@ -234,9 +250,7 @@ def test_sigterm_cancels_the_run_jobs(site) -> None:
         env=cli_env(cluster),
     )
     try:
-        wait_until(
-            "root's job to run", lambda: any("|ig-root-" in j and "|RUNNING" in j for j in cluster.jobs())
-        )
+        wait_until("root's job to reach its sleep", lambda: "sleep 60" in _job_log(root))
         assert len(active(cluster)) == 6
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
@@ -253,6 +267,7 @@ def test_sigterm_cancels_the_run_jobs(site) -> None:
     # The job's build stopped and removed its working container.
     log = _job_log(root)
     assert "SIGTERM: stopping" in log
+    wait_until("the job's working container to go", lambda: node_containers(graphroot) == [], timeout=30)
 
 
 def test_node_failure_is_reported(site) -> None:
