@@ -303,3 +303,32 @@ def test_node_failure_is_reported(site) -> None:
 def _job_log(root: Path) -> str:
     logs = list((root / ".imagegraph" / "logs").glob("root-*.log"))
     return "".join(p.read_text(errors="replace") for p in logs if not p.is_symlink())
+
+
+def test_a_dead_submit_side_leaves_jobs_the_next_up_adopts(site) -> None:
+    root, registry, cluster, graphroot = site
+    for name in ("leaf", "bad", "after-bad", "side"):
+        (root / f"{name}.yaml").unlink()
+    (root / "root.yaml").write_text(
+        (root / "root.yaml").read_text().replace('"echo root > /etc/role"', '"sleep 8"')
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cli_env(cluster),
+    )
+    try:
+        wait_until("root's job to reach its sleep", lambda: "sleep 8" in _job_log(root))
+    finally:
+        first.kill()  # SIGKILL: no chance to cancel anything
+        first.wait()
+    assert len(active(cluster)) == 2
+    submitted = len(cluster.jobs())
+    rc, doc, err = up(cluster, root)
+    assert rc == 0, err
+    assert statuses(doc) == {"root": "ok", "good": "ok"}
+    assert len(cluster.jobs()) == submitted, (
+        "a layer whose job was still queued or running was submitted again"
+    )
+    assert all(j["adopted"] for j in run_doc(root, doc)["jobs"])
