@@ -7,11 +7,10 @@ One job builds one key of one layer on a build node:
    key the submit host planned (the directory differs between the hosts);
 2. uses a container storage on node-local disk when `--graphroot` is given
    (overlay storage breaks on network filesystems);
-3. skips the build when the registry already holds the key tag (another job
-   pushed it); else pulls the parent by its key tag (a layer parent) or by
-   the digest the key was computed from (an external parent), builds with
-   buildah and pushes the image under its immutable key tag only (human tags
-   are the submit host's publish step);
+3. pulls the parent by its key tag (a layer parent) or by the digest the
+   key was computed from (an external parent), builds with buildah and
+   pushes the image under its immutable key tag only (human tags are the
+   submit host's publish step);
 4. writes a JSON result document (key, image reference and digest, node,
    step durations) next to its log, and exits with a `JobExit` status that
    tells a failed build from a failed infrastructure.
@@ -145,13 +144,7 @@ def build_one(
     if not spec.publish_registry:
         raise JobFailure(JobExit.USAGE, f"{lid} has no publish_registry: a build job has nowhere to push it")
     repo = target_repository(spec).name
-    client.configure_for(spec)
     ktag = key_tag(key)
-    existing = client.manifest_digest(f"{repo}:{ktag}")
-    if existing:
-        runner.note("build", f"{repo}:{ktag} is already in the registry ({existing}); not building again")
-        return {"image_ref": f"{repo}:{ktag}", "digest": existing, "image_id": None, "skipped": True}
-
     with _step(timings, "cleanup"):
         for name in remove_stale_containers(runner):
             runner.note("cleanup", f"removed working container {name} left by a dead job")
@@ -197,7 +190,7 @@ def build_one(
             raise
         except (PublishError, ImagegraphError) as exc:
             raise JobFailure(JobExit.INFRASTRUCTURE, f"pushing the key tag failed: {exc}") from exc
-    return {"image_ref": f"{repo}:{ktag}", "digest": pub.digest, "image_id": built.image_id, "skipped": False}
+    return {"image_ref": f"{repo}:{ktag}", "digest": pub.digest, "image_id": built.image_id}
 
 
 class _step:
