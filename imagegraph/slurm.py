@@ -569,6 +569,8 @@ class SlurmBuildService:
                 text += f" (node {job.node})"
             if tail:
                 text += "\n  last lines of the job log:\n" + "\n".join("    " + t for t in tail)
+            if job.log_file:
+                text += f"\n  job log: {job.log_file}"
             raise SlurmJobError(lp.layer, job.outcome or Outcome.UNKNOWN, text, job.log_file)
         result = read_result(job.result_file) or {}
         return BuiltImage(
