@@ -122,6 +122,9 @@ def part_a(cluster: SlurmCluster, work: Path, rounds: int) -> dict:
 
 def part_b(cluster: SlurmCluster, work: Path, window: float) -> dict:
     os.environ["SLURM_CONF"] = str(cluster.conf)
+    from imagegraph import log as logmod
+
+    logmod.configure("console", "ERROR")  # as `up` on a terminal: events are not the work measured
     from imagegraph.graph import build_graph
     from imagegraph.plan import Action, StaticInventory, make_plan
     from imagegraph.project import ExecutorKind, ExecutorSettings, load_project

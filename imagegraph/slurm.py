@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -71,6 +72,7 @@ EXPORTED_ENV = (
 # After this long without an answer from slurmctld, the run's unfinished jobs are reported unknown.
 CONTROLLER_TIMEOUT = 300.0
 LOG_TAIL_LINES = 15
+SUBMIT_WORKERS = 4
 
 
 class JobState(StrEnum):
@@ -330,24 +332,37 @@ class SlurmBuildService:
             for lp in builds:
                 self.jobs[lp.layer] = self._unsubmitted(lp, Outcome.FAILED, str(exc))
             return
+        # Parents first: a wave is every build whose parent's job id is known; a wave's
+        # sbatch calls run a few at a time (each waits on slurmctld, not on this host).
+        depth: dict[str, int] = {}
         for lp in builds:  # plan order is topological
-            if self._cancelled:
-                break
+            parent = plan.graph.parent_layer(lp.layer)
+            depth[lp.layer] = depth[parent] + 1 if parent in wanted else 0
+        waves: dict[int, list[LayerPlan]] = {}
+        for lp in builds:
+            waves.setdefault(depth[lp.layer], []).append(lp)
+
+        def one(lp: LayerPlan) -> Job:
             parent = plan.graph.parent_layer(lp.layer)
             pj = self.jobs.get(parent) if parent in wanted else None
             if pj is not None and not pj.job_id:
-                self.jobs[lp.layer] = self._unsubmitted(
+                return self._unsubmitted(
                     lp, Outcome.BLOCKED, f"not submitted: the job of its parent {parent} was not submitted"
                 )
-                continue
             deps = [pj.job_id] if pj is not None and not pj.state.finished else []
             name = job_name(self.settings.job_name_prefix, lp.layer, lp.key)
             found = active.get(name)
             try:
-                job = self._adopt(lp, name, *found) if found else self._submit(lp, name, deps)
+                return self._adopt(lp, name, *found) if found else self._submit(lp, name, deps)
             except SlurmError as exc:
-                job = self._unsubmitted(lp, Outcome.FAILED, str(exc))
-            self.jobs[lp.layer] = job
+                return self._unsubmitted(lp, Outcome.FAILED, str(exc))
+
+        with ThreadPoolExecutor(max_workers=SUBMIT_WORKERS, thread_name_prefix="sbatch") as pool:
+            for level in sorted(waves):
+                if self._cancelled:
+                    break
+                for lp, job in zip(waves[level], pool.map(one, waves[level]), strict=True):
+                    self.jobs[lp.layer] = job
         if any(j.job_id for j in self.jobs.values()):
             self._poller = threading.Thread(target=self._poll_loop, name="slurm-poll", daemon=True)
             self._poller.start()
@@ -491,7 +506,9 @@ class SlurmBuildService:
                 job.reason, job.node = row[2], row[3] or job.node
                 job.started = row[4] if row[4] not in ("N/A", "Unknown") else job.started
             if state.finished:
-                self._finish(job, state, row[2])
+                # squeue says where and when; only a failure needs scontrol, for its exit code.
+                seen_info = {"NodeList": row[3], "StartTime": row[4], "EndTime": row[5]}
+                self._finish(job, state, row[2], None if state == JobState.FAILED else seen_info)
             elif state != job.state:
                 with self._cond:
                     job.state = state
@@ -526,7 +543,7 @@ class SlurmBuildService:
             job.exit_code = info.get("ExitCode", job.exit_code)
             job.node = (info.get("NodeList") or job.node).replace("(null)", "")
             job.started = info.get("StartTime", job.started)
-            job.ended = info.get("EndTime", "")
+            job.ended = info.get("EndTime", job.ended)
             job.outcome, job.message = outcome, message
             self._cond.notify_all()
         self.log.info(
