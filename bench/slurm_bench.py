@@ -158,6 +158,7 @@ def part_b(cluster: SlurmCluster, work: Path, window: float) -> dict:
         "poll_cpu": poll_cpu,
         "polls": polls,
         "poll_core_percent": 100 * poll_cpu / poll_wall,
+        "mean_poll_interval": poll_wall / max(1, polls),
         "finished_in_window": done,
     }
 
@@ -174,7 +175,7 @@ def main() -> None:
     os.chmod(work, 0o755)
     cluster = SlurmCluster(work / "slurm").start()
     try:
-        a = part_a(cluster, work, rounds)
+        a = part_a(cluster, work, rounds) if rounds else None  # ROUNDS 0: part B only
         cluster.cancel_all()
         b = part_b(cluster, work, window)
     finally:

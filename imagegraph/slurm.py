@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shlex
 import sys
 import threading
@@ -72,7 +73,9 @@ EXPORTED_ENV = (
 # After this long without an answer from slurmctld, the run's unfinished jobs are reported unknown.
 CONTROLLER_TIMEOUT = 300.0
 LOG_TAIL_LINES = 15
-SUBMIT_WORKERS = 4
+SUBMIT_WORKERS = 8
+POLL_BUDGET = 200
+MAX_POLL_WAIT = 30.0
 
 
 class JobState(StrEnum):
@@ -190,6 +193,12 @@ class Job:
             "message": redact(self.message),
             "log_file": self.log_file,
         }
+
+
+def _cpu_seconds() -> float:
+    """CPU of this process plus that of its finished children (squeue, scontrol)."""
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
 
 
 def job_name(prefix: str, layer: str, key: str) -> str:
@@ -333,7 +342,7 @@ class SlurmBuildService:
                 self.jobs[lp.layer] = self._unsubmitted(lp, Outcome.FAILED, str(exc))
             return
         # Parents first: a wave is every build whose parent's job id is known; a wave's
-        # sbatch calls run a few at a time (each waits on slurmctld, not on this host).
+        # sbatch calls run 8 at a time (each waits on slurmctld, not on this host).
         depth: dict[str, int] = {}
         for lp in builds:  # plan order is topological
             parent = plan.graph.parent_layer(lp.layer)
@@ -461,12 +470,19 @@ class SlurmBuildService:
     # ----------------------------------------------------------------- watch
 
     def _poll_loop(self) -> None:
-        while not self._stop.wait(self.settings.poll_interval):
+        wait = self.settings.poll_interval
+        while not self._stop.wait(wait):
+            t0 = _cpu_seconds()
             try:
                 if not self.poll_once():
                     return
             except Exception as exc:  # the watcher must not die silently: report and keep trying
                 self.log.warning("polling Slurm failed", error=str(exc))
+            # A poll over many jobs costs more: space them so that polling stays under
+            # 1/POLL_BUDGET of a core whatever the run's size (the process's CPU counts, so
+            # a busy submit host polls less often, but never less than every MAX_POLL_WAIT).
+            cost = POLL_BUDGET * (_cpu_seconds() - t0)
+            wait = max(self.settings.poll_interval, min(cost, MAX_POLL_WAIT))
 
     def poll_once(self) -> bool:
         """One `squeue` over the unfinished jobs; returns False when none is left."""
