@@ -6,7 +6,9 @@ or the one recorded for the parent's key, or the key tag pulled from the
 registry; never a mutable tag), builds with buildah, records the build
 atomically, then publishes; for a `publish` action it publishes the image
 that already exists for the key. Every command goes through a per-layer
-`Runner` writing `<state dir>/logs/<layer>-<run id>.log`.
+`Runner` writing `<state dir>/logs/<layer>-<run id>.log`. Given a
+`BuildService` (slurm.py), the build itself happens there instead, and the
+publishing here.
 
 `run_up` wraps a run: the state-directory lock (one run at a time),
 clean-up of working containers left by dead runs, signal handling

@@ -336,3 +336,10 @@ def test_check_plan_needs_a_registry_on_a_parent_built_before(tmp_path) -> None:
     assert plan.layers["a"].action != Action.BUILD and plan.layers["b"].action == Action.BUILD
     (diag,) = check_plan(plan)
     assert diag.file.endswith("a.yaml") and "layer a is the parent of b" in diag.message
+
+
+def test_per_arch_placement_wins(tmp_path) -> None:
+    svc = service(tmp_path, {}, partition="build", constraint="el9", arches={"aarch64": {"partition": "arm"}})
+    assert svc.placement(None) == ("build", "el9")
+    assert svc.placement("aarch64") == ("arm", "el9")
+    assert svc.placement("x86_64") == ("build", "el9")

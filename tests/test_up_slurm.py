@@ -221,6 +221,15 @@ def test_failing_branch_then_fix_then_noop(site) -> None:
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     assert {j["layer"] for j in st["slurm_jobs"]} == {"bad", "after-bad"}
+    r = subprocess.run(
+        [sys.executable, "-m", "imagegraph.cli", "status", str(root)],
+        capture_output=True,
+        text=True,
+        env={**cli_env(cluster), "COLUMNS": "200"},
+    )
+    assert "Slurm jobs of the last Slurm run" in r.stdout
+    for j in st["slurm_jobs"]:
+        assert f" {j['job_id']} " in r.stdout and "COMPLETED" in r.stdout
 
 
 def test_missing_registry_is_a_spec_error(site) -> None:
