@@ -100,6 +100,7 @@ def part_a(cluster: SlurmCluster, work: Path, rounds: int) -> dict:
     graphroot = Path(tempfile.mkdtemp(prefix="ig-bench-node-", dir="/var/tmp"))
     env = {**cluster.env, **ENV}
     times: dict[str, list[float]] = {"local": [], "slurm": []}
+    steps: list[dict] = []
     try:
         for i in range(rounds):
             for kind in ("local", "slurm"):
@@ -107,6 +108,8 @@ def part_a(cluster: SlurmCluster, work: Path, rounds: int) -> dict:
                 root = six_layers(work / ns, server.url, registry.host, ns, graphroot)
                 times[kind].append(up(root, kind, env))
                 print(f"round {i} {kind}: {times[kind][-1]:.1f} s", flush=True)
+                if kind == "slurm":
+                    steps.append(_job_steps(root))
                 clean_local("bench-", env)
     finally:
         registry.stop()
@@ -117,7 +120,17 @@ def part_a(cluster: SlurmCluster, work: Path, rounds: int) -> dict:
         shutil.rmtree(f"{graphroot}-run", ignore_errors=True)
         repo.cleanup()
     best = {k: min(v) for k, v in times.items()}
-    return {"times": times, "best": best, "ratio": best["slurm"] / best["local"]}
+    return {"times": times, "best": best, "ratio": best["slurm"] / best["local"], "job_steps": steps}
+
+
+def _job_steps(root: Path) -> dict:
+    """Mean seconds per step inside the jobs (their result documents), over the six layers."""
+    docs = [json.loads(p.read_text()) for p in (root / ".imagegraph" / "logs").glob("*.result.json")]
+    out: dict[str, float] = {}
+    for name in ("key", "cleanup", "pull", "build", "push", "total"):
+        vals = [d["durations"].get(name, 0.0) for d in docs]
+        out[name] = round(sum(vals) / max(1, len(vals)), 2)
+    return out
 
 
 def part_b(cluster: SlurmCluster, work: Path, window: float) -> dict:
