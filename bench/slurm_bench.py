@@ -4,6 +4,8 @@ A. Overhead: `imagegraph up --executor slurm` against `--executor local -j 2` on
    same 6-layer graph (a dnf root from a local RPM repository, five cmd layers, three
    levels deep), both pushing to a real docker-registry, fresh state and a fresh
    registry namespace every round, alternating. Fresh processes, wall clock.
+C. A chain of six no-op jobs (`true`), each after the one before: Slurm's own time per
+   dependency step, from submission to the last job's end as the poll thread sees it.
 B. Submission and polling: 1,000 stale synthetic layers (bench/synth.py) submitted by
    `SlurmBuildService.prepare` with the job command replaced by `true`; then the poll
    thread watches them for a window while Slurm runs them, and its CPU (the process's
@@ -134,10 +136,6 @@ def _job_steps(root: Path) -> dict:
 
 
 def part_b(cluster: SlurmCluster, work: Path, window: float) -> dict:
-    os.environ["SLURM_CONF"] = str(cluster.conf)
-    from imagegraph import log as logmod
-
-    logmod.configure("console", "ERROR")  # as `up` on a terminal: events are not the work measured
     from imagegraph.graph import build_graph
     from imagegraph.plan import Action, StaticInventory, make_plan
     from imagegraph.project import ExecutorKind, ExecutorSettings, load_project
@@ -176,6 +174,39 @@ def part_b(cluster: SlurmCluster, work: Path, window: float) -> dict:
     }
 
 
+def part_c(cluster: SlurmCluster, work: Path, length: int = 6) -> dict:
+    """A chain of `length` no-op jobs: Slurm's own time per dependency step."""
+    from imagegraph.graph import build_graph
+    from imagegraph.plan import StaticInventory, make_plan
+    from imagegraph.project import ExecutorKind, ExecutorSettings, load_project
+    from imagegraph.slurm import SlurmBuildService
+    from imagegraph.state import State
+
+    root = work / "chain"
+    root.mkdir()
+    for i in range(length):
+        parent = f"r.example/x/c{i - 1}:1" if i else "scratch"
+        (root / f"c{i}.yaml").write_text(
+            f"options:\n  layer_type: base\n  name: c{i}\n  pkg_manager: dnf\n  parent: '{parent}'\n"
+            "  publish_tags: ['1']\n  publish_registry: r.example/x\npackages: [x]\n"
+        )
+    plan = make_plan(
+        build_graph(load_project(root)), State(work / "chain.db"), StaticInventory(reachable=False)
+    )
+    settings = ExecutorSettings(kind=ExecutorKind.SLURM, partition="build", poll_interval=0.2)
+    svc = SlurmBuildService(
+        settings, project_root=root, log_dir=work / "chain-logs", run_id="c", command=["true"]
+    )
+    t0 = time.perf_counter()
+    svc.prepare(plan, list(plan.layers.values()))
+    last = svc.jobs[f"c{length - 1}"]
+    while last.outcome is None and time.perf_counter() - t0 < 120:
+        time.sleep(0.05)
+    seconds = time.perf_counter() - t0
+    svc.cancel()
+    return {"chain": length, "seconds": seconds, "per_step": seconds / length, "last_state": str(last.state)}
+
+
 def _cpu() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
@@ -187,14 +218,20 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ig-slurm-bench-"))
     os.chmod(work, 0o755)
     cluster = SlurmCluster(work / "slurm").start()
+    os.environ["SLURM_CONF"] = str(cluster.conf)  # for parts B and C, which run in this process
+    from imagegraph import log as logmod
+
+    logmod.configure("console", "ERROR")  # as `up` on a terminal: events are not the work measured
     try:
         a = part_a(cluster, work, rounds) if rounds else None  # ROUNDS 0: part B only
         cluster.cancel_all()
-        b = part_b(cluster, work, window)
+        c = part_c(cluster, work)
+        cluster.cancel_all()
+        b = part_b(cluster, work, window) if window else None  # WINDOW 0: no 1,000-job part
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"overhead": a, "submission": b}, indent=2))
+    print(json.dumps({"overhead": a, "chain": c, "submission": b}, indent=2))
 
 
 if __name__ == "__main__":
