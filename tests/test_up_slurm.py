@@ -261,6 +261,9 @@ def test_sigterm_cancels_the_run_jobs(site) -> None:
     try:
         wait_until("root's job to reach its sleep", lambda: "sleep 60" in _job_log(root))
         assert len(active(cluster)) == 6
+        rc, _doc, err2 = up(cluster, root)  # a second submit side for the same state directory
+        assert rc == 3 and "another imagegraph run holds" in err2
+        assert len(active(cluster)) == 6, "the second submit side submitted jobs"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
