@@ -134,11 +134,18 @@ def build_one(
     ancestors = lg.order({lid} | _ancestors(lg, lid))
     keys = compute_keys(lg, ancestors, digest_of, lock.upstream_of if lock else None)
     if keys[lid].key != key:
+        unknown = [a for a in ancestors if lg.parents[a].kind == "external" and keys[a].parent.digest is None]
+        if unknown:
+            raise JobFailure(
+                JobExit.INFRASTRUCTURE,
+                f"the registry of external parent {lg.spec(unknown[0]).parent} did not give its digest on "
+                "this node, so the planned key cannot be checked; refusing to build",
+            )
         raise JobFailure(
             JobExit.KEY_MISMATCH,
             f"this node's {root} gives key {keys[lid].key[:12]} for {lid}, the submit host planned "
-            f"{key[:12]}: the layer directories differ (another checkout, or changed since `up` planned); "
-            "refusing to build",
+            f"{key[:12]}: the layer directories differ (another checkout, or changed since `up` planned), "
+            "or an external parent's tag moved since; refusing to build",
         )
     timings["key"] = round(time.monotonic() - t, 3)
     if not spec.publish_registry:
