@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imagegraph.build_one import JobExit, result_path
@@ -343,3 +344,55 @@ def test_per_arch_placement_wins(tmp_path) -> None:
     assert svc.placement(None) == ("build", "el9")
     assert svc.placement("aarch64") == ("arm", "el9")
     assert svc.placement("x86_64") == ("build", "el9")
+
+
+class RecordingRunner:
+    """In-process stand-in for the service's Runner: sbatch answers job ids, squeue no jobs."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.lock = threading.Lock()
+
+    def run(self, argv, **kw):
+        from imagegraph.runner import Completed
+
+        with self.lock:
+            self.calls.append(list(argv))
+            out = f"{len(self.calls)}\n" if argv[0] == "sbatch" else ""
+        return Completed(list(argv), 0, out)
+
+
+forests = st.integers(min_value=1, max_value=12).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.integers(min_value=-1, max_value=n), min_size=n, max_size=n),
+        st.sets(st.integers(min_value=0, max_value=n - 1)),
+    )
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(forests)
+def test_every_build_is_submitted_once_after_its_parent(tmp_path_factory, forest) -> None:
+    picks, built = forest
+    # layer i's parent is an earlier layer (picks[i] mod i), or scratch when picks[i] < 0 or i == 0
+    edges = {f"l{i}": (f"l{p % i}" if i and p >= 0 else None) for i, p in enumerate(picks)}
+    tmp = tmp_path_factory.mktemp("forest")
+    first = make(tmp, edges)
+    tags = {f"r.io/x/l{i}": {key_tag(first.layers[f"l{i}"].key), "1"} for i in built}
+    plan = make(tmp, edges, tags=tags)
+    todo = builds(plan)
+    svc = service(tmp, {"PATH": os.environ["PATH"]})
+    svc.runner = RecordingRunner()
+    svc.prepare(plan, todo)
+    svc._stop.set()
+    subs = [c for c in svc.runner.calls if c[0] == "sbatch"]
+    names = [opt(a, "--job-name").split("-")[1] for a in subs]
+    assert sorted(names) == sorted(lp.layer for lp in todo)
+    pos = {n: i for i, n in enumerate(names)}
+    for lp, argv in ((plan.layers[n], a) for n, a in zip(names, subs, strict=True)):
+        parent = plan.graph.parent_layer(lp.layer)
+        if parent in pos:
+            assert pos[parent] < pos[lp.layer]
+            assert opt(argv, "--dependency") == f"afterok:{svc.jobs[parent].job_id}"
+        else:  # scratch, or a parent already built: no dependency, the job pulls its key tag
+            assert opt(argv, "--dependency") is None
