@@ -248,9 +248,10 @@ def job_outcome(
     if state == JobState.UNKNOWN:
         if result is not None and result.get("key") == key and result.get("status") == "ok":
             return Outcome.OK, f"built and pushed {result.get('image_ref')} (Slurm no longer knows the job)"
+        if reason:  # the controller stopped answering
+            return Outcome.UNKNOWN, f"{reason}: whether the job built is unknown"
         return Outcome.UNKNOWN, (
             "Slurm no longer knows the job and it left no result document: whether it built is unknown"
-            + (f" ({reason})" if reason else "")
         )
     return Outcome.UNKNOWN, f"the job is in state {state}"
 

@@ -78,7 +78,7 @@ def test_every_finished_state_has_one_meaning(state, reason, exit_code, result) 
     elif state in (JobState.FAILED, JobState.TIMEOUT, JobState.NODE_FAIL, JobState.PREEMPTED):
         assert outcome == Outcome.FAILED
     elif state == JobState.UNKNOWN and not (result and result["key"] == KEY and result["status"] == "ok"):
-        assert outcome == Outcome.UNKNOWN and "unknown" in message
+        assert outcome == Outcome.UNKNOWN and "is unknown" in message
     if state == JobState.FAILED and exit_code:
         assert f"exit status {exit_code.split(':')[0]}" in message
 
@@ -396,3 +396,37 @@ def test_every_build_is_submitted_once_after_its_parent(tmp_path_factory, forest
             assert opt(argv, "--dependency") == f"afterok:{svc.jobs[parent].job_id}"
         else:  # scratch, or a parent already built: no dependency, the job pulls its key tag
             assert opt(argv, "--dependency") is None
+
+
+def test_a_controller_that_stops_answering_makes_the_jobs_unknown(tmp_path, monkeypatch) -> None:
+    import imagegraph.slurm as slurm_mod
+    from imagegraph.runner import Completed
+
+    plan = make(tmp_path, {"a": None})
+    svc = service(tmp_path, {"PATH": os.environ["PATH"]})
+    rec = RecordingRunner()
+    svc.runner = rec
+    svc.prepare(plan, builds(plan))  # submitted while slurmctld answered
+
+    def down(argv, **kw):
+        return Completed(list(argv), 1, "", ["squeue: error: Unable to contact slurm controller"])
+
+    monkeypatch.setattr(slurm_mod, "CONTROLLER_TIMEOUT", 0.2)
+    rec.run = down
+    with pytest.raises(SlurmJobError, match="slurmctld did not answer") as e:
+        svc.build(plan.layers["a"], None)
+    assert e.value.outcome == Outcome.UNKNOWN and "whether the job built is unknown" in str(e.value)
+    svc.cancel()
+
+
+def test_a_controller_that_does_not_answer_at_submission_fails_every_build(tmp_path) -> None:
+    from imagegraph.runner import Completed
+
+    plan = make(tmp_path)
+    svc = service(tmp_path, {"PATH": os.environ["PATH"]})
+    svc.runner = RecordingRunner()
+    svc.runner.run = lambda argv, **kw: Completed(list(argv), 1, "", ["Unable to contact slurm controller"])
+    svc.prepare(plan, builds(plan))
+    for lp in builds(plan):
+        with pytest.raises(SlurmJobError, match="squeue failed.*Unable to contact"):
+            svc.build(lp, None)
