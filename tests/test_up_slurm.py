@@ -310,6 +310,14 @@ def test_node_failure_is_reported(site) -> None:
     assert res["status"] == "failed"
     assert "NODE_FAIL" in res["error"] and "build node failed" in res["error"]
     cluster.revive_node()
+    # The dead job left its working container (and its mount) in the node's storage; the next
+    # job on that node removes it, and `up` again builds.
+    assert node_containers(graphroot), "the killed job's working container should still be there"
+    (root / "root.yaml").write_text((root / "root.yaml").read_text().replace('"sleep 60"', '"echo again"'))
+    rc, doc, err = up(cluster, root)
+    assert rc == 0, err
+    assert node_containers(graphroot) == []
+    assert not [m for m in Path("/proc/mounts").read_text().splitlines() if str(graphroot) in m]
 
 
 def _job_log(root: Path) -> str:
