@@ -125,7 +125,6 @@ class Settings:
     jobs: int | None = None
     allow_outside_sources: bool = False
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
-    file: str | None = None  # the settings file, for diagnostics about them
 
 
 @dataclass
@@ -220,7 +219,6 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
             jobs=plain.get("jobs"),
             allow_outside_sources=bool(plain.get("allow_outside_sources", False)),
             executor=ExecutorSettings.from_dict(plain.get("executor") or {}),
-            file=file,
         ),
         [],
     )
