@@ -35,11 +35,12 @@ class BuiltImage:
     image_id: str | None  # a local image ID; None when the image is only in a registry
     image_ref: str  # the key-tag reference (local storage or registry)
     digest: str | None  # the registry manifest digest when the build pushed it
-    started: float
-    finished: float
+    started: float = 0.0
+    finished: float = 0.0
     log_path: str | None = None
     steps: tuple[tuple[str, float], ...] = ()
     inventory: Any = None  # the image's package inventory (packages.Inventory) when the build read one
+    job: dict | None = None  # where it ran elsewhere (a Slurm job's id, node, state, times)
 
     @property
     def seconds(self) -> float:

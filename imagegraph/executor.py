@@ -15,7 +15,9 @@ one task (tasks.py) at a time per call, in the scheduler's threads:
   uploaded to S3 and/or the directory and recorded.
 
 Every command goes through a per-layer `Runner` writing
-`<state dir>/logs/<layer>-<run id>.log`.
+`<state dir>/logs/<layer>-<run id>.log`. Given a `BuildService` whose builds run elsewhere (slurm.py:
+`slots` None), the build task waits for that build, and the publishing
+happens here.
 
 `run_up` wraps a run: the state-directory lock (one run at a time),
 clean-up of working containers left by dead runs, signal handling
@@ -43,7 +45,7 @@ from .key import key_tag
 from .log import bind_run, get_logger
 from .plan import Action, LayerPlan, Plan, local_key_ref
 from .publish.artifacts import MadeArtifacts, make_artifacts, mounted_image, upload_artifacts
-from .redact import redact
+from .redact import redact, redact_obj
 from .reporting import LogReporter, Reporter, Reporters, RunRecord, task_durations
 from .runner import CommandError, Runner
 from .scheduler import RunResult, Scheduler, TaskResult
@@ -215,7 +217,8 @@ class LocalExecutor:
         t0 = time.time()
         parent = None
         try:
-            parent = self._parent(lp, needs, runner)
+            # A service that builds elsewhere (Slurm: slots None) pulls the parent by key tag itself.
+            parent = self._parent(lp, needs, runner) if self.builds.slots is not None else None
             built = self.builds.build(lp, parent)
         except (ImagegraphError, RuntimeError) as exc:
             self._record_failed(lp, spec, parent, t0, exc)
@@ -481,6 +484,7 @@ def run_up(
     build_service: BuildService | None = None,
     command: str = "up",
     run_id: str | None = None,
+    builds: BuildService | None = None,
 ) -> RunResult:
     """Execute `plan` on this host under the state lock; record the run and its result document."""
     run_id = run_id or default_run_id()
@@ -501,7 +505,11 @@ def run_up(
             boot_tests=boot_tests,
             fail_fast=fail_fast,
             durations={**task_durations(state_dir), **state.durations()},
-            reporter=Reporters(LogReporter(log), reporter, RunRecord(state, state_dir, plan, command)),
+            reporter=Reporters(
+                LogReporter(log),
+                reporter,
+                RunRecord(state, state_dir, plan, command, extra=_jobs_of(build_service)),
+            ),
             run_id=run_id,
         )
         state.start_run(run_id, command)
@@ -513,17 +521,32 @@ def run_up(
                 log.warning("interrupted: stopping running commands, starting nothing new", signal=name)
                 sched.cancel(name)
                 threading.Thread(target=runner_mod.terminate_all, daemon=True).start()
+                if builds is not None:
+                    threading.Thread(target=builds.cancel, daemon=True).start()
 
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, handler)
         try:
             return sched.run()
+        except BaseException:
+            # A run that did not finish leaves nothing queued elsewhere (Slurm jobs are cancelled).
+            with contextlib.suppress(Exception):
+                executor.cancel()
+            raise
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
             close = getattr(executor, "close", None)
             if close is not None:
                 close()
+
+
+def _jobs_of(service: Any) -> Any:
+    """The run record's `jobs` (a batch system's job ids, nodes, states, times), when the service has them."""
+    jobs_json = getattr(service, "jobs_json", None)
+    if jobs_json is None:
+        return None
+    return lambda: {"jobs": redact_obj(jobs_json())}
 
 
 # --------------------------------------------------------------------- artifacts

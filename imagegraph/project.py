@@ -26,6 +26,7 @@ import os
 import pickle
 import tempfile
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,75 @@ SETTINGS_SCHEMA: dict[str, Any] = {
                 },
             ]
         },
+        "executor": {"$ref": "#/$defs/executor"},
+    },
+    "$defs": {
+        "placement": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"partition": {"type": "string", "minLength": 1}, "constraint": {"type": "string"}},
+        },
+        "executor": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "kind": {"enum": ["local", "slurm"]},
+                "partition": {"type": "string", "minLength": 1},
+                "constraint": {"type": "string", "minLength": 1},
+                "sbatch_args": {"type": "array", "items": {"type": "string"}},
+                "time_limit": {"type": "string", "pattern": "^[0-9][0-9:-]*$"},
+                "job_name_prefix": {"type": "string", "pattern": "^[A-Za-z0-9_.-]*$"},
+                "log_dir": {"type": "string", "minLength": 1},
+                "graphroot": {"type": "string", "pattern": "^/"},
+                "runroot": {"type": "string", "pattern": "^/"},
+                "poll_interval": {"type": "number", "minimum": 0.1, "maximum": 300},
+                "arches": {"type": "object", "additionalProperties": {"$ref": "#/$defs/placement"}},
+            },
+        },
     },
 }
+
+
+class ExecutorKind(StrEnum):
+    """Where `up` runs layer builds."""
+
+    LOCAL = "local"
+    SLURM = "slurm"
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """`executor:` in imagegraph.yaml: where builds run (see README "Building on a Slurm cluster")."""
+
+    kind: ExecutorKind = ExecutorKind.LOCAL
+    partition: str | None = None
+    constraint: str | None = None
+    sbatch_args: tuple[str, ...] = ()
+    time_limit: str | None = None
+    job_name_prefix: str = "ig-"
+    log_dir: str | None = (
+        None  # a directory the build nodes and the submit host share; default the state dir's logs
+    )
+    graphroot: str | None = None  # node-local container storage for build jobs; default the node's own
+    runroot: str | None = None
+    poll_interval: float = 2.0
+    arches: dict[str, dict[str, str]] = field(default_factory=dict)  # arch -> partition / constraint
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExecutorSettings:
+        return cls(
+            kind=ExecutorKind(d.get("kind", "local")),
+            partition=d.get("partition"),
+            constraint=d.get("constraint"),
+            sbatch_args=tuple(d.get("sbatch_args") or ()),
+            time_limit=d.get("time_limit"),
+            job_name_prefix=d.get("job_name_prefix", "ig-"),
+            log_dir=d.get("log_dir"),
+            graphroot=d.get("graphroot"),
+            runroot=d.get("runroot"),
+            poll_interval=float(d.get("poll_interval", 2.0)),
+            arches={k: dict(v) for k, v in (d.get("arches") or {}).items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -94,6 +162,7 @@ class Settings:
     jobs: int | None = None
     allow_outside_sources: bool = False
     reports: dict[str, str] | None = None
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
 
 @dataclass
@@ -163,18 +232,19 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
     for err in [] if _settings_valid(plain) else _settings_validator().iter_errors(plain):
         path_ = list(err.absolute_path)
         if err.validator == "additionalProperties":
+            known = list(err.schema.get("properties", {}))  # the mapping's own keys (top level or executor)
             for key in err.instance:
-                if key not in SETTINGS_SCHEMA["properties"]:
-                    line, col = _position(doc, [key], key_position=True)
+                if key not in known:
+                    line, col = _position(doc, [*path_, key], key_position=True)
                     import difflib
 
-                    close = difflib.get_close_matches(key, list(SETTINGS_SCHEMA["properties"]), n=1)
+                    close = difflib.get_close_matches(key, known, n=1)
                     errors.append(
                         Diagnostic(
                             file,
                             line,
                             col,
-                            f"unknown project setting '{key}'",
+                            f"unknown project setting '{'.'.join(map(str, [*path_, key]))}'",
                             hint=f"did you mean '{close[0]}'?" if close else None,
                         )
                     )
@@ -199,6 +269,7 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
             else None,  # JSON Schema: 2.0 is an integer
             allow_outside_sources=bool(plain.get("allow_outside_sources", False)),
             reports=plain.get("reports"),
+            executor=ExecutorSettings.from_dict(plain.get("executor") or {}),
         ),
         [],
     )

@@ -13,6 +13,7 @@ fans one call out to several.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -152,11 +153,14 @@ def run_status(result: RunResult) -> str:
 class RunRecord(NullReporter):
     """The run's record: its row in the state, `runs/<run id>.json`, `last-run.json`, `last-success.json`."""
 
-    def __init__(self, state: State, state_dir: Path, plan: Plan, command: str):
+    def __init__(
+        self, state: State, state_dir: Path, plan: Plan, command: str, extra: Callable[[], dict] | None = None
+    ):
         self.state = state
         self.state_dir = state_dir
         self.plan = plan
         self.command = command
+        self.extra = extra  # more fields for the record, asked when the run ends (e.g. Slurm's jobs)
 
     def run_finished(self, result: RunResult) -> None:
         from .diff import run_changes

@@ -27,6 +27,11 @@ check dpkg-scanpackages dpkg-dev
 # boot-test (and `up` with options.boot_test) boots layers under QEMU; dracut is only needed inside images.
 check qemu-system-x86_64 qemu-system-x86
 check ansible-playbook ansible-core
+# `up --executor slurm` tests bring up a one-node Slurm (munge, slurmctld, slurmd) of their own.
+check slurmctld slurmctld
+check slurmd slurmd
+check sbatch slurm-client
+check munged munge
 check python3 python3
 # Pictures: Graphviz lays out `graph --format svg` and report pages; tests render them in Chromium.
 check dot graphviz
@@ -59,6 +64,15 @@ fi
 echo "installing system packages: ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
+# The Slurm and munge packages' maintainer scripts start their daemons where they can, and slurmd
+# fails without a slurm.conf; the tests start their own on 127.0.0.1. Keep them from starting.
+policy=""
+if [[ " ${need[*]} " == *" slurmd "* || " ${need[*]} " == *" munge "* ]] && [ ! -e /usr/sbin/policy-rc.d ]; then
+  policy=/usr/sbin/policy-rc.d
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod 755 "$policy"
+  trap '$SUDO rm -f "$policy"' EXIT
+fi
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" uidmap fuse-overlayfs >/dev/null
 # docker-registry's Debian service would hold port 5000; tests start their own on free ports.
 if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi

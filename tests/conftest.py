@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.needs",
     "tests.fixtures_build",
     "tests.fixtures_servers",
+    "tests.fixtures_slurm",
 ]

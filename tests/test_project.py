@@ -242,3 +242,28 @@ def test_relative_is_path_relative_to(real: list[str], base: list[str]) -> None:
     except ValueError:
         want = None
     assert _relative(r, b) == want
+
+
+def test_executor_settings(tmp_path: Path) -> None:
+    from imagegraph.project import ExecutorKind
+
+    write(tmp_path, "a.yaml", MIN)
+    write(
+        tmp_path,
+        "imagegraph.yaml",
+        "executor:\n  kind: slurm\n  partition: build\n  sbatch_args: ['--mem=4G']\n  time_limit: '2:00:00'\n"
+        "  graphroot: /local/ig\n  arches:\n    aarch64: {partition: arm, constraint: a64fx}\n",
+    )
+    ex = load_project(tmp_path).settings.executor
+    assert ex.kind == ExecutorKind.SLURM and ex.partition == "build" and ex.sbatch_args == ("--mem=4G",)
+    assert ex.time_limit == "2:00:00" and ex.graphroot == "/local/ig" and ex.job_name_prefix == "ig-"
+    assert ex.arches == {"aarch64": {"partition": "arm", "constraint": "a64fx"}}
+    write(tmp_path, "imagegraph.yaml", "executor:\n  kind: slurm\n  partiton: build\n  graphroot: local/ig\n")
+    with pytest.raises(SpecError) as ei:
+        load_project(tmp_path)
+    msgs = [str(d) for d in ei.value.diagnostics]
+    assert any(
+        "imagegraph.yaml:3:3" in m and "'executor.partiton'" in m and "did you mean 'partition'" in m
+        for m in msgs
+    )
+    assert any("imagegraph.yaml:4:" in m and "executor.graphroot" in m for m in msgs)
