@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from .redact import redact, redact_obj
@@ -21,6 +22,7 @@ _run_context: dict[str, str] = {}
 # configure() only records its choice; structlog (and the rich it loads, 0.1 s) is imported
 # and set up when the first logger is asked for, so commands that log nothing never load it.
 _pending: tuple[str, str, Any, bool | None] | None = None
+_apply_lock = threading.Lock()
 
 # CSI sequences (colours, cursor moves), OSC sequences (titles, links) and lone two-byte escapes.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
@@ -67,15 +69,19 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: Any = None, color:
 
 
 def _apply() -> None:
+    # Under a lock, and `_pending` cleared only once structlog is configured: a second thread must
+    # not log through structlog's default configuration (stdout) while the first configures it.
+    with _apply_lock:
+        if _pending is not None:
+            _configure_structlog(*_pending)
+
+
+def _configure_structlog(fmt: str, level: str, stream: Any, color: bool | None) -> None:
     global _pending
-    if _pending is None:
-        return
     import logging
 
     import structlog
 
-    fmt, level, stream, color = _pending
-    _pending = None
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
     if color is None:
@@ -98,6 +104,7 @@ def _apply() -> None:
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    _pending = None
 
 
 class _LazyLogger:

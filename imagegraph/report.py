@@ -167,11 +167,28 @@ def _cause(error: str | None) -> list[str]:
     return lines[:CAUSE_LINES] + (["..."] if len(lines) > CAUSE_LINES else [])
 
 
-def _changes(entry: dict) -> list[str]:
-    changes = entry.get("package_changes") or entry.get("packages") or []
-    out = []
-    for c in changes if isinstance(changes, list) else []:
-        out.append(c if isinstance(c, str) else c.get("text") or json.dumps(c, sort_keys=True))
+def _changes(doc: dict, layer: str) -> list[str]:
+    """The layer's package changes since its previous build (the run record's `package_changes`)."""
+    d = (doc.get("package_changes") or {}).get(layer)
+    return [d["brief"]] if isinstance(d, dict) and d.get("brief") else []
+
+
+def _slurm_time(text: str) -> float | None:
+    """Slurm's local `2026-12-01T17:50:01` (as `scontrol` prints it) in epoch seconds."""
+    try:
+        return dt.datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None
+
+
+def _queued(doc: dict, t0: float) -> dict[str, Bar]:
+    """Per layer built as a Slurm job: the time from submission to the job's start."""
+    out = {}
+    for job in doc.get("jobs") or []:
+        start = _slurm_time(str(job.get("started") or ""))
+        submitted = job.get("submitted")
+        if start is not None and isinstance(submitted, int | float) and start > submitted:
+            out[job["layer"]] = Bar("queued", submitted - t0, start - t0, str(job.get("state", "")))
     return out
 
 
@@ -180,7 +197,8 @@ def critical_path(rows: dict[str, LayerRow]) -> tuple[list[str], float]:
     best: dict[str, tuple[float, list[str]]] = {}
 
     def work(r: LayerRow) -> float:
-        return sum(b.end - b.start for b in r.bars) if r.bars else r.duration
+        ran = [b for b in r.bars if b.kind != "queued"]
+        return sum(b.end - b.start for b in ran) if ran else r.duration
 
     def chain(name: str) -> tuple[float, list[str]]:
         if name not in best:
@@ -201,6 +219,7 @@ def build_report(doc: dict, *, log_base: Path | None = None) -> RunReport:
     """A RunReport from a run's result document; log links relative to `log_base` (the report's directory)."""
     plan_layers = {p["name"]: p for p in (doc.get("plan") or {}).get("layers", [])}
     t0 = float(doc.get("started") or 0.0)
+    queued = _queued(doc, t0)
     rows: dict[str, LayerRow] = {}
     for entry in doc.get("layers", []):
         name = entry["name"]
@@ -218,8 +237,8 @@ def build_report(doc: dict, *, log_base: Path | None = None) -> RunReport:
             reasons=[r.get("message", "") for r in p.get("reasons", [])],
             cause=_cause(entry.get("error")),
             log=log,
-            bars=_bars(entry, t0),
-            changes=_changes(entry),
+            bars=([queued[name]] if name in queued else []) + _bars(entry, t0),
+            changes=_changes(doc, name),
         )
     path, seconds = critical_path(rows)
     for name in path:

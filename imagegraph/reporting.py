@@ -179,6 +179,7 @@ class RunRecord(NullReporter):
                 "command": self.command,
                 "plan": self.plan.to_json(),
                 "package_changes": changes,
+                **(self.extra() if self.extra else {}),
             }
         )
         self.state.finish_run(result.run_id, status, doc)

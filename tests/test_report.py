@@ -231,3 +231,27 @@ def test_reports_dir_setting_and_its_validation(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as exc:
         load_project(root)
     assert any(d.file.endswith("imagegraph.yaml") and d.line == 2 for d in exc.value.diagnostics), exc.value
+
+
+def test_package_changes_and_slurm_queueing_from_the_run_record() -> None:
+    doc = synthetic_doc({"base": (None, 30), "compute": ("base", 12)})
+    doc["package_changes"] = {"compute": {"brief": "openssl 3.0.7-25 → 3.0.7-27"}}
+    start = doc["layers"][1]["started"]
+    import datetime as dt
+
+    doc["jobs"] = [
+        {
+            "layer": "compute",
+            "submitted": start - 5,
+            "started": dt.datetime.fromtimestamp(start).isoformat(timespec="seconds"),
+            "state": "COMPLETED",
+        }
+    ]
+    r = build_report(doc)
+    compute = next(x for x in r.layers if x.name == "compute")
+    assert compute.changes == ["openssl 3.0.7-25 → 3.0.7-27"]
+    queued = [b for b in compute.bars if b.kind == "queued"]
+    assert len(queued) == 1 and queued[0].end - queued[0].start == pytest.approx(5, abs=1)
+    assert r.critical_seconds == pytest.approx(42)  # queueing is not work
+    html = render_html(r)
+    assert "openssl 3.0.7-25 → 3.0.7-27" in html and 'class="bar bar-queued"' in html
