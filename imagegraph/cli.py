@@ -36,12 +36,14 @@ ACTION_STYLE = {
     Action.PUBLISH: "cyan",
     Action.UP_TO_DATE: "green",
     Action.BLOCKED: "red",
+    Action.UNKNOWN: "bold magenta",
 }
 STATUS_STYLE = {
     "ok": "green",
     "up-to-date": "green",
     "failed": "bold red",
     "blocked": "red",
+    "unknown": "bold magenta",
     "cancelled": "magenta",
     "not-started": "dim",
 }
@@ -338,9 +340,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         _print_warnings(project.warnings + lg.warnings)
         render_plan(plan, _out())
+    if plan.unknown:
+        _print_unknown(plan)
+        return 1
     if args.check:
         return 1 if plan.pending else 0
     return 0
+
+
+def _print_unknown(plan: Plan) -> None:
+    """Unknown is not absent: say which inventory could not be read, and why."""
+    lines = list(dict.fromkeys(r.message for lp in plan.unknown for r in lp.reasons))
+    for line in lines:
+        if _json_stderr:
+            logmod.get_logger().error(redact(line))
+        else:
+            _err().print(Text(f"imagegraph: {redact(line)}", style="red"))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -431,7 +446,7 @@ def render_result(result: Any, console: Console) -> None:
         )
     console.print(table)
     for r in result.results.values():
-        if r.status == "failed" and r.error:
+        if r.status in ("failed", "unknown") and r.error:
             console.print(Text(f"{r.layer} failed: {redact(r.error)}", style="red"))
             if r.log_file:
                 console.print(Text(f"  full log: {r.log_file}", style="dim"))

@@ -30,9 +30,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .inventory import local_key_ref
 from .key import KEY_TAG_PREFIX, key_tag
 from .log import get_logger
-from .plan import local_key_ref
 from .redact import redact
 from .runner import Runner
 from .spec import LayerSpec

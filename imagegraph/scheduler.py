@@ -35,7 +35,7 @@ DEFAULT_PUBLISH_SECONDS = 10.0
 class LayerResult:
     layer: str
     action: Action
-    status: str  # ok, up-to-date, failed, blocked, cancelled, not-started
+    status: str  # ok, up-to-date, failed, blocked, unknown, cancelled, not-started
     duration: float = 0.0
     error: str | None = None
     image_id: str | None = None
@@ -74,7 +74,7 @@ class RunResult:
 
     @property
     def failed(self) -> list[str]:
-        return [k for k, r in self.results.items() if r.status in ("failed", "blocked")]
+        return [k for k, r in self.results.items() if r.status in ("failed", "blocked", "unknown")]
 
     @property
     def exit_status(self) -> int:
@@ -206,9 +206,9 @@ class Scheduler:
                     if lid in results:
                         continue
                     lp = plan.layers[lid]
-                    if lp.action == Action.BLOCKED:  # the plan already knows it cannot build
+                    if lp.action in (Action.BLOCKED, Action.UNKNOWN):  # the plan knows it cannot go on
                         why = "; ".join(r.message for r in lp.reasons)
-                        finish(lid, LayerResult(lid, lp.action, "blocked", error=why))
+                        finish(lid, LayerResult(lid, lp.action, str(lp.action), error=why))
                         continue
                     if not lp.pending:
                         finish(lid, LayerResult(lid, lp.action, "up-to-date", image_id=lp.image_id))
@@ -228,7 +228,11 @@ class Scheduler:
         # Whatever never started (cancel, fail-fast) is reported as such.
         for lid, lp in plan.layers.items():
             if lid not in results:
-                status = "not-started" if lp.pending or lp.action == Action.BLOCKED else "up-to-date"
+                status = (
+                    "not-started"
+                    if lp.pending or lp.action in (Action.BLOCKED, Action.UNKNOWN)
+                    else "up-to-date"
+                )
                 results[lid] = LayerResult(lid, lp.action, status)
         ordered = {lid: results[lid] for lid in plan.layers}
         return RunResult(self.run_id, started, time.time(), ordered, self.cancelled, self.signal_name)

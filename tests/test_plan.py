@@ -24,8 +24,11 @@ def site(tmp_path: Path):
 
 
 def plan_of(root: Path, state: State, inv: StaticInventory | None = None, **kw):
+    """A plan; with an unreachable inventory, offline unless told (unknown is not absent)."""
+    inv = inv or StaticInventory(reachable=False)
+    kw.setdefault("offline", not inv.reachable)
     lg = build_graph(load_project(root))
-    return make_plan(lg, state, inv or StaticInventory(reachable=False), **kw)
+    return make_plan(lg, state, inv, **kw)
 
 
 def record_all(plan, state: State, inv: StaticInventory, published: bool = True) -> None:
@@ -125,7 +128,10 @@ def test_registry_key_tag_is_shared_memory(site) -> None:
     inv = StaticInventory(reachable=True)
     for lid, lp in first.layers.items():
         spec = first.graph.spec(lid)
-        inv.tags[f"{spec.publish_registry}/{spec.name}"] = {*spec.publish_tags, key_tag(lp.key)}
+        repo = f"{spec.publish_registry}/{spec.name}"
+        inv.tags[repo] = {*spec.publish_tags, key_tag(lp.key)}
+        for t in inv.tags[repo]:
+            inv.tag_digests[f"{repo}:{t}"] = "sha256:" + lp.key  # one manifest per key
     plan = plan_of(root, state, inv)
     assert {lp.action for lp in plan.layers.values()} == {Action.UP_TO_DATE}
     assert plan.layers["base"].image_source == "registry"
@@ -194,11 +200,11 @@ def test_unobtainable_external_parent_blocks_the_layer_and_its_children(tmp_path
     )
     state = State(tmp_path / "s.db")
     down = StaticInventory(reachable=False)
-    plan = plan_of(root, state, down)
+    plan = plan_of(root, state, down, offline=False)
     assert [lp.action for lp in plan.layers.values()] == [Action.BLOCKED, Action.BLOCKED]
     assert plan.layers["suse"].reasons[0].code == "parent-unavailable"
     assert plan.layers["child"].reasons[0].message == "parent suse is blocked"
     # Offline, imagegraph cannot know: it plans the build. With the image in local storage, it builds.
     assert plan_of(root, state, down, offline=True).layers["suse"].action == Action.BUILD
     down.images.add(ref)
-    assert plan_of(root, state, down).layers["suse"].action == Action.BUILD
+    assert plan_of(root, state, down, offline=False).layers["suse"].action == Action.BUILD
