@@ -434,16 +434,20 @@ class _TargetCheck:
         self.spec, self.lk, self.lid, self.state = spec, lk, lid, state
         self.inventory, self.offline, self.image_id = inventory, offline, image_id
         self.unknown: list[Reason] = []
-        self._built: set[str] | None = None
+        self._built: dict[str, float] | None = None  # key -> when it was last built
 
     def describe_key(self, key: str | None) -> str:
         """`3f2a… (an older build)`: which build a target holds, as far as this state knows."""
         if not key:
             return "something imagegraph did not write"
         if self._built is None:
-            self._built = {b["key"] for b in self.state.builds(self.lid, limit=100_000)}
-        known = "an older build" if key in self._built else "a build this state does not know"
-        return f"{_short_key(key)} ({known})"
+            self._built = {}
+            for b in reversed(self.state.builds(self.lid, limit=100_000)):  # oldest first: newest wins
+                self._built[b["key"]] = b["finished"] or 0.0
+        if key not in self._built:
+            return f"{_short_key(key)} (a build this state does not know)"
+        when = "a later build" if self._built[key] > self._built.get(self.lk.key, 0.0) else "an older build"
+        return f"{_short_key(key)} ({when})"
 
     def moved(self, target: str, where: str, held: str | None) -> Reason:
         return Reason(
