@@ -192,7 +192,7 @@ class LiveInventory:
                 return
             try:
                 res = self.runner.run(
-                    ["buildah", "images", "--json"],
+                    ["buildah", "images", "--json", "--no-trunc"],
                     step="inventory",
                     env=buildah_env(),
                     capture=True,
@@ -213,10 +213,10 @@ class LiveInventory:
                 listing = json.loads(res.stdout or "[]") or []
                 found: dict[str, str] = {}
                 for img in listing:
-                    iid = img.get("id", "")
-                    found[iid] = iid
-                    for n in img.get("names") or []:
-                        found[n] = iid
+                    # One spelling for IDs whatever the caller has: full hex, sha256:hex or the short form.
+                    iid = str(img.get("id", "")).removeprefix("sha256:")
+                    for alias in (iid, f"sha256:{iid}", iid[:12], *(img.get("names") or [])):
+                        found[alias] = iid
             except (ValueError, AttributeError, TypeError) as exc:
                 self._local_error = (
                     f"`buildah images --json` printed something that is not an image list: {exc}"
@@ -235,7 +235,8 @@ class LiveInventory:
 
     def local_names(self, image_id: str) -> tuple[str, ...]:
         self._read_local()
-        return tuple(n for n, i in (self._local or {}).items() if i == image_id and n != image_id)
+        iid = (self._local or {}).get(image_id)
+        return tuple(n for n, i in (self._local or {}).items() if iid and i == iid and "/" in n)
 
     # -- registries
 
