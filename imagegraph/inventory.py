@@ -328,7 +328,8 @@ class LiveInventory:
 
 
 def dir_answers(spec: LayerSpec, key: str) -> dict[str, Answer]:
-    """Per tag: present when `<publish_dir>/<name>/<tag>/` is a complete publication of `key`.
+    """Per tag: present when `<publish_dir>/<name>/<tag>/` is a complete publication of `key`
+    with today's SquashFS options and kernel choice.
 
     Otherwise absent, holding the key its manifest names (if any); unknown
     when the directory cannot be read (permissions, I/O errors).
@@ -348,11 +349,22 @@ def dir_answers(spec: LayerSpec, key: str) -> dict[str, Answer]:
             out[tag] = ABSENT  # a broken manifest holds nothing usable
             continue
         held = doc.get("key") if isinstance(doc, dict) else None
-        if held == key and dir_artifacts_present(spec, key, [tag]):
+        if held == key and _dir_options_match(spec, doc) and dir_artifacts_present(spec, key, [tag]):
             out[tag] = Answer(Presence.PRESENT, holds=key)
         else:
             out[tag] = Answer(Presence.ABSENT, holds=held if isinstance(held, str) else None)
     return out
+
+
+def _dir_options_match(spec: LayerSpec, doc: dict) -> bool:
+    """The manifest was written with today's SquashFS options and kernel choice (S3 has them in metadata)."""
+    sq = spec.squashfs
+    want = {"compression": sq.compression, "level": sq.level, "block_size": sq.block_size}
+    if doc.get("squashfs") != want:
+        return False
+    if spec.kernel_version and doc.get("kver") != spec.kernel_version:
+        return False
+    return not (spec.rootfs_only and doc.get("boot"))
 
 
 def s3_answers(index: S3Index, spec: LayerSpec, key: str) -> dict[str, Answer]:

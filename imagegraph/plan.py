@@ -417,8 +417,8 @@ class _TargetCheck:
     Registry human tags by manifest digest (the key tag's digest comes from
     the state's publication records, else one HEAD), `publish_local` tags by
     image ID, S3 objects by the key in their metadata, directory tags by their
-    manifest. Records decide only what cannot be asked: with `--offline`, and
-    for a target whose description (bucket, options) changed.
+    manifest (key and SquashFS options). The state's records decide only what
+    was not asked: registries and S3 with `--offline`.
     """
 
     def __init__(
@@ -461,23 +461,11 @@ class _TargetCheck:
     ) -> tuple[list[Reason], list[str], list[Reason]]:
         reasons: list[Reason] = []
         todo: list[str] = []
-        for target, want in self.lk.targets.items():
+        for target in self.lk.targets:
             rec = published.get(target)
             found = self.ask(target, tags)
             if found is None:  # not asked (offline): the records are all there is
                 found = self.from_records(target, rec)
-            elif (
-                not found
-                and target != "registry"
-                and rec is not None
-                and rec.key == self.lk.key
-                and rec.spec != want
-            ):
-                # Same key, another description (bucket, SquashFS options): the registry's tags are checked
-                # one by one above; elsewhere the recorded description says what the listing cannot.
-                found = [
-                    Reason("targets-changed", f"{target} target changed: {_describe_change(rec.spec, want)}")
-                ]
             if found:
                 reasons.extend(found)
                 todo.append(target)

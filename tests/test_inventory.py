@@ -126,13 +126,22 @@ def test_directory_targets_by_their_manifest(tmp_path: Path) -> None:
     tag1 = tmp_path / "out" / NAME / "1"
     tag1.mkdir(parents=True)
     (tag1 / "rootfs.squashfs").write_bytes(b"x" * 10)
-    (tag1 / "manifest.json").write_text(json.dumps({"key": KEY, "files": {"rootfs.squashfs": {"size": 10}}}))
+    sq = spec.squashfs
+    options = {"compression": sq.compression, "level": sq.level, "block_size": sq.block_size}
+    manifest = {"key": KEY, "files": {"rootfs.squashfs": {"size": 10}}, "squashfs": options}
+    (tag1 / "manifest.json").write_text(json.dumps(manifest))
     # `latest` holds another key; a manifest that cannot be read is unknown.
     other = tmp_path / "out" / NAME / "latest"
     other.mkdir()
     (other / "manifest.json").write_text(json.dumps({"key": "b" * 64, "files": {}}))
     got = dir_answers(spec, KEY)
     assert got["1"].presence == Presence.PRESENT
+    # Written with other SquashFS options: not what today's spec publishes.
+    (tag1 / "manifest.json").write_text(
+        json.dumps({**manifest, "squashfs": {**options, "compression": "xz"}})
+    )
+    assert dir_answers(spec, KEY)["1"].presence == Presence.ABSENT
+    (tag1 / "manifest.json").write_text(json.dumps(manifest))
     assert got["latest"].presence == Presence.ABSENT and got["latest"].holds == "b" * 64
     (other / "manifest.json").unlink()
     (other / "manifest.json").mkdir()  # reading it fails with EISDIR, not "no such file"
