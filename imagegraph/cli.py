@@ -26,7 +26,7 @@ from . import log as logmod
 from .errors import Diagnostic, ImagegraphError, SpecError, UsageError
 from .graph import LayerGraph, build_graph, to_dot, to_json, to_mermaid
 from .lockfile import load_lock
-from .plan import Action, LiveInventory, Plan, make_plan
+from .plan import Action, LiveInventory, Plan, current_keys, make_plan
 from .project import Project, load_project
 from .redact import redact, register_environment
 from .state import State
@@ -590,8 +590,21 @@ def cmd_gc(args: argparse.Namespace) -> int:
     project, lg = _load(root, args.state)
     path = _state_path(project, args.state)
     state = State(path)
+    lock = load_lock(project.root)
+    current = current_keys(  # today's keys are kept, whatever was built last
+        lg,
+        LiveInventory(),
+        upstream_of=lock.upstream_of if lock else None,
+        locked_digest=lock.parent_digest if lock else None,
+    )
     report = run_gc(
-        lg, state, state_dir=path.parent, keep=args.keep, dry_run=args.dry_run, wait_lock=args.wait
+        lg,
+        state,
+        state_dir=path.parent,
+        keep=args.keep,
+        dry_run=args.dry_run,
+        wait_lock=args.wait,
+        current=current,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

@@ -59,6 +59,7 @@ __all__ = [
     "StaticInventory",
     "diff_inputs",
     "local_key_ref",
+    "current_keys",
     "make_plan",
 ]
 
@@ -355,6 +356,22 @@ def make_plan(
             parent_layer=link.layer,
         )
     return Plan(lg.project.root, lg, plans, keys, offline)
+
+
+def current_keys(
+    lg: LayerGraph,
+    inventory: Inventory,
+    *,
+    upstream_of: Any = None,
+    locked_digest: Callable[[str], str | None] | None = None,
+) -> dict[str, str]:
+    """The key each layer's spec gives today (what gc protects), computed as `make_plan` does."""
+
+    def digest_of(ref: str, spec: LayerSpec) -> str | None:
+        pinned = locked_digest(ref) if locked_digest else None
+        return pinned or inventory.external_digest(ref, spec)
+
+    return {lid: lk.key for lid, lk in compute_keys(lg, lg.order(), digest_of, upstream_of).items()}
 
 
 def _unknown(what: str, error: str | None) -> Reason:
