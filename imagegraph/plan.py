@@ -561,7 +561,10 @@ class _TargetCheck:
     def local(self) -> list[Reason]:
         spec, key = self.spec, self.lk.key
         inv = self.inventory
+        # This key's image: committed here, or pulled from its registry key tag, or as recorded.
         mine = inv.local_image(None, local_key_ref(spec, key))
+        if not mine.present and spec.publish_registry:
+            mine = inv.local_image(None, f"{spec.publish_registry}/{spec.name}:{key_tag(key)}")
         if not mine.present and self.image_id:
             mine = inv.local_image(self.image_id)
         out: list[Reason] = []
@@ -589,10 +592,13 @@ class _TargetCheck:
 
 def _key_of_image(inv: Inventory, spec: LayerSpec, image_id: str | None) -> str | None:
     """The layer key an image was committed under (its `localhost/imagegraph/<name>:ig-<key>` name)."""
-    prefix = f"localhost/imagegraph/{spec.name}:{KEY_TAG_PREFIX}"
+    prefixes = [f"localhost/imagegraph/{spec.name}:{KEY_TAG_PREFIX}"]
+    if spec.publish_registry:
+        prefixes.append(f"{spec.publish_registry}/{spec.name}:{KEY_TAG_PREFIX}")  # pulled key tags
     for name in inv.local_names(image_id or ""):
-        if name.startswith(prefix):
-            return name[len(prefix) :]
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                return name[len(prefix) :]
     return None
 
 

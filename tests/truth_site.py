@@ -191,9 +191,12 @@ class Site:
         for img in json.loads(r.stdout or "[]") or []:
             if str(img.get("id", "")).removeprefix("sha256:") == iid.removeprefix("sha256:"):
                 for n in img.get("names") or []:
-                    p = f"localhost/imagegraph/{self.name(layer)}:ig-"
-                    if n.startswith(p):
-                        return n[len(p) :]
+                    for p in (
+                        f"localhost/imagegraph/{self.name(layer)}:ig-",
+                        f"{self.repository(layer)}:ig-",
+                    ):
+                        if n.startswith(p):
+                            return n[len(p) :]
         return "?"
 
     def registry_tags(self, layer: str) -> set[str]:
