@@ -447,7 +447,7 @@ def render_result(result: Any, console: Console) -> None:
     console.print(table)
     for r in result.results.values():
         if r.status in ("failed", "unknown") and r.error:
-            console.print(Text(f"{r.layer} failed: {redact(r.error)}", style="red"))
+            console.print(Text(f"{r.layer} {r.status}: {redact(r.error)}", style="red"))
             if r.log_file:
                 console.print(Text(f"  full log: {r.log_file}", style="dim"))
     if result.cancelled:

@@ -38,6 +38,7 @@ from .duration import format_age, format_duration
 from .graph import LayerGraph
 from .inventory import (
     ABSENT,
+    Answer,
     Inventory,
     LiveInventory,
     StaticInventory,
@@ -528,6 +529,7 @@ class _TargetCheck:
                 by_digest[ev["digest"]] = ev["key"]
         mine = {d for d, k in by_digest.items() if k == key}
         out: list[Reason] = []
+        kt: Answer | None = None
         for tag in spec.publish_tags:
             ans = self.inventory.tag_digest(spec, tag)
             if ans.unknown:
@@ -536,7 +538,7 @@ class _TargetCheck:
             if ans.holds in mine:
                 continue
             # Not a digest recorded for this key: the key tag itself decides (one HEAD, only here).
-            kt = self.inventory.tag_digest(spec, key_tag(key))
+            kt = kt or self.inventory.tag_digest(spec, key_tag(key))
             if kt.unknown:
                 self.unknown.append(_unknown(f"registry tag {repo}:{key_tag(key)}", kt.error))
                 continue
