@@ -24,12 +24,16 @@ The run is derandomized (the same sequence every time) with
 longer search (`IMAGEGRAPH_MODEL_STEPS=200`), and `IMAGEGRAPH_MODEL_EXAMPLES`
 for more sequences.
 
-Bugs it found (each fixed in this change):
+Bugs it found (each fixed in this change, with a test of its own in
+tests/test_truth.py or tests/test_plan.py):
 
-- a `publish_local` tag set from an image pulled by its registry key tag (the
-  layer's local images were lost) was never recognised as the key's image:
-  every later plan said `publish` again. The key's local image is now also
-  found by its registry key-tag name.
+- writing its "lose local images" rule: a `publish_local` tag set from an
+  image pulled by its registry key tag was never recognised as the key's
+  image, so every later plan said `publish` again. The key's local image is
+  now also found by its registry key-tag name.
+- writing its oracle for tag changes: dropping a tag made every S3 and
+  directory target "changed" (their recorded description lists the tags)
+  and republished them; targets are now compared only by what they hold.
 """
 
 from __future__ import annotations

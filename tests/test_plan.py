@@ -400,3 +400,21 @@ def test_failed_boot_test_is_built_not_booted(tmp_path: Path) -> None:
         run_id="r2", layer="a", key=key, kind="boot-test", location="qemu", detail={"outcome": "booted"}
     )
     assert plan_of(root, state, inv).layers["a"].reasons[0].code != "boot-test-failed"
+
+
+def test_dropping_a_tag_leaves_targets_that_hold_the_key_alone(tmp_path: Path) -> None:
+    root = tmp_path / "l"
+    root.mkdir()
+    spec = root / "a.yaml"
+    spec.write_text(
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: a\n  publish_tags: [x, y]\n"
+        "  publish_s3: 'http://s3.example'\n  publish_dir: out\n"
+    )
+    state, inv = State(tmp_path / "s.db"), StaticInventory()
+    record_all(plan_of(root, state, inv), state, inv)
+    spec.write_text(spec.read_text().replace("[x, y]", "[x]"))
+    assert plan_of(root, state, inv).layers["a"].action == Action.UP_TO_DATE
+    # Offline, the records are all there is: their description changed, so it publishes.
+    inv.reachable = False
+    lp = plan_of(root, state, inv, offline=True).layers["a"]
+    assert lp.action == Action.PUBLISH and lp.reasons[0].code == "targets-changed"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_build import have_buildah
+from tests.fixtures_build import buildah, have_buildah
 from tests.truth_site import Site, actions_of, keys_of
 
 pytestmark = [pytest.mark.buildah, pytest.mark.skipif(not have_buildah(), reason="needs buildah as root")]
@@ -79,6 +79,19 @@ def test_revert_moves_every_target_back_without_building(site: Site, s3_env) -> 
     _all_hold(site, s3_env, k1)
     rc, p5, _ = site.plan("--check")
     assert rc == 0 and set(actions_of(p5).values()) == {"up-to-date"}, p5
+
+    # The child's image only in the registry (local storage lost): its local tags come back from the
+    # pulled key tag, and that image is then known as the key's, not republished on every run.
+    iid = site.local_id(f"localhost/imagegraph/{site.name('child')}:ig-{k1['child']}")
+    assert iid
+    buildah("rmi", "-f", iid)
+    _, p6, _ = site.plan()
+    assert actions_of(p6) == {"base": "up-to-date", "child": "publish"}, p6
+    rc, doc, err = site.up()
+    assert rc == 0 and site.builds() == builds, err[-3000:]
+    _all_hold(site, s3_env, k1)
+    rc, p7, _ = site.plan("--check")
+    assert rc == 0 and set(actions_of(p7).values()) == {"up-to-date"}, p7
 
 
 def test_unknown_local_store_and_registry_are_not_absent(site: Site, registry, tmp_path: Path) -> None:
