@@ -464,8 +464,10 @@ class _TargetCheck:
                 self._built[b["key"]] = b["finished"] or 0.0
         if key not in self._built:
             return f"{_short_key(key)} (a build this state does not know)"
-        when = "a later build" if self._built[key] > self._built.get(self.lk.key, 0.0) else "an older build"
-        return f"{_short_key(key)} ({when})"
+        mine = self._built.get(self.lk.key)
+        if mine is None:  # this key was built elsewhere: no order to tell
+            return f"{_short_key(key)} (another build)"
+        return f"{_short_key(key)} ({'a later build' if self._built[key] > mine else 'an older build'})"
 
     def moved(self, target: str, where: str, held: str | None) -> Reason:
         return Reason(
