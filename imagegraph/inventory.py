@@ -179,15 +179,17 @@ class LiveInventory:
         self.offline = offline
         self.runner = runner or Runner()
         self._lock = threading.Lock()
+        self._local_lock = threading.Lock()
         self._local: dict[str, str] | None = None  # id or name -> image ID
         self._local_error: str | None = None
         self._registry: RegistryClient | None = None
+        self._digests: dict[str, Answer] = {}  # repository:tag -> its digest (a plan's lifetime)
         self._s3: S3Index | None = None
 
     # -- local storage
 
     def _read_local(self) -> None:
-        with self._lock:
+        with self._local_lock:  # its own lock: registry questions go on while buildah answers
             if self._local is not None or self._local_error is not None:
                 return
             try:
@@ -250,11 +252,14 @@ class LiveInventory:
                 )
             return self._registry
 
-    def prefetch(self, specs: Sequence[LayerSpec], workers: int = 16) -> None:
-        """Ask everything the plan needs at once, in parallel: local images, tag lists, human tags.
+    def prefetch(
+        self, specs: Sequence[LayerSpec], tags: Sequence[tuple[LayerSpec, str]] = (), workers: int = 16
+    ) -> None:
+        """Ask everything the plan needs at once, in parallel: local images, tag lists, tag digests.
 
-        One tag list per repository, then one HEAD per human tag that exists;
-        the answers land in the client's caches, which the plan then reads.
+        One tag list per repository, then one HEAD per human tag that exists
+        and per extra `(spec, tag)` asked for (key tags whose digest the state
+        has no record of); the answers are cached, and the plan then reads them.
         """
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inventory") as pool:
             local = pool.submit(self._read_local)
@@ -266,13 +271,13 @@ class LiveInventory:
                         client.configure_for(spec)
                         repos.setdefault(target_repository(spec).name, spec)
                 lists = dict(zip(repos, pool.map(self.registry_tags, repos.values()), strict=True))
-                heads = [
+                heads = [(spec, t) for spec in repos.values() for t in spec.publish_tags] + list(tags)
+                listed = [
                     (spec, t)
-                    for repo, spec in repos.items()
-                    for t in spec.publish_tags
-                    if lists[repo].tags is not None and t in lists[repo].tags
+                    for spec, t in heads
+                    if (found := lists.get(target_repository(spec).name)) and found.tags and t in found.tags
                 ]
-                list(pool.map(lambda st: self.tag_digest(*st), heads))
+                list(pool.map(lambda st: self.tag_digest(*st), listed))
             local.result()
 
     def registry_tags(self, spec: LayerSpec) -> TagList:
@@ -294,17 +299,25 @@ class LiveInventory:
     def tag_digest(self, spec: LayerSpec, tag: str) -> Answer:
         if self.offline:
             return unknown("offline")
+        ref = f"{target_repository(spec).name}:{tag}"
+        with self._lock:
+            if ref in self._digests:
+                return self._digests[ref]
         client = self.registry()
         client.configure_for(spec)
-        ref = f"{target_repository(spec).name}:{tag}"
         try:
             digest = client.manifest_digest(ref)
         except RegistryError as exc:
             return unknown(str(exc))
         if digest:
-            return Answer(Presence.PRESENT, holds=digest)
-        why = client.errors.get(str(parse_reference(ref)))
-        return ABSENT if why == "not found" else unknown(why or f"{ref}: no answer")
+            ans = Answer(Presence.PRESENT, holds=digest)
+        else:
+            why = client.errors.get(str(parse_reference(ref)))
+            ans = ABSENT if why == "not found" else unknown(why or f"{ref}: no answer")
+        if not ans.unknown:  # one answer per plan; an unknown one may be asked again
+            with self._lock:
+                self._digests[ref] = ans
+        return ans
 
     def external_digest(self, ref: str, spec: LayerSpec) -> str | None:
         if self.offline:

@@ -198,10 +198,17 @@ def make_plan(
         pinned = locked_digest(ref) if locked_digest else None
         return pinned or inventory.external_digest(ref, spec)
 
+    keys = compute_keys(lg, order, digest_of, upstream_of)
+    digests = state.registry_digests()  # layer -> {digest: key}, from every registry publication
     prefetch = getattr(inventory, "prefetch", None)
     if prefetch is not None:
-        prefetch([lg.spec(lid) for lid in order])
-    keys = compute_keys(lg, order, digest_of, upstream_of)
+        # Key tags are immutable: asked only where no publication recorded this key's digest.
+        unrecorded = [
+            (lg.spec(lid), key_tag(keys[lid].key))
+            for lid in order
+            if lg.spec(lid).publish_registry and keys[lid].key not in digests.get(lid, {}).values()
+        ]
+        prefetch([lg.spec(lid) for lid in order], unrecorded)
     records = state.layers()
     published = state.all_published()
     plans: dict[str, LayerPlan] = {}
@@ -328,7 +335,7 @@ def make_plan(
             publish = list(lk.targets)
             action = Action.BUILD
         else:
-            check = _TargetCheck(spec, lk, lid, state, inventory, offline, image_id)
+            check = _TargetCheck(spec, lk, lid, state, inventory, offline, image_id, digests.get(lid, {}))
             pub_reasons, publish, pub_unknown = check.run(published.get(lid, {}), tags)
             if pub_unknown:
                 reasons, publish, action = pub_unknown, [], Action.UNKNOWN
@@ -448,9 +455,11 @@ class _TargetCheck:
         inventory: Inventory,
         offline: bool,
         image_id: str | None,
+        digests: dict[str, str],
     ):
         self.spec, self.lk, self.lid, self.state = spec, lk, lid, state
         self.inventory, self.offline, self.image_id = inventory, offline, image_id
+        self.digests = digests  # registry digest -> the key it was published for
         self.unknown: list[Reason] = []
         self._built: dict[str, float] | None = None  # key -> when it was last built
 
@@ -524,11 +533,7 @@ class _TargetCheck:
         if absent:
             shown = ", ".join(a if not a.startswith("ig-") else "key tag" for a in absent)
             return [Reason("missing-remote", f"registry lacks {shown} in {repo}")]
-        history = self.state.events(self.lid, "registry")  # every publication: digest -> key
-        by_digest: dict[str, str] = {}
-        for ev in reversed(history):
-            if ev["digest"]:
-                by_digest[ev["digest"]] = ev["key"]
+        by_digest = self.digests
         mine = {d for d, k in by_digest.items() if k == key}
         out: list[Reason] = []
         kt: Answer | None = None
