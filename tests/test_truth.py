@@ -93,6 +93,17 @@ def test_revert_moves_every_target_back_without_building(site: Site, s3_env) -> 
     rc, p7, _ = site.plan("--check")
     assert rc == 0 and set(actions_of(p7).values()) == {"up-to-date"}, p7
 
+    # The base's manifest deleted from the registry (its key tag and `1` with it): the image is only
+    # local now, and `up` pushes it again, without building.
+    from imagegraph.publish.registry import RegistryClient
+
+    assert RegistryClient().delete_tag(site.repository("base"), f"ig-{k1['base']}")
+    _, p8, _ = site.plan()
+    assert actions_of(p8)["base"] == "publish", p8
+    rc, doc, err = site.up()
+    assert rc == 0 and site.builds() == builds, err[-3000:]
+    _all_hold(site, s3_env, k1)
+
 
 def test_unknown_local_store_and_registry_are_not_absent(site: Site, registry, tmp_path: Path) -> None:
     rc, doc, err = site.up()
