@@ -31,7 +31,7 @@ project = load_project(root, cache_dir=root / ".imagegraph" / "cache")
 t_load = time.perf_counter()
 lg = build_graph(project)
 t_graph = time.perf_counter()
-plan = make_plan(lg, State(root / ".imagegraph" / "state.db", readonly=True), StaticInventory(reachable=False))
+plan = make_plan(lg, State(root / ".imagegraph" / "state.db", readonly=True), StaticInventory(reachable=False), offline=True)
 t_plan = time.perf_counter()
 print(json.dumps({
     "load": t_load - t_import, "graph": t_graph - t_load, "plan": t_plan - t_graph,

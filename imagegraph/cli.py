@@ -632,7 +632,8 @@ def render_gc(report: Any, out: Console, err: Console) -> None:
 def _layer_key(args: argparse.Namespace, lg: LayerGraph, layer: str) -> tuple[State, str]:
     """A writable state and the layer's current key (as `plan` computes it); usage error if not built."""
     state = State(_state_path(lg.project, args.state))
-    lp = make_plan(lg, state, LiveInventory(offline=getattr(args, "offline", False)), [layer]).layers[layer]
+    offline = getattr(args, "offline", False)
+    lp = make_plan(lg, state, LiveInventory(offline=offline), [layer], offline=offline).layers[layer]
     if lp.action == Action.BUILD:
         why = "; ".join(r.message for r in lp.reasons)
         raise UsageError(f"{layer}: its current key {lp.key[:12]} is not built ({why}); run `imagegraph up`")
