@@ -39,6 +39,8 @@ from imagegraph.graph import build_graph
 from imagegraph.plan import LiveInventory, make_plan
 from imagegraph.project import load_project
 from imagegraph.state import State
+from imagegraph.log import configure
+configure("json", "WARNING")  # events to stderr: stdout is this script's answer
 root, state = Path(sys.argv[1]), Path(sys.argv[2])
 lg = build_graph(load_project(root, cache_dir=state.parent / "cache"))
 inv = LiveInventory()
@@ -49,6 +51,7 @@ for lp in plan.layers.values():
     actions[str(lp.action)] = actions.get(str(lp.action), 0) + 1
 reg = inv._registry
 print(json.dumps({"seconds": t1 - t0, "requests": reg.request_count if reg else 0, "actions": actions}))
+
 """
 
 

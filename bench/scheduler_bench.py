@@ -78,7 +78,7 @@ def scenario(tmp: Path, name: str, edges: dict[str, str | None], durations: dict
     for n, p in edges.items():
         (root / f"{n}.yaml").write_text(spec(n, p))
     lg = build_graph(load_project(root))
-    plan = make_plan(lg, State(tmp / f"{name}.db"), StaticInventory(reachable=False))
+    plan = make_plan(lg, State(tmp / f"{name}.db"), StaticInventory(reachable=False), offline=True)
     # critical path
     cp: dict[str, float] = {}
     for lid in plan.layers:

@@ -567,7 +567,7 @@ def layer_artifacts(
         looked.append(f"s3 {spec.s3_bucket} (no complete publication of key {key[:12]})")
     if key and runner is not None:
         from .build import local_image_id
-        from .plan import local_key_ref
+        from .inventory import local_key_ref
 
         ref = local_key_ref(spec, key)
         if local_image_id(ref, runner):

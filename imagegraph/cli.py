@@ -981,6 +981,10 @@ def cmd_plan(args: argparse.Namespace, out: Output) -> int:
     if project.errors:  # missing sources: their layers are planned as blocked; still a spec error
         out.warnings(project.errors)
         return 2
+    if plan.unknown:  # unknown is not absent: say which inventory could not be read, and why
+        for line in dict.fromkeys(r.message for lp in plan.unknown for r in lp.reasons):
+            out.error(line, command="plan")
+        return 1
     if args.check:
         return 1 if plan.pending else 0
     return 0
@@ -1252,8 +1256,25 @@ def cmd_gc(args: argparse.Namespace, out: Output) -> int:
     _check_state_arg(args, must_exist=False)
     project, lg = _load(root, args.state)
     path = _state_path(project, args.state)
+    from .lockfile import load_lock
+    from .plan import LiveInventory, current_keys
+
+    state = State(path)
+    lock = load_lock(project.root)
+    current = current_keys(  # today's keys are kept, whatever was built last
+        lg,
+        LiveInventory(timeout=_registry_timeout(args)),
+        upstream_of=lock.upstream_of if lock else None,
+        locked_digest=lock.parent_digest if lock else None,
+    )
     report = run_gc(
-        lg, State(path), state_dir=path.parent, keep=args.keep, dry_run=args.dry_run, wait_lock=args.wait
+        lg,
+        state,
+        state_dir=path.parent,
+        keep=args.keep,
+        dry_run=args.dry_run,
+        wait_lock=args.wait,
+        current=current,
     )
     lines, errors = gc_lines(report)
     for e in errors:
@@ -1271,8 +1292,9 @@ def _layer_key(args: argparse.Namespace, lg: LayerGraph, layer: str) -> tuple[St
     from .state import State
 
     state = State(_state_path(lg.project, args.state))
-    inventory = LiveInventory(offline=getattr(args, "offline", False), timeout=_registry_timeout(args))
-    lp = make_plan(lg, state, inventory, [layer]).layers[layer]
+    offline = getattr(args, "offline", False)
+    inventory = LiveInventory(offline=offline, timeout=_registry_timeout(args))
+    lp = make_plan(lg, state, inventory, [layer], offline=offline).layers[layer]
     if lp.action == Action.BUILD:
         why = "; ".join(r.message for r in lp.reasons)
         raise UsageError(f"{layer}: its current key {lp.key[:12]} is not built ({why}); run `imagegraph up`")

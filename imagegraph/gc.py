@@ -2,8 +2,10 @@
 
 For every layer of the project, the newest N distinct keys among its
 successful builds (the state's `builds` table, newest first) are kept, and
-so are its current key and the keys of its current publications. For every
-other key the layer was built with, gc removes:
+so are the key its spec gives today (computed by the caller, not read from
+the last build: after a revert they differ), the last build's key, and the
+keys of its current publications. For every other key the layer was built
+with, gc removes:
 
 - its key tag `ig-<key>` from the layer's registry repository, through the
   registry API. The API deletes manifests, not tags: every tag on that
@@ -30,9 +32,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .inventory import Inventory, LiveInventory, local_key_ref
 from .key import KEY_TAG_PREFIX, key_tag
 from .log import get_logger
-from .plan import local_key_ref
 from .redact import redact
 from .runner import Runner
 from .spec import LayerSpec
@@ -87,14 +89,22 @@ class GcReport:
 # ------------------------------------------------------------------------- keys
 
 
-def layer_keys(state: State, layer: str, keep: int) -> tuple[list[str], list[str]]:
-    """(kept, old) keys of a layer, newest first, from its successful builds."""
+def layer_keys(
+    state: State, layer: str, keep: int, current: str | None = None
+) -> tuple[list[str], list[str]]:
+    """(kept, old) keys of a layer, newest first, from its successful builds.
+
+    `current` is the key today's spec gives (computed, not the last build's:
+    after a revert they differ, and the reverted-to key is the one in use).
+    """
     rows = state.builds(layer, limit=1_000_000)  # newest first
     distinct = list(dict.fromkeys(r["key"] for r in rows if r["status"] == "ok"))
     kept = distinct[: max(0, keep)]
+    if current is not None and current not in kept:
+        kept.insert(0, current)  # what the specs want now, always
     rec = state.layer(layer)
     if rec is not None and rec.key not in kept:
-        kept.insert(0, rec.key)  # the current key, always
+        kept.insert(0, rec.key)  # the last build's key too: a key computed offline may differ
     for pub in state.published(layer).values():
         if pub.key not in kept:
             kept.append(pub.key)  # what a target currently serves
@@ -233,10 +243,16 @@ class _Gc:
 
     # -- local images and containers
 
-    def local_images(self, lid: str, spec: LayerSpec, old: list[str], present: set[str]) -> None:
+    def local_images(self, lid: str, spec: LayerSpec, old: list[str], inventory: Inventory) -> None:
         for k in old:
             ref = local_key_ref(spec, k)
-            if ref not in present:
+            found = inventory.local_image(None, ref)
+            if found.unknown:
+                msg = f"local images: {found.error}; no local image removed"
+                if msg not in self.report.errors:
+                    self.report.errors.append(msg)
+                return
+            if not found.present:
                 continue
 
             def rmi(ref: str = ref) -> None:
@@ -260,17 +276,6 @@ class _Gc:
             self.add("container", name, None, None, "left by a run that died", rm)
 
 
-def _local_images(runner: Runner) -> set[str]:
-    res = runner.run(["buildah", "images", "--json"], step="gc", capture=True, check=False, loglevel="DEBUG")
-    out: set[str] = set()
-    try:
-        for img in json.loads(res.stdout or "[]") or []:
-            out.update(img.get("names") or [])
-    except ValueError:
-        pass
-    return out
-
-
 def _in_use_s3(state: State) -> set[tuple[str, str]]:
     """(bucket, key) of every object a current publication of any layer lists."""
     out = set()
@@ -292,8 +297,13 @@ def gc(
     s3_index: Any = None,
     runner: Runner | None = None,
     containers: bool = True,
+    current: dict[str, str] | None = None,
+    inventory: Inventory | None = None,
 ) -> GcReport:
-    """Remove what builds older than the newest `keep` of each layer left behind (module docstring)."""
+    """Remove what builds older than the newest `keep` of each layer left behind (module docstring).
+
+    `current` maps layers to the keys today's specs give (`plan.current_keys`); they are kept.
+    """
     if keep < 1:
         raise ValueError("--keep must be at least 1")
     report = GcReport(keep, dry_run)
@@ -307,11 +317,11 @@ def gc(
 
         s3_index = S3Index()
     work = _Gc(report, registry, s3_index, runner)
-    present = _local_images(runner)
+    inventory = inventory or LiveInventory(offline=True, runner=runner)
     in_use = _in_use_s3(state)
     for lid in lg.order():
         spec = lg.spec(lid)
-        kept, old = layer_keys(state, lid, keep)
+        kept, old = layer_keys(state, lid, keep, (current or {}).get(lid))
         report.kept_keys[lid] = kept
         if not old:
             continue
@@ -319,7 +329,7 @@ def gc(
             work.registry_tags(lid, spec, kept, old)
         if spec.publish_s3:
             work.s3_objects(lid, spec, set(old), in_use)
-        work.local_images(lid, spec, old, present)
+        work.local_images(lid, spec, old, inventory)
     if containers:
         work.containers()
     return report

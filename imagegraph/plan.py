@@ -4,39 +4,66 @@ Each selected layer gets one action:
 
 - `build`: its key has no image (never built, inputs changed, parent
   rebuilds, image lost, forced);
-- `publish`: the image for its key exists, but a publish target lacks it
-  (a new tag or target, or an artifact deleted remotely);
+- `publish`: the image for its key exists, but a publish target does not
+  hold it (a new tag or target, an artifact deleted remotely, a tag that
+  points at another key's image: `latest -> 3f2a… (an older build), wants 9c1d…`);
 - `up-to-date`: nothing to do;
-- `blocked`: (in run results) an ancestor failed.
+- `blocked`: it must build but cannot (its parent is blocked or unknown, its
+  external parent is unobtainable; in run results also: an ancestor failed);
+- `unknown`: what exists could not be read (a failing `buildah images`, a
+  registry or S3 endpoint that did not answer); the reasons quote the error,
+  and `up` does nothing for the layer.
 
 Reasons are typed (`Reason.code`) and computed by comparing the key inputs
 stored with the last build against today's, so the plan can say
 "packages: +vim" rather than "changed". The same Plan drives `plan`, `up`,
 the JSON document and the logs, so the preview cannot disagree with the run.
 
-What exists remotely comes from an `Inventory`: `LiveInventory` asks local
-container storage (one `buildah images` call), the registries (one tag list
-per repository) and S3 (one listing per prefix); tests use `StaticInventory`.
+What exists comes from an `Inventory` (inventory.py): present, absent or
+unknown, and for pointers what they hold. Every target is compared by what
+it holds (`_TargetCheck`); the state's records decide only with `--offline`.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .duration import format_age, format_duration
-from .errors import RegistryTLSError
 from .graph import LayerGraph
-from .key import LayerKey, compute_keys, key_tag
+from .inventory import (
+    ABSENT,
+    Answer,
+    Inventory,
+    LiveInventory,
+    StaticInventory,
+    TagList,
+    local_key_ref,
+    local_tag_ref,
+)
+from .key import KEY_TAG_PREFIX, LayerKey, compute_keys, key_tag
 from .spec import LayerSpec
 from .state import PublishedRecord, State
 from .tasks import Task, TaskKind, layer_tasks, task_id
+
+# LiveInventory, StaticInventory and local_key_ref moved to inventory.py; still importable from here.
+__all__ = [
+    "Action",
+    "LayerPlan",
+    "LiveInventory",
+    "Plan",
+    "Reason",
+    "StaticInventory",
+    "diff_inputs",
+    "local_key_ref",
+    "current_keys",
+    "make_plan",
+]
 
 
 class Action(StrEnum):
@@ -44,6 +71,7 @@ class Action(StrEnum):
     PUBLISH = "publish"
     UP_TO_DATE = "up-to-date"
     BLOCKED = "blocked"
+    UNKNOWN = "unknown"  # what exists could not be read: nothing is done for it
 
 
 @dataclass(frozen=True)
@@ -138,6 +166,11 @@ class Plan:
     def pending(self) -> bool:
         return any(lp.pending for lp in self.layers.values())
 
+    @property
+    def unknown(self) -> list[LayerPlan]:
+        """Layers whose inventory could not be read (their reasons name the failure)."""
+        return [lp for lp in self.layers.values() if lp.action == Action.UNKNOWN]
+
     def counts(self) -> dict[str, int]:
         out = {a.value: 0 for a in Action}
         for lp in self.layers.values():
@@ -153,215 +186,6 @@ class Plan:
             "layers": [lp.to_json() for lp in self.layers.values()],
             "warnings": [d.to_dict() for d in self.graph.warnings + self.graph.project.warnings],
         }
-
-
-# --------------------------------------------------------------------- inventory
-
-
-class Inventory(Protocol):
-    """What exists outside the state: local images, registry tags, S3 artifacts."""
-
-    def local_image(self, image_id: str | None, ref: str | None = None) -> bool: ...
-
-    def registry_tags(self, spec: LayerSpec) -> set[str] | None: ...
-
-    def external_digest(self, ref: str, spec: LayerSpec) -> str | None: ...
-
-    def artifacts_present(self, spec: LayerSpec, key: str, target: str) -> bool | None: ...
-
-
-@dataclass
-class StaticInventory:
-    """An inventory given as data (tests, `--offline` with nothing known)."""
-
-    images: set[str] = field(default_factory=set)  # image IDs and refs present locally
-    tags: dict[str, set[str]] = field(default_factory=dict)  # repository -> tags
-    digests: dict[str, str] = field(default_factory=dict)
-    artifacts: dict[tuple[str, str], bool] = field(
-        default_factory=dict
-    )  # (layer image name, target) -> present
-    reachable: bool = True
-
-    def local_image(self, image_id: str | None, ref: str | None = None) -> bool:
-        return bool((image_id and image_id in self.images) or (ref and ref in self.images))
-
-    def registry_tags(self, spec: LayerSpec) -> set[str] | None:
-        if not self.reachable or not spec.publish_registry:
-            return None
-        return set(self.tags.get(f"{spec.publish_registry}/{spec.name}", set()))
-
-    def external_digest(self, ref: str, spec: LayerSpec) -> str | None:
-        return self.digests.get(ref) if self.reachable else None
-
-    def artifacts_present(self, spec: LayerSpec, key: str, target: str) -> bool | None:
-        return self.artifacts.get((spec.name, target))
-
-
-class LiveInventory:
-    """Asks the real world, cheaply: one process for local images, one request per repository."""
-
-    def __init__(self, offline: bool = False, timeout: float = 5.0):
-        self.offline = offline
-        self.timeout = timeout  # seconds to connect, and again to read an answer
-        self._images: set[str] | None = None
-        self._registry = None
-        self._s3 = None
-        self.unreachable: set[str] = set()
-        self._digests: dict[str, str | None] = {}  # external parent reference -> digest, once per run
-
-    def _local(self) -> set[str]:
-        if self._images is None:
-            self._images = set()
-            try:
-                out = subprocess.run(
-                    ["buildah", "images", "--json"], capture_output=True, text=True, timeout=120, check=False
-                ).stdout
-                for img in json.loads(out or "[]") or []:
-                    self._images.add(img.get("id", ""))
-                    for n in img.get("names") or []:
-                        self._images.add(n)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                pass
-        return self._images
-
-    def local_image(self, image_id: str | None, ref: str | None = None) -> bool:
-        imgs = self._local()
-        return bool((image_id and image_id in imgs) or (ref and ref in imgs))
-
-    def registry(self):
-        if self._registry is None:
-            from .publish.registry import RegistryClient, RetryPolicy
-
-            # Planning must stay fast when a registry is down: a short retry, then "did not answer".
-            # A registry that accepts connections and never answers costs one timeout, not one
-            # per retry and scheme; the CLI says once per registry what did not answer.
-            policy = RetryPolicy.from_env()
-            self._registry = RegistryClient(
-                retry=RetryPolicy(attempts=min(policy.attempts, 2), initial_wait=0.2, max_wait=0.5),
-                timeout=(self.timeout, self.timeout),
-                retry_timeouts=False,
-                warn_unreachable=False,
-            )
-        return self._registry
-
-    def registries_of(self, specs: list[LayerSpec]) -> dict[str, int]:
-        """The registries `prefetch` asks, with how many repositories each (for a status line)."""
-        if self.offline:
-            return {}
-        from .publish.registry import target_repository
-
-        repos: dict[str, set[str]] = {}
-        for spec in specs:
-            if spec.publish_registry:
-                ref = target_repository(spec)
-                repos.setdefault(ref.registry, set()).add(ref.name)
-        return {host: len(names) for host, names in repos.items()}
-
-    def registry_problems(self) -> dict[str, str]:
-        """Why each registry host that did not answer did not: host -> reason."""
-        return self._registry.down_reasons() if self._registry is not None else {}
-
-    def prefetch(
-        self, specs: list[LayerSpec], workers: int = 16, external: Iterable[tuple[str, LayerSpec]] = ()
-    ) -> None:
-        """Ask every registry repository the plan needs at once, in parallel, before planning.
-
-        One tag list per repository either way; in parallel a 1,000-layer no-op
-        plan is not 1,000 sequential round trips. The answers land in the
-        client's cache, which `registry_tags` then reads. `external` (reference,
-        spec) pairs are the external parents' digests, asked in the same pool,
-        once per reference.
-        """
-        if self.offline:
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        from .publish.registry import TLSVerifyError, target_repository
-
-        client = self.registry()
-        repos = []
-        for spec in specs:
-            if spec.publish_registry:
-                client.configure_for(spec)
-                repos.append(target_repository(spec).name)
-        users: dict[str, list[LayerSpec]] = {}
-        for spec, repo in zip([s for s in specs if s.publish_registry], repos, strict=True):
-            users.setdefault(repo, []).append(spec)
-        refs: dict[str, None] = {}
-        for ref, spec in external:
-            if ref not in self._digests and ref not in refs:
-                client.configure_for(spec)
-                refs[ref] = None
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prefetch") as pool:
-            local = pool.submit(self._local)
-            digests = {ref: pool.submit(client.manifest_digest, ref) for ref in refs}
-            futures = {repo: pool.submit(client.tags, repo) for repo in users}
-            tls: dict[str, tuple[str, list[LayerSpec]]] = {}
-            for repo, fut in futures.items():
-                try:
-                    fut.result()
-                except TLSVerifyError as exc:
-                    reason, affected = tls.setdefault(exc.host, (exc.reason, []))
-                    affected.extend(users[repo])
-            for ref, fut in digests.items():
-                try:
-                    self._digests[ref] = fut.result()
-                except TLSVerifyError:
-                    pass  # external_digest asks again and names the spec that wants it
-            local.result()
-        if tls:
-            raise RegistryTLSError(
-                [
-                    (host, reason, [str(s.path) for s in affected], "registry_opts_push")
-                    for host, (reason, affected) in tls.items()
-                ]
-            )
-
-    def registry_tags(self, spec: LayerSpec) -> set[str] | None:
-        if self.offline or not spec.publish_registry:
-            return None
-        from .publish.registry import target_repository
-
-        client = self.registry()
-        client.configure_for(spec)
-        tags = client.tags(target_repository(spec).name)
-        if tags is None:
-            self.unreachable.add(spec.publish_registry)
-        return tags
-
-    def external_digest(self, ref: str, spec: LayerSpec) -> str | None:
-        if self.offline:
-            return None
-        if ref not in self._digests:  # children of one external parent ask once
-            from .publish.registry import TLSVerifyError
-
-            client = self.registry()
-            client.configure_for(spec)
-            try:
-                self._digests[ref] = client.manifest_digest(ref)
-            except TLSVerifyError as exc:
-                raise RegistryTLSError(
-                    [(exc.host, exc.reason, [str(spec.path)], "registry_opts_pull")]
-                ) from exc
-        return self._digests[ref]
-
-    def artifacts_present(self, spec: LayerSpec, key: str, target: str) -> bool | None:
-        if target == "dir":
-            from .publish.artifacts import dir_artifacts_present
-
-            return dir_artifacts_present(spec, key)
-        if self.offline:
-            return None
-        if self._s3 is None:
-            from .publish.s3 import S3Index
-
-            self._s3 = S3Index()
-        return self._s3.has_artifacts(spec, key)
-
-
-def local_key_ref(spec: LayerSpec, key: str) -> str:
-    """Where a build of `key` is committed in local container storage."""
-    return f"localhost/imagegraph/{spec.name}:{key_tag(key)}"
 
 
 # ---------------------------------------------------------------------- planning
@@ -399,16 +223,25 @@ def make_plan(
         return pinned or inventory.external_digest(ref, spec)
 
     prefetch = getattr(inventory, "prefetch", None)
-    if prefetch is not None:
-        # External parents the lock file does not pin are asked alongside the tag lists.
-        external = [
-            (lg.parents[lid].ref, lg.spec(lid))
-            for lid in order
-            if lg.parents[lid].kind == "external"
-            and not (locked_digest and locked_digest(lg.parents[lid].ref))
-        ]
-        prefetch([lg.spec(lid) for lid in order], external=external)
+    external = [
+        (lg.parents[lid].ref, lg.spec(lid))
+        for lid in order
+        if lg.parents[lid].kind == "external" and not (locked_digest and locked_digest(lg.parents[lid].ref))
+    ]
+    if prefetch is not None and external:
+        # External parents the lock file does not pin: their digests (key inputs) asked in parallel,
+        # once per reference, before the keys are computed.
+        prefetch([], external=external)
     keys = compute_keys(lg, order, digest_of, upstream_of)
+    digests = state.registry_digests()  # layer -> {digest: key}, from every registry publication
+    if prefetch is not None:
+        # Key tags are immutable: asked only where no publication recorded this key's digest.
+        unrecorded = [
+            (lg.spec(lid), key_tag(keys[lid].key))
+            for lid in order
+            if lg.spec(lid).publish_registry and keys[lid].key not in digests.get(lid, {}).values()
+        ]
+        prefetch([lg.spec(lid) for lid in order], unrecorded)
     records = state.layers()
     published = state.all_published()
     plans: dict[str, LayerPlan] = {}
@@ -445,16 +278,11 @@ def make_plan(
             )
 
         tags = inventory.registry_tags(spec) if spec.publish_registry else None
-        in_registry = tags is not None and key_tag(lk.key) in tags
-        if spec.publish_registry and tags is None and not offline:
-            notes.append(
-                Reason(
-                    "registry-unreachable",
-                    f"registry {spec.publish_registry} did not answer; what is published there is taken from local records",
-                )
-            )
+        in_registry = tags is not None and tags.tags is not None and key_tag(lk.key) in tags.tags
+        registry_unknown = tags is not None and tags.unknown and not offline
 
         build = False
+        unknown: list[Reason] = []
         if force_all or lid in forced:
             build = True
             reasons.append(Reason("forced", "forced rebuild"))
@@ -482,37 +310,50 @@ def make_plan(
                     {"built_at": rec.built_at, "max_age": max_age},
                 )
             )
-        elif rec is not None and rec.key == lk.key and inventory.local_image(rec.image_id, rec.image_ref):
-            image_id, source = rec.image_id, "local"
-        elif inventory.local_image(None, local_key_ref(spec, lk.key)):
-            # The state is only a cache: an image committed under this key is this key's image.
-            image_id, source = local_key_ref(spec, lk.key), "local"
-            if rec is None or rec.key != lk.key:
-                notes.append(Reason("found-locally", "local storage already holds an image for this key"))
-        elif in_registry:
-            source = "registry"
-            if rec is None or rec.key != lk.key:
-                notes.append(
+        else:
+            by_rec = (
+                inventory.local_image(rec.image_id, rec.image_ref)
+                if rec is not None and rec.key == lk.key
+                else ABSENT
+            )
+            by_key = inventory.local_image(None, local_key_ref(spec, lk.key))
+            if by_rec.present:
+                image_id, source = rec.image_id, "local"  # type: ignore[union-attr]
+            elif by_key.present:
+                # The state is only a cache: an image committed under this key is this key's image.
+                image_id, source = local_key_ref(spec, lk.key), "local"
+                if rec is None or rec.key != lk.key:
+                    notes.append(Reason("found-locally", "local storage already holds an image for this key"))
+            elif by_key.unknown or by_rec.unknown:
+                unknown.append(_unknown("local images", by_key.error or by_rec.error))
+            elif in_registry:
+                source = "registry"
+                if rec is None or rec.key != lk.key:
+                    notes.append(
+                        Reason(
+                            "built-elsewhere",
+                            f"the registry already holds this key ({key_tag(lk.key)[:15]}...) in {spec.publish_registry}/{spec.name}",
+                        )
+                    )
+            elif registry_unknown:
+                # The registry may hold this key's image (built elsewhere): building now could be waste.
+                unknown.append(_unknown(f"registry {spec.publish_registry}", tags.error))  # type: ignore[union-attr]
+            elif rec is None:
+                build = True
+                reasons.append(Reason("never-built", "never built"))
+            elif rec.key != lk.key:
+                build = True
+                reasons.extend(diff_inputs(rec.inputs, lk.inputs, parent_plan))
+            else:
+                build = True
+                reasons.append(
                     Reason(
-                        "built-elsewhere",
-                        f"the registry already holds this key ({key_tag(lk.key)[:15]}...) in {spec.publish_registry}/{spec.name}",
+                        "image-missing",
+                        "image missing from local storage"
+                        + (" and registry" if spec.publish_registry else ""),
+                        {"image_id": rec.image_id},
                     )
                 )
-        elif rec is None:
-            build = True
-            reasons.append(Reason("never-built", "never built"))
-        elif rec.key != lk.key:
-            build = True
-            reasons.extend(diff_inputs(rec.inputs, lk.inputs, parent_plan))
-        else:
-            build = True
-            reasons.append(
-                Reason(
-                    "image-missing",
-                    "image missing from local storage" + (" and registry" if spec.publish_registry else ""),
-                    {"image_id": rec.image_id},
-                )
-            )
 
         publish: list[str] = []
         blocker = _blocker(link, lk, parent_plan, inventory, offline) if build else None
@@ -524,23 +365,39 @@ def make_plan(
                 f"{len(missing)} file(s) it copies or runs do not exist (first at {first})",
                 {"diagnostics": [d.to_dict() for d in missing]},
             )
-        if blocker is not None:
+        if unknown:
+            reasons = unknown
+            action = Action.UNKNOWN
+        elif blocker is not None:
             # Say so now rather than fail at `buildah pull` in the night.
             reasons.insert(0, blocker)
+            action = Action.BLOCKED
         elif build:
             publish = list(lk.targets)
+            action = Action.BUILD
         else:
-            pub_reasons, publish = _publish_reasons(spec, lk, published.get(lid, {}), tags, inventory)
-            reasons.extend(pub_reasons)
-        parent_builds = parent_plan is not None and parent_plan.action in (Action.BUILD, Action.BLOCKED)
-        tasks = layer_tasks(
-            lid,
-            build=build,
-            publish=publish,
-            boot_test=bool(publish) and boot_test_due(spec, lk.key, state, lid),
-            parent_build=task_id(link.layer, TaskKind.BUILD) if parent_builds and link.layer else None,
-        )
-        action = Action.BLOCKED if blocker is not None else action_of(tasks)
+            check = _TargetCheck(spec, lk, lid, state, inventory, offline, image_id, digests.get(lid, {}))
+            pub_reasons, publish, pub_unknown = check.run(published.get(lid, {}), tags)
+            if pub_unknown:
+                reasons, publish, action = pub_unknown, [], Action.UNKNOWN
+            else:
+                reasons.extend(pub_reasons)
+                action = Action.PUBLISH if publish else Action.UP_TO_DATE
+                failed_boot = _failed_boot(spec, lid, lk.key, state) if publish else None
+                if failed_boot is not None:
+                    reasons.insert(0, failed_boot)
+        tasks: list[Task] = []
+        if action in (Action.BUILD, Action.PUBLISH):
+            # The action's work as tasks (tasks.py): a child's build waits only for its parent's build.
+            parent_builds = parent_plan is not None and parent_plan.action in (Action.BUILD, Action.BLOCKED)
+            tasks = layer_tasks(
+                lid,
+                build=action == Action.BUILD,
+                publish=publish,
+                boot_test=bool(publish) and boot_test_due(spec, lk.key, state, lid),
+                parent_build=task_id(link.layer, TaskKind.BUILD) if parent_builds and link.layer else None,
+            )
+            action = action_of(tasks)
         plans[lid] = LayerPlan(
             layer=lid,
             image_name=spec.name,
@@ -563,19 +420,63 @@ def make_plan(
     return Plan(lg.project.root, lg, plans, keys, offline)
 
 
+def current_keys(
+    lg: LayerGraph,
+    inventory: Inventory,
+    *,
+    upstream_of: Any = None,
+    locked_digest: Callable[[str], str | None] | None = None,
+) -> dict[str, str]:
+    """The key each layer's spec gives today (what gc protects), computed as `make_plan` does."""
+
+    def digest_of(ref: str, spec: LayerSpec) -> str | None:
+        pinned = locked_digest(ref) if locked_digest else None
+        return pinned or inventory.external_digest(ref, spec)
+
+    return {lid: lk.key for lid, lk in compute_keys(lg, lg.order(), digest_of, upstream_of).items()}
+
+
+def _unknown(what: str, error: str | None) -> Reason:
+    return Reason(
+        "inventory-unknown",
+        f"cannot tell what {what} hold: {error or 'no answer'}",
+        {"inventory": what, "error": error or ""},
+    )
+
+
+def _failed_boot(spec: LayerSpec, lid: str, key: str, state: State) -> Reason | None:
+    """Built but not booted: the newest boot test of this key failed (its human tags wait)."""
+    if not spec.boot_test.enabled or spec.rootfs_only:
+        return None
+    for ev in state.events(lid, "boot-test"):
+        if ev["key"] != key:
+            continue
+        if ev["detail"].get("outcome") == "booted":
+            return None
+        why = ev["detail"].get("reason") or ev["detail"].get("outcome") or "failed"
+        return Reason(
+            "boot-test-failed",
+            f"boot-test failed (run {ev['run_id']}): {why}; built, not booted",
+            {"run_id": ev["run_id"]},
+        )
+    return None
+
+
 def _blocker(
     link: Any, lk: LayerKey, parent_plan: LayerPlan | None, inventory: Inventory, offline: bool
 ) -> Reason | None:
-    """Why a layer that must build cannot: its parent is blocked, or its external parent is unobtainable."""
-    if parent_plan is not None and parent_plan.action == Action.BLOCKED:
+    """Why a layer that must build cannot: its parent is blocked or unknown, or its external parent is unobtainable."""
+    if parent_plan is not None and parent_plan.action in (Action.BLOCKED, Action.UNKNOWN):
         return Reason(
-            "parent-blocked", f"parent {parent_plan.layer} is blocked", {"parent": parent_plan.layer}
+            "parent-blocked",
+            f"parent {parent_plan.layer} is {parent_plan.action}",
+            {"parent": parent_plan.layer},
         )
     if (
         link.kind == "external"
         and lk.parent.digest is None
         and not offline
-        and not inventory.local_image(None, link.normalized or link.ref)
+        and not inventory.local_image(None, link.normalized or link.ref).present
     ):
         return Reason(
             "parent-unavailable",
@@ -585,57 +486,183 @@ def _blocker(
     return None
 
 
-def _publish_reasons(
-    spec: LayerSpec,
-    lk: LayerKey,
-    published: dict[str, PublishedRecord],
-    tags: set[str] | None,
-    inventory: Inventory,
-) -> tuple[list[Reason], list[str]]:
-    reasons: list[Reason] = []
-    todo: list[str] = []
-    for target, want in lk.targets.items():
-        rec = published.get(target)
-        missing: Reason | None = None
-        if target == "registry" and tags is not None:
-            # The registry itself is the truth: every tag, and the key tag, must be there.
-            absent = [t for t in [*spec.publish_tags, key_tag(lk.key)] if t not in tags]
-            if absent:
-                shown = ", ".join(a if not a.startswith("ig-") else "key tag" for a in absent)
-                missing = Reason(
-                    "missing-remote", f"registry lacks {shown} in {spec.publish_registry}/{spec.name}"
+def _short_key(key: str) -> str:
+    return key[:12] + "…"
+
+
+class _TargetCheck:
+    """Every target of a layer whose image exists, compared by what it holds with the current key.
+
+    Registry human tags by manifest digest (the key tag's digest comes from
+    the state's publication records, else one HEAD), `publish_local` tags by
+    image ID, S3 objects by the key in their metadata, directory tags by their
+    manifest (key and SquashFS options). The state's records decide only what
+    was not asked: registries and S3 with `--offline`.
+    """
+
+    def __init__(
+        self,
+        spec: LayerSpec,
+        lk: LayerKey,
+        lid: str,
+        state: State,
+        inventory: Inventory,
+        offline: bool,
+        image_id: str | None,
+        digests: dict[str, str],
+    ):
+        self.spec, self.lk, self.lid, self.state = spec, lk, lid, state
+        self.inventory, self.offline, self.image_id = inventory, offline, image_id
+        self.digests = digests  # registry digest -> the key it was published for
+        self.unknown: list[Reason] = []
+        self._built: dict[str, float] | None = None  # key -> when it was last built
+
+    def describe_key(self, key: str | None) -> str:
+        """`3f2a… (an older build)`: which build a target holds, as far as this state knows."""
+        if not key:
+            return "something imagegraph did not write"
+        if self._built is None:
+            self._built = {}
+            for b in reversed(self.state.builds(self.lid, limit=100_000)):  # oldest first: newest wins
+                self._built[b["key"]] = b["finished"] or 0.0
+        if key not in self._built:
+            return f"{_short_key(key)} (a build this state does not know)"
+        mine = self._built.get(self.lk.key)
+        if mine is None:  # this key was built elsewhere: no order to tell
+            return f"{_short_key(key)} (another build)"
+        return f"{_short_key(key)} ({'a later build' if self._built[key] > mine else 'an older build'})"
+
+    def moved(self, target: str, where: str, held: str | None) -> Reason:
+        return Reason(
+            "target-moved",
+            f"{where} -> {self.describe_key(held)}, wants {_short_key(self.lk.key)}",
+            {"target": target, "holds": held, "wants": self.lk.key},
+        )
+
+    def run(
+        self, published: dict[str, PublishedRecord], tags: TagList | None
+    ) -> tuple[list[Reason], list[str], list[Reason]]:
+        reasons: list[Reason] = []
+        todo: list[str] = []
+        for target in self.lk.targets:
+            rec = published.get(target)
+            found = self.ask(target, tags)
+            if found is None:  # not asked (offline): the records are all there is
+                found = self.from_records(target, rec)
+            if found:
+                reasons.extend(found)
+                todo.append(target)
+        return reasons, todo, self.unknown
+
+    def ask(self, target: str, tags: TagList | None) -> list[Reason] | None:
+        """Why `target` does not hold the current key ([] when it does); None when not asked."""
+        spec, key = self.spec, self.lk.key
+        if target == "registry":
+            if tags is None or (tags.unknown and self.offline):
+                return None
+            if tags.unknown:
+                self.unknown.append(_unknown(f"registry {spec.publish_registry}", tags.error))
+                return []
+            return self.registry(tags.tags or frozenset())
+        if target == "local":
+            return self.local()
+        if target == "s3" and self.offline:
+            return None
+        out: list[Reason] = []
+        for tag, ans in self.inventory.artifacts(spec, key, target).items():
+            if ans.unknown:
+                self.unknown.append(_unknown(f"{target} {tag}", ans.error))
+            elif not ans.present:
+                where = f"{target} {tag}"
+                if ans.holds:
+                    out.append(self.moved(target, where, ans.holds))
+                else:
+                    out.append(Reason("missing-remote", f"published artifact missing from {where}"))
+        return out
+
+    def registry(self, tags: frozenset[str]) -> list[Reason]:
+        spec, key = self.spec, self.lk.key
+        repo = f"{spec.publish_registry}/{spec.name}"
+        absent = [t for t in [*spec.publish_tags, key_tag(key)] if t not in tags]
+        if absent:
+            shown = ", ".join(a if not a.startswith("ig-") else "key tag" for a in absent)
+            return [Reason("missing-remote", f"registry lacks {shown} in {repo}")]
+        by_digest = self.digests
+        mine = {d for d, k in by_digest.items() if k == key}
+        out: list[Reason] = []
+        kt: Answer | None = None
+        for tag in spec.publish_tags:
+            ans = self.inventory.tag_digest(spec, tag)
+            if ans.unknown:
+                self.unknown.append(_unknown(f"registry tag {repo}:{tag}", ans.error))
+                continue
+            if ans.holds in mine:
+                continue
+            # Not a digest recorded for this key: the key tag itself decides (one HEAD, only here).
+            kt = kt or self.inventory.tag_digest(spec, key_tag(key))
+            if kt.unknown:
+                self.unknown.append(_unknown(f"registry tag {repo}:{key_tag(key)}", kt.error))
+                continue
+            if kt.present and kt.holds == ans.holds:
+                mine.add(ans.holds or "")
+                continue
+            held = by_digest.get(ans.holds or "")
+            where = f"{tag}"
+            if held:
+                out.append(self.moved("registry", where, held))
+            else:
+                out.append(
+                    Reason(
+                        "target-moved",
+                        f"{where} -> {(ans.holds or '')[:19]}… (not a digest this state recorded), "
+                        f"wants {_short_key(key)}",
+                        {"target": "registry", "holds": ans.holds, "wants": key},
+                    )
                 )
-            elif rec is None or rec.key != lk.key or rec.spec != want:
-                missing = None  # present remotely (perhaps pushed by another machine)
-        elif rec is None:
-            missing = Reason("not-published", f"not yet published to {target}")
-        elif rec.key != lk.key:
-            missing = Reason("not-published", f"this build is not yet published to {target}")
-        elif rec.spec != want:
-            missing = Reason(
-                "targets-changed", f"{target} target changed: {_describe_change(rec.spec, want)}"
-            )
-        else:
-            present = None
-            if target in ("s3", "dir"):
-                present = inventory.artifacts_present(spec, lk.key, target)
-            elif target == "local":
-                present = all(
-                    inventory.local_image(None, f"localhost/{spec.name}:{t}") for t in spec.publish_tags
-                )
-            if present is False:
-                missing = Reason("missing-remote", f"published artifact missing from {target}")
-        if target == "registry" and tags is None and missing is None:
-            if rec is None or rec.key != lk.key:
-                missing = Reason("not-published", "not yet published to registry")
-            elif rec.spec != want:
-                missing = Reason(
-                    "targets-changed", f"registry target changed: {_describe_change(rec.spec, want)}"
-                )
-        if missing is not None:
-            reasons.append(missing)
-            todo.append(target)
-    return reasons, todo
+        return out
+
+    def local(self) -> list[Reason]:
+        spec, key = self.spec, self.lk.key
+        inv = self.inventory
+        # This key's image: committed here, or pulled from its registry key tag, or as recorded.
+        mine = inv.local_image(None, local_key_ref(spec, key))
+        if not mine.present and spec.publish_registry:
+            mine = inv.local_image(None, f"{spec.publish_registry}/{spec.name}:{key_tag(key)}")
+        if not mine.present and self.image_id:
+            mine = inv.local_image(self.image_id)
+        out: list[Reason] = []
+        for tag in spec.publish_tags:
+            ref = local_tag_ref(spec, tag)
+            ans = inv.local_image(None, ref)
+            if ans.unknown:
+                self.unknown.append(_unknown("local images", ans.error))
+            elif not ans.present:
+                out.append(Reason("missing-remote", f"local storage lacks {ref}"))
+            elif ans.holds is not None and (not mine.present or ans.holds != mine.holds):
+                out.append(self.moved("local", ref, _key_of_image(inv, spec, ans.holds)))
+        return out
+
+    def from_records(self, target: str, rec: PublishedRecord | None) -> list[Reason]:
+        want = self.lk.targets[target]
+        if rec is None:
+            return [Reason("not-published", f"not yet published to {target}")]
+        if rec.key != self.lk.key:
+            return [self.moved(target, f"{target} (as recorded)", rec.key)]
+        if rec.spec != want:
+            return [Reason("targets-changed", f"{target} target changed: {_describe_change(rec.spec, want)}")]
+        return []
+
+
+def _key_of_image(inv: Inventory, spec: LayerSpec, image_id: str | None) -> str | None:
+    """The layer key an image was committed under (its `localhost/imagegraph/<name>:ig-<key>` name)."""
+    prefixes = [f"localhost/imagegraph/{spec.name}:{KEY_TAG_PREFIX}"]
+    if spec.publish_registry:
+        prefixes.append(f"{spec.publish_registry}/{spec.name}:{KEY_TAG_PREFIX}")  # pulled key tags
+    for name in inv.local_names(image_id or ""):
+        for prefix in prefixes:
+            if name.startswith(prefix):
+                return name[len(prefix) :]
+    return None
 
 
 def _describe_change(old: dict, new: dict) -> str:

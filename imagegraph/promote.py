@@ -133,7 +133,7 @@ def _registry(spec: Any, key: str, tag: str) -> dict:
 
 def _local(spec: Any, key: str, tag: str, runner: Runner) -> dict | None:
     from .build import local_image_id
-    from .plan import local_key_ref
+    from .inventory import local_key_ref
 
     image = local_image_id(local_key_ref(spec, key), runner)
     if image is None:

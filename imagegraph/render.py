@@ -37,6 +37,7 @@ ACTION_STYLE = {
     Action.PUBLISH: "cyan",
     Action.UP_TO_DATE: "green",
     Action.BLOCKED: "red",
+    Action.UNKNOWN: "bold magenta",
 }
 STATUS_STYLE = {
     "ok": "green",
@@ -44,6 +45,7 @@ STATUS_STYLE = {
     "up to date": "green",
     "failed": "bold red",
     "blocked": "red",
+    "unknown": "bold magenta",
     "stale": "yellow",
     "never built": "yellow",
     "cancelled": "magenta",
@@ -278,8 +280,8 @@ def result_table(result: Any) -> Table:
 def result_lines(result: Any) -> list[Text]:
     lines = []
     for r in result.results.values():
-        if r.status == "failed" and r.error:
-            lines.append(Text(f"{r.layer} failed: {redact(r.error)}", style="red"))
+        if r.status in ("failed", "unknown") and r.error:
+            lines.append(Text(f"{r.layer} {r.status}: {redact(r.error)}", style="red"))
             if r.log_file:
                 lines.append(Text(f"  full log: {r.log_file}  (or: imagegraph log {r.layer})", style="dim"))
     if result.cancelled:

@@ -51,6 +51,7 @@ class LayerStatus(StrEnum):
     BLOCKED = "blocked"
     CANCELLED = "cancelled"
     NOT_STARTED = "not-started"
+    UNKNOWN = "unknown"  # the plan could not read what it needed (inventory.py): nothing was done
 
 
 @dataclass
@@ -96,7 +97,7 @@ class TaskResult:
 class LayerResult:
     layer: str
     action: Action
-    status: str  # ok, up-to-date, failed, blocked, cancelled, not-started
+    status: str  # ok, up-to-date, failed, blocked, unknown, cancelled, not-started
     duration: float = 0.0
     error: str | None = None
     image_id: str | None = None
@@ -140,7 +141,11 @@ class RunResult:
 
     @property
     def failed(self) -> list[str]:
-        return [k for k, r in self.results.items() if r.status in (LayerStatus.FAILED, LayerStatus.BLOCKED)]
+        return [
+            k
+            for k, r in self.results.items()
+            if r.status in (LayerStatus.FAILED, LayerStatus.BLOCKED, LayerStatus.UNKNOWN)
+        ]
 
     @property
     def exit_status(self) -> int:
@@ -423,8 +428,8 @@ class Scheduler:
         )
         statuses = {r.status for r in trs}
         failed = next((r for r in trs if r.status == TaskStatus.FAILED), None)
-        if lp.action == Action.BLOCKED:
-            out.status = LayerStatus.BLOCKED
+        if lp.action in (Action.BLOCKED, Action.UNKNOWN):
+            out.status = LayerStatus.BLOCKED if lp.action == Action.BLOCKED else LayerStatus.UNKNOWN
             out.error = "; ".join(r.message for r in lp.reasons)
         elif not trs:
             out.status = LayerStatus.UP_TO_DATE

@@ -400,6 +400,16 @@ class State:
                 (run_id, layer, key, kind, location, digest, json.dumps(detail or {}), time.time()),
             )
 
+    def registry_digests(self) -> dict[str, dict[str, str]]:
+        """Per layer, every manifest digest its registry publications recorded -> the key (newest wins)."""
+        out: dict[str, dict[str, str]] = {}
+        for r in self._query(
+            "SELECT layer, key, digest FROM publications"
+            " WHERE target='registry' AND digest IS NOT NULL ORDER BY id"
+        ):
+            out.setdefault(r["layer"], {})[r["digest"]] = r["key"]
+        return out
+
     def events(self, layer: str, kind: str) -> list[dict]:
         """`record_event` rows of a layer, newest first, `detail` decoded."""
         rows = self._query(

@@ -20,18 +20,17 @@ NEVER_FOR_PLAN = (
     "botocore",
     "requests",
     "tenacity",
-    "structlog",
+    # (structlog and concurrent.futures do load: even offline, `plan` asks local storage,
+    # `buildah images` through the Runner, beside the other inventory questions.)
     "imagegraph.executor",
     "imagegraph.scheduler",
     # the build package's backend table and backends (their key inputs) are light; not buildah's side
     "imagegraph.build.layer",
-    "imagegraph.build.container",
     "imagegraph.publish.s3",
     "imagegraph.publish.artifacts",
     "imagegraph.boottest",
     "urllib.request",  # lock file fetching
     "http.client",
-    "concurrent.futures",  # the online prefetch's pool
 )
 PARSERS = ("ruamel", "yaml", "jsonschema", "jsonschema_rs")
 

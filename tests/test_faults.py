@@ -301,10 +301,15 @@ def test_registry_500_then_recovers(tmp_path: Path, rpm_repo, registry, cleanup_
         )
         (root / f"{P}-reg.yaml").write_text(spec("reg", "scratch", rpm_repo.url, opts, "cmds: ['echo r']\n"))
         state = tmp_path / "state" / "state.db"
-        # Planning passes; the push's requests meet four 500s in a row, then the registry recovers.
         plan(root, state)
-        proxy.failures, proxy.failed = 4, 0
+        # 500s while planning: the registry's answer is unknown (it may hold the key), not absent.
+        proxy.failures, proxy.failed = 2, 0
         rc, doc, err = up(root, state)
+        assert rc == 1 and by_name(doc)[f"{P}-reg"]["status"] == "unknown", err[-3000:]
+        assert "HTTP 500" in by_name(doc)[f"{P}-reg"]["error"] and built(doc) == set()
+        # Planned offline, the push's requests meet four 500s in a row, then the registry recovers.
+        proxy.failures, proxy.failed = 4, 0
+        rc, doc, err = up(root, state, "--offline")
         assert rc == 0, err[-3000:]
         assert proxy.failed == 4 and proxy.passed > 0
         assert built(doc) == {f"{P}-reg"}

@@ -34,3 +34,13 @@ def test_newest_current_and_promoted_keys_are_kept(tmp_path: Path) -> None:
         )
     kept, old = layer_keys(state, "a", keep=1)
     assert kept == ["k4", "k2"] and old == ["k3", "k1"]
+
+
+def test_the_key_the_specs_give_today_is_kept_after_a_revert(tmp_path: Path) -> None:
+    """Built k1, then k2 (the last build); the spec was reverted to k1: k1 is the one in use."""
+    state = State(tmp_path / "s.db")
+    for k in ("k1", "k2"):
+        built(state, k)
+    assert layer_keys(state, "a", keep=1) == (["k2"], ["k1"])
+    kept, old = layer_keys(state, "a", keep=1, current="k1")
+    assert set(kept) == {"k1", "k2"} and old == []

@@ -204,6 +204,7 @@ def test_lock_fetches_only_missing_entries_without_update(site) -> None:
 
 def plan(root: Path, state: State, inv: StaticInventory, **kw):
     lk = load_lock(root)
+    kw.setdefault("offline", not inv.reachable)  # unreachable and not offline would be unknown
     return make_plan(
         graph(root),
         state,

@@ -26,8 +26,11 @@ def site(tmp_path: Path):
 
 
 def plan_of(root: Path, state: State, inv: StaticInventory | None = None, **kw):
+    """A plan; with an unreachable inventory, offline unless told (unknown is not absent)."""
+    inv = inv or StaticInventory(reachable=False)
+    kw.setdefault("offline", not inv.reachable)
     lg = build_graph(load_project(root))
-    return make_plan(lg, state, inv or StaticInventory(reachable=False), **kw)
+    return make_plan(lg, state, inv, **kw)
 
 
 def record_all(plan, state: State, inv: StaticInventory, published: bool = True) -> None:
@@ -127,7 +130,10 @@ def test_registry_key_tag_is_shared_memory(site) -> None:
     inv = StaticInventory(reachable=True)
     for lid, lp in first.layers.items():
         spec = first.graph.spec(lid)
-        inv.tags[f"{spec.publish_registry}/{spec.name}"] = {*spec.publish_tags, key_tag(lp.key)}
+        repo = f"{spec.publish_registry}/{spec.name}"
+        inv.tags[repo] = {*spec.publish_tags, key_tag(lp.key)}
+        for t in inv.tags[repo]:
+            inv.tag_digests[f"{repo}:{t}"] = "sha256:" + lp.key  # one manifest per key
     plan = plan_of(root, state, inv)
     assert {lp.action for lp in plan.layers.values()} == {Action.UP_TO_DATE}
     assert plan.layers["base"].image_source == "registry"
@@ -196,14 +202,224 @@ def test_unobtainable_external_parent_blocks_the_layer_and_its_children(tmp_path
     )
     state = State(tmp_path / "s.db")
     down = StaticInventory(reachable=False)
-    plan = plan_of(root, state, down)
+    plan = plan_of(root, state, down, offline=False)
     assert [lp.action for lp in plan.layers.values()] == [Action.BLOCKED, Action.BLOCKED]
     assert plan.layers["suse"].reasons[0].code == "parent-unavailable"
     assert plan.layers["child"].reasons[0].message == "parent suse is blocked"
     # Offline, imagegraph cannot know: it plans the build. With the image in local storage, it builds.
     assert plan_of(root, state, down, offline=True).layers["suse"].action == Action.BUILD
     down.images.add(ref)
-    assert plan_of(root, state, down).layers["suse"].action == Action.BUILD
+    assert plan_of(root, state, down, offline=False).layers["suse"].action == Action.BUILD
+
+
+# ------------------------------------------------------ targets verified by what they hold
+
+
+def _registry_site(tmp_path: Path) -> Path:
+    root = tmp_path / "reg"
+    root.mkdir()
+    (root / "base.yaml").write_text(
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: b\n  publish_tags: ['1', 'latest']\n"
+        "  publish_registry: 'reg.example:5000/ns'\n  publish_local: true\n"
+        "packages: [bash]\n"
+    )
+    (root / "child.yaml").write_text(
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: c\n  parent: 'reg.example:5000/ns/b:1'\n"
+        "  publish_registry: 'reg.example:5000/ns'\npackages: [vim]\n"
+    )
+    return root
+
+
+def _publish_as_up(plan, state: State, inv: StaticInventory, when: float) -> None:
+    """What `up` leaves behind: builds recorded, every tag (registry, local) on the key's image."""
+    for lid, lp in plan.layers.items():
+        spec = plan.graph.spec(lid)
+        image = f"sha256:{lp.key[:16]}"
+        if lp.action == Action.BUILD:
+            state.record_build(
+                run_id="r",
+                layer=lid,
+                key=lp.key,
+                inputs=lp.inputs,
+                image_id=image,
+                image_ref=None,
+                spec_file=lp.file,
+                parent_key=None,
+                started=when - 1,
+                finished=when,
+            )
+        inv.names[f"localhost/imagegraph/{spec.name}:{key_tag(lp.key)}"] = image
+        repo = f"{spec.publish_registry}/{spec.name}"
+        inv.tags.setdefault(repo, set()).update({*spec.publish_tags, key_tag(lp.key)})
+        digest = "sha256:" + lp.key[::-1]
+        for t in [*spec.publish_tags, key_tag(lp.key)]:
+            inv.tag_digests[f"{repo}:{t}"] = digest
+        if spec.publish_local:
+            for t in spec.publish_tags:
+                inv.names[f"localhost/{spec.name}:{t}"] = image
+        for target, tspec in lp.targets.items():
+            state.record_publication(
+                run_id="r",
+                layer=lid,
+                key=lp.key,
+                target=target,
+                spec=tspec,
+                locations=[f"{repo}:{t}" for t in spec.publish_tags],
+                digest=digest if target == "registry" else None,
+            )
+
+
+def test_revert_finds_every_tag_pointing_at_the_newer_build(tmp_path: Path) -> None:
+    """Build K1, edit (K2) and publish, revert: every human tag still holds K2, and the plan says so."""
+    root = _registry_site(tmp_path)
+    state, inv = State(tmp_path / "s.db"), StaticInventory()
+    p1 = plan_of(root, state, inv)
+    _publish_as_up(p1, state, inv, time.time() - 100)
+    assert {lp.action for lp in plan_of(root, state, inv).layers.values()} == {Action.UP_TO_DATE}
+    f = root / "base.yaml"
+    original = f.read_text()
+    f.write_text(original.replace("[bash]", "[bash, htop]"))
+    p2 = plan_of(root, state, inv)
+    assert p2.layers["base"].action == Action.BUILD
+    _publish_as_up(p2, state, inv, time.time())
+    f.write_text(original)
+    p3 = plan_of(root, state, inv)
+    base, child = p3.layers["base"], p3.layers["child"]
+    assert base.key == p1.layers["base"].key and child.key == p1.layers["child"].key
+    assert base.action == Action.PUBLISH and sorted(base.publish) == ["local", "registry"]
+    msgs = [r.message for r in base.reasons]
+    k1, k2 = p1.layers["base"].key, p2.layers["base"].key
+    assert f"1 -> {k2[:12]}… (a later build), wants {k1[:12]}…" in msgs, msgs
+    assert f"latest -> {k2[:12]}… (a later build), wants {k1[:12]}…" in msgs, msgs
+    assert f"localhost/b:latest -> {k2[:12]}… (a later build), wants {k1[:12]}…" in msgs, msgs
+    assert {r.code for r in base.reasons} == {"target-moved"}
+    # Children follow: the child's key reverted too, and its tag points at the child built on K2.
+    assert child.action == Action.PUBLISH and child.reasons[0].code == "target-moved"
+    # Once the tags hold K1 again (what `up` does), nothing is left to do.
+    _publish_as_up(p3, state, inv, time.time())
+    assert {lp.action for lp in plan_of(root, state, inv).layers.values()} == {Action.UP_TO_DATE}
+
+
+def test_a_tag_moved_by_hand_to_an_unknown_digest_is_republished(tmp_path: Path) -> None:
+    root = _registry_site(tmp_path)
+    state, inv = State(tmp_path / "s.db"), StaticInventory()
+    _publish_as_up(plan_of(root, state, inv), state, inv, time.time())
+    inv.tag_digests["reg.example:5000/ns/c:latest"] = "sha256:" + "e" * 64
+    lp = plan_of(root, state, inv).layers["child"]
+    assert lp.action == Action.PUBLISH and lp.publish == ["registry"]
+    assert "latest -> sha256:eeeeeeeeeeee… (not a digest this state recorded)" in lp.reasons[0].message
+
+
+def test_unknown_local_images_are_not_absent(tmp_path: Path) -> None:
+    root = _registry_site(tmp_path)
+    state, inv = State(tmp_path / "s.db"), StaticInventory()
+    _publish_as_up(plan_of(root, state, inv), state, inv, time.time())
+    inv.local_error = "`buildah images` failed (exit status 125): database is locked"
+    plan = plan_of(root, state, inv)
+    assert [lp.action for lp in plan.layers.values()] == [Action.UNKNOWN, Action.UNKNOWN]
+    assert "database is locked" in plan.layers["base"].reasons[0].message
+    assert plan.layers["base"].reasons[0].code == "inventory-unknown"
+    assert not plan.pending and plan.unknown
+    # An empty store is another answer: everything builds.
+    inv.local_error, inv.names = None, {}
+    inv.tags.clear()
+    assert {lp.action for lp in plan_of(root, state, inv).layers.values()} == {Action.BUILD}
+
+
+def test_unknown_registry_is_not_absent_and_offline_uses_records(tmp_path: Path) -> None:
+    root = _registry_site(tmp_path)
+    state, inv = State(tmp_path / "s.db"), StaticInventory()
+    first = plan_of(root, state, inv)
+    _publish_as_up(first, state, inv, time.time())
+    inv.names.clear()  # no local images: only the registry could say whether the keys are built
+    inv.reachable = False
+    plan = plan_of(root, state, inv, offline=False)
+    assert plan.layers["base"].action == Action.UNKNOWN
+    assert "registry reg.example:5000/ns" in plan.layers["base"].reasons[0].message
+    assert plan.layers["child"].action == Action.UNKNOWN
+    # A layer that must build below an unknown parent is blocked, not built.
+    c = root / "child.yaml"
+    c.write_text(c.read_text().replace("[vim]", "[vim, git]"))
+    child = plan_of(root, state, inv, offline=False).layers["child"]
+    assert child.action == Action.UNKNOWN  # its own registry is unknown too
+    # --offline is the explicit way: the records decide, and no image means a build.
+    assert plan_of(root, state, inv, offline=True).layers["base"].action == Action.BUILD
+
+
+def test_s3_and_dir_targets_compared_by_the_key_they_hold(tmp_path: Path) -> None:
+    root = tmp_path / "l"
+    root.mkdir()
+    (root / "a.yaml").write_text(
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: a\n  publish_tags: [x]\n"
+        "  publish_s3: 'http://s3.example'\n  publish_dir: out\n"
+    )
+    from imagegraph.inventory import ABSENT, Answer, Presence
+
+    state, inv = State(tmp_path / "s.db"), StaticInventory()
+    first = plan_of(root, state, inv)
+    record_all(first, state, inv)
+    assert plan_of(root, state, inv).layers["a"].action == Action.UP_TO_DATE
+    other = "f" * 64
+    inv.artifacts_by[("a", "s3")] = {"x": Answer(Presence.ABSENT, holds=other)}
+    inv.artifacts_by[("a", "dir")] = {"x": ABSENT}
+    lp = plan_of(root, state, inv).layers["a"]
+    assert lp.action == Action.PUBLISH and sorted(lp.publish) == ["dir", "s3"]
+    msgs = [r.message for r in lp.reasons]
+    assert f"s3 x -> {other[:12]}… (a build this state does not know), wants {lp.key[:12]}…" in msgs
+    assert "published artifact missing from dir x" in msgs
+    inv.artifacts_by[("a", "dir")] = {
+        "x": Answer(Presence.UNKNOWN, error="cannot read out/a/x: Permission denied")
+    }
+    lp = plan_of(root, state, inv).layers["a"]
+    assert lp.action == Action.UNKNOWN and "Permission denied" in lp.reasons[-1].message
+
+
+def test_failed_boot_test_is_built_not_booted(tmp_path: Path) -> None:
+    root = tmp_path / "l"
+    root.mkdir()
+    (root / "a.yaml").write_text(
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: a\n  publish_dir: out\n"
+        "  boot_test: {enabled: true}\n"
+    )
+    state, inv = State(tmp_path / "s.db"), StaticInventory()
+    first = plan_of(root, state, inv)
+    record_all(first, state, inv, published=False)
+    inv.artifacts_by[("a", "dir")] = False  # a failed boot publishes nothing under a human tag
+    key = first.layers["a"].key
+    state.record_event(
+        run_id="r1",
+        layer="a",
+        key=key,
+        kind="boot-test",
+        location="qemu",
+        detail={"outcome": "failed", "reason": "kernel panic"},
+    )
+    lp = plan_of(root, state, inv).layers["a"]
+    assert lp.action == Action.PUBLISH
+    assert lp.reasons[0].code == "boot-test-failed" and "kernel panic" in lp.reasons[0].message
+    assert "never built" not in " ".join(r.message for r in lp.reasons)
+    state.record_event(
+        run_id="r2", layer="a", key=key, kind="boot-test", location="qemu", detail={"outcome": "booted"}
+    )
+    assert plan_of(root, state, inv).layers["a"].reasons[0].code != "boot-test-failed"
+
+
+def test_dropping_a_tag_leaves_targets_that_hold_the_key_alone(tmp_path: Path) -> None:
+    root = tmp_path / "l"
+    root.mkdir()
+    spec = root / "a.yaml"
+    spec.write_text(
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: a\n  publish_tags: [x, y]\n"
+        "  publish_s3: 'http://s3.example'\n  publish_dir: out\n"
+    )
+    state, inv = State(tmp_path / "s.db"), StaticInventory()
+    record_all(plan_of(root, state, inv), state, inv)
+    spec.write_text(spec.read_text().replace("[x, y]", "[x]"))
+    assert plan_of(root, state, inv).layers["a"].action == Action.UP_TO_DATE
+    # Offline, the records are all there is: their description changed, so it publishes.
+    inv.reachable = False
+    lp = plan_of(root, state, inv, offline=True).layers["a"]
+    assert lp.action == Action.PUBLISH and lp.reasons[0].code == "targets-changed"
 
 
 @pytest.fixture

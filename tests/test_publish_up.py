@@ -133,7 +133,13 @@ def test_registry_down_then_back(reg_site) -> None:
     root, registry, tmp = reg_site
     state = tmp / "s" / "state.db"
     registry.stop()
+    # The registry could hold the key (built elsewhere): unknown, not absent. Nothing is built.
     rc, doc, err = up(root, state, "root")
+    assert rc == 1 and by_name(doc)["root"]["status"] == "unknown", err[-3000:]
+    assert "unreachable" in by_name(doc)["root"]["error"]
+    assert not state.exists() or built(doc) == set()
+    # --offline says "build from what you know": it builds, and the push fails after its retries.
+    rc, doc, err = up(root, state, "root", "--offline")
     assert rc == 1, err[-3000:]
     res = by_name(doc)["root"]
     assert res["status"] == "failed" and "attempts" in res["error"]

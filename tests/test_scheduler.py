@@ -32,7 +32,7 @@ def tree(tmp_path: Path, edges: dict[str, str | None]):
     for n, p in edges.items():
         write(root, f"{n}.yaml", layer(n, p))
     lg = build_graph(load_project(root))
-    return make_plan(lg, State(tmp_path / "s.db"), StaticInventory(reachable=False))
+    return make_plan(lg, State(tmp_path / "s.db"), StaticInventory(reachable=False), offline=True)
 
 
 class Recorder:

@@ -62,8 +62,12 @@ def _setup(tmp_path: Path):
 def _published_base(lg, state) -> StaticInventory:
     spec = lg.spec("base")
     key = state.layer("base").key
+    repo = f"{spec.publish_registry}/{spec.name}"
+    # Human tags are checked by what they point at: both name the key's manifest.
     return StaticInventory(
-        images={"img-base"}, tags={f"{spec.publish_registry}/{spec.name}": {"9.5", key_tag(key)}}
+        images={"img-base"},
+        tags={repo: {"9.5", key_tag(key)}},
+        tag_digests={f"{repo}:9.5": "sha256:" + "b" * 64, f"{repo}:{key_tag(key)}": "sha256:" + "b" * 64},
     )
 
 

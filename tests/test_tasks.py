@@ -100,7 +100,9 @@ def test_plan_tasks_cross_layer_edges(tmp_path_factory, edges) -> None:
     root = tmp / "layers"
     for name, (parent, s3, gate) in edges.items():
         write(root, f"{name}.yaml", layer_yaml(name, parent, s3, gate))
-    plan = make_plan(build_graph(load_project(root)), State(tmp / "s.db"), StaticInventory(reachable=False))
+    plan = make_plan(
+        build_graph(load_project(root)), State(tmp / "s.db"), StaticInventory(reachable=False), offline=True
+    )
     for lid, lp in plan.layers.items():
         assert lp.action == action_of(lp.tasks) == Action.BUILD
         for t in lp.tasks:
@@ -120,7 +122,7 @@ def test_booted_key_is_not_gated_again(tmp_path: Path) -> None:
     write(root, "a.yaml", layer_yaml("a", None, False, True))
     lg = build_graph(load_project(root))
     state = State(tmp_path / "s.db")
-    plan = make_plan(lg, state, StaticInventory(reachable=False))
+    plan = make_plan(lg, state, StaticInventory(reachable=False), offline=True)
     assert TaskKind.BOOT_TEST in {t.kind for t in plan.layers["a"].tasks}
     state.record_event(
         run_id="r",
@@ -130,7 +132,7 @@ def test_booted_key_is_not_gated_again(tmp_path: Path) -> None:
         location="qemu",
         detail={"outcome": "booted"},
     )
-    again = make_plan(lg, state, StaticInventory(reachable=False))
+    again = make_plan(lg, state, StaticInventory(reachable=False), offline=True)
     assert TaskKind.BOOT_TEST not in {t.kind for t in again.layers["a"].tasks}
 
 
