@@ -413,7 +413,8 @@ class Scheduler:
         duration = (max(r.finished or 0 for r in ran) - min(r.started or 0 for r in ran)) if ran else 0.0
         build = next((r for r in trs if r.kind == TaskKind.BUILD), None)
         published = [p for r in trs for p in r.published]
-        published.sort(key=lambda p: ("registry", "local", "s3", "dir").index(p.get("target", "dir")))
+        order = ("registry", "local", "s3", "dir")  # then anything else (an SBOM beside them)
+        published.sort(key=lambda p: order.index(p["target"]) if p.get("target") in order else len(order))
         out = LayerResult(
             lid,
             lp.action,
