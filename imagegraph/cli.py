@@ -982,7 +982,9 @@ def cmd_plan(args: argparse.Namespace, out: Output) -> int:
         out.warnings(project.errors)
         return 2
     if plan.unknown:  # unknown is not absent: say which inventory could not be read, and why
-        for line in dict.fromkeys(r.message for lp in plan.unknown for r in lp.reasons):
+        from .render import unknown_lines
+
+        for line in unknown_lines(plan):
             out.error(line, command="plan")
         return 1
     if args.check:

@@ -24,6 +24,22 @@ _run_context: dict[str, str] = {}
 _pending: tuple[str, str, Any, bool | None] | None = None
 _apply_lock = threading.Lock()
 
+
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written (tests and embedders swap it), not when configured."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+_STDERR = _Stderr()
+
 # CSI sequences (colours, cursor moves), OSC sequences (titles, links) and lone two-byte escapes.
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 
@@ -63,7 +79,7 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: Any = None, color:
     `color` None: colour when the stream is a terminal and NO_COLOR is unset.
     """
     global _pending
-    _pending = (fmt, level, stream or sys.stderr, color)
+    _pending = (fmt, level, stream or _STDERR, color)
     if "structlog" in sys.modules:  # loggers already exist: apply now
         _apply()
 

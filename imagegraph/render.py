@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
+from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
@@ -444,3 +445,16 @@ def file_change_lines(files: list) -> list[Text]:
         Text(f"{n['added']} paths added, {n['removed']} removed, {n['changed']} changed", style="bold")
     )
     return lines
+
+
+def unknown_lines(plan: Plan) -> list[str]:
+    """One line per distinct reason the plan could not know something, naming the layer files it affects."""
+    by: dict[str, list[str]] = {}
+    for lp in plan.unknown:
+        for r in lp.reasons:
+            by.setdefault(r.message, []).append(Path(lp.file).name)
+    out = []
+    for message, files in by.items():
+        files = list(dict.fromkeys(files))
+        out.append(f"{message} ({', '.join(files)}: {plural(len(files), 'layer')} unknown)")
+    return out

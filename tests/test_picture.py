@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import subprocess
@@ -135,8 +136,20 @@ def test_cli_svg_and_png_of_the_bundled_layers(tmp_path: Path) -> None:
     ids = {g.get("id") for g in root.iter(f"{SVG}g")}
     for name in ("base", "compute", "debug", "login", "boot"):
         assert f"layer-{name}" in ids
-    # Nothing was built with this state: every box says build, with its reason.
-    assert "base: build — never built" in r.stdout
+    # Every box says what the plan says (same state, same storage), with its first reason.
+    plan = json.loads(
+        run_cli(
+            "plan", str(layers), "--offline", "--json", "--state", str(tmp_path / "s" / "state.db")
+        ).stdout
+    )
+    titles = {
+        g.get("id"): g.find(f"{SVG}title").text for g in root.iter(f"{SVG}g") if g.get("class") == "node"
+    }
+    for lp in plan["layers"]:
+        want = f"{lp['name']}: {lp['action']}" + (
+            f" — {lp['reasons'][0]['message']}" if lp["reasons"] else ""
+        )
+        assert titles[f"layer-{lp['name']}"] == want
     png = tmp_path / "g.png"
     r = run_cli(
         "graph",

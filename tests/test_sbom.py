@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from imagegraph.packages import Inventory, InventoryStatus, Package, PackageFormat
 from imagegraph.sbom import SbomError, SbomSubject, make_sbom, sbom_bytes
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent / "golden_sbom"
 
 SUBJECT = SbomSubject(
     layer="compute",

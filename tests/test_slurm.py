@@ -140,7 +140,10 @@ def make(
     for n, p in edges.items():
         write(root, f"{n}.yaml", layer(n, p, n not in no_registry, p not in no_registry))
     lg = build_graph(load_project(root))
-    return make_plan(lg, State(tmp_path / "s.db"), StaticInventory(images=set(images), tags=tags or {}))
+    # Every listed tag points at one manifest: human tags are checked by what they hold (inventory.py).
+    digests = {f"{repo}:{t}": "sha256:" + "a" * 64 for repo, ts in (tags or {}).items() for t in ts}
+    inv = StaticInventory(images=set(images), tags=tags or {}, tag_digests=digests)
+    return make_plan(lg, State(tmp_path / "s.db"), inv)
 
 
 @pytest.fixture
