@@ -148,9 +148,9 @@ def kernel_params(spec: Any, rootfs_url: str) -> str:
     A `root=` in the spec's `boot_params` replaces the test's URL, as it replaces
     the published one in the boot configuration.
     """
-    from .publish.artifacts import DEFAULT_BOOT_PARAMS, _merge_params
+    from .publish.artifacts import DEFAULT_BOOT_PARAMS, merge_params
 
-    params = _merge_params([f"root=live:{rootfs_url}", *DEFAULT_BOOT_PARAMS], spec.boot_params)
+    params = merge_params([f"root=live:{rootfs_url}", *DEFAULT_BOOT_PARAMS], spec.boot_params)
     if not re.search(r"(^|\s)console=ttyS0", params):
         params += " console=ttyS0"
     return params

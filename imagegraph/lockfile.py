@@ -179,7 +179,7 @@ def http_fetch(url: str, proxy: str | None = None) -> bytes:
     """GET a URL (file:// too), retrying transient failures with the registry retry policy."""
     import requests
 
-    from .publish.registry import RetryPolicy, TransientError, _with_retries
+    from .publish.registry import RetryPolicy, TransientError, with_retries
 
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "file":
@@ -204,7 +204,7 @@ def http_fetch(url: str, proxy: str | None = None) -> bytes:
 
     policy = RetryPolicy.from_env()
     try:
-        return _with_retries(policy, once)
+        return with_retries(policy, once)
     except TransientError as exc:
         raise FetchError(
             f"unreachable after {policy.attempts} attempts: {redact(str(exc))}", transient=True
@@ -252,7 +252,7 @@ class LockFile:
         y.default_flow_style = False
         y.width = 4096  # one URL per line, however long
         buf = io.StringIO()
-        y.dump(_plain(self.to_document()), buf)
+        y.dump(to_plain(self.to_document()), buf)
         return HEADER + buf.getvalue()
 
     def write(self) -> None:
@@ -261,11 +261,11 @@ class LockFile:
         os.replace(tmp, self.path)
 
 
-def _plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     return obj
 
 

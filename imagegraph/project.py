@@ -220,10 +220,15 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
         return Settings(), diags
     if doc is None:
         return Settings(), []
-    from .spec import DocumentTooLarge, UnpairedSurrogate, _plain, _position  # the same machinery as specs
+    from .spec import (  # the same machinery as specs
+        DocumentTooLarge,
+        UnpairedSurrogate,
+        node_position,
+        to_plain,
+    )
 
     try:
-        plain = _plain(doc)
+        plain = to_plain(doc)
     except (DocumentTooLarge, UnpairedSurrogate, RecursionError) as exc:
         return Settings(), [Diagnostic(file, 1, 1, f"unusable project settings: {type(exc).__name__}")]
     if not isinstance(plain, dict):
@@ -235,7 +240,7 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
             known = list(err.schema.get("properties", {}))  # the mapping's own keys (top level or executor)
             for key in err.instance:
                 if key not in known:
-                    line, col = _position(doc, [*path_, key], key_position=True)
+                    line, col = node_position(doc, [*path_, key], key_position=True)
                     import difflib
 
                     close = difflib.get_close_matches(key, known, n=1)
@@ -249,7 +254,7 @@ def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
                         )
                     )
             continue
-        line, col = _position(doc, path_)
+        line, col = node_position(doc, path_)
         errors.append(
             Diagnostic(file, line, col, f"{'.'.join(map(str, path_)) or 'settings'}: {err.message}")
         )
@@ -310,7 +315,7 @@ def _defaults_validator() -> Any:
 
 def _defaults_diagnostics(doc: Any, defaults: dict, file: str) -> list[Diagnostic]:
     """`defaults` are options every layer gets: they must pass the spec schema's options section."""
-    from .spec import _position, _schema_message, layer_schema
+    from .spec import layer_schema, node_position, schema_message
 
     options = {k: v for k, v in layer_schema()["properties"]["options"].items() if k != "required"}
     out = []
@@ -319,11 +324,11 @@ def _defaults_diagnostics(doc: Any, defaults: dict, file: str) -> list[Diagnosti
         if err.validator == "additionalProperties":
             for key in err.instance:
                 if key not in options["properties"]:
-                    line, col = _position(doc, [*path, key], key_position=True)
+                    line, col = node_position(doc, [*path, key], key_position=True)
                     out.append(Diagnostic(file, line, col, f"defaults: '{key}' is not a spec option"))
             continue
-        line, col = _position(doc, path)
-        out.append(Diagnostic(file, line, col, "defaults: " + _schema_message(err)))
+        line, col = node_position(doc, path)
+        out.append(Diagnostic(file, line, col, "defaults: " + schema_message(err)))
     return out
 
 

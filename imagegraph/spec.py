@@ -223,7 +223,7 @@ def _resolve_ref(ref: str) -> dict:
 # ---------------------------------------------------------------------- positions
 
 
-def _position(doc: Any, path: list, key_position: bool = False) -> tuple[int, int]:
+def node_position(doc: Any, path: list, key_position: bool = False) -> tuple[int, int]:
     """1-based (line, column) of the node at `path` in a ruamel document."""
     node = doc
     line, col = 1, 1
@@ -264,7 +264,7 @@ def _describe(path: list) -> str:
     return out or "the document"
 
 
-def _schema_message(err: jsonschema.ValidationError) -> str:
+def schema_message(err: jsonschema.ValidationError) -> str:
     v = err.validator
     where = _describe(list(err.absolute_path))
     if v == "type":
@@ -477,7 +477,7 @@ def _text(s: str) -> str:
     return s
 
 
-def _plain(node: Any, _budget: list[int] | None = None) -> Any:
+def to_plain(node: Any, _budget: list[int] | None = None) -> Any:
     """ruamel containers -> plain JSON-like Python values.
 
     Raises `DocumentTooLarge` past MAX_NODES values and RecursionError on a
@@ -488,9 +488,9 @@ def _plain(node: Any, _budget: list[int] | None = None) -> Any:
     if budget[0] < 0:
         raise DocumentTooLarge(f"more than {MAX_NODES:,} values once aliases are expanded")
     if isinstance(node, dict):
-        return {_text(str(k)): _plain(v, budget) for k, v in node.items()}
+        return {_text(str(k)): to_plain(v, budget) for k, v in node.items()}
     if isinstance(node, list):
-        return [_plain(v, budget) for v in node]
+        return [to_plain(v, budget) for v in node]
     if isinstance(node, bool | int | float | str) or node is None:
         if isinstance(node, str):
             return _text(str(node))
@@ -516,10 +516,10 @@ def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list
                 file, 1, 1, f"a layer spec must be a mapping with an 'options' section; this file is {what}"
             )
         ]
-    plain = _plain(doc)
+    plain = to_plain(doc)
     if defaults and isinstance(plain.get("options"), dict):
         # Defaults are validated as part of every spec: a bad one must not reach _build.
-        plain["options"] = {**_plain(defaults), **plain["options"]}
+        plain["options"] = {**to_plain(defaults), **plain["options"]}
     if _schema_valid(plain):
         return diags  # jsonschema only words the errors of a document the compiled check refused
     for err in _validator().iter_errors(plain):
@@ -528,7 +528,7 @@ def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list
             allowed = _known_keys(list(err.schema_path)[:-1])
             extra = [k for k in err.instance if k not in allowed]
             for key in extra:
-                line, col = _position(doc, [*path, key], key_position=True)
+                line, col = node_position(doc, [*path, key], key_position=True)
                 close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
                 where = _describe(path)
                 msg = f"unknown key '{key}'" + (f" in {where}" if path else "")
@@ -543,8 +543,8 @@ def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list
             if len(specific) == 1 and specific[0].validator != "oneOf":
                 err = specific[0]
                 path = list(err.absolute_path)
-        line, col = _position(doc, path, key_position=err.validator == "required")
-        diags.append(Diagnostic(file, line, col, _schema_message(err)))
+        line, col = node_position(doc, path, key_position=err.validator == "required")
+        diags.append(Diagnostic(file, line, col, schema_message(err)))
     return diags
 
 
@@ -676,7 +676,7 @@ def _raw_source_diagnostics(doc: Any, base: Path, file: str, path_map: dict[str,
         if isinstance(src, str) and src and "\0" not in src:
             source = map_path(base, src, path_map)
             if not _exists(source):
-                line, col = _position(doc, ["copyfiles", i, "src"])
+                line, col = node_position(doc, ["copyfiles", i, "src"])
                 out.append(_missing(file, line, col, f"copyfiles source '{src}'", src, source, base))
     opts = doc.get("options")
     for key in ("playbooks", "inventory"):
@@ -685,7 +685,7 @@ def _raw_source_diagnostics(doc: Any, base: Path, file: str, path_map: dict[str,
             if isinstance(v, str) and v and "\0" not in v:
                 p = map_path(base, v, path_map)
                 if not _exists(p):
-                    line, _col = _position(doc, ["options", key], key_position=True)
+                    line, _col = node_position(doc, ["options", key], key_position=True)
                     out.append(_missing(file, line, 3, f"{key} path '{v}'", v, p, base))
     return out
 
@@ -718,18 +718,18 @@ def _build(
     path_map: dict[str, str],
 ) -> tuple[LayerSpec | None, list]:
     opts_node = doc["options"]
-    opts = {**defaults, **_plain(opts_node)}
+    opts = {**defaults, **to_plain(opts_node)}
     base = path.parent
 
     def pos(*p: Any, key: bool = False) -> tuple[int, int]:
-        return _position(doc, list(p), key_position=key)
+        return node_position(doc, list(p), key_position=key)
 
     def warn(p: list, msg: str, hint: str | None = None) -> None:
-        line, col = _position(doc, p, key_position=True)
+        line, col = node_position(doc, p, key_position=True)
         diags.append(Diagnostic(file, line, col, msg, severity="warning", hint=hint))
 
     def error(p: list, msg: str, hint: str | None = None, key: bool = False) -> None:
-        line, col = _position(doc, p, key_position=key)
+        line, col = node_position(doc, p, key_position=key)
         diags.append(Diagnostic(file, line, col, msg, hint=hint))
 
     layer_type = opts["layer_type"]
@@ -780,7 +780,7 @@ def _build(
                 warn(["options", k], f"options.{k} is only used by layer_type 'ansible'; ignored")
 
     repos = []
-    for i, r in enumerate(_plain(doc.get("repos") or [])):
+    for i, r in enumerate(to_plain(doc.get("repos") or [])):
         if r.get("priority") is not None and pkg_manager != "zypper":
             warn(["repos", i, "priority"], "repos priority is used by zypper only; ignored")
         if (r.get("suite") or r.get("components")) and pkg_manager != "apt":
@@ -822,7 +822,7 @@ def _build(
 
     copyfiles = []
     for i, node in enumerate(doc.get("copyfiles") or []):
-        item = _plain(node)
+        item = to_plain(node)
         if "dst" in item and "dest" in item:
             error(["copyfiles", i, "dst"], "copyfiles item has both 'dest' and 'dst'", key=True)
             continue
@@ -842,7 +842,7 @@ def _build(
         )
 
     cmds = []
-    for node in _plain(doc.get("cmds") or []):  # plain: a tagged item (`- !x`) is its text
+    for node in to_plain(doc.get("cmds") or []):  # plain: a tagged item (`- !x`) is its text
         if isinstance(node, str):
             cmds.append(Cmd(cmd=str(node)))
         else:
@@ -853,14 +853,14 @@ def _build(
     inventory = _as_tuple(opts.get("inventory"))
     playbook_paths = tuple(map_path(base, p, path_map) for p in playbooks)
     inventory_paths = tuple(map_path(base, p, path_map) for p in inventory)
-    modules = tuple((str(k), _as_tuple(v)) for k, v in (_plain(doc.get("modules")) or {}).items())
+    modules = tuple((str(k), _as_tuple(v)) for k, v in (to_plain(doc.get("modules")) or {}).items())
     sq = opts.get("squashfs") or {}
     squashfs = SquashfsOptions(
         compression=sq.get("compression", "gzip"),
         level=sq.get("level"),
         block_size=str(sq["block_size"]) if sq.get("block_size") is not None else None,
     )
-    # The key lines _position(key=True) gives, read straight from `.lc` (13 walks a file otherwise).
+    # The key lines node_position(key=True) gives, read straight from `.lc` (13 walks a file otherwise).
     options_line = pos("options")[0]
     lines = {f"options.{k}": _key_line(opts_node, k, options_line) for k in opts_node}
     for k in doc:

@@ -23,6 +23,7 @@ from imagegraph.publish.artifacts import (
     dir_artifacts_present,
     find_published,
     publish_artifacts,
+    s3_artifacts_present,
 )
 from imagegraph.publish.s3 import MiB, S3Index, S3Settings, S3Target
 from imagegraph.runner import Runner
@@ -244,7 +245,7 @@ def test_suse_initrd_key_and_rootfs_only(s3_env: S3Server, tmp_path: Path) -> No
     pub = publish_artifacts(ro, KEY, bare, Runner("c"), tmp_path / "w", s3_settings=FAST)
     assert keys_in(s3_env, bucket2) == ["compute/base/rocky9.6-compute-v1"] and pub.kver is None
     assert boot_config(ro, pub) == []
-    assert S3Index(settings=FAST).has_artifacts(ro, KEY) is True
+    assert s3_artifacts_present(S3Index(settings=FAST), ro, KEY) is True
 
 
 def test_publish_dir_is_atomic_and_linked(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
@@ -291,41 +292,46 @@ def test_index_answers_many_layers_with_one_listing(s3_env: S3Server, rootfs: Pa
     for i, spec in enumerate(specs[:3]):
         publish_artifacts(spec, f"{i}" * 64, rootfs, Runner(spec.name), tmp_path / "w", s3_settings=FAST)
     index = S3Index(settings=FAST)
-    assert [index.has_artifacts(s, f"{i}" * 64) for i, s in enumerate(specs)] == [True, True, True, False]
+    assert [s3_artifacts_present(index, s, f"{i}" * 64) for i, s in enumerate(specs)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
     listing_and_heads = index.request_count
     # One listing of the bucket (the prefix is '', which also covers efi-images/), one HEAD per SquashFS.
     assert listing_and_heads == 1 + 3 * 2
     # Asking again, or for another key, costs nothing more.
-    assert index.has_artifacts(specs[0], "f" * 64) is False
-    assert index.has_artifacts(specs[1], "1" * 64, ["v2"]) is True
+    assert s3_artifacts_present(index, specs[0], "f" * 64) is False
+    assert s3_artifacts_present(index, specs[1], "1" * 64, ["v2"]) is True
     assert index.request_count == listing_and_heads
     found = find_published(index, specs[0], "0" * 64, ["v1"])
     assert found is not None and found["v1"].rootfs == "rocky9.6-layer0-v1"
 
     # A boot file replaced by other content makes the set incomplete.
     s3_env.client().put_object(Bucket=bucket, Key=f"efi-images/vmlinuz-{KVER}", Body=b"other")
-    assert S3Index(settings=FAST).has_artifacts(specs[0], "0" * 64) is False
+    assert s3_artifacts_present(S3Index(settings=FAST), specs[0], "0" * 64) is False
 
 
 def test_index_versioned_and_unreachable(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
     bucket = s3_env.make_bucket()
     spec = spec_for(s3_env.endpoint, bucket, s3_layout="versioned")
     publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
-    assert S3Index(settings=FAST).has_artifacts(spec, KEY) is True
-    assert S3Index(settings=FAST).has_artifacts(spec, KEY, ["v2"]) is False
+    assert s3_artifacts_present(S3Index(settings=FAST), spec, KEY) is True
+    assert s3_artifacts_present(S3Index(settings=FAST), spec, KEY, ["v2"]) is False
     # Other SquashFS options make the same key's artifacts stale, for any host that asks S3.
     other = replace(spec, squashfs=replace(spec.squashfs, compression="zstd"))
-    assert S3Index(settings=FAST).has_artifacts(other, KEY) is False
+    assert s3_artifacts_present(S3Index(settings=FAST), other, KEY) is False
     publish_artifacts(other, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
-    assert S3Index(settings=FAST).has_artifacts(other, KEY) is True
+    assert s3_artifacts_present(S3Index(settings=FAST), other, KEY) is True
     missing_bucket = replace(spec, s3_bucket="no-such-bucket-here")
-    assert S3Index(settings=FAST).has_artifacts(missing_bucket, KEY) is False
+    assert s3_artifacts_present(S3Index(settings=FAST), missing_bucket, KEY) is False
 
     dead = spec_for("http://127.0.0.1:9", bucket)  # nothing listens on the discard port
     index = S3Index(settings=FAST)
     start = time.monotonic()
-    assert index.has_artifacts(dead, KEY) is None
-    assert index.has_artifacts(replace(dead, name="other"), KEY) is None  # remembered: no second wait
+    assert s3_artifacts_present(index, dead, KEY) is None
+    assert s3_artifacts_present(index, replace(dead, name="other"), KEY) is None  # remembered: no second wait
     assert index.request_count <= 2 and time.monotonic() - start < 10
     assert "unreachable" in (index.unreachable("http://127.0.0.1:9/") or "")
 
@@ -463,7 +469,7 @@ def test_shared_boot_file_overwritten_by_another_layer(
         Body=b"other kernel",
         Metadata={"imagegraph-key": "d" * 64, "sha256": "0" * 64},
     )
-    assert S3Index(settings=FAST).has_artifacts(spec, KEY) is False
+    assert s3_artifacts_present(S3Index(settings=FAST), spec, KEY) is False
     pub = publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
     assert [(o.role, o.action) for o in pub.objects] == [
         ("kernel", "uploaded"),
@@ -471,7 +477,7 @@ def test_shared_boot_file_overwritten_by_another_layer(
         ("rootfs", "unchanged"),  # the restored kernel has its old ETag: the SquashFS's record holds
     ]
     assert "replacing a boot file another layer published" in captured_logs.getvalue()
-    assert S3Index(settings=FAST).has_artifacts(spec, KEY) is True
+    assert s3_artifacts_present(S3Index(settings=FAST), spec, KEY) is True
 
     # Another kernel for the same SquashFS: the SquashFS gets new metadata by a copy onto itself.
     older = replace(spec, kernel_version="5.14.0-70.el9.x86_64")

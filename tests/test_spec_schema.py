@@ -34,7 +34,7 @@ def _agree(doc: Any) -> None:
 def test_fixtures_and_examples_agree() -> None:
     docs = [yamlload.fast_load(t) for _, t in _fixture_specs()]
     docs += [yamlload.fast_load(p.read_text()) for p in _spec_files()]
-    plain = [specmod._plain(d) for d in docs if not isinstance(d, yamlload.Unsupported)]
+    plain = [specmod.to_plain(d) for d in docs if not isinstance(d, yamlload.Unsupported)]
     assert len(plain) > 40
     for d in plain:
         _agree(d)

@@ -20,7 +20,7 @@ Layouts of S3 keys (`s3_layout`):
 Every object carries `imagegraph-key` and `sha256` metadata; the SquashFS also
 records the keys and ETags of its boot files, and is uploaded LAST, so its
 presence with the right key means the whole set is there (`find_published`,
-used by `S3Index.has_artifacts`, checks exactly this with one listing).
+used by `s3_artifacts_present`, checks exactly this with one listing).
 
 Several tags: the SquashFS crosses the network once; further tags are
 server-side copies (S3 CopyObject / UploadPartCopy), falling back to an
@@ -695,7 +695,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 # ------------------------------------------------------------------------ boot config
 
 
-def _merge_params(defaults: list[str], extra: str | None) -> str:
+def merge_params(defaults: list[str], extra: str | None) -> str:
     """Default kernel arguments, with the user's replacing any of the same name."""
     user = (extra or "").split()
     names = {u.split("=", 1)[0] for u in user}
@@ -743,7 +743,7 @@ def _boot_entries(
         def url(role: str, objs: dict = objs) -> str:
             return url_of(objs[role])
 
-        params = _merge_params([f"root=live:{url('rootfs')}", *DEFAULT_BOOT_PARAMS], spec.boot_params)
+        params = merge_params([f"root=live:{url('rootfs')}", *DEFAULT_BOOT_PARAMS], spec.boot_params)
         entries.append(
             {
                 "name": f"{spec.name.replace('/', '-')}-{tag}",
@@ -753,3 +753,20 @@ def _boot_entries(
             }
         )
     return entries
+
+
+def s3_artifacts_present(
+    index: S3Index, spec: Any, key: str, tags: Sequence[str] | str | None = None
+) -> bool | None:
+    """True when every tag's rootfs (and boot files) of `spec` on S3 carry layer key `key`.
+
+    None when S3 cannot be asked; True when the layer does not publish to S3.
+    """
+    if not spec.publish_s3:
+        return True
+    if isinstance(tags, str):
+        tags = [tags]
+    found = find_published(index, spec, key, tags or spec.publish_tags)
+    if found is None:
+        return None
+    return all(v is not None for v in found.values())

@@ -486,7 +486,7 @@ def _interruptible_sleep(seconds: float) -> None:
 _T = TypeVar("_T")
 
 
-def _with_retries(policy: RetryPolicy, fn: Callable[[], _T], on_retry=None) -> _T:
+def with_retries(policy: RetryPolicy, fn: Callable[[], _T], on_retry=None) -> _T:
     for attempt in policy.retrying(on_retry):
         with attempt:
             return fn()
@@ -930,7 +930,7 @@ class RegistryClient:
         target = f"{ref.name}:{tag}"
         try:
             body, media_type = self._manifest(ref.with_digest(digest))
-            resp = _with_retries(
+            resp = with_retries(
                 self.retry,
                 lambda: self._request(
                     "PUT",
@@ -966,10 +966,10 @@ class RegistryClient:
         ref = parse_reference(repo).with_tag(tag)
         target = str(ref)
         try:
-            digest = _with_retries(self.retry, lambda: self._head_digest(ref))
+            digest = with_retries(self.retry, lambda: self._head_digest(ref))
             if digest is None:
                 return False
-            resp = _with_retries(
+            resp = with_retries(
                 self.retry, lambda: self._request("DELETE", ref, f"/manifests/{digest}", "delete")
             )
         except TransientError as exc:
@@ -1010,12 +1010,12 @@ class RegistryClient:
         ref = parse_reference(repository_ref)
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         try:
-            head = _with_retries(
+            head = with_retries(
                 self.retry, lambda: self._request("HEAD", ref, f"/blobs/{digest}", "pull,push")
             )
             if head.status_code == 200:
                 return digest
-            start = _with_retries(
+            start = with_retries(
                 self.retry, lambda: self._request("POST", ref, "/blobs/uploads/", "pull,push")
             )
             if start.status_code != 202 or "Location" not in start.headers:
@@ -1023,7 +1023,7 @@ class RegistryClient:
             loc = urllib.parse.urlsplit(urllib.parse.urljoin(start.url, start.headers["Location"]))
             path = loc.path.removeprefix(f"/v2/{ref.repository}")
             query = (loc.query + "&" if loc.query else "") + urllib.parse.urlencode({"digest": digest})
-            resp = _with_retries(
+            resp = with_retries(
                 self.retry,
                 lambda: self._request(
                     "PUT",
@@ -1046,7 +1046,7 @@ class RegistryClient:
         """PUT a manifest under a tag or its digest; returns the response headers (OCI-Subject ...)."""
         ref = parse_reference(repository_ref)
         try:
-            resp = _with_retries(
+            resp = with_retries(
                 self.retry,
                 lambda: self._request(
                     "PUT",
@@ -1067,7 +1067,7 @@ class RegistryClient:
         """The referrers API's index for `digest`; None when the registry has no referrers API (404)."""
         ref = parse_reference(repository_ref)
         try:
-            resp = _with_retries(
+            resp = with_retries(
                 self.retry,
                 lambda: self._request(
                     "GET",
@@ -1109,7 +1109,7 @@ class RegistryClient:
         path = "/tags/list"
         pages = 0
         while path:
-            resp = _with_retries(self.retry, lambda p=path: self._request("GET", ref, p, "pull"))
+            resp = with_retries(self.retry, lambda p=path: self._request("GET", ref, p, "pull"))
             if resp.status_code == 404:
                 return found  # NAME_UNKNOWN: nothing was ever pushed there
             if resp.status_code != 200:
@@ -1139,7 +1139,7 @@ class RegistryClient:
     def _head_digest(self, ref: ImageRef) -> str | None:
         """Digest of a tag or None on 404; TransientError when unreachable."""
         target = str(ref)
-        resp = _with_retries(
+        resp = with_retries(
             self.retry,
             lambda: self._request(
                 "HEAD", ref, f"/manifests/{ref.reference}", "pull", headers={"Accept": MANIFEST_ACCEPT}
@@ -1161,7 +1161,7 @@ class RegistryClient:
         with self._lock:
             if cache_key in self._manifests:
                 return self._manifests[cache_key]
-        resp = _with_retries(
+        resp = with_retries(
             self.retry,
             lambda: self._request(
                 "GET", ref, f"/manifests/{ref.reference}", "pull", headers={"Accept": MANIFEST_ACCEPT}
@@ -1426,7 +1426,7 @@ def _push_once(
 
     started = time.monotonic()
     try:
-        return _with_retries(policy, attempt, on_retry)
+        return with_retries(policy, attempt, on_retry)
     except TransientError as exc:
         raise RegistryError(
             dest,

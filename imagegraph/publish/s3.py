@@ -37,7 +37,7 @@ import logging
 import os
 import threading
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -665,26 +665,3 @@ class S3Index:
             self._listings.clear()
             self._heads.clear()
             self._unreachable.clear()
-
-    def has_artifacts(self, spec: Any, key: str, tags: Sequence[str] | str | None = None) -> bool | None:
-        """True when every tag's rootfs (and boot files) of `spec` carry layer key `key`.
-
-        None when S3 cannot be asked; True when the layer does not publish to S3.
-        """
-        from .artifacts import find_published  # the key layout lives there
-
-        if not spec.publish_s3:
-            return True
-        if isinstance(tags, str):
-            tags = [tags]
-        found = find_published(self, spec, key, tags or spec.publish_tags)
-        if found is None:
-            return None
-        return all(v is not None for v in found.values())
-
-
-def boot_config(spec: Any, publication: Any, s3_public_url: str | None = None) -> list[dict]:
-    """See `imagegraph.publish.artifacts.boot_config` (kept here too: it is about S3 URLs)."""
-    from .artifacts import boot_config as _boot_config
-
-    return _boot_config(spec, publication, s3_public_url)
