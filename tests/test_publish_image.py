@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from imagegraph.errors import PublishError
-from imagegraph.publish.artifacts import boot_config, mounted_image, publish_artifacts
+from imagegraph.publish.artifacts import boot_config, mounted_image, publish_artifacts, s3_artifacts_present
 from imagegraph.publish.s3 import S3Index
 from imagegraph.runner import Runner
 
@@ -106,7 +106,7 @@ def test_real_image_to_dir_and_s3(image: str, s3_env: S3Server, tmp_path: Path) 
     }
     body = s3_env.client().get_object(Bucket=bucket, Key="compute/base/rocky9.6-compute-v1")["Body"].read()
     assert body == sq.read_bytes()
-    assert S3Index(settings=FAST).has_artifacts(spec, key) is True
+    assert s3_artifacts_present(S3Index(settings=FAST), spec, key) is True
     cfg = boot_config(spec, pub, "http://10.0.0.1:9000")
     assert cfg[0]["params"].startswith(
         f"root=live:http://10.0.0.1:9000/{bucket}/compute/base/rocky9.6-compute-v1 "
