@@ -181,8 +181,12 @@ class Runner:
             )
         except OSError as exc:
             raise CommandError(argv, 127, [f"cannot run {argv[0]}: {exc.strerror}"], step) from exc
-        with _active_lock:
-            _active.add(proc)
+        # Clean-up commands (umount, rm) are never terminated: killing one is what leaves a container.
+        if not cleanup:
+            with _active_lock:
+                _active.add(proc)
+            if _cancelled.is_set():  # cancelled between the check above and now: terminate_all missed it
+                _signal_group(proc, signal.SIGTERM)
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         causes: collections.deque[str] = collections.deque(maxlen=QUOTE_CAUSES)
         captured: list[str] = []
