@@ -65,7 +65,7 @@ def _req(method: str, url: str, data: bytes | None = None, ctype: str | None = N
 
 def publish_everything(base: str, keys: dict[str, tuple[str, str]]) -> None:
     """keys: repository path -> (key tag, digest placeholder); one config blob, one manifest per repo."""
-    from imagegraph.publish.registry import RegistryClient
+    from imagegraph.publish.registry_client import RegistryClient
 
     config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
     cdigest = "sha256:" + hashlib.sha256(config).hexdigest()

@@ -29,7 +29,8 @@ from synth import make_layers  # noqa: E402
 
 BY_HAND = r"""
 import sys
-from imagegraph.publish.registry import RegistryClient, RetryPolicy
+from imagegraph.publish.registry_client import RegistryClient
+from imagegraph.retry import RetryPolicy
 c = RegistryClient(timeout=(5.0, 30.0), retry=RetryPolicy(attempts=2, initial_wait=0.2, max_wait=0.5))
 print(c.tags(sys.argv[1]))
 """

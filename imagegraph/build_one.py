@@ -112,7 +112,9 @@ def build_one(
     from .graph import build_graph
     from .lockfile import load_lock
     from .project import load_project
-    from .publish.registry import RegistryClient, parse_reference, push_layer, target_repository
+    from .publish.push import push_layer
+    from .publish.registry_client import RegistryClient
+    from .reference import parse_reference, target_repository
 
     t = time.monotonic()
     try:

@@ -248,13 +248,10 @@ def _binfmt_check() -> list[Check]:
 def _registry_checks(lg: LayerGraph, timeout: float) -> list[Check]:
     """One check per registry host: publish registries list a repository's tags, registries of
     external parents answer a HEAD for the parent's manifest."""
-    from .publish.registry import (
-        RegistryClient,
-        RegistryError,
-        RetryPolicy,
-        parse_reference,
-        target_repository,
-    )
+    from .publish.registry_client import RegistryClient
+    from .publish.registry_errors import RegistryError
+    from .reference import parse_reference, target_repository
+    from .retry import RetryPolicy
 
     client = RegistryClient(
         retry=RetryPolicy(attempts=1),
@@ -324,8 +321,11 @@ def _s3_checks(lg: LayerGraph, timeout: float) -> list[Check]:
     import botocore.session
 
     from .publish.s3 import S3Settings, credentials, make_client
+    from .retry import RetryPolicy
 
-    settings = S3Settings(botocore_attempts=1, attempts=1, connect_timeout=timeout, read_timeout=timeout)
+    settings = S3Settings(
+        botocore_attempts=1, retry=RetryPolicy(attempts=1), connect_timeout=timeout, read_timeout=timeout
+    )
     # Where the credentials come from (S3_ACCESS/S3_SECRET, env, shared-credentials-file, ...),
     # never what they are.
     if credentials() is not None:

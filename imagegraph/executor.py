@@ -87,7 +87,7 @@ class LocalExecutor:
     def registry(self):
         with self._lock:
             if self._registry is None:
-                from .publish.registry import RegistryClient
+                from .publish.registry_client import RegistryClient
 
                 self._registry = RegistryClient()
             return self._registry
@@ -148,7 +148,7 @@ class LocalExecutor:
         ref = spec.parent
         digest = self.plan.keys[lp.layer].parent.digest if lp.layer in self.plan.keys else None
         if digest:
-            from .publish.registry import parse_reference
+            from .reference import parse_reference
 
             # Exactly the manifest the key was computed from (the lock file's, or the registry's at
             # plan time), not whatever the tag points at now.
@@ -355,7 +355,8 @@ class LocalExecutor:
     def _push_key_tag(
         self, lp: LayerPlan, spec: LayerSpec, image: str | None, need_image, runner: Runner
     ) -> None:
-        from .publish.registry import push_layer, target_repository
+        from .publish.push import push_layer
+        from .reference import target_repository
 
         client = self.registry()
         client.configure_for(spec)
@@ -366,7 +367,8 @@ class LocalExecutor:
     def _publish_registry(
         self, lp: LayerPlan, spec: LayerSpec, image: str | None, need_image, runner: Runner
     ) -> dict:
-        from .publish.registry import push_layer, target_repository
+        from .publish.push import push_layer
+        from .reference import target_repository
 
         client = self.registry()
         client.configure_for(spec)

@@ -149,7 +149,7 @@ class _Gc:
     # -- registry
 
     def registry_tags(self, lid: str, spec: LayerSpec, kept: list[str], old: list[str]) -> None:
-        from .publish.registry import target_repository
+        from .reference import target_repository
 
         client = self.registry
         client.configure_for(spec)
@@ -309,7 +309,7 @@ def gc(
     report = GcReport(keep, dry_run)
     runner = runner or Runner()
     if registry is None:
-        from .publish.registry import RegistryClient
+        from .publish.registry_client import RegistryClient
 
         registry = RegistryClient()
     if s3_index is None:

@@ -28,7 +28,7 @@ from rapidfuzz.distance import OSA
 
 from .errors import Diagnostic, SpecError, UsageError, rel
 from .project import Project
-from .publish.registry import normalize_reference, parse_reference
+from .reference import normalize_reference, parse_reference
 from .spec import SCRATCH, LayerSpec
 
 

@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from .errors import RegistryTLSError
 from .key import key_tag
-from .publish.registry import RegistryError, parse_reference, target_repository
+from .publish.registry_errors import RegistryError
 from .redact import redact
+from .reference import parse_reference, target_repository
 from .runner import CommandError, Runner
 from .spec import LayerSpec
 
 if TYPE_CHECKING:
-    from .publish.registry import RegistryClient
+    from .publish.registry_client import RegistryClient
     from .publish.s3 import S3Index
 # The S3 client (boto3), the artifact layouts and buildah's environment load when first asked:
 # planning offline or without S3 targets must not pay for them.
@@ -253,7 +254,8 @@ class LiveInventory:
     def registry(self) -> RegistryClient:
         with self._lock:
             if self._registry is None:
-                from .publish.registry import RegistryClient, RetryPolicy
+                from .publish.registry_client import RegistryClient
+                from .retry import RetryPolicy
 
                 # Planning must stay fast when a registry is down: a short retry, then "did not answer".
                 # A registry that accepts connections and never answers costs one timeout, not one
@@ -298,7 +300,7 @@ class LiveInventory:
         An untrusted TLS certificate raises RegistryTLSError naming every layer
         file it affects and the option to set.
         """
-        from .publish.registry import TLSVerifyError
+        from .publish.registry_errors import TLSVerifyError
 
         tls: dict[str, tuple[str, list[LayerSpec]]] = {}
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inventory") as pool:
@@ -352,7 +354,7 @@ class LiveInventory:
     def registry_tags(self, spec: LayerSpec) -> TagList:
         if self.offline:
             return TagList(None, "offline")
-        from .publish.registry import TLSVerifyError
+        from .publish.registry_errors import TLSVerifyError
 
         client = self.registry()
         client.configure_for(spec)
@@ -396,7 +398,7 @@ class LiveInventory:
         if self.offline:
             return None
         if ref not in self._external:  # children of one external parent ask once
-            from .publish.registry import TLSVerifyError
+            from .publish.registry_errors import TLSVerifyError
 
             client = self.registry()
             client.configure_for(spec)

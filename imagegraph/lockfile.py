@@ -176,10 +176,10 @@ def fingerprint_repo(src: RepoSource, fetch: Fetch) -> dict[str, Any]:
 
 
 def http_fetch(url: str, proxy: str | None = None) -> bytes:
-    """GET a URL (file:// too), retrying transient failures with the registry retry policy."""
+    """GET a URL (file:// too), retrying transient failures with the one retry policy (`imagegraph.retry`)."""
     import requests
 
-    from .publish.registry import RetryPolicy, TransientError, with_retries
+    from .retry import RetryPolicy, TransientError
 
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "file":
@@ -204,7 +204,7 @@ def http_fetch(url: str, proxy: str | None = None) -> bytes:
 
     policy = RetryPolicy.from_env()
     try:
-        return with_retries(policy, once)
+        return policy.call(once)
     except TransientError as exc:
         raise FetchError(
             f"unreachable after {policy.attempts} attempts: {redact(str(exc))}", transient=True
@@ -270,7 +270,7 @@ def to_plain(obj: Any) -> Any:
 
 
 def _normalize(ref: str) -> str:
-    from .publish.registry import normalize_reference
+    from .reference import normalize_reference
 
     try:
         return normalize_reference(ref)
@@ -435,7 +435,8 @@ def lock(
         )
 
     if parents:
-        from .publish.registry import RegistryClient, parse_reference
+        from .publish.registry_client import RegistryClient
+        from .reference import parse_reference
 
         client = registry or RegistryClient()
         for norm in sorted(parents):

@@ -118,7 +118,8 @@ def promote(
 
 
 def _registry(spec: Any, key: str, tag: str) -> dict:
-    from .publish.registry import RegistryClient, target_repository
+    from .publish.registry_client import RegistryClient
+    from .reference import target_repository
 
     client = RegistryClient()
     client.configure_for(spec)

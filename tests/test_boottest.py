@@ -23,7 +23,7 @@ import pytest
 
 from imagegraph.boottest import boot
 from imagegraph.key import KEY_TAG_PREFIX
-from imagegraph.publish.registry import RegistryClient
+from imagegraph.publish.registry_client import RegistryClient
 from imagegraph.state import State
 from tests.fixtures_build import buildah, have_buildah
 from tests.needs import requires

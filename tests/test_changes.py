@@ -299,7 +299,7 @@ def test_sbom_is_published_beside_the_squashfs(dnf_story: Story) -> None:
 
 def test_sbom_is_attached_to_the_registry_image(dnf_story: Story) -> None:
     from imagegraph.publish.referrers import fallback_tag, referring
-    from imagegraph.publish.registry import RegistryClient
+    from imagegraph.publish.registry_client import RegistryClient
     from imagegraph.sbom import SBOM_MEDIA_TYPE
 
     s = dnf_story

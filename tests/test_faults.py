@@ -313,7 +313,7 @@ def test_registry_500_then_recovers(tmp_path: Path, rpm_repo, registry, cleanup_
         assert rc == 0, err[-3000:]
         assert proxy.failed == 4 and proxy.passed > 0
         assert built(doc) == {f"{P}-reg"}
-        from imagegraph.publish.registry import RegistryClient
+        from imagegraph.publish.registry_client import RegistryClient
 
         tags = RegistryClient().tags(f"{registry.host}/igt/{P}-reg") or set()
         assert "1" in tags and any(t.startswith("ig-") for t in tags), tags

@@ -11,7 +11,7 @@ import requests
 from imagegraph.arch import Arch
 from imagegraph.key import key_tag
 from imagegraph.publish.manifest import INDEX_MEDIA_TYPES, index_tag, publish_index
-from imagegraph.publish.registry import RegistryClient
+from imagegraph.publish.registry_client import RegistryClient
 from imagegraph.runner import Runner
 from tests.fixtures_build import buildah, have_buildah
 

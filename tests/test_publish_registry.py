@@ -28,20 +28,13 @@ import structlog
 from imagegraph import log as iglog
 from imagegraph.errors import PublishError
 from imagegraph.key import key_tag
-from imagegraph.publish.registry import (
-    ImageRef,
-    RegistryClient,
-    RegistryError,
-    RetryPolicy,
-    auth_file_paths,
-    classify_error,
-    classify_status,
-    find_credentials,
-    normalize_reference,
-    parse_reference,
-    push_layer,
-)
+from imagegraph.publish.containers_conf import auth_file_paths, find_credentials
+from imagegraph.publish.push import push_layer
+from imagegraph.publish.registry_client import RegistryClient
+from imagegraph.publish.registry_errors import RegistryError, classify_error, classify_status
 from imagegraph.redact import redact
+from imagegraph.reference import ImageRef, normalize_reference, parse_reference
+from imagegraph.retry import RetryPolicy
 from imagegraph.runner import Runner
 from imagegraph.spec import LayerSpec
 

@@ -26,6 +26,7 @@ from imagegraph.publish.artifacts import (
     s3_artifacts_present,
 )
 from imagegraph.publish.s3 import MiB, S3Index, S3Settings, S3Target
+from imagegraph.retry import RetryPolicy
 from imagegraph.runner import Runner
 from imagegraph.spec import LayerSpec, SquashfsOptions
 
@@ -36,7 +37,10 @@ KVER = "5.14.0-427.el9.x86_64"
 KEY = "a" * 64
 # Quick retries for tests: no botocore re-sends (tenacity does them, with tiny waits).
 FAST = S3Settings(
-    botocore_attempts=1, attempts=3, wait_initial=0.01, wait_max=0.05, connect_timeout=2, read_timeout=10
+    botocore_attempts=1,
+    retry=RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05),
+    connect_timeout=2,
+    read_timeout=10,
 )
 # Multipart from 1 MiB on (s3transfer raises parts to its 5 MiB minimum).
 SMALL_PARTS = replace(FAST, multipart_threshold=MiB, multipart_chunksize=MiB)

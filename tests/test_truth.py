@@ -95,7 +95,7 @@ def test_revert_moves_every_target_back_without_building(site: Site, s3_env) -> 
 
     # The base's manifest deleted from the registry (its key tag and `1` with it): the image is only
     # local now, and `up` pushes it again, without building.
-    from imagegraph.publish.registry import RegistryClient
+    from imagegraph.publish.registry_client import RegistryClient
 
     assert RegistryClient().delete_tag(site.repository("base"), f"ig-{k1['base']}")
     _, p8, _ = site.plan()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from imagegraph.key import KEY_TAG_PREFIX
-from imagegraph.publish.registry import RegistryClient
+from imagegraph.publish.registry_client import RegistryClient
 from tests.fixtures_build import buildah, have_buildah
 from tests.needs import requires
 from tests.rpmrepo import make_repo, serve

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from imagegraph.key import KEY_TAG_PREFIX
-from imagegraph.publish.registry import RegistryClient
+from imagegraph.publish.registry_client import RegistryClient
 from tests.fixtures_build import have_buildah
 from tests.slurmcluster import SlurmCluster
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagegraph.key import key_tag
-from imagegraph.publish.registry import RegistryClient
+from imagegraph.publish.registry_client import RegistryClient
 from tests.fixtures_build import buildah
 
 LAYERS = ("base", "child")

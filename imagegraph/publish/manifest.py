@@ -26,7 +26,8 @@ from pathlib import Path
 from ..arch import Arch
 from ..key import KEY_TAG_PREFIX
 from ..runner import Runner
-from .registry import RegistryClient, RegistryError
+from .registry_client import RegistryClient
+from .registry_errors import RegistryError
 
 INDEX_MEDIA_TYPES = (
     "application/vnd.oci.image.index.v1+json",

@@ -15,9 +15,10 @@ Two users:
 Failure handling, and why:
 
 - Transient faults (connection resets, timeouts, 5xx, throttling) are retried
-  by botocore (standard mode) and, around a whole transfer, by tenacity with
-  a bounded number of attempts: botocore alone re-sends one request, while a
-  multipart upload that lost a part has to be retried as a transfer.
+  by botocore (standard mode) and, around a whole transfer, by the one retry
+  policy (`imagegraph.retry`: `IMAGEGRAPH_RETRY_*`, interruptible by Ctrl-C):
+  botocore alone re-sends one request, while a multipart upload that lost a
+  part has to be retried as a transfer.
 - A failed transfer never leaves an object under the final key (a multipart
   upload only becomes visible at CompleteMultipartUpload; a PUT only when its
   body arrived whole). s3transfer aborts the multipart uploads it started;
@@ -40,17 +41,20 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from ..errors import PublishError
 from ..log import get_logger
 from ..redact import add_secret, redact
-from ..runner import Cancelled, sleep_unless_cancelled
+from ..retry import RetryPolicy
+from ..runner import Cancelled
+
+if TYPE_CHECKING:
+    from tenacity import Retrying
 
 DEFAULT_REGION = "us-east-1"
 MiB = 1024 * 1024
@@ -101,9 +105,8 @@ class S3Settings:
     multipart_chunksize: int = 64 * MiB  # s3transfer raises anything below 5 MiB to 5 MiB
     max_concurrency: int = 4
     botocore_attempts: int = 3  # per request (botocore "standard" retry mode)
-    attempts: int = 4  # per transfer (tenacity), each with its own botocore retries
-    wait_initial: float = 1.0
-    wait_max: float = 20.0
+    # per transfer, each attempt with its own botocore retries (default: IMAGEGRAPH_RETRY_*)
+    retry: RetryPolicy = field(default_factory=RetryPolicy.from_env)
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     checksum: bool = True  # ask for SHA256 transfer checksums when the endpoint accepts them
@@ -112,7 +115,12 @@ class S3Settings:
     @classmethod
     def quick(cls) -> S3Settings:
         """For existence checks (planning): fail fast rather than hang on a dead endpoint."""
-        return cls(botocore_attempts=2, attempts=1, connect_timeout=3.0, read_timeout=15.0)
+        return cls(
+            botocore_attempts=2,
+            retry=RetryPolicy.from_env().with_attempts(1),
+            connect_timeout=3.0,
+            read_timeout=15.0,
+        )
 
 
 # ---------------------------------------------------------------------------- clients
@@ -394,25 +402,20 @@ class S3Target:
     # -- retries
 
     def _retrying(self, attempts: int | None = None) -> Retrying:
-        s = self.settings
+        policy = self.settings.retry if attempts is None else self.settings.retry.with_attempts(attempts)
 
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
+        def on_retry(exc: BaseException, attempt: int, wait: float) -> None:
             self.log.warning(
                 "S3 request failed; retrying",
-                attempt=state.attempt_number,
-                error=_message(exc) if exc else "",
+                attempt=attempt,
+                of=policy.attempts,
+                wait=round(wait, 2),
+                error=_message(exc),
                 step="s3",
             )
 
-        return Retrying(
-            stop=stop_after_attempt(attempts or s.attempts),
-            wait=wait_exponential(multiplier=s.wait_initial, max=s.wait_max),
-            retry=retry_if_exception(is_transient),
-            before_sleep=before_sleep,
-            sleep=sleep_unless_cancelled,  # Ctrl-C ends a retrying upload, not only a running command
-            reraise=True,
-        )
+        # Ctrl-C ends a retrying upload's wait at once (the policy's sleep), not only a running command.
+        return policy.retrying(on_retry, retry_if=is_transient)
 
     def _fail(self, exc: BaseException, what: str) -> PublishError:
         return PublishError(

@@ -106,8 +106,9 @@ def publish_sbom(
     if "registry" in targets and spec.publish_registry:
         rec = state.published(layer).get("registry")
         if rec is not None and rec.key == key and rec.digest:
+            from ..reference import target_repository
             from .referrers import attach
-            from .registry import RegistryClient, target_repository
+            from .registry_client import RegistryClient
 
             client = RegistryClient()
             client.configure_for(spec)
