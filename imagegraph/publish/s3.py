@@ -104,7 +104,7 @@ class S3Settings:
     multipart_threshold: int = 64 * MiB
     multipart_chunksize: int = 64 * MiB  # s3transfer raises anything below 5 MiB to 5 MiB
     max_concurrency: int = 4
-    botocore_attempts: int = 3  # per request (botocore "standard" retry mode)
+    botocore_attempts: int = 3  # tries per request, the first included (botocore "standard" mode)
     # per transfer, each attempt with its own botocore retries (default: IMAGEGRAPH_RETRY_*)
     retry: RetryPolicy = field(default_factory=RetryPolicy.from_env)
     connect_timeout: float = 10.0
@@ -207,7 +207,7 @@ def make_client(endpoint: str, settings: S3Settings | None = None) -> Any:
     _install_log_redaction()
     config = botocore.config.Config(
         s3={"addressing_style": "path"},
-        retries={"mode": "standard", "max_attempts": settings.botocore_attempts},
+        retries={"mode": "standard", "total_max_attempts": settings.botocore_attempts},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         max_pool_connections=max(10, settings.max_concurrency * 2),
