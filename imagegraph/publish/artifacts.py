@@ -48,6 +48,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ from ..errors import PublishError
 from ..log import get_logger
 from ..runner import Cancelled, Runner, cancel_requested
 from .bootfiles import BootFiles, find_boot_files, os_tag
-from .s3 import META_KEY, META_SHA256, S3Index, S3Settings, S3Target, object_url, sha256_file
+from .s3 import META_KEY, META_SHA256, ObjectAction, S3Index, S3Settings, S3Target, object_url, sha256_file
 from .squashfs import fsync_path, make_squashfs
 
 LAYOUTS = ("image-builder", "versioned")
@@ -78,17 +79,41 @@ class ArtifactKeys:
     initramfs: str | None
 
 
+class ArtifactTarget(StrEnum):
+    """Where boot artifacts go."""
+
+    S3 = "s3"
+    DIR = "dir"
+
+
+class ArtifactRole(StrEnum):
+    """What one published file is."""
+
+    ROOTFS = "rootfs"
+    KERNEL = "kernel"
+    INITRAMFS = "initramfs"
+    MANIFEST = "manifest"
+
+
 @dataclass(frozen=True)
 class PublishedObject:
-    target: str  # "s3" or "dir"
-    role: str  # "rootfs", "kernel", "initramfs" or "manifest"
+    """One published file: where, what, and what publishing did to it."""
+
+    target: ArtifactTarget
+    role: ArtifactRole
     location: str  # object URL (path style) or file path
     sha256: str
     size: int
     tag: str
-    action: str  # "uploaded", "copied", "unchanged" or "written"
+    action: ObjectAction
     bucket: str | None = None
     key: str | None = None
+
+    def __post_init__(self) -> None:
+        # Records read back from the state store hold plain strings.
+        object.__setattr__(self, "target", ArtifactTarget(self.target))
+        object.__setattr__(self, "role", ArtifactRole(self.role))
+        object.__setattr__(self, "action", ObjectAction(self.action))
 
 
 @dataclass
@@ -459,7 +484,15 @@ def _publish_s3(
             sha, etag = done[obj_key]
             out.append(
                 PublishedObject(
-                    "s3", role, s3.url(obj_key), sha, f.size, tag, "unchanged", s3.bucket, obj_key
+                    ArtifactTarget.S3,
+                    role,
+                    s3.url(obj_key),
+                    sha,
+                    f.size,
+                    tag,
+                    ObjectAction.UNCHANGED,
+                    s3.bucket,
+                    obj_key,
                 )
             )
             return etag
@@ -472,7 +505,15 @@ def _publish_s3(
                 first_of.setdefault(role, obj_key)
                 out.append(
                     PublishedObject(
-                        "s3", role, s3.url(obj_key), f.sha256, f.size, tag, "unchanged", s3.bucket, obj_key
+                        ArtifactTarget.S3,
+                        role,
+                        s3.url(obj_key),
+                        f.sha256,
+                        f.size,
+                        tag,
+                        ObjectAction.UNCHANGED,
+                        s3.bucket,
+                        obj_key,
                     )
                 )
                 return existing["etag"]
@@ -502,7 +543,9 @@ def _publish_s3(
         done[obj_key] = (f.sha256, result.etag)
         first_of.setdefault(role, obj_key)
         out.append(
-            PublishedObject("s3", role, result.url, f.sha256, f.size, tag, result.action, s3.bucket, obj_key)
+            PublishedObject(
+                ArtifactTarget.S3, role, result.url, f.sha256, f.size, tag, result.action, s3.bucket, obj_key
+            )
         )
         return result.etag
 
@@ -567,17 +610,27 @@ def _publish_dir(
     for tag in tags:
         final = base / tag
         manifest = _manifest(spec, key, tag, files, pub, boot)
-        action = "written"
+        action = ObjectAction.WRITTEN
         if _dir_is_current(final, manifest, files, names):
-            action = "unchanged"
+            action = ObjectAction.UNCHANGED
         else:
             _write_tag_dir(final, manifest, files, names, linkable)
         for role, f in files.items():
-            out.append(PublishedObject("dir", role, str(final / names[role]), f.sha256, f.size, tag, action))
+            out.append(
+                PublishedObject(
+                    ArtifactTarget.DIR, role, str(final / names[role]), f.sha256, f.size, tag, action
+                )
+            )
             linkable[role] = final / names[role]
         out.append(
             PublishedObject(
-                "dir", "manifest", str(final / MANIFEST_NAME), _sha(manifest), len(manifest), tag, action
+                ArtifactTarget.DIR,
+                ArtifactRole.MANIFEST,
+                str(final / MANIFEST_NAME),
+                _sha(manifest),
+                len(manifest),
+                tag,
+                action,
             )
         )
     return out

@@ -40,6 +40,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -313,6 +314,15 @@ def sha256_file(path: Path, bufsize: int = 4 * MiB) -> str:
 # ------------------------------------------------------------------------------ target
 
 
+class ObjectAction(StrEnum):
+    """What publishing did to one object (an S3 object or a file in a publish directory)."""
+
+    UPLOADED = "uploaded"
+    COPIED = "copied"  # server-side, from another tag's object
+    UNCHANGED = "unchanged"  # already there with the same content and metadata
+    WRITTEN = "written"  # a file in a directory target
+
+
 @dataclass(frozen=True)
 class UploadResult:
     bucket: str
@@ -321,7 +331,7 @@ class UploadResult:
     size: int
     sha256: str
     etag: str
-    action: str  # "uploaded", "copied" or "unchanged"
+    action: ObjectAction
 
 
 class S3Target:
@@ -504,7 +514,9 @@ class S3Target:
                 f"uploaded {key} but it reads back wrong (size/sha256 differ): {head}",
             )
         self.log.info("uploaded", key=key, size=size, step="s3")
-        return UploadResult(self.bucket, key, self.url(key), size, sha256, head["etag"], "uploaded")
+        return UploadResult(
+            self.bucket, key, self.url(key), size, sha256, head["etag"], ObjectAction.UPLOADED
+        )
 
     def _upload_with_retries(self, path: Path, key: str, meta: dict[str, str], checksum: bool) -> None:
         extra: dict[str, Any] = {"Metadata": meta}
@@ -547,7 +559,7 @@ class S3Target:
         if head is None or head["size"] != size or head["metadata"].get(META_SHA256) != sha256:
             raise PublishError(self.layer, self.target_name, f"copied {key} but it reads back wrong: {head}")
         self.log.info("copied", key=key, source=src_key, step="s3")
-        return UploadResult(self.bucket, key, self.url(key), size, sha256, head["etag"], "copied")
+        return UploadResult(self.bucket, key, self.url(key), size, sha256, head["etag"], ObjectAction.COPIED)
 
     def incomplete_uploads(self, prefix: str = "") -> list[dict]:
         """Multipart uploads in progress under `prefix` (for tests and `doctor`)."""
