@@ -34,12 +34,14 @@ def _write(path: Path, text: str) -> Path:
 def homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """A system and a user configuration tree of our own (nothing from this machine's /etc)."""
     monkeypatch.delenv("CONTAINERS_REGISTRIES_CONF", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    # buildah's containers/image reads ~/.config here even when XDG_CONFIG_HOME says otherwise
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "elsewhere"))
     return {
         "system": tmp_path / "etc" / "registries.conf",
         "system_d": tmp_path / "etc" / "registries.conf.d",
-        "user": tmp_path / "config" / "containers" / "registries.conf",
-        "user_d": tmp_path / "config" / "containers" / "registries.conf.d",
+        "user": tmp_path / "home" / ".config" / "containers" / "registries.conf",
+        "user_d": tmp_path / "home" / ".config" / "containers" / "registries.conf.d",
     }
 
 

@@ -15,7 +15,7 @@ Read the way buildah/podman/skopeo read it, so the HTTP client
 
 * **registries.conf** as containers-registries.conf(5) and
   containers-registries.conf.d(5) define it: the main file is
-  `$CONTAINERS_REGISTRIES_CONF`, else `$XDG_CONFIG_HOME/containers/registries.conf`
+  `$CONTAINERS_REGISTRIES_CONF`, else `~/.config/containers/registries.conf`
   when it exists (then only the per-user drop-ins are read), else
   `/etc/containers/registries.conf`; then the `*.conf` drop-ins of
   `/etc/containers/registries.conf.d` and of the per-user
@@ -252,8 +252,9 @@ def registries_conf_paths(
     *, system: Path = SYSTEM_REGISTRIES_CONF, system_d: Path = SYSTEM_REGISTRIES_CONF_D
 ) -> list[Path]:
     """The registries.conf files containers/image reads, in the order it merges them."""
-    user_conf = _config_home() / "containers" / "registries.conf"
-    user_d = _config_home() / "containers" / "registries.conf.d"
+    # containers/image looks under $HOME/.config here, whatever XDG_CONFIG_HOME says (auth.json differs)
+    user_conf = Path.home() / ".config" / "containers" / "registries.conf"
+    user_d = Path.home() / ".config" / "containers" / "registries.conf.d"
     override = os.environ.get("CONTAINERS_REGISTRIES_CONF")
     if override:
         return [Path(override), *_drop_ins(system_d), *_drop_ins(user_d)]

@@ -132,8 +132,9 @@ class RegistryClient:
     is meant to live for one plan or one run): 1,000 layers in one repository
     cost one listing. A host that stayed unreachable through the retries is
     remembered as down for `down_ttl` seconds, so the next queries against it
-    answer None at once instead of retrying per layer; any success clears that. `errors` maps what was asked (repository
-    or reference) to why the answer was None. `request_count` counts the HTTP
+    answer None at once instead of retrying per layer; any success clears
+    that. `errors` maps what was asked (repository or reference) to why the
+    answer was None. `request_count` counts the HTTP
     requests that got an answer, token requests included (a TLS probe of an
     http-only registry or a refused connection is not counted).
 
