@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from .inventory import Inventory, LiveInventory, local_key_ref
@@ -41,11 +42,32 @@ from .spec import LayerSpec
 from .state import State
 
 
+class GcKind(StrEnum):
+    """What gc looks at."""
+
+    KEY_TAG = "key-tag"
+    S3_OBJECT = "s3-object"
+    LOCAL_IMAGE = "local-image"
+    CONTAINER = "container"
+    REFERRERS = "referrers"  # an image's SBOM index under the OCI tag schema
+
+
+class GcAction(StrEnum):
+    """What gc did with one item."""
+
+    REMOVED = "removed"
+    WOULD_REMOVE = "would-remove"  # --dry-run
+    KEPT = "kept"
+    FAILED = "failed"
+
+
 @dataclass
 class GcItem:
-    kind: str  # key-tag, s3-object, local-image, container
+    """One thing gc removed, kept or failed to remove, and why."""
+
+    kind: GcKind
     location: str  # repo:tag, s3 URL, image reference, container name
-    action: str  # removed, would-remove, kept, failed
+    action: GcAction
     layer: str | None = None
     key: str | None = None
     reason: str = ""
@@ -63,12 +85,12 @@ class GcReport:
     items: list[GcItem] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def of(self, kind: str, action: str | None = None) -> list[GcItem]:
+    def of(self, kind: GcKind, action: GcAction | None = None) -> list[GcItem]:
         return [i for i in self.items if i.kind == kind and (action is None or i.action == action)]
 
     @property
     def removed(self) -> list[GcItem]:
-        return [i for i in self.items if i.action in ("removed", "would-remove")]
+        return [i for i in self.items if i.action in (GcAction.REMOVED, GcAction.WOULD_REMOVE)]
 
     @property
     def exit_status(self) -> int:
@@ -128,23 +150,27 @@ class _Gc:
         self.runner = runner
         self.log = get_logger()
 
-    def add(self, kind: str, location: str, layer: str | None, key: str | None, reason: str, fn=None) -> None:
+    def add(
+        self, kind: GcKind, location: str, layer: str | None, key: str | None, reason: str, fn=None
+    ) -> None:
         """Record one removal and, unless dry-run, do it (`fn`); a failure is an error, not fatal."""
-        action = "would-remove" if self.report.dry_run else "removed"
+        action = GcAction.WOULD_REMOVE if self.report.dry_run else GcAction.REMOVED
         if not self.report.dry_run and fn is not None:
             try:
                 fn()
             except Exception as exc:  # one stuck object must not stop the rest of the clean-up
                 msg = redact(f"{kind} {location}: {exc}")
                 self.report.errors.append(msg)
-                self.report.items.append(GcItem(kind, location, "failed", layer, key, redact(str(exc))))
+                self.report.items.append(
+                    GcItem(kind, location, GcAction.FAILED, layer, key, redact(str(exc)))
+                )
                 self.log.error("gc could not remove", kind=kind, location=redact(location), error=msg)
                 return
         self.report.items.append(GcItem(kind, location, action, layer, key, reason))
         self.log.info("gc " + action, kind=kind, location=redact(location), layer=layer)
 
-    def keep(self, kind: str, location: str, layer: str, key: str, reason: str) -> None:
-        self.report.items.append(GcItem(kind, location, "kept", layer, key, reason))
+    def keep(self, kind: GcKind, location: str, layer: str, key: str, reason: str) -> None:
+        self.report.items.append(GcItem(kind, location, GcAction.KEPT, layer, key, reason))
 
     # -- registry
 
@@ -182,18 +208,18 @@ class _Gc:
             if d is None:
                 continue  # gone meanwhile
             if d in protected:
-                self.keep("key-tag", f"{repo}:{t}", lid, key, f"same manifest as tag {protected[d]}")
+                self.keep(GcKind.KEY_TAG, f"{repo}:{t}", lid, key, f"same manifest as tag {protected[d]}")
                 continue
 
             def delete(t: str = t) -> None:
                 client.delete_tag(repo, t)
 
-            self.add("key-tag", f"{repo}:{t}", lid, key, "older than the newest kept builds", delete)
+            self.add(GcKind.KEY_TAG, f"{repo}:{t}", lid, key, "older than the newest kept builds", delete)
             # The image's SBOM index under the OCI tag schema (publish/referrers.py) goes with it.
             index_tag = d.replace(":", "-", 1)
             if index_tag in tags:
                 self.add(
-                    "referrers",
+                    GcKind.REFERRERS,
                     f"{repo}:{index_tag}",
                     lid,
                     key,
@@ -233,7 +259,7 @@ class _Gc:
                     index.client(endpoint).delete_object(Bucket=bucket, Key=k)
 
                 self.add(
-                    "s3-object",
+                    GcKind.S3_OBJECT,
                     object_url(endpoint, bucket, obj_key),
                     lid,
                     key,
@@ -258,7 +284,7 @@ class _Gc:
             def rmi(ref: str = ref) -> None:
                 self.runner.run(["buildah", "rmi", ref], step="gc")
 
-            self.add("local-image", ref, lid, k, "older than the newest kept builds", rmi)
+            self.add(GcKind.LOCAL_IMAGE, ref, lid, k, "older than the newest kept builds", rmi)
 
     def containers(self) -> None:
         from .build.container import remove_container, stale_containers
@@ -273,7 +299,7 @@ class _Gc:
             def rm(name: str = name) -> None:
                 remove_container(name, self.runner, step="gc")
 
-            self.add("container", name, None, None, "left by a run that died", rm)
+            self.add(GcKind.CONTAINER, name, None, None, "left by a run that died", rm)
 
 
 def _in_use_s3(state: State) -> set[tuple[str, str]]:
