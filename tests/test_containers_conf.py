@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imagegraph.publish.containers_conf import RegistriesConf, registries_conf_paths, repository_prefixes
 from imagegraph.publish.registry_client import RegistryClient
@@ -95,6 +98,32 @@ def test_drop_ins_replace_tables_with_the_same_prefix_and_add_the_others(homes: 
     assert not conf.insecure("lab.example") and not conf.insecure("c.example")
     assert str(h["system_d"] / "zz-broken.conf") not in conf.files
     assert str(h["system_d"] / "30-b.conf") in conf.files
+
+
+HOSTS = ["a.example", "b.example:5000", "c.example"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(HOSTS), st.booleans(), max_size=3),  # one table per prefix a file
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_the_last_file_with_a_prefix_decides(files: list[dict[str, bool]]) -> None:
+    expected: dict[str, bool] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, tables in enumerate(files):
+            text = "".join(
+                f'[[registry]]\nlocation = "{h}"\ninsecure = {str(v).lower()}\n' for h, v in tables.items()
+            )
+            paths.append(_write(Path(tmp) / f"{i:02}.conf", text))
+            expected.update(tables)
+        conf = RegistriesConf.load(paths)
+    for h in HOSTS:
+        assert conf.insecure(h) == expected.get(h, False), (h, files)
 
 
 def test_a_registry_only_a_drop_in_marks_insecure_is_spoken_to_over_http(

@@ -107,8 +107,9 @@ def _push_once(
             raise RegistryError(dest, "buildah push wrote no digest", layer=spec.name)
         return digest
 
-    def on_retry(exc: TransientError, n: int, wait: float) -> None:
-        runner.note("push", f"{exc.reason}; attempt {n}/{policy.attempts} failed, retrying in {wait:.1f} s")
+    def on_retry(exc: BaseException, n: int, wait: float) -> None:
+        reason = exc.reason if isinstance(exc, TransientError) else str(exc)
+        runner.note("push", f"{reason}; attempt {n}/{policy.attempts} failed, retrying in {wait:.1f} s")
 
     started = time.monotonic()
     try:
