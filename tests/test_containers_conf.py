@@ -201,3 +201,16 @@ def test_layer_options_apply_to_their_own_repository(tmp_path: Path) -> None:
     other.configure_registry("reg.example", ["--creds", "all:pw-all-3"])  # given for the host: all of it
     assert other.credentials("reg.example/any/thing").username == "all"
     assert repository_prefixes("h:1/a/b") == ["h:1/a/b", "h:1/a", "h:1"]
+
+
+def test_a_basic_host_gets_each_repositorys_credentials_unasked(auth_registry, tmp_path: Path) -> None:
+    # per repository, yet no extra 401 round trip per repository once the host asked for Basic
+    host = auth_registry.host
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {host: _auth(auth_registry.username, auth_registry.password)}}))
+    client = RegistryClient(retry=FAST, auth_files=[authfile])
+    assert client.tags(f"{host}/one/app") == set()
+    assert client.request_count == 2  # the challenge, then the answer
+    for i in range(5):
+        assert client.tags(f"{host}/r{i}/app") == set()
+    assert client.request_count == 7
