@@ -35,6 +35,7 @@ from .key import key_tag
 from .publish.registry_errors import RegistryError
 from .redact import redact
 from .reference import parse_reference, target_repository
+from .retry import RetryPolicy
 from .runner import CommandError, Runner
 from .spec import LayerSpec
 
@@ -255,7 +256,6 @@ class LiveInventory:
         with self._lock:
             if self._registry is None:
                 from .publish.registry_client import RegistryClient
-                from .retry import RetryPolicy
 
                 # Planning must stay fast when a registry is down: a short retry, then "did not answer".
                 # A registry that accepts connections and never answers costs one timeout, not one

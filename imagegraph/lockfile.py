@@ -43,6 +43,7 @@ from typing import Any
 from .errors import Diagnostic, SpecError
 from .project import LOCK_FILE
 from .redact import redact
+from .retry import RetryPolicy, TransientError
 from .spec import LayerSpec, Repo
 
 LOCK_FORMAT = 1
@@ -178,8 +179,6 @@ def fingerprint_repo(src: RepoSource, fetch: Fetch) -> dict[str, Any]:
 def http_fetch(url: str, proxy: str | None = None) -> bytes:
     """GET a URL (file:// too), retrying transient failures with the one retry policy (`imagegraph.retry`)."""
     import requests
-
-    from .retry import RetryPolicy, TransientError
 
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "file":
