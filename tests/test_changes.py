@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,6 +331,14 @@ options:
   pkg_manager: apt
   parent: localhost/ig-test/debian:bookworm
   gpgcheck: false
+  rootfs_only: true
+  publish_dir: '../out'
+  publish_s3: '{endpoint}'
+  s3_bucket: '{bucket}'
+  s3_prefix: 'chgdeb/'
+  s3_layout: versioned
+  publish_registry: '{registry}/igt'
+  registry_opts_push: ['--tls-verify=false']
 repos:
   - alias: igdeb
     url: '{repo}'
@@ -345,75 +352,83 @@ packages: {packages}
 class DebStory:
     root: Path
     state: Path
-    parent_key: str
+    tmp: Path
+    bucket: str
+    s3: object
+    registry: object
+    parent_id: str
     keys: list[str] = field(default_factory=list)
-    refs: list[str] = field(default_factory=list)
-    inventories: list = field(default_factory=list)
+    up: list[dict] = field(default_factory=list)
+    promote: list[subprocess.CompletedProcess] = field(default_factory=list)
 
     def run(self, *args: object) -> subprocess.CompletedProcess:
         return cli(args[0], self.root, *args[1:], "--state", self.state)
 
+    @property
+    def refs(self) -> list[str]:
+        return [f"localhost/imagegraph/igt-chg-deb:ig-{k}" for k in self.keys]
+
 
 @pytest.fixture(scope="module")
-def deb_story(debian_image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebStory]:
-    """A child of the session's one Debian minbase image, built twice by build_layer (the same call
-    `up` makes) and recorded as `up` records it; `diff` and `sbom` then run through the CLI."""
-    from imagegraph.build import BuildRequest, ParentImage, build_layer
-    from imagegraph.runner import Runner
-    from imagegraph.spec import load_spec
-    from imagegraph.state import State
+def deb_story(debian_image, s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebStory]:
+    """A child of the session's one Debian minbase image (an external parent in local storage),
+    built twice by `imagegraph up` from an apt repository made here, published to a real
+    registry, moto's S3 and a directory, and promoted to `prod` after each build."""
     from tests.debrepo import make_deb_repo
-    from tests.fixtures_build import fake_key
 
-    parent_result, _, parent_key, _ = debian_image
+    parent_result = debian_image[0]
     tmp = tmp_path_factory.mktemp("changes-deb")
     repo = make_deb_repo(tmp / "debrepo")
     repo.add("ig-deb-a", "1.0~rc1")
     server = serve(repo.path)
+    (tmp / "registry").mkdir()
+    registries = _registry_server(tmp / "registry")
+    registry = next(registries)
     root = tmp / "layers"
     root.mkdir()
-    story = DebStory(root, tmp / "state" / "state.db", parent_key)
-    state = State(story.state)
-    parent = ParentImage(parent_result.image_id, "localhost/ig-test/debian:bookworm", parent_key)
+    bucket = s3_server.make_bucket("chgdeb")
+    story = DebStory(
+        root, tmp / "state" / "state.db", tmp, bucket, s3_server, registry, parent_result.image_id
+    )
     try:
         for i, packages in enumerate((["ig-deb-a"], ["ig-deb-a", "ig-deb-new"])):
             if i == 1:  # 1.0 is newer than 1.0~rc1 in dpkg's order (not in a string order)
                 repo.add("ig-deb-a", "1.0")
                 repo.add("ig-deb-new", "1:0.5-1")
             (root / "deb.yaml").write_text(
-                textwrap.dedent(DEB_SPEC).format(repo=server.url, packages=json.dumps(packages))
+                textwrap.dedent(DEB_SPEC).format(
+                    endpoint=s3_server.endpoint,
+                    bucket=bucket,
+                    registry=registry.host,
+                    repo=server.url,
+                    packages=json.dumps(packages),
+                )
             )
-            spec = load_spec(root / "deb.yaml")
-            key = fake_key(f"changes-deb-{i}")
-            t0 = time.time()
-            res = build_layer(BuildRequest(spec, key, parent, "chg"), Runner("deb", logfile=io.StringIO()))
-            state.record_build(
-                run_id=f"chg-{i}",
-                layer="deb",
-                key=key,
-                inputs={"parent": {"kind": "layer", "key": parent_key}},
-                image_id=res.image_id,
-                image_ref=res.image_ref,
-                spec_file=str(spec.path),
-                parent_key=parent_key,
-                started=t0,
-                finished=time.time(),
-            )
-            state.record_inventory("deb", key, res.inventory)
-            story.keys.append(key)
-            story.refs.append(res.image_ref)
-            story.inventories.append(res.inventory)
-        state.close()
+            r = story.run("up", "--json")
+            assert r.returncode == 0, r.stderr[-4000:]
+            story.up.append(json.loads(r.stdout))
+            story.keys.append(current_key(story))
+            story.promote.append(ok(story.run("promote", "deb", "prod")))
         yield story
     finally:
-        for ref in story.refs:
-            buildah("rmi", "-f", ref, check=False)
+        cleanup_images("igt-chg-deb")
         server.stop()
+        next(registries, None)
+
+
+def inventory(story, key: str):
+    from imagegraph.diff import inventory_of
+    from imagegraph.state import State
+
+    return inventory_of(State(story.state, readonly=True), key)
 
 
 def test_deb_diff_uses_dpkgs_order(deb_story: DebStory) -> None:
     s = deb_story
-    assert s.inventories[0].format == "deb" and len(s.inventories[0].packages) > 50  # minbase + ours
+    assert s.keys[0] != s.keys[1]
+    assert [r["layers"][0]["action"] for r in s.up] == ["build", "build"]
+    inv = inventory(s, s.keys[0])
+    assert inv.format == "deb" and len(inv.packages) > 50  # minbase + ours
     text = ok(s.run("diff", "deb")).stdout
     changed = [ln.strip() for ln in text.splitlines() if ln.strip()[:1] in "+-↑↓"]
     assert changed == [
@@ -429,15 +444,48 @@ def test_deb_diff_uses_dpkgs_order(deb_story: DebStory) -> None:
     ]
 
 
-def test_deb_sbom_validates(deb_story: DebStory) -> None:
-    text = ok(deb_story.run("sbom", "deb")).stdout
+def test_deb_promote_and_run_record_carry_the_change(deb_story: DebStory) -> None:
+    s = deb_story
+    first, second = (p.stdout for p in s.promote)
+    assert "+ added      ig-deb-a 1.0~rc1 (all)" in first  # prod pointed at nothing before
+    assert "↑ upgraded   ig-deb-a 1.0~rc1 -> 1.0 (all)" in second
+    assert "+ added      ig-deb-new 1:0.5-1 (all)" in second
+    assert "1 added, 0 removed, 1 upgraded, 0 downgraded" in second
+    run = json.loads((s.state.parent / "last-run.json").read_text())
+    assert run["package_changes"]["deb"]["brief"] == "ig-deb-a 1.0~rc1 → 1.0, +ig-deb-new 1:0.5-1"
+    status = json.loads(ok(s.run("status", "--json")).stdout)
+    assert status["changes"]["deb"]["brief"] == "ig-deb-a 1.0~rc1 → 1.0, +ig-deb-new 1:0.5-1"
+
+
+def test_deb_sbom_validates_and_is_published(deb_story: DebStory) -> None:
+    from imagegraph.publish.referrers import referring
+    from imagegraph.publish.registry import RegistryClient
+
+    s = deb_story
+    text = ok(s.run("sbom", "deb")).stdout
     validate_cyclonedx(text)
     doc = json.loads(text)
     comps = components(doc)
     assert comps["ig-deb-a"]["purl"] == "pkg:deb/debian/ig-deb-a@1.0?arch=all&distro=debian-12"
     assert comps["ig-deb-new"]["version"] == "1:0.5-1"
     assert comps["dpkg"]["purl"].startswith("pkg:deb/debian/dpkg@1.21")
-    assert props(doc["metadata"]["component"])["imagegraph:parent-key"] == deb_story.parent_key
+    image = props(doc["metadata"]["component"])
+    # an external parent, in local storage only: no layer key, and no registry digest in the key
+    assert "imagegraph:parent-key" not in image and "imagegraph:parent-digest" not in image
+    assert image["imagegraph:key"] == s.keys[1]
+    # beside the SquashFS in the directory and on S3, and on the registry image
+    local = s.tmp / "out" / "igt-chg-deb"
+    assert json.loads((local / "bookworm" / "sbom.cdx.json").read_text()) == doc
+    assert json.loads((local / "prod" / "sbom.cdx.json").read_text()) == doc
+    client = s.s3.client()
+    for tag in ("bookworm", "prod"):
+        obj = client.get_object(Bucket=s.bucket, Key=f"chgdeb/igt-chg-deb/{tag}/sbom.cdx.json")
+        assert obj["Metadata"]["imagegraph-key"] == s.keys[1] and json.loads(obj["Body"].read()) == doc
+    reg = RegistryClient()
+    repo = f"{s.registry.host}/igt/igt-chg-deb"
+    for key in s.keys:
+        digest = reg.manifest_digest(f"{repo}:ig-{key}")
+        assert [m["annotations"]["io.imagegraph.key"] for m in referring(reg, repo, digest)] == [key]
 
 
 def test_deb_image_holds_its_key_and_inventory_runs_nothing_inside(deb_story: DebStory, tmp_path) -> None:
@@ -446,9 +494,10 @@ def test_deb_image_holds_its_key_and_inventory_runs_nothing_inside(deb_story: De
     from tests.test_packages import booby_trap
 
     doc = json.loads(image_file(deb_story.refs[1], "/etc/imagegraph/layer.json"))
-    assert (doc["key"], doc["parent_key"], doc["spec"]) == (
+    assert (doc["key"], doc["parent_key"], doc["parent_digest"], doc["spec"]) == (
         deb_story.keys[1],
-        deb_story.parent_key,
+        None,
+        None,
         "deb.yaml",
     )
     assert doc["parent"] == "localhost/ig-test/debian:bookworm" and "tags" not in doc
@@ -460,7 +509,7 @@ def test_deb_image_holds_its_key_and_inventory_runs_nothing_inside(deb_story: De
         booby_trap(mnt, mark, "dpkg", "dpkg-query", "sh", "dash")
         inv = read_inventory(mnt, Runner("t", logfile=io.StringIO()))
         assert not mark.exists()
-        assert inv == deb_story.inventories[1]
+        assert inv == inventory(deb_story, deb_story.keys[1])
     finally:
         buildah("rm", ctr, check=False)
 
