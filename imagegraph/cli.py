@@ -1426,11 +1426,10 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
     # Writable unless offline: inventories fetched from published SBOMs are kept, once per key.
     state = State(_state_path(project, args.state), readonly=args.offline)
     remote = _remote(args, state)
-    current = None
-    if state.layer(layer) is None and len(names) < 3:
-        current = _current_key(args, lg, state, layer)
-    from_key, to_key, from_label = default_keys(state, layer, spec, remote, current)
-    to_label = "current"
+    from_key, to_key, from_label, to_label = None, "", "", "current"
+    if len(names) < 3:
+        current = _current_key(args, lg, state, layer) if state.layer(layer) is None else None
+        from_key, to_key, from_label = default_keys(state, layer, spec, remote, current)
     if len(names) >= 2:
         from_key, from_label = resolve_ref(state, layer, spec, names[1], remote), names[1]
     if len(names) == 3:
@@ -1476,7 +1475,8 @@ def cmd_sbom(args: argparse.Namespace, out: Output) -> int:
         key = rec.key
     else:
         key = _current_key(args, lg, state, layer)
-    if state.inventory_blob(key) is None and remote is not None:
+    built_here = any(b["key"] == key and b["status"] == "ok" for b in state.builds(layer, limit=10000))
+    if not built_here and remote is not None:
         # Not built here: the document published with the key, as it was published.
         doc, where = remote.sbom(spec, key)
         if doc is None:

@@ -260,6 +260,8 @@ def resolve_ref(state: State, layer: str, spec: Any, ref: str, remote: RemoteSou
         return tags[ref]
     prefix = ref.removeprefix(KEY_TAG_PREFIX).lower()
     hexish = bool(prefix) and all(c in "0123456789abcdef" for c in prefix)
+    if hexish and len(prefix) == 64:
+        return prefix  # a whole key names itself, recorded here or not
     if hexish:
         matches = [k for k in layer_keys(state, layer) if k.startswith(prefix)]
         if len(matches) == 1:

@@ -543,3 +543,98 @@ def test_a_key_without_an_inventory_gets_it_from_its_local_image(dnf_story: Stor
     assert {p.name: p.version for p in inv.packages}["ig-hello"] == "1.0-1"
     assert not ensure_inventory(state, "dnf", spec, "f" * 64, Runner("dnf", logfile=io.StringIO()))
     assert [c for c in containers() if c.startswith("imagegraph-publish-")] == []
+
+
+# ----------------------------------------------------------------- a second host
+
+# Last in the file: these add a tag (`canary`) to the dnf story, which the tests above do not look at.
+
+
+def fresh_state(path: Path) -> Path:
+    """The state of a host that never built the layer (it exists: `status` wants one)."""
+    from imagegraph.state import State
+
+    State(path).close()
+    return path
+
+
+def test_a_second_host_answers_from_the_published_sboms(dnf_story: Story, tmp_path: Path) -> None:
+    from imagegraph.diff import inventory_of
+    from imagegraph.publish.sbomfetch import RemoteBuilds
+    from imagegraph.spec import load_spec
+    from imagegraph.state import State
+
+    s = dnf_story
+    host2 = fresh_state(tmp_path / "host2" / "state.db")
+
+    def run2(*args: object) -> subprocess.CompletedProcess:
+        return cli(args[0], s.root, *args[1:], "--state", host2)
+
+    # FROM by key prefix (the registry's key tags), TO by human tag (the registry's image label)
+    doc = json.loads(ok(run2("diff", "dnf", s.keys[0][:10], "1", "--json")).stdout)
+    assert (doc["from"], doc["to"]) == (s.keys[0], s.keys[1])
+    assert doc["counts"] == {"added": 1, "removed": 0, "upgraded": 1, "downgraded": 0}
+    assert [(c["kind"], c["name"]) for c in doc["changes"]] == [("upgraded", "ig-hello"), ("added", "ig-new")]
+    # fetched once per key, kept in the state: asking again sends nothing anywhere
+    state = State(host2)
+    first = inventory_of(State(s.state, readonly=True), s.keys[1])
+    assert inventory_of(state, s.keys[1]).packages == first.packages
+    again = RemoteBuilds(state)
+    assert again.inventory("dnf", load_spec(s.root / "dnf.yaml"), s.keys[0]).known
+    assert again.client is None and again.s3 is None and again.fetched == {}
+    # status counts the current build's packages; sbom prints the published document
+    status = json.loads(ok(run2("status", "--json")).stdout)
+    assert status["layers"]["dnf"]["packages"] == len(first.packages)
+    assert status["layers"]["dnf"]["packages_unknown"] is None
+    assert ok(run2("sbom", "dnf")).stdout == ok(s.run("sbom", "dnf")).stdout
+    # someone moved `canary` to the old build on the registry only; this host's promote of the
+    # current build says what that changes, from what the registry's canary held
+    from imagegraph.publish.registry import RegistryClient
+
+    reg, repo = RegistryClient(), f"{s.registry.host}/igt/igt-chg-dnf"
+    reg.put_tag(repo, reg.manifest_digest(f"{repo}:ig-{s.keys[0]}"), "canary")
+    assert json.loads(ok(run2("diff", "dnf", "canary", "1", "--json")).stdout)["from"] == s.keys[0]
+    moved = ok(run2("promote", "dnf", "canary")).stdout
+    assert f"canary -> key {s.keys[1][:12]}" in moved
+    assert "↑ upgraded   ig-hello 1.0-1 -> 1.1-1 (noarch)" in moved
+    assert "+ added      ig-new 2.0-1 (noarch)" in moved
+    ev = State(host2, readonly=True).events("dnf", "promote")[0]
+    assert (ev["key"], ev["detail"]["changes"]["from"]) == (s.keys[1], s.keys[0])
+    assert reg.manifest_digest(f"{repo}:canary") == reg.manifest_digest(f"{repo}:ig-{s.keys[1]}")
+
+
+def test_a_second_host_with_the_registry_unreachable_says_unknown(dnf_story: Story, tmp_path: Path) -> None:
+    import socket
+
+    s = dnf_story
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = tmp_path / "layers"
+    root.mkdir()
+    text = (s.root / "dnf.yaml").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith(("publish_dir", "publish_s3"))]
+    body = "\n".join(lines).replace(s.registry.host, f"127.0.0.1:{port}")
+    (root / "dnf.yaml").write_text(body + "\n")
+    host2 = fresh_state(tmp_path / "host2" / "state.db")
+
+    def run2(*args: object) -> subprocess.CompletedProcess:
+        return cli(args[0], root, *args[1:], "--state", host2)
+
+    assert json.loads(ok(run2("plan", "--json", "--offline")).stdout)["layers"][0]["key"] == s.keys[1]
+    r = run2("diff", "dnf", s.keys[0], s.keys[1], "--json")
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "unknown" and doc["changes"] == []
+    assert "unreachable" in doc["reason"] and doc["summary"].startswith("package changes unknown")
+    text = run2("diff", "dnf", s.keys[0], s.keys[1]).stdout
+    assert "0 added" not in text and "package changes unknown" in text
+    # a tag cannot be resolved: unknown (exit 1), not "no such tag" (exit 2)
+    bad = run2("diff", "dnf", "prod")
+    assert bad.returncode == 1 and "cannot tell which build 'prod' names" in bad.stderr
+    status = json.loads(run2("status", "--json").stdout)
+    assert status["layers"]["dnf"]["packages"] is None
+    assert "unreachable" in status["layers"]["dnf"]["packages_unknown"]
+    from imagegraph.state import State
+
+    assert State(host2, readonly=True).inventory_blob(s.keys[0]) is None  # nothing cached
