@@ -1170,7 +1170,7 @@ def cmd_artifacts(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
-    from .diff import changes_since_previous
+    from .diff import built_keys, changes_since_replaced
     from .render import status_table
     from .slurm import last_jobs
     from .state import State
@@ -1181,8 +1181,14 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     remote = None if args.offline else _remote(args, State(_state_path(project, args.state)))
     report = layer_status(plan, state, remote=remote)
     slurm_jobs = last_jobs(state.runs(10))
-    # Per built layer: its packages since its previous build (inventories kept per key).
-    changes = {lid: changes_since_previous(state, lid, rec.key) for lid, rec in state.layers().items()}
+    # Per built layer: its current build's packages since the build it replaced (after a revert
+    # to an older key, the newer one), from the inventories kept per key.
+    records = state.layers()
+    changes = {}
+    for lid, lp in plan.layers.items():
+        key = lp.key if lp.key in built_keys(state, lid) else (records[lid].key if lid in records else None)
+        if key is not None:
+            changes[lid] = changes_since_replaced(state, lid, key)
     doc = {
         **report.to_json(),
         "slurm_jobs": slurm_jobs,
@@ -1428,8 +1434,10 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
     remote = _remote(args, state)
     from_key, to_key, from_label, to_label = None, "", "", "current"
     if len(names) < 3:
-        current = _current_key(args, lg, state, layer) if state.layer(layer) is None else None
+        current = _current_key(args, lg, state, layer)
         from_key, to_key, from_label = default_keys(state, layer, spec, remote, current)
+        if to_key != current:
+            to_label = f"last build here; the current key {current[:12]} is not built"
     if len(names) >= 2:
         from_key, from_label = resolve_ref(state, layer, spec, names[1], remote), names[1]
     if len(names) == 3:

@@ -299,6 +299,20 @@ def previous_key(state: State, layer: str, key: str) -> str | None:
     return next((k for k in keys if k != key), None)
 
 
+def replaced_key(state: State, layer: str, key: str) -> str | None:
+    """The build `key` replaced: its previous build when it is the newest; else (a revert to an
+    older key) the newest build."""
+    keys = [b["key"] for b in state.builds(layer, limit=10000) if b["status"] == "ok"]
+    if keys and keys[0] != key and key in keys:
+        return keys[0]
+    return previous_key(state, layer, key)
+
+
+def built_keys(state: State, layer: str) -> set[str]:
+    """Keys of the layer's successful builds recorded here."""
+    return {b["key"] for b in state.builds(layer, limit=10000) if b["status"] == "ok"}
+
+
 def default_keys(
     state: State,
     layer: str,
@@ -307,10 +321,14 @@ def default_keys(
     current: str | None = None,
 ) -> tuple[str | None, str, str]:
     """(FROM, TO, FROM's label) when not given: TO is the layer's last build here, else `current`
-    (the key planning computes); FROM the key the first human tag that points elsewhere names
-    (the state's record, else the registry's answer with `remote`), else the previous build."""
+    (the key planning computes; `current` also wins when it is a build recorded here, as after a
+    revert); FROM the key the first human tag that points elsewhere names
+    (the state's record, else the registry's answer with `remote`), else the build TO replaced
+    (`replaced_key`: the previous one, or after a revert the newer one)."""
     rec = state.layer(layer)
     to_key = rec.key if rec is not None else current
+    if current is not None and current in built_keys(state, layer):
+        to_key = current  # after a revert the current key is an older build, not the last one
     if to_key is None:
         raise UsageError(f"{layer}: never built here; run `imagegraph up` first")
     tags = tag_keys(state, layer, spec)
@@ -321,8 +339,10 @@ def default_keys(
     for tag, k in tags.items():
         if k != to_key:
             return k, to_key, tag
-    prev = previous_key(state, layer, to_key)
-    return prev, to_key, "previous build" if prev or rec is not None else "no earlier build known here"
+    prev = replaced_key(state, layer, to_key)
+    if prev is None:
+        return None, to_key, "first build" if rec is not None else "no earlier build known here"
+    return prev, to_key, "previous build" if prev == previous_key(state, layer, to_key) else "replaced build"
 
 
 def tag_changes(
@@ -344,7 +364,7 @@ def tag_changes(
         layer,
         before,
         key,
-        from_label=tag if before else "",
+        from_label=tag if before else f"{tag} was not set",
         to_label=key_tag(key),
         spec=spec,
         remote=remote,
@@ -354,6 +374,11 @@ def tag_changes(
 def changes_since_previous(state: State, layer: str, key: str) -> PackageDiff:
     """The package changes of a build of `key` since the layer's previous build of another key."""
     return layer_diff(state, layer, previous_key(state, layer, key), key, from_label="previous build")
+
+
+def changes_since_replaced(state: State, layer: str, key: str) -> PackageDiff:
+    """The package changes of the build of `key` since the build it replaced (`replaced_key`)."""
+    return layer_diff(state, layer, replaced_key(state, layer, key), key, from_label="replaced build")
 
 
 def run_changes(state: State, built: dict[str, str]) -> dict[str, dict]:

@@ -420,7 +420,9 @@ def diff_lines(d: Any) -> list[Text]:
     old = (
         f"{d.from_key[:12]} ({d.from_label})" if d.from_key else f"nothing ({d.from_label or 'first build'})"
     )
-    lines = [Text(f"{d.layer}: {old} -> {d.to_key[:12]} ({d.to_label or 'current'})", style="bold")]
+    to = d.to_label or "current"
+    new = d.to_key[:12] if to == "ig-" + d.to_key else f"{d.to_key[:12]} ({to})"  # a key tag says no more
+    lines = [Text(f"{d.layer}: {old} -> {new}", style="bold")]
     for c in d.changes:
         mark, style = _DIFF_MARKS[str(c.kind)]
         versions = f"{c.old} -> {c.new}" if c.old and c.new else (c.new or c.old)
