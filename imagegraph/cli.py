@@ -1438,10 +1438,19 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
         from_key, to_key, from_label = default_keys(state, layer, spec, remote, current)
         if to_key != current:
             to_label = f"last build here; the current key {current[:12]} is not built"
+
+    def ref(name: str) -> str:
+        try:
+            return resolve_ref(state, layer, spec, name, remote)
+        except UsageError as exc:
+            if args.offline:  # what this state does not know, the registry was not asked
+                raise UsageError(f"{exc} (--offline: the registry was not asked)") from None
+            raise
+
     if len(names) >= 2:
-        from_key, from_label = resolve_ref(state, layer, spec, names[1], remote), names[1]
+        from_key, from_label = ref(names[1]), names[1]
     if len(names) == 3:
-        to_key, to_label = resolve_ref(state, layer, spec, names[2], remote), names[2]
+        to_key, to_label = ref(names[2]), names[2]
     d = layer_diff(
         state, layer, from_key, to_key, from_label=from_label, to_label=to_label, spec=spec, remote=remote
     )
