@@ -1173,12 +1173,11 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     from .diff import built_keys, changes_since_replaced
     from .render import status_table
     from .slurm import last_jobs
-    from .state import State
     from .status import layer_status
 
     project, _lg, state, plan = _plan(args, out, [args.dir] if args.dir else [])
     # Package counts of builds made elsewhere come from their published SBOMs, kept in the state.
-    remote = None if args.offline else _remote(args, State(_state_path(project, args.state)))
+    remote = _remote(args, state, _state_path(project, args.state))
     report = layer_status(plan, state, remote=remote)
     slurm_jobs = last_jobs(state.runs(10))
     # Per built layer: its current build's packages since the build it replaced (after a revert
@@ -1399,13 +1398,14 @@ def cmd_promote(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _remote(args: argparse.Namespace, state: State) -> Any:
-    """What the layer's targets say of builds the state lacks (publish/sbomfetch.py); None offline."""
+def _remote(args: argparse.Namespace, state: State, keep_in: Path | None = None) -> Any:
+    """What the layer's targets say of builds the state lacks (publish/sbomfetch.py); None offline.
+    Fetched inventories go to `state`, or, when it is read-only, to the state at `keep_in`."""
     if getattr(args, "offline", False):
         return None
     from .publish.sbomfetch import RemoteBuilds
 
-    return RemoteBuilds(state, timeout=_registry_timeout(args))
+    return RemoteBuilds(state, timeout=_registry_timeout(args), state_path=keep_in)
 
 
 def _current_key(args: argparse.Namespace, lg: LayerGraph, state: State, layer: str) -> str:
@@ -1429,9 +1429,9 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
     project, lg = _load(root, args.state, sources_required=False)
     layer = lg.lookup(names[0])
     spec = lg.spec(layer)
-    # Writable unless offline: inventories fetched from published SBOMs are kept, once per key.
-    state = State(_state_path(project, args.state), readonly=args.offline)
-    remote = _remote(args, state)
+    # Inventories fetched from published SBOMs are kept in the state, once per key.
+    state = State(_state_path(project, args.state), readonly=True)
+    remote = _remote(args, state, _state_path(project, args.state))
     from_key, to_key, from_label, to_label = None, "", "", "current"
     if len(names) < 3:
         current = _current_key(args, lg, state, layer)

@@ -143,8 +143,10 @@ def layer_status(plan: Plan, state: State, runs: int = 10, remote: Any = None) -
             row = LayerRow(
                 lid, LayerStatus.UP_TO_DATE, lp.key, rec.built_at if rec else None, rec and rec.duration
             )
-        elif rec is None:
+        elif rec is None and lp.action == Action.BUILD:
             row = LayerRow(lid, LayerStatus.NEVER_BUILT, lp.key, None, None)
+        elif rec is None:  # built elsewhere (another host's state): something to publish here
+            row = LayerRow(lid, LayerStatus.STALE, lp.key, None, None, why)
         else:
             row = LayerRow(lid, LayerStatus.STALE, lp.key, rec.built_at, rec.duration, why)
         if rec is not None:

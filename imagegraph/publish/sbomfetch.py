@@ -64,6 +64,8 @@ class RemoteBuilds:
     s3: S3Index | None = None
     tags: list[str] = field(default_factory=list)  # human tags to look under in directories and S3
     timeout: float = 5.0  # seconds to connect to a registry, and again to read its answer
+    state_path: Path | None = None  # where fetched inventories are kept when `state` is read-only
+    _writer: State | None = None  # opened on the first inventory to keep
     fetched: dict[str, str] = field(default_factory=dict)  # key -> where its SBOM came from
 
     def _registry(self, spec: Any) -> RegistryClient:
@@ -109,16 +111,27 @@ class RemoteBuilds:
 
     def inventory(self, layer: str, spec: Any, key: str) -> Inventory:
         """The key's inventory from its published SBOM, cached in the state; `unknown` with the reason."""
-        if self.state is not None and (blob := self.state.inventory_blob(key)) is not None:
-            return Inventory.decompress(blob)
+        for st in (self.state, self._writer):
+            if st is not None and (blob := st.inventory_blob(key)) is not None:
+                return Inventory.decompress(blob)
         doc, where = self.sbom(spec, key)
         if doc is None:
             return Inventory(InventoryStatus.UNKNOWN, reason=where)
         inv = inventory_from_sbom(doc, key)
         self.fetched[key] = where
-        if self.state is not None and not self.state.readonly:
-            self.state.record_inventory(layer, key, inv)
+        self._keep(layer, key, inv)
         return inv
+
+    def _keep(self, layer: str, key: str, inv: Inventory) -> None:
+        """Record a fetched inventory: in `state` when writable, else in `state_path`, opened (and
+        created) only now, so a read-only command writes a state only when it learned something."""
+        target = self.state if self.state is not None and not self.state.readonly else None
+        if target is None and self.state_path is not None:
+            if self._writer is None:
+                self._writer = State(self.state_path)
+            target = self._writer
+        if target is not None:
+            target.record_inventory(layer, key, inv)
 
     def _from_registry(self, spec: Any, key: str) -> Found:
         if not spec.publish_registry:
