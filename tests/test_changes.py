@@ -601,6 +601,29 @@ def test_a_second_host_answers_from_the_published_sboms(dnf_story: Story, tmp_pa
     ev = State(host2, readonly=True).events("dnf", "promote")[0]
     assert (ev["key"], ev["detail"]["changes"]["from"]) == (s.keys[1], s.keys[0])
     assert reg.manifest_digest(f"{repo}:canary") == reg.manifest_digest(f"{repo}:ig-{s.keys[1]}")
+    # a tag on a multi-arch index (publish/manifest.py) holds the key of this host's member
+    import hashlib
+
+    from imagegraph.arch import host_arch
+    from imagegraph.publish.referrers import OCI_INDEX
+
+    other = "arm64" if host_arch().oci != "arm64" else "amd64"
+    members = []
+    for key, arch in ((s.keys[0], other), (s.keys[1], host_arch().oci)):
+        body, media_type = reg.manifest(f"{repo}:ig-{key}")
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        members.append(
+            {
+                "mediaType": media_type,
+                "digest": digest,
+                "size": len(body),
+                "platform": {"architecture": arch, "os": "linux"},
+            }
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": members}).encode()
+    reg.put_manifest(repo, "multi", index, OCI_INDEX)
+    spec = load_spec(s.root / "dnf.yaml")
+    assert RemoteBuilds().tag_key(spec, "multi").value == s.keys[1]
 
 
 def test_a_second_host_with_the_registry_unreachable_says_unknown(dnf_story: Story, tmp_path: Path) -> None:
