@@ -12,6 +12,7 @@ One job builds one key of one layer on a build node:
    pushes the image under its immutable key tag only (human tags are the
    submit host's publish step);
 4. writes a JSON result document (key, image reference and digest, node,
+   the package inventory read before commit,
    step durations) next to its log, and exits with a `JobExit` status that
    tells a failed build from a failed infrastructure.
 
@@ -199,7 +200,10 @@ def build_one(
             raise
         except (PublishError, ImagegraphError) as exc:
             raise JobFailure(JobExit.INFRASTRUCTURE, f"pushing the key tag failed: {exc}") from exc
-    return {"image_ref": f"{repo}:{ktag}", "digest": pub.digest, "image_id": built.image_id}
+    out = {"image_ref": f"{repo}:{ktag}", "digest": pub.digest, "image_id": built.image_id}
+    if built.inventory is not None:  # read on the node; the submit host records it and makes the SBOM
+        out["inventory"] = built.inventory.to_json()
+    return out
 
 
 class _step:

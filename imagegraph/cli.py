@@ -597,6 +597,7 @@ def _cmd_diff(sub: Any) -> None:
         help=DIR_HELP + "; then the layer and the builds",
     )
     _state_opt(p)
+    _online_opts(p)
     _json_opt(p, "the changes")
     p.add_argument(
         "--files",
@@ -622,6 +623,7 @@ def _cmd_sbom(sub: Any) -> None:
     p.add_argument(
         "--key", default=None, help="a key, key prefix or tag (default: the layer's last build here)"
     )
+    _online_opts(p)
 
 
 def _cmd_completion(sub: Any) -> None:
@@ -1168,16 +1170,24 @@ def cmd_artifacts(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
-    from .diff import changes_since_previous
+    from .diff import built_keys, changes_since_replaced
     from .render import status_table
     from .slurm import last_jobs
     from .status import layer_status
 
-    _project, _lg, state, plan = _plan(args, out, [args.dir] if args.dir else [])
-    report = layer_status(plan, state)
+    project, _lg, state, plan = _plan(args, out, [args.dir] if args.dir else [])
+    # Package counts of builds made elsewhere come from their published SBOMs, kept in the state.
+    remote = _remote(args, state, _state_path(project, args.state))
+    report = layer_status(plan, state, remote=remote)
     slurm_jobs = last_jobs(state.runs(10))
-    # Per built layer: its packages since its previous build (inventories kept per key).
-    changes = {lid: changes_since_previous(state, lid, rec.key) for lid, rec in state.layers().items()}
+    # Per built layer: its current build's packages since the build it replaced (after a revert
+    # to an older key, the newer one), from the inventories kept per key.
+    records = state.layers()
+    changes = {}
+    for lid, lp in plan.layers.items():
+        key = lp.key if lp.key in built_keys(state, lid) else (records[lid].key if lid in records else None)
+        if key is not None:
+            changes[lid] = changes_since_replaced(state, lid, key)
     doc = {
         **report.to_json(),
         "slurm_jobs": slurm_jobs,
@@ -1350,22 +1360,29 @@ def cmd_boot_test(args: argparse.Namespace, out: Output) -> int:
 def cmd_promote(args: argparse.Namespace, out: Output) -> int:
     from rich.text import Text
 
-    from .errors import UsageError
     from .promote import promote
     from .redact import redact
     from .state import State, default_run_id
 
     project, lg, layer, (tag,) = _layer_args(args, "promote", "LAYER TAG")
     if args.key:
+        from .diff import resolve_ref
+
         state = State(_state_path(project, args.state))
-        keys = {b["key"] for b in state.builds(layer, limit=1000) if b["status"] == "ok"}
-        matches = sorted(k for k in keys if k.startswith(args.key.removeprefix("ig-")))
-        if len(matches) != 1:
-            raise UsageError(f"--key {args.key}: {len(matches)} recorded builds of {layer} match")
-        key = matches[0]
+        # a recorded build's key (prefix) or a tag; a host that did not build it asks the registry
+        key = resolve_ref(state, layer, lg.spec(layer), args.key, _remote(args, state))
     else:
         state, key = _layer_key(args, lg, layer)
-    doc = promote(lg.spec(layer), layer, key, tag, state, run_id=default_run_id(), force=args.force)
+    doc = promote(
+        lg.spec(layer),
+        layer,
+        key,
+        tag,
+        state,
+        run_id=default_run_id(),
+        force=args.force,
+        remote=_remote(args, state),
+    )
 
     def human() -> None:
         from .render import diff_lines, print_lines
@@ -1381,6 +1398,25 @@ def cmd_promote(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _remote(args: argparse.Namespace, state: State, keep_in: Path | None = None) -> Any:
+    """What the layer's targets say of builds the state lacks (publish/sbomfetch.py); None offline.
+    Fetched inventories go to `state`, or, when it is read-only, to the state at `keep_in`."""
+    if getattr(args, "offline", False):
+        return None
+    from .publish.sbomfetch import RemoteBuilds
+
+    return RemoteBuilds(state, timeout=_registry_timeout(args), state_path=keep_in)
+
+
+def _current_key(args: argparse.Namespace, lg: LayerGraph, state: State, layer: str) -> str:
+    """The layer's key as planning computes it now (for a host that has not built it)."""
+    from .plan import LiveInventory, make_plan
+
+    offline = getattr(args, "offline", False)
+    inventory = LiveInventory(offline=offline, timeout=_registry_timeout(args))
+    return make_plan(lg, state, inventory, [layer], offline=offline).layers[layer].key
+
+
 def cmd_diff(args: argparse.Namespace, out: Output) -> int:
     from .diff import default_keys, layer_diff, resolve_ref
     from .errors import UsageError
@@ -1393,14 +1429,31 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
     project, lg = _load(root, args.state, sources_required=False)
     layer = lg.lookup(names[0])
     spec = lg.spec(layer)
+    # Inventories fetched from published SBOMs are kept in the state, once per key.
     state = State(_state_path(project, args.state), readonly=True)
-    from_key, to_key, from_label = default_keys(state, layer, spec)
-    to_label = "current"
+    remote = _remote(args, state, _state_path(project, args.state))
+    from_key, to_key, from_label, to_label = None, "", "", "current"
+    if len(names) < 3:
+        current = _current_key(args, lg, state, layer)
+        from_key, to_key, from_label = default_keys(state, layer, spec, remote, current)
+        if to_key != current:
+            to_label = f"last build here; the current key {current[:12]} is not built"
+
+    def ref(name: str) -> str:
+        try:
+            return resolve_ref(state, layer, spec, name, remote)
+        except UsageError as exc:
+            if args.offline:  # what this state does not know, the registry was not asked
+                raise UsageError(f"{exc} (--offline: the registry was not asked)") from None
+            raise
+
     if len(names) >= 2:
-        from_key, from_label = resolve_ref(state, layer, spec, names[1]), names[1]
+        from_key, from_label = ref(names[1]), names[1]
     if len(names) == 3:
-        to_key, to_label = resolve_ref(state, layer, spec, names[2]), names[2]
-    d = layer_diff(state, layer, from_key, to_key, from_label=from_label, to_label=to_label)
+        to_key, to_label = ref(names[2]), names[2]
+    d = layer_diff(
+        state, layer, from_key, to_key, from_label=from_label, to_label=to_label, spec=spec, remote=remote
+    )
     files = None
     if args.files:
         from .rootdiff import tree_changes
@@ -1424,20 +1477,29 @@ def cmd_diff(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_sbom(args: argparse.Namespace, out: Output) -> int:
     from .diff import resolve_ref
-    from .errors import UsageError
+    from .errors import NotBuiltError
     from .sbom import layer_sbom, sbom_bytes
     from .state import State
 
     project, lg, layer, _ = _layer_args(args, "sbom")
     spec = lg.spec(layer)
     state = State(_state_path(project, args.state), readonly=True)
+    remote = _remote(args, state)
     rec = state.layer(layer)
     if args.key:
-        key = resolve_ref(state, layer, spec, args.key)
+        key = resolve_ref(state, layer, spec, args.key, remote)
     elif rec is not None:
         key = rec.key
     else:
-        raise UsageError(f"{layer}: never built here; run `imagegraph up` first")
+        key = _current_key(args, lg, state, layer)
+    built_here = any(b["key"] == key and b["status"] == "ok" for b in state.builds(layer, limit=10000))
+    if not built_here and remote is not None:
+        # Not built here: the document published with the key, as it was published.
+        doc, where = remote.sbom(spec, key)
+        if doc is None:
+            raise NotBuiltError(f"{layer}: no SBOM of key {key[:12]} here or on its targets: {where}")
+        sys.stdout.write(sbom_bytes(doc).decode())
+        return 0
     sys.stdout.write(sbom_bytes(layer_sbom(state, layer, spec, key)).decode())
     return 0
 

@@ -12,6 +12,12 @@ inventories (`State.inventory_blob`); a key without one gives a diff of
 status `unknown` with the reason, never an empty one. `resolve_ref` turns
 what a user types (a key, a key prefix, `ig-<key>`, a human tag) into a key
 of the layer; `default_keys` picks FROM and TO when they are not given.
+
+Each takes an optional `remote` (a `RemoteSource`: publish/sbomfetch.py's
+`RemoteBuilds`) for what this host's state does not know: a key's inventory
+from the SBOM published with it, the key a human tag holds on the registry,
+the keys the registry has key tags for. So a host that never built the layer
+answers from the published SBOMs; what the targets cannot tell stays unknown.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cmp_to_key
-from typing import Any
+from typing import Any, Protocol
 
-from .errors import UsageError
+from .errors import NotBuiltError, UsageError
 from .key import KEY_TAG_PREFIX, key_tag
 from .packages import Inventory, InventoryStatus
 from .state import State
@@ -37,6 +43,16 @@ class ChangeKind(StrEnum):
 
 
 KINDS = tuple(ChangeKind)
+
+
+class RemoteSource(Protocol):
+    """What a layer's publish targets say about builds the state does not know."""
+
+    def inventory(self, layer: str, spec: Any, key: str) -> Inventory: ...
+
+    def tag_key(self, spec: Any, tag: str) -> Any: ...  # `.value` the key or None, `.unknown` why not asked
+
+    def keys(self, spec: Any) -> set[str] | None: ...  # keys with a key tag on the registry; None unknown
 
 
 @dataclass(frozen=True)
@@ -148,14 +164,31 @@ def inventory_of(state: State, key: str) -> Inventory | None:
     return Inventory.decompress(blob) if blob is not None else None
 
 
+def _inventory(
+    state: State, layer: str, spec: Any, key: str, remote: RemoteSource | None
+) -> Inventory | None:
+    inv = inventory_of(state, key)
+    if inv is None and remote is not None and spec is not None:
+        inv = remote.inventory(layer, spec, key)
+    return inv
+
+
 def layer_diff(
-    state: State, layer: str, from_key: str | None, to_key: str, *, from_label: str = "", to_label: str = ""
+    state: State,
+    layer: str,
+    from_key: str | None,
+    to_key: str,
+    *,
+    from_label: str = "",
+    to_label: str = "",
+    spec: Any = None,
+    remote: RemoteSource | None = None,
 ) -> PackageDiff:
-    """The package diff between two keys of `layer` from their recorded inventories."""
+    """The package diff between two keys of `layer` from their recorded (else published) inventories."""
     out = PackageDiff(layer, from_key, to_key, from_label=from_label, to_label=to_label)
-    new = inventory_of(state, to_key)
+    new = _inventory(state, layer, spec, to_key, remote)
     old = (
-        inventory_of(state, from_key)
+        _inventory(state, layer, spec, from_key, remote)
         if from_key
         else Inventory(InventoryStatus.KNOWN, new.format if new else None)
     )
@@ -173,6 +206,12 @@ def layer_diff(
     out.format = str(new.format) if new.format else None
     out.changes = diff_inventories(old, new)
     return out
+
+
+def package_count(state: State, layer: str, spec: Any, key: str, remote: RemoteSource | None = None) -> Any:
+    """How many packages the build of `key` holds: an int, or None when its inventory is unknown."""
+    inv = _inventory(state, layer, spec, key, remote)
+    return len(inv.packages) if inv is not None and inv.known else None
 
 
 # ------------------------------------------------------------------ naming keys
@@ -210,18 +249,44 @@ def tag_keys(state: State, layer: str, spec: Any) -> dict[str, str]:
     return out
 
 
-def resolve_ref(state: State, layer: str, spec: Any, ref: str) -> str:
-    """A key of `layer` from a key, key prefix, `ig-<key>` or human tag; UsageError otherwise."""
+def resolve_ref(state: State, layer: str, spec: Any, ref: str, remote: RemoteSource | None = None) -> str:
+    """A key of `layer` from a key, key prefix, `ig-<key>` or human tag; UsageError otherwise.
+
+    The state answers first; then, with `remote`, the registry: the key a tag holds there, or the
+    key tags a prefix matches. NotBuiltError (exit 1) when only an unreachable target could tell.
+    """
     tags = tag_keys(state, layer, spec)
     if ref in tags and not ref.startswith(KEY_TAG_PREFIX):
         return tags[ref]
     prefix = ref.removeprefix(KEY_TAG_PREFIX).lower()
-    if prefix and all(c in "0123456789abcdef" for c in prefix):
+    hexish = bool(prefix) and all(c in "0123456789abcdef" for c in prefix)
+    if hexish and len(prefix) == 64:
+        return prefix  # a whole key names itself, recorded here or not
+    if hexish:
         matches = [k for k in layer_keys(state, layer) if k.startswith(prefix)]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
             raise UsageError(f"{layer}: {ref} matches {len(matches)} builds; give more of the key")
+    unknown = ""
+    if remote is not None:
+        if not ref.startswith(KEY_TAG_PREFIX):
+            found = remote.tag_key(spec, ref)
+            if found.value:
+                return found.value
+            unknown = found.unknown
+        if hexish:
+            keys = remote.keys(spec)
+            if keys is None:
+                unknown = unknown or "the registry did not answer"
+            else:
+                matches = sorted(k for k in keys if k.startswith(prefix))
+                if len(matches) == 1:
+                    return matches[0]
+                if len(matches) > 1:
+                    raise UsageError(f"{layer}: {ref} matches {len(matches)} builds; give more of the key")
+    if unknown:
+        raise NotBuiltError(f"{layer}: cannot tell which build {ref!r} names: {unknown}")
     known = ", ".join(sorted(tags)) or "none"
     raise UsageError(f"{layer}: {ref!r} is neither a recorded build's key (prefix) nor a tag (tags: {known})")
 
@@ -234,28 +299,86 @@ def previous_key(state: State, layer: str, key: str) -> str | None:
     return next((k for k in keys if k != key), None)
 
 
-def default_keys(state: State, layer: str, spec: Any) -> tuple[str | None, str, str]:
-    """(FROM, TO, FROM's label) when not given: TO is the current build; FROM the key the
-    first human tag that points elsewhere names, else the previous build."""
+def replaced_key(state: State, layer: str, key: str) -> str | None:
+    """The build `key` replaced: its previous build when it is the newest; else (a revert to an
+    older key) the newest build."""
+    keys = [b["key"] for b in state.builds(layer, limit=10000) if b["status"] == "ok"]
+    if keys and keys[0] != key and key in keys:
+        return keys[0]
+    return previous_key(state, layer, key)
+
+
+def built_keys(state: State, layer: str) -> set[str]:
+    """Keys of the layer's successful builds recorded here."""
+    return {b["key"] for b in state.builds(layer, limit=10000) if b["status"] == "ok"}
+
+
+def default_keys(
+    state: State,
+    layer: str,
+    spec: Any,
+    remote: RemoteSource | None = None,
+    current: str | None = None,
+) -> tuple[str | None, str, str]:
+    """(FROM, TO, FROM's label) when not given: TO is the layer's last build here, else `current`
+    (the key planning computes; `current` also wins when it is a build recorded here, as after a
+    revert); FROM the key the first human tag that points elsewhere names
+    (the state's record, else the registry's answer with `remote`), else the build TO replaced
+    (`replaced_key`: the previous one, or after a revert the newer one)."""
     rec = state.layer(layer)
-    if rec is None:
+    to_key = rec.key if rec is not None else current
+    if current is not None and current in built_keys(state, layer):
+        to_key = current  # after a revert the current key is an older build, not the last one
+    if to_key is None:
         raise UsageError(f"{layer}: never built here; run `imagegraph up` first")
-    to_key = rec.key
-    for tag, k in tag_keys(state, layer, spec).items():
+    tags = tag_keys(state, layer, spec)
+    if remote is not None:
+        for t in spec.publish_tags:
+            if t not in tags and (k := remote.tag_key(spec, t).value):
+                tags[t] = k
+    for tag, k in tags.items():
         if k != to_key:
             return k, to_key, tag
-    return previous_key(state, layer, to_key), to_key, "previous build"
+    prev = replaced_key(state, layer, to_key)
+    if prev is None:
+        return None, to_key, "first build" if rec is not None else "no earlier build known here"
+    return prev, to_key, "previous build" if prev == previous_key(state, layer, to_key) else "replaced build"
 
 
-def tag_changes(state: State, layer: str, spec: Any, tag: str, key: str) -> PackageDiff:
+def tag_changes(
+    state: State, layer: str, spec: Any, tag: str, key: str, remote: RemoteSource | None = None
+) -> PackageDiff:
     """What moving `tag` to `key` changes: the diff from the key it pointed at (from nothing if none)."""
     before = tag_keys(state, layer, spec).get(tag)
-    return layer_diff(state, layer, before, key, from_label=tag if before else "", to_label=key_tag(key))
+    if before is None and remote is not None:
+        found = remote.tag_key(spec, tag)
+        if found.unknown and not found.value:
+            out = PackageDiff(
+                layer, None, key, InventoryStatus.UNKNOWN, from_label=tag, to_label=key_tag(key)
+            )
+            out.reason = f"cannot tell what {tag} pointed at: {found.unknown}"
+            return out
+        before = found.value
+    return layer_diff(
+        state,
+        layer,
+        before,
+        key,
+        from_label=tag if before else f"{tag} was not set",
+        to_label=key_tag(key),
+        spec=spec,
+        remote=remote,
+    )
 
 
 def changes_since_previous(state: State, layer: str, key: str) -> PackageDiff:
     """The package changes of a build of `key` since the layer's previous build of another key."""
     return layer_diff(state, layer, previous_key(state, layer, key), key, from_label="previous build")
+
+
+def changes_since_replaced(state: State, layer: str, key: str) -> PackageDiff:
+    """The package changes of the build of `key` since the build it replaced (`replaced_key`)."""
+    return layer_diff(state, layer, replaced_key(state, layer, key), key, from_label="replaced build")
 
 
 def run_changes(state: State, built: dict[str, str]) -> dict[str, dict]:

@@ -485,11 +485,11 @@ def s3_answers(index: S3Index, spec: LayerSpec, key: str) -> dict[str, Answer]:
         if keys is not None:
             out[tag] = Answer(Presence.PRESENT, holds=key)
         else:
-            out[tag] = Answer(Presence.ABSENT, holds=_s3_held_key(index, spec, tag))
+            out[tag] = Answer(Presence.ABSENT, holds=s3_tag_key(index, spec, tag))
     return out
 
 
-def _s3_held_key(index: S3Index, spec: LayerSpec, tag: str) -> str | None:
+def s3_tag_key(index: S3Index, spec: LayerSpec, tag: str) -> str | None:
     """The layer key in the metadata of the rootfs object a tag's name points at, if any."""
     from .publish.artifacts import artifact_keys
     from .publish.s3 import META_KEY

@@ -74,6 +74,7 @@ def promote(
     run_id: str,
     force: bool = False,
     runner: Runner | None = None,
+    remote: Any = None,
 ) -> Promotion:
     """Move `tag` of every target of the layer to `key` (module docstring). Raises PromoteError."""
     if not TAG_RE.fullmatch(tag):
@@ -86,7 +87,8 @@ def promote(
             f"`imagegraph boot-test {layer}` or `imagegraph up` first, or pass --force"
         )
     runner = runner or Runner(layer)
-    out = Promotion(layer, key, tag, changes=tag_changes(state, layer, spec, tag, key))
+    # What the tag held: this state's record, else (with `remote`, diff.RemoteSource) the registry's.
+    out = Promotion(layer, key, tag, changes=tag_changes(state, layer, spec, tag, key, remote))
     if spec.publish_registry:
         out.targets.append(_registry(spec, key, tag))
     if spec.publish_local:

@@ -298,7 +298,7 @@ def status_table(report: Any) -> list[Any]:
     for r in report.runs:
         runs.add_row(r.run_id, r.command, _local_time(r.started), r.status)
     layers = Table(title="layers")
-    for c in ("layer", "status", "key", "built", "duration"):
+    for c in ("layer", "status", "key", "built", "duration", "packages"):
         layers.add_column(c)
     for s in report.layers:
         layers.add_row(
@@ -307,6 +307,7 @@ def status_table(report: Any) -> list[Any]:
             (s.key or "-")[:12],
             _local_time(s.built_at) if s.built_at else "never",
             f"{s.duration:.0f}s" if s.duration else "-",
+            str(s.packages) if s.packages is not None else ("unknown" if s.packages_unknown else "-"),
         )
     hints = [
         Text(
@@ -315,6 +316,11 @@ def status_table(report: Any) -> list[Any]:
         )
         for s in report.layers
         if s.detail
+    ]
+    hints += [
+        Text(f"{s.layer}: packages unknown: {redact(s.packages_unknown)}", style="dim")
+        for s in report.layers
+        if s.packages_unknown
     ]
     return [runs, layers, *hints]
 
@@ -411,8 +417,12 @@ _DIFF_MARKS = {
 
 def diff_lines(d: Any) -> list[Text]:
     """A `diff.LayerDiff`: the two builds, one line per changed package, the summary."""
-    old = f"{d.from_key[:12]} ({d.from_label})" if d.from_key else "nothing (first build)"
-    lines = [Text(f"{d.layer}: {old} -> {d.to_key[:12]} ({d.to_label or 'current'})", style="bold")]
+    old = (
+        f"{d.from_key[:12]} ({d.from_label})" if d.from_key else f"nothing ({d.from_label or 'first build'})"
+    )
+    to = d.to_label or "current"
+    new = d.to_key[:12] if to == "ig-" + d.to_key else f"{d.to_key[:12]} ({to})"  # a key tag says no more
+    lines = [Text(f"{d.layer}: {old} -> {new}", style="bold")]
     for c in d.changes:
         mark, style = _DIFF_MARKS[str(c.kind)]
         versions = f"{c.old} -> {c.new}" if c.old and c.new else (c.new or c.old)

@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import ImagegraphError
 from .key import key_tag
-from .packages import Inventory, Package, PackageFormat
+from .packages import Inventory, InventoryStatus, Package, PackageFormat
 from .state import State
 
 SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
@@ -180,3 +180,58 @@ def layer_sbom(state: State, layer: str, spec: Any, key: str, image_digest: str 
             f"imagegraph recorded inventories); rebuild it here with `imagegraph up --force {layer}`"
         )
     return make_sbom(subject_of(state, layer, spec, key, image_digest), Inventory.decompress(blob))
+
+
+def _license_text(entry: dict) -> str | None:
+    if "expression" in entry:
+        return str(entry["expression"])
+    lic = entry.get("license") or {}
+    return lic.get("id") or lic.get("name")
+
+
+def inventory_from_sbom(doc: dict, key: str | None = None) -> Inventory:
+    """The package inventory an SBOM made by `make_sbom` lists (how a host that did not build
+    a key learns its packages). SbomError when it is not one of ours, or describes another key.
+
+    Name, version, arch, epoch, license (as the SBOM states it: an SPDX id the
+    factory recognised comes back in its canonical case) and source package
+    come back; where in the image the database was (`dbpath`) does not.
+    """
+    from packageurl import PackageURL
+
+    if doc.get("bomFormat") != "CycloneDX" or not isinstance(doc.get("components", []), list):
+        raise SbomError("not a CycloneDX document")
+    image = (doc.get("metadata") or {}).get("component") or {}
+    props = {p.get("name"): p.get("value") for p in image.get("properties") or []}
+    if key is not None and props.get("imagegraph:key") != key:
+        raise SbomError(f"the SBOM describes key {str(props.get('imagegraph:key'))[:12]}, not {key[:12]}")
+    try:
+        fmt = PackageFormat(props.get("imagegraph:package-format"))
+    except ValueError:
+        raise SbomError("the SBOM names no package format (imagegraph:package-format)") from None
+    packages: list[Package] = []
+    os_id = os_version = ""
+    for c in doc.get("components", []):
+        try:
+            p = PackageURL.from_string(c["purl"])
+        except (KeyError, ValueError) as exc:
+            raise SbomError(f"component {c.get('name')!r}: no package URL ({exc})") from None
+        q = p.qualifiers if isinstance(p.qualifiers, dict) else {}
+        distro = q.get("distro", "")
+        if distro and p.namespace:
+            os_id = p.namespace
+            os_version = distro[len(p.namespace) + 1 :] if distro.startswith(p.namespace + "-") else ""
+        extra = {x.get("name"): x.get("value") for x in c.get("properties") or []}
+        licenses = [t for e in c.get("licenses") or [] if (t := _license_text(e))]
+        packages.append(
+            Package(
+                name=c["name"],
+                version=c["version"],
+                arch=q.get("arch", "noarch"),
+                license=licenses[0] if licenses else None,
+                source=extra.get("imagegraph:source-package"),
+                epoch=q.get("epoch"),
+            )
+        )
+    packages.sort(key=Package.sort_key)
+    return Inventory(InventoryStatus.KNOWN, fmt, packages, None, os_id=os_id, os_version=os_version)

@@ -616,6 +616,7 @@ class SlurmBuildService:
             finished=time.time(),  # job times (Slurm's own words) are in `job`
             log_path=job.log_file,
             steps=tuple((k, float(v)) for k, v in durations.items() if k != "total"),
+            inventory=_inventory(result.get("inventory")),
             job=job.to_json(),
         )
 
@@ -676,3 +677,13 @@ def last_jobs(runs: list[dict]) -> list[dict]:
         if jobs:
             return jobs
     return []
+
+
+def _inventory(doc: Any) -> Any:
+    """The package inventory a job read on its node (its result document's `inventory`), if any."""
+    from .packages import Inventory
+
+    try:
+        return Inventory.from_json(doc) if isinstance(doc, dict) else None
+    except (KeyError, TypeError, ValueError):
+        return None  # a result from an older imagegraph on the node: no inventory, said by the SBOM step

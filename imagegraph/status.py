@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from .diff import inventory_of
 from .plan import Action, Plan
 from .state import State
 
@@ -62,6 +63,8 @@ class LayerRow:
     detail: str = ""  # why stale, or the failure
     hint: str | None = None  # the command that says more
     image: str | None = None  # the recorded build's image (reference, else ID)
+    packages: int | None = None  # installed packages of the build (None: not built, or unknown)
+    packages_unknown: str = ""  # why the count is unknown
 
     def to_json(self) -> dict:
         return {
@@ -73,6 +76,8 @@ class LayerRow:
             "detail": self.detail,
             "hint": self.hint,
             "image": self.image,
+            "packages": self.packages,
+            "packages_unknown": self.packages_unknown or None,
         }
 
 
@@ -98,8 +103,13 @@ def _parsed(text: str | None) -> Any:
         return text
 
 
-def layer_status(plan: Plan, state: State, runs: int = 10) -> StatusReport:
-    """Each planned layer's status; a failed last build of the current key wins over stale."""
+def layer_status(plan: Plan, state: State, runs: int = 10, remote: Any = None) -> StatusReport:
+    """Each planned layer's status; a failed last build of the current key wins over stale.
+
+    Each row counts the packages of the layer's build (the current key when it is built, else
+    the last build here) from the state's inventory, else, with `remote` (diff.RemoteSource),
+    from the SBOM published with it; an inventory that cannot be had is unknown, with the reason.
+    """
     report = StatusReport()
     for r in state.runs(runs):
         report.runs.append(
@@ -133,11 +143,23 @@ def layer_status(plan: Plan, state: State, runs: int = 10) -> StatusReport:
             row = LayerRow(
                 lid, LayerStatus.UP_TO_DATE, lp.key, rec.built_at if rec else None, rec and rec.duration
             )
-        elif rec is None:
+        elif rec is None and lp.action == Action.BUILD:
             row = LayerRow(lid, LayerStatus.NEVER_BUILT, lp.key, None, None)
+        elif rec is None:  # built elsewhere (another host's state): something to publish here
+            row = LayerRow(lid, LayerStatus.STALE, lp.key, None, None, why)
         else:
             row = LayerRow(lid, LayerStatus.STALE, lp.key, rec.built_at, rec.duration, why)
         if rec is not None:
             row = dataclasses.replace(row, image=rec.image_ref or rec.image_id)
+        built = lp.key if lp.action not in (Action.BUILD, Action.BLOCKED) else (rec.key if rec else None)
+        if built is not None:
+            inv = inventory_of(state, built)
+            if inv is None and remote is not None:
+                inv = remote.inventory(lid, plan.graph.spec(lid), built)
+            if inv is not None and inv.known:
+                row = dataclasses.replace(row, packages=len(inv.packages))
+            else:
+                why = inv.reason if inv is not None else "no inventory recorded for this key"
+                row = dataclasses.replace(row, packages_unknown=why)
         report.layers.append(row)
     return report

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,6 +331,14 @@ options:
   pkg_manager: apt
   parent: localhost/ig-test/debian:bookworm
   gpgcheck: false
+  rootfs_only: true
+  publish_dir: '../out'
+  publish_s3: '{endpoint}'
+  s3_bucket: '{bucket}'
+  s3_prefix: 'chgdeb/'
+  s3_layout: versioned
+  publish_registry: '{registry}/igt'
+  registry_opts_push: ['--tls-verify=false']
 repos:
   - alias: igdeb
     url: '{repo}'
@@ -345,75 +352,83 @@ packages: {packages}
 class DebStory:
     root: Path
     state: Path
-    parent_key: str
+    tmp: Path
+    bucket: str
+    s3: object
+    registry: object
+    parent_id: str
     keys: list[str] = field(default_factory=list)
-    refs: list[str] = field(default_factory=list)
-    inventories: list = field(default_factory=list)
+    up: list[dict] = field(default_factory=list)
+    promote: list[subprocess.CompletedProcess] = field(default_factory=list)
 
     def run(self, *args: object) -> subprocess.CompletedProcess:
         return cli(args[0], self.root, *args[1:], "--state", self.state)
 
+    @property
+    def refs(self) -> list[str]:
+        return [f"localhost/imagegraph/igt-chg-deb:ig-{k}" for k in self.keys]
+
 
 @pytest.fixture(scope="module")
-def deb_story(debian_image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebStory]:
-    """A child of the session's one Debian minbase image, built twice by build_layer (the same call
-    `up` makes) and recorded as `up` records it; `diff` and `sbom` then run through the CLI."""
-    from imagegraph.build import BuildRequest, ParentImage, build_layer
-    from imagegraph.runner import Runner
-    from imagegraph.spec import load_spec
-    from imagegraph.state import State
+def deb_story(debian_image, s3_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DebStory]:
+    """A child of the session's one Debian minbase image (an external parent in local storage),
+    built twice by `imagegraph up` from an apt repository made here, published to a real
+    registry, moto's S3 and a directory, and promoted to `prod` after each build."""
     from tests.debrepo import make_deb_repo
-    from tests.fixtures_build import fake_key
 
-    parent_result, _, parent_key, _ = debian_image
+    parent_result = debian_image[0]
     tmp = tmp_path_factory.mktemp("changes-deb")
     repo = make_deb_repo(tmp / "debrepo")
     repo.add("ig-deb-a", "1.0~rc1")
     server = serve(repo.path)
+    (tmp / "registry").mkdir()
+    registries = _registry_server(tmp / "registry")
+    registry = next(registries)
     root = tmp / "layers"
     root.mkdir()
-    story = DebStory(root, tmp / "state" / "state.db", parent_key)
-    state = State(story.state)
-    parent = ParentImage(parent_result.image_id, "localhost/ig-test/debian:bookworm", parent_key)
+    bucket = s3_server.make_bucket("chgdeb")
+    story = DebStory(
+        root, tmp / "state" / "state.db", tmp, bucket, s3_server, registry, parent_result.image_id
+    )
     try:
         for i, packages in enumerate((["ig-deb-a"], ["ig-deb-a", "ig-deb-new"])):
             if i == 1:  # 1.0 is newer than 1.0~rc1 in dpkg's order (not in a string order)
                 repo.add("ig-deb-a", "1.0")
                 repo.add("ig-deb-new", "1:0.5-1")
             (root / "deb.yaml").write_text(
-                textwrap.dedent(DEB_SPEC).format(repo=server.url, packages=json.dumps(packages))
+                textwrap.dedent(DEB_SPEC).format(
+                    endpoint=s3_server.endpoint,
+                    bucket=bucket,
+                    registry=registry.host,
+                    repo=server.url,
+                    packages=json.dumps(packages),
+                )
             )
-            spec = load_spec(root / "deb.yaml")
-            key = fake_key(f"changes-deb-{i}")
-            t0 = time.time()
-            res = build_layer(BuildRequest(spec, key, parent, "chg"), Runner("deb", logfile=io.StringIO()))
-            state.record_build(
-                run_id=f"chg-{i}",
-                layer="deb",
-                key=key,
-                inputs={"parent": {"kind": "layer", "key": parent_key}},
-                image_id=res.image_id,
-                image_ref=res.image_ref,
-                spec_file=str(spec.path),
-                parent_key=parent_key,
-                started=t0,
-                finished=time.time(),
-            )
-            state.record_inventory("deb", key, res.inventory)
-            story.keys.append(key)
-            story.refs.append(res.image_ref)
-            story.inventories.append(res.inventory)
-        state.close()
+            r = story.run("up", "--json")
+            assert r.returncode == 0, r.stderr[-4000:]
+            story.up.append(json.loads(r.stdout))
+            story.keys.append(current_key(story))
+            story.promote.append(ok(story.run("promote", "deb", "prod")))
         yield story
     finally:
-        for ref in story.refs:
-            buildah("rmi", "-f", ref, check=False)
+        cleanup_images("igt-chg-deb")
         server.stop()
+        next(registries, None)
+
+
+def inventory(story, key: str):
+    from imagegraph.diff import inventory_of
+    from imagegraph.state import State
+
+    return inventory_of(State(story.state, readonly=True), key)
 
 
 def test_deb_diff_uses_dpkgs_order(deb_story: DebStory) -> None:
     s = deb_story
-    assert s.inventories[0].format == "deb" and len(s.inventories[0].packages) > 50  # minbase + ours
+    assert s.keys[0] != s.keys[1]
+    assert [r["layers"][0]["action"] for r in s.up] == ["build", "build"]
+    inv = inventory(s, s.keys[0])
+    assert inv.format == "deb" and len(inv.packages) > 50  # minbase + ours
     text = ok(s.run("diff", "deb")).stdout
     changed = [ln.strip() for ln in text.splitlines() if ln.strip()[:1] in "+-↑↓"]
     assert changed == [
@@ -429,15 +444,48 @@ def test_deb_diff_uses_dpkgs_order(deb_story: DebStory) -> None:
     ]
 
 
-def test_deb_sbom_validates(deb_story: DebStory) -> None:
-    text = ok(deb_story.run("sbom", "deb")).stdout
+def test_deb_promote_and_run_record_carry_the_change(deb_story: DebStory) -> None:
+    s = deb_story
+    first, second = (p.stdout for p in s.promote)
+    assert "+ added      ig-deb-a 1.0~rc1 (all)" in first  # prod pointed at nothing before
+    assert "↑ upgraded   ig-deb-a 1.0~rc1 -> 1.0 (all)" in second
+    assert "+ added      ig-deb-new 1:0.5-1 (all)" in second
+    assert "1 added, 0 removed, 1 upgraded, 0 downgraded" in second
+    run = json.loads((s.state.parent / "last-run.json").read_text())
+    assert run["package_changes"]["deb"]["brief"] == "ig-deb-a 1.0~rc1 → 1.0, +ig-deb-new 1:0.5-1"
+    status = json.loads(ok(s.run("status", "--json")).stdout)
+    assert status["changes"]["deb"]["brief"] == "ig-deb-a 1.0~rc1 → 1.0, +ig-deb-new 1:0.5-1"
+
+
+def test_deb_sbom_validates_and_is_published(deb_story: DebStory) -> None:
+    from imagegraph.publish.referrers import referring
+    from imagegraph.publish.registry_client import RegistryClient
+
+    s = deb_story
+    text = ok(s.run("sbom", "deb")).stdout
     validate_cyclonedx(text)
     doc = json.loads(text)
     comps = components(doc)
     assert comps["ig-deb-a"]["purl"] == "pkg:deb/debian/ig-deb-a@1.0?arch=all&distro=debian-12"
     assert comps["ig-deb-new"]["version"] == "1:0.5-1"
     assert comps["dpkg"]["purl"].startswith("pkg:deb/debian/dpkg@1.21")
-    assert props(doc["metadata"]["component"])["imagegraph:parent-key"] == deb_story.parent_key
+    image = props(doc["metadata"]["component"])
+    # an external parent, in local storage only: no layer key, and no registry digest in the key
+    assert "imagegraph:parent-key" not in image and "imagegraph:parent-digest" not in image
+    assert image["imagegraph:key"] == s.keys[1]
+    # beside the SquashFS in the directory and on S3, and on the registry image
+    local = s.tmp / "out" / "igt-chg-deb"
+    assert json.loads((local / "bookworm" / "sbom.cdx.json").read_text()) == doc
+    assert json.loads((local / "prod" / "sbom.cdx.json").read_text()) == doc
+    client = s.s3.client()
+    for tag in ("bookworm", "prod"):
+        obj = client.get_object(Bucket=s.bucket, Key=f"chgdeb/igt-chg-deb/{tag}/sbom.cdx.json")
+        assert obj["Metadata"]["imagegraph-key"] == s.keys[1] and json.loads(obj["Body"].read()) == doc
+    reg = RegistryClient()
+    repo = f"{s.registry.host}/igt/igt-chg-deb"
+    for key in s.keys:
+        digest = reg.manifest_digest(f"{repo}:ig-{key}")
+        assert [m["annotations"]["io.imagegraph.key"] for m in referring(reg, repo, digest)] == [key]
 
 
 def test_deb_image_holds_its_key_and_inventory_runs_nothing_inside(deb_story: DebStory, tmp_path) -> None:
@@ -446,9 +494,10 @@ def test_deb_image_holds_its_key_and_inventory_runs_nothing_inside(deb_story: De
     from tests.test_packages import booby_trap
 
     doc = json.loads(image_file(deb_story.refs[1], "/etc/imagegraph/layer.json"))
-    assert (doc["key"], doc["parent_key"], doc["spec"]) == (
+    assert (doc["key"], doc["parent_key"], doc["parent_digest"], doc["spec"]) == (
         deb_story.keys[1],
-        deb_story.parent_key,
+        None,
+        None,
         "deb.yaml",
     )
     assert doc["parent"] == "localhost/ig-test/debian:bookworm" and "tags" not in doc
@@ -460,7 +509,7 @@ def test_deb_image_holds_its_key_and_inventory_runs_nothing_inside(deb_story: De
         booby_trap(mnt, mark, "dpkg", "dpkg-query", "sh", "dash")
         inv = read_inventory(mnt, Runner("t", logfile=io.StringIO()))
         assert not mark.exists()
-        assert inv == deb_story.inventories[1]
+        assert inv == inventory(deb_story, deb_story.keys[1])
     finally:
         buildah("rm", ctr, check=False)
 
@@ -494,3 +543,121 @@ def test_a_key_without_an_inventory_gets_it_from_its_local_image(dnf_story: Stor
     assert {p.name: p.version for p in inv.packages}["ig-hello"] == "1.0-1"
     assert not ensure_inventory(state, "dnf", spec, "f" * 64, Runner("dnf", logfile=io.StringIO()))
     assert [c for c in containers() if c.startswith("imagegraph-publish-")] == []
+
+
+# ----------------------------------------------------------------- a second host
+
+# Last in the file: these add a tag (`canary`) to the dnf story, which the tests above do not look at.
+
+
+def fresh_state(path: Path) -> Path:
+    """The state of a host that never built the layer (it exists: `status` wants one)."""
+    from imagegraph.state import State
+
+    State(path).close()
+    return path
+
+
+def test_a_second_host_answers_from_the_published_sboms(dnf_story: Story, tmp_path: Path) -> None:
+    from imagegraph.diff import inventory_of
+    from imagegraph.publish.sbomfetch import RemoteBuilds
+    from imagegraph.spec import load_spec
+    from imagegraph.state import State
+
+    s = dnf_story
+    host2 = fresh_state(tmp_path / "host2" / "state.db")
+
+    def run2(*args: object) -> subprocess.CompletedProcess:
+        return cli(args[0], s.root, *args[1:], "--state", host2)
+
+    # FROM by key prefix (the registry's key tags), TO by human tag (the registry's image label)
+    doc = json.loads(ok(run2("diff", "dnf", s.keys[0][:10], "1", "--json")).stdout)
+    assert (doc["from"], doc["to"]) == (s.keys[0], s.keys[1])
+    assert doc["counts"] == {"added": 1, "removed": 0, "upgraded": 1, "downgraded": 0}
+    assert [(c["kind"], c["name"]) for c in doc["changes"]] == [("upgraded", "ig-hello"), ("added", "ig-new")]
+    # fetched once per key, kept in the state: asking again sends nothing anywhere
+    state = State(host2)
+    first = inventory_of(State(s.state, readonly=True), s.keys[1])
+    assert inventory_of(state, s.keys[1]).packages == first.packages
+    again = RemoteBuilds(state)
+    assert again.inventory("dnf", load_spec(s.root / "dnf.yaml"), s.keys[0]).known
+    assert again.client is None and again.s3 is None and again.fetched == {}
+    # status counts the current build's packages; sbom prints the published document
+    status = json.loads(ok(run2("status", "--json")).stdout)
+    assert status["layers"]["dnf"]["packages"] == len(first.packages)
+    assert status["layers"]["dnf"]["packages_unknown"] is None
+    assert ok(run2("sbom", "dnf")).stdout == ok(s.run("sbom", "dnf")).stdout
+    # someone moved `canary` to the old build on the registry only; this host's promote of the
+    # current build says what that changes, from what the registry's canary held
+    from imagegraph.publish.registry_client import RegistryClient
+
+    reg, repo = RegistryClient(), f"{s.registry.host}/igt/igt-chg-dnf"
+    reg.put_tag(repo, reg.manifest_digest(f"{repo}:ig-{s.keys[0]}"), "canary")
+    assert json.loads(ok(run2("diff", "dnf", "canary", "1", "--json")).stdout)["from"] == s.keys[0]
+    moved = ok(run2("promote", "dnf", "canary")).stdout
+    assert f"canary -> key {s.keys[1][:12]}" in moved
+    assert "↑ upgraded   ig-hello 1.0-1 -> 1.1-1 (noarch)" in moved
+    assert "+ added      ig-new 2.0-1 (noarch)" in moved
+    ev = State(host2, readonly=True).events("dnf", "promote")[0]
+    assert (ev["key"], ev["detail"]["changes"]["from"]) == (s.keys[1], s.keys[0])
+    assert reg.manifest_digest(f"{repo}:canary") == reg.manifest_digest(f"{repo}:ig-{s.keys[1]}")
+    # a tag on a multi-arch index (publish/manifest.py) holds the key of this host's member
+    import hashlib
+
+    from imagegraph.arch import host_arch
+    from imagegraph.publish.referrers import OCI_INDEX
+
+    other = "arm64" if host_arch().oci != "arm64" else "amd64"
+    members = []
+    for key, arch in ((s.keys[0], other), (s.keys[1], host_arch().oci)):
+        body, media_type = reg.manifest(f"{repo}:ig-{key}")
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        members.append(
+            {
+                "mediaType": media_type,
+                "digest": digest,
+                "size": len(body),
+                "platform": {"architecture": arch, "os": "linux"},
+            }
+        )
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": members}).encode()
+    reg.put_manifest(repo, "multi", index, OCI_INDEX)
+    spec = load_spec(s.root / "dnf.yaml")
+    assert RemoteBuilds().tag_key(spec, "multi").value == s.keys[1]
+
+
+def test_a_second_host_with_the_registry_unreachable_says_unknown(dnf_story: Story, tmp_path: Path) -> None:
+    import socket
+
+    s = dnf_story
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = tmp_path / "layers"
+    root.mkdir()
+    text = (s.root / "dnf.yaml").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith(("publish_dir", "publish_s3"))]
+    body = "\n".join(lines).replace(s.registry.host, f"127.0.0.1:{port}")
+    (root / "dnf.yaml").write_text(body + "\n")
+    host2 = fresh_state(tmp_path / "host2" / "state.db")
+
+    def run2(*args: object) -> subprocess.CompletedProcess:
+        return cli(args[0], root, *args[1:], "--state", host2)
+
+    assert json.loads(ok(run2("plan", "--json", "--offline")).stdout)["layers"][0]["key"] == s.keys[1]
+    r = run2("diff", "dnf", s.keys[0], s.keys[1], "--json")
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "unknown" and doc["changes"] == []
+    assert "unreachable" in doc["reason"] and doc["summary"].startswith("package changes unknown")
+    text = run2("diff", "dnf", s.keys[0], s.keys[1]).stdout
+    assert "0 added" not in text and "package changes unknown" in text
+    # a tag cannot be resolved: unknown (exit 1), not "no such tag" (exit 2)
+    bad = run2("diff", "dnf", "prod")
+    assert bad.returncode == 1 and "cannot tell which build 'prod' names" in bad.stderr
+    status = json.loads(run2("status", "--json").stdout)
+    assert status["layers"]["dnf"]["packages"] is None
+    assert "unreachable" in status["layers"]["dnf"]["packages_unknown"]
+    from imagegraph.state import State
+
+    assert State(host2, readonly=True).inventory_blob(s.keys[0]) is None  # nothing cached

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imagegraph.packages import Inventory, InventoryStatus, Package, PackageFormat
-from imagegraph.sbom import SbomError, SbomSubject, make_sbom, sbom_bytes
+from imagegraph.sbom import SbomError, SbomSubject, inventory_from_sbom, make_sbom, sbom_bytes
 
 GOLDEN = Path(__file__).parent / "golden_sbom"
 
@@ -107,3 +108,39 @@ def test_any_inventory_gives_a_valid_document(
     doc = make_sbom(SUBJECT, inv)
     validate(doc)
     assert {c["name"] for c in doc.get("components", [])} == {p.name for p in packages}
+
+
+@st.composite
+def _inventories(draw: st.DrawFn) -> Inventory:
+    fmt = draw(st.sampled_from(list(PackageFormat)))
+    packages = []
+    for p in draw(st.lists(_package, max_size=12)):
+        epoch = draw(st.none() | st.sampled_from(["1", "2"])) if fmt == PackageFormat.RPM else None
+        packages.append(dataclasses.replace(p, version=f"{epoch}:{p.version}", epoch=epoch) if epoch else p)
+    os_id = draw(st.sampled_from(["", "rocky", "debian", "opensuse-leap"]))
+    return Inventory(
+        InventoryStatus.KNOWN, fmt, packages, os_id=os_id, os_version=draw(_word) if os_id else ""
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(_inventories())
+def test_an_sbom_gives_back_its_inventory(inv: Inventory) -> None:
+    """What a host that never built the key reads (publish/sbomfetch.py): every package as it was."""
+    back = inventory_from_sbom(json.loads(sbom_bytes(make_sbom(SUBJECT, inv))), SUBJECT.key)
+    unique = {}
+    for p in inv.packages:  # one component per package URL
+        unique.setdefault((p.name, p.version, p.arch), dataclasses.replace(p, license=p.license or None))
+    assert back.packages == sorted(unique.values(), key=Package.sort_key)
+    assert (back.status, back.format) == (InventoryStatus.KNOWN, inv.format)
+    if inv.packages and inv.os_id:
+        assert (back.os_id, back.os_version) == (inv.os_id, inv.os_version)
+
+
+def test_an_sbom_of_another_key_or_format_is_refused() -> None:
+    doc = make_sbom(SUBJECT, INVENTORIES["deb"])
+    assert inventory_from_sbom(doc, SUBJECT.key).packages == INVENTORIES["deb"].packages
+    with pytest.raises(SbomError, match="describes key cccccccccccc, not 000000000000"):
+        inventory_from_sbom(doc, "0" * 64)
+    with pytest.raises(SbomError, match="not a CycloneDX document"):
+        inventory_from_sbom({"spdxVersion": "SPDX-2.3"})

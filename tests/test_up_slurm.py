@@ -190,6 +190,18 @@ def test_failing_branch_then_fix_then_noop(site) -> None:
         tags = client.tags(f"{registry.host}/igs/{P}-{name}") or set()
         assert "1" in tags and any(t.startswith(KEY_TAG_PREFIX) for t in tags), (name, tags)
     assert not client.tags(f"{registry.host}/igs/{P}-bad")
+    # Each job read its image's package inventory on the node; the submit host recorded it and
+    # attached the SBOM to the pushed image.
+    from imagegraph.diff import inventory_of
+    from imagegraph.publish.referrers import referring
+    from imagegraph.state import State
+
+    state = State(root / ".imagegraph" / "state.db", readonly=True)
+    leaf = state.layer("leaf")
+    assert "ig-busybox" in {p.name for p in inventory_of(state, leaf.key).packages}
+    leaf_repo = f"{registry.host}/igs/{P}-leaf"
+    found = referring(client, leaf_repo, client.manifest_digest(f"{leaf_repo}:{KEY_TAG_PREFIX}{leaf.key}"))
+    assert [m["annotations"]["io.imagegraph.key"] for m in found] == [leaf.key]
     # The children were built on their parent pulled by its key tag.
     log = Path(by_layer["leaf"]["log_file"]).read_text()
     assert f"pulling parent {registry.host}/igs/{P}-good:{KEY_TAG_PREFIX}" in log

@@ -511,6 +511,23 @@ class RegistryClient:
         except ValueError:
             return None
 
+    def blob(self, repository_ref: str, digest: str, max_size: int = 64 << 20) -> bytes | None:
+        """A blob's bytes, checked against `digest`; None when it does not exist (RegistryError
+        when unreachable, too large, or the bytes do not match)."""
+        ref = parse_reference(repository_ref)
+        try:
+            resp = self.retry.call(lambda: self._request("GET", ref, f"/blobs/{digest}", "pull"))
+        except TransientError as exc:
+            raise RegistryError(ref.name, f"gave up reading blob {digest}: {exc}", transient=True) from exc
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise self._http_error(f"{ref.name}@{digest}", resp, "reading a blob")
+        data = resp.content
+        if len(data) > max_size or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise RegistryError(f"{ref.name}@{digest}", "the blob's bytes do not match its digest")
+        return data
+
     # -- internals
 
     def _is_down(self, registry: str, key: str) -> bool:
