@@ -43,7 +43,7 @@ from .buildservice import BuildService, LocalBuildService
 from .errors import BuildError, ImagegraphError, NotBuiltError
 from .key import key_tag
 from .log import bind_run, get_logger
-from .plan import Action, LayerPlan, Plan, local_key_ref
+from .plan import Action, LayerPlan, Plan, local_key_ref, local_tag_suffix
 from .publish.artifacts import MadeArtifacts, make_artifacts, mounted_image, upload_artifacts
 from .redact import redact, redact_obj
 from .reporting import LogReporter, Reporter, Reporters, RunRecord, task_durations
@@ -53,6 +53,11 @@ from .spec import LayerSpec
 from .state import State, default_run_id
 from .statelock import StateLock
 from .tasks import Task, TaskKind, task_id
+
+
+def _platform(lp: LayerPlan) -> tuple[str, ...]:
+    """`buildah pull` options choosing a multi-arch node's platform from a manifest list."""
+    return ("--arch", lp.arch.oci, "--os", "linux") if lp.multiarch and lp.arch else ()
 
 
 class LocalExecutor:
@@ -116,15 +121,16 @@ class LocalExecutor:
         with self._lock:
             lock = self._pull_locks.setdefault(ref, threading.Lock())
         with lock:
-            if ref not in self._pulled:
+            once = f"{ref} {' '.join(opts)}"  # one per platform too (`--arch`)
+            if once not in self._pulled:
                 runner.note("pull", f"pulling {ref}")
-                self._pulled[ref] = pull_image(ref, opts, runner)
-            return self._pulled[ref]
+                self._pulled[once] = pull_image(ref, opts, runner)
+            return self._pulled[once]
 
     def _key_image(self, lid: str, runner: Runner) -> str:
         """The image for a layer's planned key: local when known, else its key tag from the registry."""
         lp = self.plan.layers[lid]
-        spec = self.plan.graph.spec(lid)
+        spec = self.plan.spec(lid)
         if lp.image_id and local_image_id(lp.image_id, runner):
             return lp.image_id
         local = local_image_id(local_key_ref(spec, lp.key), runner)
@@ -133,18 +139,20 @@ class LocalExecutor:
         if spec.publish_registry:
             ref = f"{spec.publish_registry}/{spec.name}:{key_tag(lp.key)}"
             opts = tuple(o for o in spec.registry_opts_push if o.startswith("--tls-verify"))
-            return self._pull_once(ref, opts, runner)
+            return self._pull_once(ref, (*opts, *_platform(lp)), runner)
         raise BuildError(lid, "parent", f"no image for key {lp.key[:12]} locally or in a registry")
 
     def _parent(self, lp: LayerPlan, needs: dict[str, TaskResult], runner: Runner) -> ParentImage | None:
-        spec = self.plan.graph.spec(lp.layer)
-        link = self.plan.graph.parents[lp.layer]
+        spec = self.plan.spec(lp.layer)
+        link = self.plan.graph.parents[lp.spec_id]
         if link.kind == "scratch":
             return None
-        if link.kind == "layer":
-            pres = needs.get(task_id(link.layer, TaskKind.BUILD))
-            image = pres.image_id if pres and pres.image_id else self._key_image(link.layer, runner)
-            return ParentImage(image=image, ref=spec.parent, key=self.plan.layers[link.layer].key)
+        if link.kind == "layer" and lp.parent_layer:
+            # The parent's node of the same architecture (plan.py: `parent_layer` is its node id).
+            pnode = lp.parent_layer
+            pres = needs.get(task_id(pnode, TaskKind.BUILD))
+            image = pres.image_id if pres and pres.image_id else self._key_image(pnode, runner)
+            return ParentImage(image=image, ref=spec.parent, key=self.plan.layers[pnode].key)
         ref = spec.parent
         digest = self.plan.keys[lp.layer].parent.digest if lp.layer in self.plan.keys else None
         if digest:
@@ -153,7 +161,7 @@ class LocalExecutor:
             # Exactly the manifest the key was computed from (the lock file's, or the registry's at
             # plan time), not whatever the tag points at now.
             ref = str(parse_reference(spec.parent).with_digest(digest))
-        image = self._pull_once(ref, spec.registry_opts_pull, runner)
+        image = self._pull_once(ref, (*spec.registry_opts_pull, *_platform(lp)), runner)
         return ParentImage(image=image, ref=spec.parent, key=None, digest=digest)
 
     # ------------------------------------------------------------------ tasks
@@ -173,7 +181,7 @@ class LocalExecutor:
 
     def run_task(self, task: Task, needs: dict[str, TaskResult]) -> TaskResult:
         lp = self.plan.layers[task.layer]
-        spec = self.plan.graph.spec(task.layer)
+        spec = self.plan.spec(task.layer)
         step = {
             TaskKind.BUILD: self._build,
             TaskKind.PUSH: self._push,
@@ -182,6 +190,7 @@ class LocalExecutor:
             TaskKind.SQUASHFS: self._make_artifacts,
             TaskKind.BOOT_TEST: self._boot_test_task,
             TaskKind.PUBLISH_ARTIFACTS: self._upload_artifacts,
+            TaskKind.INDEX: self._index,
         }[task.kind]
         with self._layer_log(task.layer) as (logf, log_path):
             runner = Runner(task.layer, logf)
@@ -306,6 +315,11 @@ class LocalExecutor:
         image = self._built_now(lp, needs)
         if task.gated:  # the key tag only, for now: human tags wait for the boot (`tag-registry`)
             self._push_key_tag(lp, spec, image, lambda: self._image(lp, needs, runner), runner)
+            if len(lp.arches) > 1:  # one arch of an index: its key tag is all this node publishes
+                from .publish.registry import target_repository
+
+                kt = f"{target_repository(spec).name}:{key_tag(lp.key)}"
+                self._record_publication(lp, "registry", [kt])
             return TaskResult(
                 task.id, task.layer, task.kind, published=self._publish_sbom(lp, spec, runner, ["registry"])
             )
@@ -322,11 +336,33 @@ class LocalExecutor:
     def _tag_local(
         self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
     ) -> TaskResult:
-        refs = [f"localhost/{spec.name}:{t}" for t in spec.publish_tags]
+        suffix = local_tag_suffix(lp.arch) if lp.multiarch and lp.arch else ""
+        refs = [f"localhost/{spec.name}:{t}{suffix}" for t in spec.publish_tags]
         if lp.action != Action.BUILD:  # a build already tagged them at commit
             runner.run(["buildah", "tag", self._image(lp, needs, runner), *refs], step="publish-local")
         self._record_publication(lp, "local", refs)
         return TaskResult(task.id, task.layer, task.kind, published=[{"target": "local", "locations": refs}])
+
+    def _index(
+        self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
+    ) -> TaskResult:
+        """Every arch's key tag in one OCI index, the human tags on it (publish/manifest.py)."""
+        from .publish.manifest import publish_index
+        from .publish.registry import target_repository
+
+        client = self.registry()
+        client.configure_for(spec)
+        repo = target_repository(spec).name
+        members = {
+            m.arch: (m.key, f"{repo}:{key_tag(m.key)}") for m in self.plan.nodes_of(lp.spec_id) if m.arch
+        }
+        opts = [o for o in spec.registry_opts_push if o.startswith(("--tls-verify", "--authfile", "--creds"))]
+        pub = publish_index(repo, members, spec.publish_tags, runner, opts=opts, client=client)
+        locations = [f"{repo}:{t}" for t in pub.tags]
+        detail = {"index": True, "platforms": pub.platforms}
+        self._record_publication(lp, "registry", locations, digest=pub.digest, detail=detail)
+        published = {"target": "registry", "locations": locations, "digest": pub.digest, **detail}
+        return TaskResult(task.id, task.layer, task.kind, published=[published])
 
     def _publish_sbom(self, lp: LayerPlan, spec: LayerSpec, runner: Runner, wanted: list[str]) -> list[dict]:
         """The key's SBOM beside what a task just published (publish/sbomfiles.py).

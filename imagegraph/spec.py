@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .arch import Arch, normalize_arch
 from .errors import Diagnostic, SpecError
 
 if TYPE_CHECKING:
@@ -144,6 +145,8 @@ class LayerSpec:
     boot_params: str | None = None
     boot_test: BootTestOptions = BootTestOptions()
     key_paths: tuple[KeyPath, ...] = ()
+    arches: tuple[Arch, ...] = ()  # options.arches as written (normalised); () = the host's
+    variant: str | None = None  # apt from scratch: mmdebstrap's --variant (default minbase)
     # where things are in the file, for later diagnostics (e.g. parent resolution)
     lines: dict[str, int] = field(default_factory=dict, compare=False)
     warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)
@@ -876,6 +879,29 @@ def _build(
         line, col = pos(*where)
         key_paths.append(KeyPath(path=written, source=_resolve(base, written), line=line, column=col))
 
+    arches: list[Arch] = []
+    for i, written in enumerate(_as_tuple(opts.get("arches"))):
+        where = (
+            ["options", "arches", i] if isinstance(opts_node.get("arches"), list) else ["options", "arches"]
+        )
+        if "arches" not in opts_node:
+            where = ["options"]  # from imagegraph.yaml's defaults
+        try:
+            a = normalize_arch(str(written))
+        except ValueError as exc:
+            error(
+                where,
+                f"options.arches: {exc}",
+                hint="write the name as the distribution does: x86_64, aarch64, ppc64le",
+            )
+            continue
+        if a in arches:
+            error(
+                where, f"options.arches: {a} is listed twice" + (f" (as {written!r})" if written != a else "")
+            )
+            continue
+        arches.append(a)
+
     if any(d.severity == "error" for d in diags):
         return None, diags
     spec = LayerSpec(
@@ -917,6 +943,8 @@ def _build(
         boot_params=opts.get("boot_params"),
         boot_test=BootTestOptions(**(opts.get("boot_test") or {})),
         key_paths=tuple(key_paths),
+        arches=tuple(arches),
+        variant=opts.get("variant"),
         lines=lines,
         warnings=tuple(d for d in diags if d.severity == "warning"),
     )
