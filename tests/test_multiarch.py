@@ -1,0 +1,358 @@
+"""Multi-arch layers: `options.arches`, one plan node per (layer, arch), per-arch builds, one index per tag.
+
+The plan tests need no tools. The real ones build a two-arch Debian layer from
+the Debian archive (mmdebstrap `--variant=extract`, busybox-static and dash:
+seconds per arch, the arm64 one through binfmt_misc) and a child on it, push
+both arches to a real registry and check the index there (skopeo inspect --raw).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from imagegraph.arch import Arch, Emulation, emulation, host_arch
+from imagegraph.errors import SpecError
+from imagegraph.graph import build_graph
+from imagegraph.key import compute_keys, key_tag
+from imagegraph.plan import Action, StaticInventory, make_plan, node_id
+from imagegraph.project import load_project
+from imagegraph.render import plan_tree
+from imagegraph.state import State
+from tests.fixtures_build import buildah, have_buildah
+from tests.needs import missing, requires
+
+HOST = host_arch()
+OTHER = Arch.AARCH64 if HOST != Arch.AARCH64 else Arch.X86_64
+
+
+def write(root: Path, name: str, text: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    p = root / name
+    p.write_text(textwrap.dedent(text).lstrip())
+    return p
+
+
+def site(tmp_path: Path, base_arches: str = "[x86_64, arm64]", child_arches: str | None = None) -> Path:
+    root = tmp_path / "layers"
+    write(
+        root,
+        "base.yaml",
+        f"""
+        options:
+          layer_type: base
+          name: ma-base
+          pkg_manager: apt
+          parent: scratch
+          arches: {base_arches}
+          publish_local: true
+        packages: [busybox-static]
+        """,
+    )
+    write(
+        root,
+        "child.yaml",
+        f"""
+        options:
+          layer_type: base
+          name: ma-child
+          pkg_manager: apt
+          parent: localhost/ma-base:latest
+          publish_local: true
+          {"arches: " + child_arches if child_arches else ""}
+        cmds: ['true']
+        """,
+    )
+    return root
+
+
+def plan_of(root: Path, tmp_path: Path, **kw):
+    lg = build_graph(load_project(root))
+    kw.setdefault("emulation_of", lambda a: Emulation(a, native=a == HOST, usable=True))
+    return make_plan(lg, State(tmp_path / "state.db"), StaticInventory(), **kw)
+
+
+# ------------------------------------------------------------------------------ spec
+
+
+def test_arches_are_normalised_and_come_from_defaults_too(tmp_path: Path) -> None:
+    root = site(tmp_path)
+    lg = build_graph(load_project(root))
+    assert lg.arches("base") == (Arch.X86_64, Arch.AARCH64)  # arm64 written, aarch64 meant
+    assert lg.arches("child") == (HOST,)
+    (root / "imagegraph.yaml").write_text("defaults:\n  arches: [aarch64, x86_64]\n")
+    lg = build_graph(load_project(root))
+    assert lg.arches("child") == (Arch.AARCH64, Arch.X86_64)
+
+
+@pytest.mark.parametrize(
+    ("arches", "message"),
+    [
+        ("[x86_64, sparc]", "unknown architecture 'sparc'"),
+        ("[x86_64, amd64]", "x86_64 is listed twice (as 'amd64')"),
+        ("[]", "must not be empty"),
+    ],
+)
+def test_bad_arches_name_file_and_line(tmp_path: Path, arches: str, message: str) -> None:
+    root = site(tmp_path, base_arches=arches)
+    with pytest.raises(SpecError) as exc:
+        load_project(root)
+    d = exc.value.diagnostics[0]
+    assert d.file.endswith("base.yaml") and d.line == 6 and message in d.message
+
+
+def test_child_asking_an_arch_its_parent_lacks_names_both_files(tmp_path: Path) -> None:
+    root = site(tmp_path, base_arches="[x86_64]", child_arches="[x86_64, aarch64]")
+    with pytest.raises(SpecError) as exc:
+        build_graph(load_project(root))
+    d = exc.value.diagnostics[0]
+    assert d.file.endswith("child.yaml") and d.line == 7
+    assert "builds aarch64 but its parent base" in d.message and "base.yaml" in d.message
+
+
+def test_cli_spec_error_exits_2(tmp_path: Path) -> None:
+    root = site(tmp_path, base_arches="[x86_64]", child_arches="[aarch64]")
+    r = subprocess.run(
+        [sys.executable, "-m", "imagegraph.cli", "plan", str(root), "--state", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "child.yaml:7:3: error: builds aarch64" in r.stderr
+
+
+# ------------------------------------------------------------------------------ plan
+
+
+def test_one_node_per_arch_each_with_its_key(tmp_path: Path) -> None:
+    plan = plan_of(site(tmp_path, child_arches="[x86_64, aarch64]"), tmp_path)
+    assert list(plan.layers) == ["base", "base@aarch64", "child", "child@aarch64"]
+    keys = {nid: lp.key for nid, lp in plan.layers.items()}
+    assert len(set(keys.values())) == 4
+    arm = plan.layers["child@aarch64"]
+    assert arm.spec_id == "child" and arm.arch == Arch.AARCH64 and arm.parent_layer == "base@aarch64"
+    assert arm.inputs["arch"] == "aarch64" and arm.inputs["parent"]["key"] == keys["base@aarch64"]
+    assert [t.id for t in arm.tasks] == ["child@aarch64:build", "child@aarch64:tag-local"]
+    assert arm.tasks[0].after == ("base@aarch64:build",)
+    doc = arm.to_json()
+    assert doc["layer"] == "child" and doc["arch"] == "aarch64" and doc["arches"] == ["x86_64", "aarch64"]
+
+
+def test_host_arch_keys_ids_and_json_are_unchanged(tmp_path: Path) -> None:
+    """Adding a foreign arch leaves the host's node (id, key, document) exactly as it was."""
+    one = plan_of(site(tmp_path, base_arches=f"[{HOST}]"), tmp_path)
+    lg = build_graph(load_project(tmp_path / "layers"))
+    assert one.layers["base"].key == compute_keys(lg, ["base"])["base"].key  # the key without arches
+    (tmp_path / "layers" / "base.yaml").write_text(
+        (tmp_path / "layers" / "base.yaml").read_text().replace(f"[{HOST}]", f"[{HOST}, {OTHER}]")
+    )
+    two = plan_of(tmp_path / "layers", tmp_path)
+    assert two.layers["base"].key == one.layers["base"].key
+    assert "arch" not in two.layers["child"].to_json()  # a host-only layer's document as before
+    assert two.layers["child"].to_json() == one.layers["child"].to_json()
+
+
+def test_arch_option_narrows_the_plan(tmp_path: Path) -> None:
+    root = site(tmp_path, child_arches="[x86_64, aarch64]")
+    plan = plan_of(root, tmp_path, arches=[Arch.AARCH64])
+    assert list(plan.layers) == [node_id("base", Arch.AARCH64), node_id("child", Arch.AARCH64)]
+
+
+def test_tree_shows_arches_compactly(tmp_path: Path) -> None:
+    plan = plan_of(site(tmp_path, child_arches="[x86_64, aarch64]"), tmp_path)
+    text = "\n".join(t.plain for t in plan_tree(plan))
+    assert "base  build  [x86_64, aarch64]  (from scratch)" in text
+    assert "child  build  [x86_64, aarch64]" in text
+    assert text.count("parent base rebuilds") == 1
+
+
+def test_no_binfmt_handler_blocks_the_foreign_arch_and_says_how_to_fix(tmp_path: Path) -> None:
+    def none_here(a: Arch) -> Emulation:
+        return emulation(a, tmp_path / "no-binfmt", host=HOST)
+
+    plan = plan_of(site(tmp_path, child_arches=f"[{HOST}, {OTHER}]"), tmp_path, emulation_of=none_here)
+    arm = plan.layers[f"base@{OTHER}"]
+    assert arm.action == Action.BLOCKED and arm.tasks == []
+    assert "binfmt_misc is not mounted" in arm.reasons[0].message
+    assert "update-binfmts --enable qemu-" in arm.reasons[0].message
+    assert plan.layers[f"child@{OTHER}"].action == Action.BLOCKED
+    assert plan.layers["base"].action == Action.BUILD  # the host's arch builds regardless
+
+
+def test_index_task_waits_for_every_arch_push(tmp_path: Path) -> None:
+    root = site(tmp_path)
+    base = root / "base.yaml"
+    base.write_text(base.read_text().replace("publish_local: true", "publish_registry: reg.example/x"))
+    plan = plan_of(root, tmp_path)
+    first = plan.layers["base"]
+    index = [t for t in first.tasks if t.kind == "index"]
+    assert index and set(index[0].after) == {"base:push", "base@aarch64:push"}
+    assert all(t.gated for lp in plan.nodes_of("base") for t in lp.tasks if t.kind == "push")
+    assert not any(t.kind == "tag-registry" for lp in plan.nodes_of("base") for t in lp.tasks)
+    narrowed = plan_of(root, tmp_path, arches=[Arch.AARCH64])
+    assert not any(t.kind == "index" for lp in narrowed.layers.values() for t in lp.tasks)
+    assert "index not written: --arch leaves out x86_64" in narrowed.layers["base@aarch64"].notes[-1].message
+
+
+# ------------------------------------------------------------------------------ real
+
+
+def _debian_reachable() -> bool:
+    try:
+        urllib.request.urlopen("http://deb.debian.org/debian/dists/bookworm/Release", timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BUILDAH_ISOLATION": "chroot", "IMAGEGRAPH_RETRY_ATTEMPTS": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "imagegraph.cli", *args], capture_output=True, text=True, env=env, timeout=900
+    )
+
+
+def up(root: Path, state: Path, *args: str) -> tuple[int, dict, str]:
+    r = cli("up", str(root), "--state", str(state), "--json", *args)
+    doc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+    return r.returncode, doc, r.stderr
+
+
+def raw_index(ref: str) -> dict:
+    out = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def platforms(doc: dict) -> set[str]:
+    return {f"{m['platform']['os']}/{m['platform']['architecture']}" for m in doc.get("manifests", [])}
+
+
+def elf_machine(path: Path) -> int:
+    with path.open("rb") as f:
+        head = f.read(20)
+    assert head[:4] == b"\x7fELF"
+    return int.from_bytes(head[18:20], "little")
+
+
+@pytest.fixture
+def real_site(tmp_path: Path, registry):
+    if not _debian_reachable():
+        missing("deb.debian.org is not reachable")
+    if not emulation(Arch.AARCH64).usable and HOST != Arch.AARCH64:
+        missing(f"no aarch64 emulation: {emulation(Arch.AARCH64).fix}")
+    if shutil.which("mmdebstrap") is None or shutil.which("skopeo") is None:
+        missing("mmdebstrap and skopeo are needed")
+    root = tmp_path / "layers"
+    reg = (
+        f"  publish_registry: '{registry.host}/igma'\n"
+        "  registry_opts_push: ['--tls-verify=false']\n  registry_opts_pull: ['--tls-verify=false']\n"
+    )
+    write(
+        root,
+        "base.yaml",
+        "options:\n  layer_type: base\n  name: ma-base\n  publish_tags: ['1']\n  pkg_manager: apt\n"
+        "  parent: scratch\n  variant: extract\n  arches: [x86_64, aarch64]\n"
+        + reg
+        + "packages: [busybox-static, dash]\n",
+    )
+    write(
+        root,
+        "child.yaml",
+        "options:\n  layer_type: base\n  name: ma-child\n  publish_tags: ['1', 'latest']\n"
+        f"  pkg_manager: apt\n  parent: '{registry.host}/igma/ma-base:1'\n  arches: [x86_64, aarch64]\n"
+        + reg
+        + "cmds:\n  - 'busybox uname -m > /etc/built-on'\n",
+    )
+    yield root, registry
+    for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
+        if "/ma-base:" in ref or "/ma-child:" in ref:
+            buildah("rmi", "-f", ref, check=False)
+
+
+def _image_file(ref: str, path: str) -> Path:
+    ctr = buildah("from", "--pull=never", ref).stdout.strip()
+    mnt = Path(buildah("mount", ctr).stdout.strip())
+    try:
+        dest = Path(os.environ.get("TMPDIR", "/tmp")) / f"ig-ma-{os.getpid()}-{Path(path).name}"
+        shutil.copyfile(mnt / path.lstrip("/"), dest)
+        return dest
+    finally:
+        buildah("rm", ctr, check=False)
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_two_arch_layer_and_child_publish_one_index_per_tag(real_site, tmp_path: Path) -> None:
+    root, registry = real_site
+    state = tmp_path / "state"
+
+    # --arch narrows the run: only aarch64 builds, and no index is written yet.
+    rc, doc, err = up(root, state, "--arch", "aarch64")
+    assert rc == 0, err
+    assert {x["name"] for x in doc["layers"]} == {"base@aarch64", "child@aarch64"}
+    tags = set(registry_tags(registry.host, "igma/ma-child"))
+    assert "1" not in tags and any(t.startswith("ig-") for t in tags)
+
+    rc, doc, err = up(root, state)
+    assert rc == 0, err
+    names = {x["name"]: x for x in doc["layers"]}
+    assert names["base"]["action"] == "build" and names["base@aarch64"]["action"] == "up-to-date"
+    for tag in ("1", "latest"):
+        index = raw_index(f"{registry.host}/igma/ma-child:{tag}")
+        assert platforms(index) == {"linux/amd64", "linux/arm64"}
+
+    plan = json.loads(cli("plan", str(root), "--state", str(state), "--json").stdout)
+    assert {lp["name"]: lp["action"] for lp in plan["layers"]} == dict.fromkeys(
+        ["base", "base@aarch64", "child", "child@aarch64"], "up-to-date"
+    )
+    arm = next(lp for lp in plan["layers"] if lp["name"] == "child@aarch64")
+    ref = f"localhost/imagegraph/ma-child:{key_tag(arm['key'])}"
+    # the arm64 image's binaries are aarch64 (ELF machine 183), and it ran there under emulation
+    busybox = _image_file(ref, "/bin/busybox")
+    built_on = _image_file(ref, "/etc/built-on")
+    try:
+        assert elf_machine(busybox) == 183
+        assert built_on.read_text().strip() == "aarch64"
+    finally:
+        busybox.unlink()
+        built_on.unlink()
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_one_arch_failing_leaves_the_human_tags_list_unchanged(real_site, tmp_path: Path) -> None:
+    root, registry = real_site
+    state = tmp_path / "state"
+    rc, _doc, err = up(root, state)
+    assert rc == 0, err
+    before = raw_index(f"{registry.host}/igma/ma-child:1")
+    child = root / "child.yaml"
+    child.write_text(
+        child.read_text().replace("cmds:\n", "cmds:\n  - '[ \"$(busybox uname -m)\" != aarch64 ]'\n")
+    )
+    rc, doc, _err = up(root, state)
+    assert rc == 1
+    status = {x["name"]: x["status"] for x in doc["layers"]}
+    assert status["child@aarch64"] == "failed" and status["child"] != "ok"
+    assert raw_index(f"{registry.host}/igma/ma-child:1") == before  # the tag did not move
+    plan = json.loads(cli("plan", str(root), "--state", str(state), "--json").stdout)
+    actions = {lp["name"]: lp["action"] for lp in plan["layers"]}
+    # the x86_64 key tag was pushed and is reused; only aarch64 still builds
+    assert actions["child@aarch64"] == "build" and actions["child"] == "publish"
+
+
+def registry_tags(host: str, repo: str) -> list[str]:
+    with urllib.request.urlopen(f"http://{host}/v2/{repo}/tags/list", timeout=5) as resp:
+        return json.load(resp).get("tags") or []
