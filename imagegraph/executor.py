@@ -43,7 +43,7 @@ from .buildservice import BuildService, LocalBuildService
 from .errors import BuildError, ImagegraphError, NotBuiltError
 from .key import key_tag
 from .log import bind_run, get_logger
-from .plan import Action, LayerPlan, Plan, local_key_ref, local_tag_suffix
+from .plan import Action, LayerPlan, Plan, artifact_spec, local_key_ref, local_tag_suffix
 from .publish.artifacts import MadeArtifacts, make_artifacts, mounted_image, upload_artifacts
 from .redact import redact, redact_obj
 from .reporting import LogReporter, Reporter, Reporters, RunRecord, task_durations
@@ -182,6 +182,10 @@ class LocalExecutor:
     def run_task(self, task: Task, needs: dict[str, TaskResult]) -> TaskResult:
         lp = self.plan.layers[task.layer]
         spec = self.plan.spec(task.layer)
+        if task.kind in (TaskKind.SQUASHFS, TaskKind.BOOT_TEST, TaskKind.PUBLISH_ARTIFACTS):
+            spec = artifact_spec(
+                spec, lp.arch, lp.arches
+            )  # a multi-arch node's artifacts: per arch (`<tag>/<arch>`)
         step = {
             TaskKind.BUILD: self._build,
             TaskKind.PUSH: self._push,

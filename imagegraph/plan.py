@@ -26,6 +26,7 @@ it holds (`_TargetCheck`); the state's records decide only with `--offline`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -442,6 +443,7 @@ def make_plan(
         else:
             check = _TargetCheck(spec, lk, nid, state, inventory, offline, image_id, digests.get(nid, {}))
             check.member, check.arch_suffix = member, local_tag_suffix(arch, host)
+            check.artifact_spec = artifact_spec(spec, arch, layer_arches)
             pub_reasons, publish, pub_unknown = check.run(published.get(nid, {}), tags)
             if pub_unknown:
                 reasons, publish, action = pub_unknown, [], Action.UNKNOWN
@@ -459,7 +461,8 @@ def make_plan(
                 nid,
                 build=action == Action.BUILD,
                 publish=publish,
-                boot_test=bool(publish) and boot_test_due(spec, lk.key, state, nid),
+                # The boot test runs the host's QEMU: a foreign arch's node is not gated (yet).
+                boot_test=bool(publish) and arch == host and boot_test_due(spec, lk.key, state, nid),
                 parent_build=task_id(parent_node, TaskKind.BUILD) if parent_builds and parent_node else None,
                 member=member,
             )
@@ -495,6 +498,21 @@ def make_plan(
 def node_id(layer: str, arch: Arch, host: Arch | None = None) -> str:
     """A plan node's id: the layer id for the host's architecture, `<layer>@<arch>` for another."""
     return layer if arch == (host or host_arch()) else f"{layer}@{arch}"
+
+
+def artifact_spec(spec: LayerSpec, arch: Arch | None, arches: tuple[Arch, ...]) -> LayerSpec:
+    """The spec as a multi-arch node's SquashFS, kernel and initramfs are published: per arch.
+
+    Each tag gets an arch level: `<tag>/<arch>` (the `versioned` layout's
+    `<prefix><name>/<tag>/<arch>/...`, the directory's `<name>/<tag>/<arch>/`),
+    or `<tag>-<arch>` when the layer publishes to S3 in the `image-builder`
+    layout (`<prefix><ID><VERSION_ID>-<name>-<tag>-<arch>`; a `publish_dir` of
+    the same layer follows it). A single-arch layer's spec (`arches`) is returned as is.
+    """
+    if len(arches) < 2 or arch is None:
+        return spec
+    sep = "-" if spec.publish_s3 and spec.s3_layout == "image-builder" else "/"
+    return dataclasses.replace(spec, publish_tags=tuple(f"{t}{sep}{arch}" for t in spec.publish_tags))
 
 
 def local_tag_suffix(arch: Arch, host: Arch | None = None) -> str:
@@ -660,6 +678,7 @@ class _TargetCheck:
         self.digests = digests  # registry digest -> the key it was published for
         self.member = False  # one arch of a multi-arch layer: its human registry tags are the index's
         self.arch_suffix = ""  # publish_local tags of a foreign arch: name:tag-<arch>
+        self.artifact_spec = spec  # S3 and directory tags of a multi-arch node (artifact_spec)
         self.unknown: list[Reason] = []
         self._built: dict[str, float] | None = None  # key -> when it was last built
 
@@ -715,7 +734,7 @@ class _TargetCheck:
         if target == "s3" and self.offline:
             return None
         out: list[Reason] = []
-        for tag, ans in self.inventory.artifacts(spec, key, target).items():
+        for tag, ans in self.inventory.artifacts(self.artifact_spec, key, target).items():
             if ans.unknown:
                 self.unknown.append(_unknown(f"{target} {tag}", ans.error))
             elif not ans.present:

@@ -264,6 +264,7 @@ def real_site(tmp_path: Path, registry):
         "base.yaml",
         "options:\n  layer_type: base\n  name: ma-base\n  publish_tags: ['1']\n  pkg_manager: apt\n"
         "  parent: scratch\n  variant: extract\n  arches: [x86_64, aarch64]\n"
+        f"  publish_dir: '{root.parent / 'boot'}'\n  rootfs_only: true\n"
         + reg
         + "packages: [busybox-static, dash]\n",
     )
@@ -313,6 +314,11 @@ def test_two_arch_layer_and_child_publish_one_index_per_tag(real_site, tmp_path:
         index = raw_index(f"{registry.host}/igma/ma-child:{tag}")
         assert platforms(index) == {"linux/amd64", "linux/arm64"}
 
+    # SquashFS per arch: <publish_dir>/<name>/<tag>/<arch>/, each with its own key
+    boot = root.parent / "boot" / "ma-base" / "1"
+    manifests = {a: json.loads((boot / a / "manifest.json").read_text()) for a in ("x86_64", "aarch64")}
+    assert manifests["x86_64"]["key"] != manifests["aarch64"]["key"]
+    assert (boot / "aarch64" / "rootfs.squashfs").stat().st_size > 0
     plan = json.loads(cli("plan", str(root), "--state", str(state), "--json").stdout)
     assert {lp["name"]: lp["action"] for lp in plan["layers"]} == dict.fromkeys(
         ["base", "base@aarch64", "child", "child@aarch64"], "up-to-date"
