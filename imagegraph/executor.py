@@ -597,11 +597,44 @@ def artifacts_document(lg: Any, state: State, layer: str, base_url: str | None =
 
     A publish_dir target's URLs are under `base_url` when given, else `file://`.
     A layer only published to local storage gets a `message` and no boot configuration.
+    A multi-arch layer gets one document per arch under `arches`, its URLs
+    together and its boot configuration entries each with their `arch`.
     """
+    arches = lg.arches(layer)
+    if len(arches) < 2:
+        return _artifacts_document(lg, state, layer, layer, lg.spec(layer), base_url)
+    from .arch import host_arch
+    from .plan import artifact_spec, node_id
+
+    per = {
+        str(a): _artifacts_document(
+            lg,
+            state,
+            layer,
+            node_id(layer, a, host_arch()),
+            artifact_spec(lg.spec(layer), a, arches),
+            base_url,
+        )
+        for a in arches
+    }
+    entries = [{**e, "arch": a} for a, d in per.items() for e in d["boot_config"]]
+    messages = [f"{a}: {d['message']}" for a, d in per.items() if d.get("message")]
+    return {
+        "layer": layer,
+        "image": lg.spec(layer).name,
+        "urls": [u for d in per.values() for u in d["urls"]],
+        "boot_config": entries,
+        "message": "; ".join(messages) or None,
+        "arches": per,
+    }
+
+
+def _artifacts_document(
+    lg: Any, state: State, layer: str, node: str, spec: LayerSpec, base_url: str | None
+) -> dict:
     from .publish.artifacts import ArtifactPublication, PublishedObject, boot_config, dir_boot_config
 
-    spec = lg.spec(layer)
-    records = state.published(layer)
+    records = state.published(node)
     urls: list[str] = []
     doc: dict[str, Any] = {
         "layer": layer,
@@ -611,7 +644,7 @@ def artifacts_document(lg: Any, state: State, layer: str, base_url: str | None =
         "message": None,
     }
     if not records:
-        if state.layer(layer) is None:
+        if state.layer(node) is None:
             raise NotBuiltError(
                 f"{layer}: not built yet; run `imagegraph up {lg.project.root} {layer}` first"
             )

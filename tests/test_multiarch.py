@@ -323,6 +323,10 @@ def test_two_arch_layer_and_child_publish_one_index_per_tag(real_site, tmp_path:
     assert {lp["name"]: lp["action"] for lp in plan["layers"]} == dict.fromkeys(
         ["base", "base@aarch64", "child", "child@aarch64"], "up-to-date"
     )
+    art = json.loads(cli("artifacts", str(root), "base", "--state", str(state), "--json").stdout)
+    assert set(art["arches"]) == {"x86_64", "aarch64"}
+    assert any(u.endswith("/ma-base/1/aarch64/rootfs.squashfs") for u in art["urls"])
+    assert any(u.endswith("/ma-base/1/x86_64/rootfs.squashfs") for u in art["urls"])
     arm = next(lp for lp in plan["layers"] if lp["name"] == "child@aarch64")
     ref = f"localhost/imagegraph/ma-child:{key_tag(arm['key'])}"
     # the arm64 image's binaries are aarch64 (ELF machine 183), and it ran there under emulation
