@@ -1241,7 +1241,13 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 def cmd_log(args: argparse.Namespace, out: Output) -> int:
     from .errors import UsageError
 
-    project, lg, layer, _ = _layer_args(args, "log")
+    root, names = _split_dir(args.args)
+    if len(names) == 1 and "@" in names[0]:  # one arch's node of a multi-arch layer: compute@aarch64
+        _check_state_arg(args, must_exist=True)
+        project, lg = _load(root, args.state)
+        layer = lg.lookup_node(names[0])
+    else:
+        project, lg, layer, _ = _layer_args(args, "log")
     logs = _state_path(project, args.state).parent / "logs"
     latest = logs / f"{layer}.log"
     if not latest.exists():

@@ -162,6 +162,17 @@ class LocalExecutor:
             # plan time), not whatever the tag points at now.
             ref = str(parse_reference(spec.parent).with_digest(digest))
         image = self._pull_once(ref, (*spec.registry_opts_pull, *_platform(lp)), runner)
+        if lp.multiarch and lp.arch is not None:
+            # buildah pull --arch only warns when the reference has no such platform: never build
+            # an "aarch64" node on an amd64 parent.
+            got = runner.output(
+                ["buildah", "inspect", "--type", "image", "--format", "{{.OCIv1.Architecture}}", image],
+                step="pull",
+            ).strip()
+            if got != lp.arch.oci:
+                raise BuildError(
+                    lp.layer, "parent", f"external parent {spec.parent} offers no {lp.arch} image (got {got})"
+                )
         return ParentImage(image=image, ref=spec.parent, key=None, digest=digest)
 
     # ------------------------------------------------------------------ tasks

@@ -94,6 +94,23 @@ class LayerGraph:
             chosen |= nx.ancestors(self.graph, layer)
         return chosen
 
+    def lookup_node(self, name: str) -> str:
+        """A plan node by name: a layer (as `lookup`), or `<layer>@<arch>` for one of its arches."""
+        base, at, arch = name.rpartition("@")
+        if not at or name in self.graph:
+            return self.lookup(name)
+        layer = self.lookup(base)
+        from .arch import normalize_arch
+
+        try:
+            a = normalize_arch(arch)
+        except ValueError as exc:
+            raise UsageError(f"'{name}': {exc}") from None
+        if a not in self.arches(layer):
+            have = ", ".join(self.arches(layer))
+            raise UsageError(f"layer {layer} does not build {a} (it builds {have})")
+        return layer if a == host_arch() else f"{layer}@{a}"
+
     def lookup(self, name: str) -> str:
         """A layer by id (file stem), file name or image name (when unambiguous)."""
         if name in self.graph:

@@ -366,3 +366,76 @@ def test_one_arch_failing_leaves_the_human_tags_list_unchanged(real_site, tmp_pa
 def registry_tags(host: str, repo: str) -> list[str]:
     with urllib.request.urlopen(f"http://{host}/v2/{repo}/tags/list", timeout=5) as resp:
         return json.load(resp).get("tags") or []
+
+
+def test_a_node_is_named_layer_at_arch(tmp_path: Path) -> None:
+    from imagegraph.errors import UsageError
+
+    lg = build_graph(load_project(site(tmp_path)))
+    assert lg.lookup_node("base@arm64") == node_id("base", Arch.AARCH64)
+    assert lg.lookup_node("base") == "base"
+    with pytest.raises(UsageError, match="does not build ppc64le"):
+        lg.lookup_node("base@ppc64le")
+
+
+def _tiny(tmp_path: Path, arch: Arch) -> str:
+    """A one-file image whose config says `arch` (what an index and `pull --arch` go by)."""
+    ctr = buildah("from", "scratch").stdout.strip()
+    try:
+        f = tmp_path / f"{arch}.txt"
+        f.write_text(f"{arch}\n")
+        buildah("copy", ctr, str(f), "/which.txt")
+        buildah("config", "--arch", arch.oci, "--os", "linux", ctr)
+        return buildah("commit", "--quiet", ctr).stdout.strip()
+    finally:
+        buildah("rm", ctr, check=False)
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_external_parent_gives_each_arch_its_own_platform(tmp_path: Path, registry) -> None:
+    """An index parent: each node pulls its platform. A one-arch parent: the other arch fails, clearly."""
+    from imagegraph.publish.manifest import publish_index
+    from imagegraph.runner import Runner
+
+    repo = f"{registry.host}/igext/parent"
+    members = {}
+    for arch in (Arch.X86_64, Arch.AARCH64):
+        img = _tiny(tmp_path, arch)
+        ref = f"{repo}:only-{arch}"
+        buildah("push", "--tls-verify=false", img, f"docker://{ref}")
+        members[arch] = (str(arch) * 8, ref)
+    publish_index(repo, members, ["multi"], Runner(), opts=["--tls-verify=false"])
+    root = tmp_path / "layers"
+    for name, tag in (("onmulti", "multi"), ("onone", "only-x86_64")):
+        write(
+            root,
+            f"{name}.yaml",
+            f"""
+            options:
+              layer_type: base
+              name: igext-{name}
+              pkg_manager: apt
+              parent: '{repo}:{tag}'
+              arches: [x86_64, aarch64]
+              publish_local: true
+              registry_opts_pull: ['--tls-verify=false']
+            """,
+        )
+    try:
+        rc, doc, err = up(root, tmp_path / "state")
+        status = {x["name"]: x["status"] for x in doc["layers"]}
+        assert rc == 1 and status == {
+            "onmulti": "ok",
+            "onmulti@aarch64": "ok",
+            "onone": "ok",
+            "onone@aarch64": "failed",
+        }, err
+        assert "offers no aarch64 image (got amd64)" in err
+        for tag, arch in (("latest", "amd64"), ("latest-aarch64", "arm64")):
+            out = buildah("inspect", "--type", "image", f"localhost/igext-onmulti:{tag}").stdout
+            assert json.loads(out)["OCIv1"]["architecture"] == arch
+    finally:
+        for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
+            if "igext" in ref:
+                buildah("rmi", "-f", ref, check=False)
