@@ -767,6 +767,8 @@ def _build(
         warn(
             ["options", "registry_opts_pull"], "registry_opts_pull is ignored: the layer starts from scratch"
         )
+    if "variant" in opts_node and not (pkg_manager == "apt" and parent == SCRATCH):
+        warn(["options", "variant"], "variant is mmdebstrap's: used by apt layers from scratch only; ignored")
     for k in ("s3_prefix", "s3_bucket", "s3_layout"):
         if k in opts_node and not opts.get("publish_s3"):
             warn(["options", k], f"{k} is ignored: the layer has no publish_s3")

@@ -439,3 +439,22 @@ def test_external_parent_gives_each_arch_its_own_platform(tmp_path: Path, regist
         for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
             if "igext" in ref:
                 buildah("rmi", "-f", ref, check=False)
+
+
+def test_variant_is_apt_from_scratch_only_and_keys_stay_without_it(tmp_path: Path) -> None:
+    root = site(tmp_path)
+    lg = build_graph(load_project(root))
+    before = compute_keys(lg, ["base"])["base"].inputs["backend"]
+    assert before["variant"] == "minbase"
+    base = root / "base.yaml"
+    base.write_text(base.read_text().replace("parent: scratch", "parent: scratch\n  variant: extract"))
+    child = root / "child.yaml"
+    child.write_text(
+        child.read_text().replace("publish_local: true", "publish_local: true\n  variant: extract")
+    )
+    project = load_project(root)
+    assert project.layers["base"].variant == "extract"
+    assert compute_keys(build_graph(project), ["base"])["base"].inputs["backend"]["variant"] == "extract"
+    assert any(
+        "variant is mmdebstrap's" in w.message and w.file.endswith("child.yaml") for w in project.warnings
+    )
