@@ -415,6 +415,8 @@ def make_plan(
 
         publish: list[str] = []
         blocker = _blocker(link, lk, parent_plan, inventory, offline) if build else None
+        if build and blocker is None and link.kind == "external" and len(layer_arches) > 1:
+            blocker = _parent_lacks(link, spec, arch, inventory, offline)
         emu = can_run.get(arch)
         if build and blocker is None and emu is not None and not emu.usable:
             blocker = Reason(
@@ -646,6 +648,21 @@ def _blocker(
             {"parent": link.ref},
         )
     return None
+
+
+def _parent_lacks(
+    link: Any, spec: LayerSpec, arch: Arch, inventory: Inventory, offline: bool
+) -> Reason | None:
+    """A multi-arch layer's external parent must offer each arch (from its manifest list)."""
+    ask = getattr(inventory, "external_platforms", None)
+    offered = ask(link.normalized or link.ref, spec) if ask is not None and not offline else None
+    if offered is None or f"linux/{arch.oci}" in offered:
+        return None
+    return Reason(
+        "parent-lacks-arch",
+        f"external parent {link.ref} offers no linux/{arch.oci} image (it has {', '.join(sorted(offered))})",
+        {"parent": link.ref, "arch": str(arch), "offered": sorted(offered)},
+    )
 
 
 def _short_key(key: str) -> str:

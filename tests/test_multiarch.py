@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from imagegraph.arch import Arch, Emulation, emulation, host_arch
 from imagegraph.errors import SpecError
@@ -423,15 +425,18 @@ def test_external_parent_gives_each_arch_its_own_platform(tmp_path: Path, regist
             """,
         )
     try:
+        plan = json.loads(cli("plan", str(root), "--state", str(tmp_path / "state"), "--json").stdout)
+        lacking = next(lp for lp in plan["layers"] if lp["name"] == "onone@aarch64")
+        assert lacking["action"] == "blocked" and lacking["reasons"][0]["code"] == "parent-lacks-arch"
+        assert "offers no linux/arm64 image (it has linux/amd64)" in lacking["reasons"][0]["message"]
         rc, doc, err = up(root, tmp_path / "state")
         status = {x["name"]: x["status"] for x in doc["layers"]}
         assert rc == 1 and status == {
             "onmulti": "ok",
             "onmulti@aarch64": "ok",
             "onone": "ok",
-            "onone@aarch64": "failed",
+            "onone@aarch64": "blocked",
         }, err
-        assert "offers no aarch64 image (got amd64)" in err
         for tag, arch in (("latest", "amd64"), ("latest-aarch64", "arm64")):
             out = buildah("inspect", "--type", "image", f"localhost/igext-onmulti:{tag}").stdout
             assert json.loads(out)["OCIv1"]["architecture"] == arch
@@ -458,3 +463,27 @@ def test_variant_is_apt_from_scratch_only_and_keys_stay_without_it(tmp_path: Pat
     assert any(
         "variant is mmdebstrap's" in w.message and w.file.endswith("child.yaml") for w in project.warnings
     )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.sampled_from([Arch.X86_64, Arch.AARCH64, Arch.PPC64LE]), min_size=1, max_size=3, unique=True),
+    st.data(),
+)
+def test_nodes_follow_the_arches(tmp_path_factory, base_arches: list[Arch], data) -> None:
+    """Per arch one node; a child's node of arch A sits on its parent's node of A; the host's key
+    is the key the layer had with no arches at all."""
+    child_arches = data.draw(st.lists(st.sampled_from(base_arches), min_size=1, unique=True))
+    tmp = tmp_path_factory.mktemp("prop")
+    root = site(tmp, "[" + ", ".join(base_arches) + "]", "[" + ", ".join(child_arches) + "]")
+    plan = plan_of(root, tmp)
+    assert [lp.arch for lp in plan.nodes_of("base")] == base_arches
+    assert [lp.arch for lp in plan.nodes_of("child")] == child_arches
+    plain = build_graph(load_project(site(tmp / "plain", f"[{HOST}]")))
+    for lp in plan.nodes_of("child"):
+        parent = plan.layers[lp.parent_layer]
+        assert parent.spec_id == "base" and parent.arch == lp.arch
+        assert lp.inputs["parent"]["key"] == parent.key and lp.inputs["arch"] == str(lp.arch)
+    if HOST in base_arches:
+        assert plan.layers["base"].key == compute_keys(plain, ["base"])["base"].key
+    assert len({lp.key for lp in plan.layers.values()}) == len(plan.layers)
