@@ -487,3 +487,85 @@ def test_nodes_follow_the_arches(tmp_path_factory, base_arches: list[Arch], data
     if HOST in base_arches:
         assert plan.layers["base"].key == compute_keys(plain, ["base"])["base"].key
     assert len({lp.key for lp in plan.layers.values()}) == len(plan.layers)
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_s3_image_builder_layout_per_arch_and_a_boot_config_each(tmp_path: Path, s3_env) -> None:
+    if not _debian_reachable():
+        missing("deb.debian.org is not reachable")
+    if not emulation(Arch.AARCH64).usable and HOST != Arch.AARCH64:
+        missing(f"no aarch64 emulation: {emulation(Arch.AARCH64).fix}")
+    bucket = s3_env.make_bucket()
+    root = tmp_path / "layers"
+    # A kernel version that names its arch, as Debian's and RPM distributions' do.
+    kernel = (
+        "k=6.1.0-9-$(busybox uname -m) && busybox mkdir -p /lib/modules/$k /boot"
+        " && echo k > /boot/vmlinuz-$k && echo i > /boot/initramfs-$k.img"
+        " && printf 'ID=igtest\\nVERSION_ID=1\\n' > /etc/os-release"
+    )
+    write(
+        root,
+        "node.yaml",
+        f"""
+        options:
+          layer_type: base
+          name: ma-node
+          publish_tags: ['1']
+          pkg_manager: apt
+          parent: scratch
+          variant: extract
+          arches: [x86_64, aarch64]
+          publish_s3: '{s3_env.endpoint}'
+          s3_bucket: '{bucket}'
+          s3_prefix: 'c/'
+        packages: [busybox-static, dash]
+        cmds:
+          - {json.dumps(kernel)}
+        """,
+    )
+    env = {"S3_ACCESS": os.environ["S3_ACCESS"], "S3_SECRET": os.environ["S3_SECRET"]}
+    state = tmp_path / "state"
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--state", str(state), "--json"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=900,
+        )
+        assert r.returncode == 0, r.stderr
+        keys = {o["Key"] for o in s3_env.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
+        assert {
+            "c/igtest1-ma-node-1-x86_64",
+            "c/igtest1-ma-node-1-aarch64",
+            "efi-images/c/vmlinuz-6.1.0-9-x86_64",
+            "efi-images/c/vmlinuz-6.1.0-9-aarch64",
+        } <= keys
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "imagegraph.cli",
+                "artifacts",
+                str(root),
+                "node",
+                "--state",
+                str(state),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+        )
+        doc = json.loads(out.stdout)
+        by_arch = {e["arch"]: e for e in doc["boot_config"]}
+        assert set(by_arch) == {"x86_64", "aarch64"}
+        assert by_arch["aarch64"]["kernel"].endswith("/efi-images/c/vmlinuz-6.1.0-9-aarch64")
+        assert "ma-node-1-aarch64" in by_arch["aarch64"]["params"]
+        plan = json.loads(cli("plan", str(root), "--state", str(state), "--json").stdout)
+        assert {lp["action"] for lp in plan["layers"]} == {"up-to-date"}
+    finally:
+        for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
+            if "/ma-node:" in ref:
+                buildah("rmi", "-f", ref, check=False)
