@@ -29,7 +29,7 @@ from imagegraph.plan import Action, StaticInventory, make_plan, node_id
 from imagegraph.project import load_project
 from imagegraph.render import plan_tree
 from imagegraph.state import State
-from tests.fixtures_build import buildah, have_buildah
+from tests.fixtures_build import buildah, fake_key, have_buildah
 from tests.needs import missing, requires
 
 HOST = host_arch()
@@ -569,3 +569,56 @@ def test_s3_image_builder_layout_per_arch_and_a_boot_config_each(tmp_path: Path,
         for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
             if "/ma-node:" in ref:
                 buildah("rmi", "-f", ref, check=False)
+
+
+@pytest.mark.parametrize(
+    ("manager", "check"),
+    [
+        ("dnf", lambda rec, m: "--forcearch=aarch64" in rec.find("dnf", "install")),
+        ("apt", lambda rec, m: "--arch=arm64" in rec.find("mmdebstrap")),
+        ("zypper", None),
+    ],
+)
+def test_each_package_manager_is_told_the_arch(tmp_path: Path, manager: str, check) -> None:
+    """The argv of a foreign-arch build (zypper: the private zypp.conf it is pointed at)."""
+    from imagegraph.build import BuildRequest, build_layer
+    from imagegraph.build import work as work_mod
+    from imagegraph.spec import load_spec
+    from tests.test_build_argv import RecordingRunner
+
+    p = write(
+        tmp_path,
+        "x.yaml",
+        f"""
+        options:
+          layer_type: base
+          pkg_manager: {manager}
+          gpgcheck: false
+        repos:
+          - alias: r
+            url: http://mirror/r/
+        packages: [vim]
+        """,
+    )
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    rec = RecordingRunner(mount)
+    seen: dict[str, str] = {}
+    orig = work_mod.Work.run
+
+    def run(self, argv, *, env=None, **kw):  # keep the zypp.conf the build writes (its tmp goes)
+        if env and "ZYPP_CONF" in env and "ZYPP_CONF" not in seen:
+            seen["ZYPP_CONF"] = Path(env["ZYPP_CONF"]).read_text()
+        return orig(self, argv, env=env, **kw)
+
+    work_mod.Work.run = run
+    try:
+        build_layer(BuildRequest(load_spec(p), fake_key(manager), None, arch=Arch.AARCH64), rec)
+    finally:
+        work_mod.Work.run = orig
+    assert rec.find("buildah", "from")[3:7] == ["--arch", "arm64", "--os", "linux"]
+    if manager == "zypper":
+        assert seen["ZYPP_CONF"] == "[main]\narch = aarch64\n"
+        assert rec.find("zypper", "install")
+    else:
+        assert check(rec, None)
