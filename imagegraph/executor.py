@@ -484,7 +484,8 @@ class LocalExecutor:
         log_path = boot_log_path(self.state_dir, lp.layer, self.run_id)
         runner.note("boot-test", f"booting under QEMU; serial console in {log_path}")
         files = dataclasses.replace(files, key=lp.key, source="up")
-        res = boot_and_record(self.state, self.state_dir, self.run_id, lp.layer, spec, files)
+        arch = {"arch": lp.arch} if lp.multiarch else {}  # the node's QEMU machine (boottest.MACHINES)
+        res = boot_and_record(self.state, self.state_dir, self.run_id, lp.layer, spec, files, **arch)
         runner.note("boot-test", f"{res.outcome} in {res.seconds:.0f} s ({res.accel}): {res.reason}")
         if not res.ok:
             raise BootTestError(res.message(), res)

@@ -463,8 +463,10 @@ def make_plan(
                 nid,
                 build=action == Action.BUILD,
                 publish=publish,
-                # The boot test runs the host's QEMU: a foreign arch's node is not gated (yet).
-                boot_test=bool(publish) and arch == host and boot_test_due(spec, lk.key, state, nid),
+                # boot_test.arches: which arches' nodes boot (default every one; a foreign one under TCG)
+                boot_test=bool(publish)
+                and (not spec.boot_test.arches or arch in spec.boot_test.arches)
+                and boot_test_due(spec, lk.key, state, nid),
                 parent_build=task_id(parent_node, TaskKind.BUILD) if parent_builds and parent_node else None,
                 member=member,
             )

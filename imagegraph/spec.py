@@ -96,6 +96,8 @@ class BootTestOptions:
     timeout: float = 300.0
     memory: int | None = None  # MiB; default from the SquashFS size
     accel: str = "auto"  # auto (KVM when it works), kvm, tcg
+    # a multi-arch layer's arches whose nodes boot before the index moves the tags; () = every arch
+    arches: tuple[Arch, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -904,6 +906,14 @@ def _build(
             continue
         arches.append(a)
 
+    boot_opts = dict(opts.get("boot_test") or {})
+    boot_arches: list[Arch] = []
+    for written in _as_tuple(boot_opts.pop("arches", None)):
+        try:
+            boot_arches.append(normalize_arch(written))
+        except ValueError as exc:
+            error(["options", "boot_test", "arches"], f"options.boot_test.arches: {exc}")
+
     if any(d.severity == "error" for d in diags):
         return None, diags
     spec = LayerSpec(
@@ -943,7 +953,7 @@ def _build(
         kernel_version=opts.get("kernel_version"),
         rootfs_only=opts.get("rootfs_only", False),
         boot_params=opts.get("boot_params"),
-        boot_test=BootTestOptions(**(opts.get("boot_test") or {})),
+        boot_test=BootTestOptions(**boot_opts, arches=tuple(boot_arches)),
         key_paths=tuple(key_paths),
         arches=tuple(arches),
         variant=opts.get("variant"),

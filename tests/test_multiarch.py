@@ -622,3 +622,83 @@ def test_each_package_manager_is_told_the_arch(tmp_path: Path, manager: str, che
         assert rec.find("zypper", "install")
     else:
         assert check(rec, None)
+
+
+def _newc(files: dict[str, tuple[bytes, int]]) -> bytes:
+    """A gzip'd cpio (newc) archive of `files` (path -> (content, mode)): an initramfs, no cpio(1)."""
+    import gzip
+
+    out = b""
+    for ino, (name, (data, mode)) in enumerate([*files.items(), ("TRAILER!!!", (b"", 0))], start=1):
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
+        head = b"070701" + b"".join(b"%08X" % f for f in fields) + name.encode() + b"\0"
+        out += head + b"\0" * (-len(head) % 4) + data + b"\0" * (-len(data) % 4)
+    return gzip.compress(out)
+
+
+@pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="needs mmdebstrap")
+def test_an_aarch64_kernel_boots_on_the_virt_board(tmp_path: Path) -> None:
+    """boottest's aarch64 machine: Debian's arm64 kernel and a busybox initramfs, under TCG, to a marker."""
+    from imagegraph.boottest import boot, kernel_params, machine_of
+
+    if shutil.which("qemu-system-aarch64") is None:
+        missing("qemu-system-aarch64 is not installed (scripts/install-system-deps.sh)")
+    if not _debian_reachable():
+        missing("deb.debian.org is not reachable")
+    root = tmp_path / "root"
+    subprocess.run(
+        [
+            "mmdebstrap",
+            "--mode=root",
+            "--variant=extract",
+            "--arch=arm64",
+            "--include=linux-image-cloud-arm64,busybox-static",
+            "--dpkgopt=path-exclude=/usr/lib/modules/*",
+            "--dpkgopt=path-exclude=/lib/modules/*",
+            "bookworm",
+            str(root),
+            "http://deb.debian.org/debian",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    kernel = next((root / "boot").glob("vmlinuz-*"))
+    init = b'#!/bin/busybox sh\n/bin/busybox echo "login: ig-$(/bin/busybox uname -m)"\n/bin/busybox poweroff -f\n'
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(
+        _newc({"bin": (b"", 0o40755), "bin/busybox": ((root / "bin/busybox").read_bytes(), 0o100755),
+               "init": (init, 0o100755)})
+    )  # fmt: skip
+    assert machine_of(Arch.AARCH64).console == "ttyAMA0"
+    res = boot(
+        kernel,
+        initrd,
+        "console=ttyAMA0 panic=-1",
+        serve={},
+        log_path=tmp_path / "serial.log",
+        marker="login: ig-aarch64",
+        timeout=240,
+        arch=Arch.AARCH64,
+    )
+    assert res.ok, (res.reason, res.tail)
+    assert res.accel == "tcg" or HOST == Arch.AARCH64
+    assert "console=ttyAMA0" in kernel_params(
+        type("S", (), {"boot_params": None})(), "http://x/r", machine_of(Arch.AARCH64).console
+    )
+
+
+def test_boot_test_arches_choose_which_nodes_are_gated(tmp_path: Path) -> None:
+    root = site(tmp_path)
+    base = root / "base.yaml"
+    base.write_text(
+        base.read_text().replace(
+            "publish_local: true",
+            "publish_dir: ../out\n  boot_test: {enabled: true, arches: [arm64]}",
+        )
+    )
+    plan = plan_of(root, tmp_path)
+    kinds = {lp.layer: [t.kind for t in lp.tasks] for lp in plan.nodes_of("base")}
+    assert "boot-test" in kinds["base@aarch64"] and "boot-test" not in kinds["base"]
+    base.write_text(base.read_text().replace(", arches: [arm64]", ""))
+    plan = plan_of(root, tmp_path)
+    assert all("boot-test" in [t.kind for t in lp.tasks] for lp in plan.nodes_of("base"))
