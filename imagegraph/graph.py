@@ -109,7 +109,7 @@ class LayerGraph:
         if a not in self.arches(layer):
             have = ", ".join(self.arches(layer))
             raise UsageError(f"layer {layer} does not build {a} (it builds {have})")
-        return layer if a == host_arch() else f"{layer}@{a}"
+        return node_id(layer, a)
 
     def lookup(self, name: str) -> str:
         """A layer by id (file stem), file name or image name (when unambiguous)."""
@@ -130,6 +130,11 @@ class LayerGraph:
         close = difflib.get_close_matches(name, list(self.graph.nodes), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise UsageError(f"no layer named '{name}' in {self.project.root}{hint}")
+
+
+def node_id(layer: str, arch: Arch, host: Arch | None = None) -> str:
+    """A plan node's id: the layer id for the host's architecture, `<layer>@<arch>` for another."""
+    return layer if arch == (host or host_arch()) else f"{layer}@{arch}"
 
 
 def layer_arches(spec: LayerSpec) -> tuple[Arch, ...]:

@@ -37,7 +37,7 @@ from typing import Any
 
 from .arch import Arch, Emulation, emulation, host_arch
 from .duration import format_age, format_duration
-from .graph import LayerGraph
+from .graph import LayerGraph, node_id
 from .inventory import (
     ABSENT,
     Answer,
@@ -274,19 +274,7 @@ def make_plan(
         # once per reference, before the keys are computed.
         prefetch([], external=external)
     host = host_arch()
-    wanted = set(arches) if arches else None
-    nodes = [
-        (node_id(lid, a, host), lid, a)
-        for lid in order
-        for a in lg.arches(lid)
-        if wanted is None or a in wanted
-    ]
-    keys: dict[str, LayerKey] = {}
-    for a in dict.fromkeys(a for _n, _l, a in nodes):
-        # One pass per architecture: a child's arches are its parent's (graph.py), so ancestors are in.
-        with_a = [lid for _n, lid, na in nodes if na == a]
-        for lid, lk in compute_keys(lg, with_a, digest_of, upstream_of, arch=a).items():
-            keys[node_id(lid, a, host)] = lk
+    nodes, keys = node_keys(lg, order, digest_of, upstream_of, arches)
     digests = state.registry_digests()  # layer -> {digest: key}, from every registry publication
     if prefetch is not None:
         # Key tags are immutable: asked only where no publication recorded this key's digest.
@@ -499,9 +487,29 @@ def make_plan(
     return Plan(lg.project.root, lg, plans, keys, offline)
 
 
-def node_id(layer: str, arch: Arch, host: Arch | None = None) -> str:
-    """A plan node's id: the layer id for the host's architecture, `<layer>@<arch>` for another."""
-    return layer if arch == (host or host_arch()) else f"{layer}@{arch}"
+def node_keys(
+    lg: LayerGraph,
+    order: list[str],
+    digest_of: Any,
+    upstream_of: Any,
+    arches: list[Arch] | None = None,
+) -> tuple[list[tuple[str, str, Arch]], dict[str, LayerKey]]:
+    """The (node id, layer, arch) of `order`'s layers (narrowed to `arches`), and each node's key."""
+    host = host_arch()
+    wanted = set(arches) if arches else None
+    nodes = [
+        (node_id(lid, a, host), lid, a)
+        for lid in order
+        for a in lg.arches(lid)
+        if wanted is None or a in wanted
+    ]
+    keys: dict[str, LayerKey] = {}
+    for a in dict.fromkeys(a for _n, _l, a in nodes):
+        # One pass per architecture: a child's arches are its parent's (graph.py), so ancestors are in.
+        with_a = [lid for _n, lid, na in nodes if na == a]
+        for lid, lk in compute_keys(lg, with_a, digest_of, upstream_of, arch=a).items():
+            keys[node_id(lid, a, host)] = lk
+    return nodes, keys
 
 
 def artifact_spec(spec: LayerSpec, arch: Arch | None, arches: tuple[Arch, ...]) -> LayerSpec:
@@ -593,13 +601,13 @@ def current_keys(
     upstream_of: Any = None,
     locked_digest: Callable[[str], str | None] | None = None,
 ) -> dict[str, str]:
-    """The key each layer's spec gives today (what gc protects), computed as `make_plan` does."""
+    """The key each node's spec gives today (what gc protects), computed as `make_plan` does."""
 
     def digest_of(ref: str, spec: LayerSpec) -> str | None:
         pinned = locked_digest(ref) if locked_digest else None
         return pinned or inventory.external_digest(ref, spec)
 
-    return {lid: lk.key for lid, lk in compute_keys(lg, lg.order(), digest_of, upstream_of).items()}
+    return {nid: lk.key for nid, lk in node_keys(lg, lg.order(), digest_of, upstream_of)[1].items()}
 
 
 def _unknown(what: str, error: str | None) -> Reason:

@@ -702,3 +702,32 @@ def test_boot_test_arches_choose_which_nodes_are_gated(tmp_path: Path) -> None:
     base.write_text(base.read_text().replace(", arches: [arm64]", ""))
     plan = plan_of(root, tmp_path)
     assert all("boot-test" in [t.kind for t in lp.tasks] for lp in plan.nodes_of("base"))
+
+
+def test_gc_collects_every_arch_and_keeps_todays_keys(tmp_path: Path) -> None:
+    """Each arch's node has its own build history: gc keeps its current key and removes older ones."""
+    from imagegraph.gc import gc
+    from imagegraph.inventory import local_key_ref
+    from imagegraph.plan import current_keys
+
+    root = site(tmp_path)
+    lg = build_graph(load_project(root))
+    state = State(tmp_path / "state.db")
+    today = current_keys(lg, StaticInventory())
+    assert set(today) == {"base", "base@aarch64", "child"}
+    spec = lg.spec("base")
+    inv = StaticInventory()
+    for node in ("base", "base@aarch64"):
+        for i, key in enumerate([fake_key(f"{node}-old"), today[node]]):
+            state.record_build(
+                run_id=f"r{i}", layer=node, key=key, inputs={}, image_id=f"sha256:{i}", image_ref=None,
+                spec_file="base.yaml", parent_key=None, started=i, finished=i + 1,
+            )  # fmt: skip
+            inv.images.add(local_key_ref(spec, key))
+    report = gc(lg, state, keep=1, dry_run=True, current=today, inventory=inv, containers=False)
+    assert report.kept_keys["base@aarch64"] == [today["base@aarch64"]]
+    removed = {i.location for i in report.removed if i.kind == "local-image"}
+    assert removed == {
+        local_key_ref(spec, fake_key("base-old")),
+        local_key_ref(spec, fake_key("base@aarch64-old")),
+    }
