@@ -52,10 +52,38 @@ from pathlib import Path
 from typing import Any
 
 from . import runner as runner_mod
+from .arch import Arch, host_arch
 from .errors import ImagegraphError
 from .log import get_logger
 
 QEMU = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """How QEMU boots one architecture: the binary, its machine options, the serial console."""
+
+    qemu: str
+    options: tuple[str, ...]
+    console: str
+    package: str
+
+
+MACHINES = {
+    Arch.X86_64: Machine(QEMU, (), "ttyS0", "qemu-system-x86"),
+    # The virt board: PL011 serial (ttyAMA0), virtio-pci; `max` is every feature TCG emulates.
+    Arch.AARCH64: Machine("qemu-system-aarch64", ("-M", "virt", "-cpu", "max"), "ttyAMA0", "qemu-system-arm"),
+}
+
+
+def machine_of(arch: Arch | None) -> Machine:
+    """The QEMU machine for `arch` (default: the host's); BootTestError when none is known."""
+    arch = arch or host_arch()
+    if arch not in MACHINES:
+        raise BootTestError(f"boot test: no QEMU machine known for {arch} (known: {', '.join(MACHINES)})")
+    return MACHINES[arch]
+
+
 GUEST_HOST = "10.0.2.2"  # the host as QEMU's user networking shows it to the guest
 DEFAULT_MARKER = "login:"
 DEFAULT_TIMEOUT = 300.0
@@ -142,7 +170,7 @@ class BootArtifacts:
 # ------------------------------------------------------------------ kernel parameters
 
 
-def kernel_params(spec: Any, rootfs_url: str) -> str:
+def kernel_params(spec: Any, rootfs_url: str, console: str = "ttyS0") -> str:
     """The command line a node gets from `artifacts` (boot_config), pointed at `rootfs_url`, on ttyS0.
 
     A `root=` in the spec's `boot_params` replaces the test's URL, as it replaces
@@ -151,8 +179,8 @@ def kernel_params(spec: Any, rootfs_url: str) -> str:
     from .publish.artifacts import DEFAULT_BOOT_PARAMS, merge_params
 
     params = merge_params([f"root=live:{rootfs_url}", *DEFAULT_BOOT_PARAMS], spec.boot_params)
-    if not re.search(r"(^|\s)console=ttyS0", params):
-        params += " console=ttyS0"
+    if not re.search(rf"(^|\s)console={console}", params):
+        params += f" console={console}"
     return params
 
 
@@ -322,6 +350,7 @@ def boot(
     memory: int | None = None,
     accel: str = "auto",
     on_line: Callable[[str], None] | None = None,
+    arch: Arch | None = None,
 ) -> BootResult:
     """Boot `kernel` + `initramfs` with `params` under QEMU and watch the serial console (module docstring).
 
@@ -329,26 +358,32 @@ def boot(
     `{server}` in `params` becomes `http://10.0.2.2:PORT`. Returns a BootResult
     whatever the outcome; raises BootTestError only when QEMU cannot be run,
     and runner.Cancelled when `up` is being cancelled (QEMU is stopped first).
+    `arch` picks the QEMU machine (`MACHINES`); another arch than the host's boots under TCG.
     """
-    qemu = shutil.which(QEMU)
+    machine = machine_of(arch)
+    qemu = shutil.which(machine.qemu)
     if qemu is None:
         raise BootTestError(
-            f"{layer}: boot test: {QEMU} not found; install qemu-system-x86 (scripts/install-system-deps.sh)"
+            f"{layer}: boot test: {machine.qemu} not found; install {machine.package} "
+            "(scripts/install-system-deps.sh)"
         )
     log = get_logger(layer=layer) if layer else get_logger()
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     rootfs = next(iter(serve.values()), None)
     mem = memory or (default_memory(rootfs, initramfs) if rootfs else 1024)
-    how, why = choose_accel(accel, qemu, kernel)
+    if (arch or host_arch()) != host_arch():
+        how, why = "tcg", f"{arch} on a {host_arch()} host: emulated (TCG)"
+    else:
+        how, why = choose_accel(accel, qemu, kernel)
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     with serve_files(serve) as (port, requests):
         cmdline = params.replace("{server}", f"http://{GUEST_HOST}:{port}")
-        argv = [qemu, "-accel", how, "-nodefaults", "-no-user-config", "-display", "none"]
+        argv = [qemu, *machine.options, "-accel", how, "-nodefaults", "-no-user-config", "-display", "none"]
         argv += ["-smp", "1", "-m", str(mem), "-no-reboot", "-serial", f"file:{log_path}"]
         argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
         argv += ["-kernel", str(kernel), "-initrd", str(initramfs), "-append", cmdline]
-        if how == "kvm":
+        if how == "kvm" and not machine.options:
             argv[3:3] = ["-cpu", "host"]
         fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         os.close(fd)
@@ -444,13 +479,14 @@ def boot_layer(
     timeout: float | None = None,
     memory: int | None = None,
     accel: str | None = None,
+    arch: Arch | None = None,
 ) -> BootResult:
     """Boot a layer's artifacts as a node would; options default to the spec's `boot_test`."""
     opts = spec.boot_test
     res = boot(
         files.kernel,
         files.initramfs,
-        kernel_params(spec, "{server}/rootfs.squashfs"),
+        kernel_params(spec, "{server}/rootfs.squashfs", machine_of(arch).console),
         serve={"/rootfs.squashfs": files.rootfs},
         log_path=log_path,
         layer=spec.name,
@@ -458,6 +494,7 @@ def boot_layer(
         timeout=timeout or opts.timeout,
         memory=memory or opts.memory,
         accel=accel or opts.accel,
+        arch=arch,
     )
     res.key, res.source = files.key, files.source
     _write_result(log_path, res)

@@ -17,13 +17,14 @@ changing:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .build import BuildRequest, ParentImage, build_layer
-from .plan import LayerPlan, Plan
+from .plan import LayerPlan, Plan, local_tag_suffix
 from .runner import Runner
 
 
@@ -78,7 +79,10 @@ class LocalBuildService:
     def build(self, lp: LayerPlan, parent: ParentImage | None) -> BuiltImage:
         runner = self.runner_for(lp.layer)
         t0 = time.time()
-        res = build_layer(BuildRequest(self.plan.graph.spec(lp.layer), lp.key, parent, self.run_id), runner)
+        req = BuildRequest(self.plan.spec(lp.layer), lp.key, parent, self.run_id)
+        if lp.multiarch and lp.arch is not None:
+            req = dataclasses.replace(req, arch=lp.arch, tag_suffix=local_tag_suffix(lp.arch))
+        res = build_layer(req, runner)
         return BuiltImage(
             key=lp.key,
             image_id=res.image_id,

@@ -204,6 +204,26 @@ def _max_age(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _arch(text: str) -> Any:
+    from .arch import normalize_arch
+
+    try:
+        return normalize_arch(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _arch_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--arch",
+        action="append",
+        type=_arch,
+        default=None,
+        metavar="ARCH",
+        help="only this architecture's nodes of multi-arch layers, e.g. aarch64 (repeatable)",
+    )
+
+
 def _add(
     sub: Any, name: str, summary: str, usage: str, description: str, epilog: str
 ) -> argparse.ArgumentParser:
@@ -316,6 +336,7 @@ def _cmd_plan(sub: Any) -> None:
     )
     p.add_argument("--force-all", action="store_true", help="plan every selected layer as rebuilt")
     _max_age(p)
+    _arch_opt(p)
 
 
 def _cmd_up(sub: Any) -> None:
@@ -372,6 +393,7 @@ def _cmd_up(sub: Any) -> None:
     p.add_argument("--fail-fast", action="store_true", help="start nothing new after the first failure")
     _json_opt(p, "the run result")
     _max_age(p)
+    _arch_opt(p)
     _wait_opt(p)
     p.add_argument(
         "--report", metavar="FILE", help="write the run's report page to FILE, whatever the outcome"
@@ -841,6 +863,7 @@ def _plan(
             upstream_of=lock.upstream_of if lock else None,
             locked_digest=lock.parent_digest if lock else None,
             max_age=getattr(args, "max_age", None),
+            arches=getattr(args, "arch", None),
         )
     for text in registry_warnings(plan, inventory.registry_problems()):
         out.warning(text)
@@ -1228,7 +1251,13 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 def cmd_log(args: argparse.Namespace, out: Output) -> int:
     from .errors import UsageError
 
-    project, lg, layer, _ = _layer_args(args, "log")
+    root, names = _split_dir(args.args)
+    if len(names) == 1 and "@" in names[0]:  # one arch's node of a multi-arch layer: compute@aarch64
+        _check_state_arg(args, must_exist=True)
+        project, lg = _load(root, args.state)
+        layer = lg.lookup_node(names[0])
+    else:
+        project, lg, layer, _ = _layer_args(args, "log")
     logs = _state_path(project, args.state).parent / "logs"
     latest = logs / f"{layer}.log"
     if not latest.exists():

@@ -88,6 +88,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "mmdebstrap": ("mmdebstrap", "Debian roots from scratch (pkg_manager apt)"),
     "ansible-playbook": ("ansible-core", "layer_type ansible"),
     "qemu-system-x86_64": ("qemu-system-x86", "boot tests"),
+    "qemu-system-aarch64": ("qemu-system-arm", "boot tests of aarch64 layers"),
     "sbatch": ("slurm-client", "the Slurm executor"),
     "squeue": ("slurm-client", "the Slurm executor"),
     "scancel": ("slurm-client", "the Slurm executor"),
@@ -115,7 +116,10 @@ def needed_tools(lg: LayerGraph, layers: set[str] | None = None) -> dict[str, li
         if spec.publish_s3 or spec.publish_dir:
             add("mksquashfs", lid)
         if spec.boot_test.enabled:
-            add("qemu-system-x86_64", lid)
+            from .boottest import MACHINES
+
+            for a in spec.boot_test.arches or lg.arches(lid):
+                add(MACHINES[a].qemu if a in MACHINES else "qemu-system-x86_64", lid)
     if chosen and getattr(lg.project.settings, "executor", "local") == "slurm":
         for tool in ("sbatch", "squeue", "scancel"):
             need[tool] = list(chosen)

@@ -43,7 +43,7 @@ from .buildservice import BuildService, LocalBuildService
 from .errors import BuildError, ImagegraphError, NotBuiltError
 from .key import key_tag
 from .log import bind_run, get_logger
-from .plan import Action, LayerPlan, Plan, local_key_ref
+from .plan import Action, LayerPlan, Plan, artifact_spec, local_key_ref, local_tag_suffix
 from .publish.artifacts import MadeArtifacts, make_artifacts, mounted_image, upload_artifacts
 from .redact import redact, redact_obj
 from .reporting import LogReporter, Reporter, Reporters, RunRecord, task_durations
@@ -53,6 +53,11 @@ from .spec import LayerSpec
 from .state import State, default_run_id
 from .statelock import StateLock
 from .tasks import Task, TaskKind, task_id
+
+
+def _platform(lp: LayerPlan) -> tuple[str, ...]:
+    """`buildah pull` options choosing a multi-arch node's platform from a manifest list."""
+    return ("--arch", lp.arch.oci, "--os", "linux") if lp.multiarch and lp.arch else ()
 
 
 class LocalExecutor:
@@ -116,15 +121,16 @@ class LocalExecutor:
         with self._lock:
             lock = self._pull_locks.setdefault(ref, threading.Lock())
         with lock:
-            if ref not in self._pulled:
+            once = f"{ref} {' '.join(opts)}"  # one per platform too (`--arch`)
+            if once not in self._pulled:
                 runner.note("pull", f"pulling {ref}")
-                self._pulled[ref] = pull_image(ref, opts, runner)
-            return self._pulled[ref]
+                self._pulled[once] = pull_image(ref, opts, runner)
+            return self._pulled[once]
 
     def _key_image(self, lid: str, runner: Runner) -> str:
         """The image for a layer's planned key: local when known, else its key tag from the registry."""
         lp = self.plan.layers[lid]
-        spec = self.plan.graph.spec(lid)
+        spec = self.plan.spec(lid)
         if lp.image_id and local_image_id(lp.image_id, runner):
             return lp.image_id
         local = local_image_id(local_key_ref(spec, lp.key), runner)
@@ -133,18 +139,20 @@ class LocalExecutor:
         if spec.publish_registry:
             ref = f"{spec.publish_registry}/{spec.name}:{key_tag(lp.key)}"
             opts = tuple(o for o in spec.registry_opts_push if o.startswith("--tls-verify"))
-            return self._pull_once(ref, opts, runner)
+            return self._pull_once(ref, (*opts, *_platform(lp)), runner)
         raise BuildError(lid, "parent", f"no image for key {lp.key[:12]} locally or in a registry")
 
     def _parent(self, lp: LayerPlan, needs: dict[str, TaskResult], runner: Runner) -> ParentImage | None:
-        spec = self.plan.graph.spec(lp.layer)
-        link = self.plan.graph.parents[lp.layer]
+        spec = self.plan.spec(lp.layer)
+        link = self.plan.graph.parents[lp.spec_id]
         if link.kind == "scratch":
             return None
-        if link.kind == "layer":
-            pres = needs.get(task_id(link.layer, TaskKind.BUILD))
-            image = pres.image_id if pres and pres.image_id else self._key_image(link.layer, runner)
-            return ParentImage(image=image, ref=spec.parent, key=self.plan.layers[link.layer].key)
+        if link.kind == "layer" and lp.parent_layer:
+            # The parent's node of the same architecture (plan.py: `parent_layer` is its node id).
+            pnode = lp.parent_layer
+            pres = needs.get(task_id(pnode, TaskKind.BUILD))
+            image = pres.image_id if pres and pres.image_id else self._key_image(pnode, runner)
+            return ParentImage(image=image, ref=spec.parent, key=self.plan.layers[pnode].key)
         ref = spec.parent
         digest = self.plan.keys[lp.layer].parent.digest if lp.layer in self.plan.keys else None
         if digest:
@@ -153,7 +161,18 @@ class LocalExecutor:
             # Exactly the manifest the key was computed from (the lock file's, or the registry's at
             # plan time), not whatever the tag points at now.
             ref = str(parse_reference(spec.parent).with_digest(digest))
-        image = self._pull_once(ref, spec.registry_opts_pull, runner)
+        image = self._pull_once(ref, (*spec.registry_opts_pull, *_platform(lp)), runner)
+        if lp.multiarch and lp.arch is not None:
+            # buildah pull --arch only warns when the reference has no such platform: never build
+            # an "aarch64" node on an amd64 parent.
+            got = runner.output(
+                ["buildah", "inspect", "--type", "image", "--format", "{{.OCIv1.Architecture}}", image],
+                step="pull",
+            ).strip()
+            if got != lp.arch.oci:
+                raise BuildError(
+                    lp.layer, "parent", f"external parent {spec.parent} offers no {lp.arch} image (got {got})"
+                )
         return ParentImage(image=image, ref=spec.parent, key=None, digest=digest)
 
     # ------------------------------------------------------------------ tasks
@@ -173,7 +192,11 @@ class LocalExecutor:
 
     def run_task(self, task: Task, needs: dict[str, TaskResult]) -> TaskResult:
         lp = self.plan.layers[task.layer]
-        spec = self.plan.graph.spec(task.layer)
+        spec = self.plan.spec(task.layer)
+        if task.kind in (TaskKind.SQUASHFS, TaskKind.BOOT_TEST, TaskKind.PUBLISH_ARTIFACTS):
+            spec = artifact_spec(
+                spec, lp.arch, lp.arches
+            )  # a multi-arch node's artifacts: per arch (`<tag>/<arch>`)
         step = {
             TaskKind.BUILD: self._build,
             TaskKind.PUSH: self._push,
@@ -182,6 +205,7 @@ class LocalExecutor:
             TaskKind.SQUASHFS: self._make_artifacts,
             TaskKind.BOOT_TEST: self._boot_test_task,
             TaskKind.PUBLISH_ARTIFACTS: self._upload_artifacts,
+            TaskKind.INDEX: self._index,
         }[task.kind]
         with self._layer_log(task.layer) as (logf, log_path):
             runner = Runner(task.layer, logf)
@@ -306,6 +330,11 @@ class LocalExecutor:
         image = self._built_now(lp, needs)
         if task.gated:  # the key tag only, for now: human tags wait for the boot (`tag-registry`)
             self._push_key_tag(lp, spec, image, lambda: self._image(lp, needs, runner), runner)
+            if len(lp.arches) > 1:  # one arch of an index: its key tag is all this node publishes
+                from .reference import target_repository
+
+                kt = f"{target_repository(spec).name}:{key_tag(lp.key)}"
+                self._record_publication(lp, "registry", [kt])
             return TaskResult(
                 task.id, task.layer, task.kind, published=self._publish_sbom(lp, spec, runner, ["registry"])
             )
@@ -322,11 +351,33 @@ class LocalExecutor:
     def _tag_local(
         self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
     ) -> TaskResult:
-        refs = [f"localhost/{spec.name}:{t}" for t in spec.publish_tags]
+        suffix = local_tag_suffix(lp.arch) if lp.multiarch and lp.arch else ""
+        refs = [f"localhost/{spec.name}:{t}{suffix}" for t in spec.publish_tags]
         if lp.action != Action.BUILD:  # a build already tagged them at commit
             runner.run(["buildah", "tag", self._image(lp, needs, runner), *refs], step="publish-local")
         self._record_publication(lp, "local", refs)
         return TaskResult(task.id, task.layer, task.kind, published=[{"target": "local", "locations": refs}])
+
+    def _index(
+        self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
+    ) -> TaskResult:
+        """Every arch's key tag in one OCI index, the human tags on it (publish/manifest.py)."""
+        from .publish.manifest import publish_index
+        from .reference import target_repository
+
+        client = self.registry()
+        client.configure_for(spec)
+        repo = target_repository(spec).name
+        members = {
+            m.arch: (m.key, f"{repo}:{key_tag(m.key)}") for m in self.plan.nodes_of(lp.spec_id) if m.arch
+        }
+        opts = [o for o in spec.registry_opts_push if o.startswith(("--tls-verify", "--authfile", "--creds"))]
+        pub = publish_index(repo, members, spec.publish_tags, runner, opts=opts, client=client)
+        locations = [f"{repo}:{t}" for t in pub.tags]
+        detail = {"index": True, "platforms": pub.platforms}
+        self._record_publication(lp, "registry", locations, digest=pub.digest, detail=detail)
+        published = {"target": "registry", "locations": locations, "digest": pub.digest, **detail}
+        return TaskResult(task.id, task.layer, task.kind, published=[published])
 
     def _publish_sbom(self, lp: LayerPlan, spec: LayerSpec, runner: Runner, wanted: list[str]) -> list[dict]:
         """The key's SBOM beside what a task just published (publish/sbomfiles.py).
@@ -435,7 +486,8 @@ class LocalExecutor:
         log_path = boot_log_path(self.state_dir, lp.layer, self.run_id)
         runner.note("boot-test", f"booting under QEMU; serial console in {log_path}")
         files = dataclasses.replace(files, key=lp.key, source="up")
-        res = boot_and_record(self.state, self.state_dir, self.run_id, lp.layer, spec, files)
+        arch = {"arch": lp.arch} if lp.multiarch else {}  # the node's QEMU machine (boottest.MACHINES)
+        res = boot_and_record(self.state, self.state_dir, self.run_id, lp.layer, spec, files, **arch)
         runner.note("boot-test", f"{res.outcome} in {res.seconds:.0f} s ({res.accel}): {res.reason}")
         if not res.ok:
             raise BootTestError(res.message(), res)
@@ -559,11 +611,44 @@ def artifacts_document(lg: Any, state: State, layer: str, base_url: str | None =
 
     A publish_dir target's URLs are under `base_url` when given, else `file://`.
     A layer only published to local storage gets a `message` and no boot configuration.
+    A multi-arch layer gets one document per arch under `arches`, its URLs
+    together and its boot configuration entries each with their `arch`.
     """
+    arches = lg.arches(layer)
+    if len(arches) < 2:
+        return _artifacts_document(lg, state, layer, layer, lg.spec(layer), base_url)
+    from .arch import host_arch
+    from .plan import artifact_spec, node_id
+
+    per = {
+        str(a): _artifacts_document(
+            lg,
+            state,
+            layer,
+            node_id(layer, a, host_arch()),
+            artifact_spec(lg.spec(layer), a, arches),
+            base_url,
+        )
+        for a in arches
+    }
+    entries = [{**e, "arch": a} for a, d in per.items() for e in d["boot_config"]]
+    messages = [f"{a}: {d['message']}" for a, d in per.items() if d.get("message")]
+    return {
+        "layer": layer,
+        "image": lg.spec(layer).name,
+        "urls": [u for d in per.values() for u in d["urls"]],
+        "boot_config": entries,
+        "message": "; ".join(messages) or None,
+        "arches": per,
+    }
+
+
+def _artifacts_document(
+    lg: Any, state: State, layer: str, node: str, spec: LayerSpec, base_url: str | None
+) -> dict:
     from .publish.artifacts import ArtifactPublication, PublishedObject, boot_config, dir_boot_config
 
-    spec = lg.spec(layer)
-    records = state.published(layer)
+    records = state.published(node)
     urls: list[str] = []
     doc: dict[str, Any] = {
         "layer": layer,
@@ -573,7 +658,7 @@ def artifacts_document(lg: Any, state: State, layer: str, base_url: str | None =
         "message": None,
     }
     if not records:
-        if state.layer(layer) is None:
+        if state.layer(node) is None:
             raise NotBuiltError(
                 f"{layer}: not built yet; run `imagegraph up {lg.project.root} {layer}` first"
             )

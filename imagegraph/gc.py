@@ -313,6 +313,12 @@ def _in_use_s3(state: State) -> set[tuple[str, str]]:
     return out
 
 
+def _nodes(lg: Any, layer: str) -> list[str]:
+    from .graph import node_id
+
+    return [node_id(layer, a) for a in lg.arches(layer)]
+
+
 def gc(
     lg: Any,
     state: State,
@@ -345,8 +351,8 @@ def gc(
     work = _Gc(report, registry, s3_index, runner)
     inventory = inventory or LiveInventory(offline=True, runner=runner)
     in_use = _in_use_s3(state)
-    for lid in lg.order():
-        spec = lg.spec(lid)
+    # Per node: a multi-arch layer's arches each have their builds (`compute`, `compute@aarch64`).
+    for lid, spec in ((n, lg.spec(layer)) for layer in lg.order() for n in _nodes(lg, layer)):
         kept, old = layer_keys(state, lid, keep, (current or {}).get(lid))
         report.kept_keys[lid] = kept
         if not old:

@@ -26,6 +26,7 @@ from pathlib import Path
 import networkx as nx
 from rapidfuzz.distance import OSA
 
+from .arch import Arch, host_arch
 from .errors import Diagnostic, SpecError, UsageError, rel
 from .project import Project
 from .reference import normalize_reference, parse_reference
@@ -63,6 +64,10 @@ class LayerGraph:
     def spec(self, layer: str) -> LayerSpec:
         return self.project.layers[layer]
 
+    def arches(self, layer: str) -> tuple[Arch, ...]:
+        """The architectures a layer builds for: `options.arches`, else the host's."""
+        return layer_arches(self.project.layers[layer])
+
     def order(self, layers: set[str] | None = None) -> list[str]:
         """Topological order, ties broken by layer id so output is stable."""
         g = self.graph if layers is None else self.graph.subgraph(layers)
@@ -89,6 +94,23 @@ class LayerGraph:
             chosen |= nx.ancestors(self.graph, layer)
         return chosen
 
+    def lookup_node(self, name: str) -> str:
+        """A plan node by name: a layer (as `lookup`), or `<layer>@<arch>` for one of its arches."""
+        base, at, arch = name.rpartition("@")
+        if not at or name in self.graph:
+            return self.lookup(name)
+        layer = self.lookup(base)
+        from .arch import normalize_arch
+
+        try:
+            a = normalize_arch(arch)
+        except ValueError as exc:
+            raise UsageError(f"'{name}': {exc}") from None
+        if a not in self.arches(layer):
+            have = ", ".join(self.arches(layer))
+            raise UsageError(f"layer {layer} does not build {a} (it builds {have})")
+        return node_id(layer, a)
+
     def lookup(self, name: str) -> str:
         """A layer by id (file stem), file name or image name (when unambiguous)."""
         if name in self.graph:
@@ -108,6 +130,16 @@ class LayerGraph:
         close = difflib.get_close_matches(name, list(self.graph.nodes), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise UsageError(f"no layer named '{name}' in {self.project.root}{hint}")
+
+
+def node_id(layer: str, arch: Arch, host: Arch | None = None) -> str:
+    """A plan node's id: the layer id for the host's architecture, `<layer>@<arch>` for another."""
+    return layer if arch == (host or host_arch()) else f"{layer}@{arch}"
+
+
+def layer_arches(spec: LayerSpec) -> tuple[Arch, ...]:
+    """`options.arches` as written, else the host's architecture alone."""
+    return spec.arches or (host_arch(),)
 
 
 def layer_outputs(spec: LayerSpec) -> list[str]:
@@ -283,6 +315,25 @@ def build_graph(project: Project) -> LayerGraph:
     for lid, link in parents.items():
         if link.kind == "layer":
             g.add_edge(link.layer, lid)
+
+    for lid, link in parents.items():
+        if link.kind != "layer" or link.layer not in project.layers:
+            continue
+        spec, pspec = project.layers[lid], project.layers[link.layer]
+        lacking = [a for a in layer_arches(spec) if a not in layer_arches(pspec)]
+        if lacking:
+            # Each arch of a child builds from the same arch of its parent.
+            diags.append(
+                Diagnostic(
+                    rel(spec.path),
+                    spec.line_of("options.arches") if spec.arches else spec.line_of("options.parent"),
+                    3,
+                    f"builds {', '.join(lacking)} but its parent {link.layer} ({rel(pspec.path)}) builds only "
+                    f"{', '.join(layer_arches(pspec))}",
+                    hint=f"add {', '.join(lacking)} to options.arches of {rel(pspec.path)}, "
+                    "or drop it from this layer's",
+                )
+            )
 
     for cycle in _cycles(g):
         chain = " -> ".join(project.layers[n].path.name for n in [*cycle, cycle[0]])

@@ -121,6 +121,8 @@ class Inventory(Protocol):
 
     def external_digest(self, ref: str, spec: LayerSpec) -> str | None: ...
 
+    def external_platforms(self, ref: str, spec: LayerSpec) -> frozenset[str] | None: ...
+
     def artifacts(self, spec: LayerSpec, key: str, target: str) -> dict[str, Answer]: ...
 
 
@@ -136,6 +138,7 @@ class StaticInventory:
     tags: dict[str, set[str]] = field(default_factory=dict)  # repository -> tags
     tag_digests: dict[str, str] = field(default_factory=dict)  # repository:tag -> digest
     digests: dict[str, str] = field(default_factory=dict)  # external parent ref -> digest
+    platforms: dict[str, frozenset[str]] = field(default_factory=dict)  # external ref -> os/arch set
     # (layer image name, target) -> present, or a dict tag -> Answer
     artifacts_by: dict[tuple[str, str], bool | dict[str, Answer]] = field(default_factory=dict)
     reachable: bool = True
@@ -166,6 +169,9 @@ class StaticInventory:
     def external_digest(self, ref: str, spec: LayerSpec) -> str | None:
         return self.digests.get(ref) if self.reachable else None
 
+    def external_platforms(self, ref: str, spec: LayerSpec) -> frozenset[str] | None:
+        return self.platforms.get(ref) if self.reachable else None
+
     def artifacts(self, spec: LayerSpec, key: str, target: str) -> dict[str, Answer]:
         if target == "s3" and not self.reachable:
             return {t: unknown("S3 unreachable") for t in spec.publish_tags}
@@ -192,6 +198,7 @@ class LiveInventory:
         self._registry: RegistryClient | None = None
         self._digests: dict[str, Answer] = {}  # repository:tag -> its digest (a plan's lifetime)
         self._external: dict[str, str | None] = {}  # external parent reference -> digest, once per run
+        self._platforms: dict[str, frozenset[str] | None] = {}  # external parent -> its os/arch platforms
         self._s3: S3Index | None = None
 
     # -- local storage
@@ -409,6 +416,21 @@ class LiveInventory:
                     [(exc.host, exc.reason, [str(spec.path)], "registry_opts_pull")]
                 ) from exc
         return self._external[ref]
+
+    def external_platforms(self, ref: str, spec: LayerSpec) -> frozenset[str] | None:
+        """The platforms an external parent offers (multi-arch layers only ask); None: unknown."""
+        if self.offline:
+            return None
+        from .publish.registry_errors import RegistryError
+
+        if ref not in self._platforms:  # every arch's node asks: once per reference
+            client = self.registry()
+            client.configure_for(spec)
+            try:
+                self._platforms[ref] = client.platforms(ref)
+            except (RegistryError, ValueError, KeyError):
+                self._platforms[ref] = None  # unknown is not "lacks it": the pull checks, at build time
+        return self._platforms[ref]
 
     # -- S3 and directories
 

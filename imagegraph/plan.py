@@ -26,6 +26,7 @@ it holds (`_TargetCheck`); the state's records decide only with `--offline`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -34,8 +35,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from .arch import Arch, Emulation, emulation, host_arch
 from .duration import format_age, format_duration
-from .graph import LayerGraph
+from .graph import LayerGraph, node_id
 from .inventory import (
     ABSENT,
     Answer,
@@ -47,6 +49,7 @@ from .inventory import (
     local_tag_ref,
 )
 from .key import KEY_TAG_PREFIX, LayerKey, compute_keys, key_tag
+from .keytag import index_tag
 from .spec import LayerSpec
 from .state import PublishedRecord, State
 from .tasks import Task, TaskKind, layer_tasks, task_id
@@ -108,8 +111,21 @@ class LayerPlan:
     image_id: str | None = None  # a known image for this key (local storage)
     image_source: str | None = None  # local, registry (where the image for this key can be had)
     notes: list[Reason] = field(default_factory=list)
-    parent_layer: str | None = None
+    parent_layer: str | None = None  # the parent's node id (its layer id for a host-arch layer)
     tasks: list[Task] = field(default_factory=list)  # the work `up` schedules (tasks.py)
+    # Multi-arch: `layer` is the node id (`compute` for the host's arch, `compute@aarch64` for
+    # another); `spec_id` the layer id, `arch` the node's architecture, `arches` the layer's.
+    spec_id: str = ""
+    arch: Arch | None = None
+    arches: tuple[Arch, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.spec_id = self.spec_id or self.layer
+
+    @property
+    def multiarch(self) -> bool:
+        """Whether this node is one architecture of a layer built for several (or for a foreign one)."""
+        return len(self.arches) > 1 or (bool(self.arches) and self.arches[0] != host_arch())
 
     @property
     def pending(self) -> bool:
@@ -130,6 +146,12 @@ class LayerPlan:
             "publish": self.publish,
             "notes": [r.to_json() for r in self.notes],
             "tasks": [t.to_json() for t in self.tasks],
+            # Only for multi-arch layers: a host-arch layer's document is as it always was.
+            **(
+                {"layer": self.spec_id, "arch": str(self.arch), "arches": [str(a) for a in self.arches]}
+                if self.multiarch
+                else {}
+            ),
         }
 
 
@@ -158,9 +180,18 @@ def boot_test_due(spec: LayerSpec, key: str, state: State, layer: str) -> bool:
 class Plan:
     root: Path
     graph: LayerGraph
-    layers: dict[str, LayerPlan]  # topological order
-    keys: dict[str, LayerKey]
+    layers: dict[str, LayerPlan]  # node id -> plan, topological order
+    keys: dict[str, LayerKey]  # node id -> key
     offline: bool = False
+
+    def spec(self, node: str) -> LayerSpec:
+        """The spec of a node (a layer, or one architecture of a multi-arch layer)."""
+        lp = self.layers.get(node)
+        return self.graph.spec(lp.spec_id if lp is not None else node)
+
+    def nodes_of(self, layer: str) -> list[LayerPlan]:
+        """Every architecture's node of a layer in this plan, in the spec's order."""
+        return [lp for lp in self.layers.values() if lp.spec_id == layer]
 
     @property
     def pending(self) -> bool:
@@ -204,13 +235,23 @@ def make_plan(
     locked_digest: Callable[[str], str | None] | None = None,
     max_age: float | None = None,
     now: float | None = None,
+    arches: list[Arch] | None = None,
+    emulation_of: Callable[[Arch], Emulation] = emulation,
 ) -> Plan:
     """Decide, for every selected layer and its ancestors, what must happen and why.
 
     `upstream_of(spec)` gives the locked upstream fingerprints of a layer (the
     lock file), `locked_digest(ref)` an external parent's locked digest (asked
     before the registry: reproducible and offline), `max_age` (seconds) also
-    rebuilds layers whose last build is older than that.
+    rebuilds layers whose last build is older than that, `arches` narrows
+    the plan to those architectures' nodes (`--arch`), `emulation_of(arch)`
+    says whether this host can run a foreign arch's binaries (binfmt_misc):
+    when not, that arch's builds are blocked with the command that fixes it.
+
+    A layer builds one node per architecture (`options.arches`, else the
+    host's): the host's keeps the layer id, another is `<layer>@<arch>`
+    (`node_id`), each with its own key, reasons and tasks; a child's node
+    builds from its parent's node of the same architecture.
     """
     forced = {lg.lookup(n) for n in (force or set())}
     # A forced layer is wanted even when the selection names only others.
@@ -232,25 +273,30 @@ def make_plan(
         # External parents the lock file does not pin: their digests (key inputs) asked in parallel,
         # once per reference, before the keys are computed.
         prefetch([], external=external)
-    keys = compute_keys(lg, order, digest_of, upstream_of)
+    host = host_arch()
+    nodes, keys = node_keys(lg, order, digest_of, upstream_of, arches)
     digests = state.registry_digests()  # layer -> {digest: key}, from every registry publication
     if prefetch is not None:
         # Key tags are immutable: asked only where no publication recorded this key's digest.
         unrecorded = [
-            (lg.spec(lid), key_tag(keys[lid].key))
-            for lid in order
-            if lg.spec(lid).publish_registry and keys[lid].key not in digests.get(lid, {}).values()
+            (lg.spec(lid), key_tag(keys[nid].key))
+            for nid, lid, _a in nodes
+            if lg.spec(lid).publish_registry and keys[nid].key not in digests.get(nid, {}).values()
         ]
         prefetch([lg.spec(lid) for lid in order], unrecorded)
     records = state.layers()
     published = state.all_published()
+    can_run = {a: emulation_of(a) for a in dict.fromkeys(a for _n, _l, a in nodes) if a != host}
     plans: dict[str, LayerPlan] = {}
-    for lid in order:
+    for nid, lid, arch in nodes:
         spec = lg.spec(lid)
-        lk = keys[lid]
+        lk = keys[nid]
         link = lg.parents[lid]
-        parent_plan = plans.get(link.layer) if link.layer else None
-        rec = records.get(lid)
+        parent_node = node_id(link.layer, arch, host) if link.layer else None
+        parent_plan = plans.get(parent_node) if parent_node else None
+        rec = records.get(nid)
+        layer_arches = lg.arches(lid)
+        member = len(layer_arches) > 1  # one arch of an index: human registry tags are the index's
         reasons: list[Reason] = []
         notes: list[Reason] = []
         image_id: str | None = None
@@ -290,7 +336,7 @@ def make_plan(
             build = True
             reasons.append(
                 Reason(
-                    "parent-rebuilds", f"parent {parent_plan.layer} rebuilds", {"parent": parent_plan.layer}
+                    "parent-rebuilds", f"parent {parent_plan.spec_id} rebuilds", {"parent": parent_plan.layer}
                 )
             )
         elif (
@@ -357,6 +403,15 @@ def make_plan(
 
         publish: list[str] = []
         blocker = _blocker(link, lk, parent_plan, inventory, offline) if build else None
+        if build and blocker is None and link.kind == "external" and len(layer_arches) > 1:
+            blocker = _parent_lacks(link, spec, arch, inventory, offline)
+        emu = can_run.get(arch)
+        if build and blocker is None and emu is not None and not emu.usable:
+            blocker = Reason(
+                "no-emulation",
+                f"this {host} host cannot run {arch} binaries: {emu.problem}; run `{emu.fix}`",
+                {"arch": str(arch), "fix": emu.fix},
+            )
         missing = lg.project.unbuildable.get(lid)
         if missing:  # its spec pulls in files that do not exist (the errors say which)
             first = f"{missing[0].file}:{missing[0].line}"
@@ -376,14 +431,16 @@ def make_plan(
             publish = list(lk.targets)
             action = Action.BUILD
         else:
-            check = _TargetCheck(spec, lk, lid, state, inventory, offline, image_id, digests.get(lid, {}))
-            pub_reasons, publish, pub_unknown = check.run(published.get(lid, {}), tags)
+            check = _TargetCheck(spec, lk, nid, state, inventory, offline, image_id, digests.get(nid, {}))
+            check.member, check.arch_suffix = member, local_tag_suffix(arch, host)
+            check.artifact_spec = artifact_spec(spec, arch, layer_arches)
+            pub_reasons, publish, pub_unknown = check.run(published.get(nid, {}), tags)
             if pub_unknown:
                 reasons, publish, action = pub_unknown, [], Action.UNKNOWN
             else:
                 reasons.extend(pub_reasons)
                 action = Action.PUBLISH if publish else Action.UP_TO_DATE
-                failed_boot = _failed_boot(spec, lid, lk.key, state) if publish else None
+                failed_boot = _failed_boot(spec, nid, lk.key, state) if publish else None
                 if failed_boot is not None:
                     reasons.insert(0, failed_boot)
         tasks: list[Task] = []
@@ -391,15 +448,19 @@ def make_plan(
             # The action's work as tasks (tasks.py): a child's build waits only for its parent's build.
             parent_builds = parent_plan is not None and parent_plan.action in (Action.BUILD, Action.BLOCKED)
             tasks = layer_tasks(
-                lid,
+                nid,
                 build=action == Action.BUILD,
                 publish=publish,
-                boot_test=bool(publish) and boot_test_due(spec, lk.key, state, lid),
-                parent_build=task_id(link.layer, TaskKind.BUILD) if parent_builds and link.layer else None,
+                # boot_test.arches: which arches' nodes boot (default every one; a foreign one under TCG)
+                boot_test=bool(publish)
+                and (not spec.boot_test.arches or arch in spec.boot_test.arches)
+                and boot_test_due(spec, lk.key, state, nid),
+                parent_build=task_id(parent_node, TaskKind.BUILD) if parent_builds and parent_node else None,
+                member=member,
             )
             action = action_of(tasks)
-        plans[lid] = LayerPlan(
-            layer=lid,
+        plans[nid] = LayerPlan(
+            layer=nid,
             image_name=spec.name,
             file=str(spec.path),
             parent=link.describe(),
@@ -414,10 +475,123 @@ def make_plan(
             image_id=image_id,
             image_source=source,
             notes=notes,
-            parent_layer=link.layer,
+            parent_layer=parent_node,
             tasks=tasks,
+            spec_id=lid,
+            arch=arch,
+            arches=layer_arches,
         )
+    for lid in order:
+        if len(lg.arches(lid)) > 1 and lg.spec(lid).publish_registry:
+            _plan_index(lid, [lp for lp in plans.values() if lp.spec_id == lid], lg, inventory, offline)
     return Plan(lg.project.root, lg, plans, keys, offline)
+
+
+def node_keys(
+    lg: LayerGraph,
+    order: list[str],
+    digest_of: Any,
+    upstream_of: Any,
+    arches: list[Arch] | None = None,
+) -> tuple[list[tuple[str, str, Arch]], dict[str, LayerKey]]:
+    """The (node id, layer, arch) of `order`'s layers (narrowed to `arches`), and each node's key."""
+    host = host_arch()
+    wanted = set(arches) if arches else None
+    nodes = [
+        (node_id(lid, a, host), lid, a)
+        for lid in order
+        for a in lg.arches(lid)
+        if wanted is None or a in wanted
+    ]
+    keys: dict[str, LayerKey] = {}
+    for a in dict.fromkeys(a for _n, _l, a in nodes):
+        # One pass per architecture: a child's arches are its parent's (graph.py), so ancestors are in.
+        with_a = [lid for _n, lid, na in nodes if na == a]
+        for lid, lk in compute_keys(lg, with_a, digest_of, upstream_of, arch=a).items():
+            keys[node_id(lid, a, host)] = lk
+    return nodes, keys
+
+
+def artifact_spec(spec: LayerSpec, arch: Arch | None, arches: tuple[Arch, ...]) -> LayerSpec:
+    """The spec as a multi-arch node's SquashFS, kernel and initramfs are published: per arch.
+
+    Each tag gets an arch level: `<tag>/<arch>` (the `versioned` layout's
+    `<prefix><name>/<tag>/<arch>/...`, the directory's `<name>/<tag>/<arch>/`),
+    or `<tag>-<arch>` when the layer publishes to S3 in the `image-builder`
+    layout (`<prefix><ID><VERSION_ID>-<name>-<tag>-<arch>`; a `publish_dir` of
+    the same layer follows it). A single-arch layer's spec (`arches`) is returned as is.
+    """
+    if len(arches) < 2 or arch is None:
+        return spec
+    sep = "-" if spec.publish_s3 and spec.s3_layout == "image-builder" else "/"
+    return dataclasses.replace(spec, publish_tags=tuple(f"{t}{sep}{arch}" for t in spec.publish_tags))
+
+
+def local_tag_suffix(arch: Arch, host: Arch | None = None) -> str:
+    """`publish_local` tags: `name:tag` for the host's architecture, `name:tag-<arch>` for another."""
+    return "" if arch == (host or host_arch()) else f"-{arch}"
+
+
+def _plan_index(
+    lid: str, members: list[LayerPlan], lg: LayerGraph, inventory: Inventory, offline: bool
+) -> None:
+    """The fan-in of a multi-arch layer: one `index` task on its first node, after every arch's push.
+
+    Due when the index over today's member keys is not in the registry or a human
+    tag points elsewhere; written only when every architecture is in the plan and
+    none is blocked or unknown (a failed arch, at run time, blocks it too).
+    """
+    spec = lg.spec(lid)
+    first = members[0]
+    missing = [a for a in lg.arches(lid) if a not in {m.arch for m in members}]
+    if missing:
+        first.notes.append(
+            Reason("index-skipped", f"index not written: --arch leaves out {', '.join(missing)}")
+        )
+        return
+    stuck = [m for m in members if m.action in (Action.BLOCKED, Action.UNKNOWN)]
+    if stuck:
+        first.notes.append(
+            Reason(
+                "index-waits",
+                f"index not written: {', '.join(f'{m.arch} is {m.action}' for m in stuck)}; human tags stay",
+            )
+        )
+        return
+    itag = index_tag({m.arch: m.key for m in members if m.arch is not None})
+    repo = f"{spec.publish_registry}/{spec.name}"
+    pushes = [t.id for m in members for t in m.tasks if t.kind in (TaskKind.PUSH, TaskKind.BOOT_TEST)]
+    reason: Reason | None = None
+    if pushes:
+        reason = Reason("index-due", f"index of {', '.join(str(m.arch) for m in members)} follows the builds")
+    elif not offline:
+        tags = inventory.registry_tags(spec)
+        if tags.unknown:
+            first.reasons.insert(0, _unknown(f"registry {spec.publish_registry}", tags.error))
+            return
+        if itag not in (tags.tags or frozenset()):
+            reason = Reason("index-missing", f"registry lacks the index of today's keys in {repo}")
+        else:
+            at = inventory.tag_digest(spec, itag)
+            moved = []
+            for t in spec.publish_tags:
+                ans = inventory.tag_digest(spec, t)
+                if ans.unknown or at.unknown:
+                    first.reasons.insert(0, _unknown(f"registry tag {repo}:{t}", ans.error or at.error))
+                    return
+                if not ans.present or ans.holds != at.holds:
+                    moved.append(t)
+            if moved:
+                reason = Reason(
+                    "index-moved", f"{', '.join(moved)} in {repo} not on the index of today's keys"
+                )
+    if reason is None:
+        return
+    first.tasks.append(Task(first.layer, TaskKind.INDEX, tuple(pushes), ("registry",)))
+    first.reasons.append(reason)
+    if "registry" not in first.publish:
+        first.publish.append("registry")
+    first.action = action_of(first.tasks)
 
 
 def current_keys(
@@ -427,13 +601,13 @@ def current_keys(
     upstream_of: Any = None,
     locked_digest: Callable[[str], str | None] | None = None,
 ) -> dict[str, str]:
-    """The key each layer's spec gives today (what gc protects), computed as `make_plan` does."""
+    """The key each node's spec gives today (what gc protects), computed as `make_plan` does."""
 
     def digest_of(ref: str, spec: LayerSpec) -> str | None:
         pinned = locked_digest(ref) if locked_digest else None
         return pinned or inventory.external_digest(ref, spec)
 
-    return {lid: lk.key for lid, lk in compute_keys(lg, lg.order(), digest_of, upstream_of).items()}
+    return {nid: lk.key for nid, lk in node_keys(lg, lg.order(), digest_of, upstream_of)[1].items()}
 
 
 def _unknown(what: str, error: str | None) -> Reason:
@@ -469,7 +643,7 @@ def _blocker(
     if parent_plan is not None and parent_plan.action in (Action.BLOCKED, Action.UNKNOWN):
         return Reason(
             "parent-blocked",
-            f"parent {parent_plan.layer} is {parent_plan.action}",
+            f"parent {parent_plan.spec_id} is {parent_plan.action}",
             {"parent": parent_plan.layer},
         )
     if (
@@ -484,6 +658,21 @@ def _blocker(
             {"parent": link.ref},
         )
     return None
+
+
+def _parent_lacks(
+    link: Any, spec: LayerSpec, arch: Arch, inventory: Inventory, offline: bool
+) -> Reason | None:
+    """A multi-arch layer's external parent must offer each arch (from its manifest list)."""
+    ask = getattr(inventory, "external_platforms", None)
+    offered = ask(link.normalized or link.ref, spec) if ask is not None and not offline else None
+    if offered is None or f"linux/{arch.oci}" in offered:
+        return None
+    return Reason(
+        "parent-lacks-arch",
+        f"external parent {link.ref} offers no linux/{arch.oci} image (it has {', '.join(sorted(offered))})",
+        {"parent": link.ref, "arch": str(arch), "offered": sorted(offered)},
+    )
 
 
 def _short_key(key: str) -> str:
@@ -514,6 +703,9 @@ class _TargetCheck:
         self.spec, self.lk, self.lid, self.state = spec, lk, lid, state
         self.inventory, self.offline, self.image_id = inventory, offline, image_id
         self.digests = digests  # registry digest -> the key it was published for
+        self.member = False  # one arch of a multi-arch layer: its human registry tags are the index's
+        self.arch_suffix = ""  # publish_local tags of a foreign arch: name:tag-<arch>
+        self.artifact_spec = spec  # S3 and directory tags of a multi-arch node (artifact_spec)
         self.unknown: list[Reason] = []
         self._built: dict[str, float] | None = None  # key -> when it was last built
 
@@ -569,7 +761,7 @@ class _TargetCheck:
         if target == "s3" and self.offline:
             return None
         out: list[Reason] = []
-        for tag, ans in self.inventory.artifacts(spec, key, target).items():
+        for tag, ans in self.inventory.artifacts(self.artifact_spec, key, target).items():
             if ans.unknown:
                 self.unknown.append(_unknown(f"{target} {tag}", ans.error))
             elif not ans.present:
@@ -583,6 +775,12 @@ class _TargetCheck:
     def registry(self, tags: frozenset[str]) -> list[Reason]:
         spec, key = self.spec, self.lk.key
         repo = f"{spec.publish_registry}/{spec.name}"
+        if self.member:  # the index (fan-in task) carries the human tags
+            return (
+                []
+                if key_tag(key) in tags
+                else [Reason("missing-remote", f"registry lacks key tag in {repo}")]
+            )
         absent = [t for t in [*spec.publish_tags, key_tag(key)] if t not in tags]
         if absent:
             shown = ", ".join(a if not a.startswith("ig-") else "key tag" for a in absent)
@@ -632,7 +830,7 @@ class _TargetCheck:
             mine = inv.local_image(self.image_id)
         out: list[Reason] = []
         for tag in spec.publish_tags:
-            ref = local_tag_ref(spec, tag)
+            ref = local_tag_ref(spec, tag + self.arch_suffix)
             ans = inv.local_image(None, ref)
             if ans.unknown:
                 self.unknown.append(_unknown("local images", ans.error))
@@ -823,7 +1021,7 @@ def _parent_reason(a: dict, b: dict, parent_plan: LayerPlan | None) -> Reason:
     if a.get("kind") != b.get("kind"):
         return Reason("parent-changed", f"parent changed from {a.get('kind')} to {b.get('kind')}")
     if b.get("kind") == "layer":
-        name = parent_plan.layer if parent_plan else "layer"
+        name = parent_plan.spec_id if parent_plan else "layer"
         return Reason(
             "parent-changed", f"parent {name} was rebuilt since this layer's last build", {"parent": name}
         )

@@ -41,7 +41,7 @@ SETTINGS_FILE = "imagegraph.yaml"
 LOCK_FILE = "imagegraph.lock"
 NOT_LAYERS = {SETTINGS_FILE, "imagegraph.yml", LOCK_FILE}
 STATE_DIR = ".imagegraph"
-CACHE_FORMAT = 2  # 2: specs with missing sources are kept (Diagnostic.kind "source")
+CACHE_FORMAT = 3  # 2: specs with missing sources are kept (Diagnostic.kind "source"); 3: arches
 
 SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -313,10 +313,24 @@ def _defaults_validator() -> Any:
     return jsonschema.Draft202012Validator({"$defs": schema["$defs"], **options})
 
 
+@cache
+def _defaults_compiled() -> Any:
+    """The same schema compiled (jsonschema-rs): the fast yes/no before jsonschema words the errors."""
+    import jsonschema_rs
+
+    from .spec import layer_schema
+
+    schema = layer_schema()
+    options = {k: v for k, v in schema["properties"]["options"].items() if k != "required"}
+    return jsonschema_rs.validator_for({"$defs": schema["$defs"], **options})
+
+
 def _defaults_diagnostics(doc: Any, defaults: dict, file: str) -> list[Diagnostic]:
     """`defaults` are options every layer gets: they must pass the spec schema's options section."""
     from .spec import layer_schema, node_position, schema_message
 
+    if _defaults_compiled().is_valid(defaults):
+        return []  # importing jsonschema (and its format checkers' grammars) costs seconds under load
     options = {k: v for k, v in layer_schema()["properties"]["options"].items() if k != "required"}
     out = []
     for err in _defaults_validator().iter_errors(defaults):

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import Diagnostic
-from .plan import Action, Plan
+from .plan import Action, LayerPlan, Plan
 from .redact import redact, redact_obj
 
 
@@ -168,9 +168,25 @@ class Output:
 # ------------------------------------------------------------------------- plans
 
 
-def _roots(plan: Plan) -> list[str]:
+def _layer_ids(plan: Plan) -> dict[str, list[LayerPlan]]:
+    """Layer id -> its nodes (one per architecture; a host-arch layer has one), in plan order."""
+    out: dict[str, list[LayerPlan]] = {}
+    for lp in plan.layers.values():
+        out.setdefault(lp.spec_id, []).append(lp)
+    return out
+
+
+def _roots(plan: Plan, layers: Mapping[str, list[LayerPlan]]) -> list[str]:
     lg = plan.graph
-    return [lid for lid in plan.layers if not lg.parent_layer(lid) or lg.parent_layer(lid) not in plan.layers]
+    return [lid for lid in layers if not lg.parent_layer(lid) or lg.parent_layer(lid) not in layers]
+
+
+def _messages(nodes: list[LayerPlan], attr: str) -> list[tuple[str, str]]:
+    """(code, message) of every node; said once when all arches share it, else `aarch64: ...`."""
+    per = [[(r.code, redact(r.message)) for r in getattr(lp, attr)] for lp in nodes]
+    if len(nodes) == 1 or all(p == per[0] for p in per):
+        return per[0]
+    return [(code, f"{lp.arch}: {msg}") for lp, p in zip(nodes, per, strict=True) for code, msg in p]
 
 
 # Notes said once per registry by `registry_warnings`, not once per layer in the tree.
@@ -181,27 +197,35 @@ def plan_tree(plan: Plan) -> list[Text]:
     """The plan as a tree of layers (`├─`, `│`, `└─`), each with its reasons and notes."""
     lg = plan.graph
     lines: list[Text] = []
+    layers = _layer_ids(plan)
 
     def walk(lid: str, connector: str, prefix: str, root: bool) -> None:
-        lp = plan.layers[lid]
-        kids = [c for c in lg.children(lid) if c in plan.layers]
+        nodes = layers[lid]
+        lp = nodes[0]
+        kids = [c for c in lg.children(lid) if c in layers]
         line = Text(connector)
         line.append(lid, style="bold")
-        line.append(f"  {lp.action}", style=ACTION_STYLE[lp.action])
+        by_action: dict[Action, list[str]] = {}
+        for n in nodes:
+            by_action.setdefault(n.action, []).append(str(n.arch))
+        for action, arches in by_action.items():
+            line.append(f"  {action}", style=ACTION_STYLE[action])
+            if lp.multiarch:  # `compute  build  [x86_64, aarch64]`
+                line.append(f"  [{', '.join(arches)}]", style="cyan")
         if root and lp.parent_kind != "layer":
             line.append(f"  (from {lp.parent})", style="dim")
         lines.append(line)
         pad = prefix + ("│    " if kids else "     ")
-        for r in lp.reasons:
-            lines.append(Text(pad + "- " + redact(r.message)))
-        for r in lp.notes:
-            if r.code not in _GROUPED_NOTES:
-                lines.append(Text(pad + "· " + redact(r.message), style="dim"))
+        for _code, msg in _messages(nodes, "reasons"):
+            lines.append(Text(pad + "- " + msg))
+        for code, msg in _messages(nodes, "notes"):
+            if code not in _GROUPED_NOTES:
+                lines.append(Text(pad + "· " + msg, style="dim"))
         for i, c in enumerate(kids):
             last = i == len(kids) - 1
             walk(c, prefix + ("└─ " if last else "├─ "), prefix + ("   " if last else "│  "), False)
 
-    for r in _roots(plan):
+    for r in _roots(plan, layers):
         walk(r, "", "", True)
     return lines
 
@@ -231,7 +255,7 @@ def registry_warnings(plan: Plan, reasons: Mapping[str, str] | None = None) -> l
     parents: dict[str, list[str]] = {}
     for lp in plan.layers.values():
         if any(n.code == "registry-unreachable" for n in lp.notes):
-            spec = plan.graph.spec(lp.layer)
+            spec = plan.spec(lp.layer)
             by_registry.setdefault(spec.publish_registry or "?", []).append(lp.file)
         if not plan.offline and any(n.code == "parent-digest-unknown" for n in lp.notes):
             parents.setdefault(_registry_host(lp.parent), []).append(lp.file)

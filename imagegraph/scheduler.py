@@ -202,8 +202,12 @@ def task_weight(task: Task, durations: dict[str, float]) -> float:
 
 
 def plan_tasks(plan: Plan) -> list[Task]:
-    """Every task of the plan, in dependency order (layers are topological, and so is each layer's list)."""
-    return [t for lp in plan.layers.values() for t in lp.tasks]
+    """Every task of the plan, in dependency order (layers are topological, and so is each layer's list).
+
+    A multi-arch layer's `index` task waits for its later arches' pushes, and nothing waits for it: last.
+    """
+    tasks = [t for lp in plan.layers.values() for t in lp.tasks]
+    return [t for t in tasks if t.kind != TaskKind.INDEX] + [t for t in tasks if t.kind == TaskKind.INDEX]
 
 
 def task_levels(tasks: list[Task], durations: dict[str, float]) -> dict[str, float]:

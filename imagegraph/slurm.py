@@ -262,12 +262,26 @@ def check_plan(plan: Plan) -> list[Diagnostic]:
     builds = [lid for lid, lp in plan.layers.items() if lp.action == Action.BUILD]
     need: dict[str, str] = {}
     for lid in builds:
+        lp = plan.layers[lid]
+        if lp.multiarch:  # build_one re-derives the key for the node's host: not per arch yet
+            spec = plan.spec(lid)
+            out.append(
+                Diagnostic(
+                    rel(spec.path),
+                    spec.line_of("options.arches"),
+                    1,
+                    f"layer {lp.spec_id} builds for {', '.join(lp.arches)}: Slurm runs of multi-arch "
+                    "layers are not supported yet",
+                    hint="use --executor local",
+                )
+            )
+            continue
         need.setdefault(lid, f"layer {lid} is built as a Slurm job")
         parent = plan.graph.parent_layer(lid)
         if parent is not None:
             need.setdefault(parent, f"layer {parent} is the parent of {lid}, which is built as a Slurm job")
     for lid, why in need.items():
-        spec = plan.graph.spec(lid)
+        spec = plan.spec(lid)
         if spec.publish_registry:
             continue
         out.append(

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .arch import Arch, normalize_arch
 from .errors import Diagnostic, SpecError
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ class BootTestOptions:
     timeout: float = 300.0
     memory: int | None = None  # MiB; default from the SquashFS size
     accel: str = "auto"  # auto (KVM when it works), kvm, tcg
+    # a multi-arch layer's arches whose nodes boot before the index moves the tags; () = every arch
+    arches: tuple[Arch, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,8 @@ class LayerSpec:
     boot_params: str | None = None
     boot_test: BootTestOptions = BootTestOptions()
     key_paths: tuple[KeyPath, ...] = ()
+    arches: tuple[Arch, ...] = ()  # options.arches as written (normalised); () = the host's
+    variant: str | None = None  # apt from scratch: mmdebstrap's --variant (default minbase)
     # where things are in the file, for later diagnostics (e.g. parent resolution)
     lines: dict[str, int] = field(default_factory=dict, compare=False)
     warnings: tuple[Diagnostic, ...] = field(default=(), compare=False)
@@ -764,6 +769,8 @@ def _build(
         warn(
             ["options", "registry_opts_pull"], "registry_opts_pull is ignored: the layer starts from scratch"
         )
+    if "variant" in opts_node and not (pkg_manager == "apt" and parent == SCRATCH):
+        warn(["options", "variant"], "variant is mmdebstrap's: used by apt layers from scratch only; ignored")
     for k in ("s3_prefix", "s3_bucket", "s3_layout"):
         if k in opts_node and not opts.get("publish_s3"):
             warn(["options", k], f"{k} is ignored: the layer has no publish_s3")
@@ -876,6 +883,37 @@ def _build(
         line, col = pos(*where)
         key_paths.append(KeyPath(path=written, source=_resolve(base, written), line=line, column=col))
 
+    arches: list[Arch] = []
+    for i, written in enumerate(_as_tuple(opts.get("arches"))):
+        where = (
+            ["options", "arches", i] if isinstance(opts_node.get("arches"), list) else ["options", "arches"]
+        )
+        if "arches" not in opts_node:
+            where = ["options"]  # from imagegraph.yaml's defaults
+        try:
+            a = normalize_arch(str(written))
+        except ValueError as exc:
+            error(
+                where,
+                f"options.arches: {exc}",
+                hint="write the name as the distribution does: x86_64, aarch64, ppc64le",
+            )
+            continue
+        if a in arches:
+            error(
+                where, f"options.arches: {a} is listed twice" + (f" (as {written!r})" if written != a else "")
+            )
+            continue
+        arches.append(a)
+
+    boot_opts = dict(opts.get("boot_test") or {})
+    boot_arches: list[Arch] = []
+    for written in _as_tuple(boot_opts.pop("arches", None)):
+        try:
+            boot_arches.append(normalize_arch(written))
+        except ValueError as exc:
+            error(["options", "boot_test", "arches"], f"options.boot_test.arches: {exc}")
+
     if any(d.severity == "error" for d in diags):
         return None, diags
     spec = LayerSpec(
@@ -915,8 +953,10 @@ def _build(
         kernel_version=opts.get("kernel_version"),
         rootfs_only=opts.get("rootfs_only", False),
         boot_params=opts.get("boot_params"),
-        boot_test=BootTestOptions(**(opts.get("boot_test") or {})),
+        boot_test=BootTestOptions(**boot_opts, arches=tuple(boot_arches)),
         key_paths=tuple(key_paths),
+        arches=tuple(arches),
+        variant=opts.get("variant"),
         lines=lines,
         warnings=tuple(d for d in diags if d.severity == "warning"),
     )

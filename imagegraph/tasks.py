@@ -16,7 +16,11 @@ A pending layer contributes, from its plan:
 - `publish-artifacts`: S3 and directory uploads, after `squashfs` (and the
   boot test when gated: their keys and directories are named by tags);
 - `tag-registry`: the registry's human tags, after `push` and the boot test
-  (gated only).
+  (gated only);
+- `index` (multi-arch layers, on the layer's first node): one OCI index over
+  every architecture's key tag, then the human tags, after every arch's
+  `push` (and boot test): a failed arch blocks it, so human tags stay put.
+  Each arch's `push` is then the key tag only.
 
 Nothing of another layer waits for a publish task: a failed upload fails
 that layer's publishing, not its children's builds (a child's push carries
@@ -41,6 +45,7 @@ class TaskKind(StrEnum):
     BOOT_TEST = "boot-test"
     PUBLISH_ARTIFACTS = "publish-artifacts"
     TAG_REGISTRY = "tag-registry"
+    INDEX = "index"
 
 
 class Resource(StrEnum):
@@ -72,6 +77,7 @@ RESOURCE_OF = {
     TaskKind.SQUASHFS: Resource.BUILD,
     TaskKind.PUSH: Resource.UPLOAD,
     TaskKind.TAG_REGISTRY: Resource.UPLOAD,
+    TaskKind.INDEX: Resource.UPLOAD,
     TaskKind.PUBLISH_ARTIFACTS: Resource.UPLOAD,
     TaskKind.BOOT_TEST: Resource.BOOT,
     TaskKind.TAG_LOCAL: Resource.NONE,
@@ -83,6 +89,7 @@ DEFAULT_SECONDS = {
     TaskKind.SQUASHFS: 10.0,
     TaskKind.PUSH: 10.0,
     TaskKind.TAG_REGISTRY: 1.0,
+    TaskKind.INDEX: 2.0,
     TaskKind.PUBLISH_ARTIFACTS: 10.0,
     TaskKind.BOOT_TEST: 60.0,
     TaskKind.TAG_LOCAL: 0.5,
@@ -123,13 +130,20 @@ class Task:
 
 
 def layer_tasks(
-    layer: str, *, build: bool, publish: list[str], boot_test: bool, parent_build: str | None
+    layer: str,
+    *,
+    build: bool,
+    publish: list[str],
+    boot_test: bool,
+    parent_build: str | None,
+    member: bool = False,
 ) -> list[Task]:
     """The tasks of one layer (see the module docstring).
 
     `publish` lists the targets to fill, `boot_test` whether the gate holds
     this layer's human tags, `parent_build` the parent's build task id when
-    the parent builds in this run.
+    the parent builds in this run, `member` that the layer is multi-arch (its
+    push is the key tag only; the `index` task, added by the plan, tags).
     """
     out: list[Task] = []
     own: tuple[str, ...] = ()
@@ -149,9 +163,9 @@ def layer_tasks(
         boot = Task(layer, TaskKind.BOOT_TEST, (squash.id,))
         out.append(boot)
     if "registry" in publish:
-        push = Task(layer, TaskKind.PUSH, own, ("registry",), gated=gated)
+        push = Task(layer, TaskKind.PUSH, own, ("registry",), gated=gated or member)
         out.append(push)
-        if boot is not None:
+        if boot is not None and not member:
             out.append(Task(layer, TaskKind.TAG_REGISTRY, (push.id, boot.id), ("registry",)))
     if "local" in publish:
         out.append(Task(layer, TaskKind.TAG_LOCAL, own, ("local",)))

@@ -26,6 +26,8 @@ check zypper zypper
 check dpkg-scanpackages dpkg-dev
 # boot-test (and `up` with options.boot_test) boots layers under QEMU; dracut is only needed inside images.
 check qemu-system-x86_64 qemu-system-x86
+# multi-arch layers boot their aarch64 nodes on the virt board (TCG): tests/test_multiarch.py
+check qemu-system-aarch64 qemu-system-arm
 check ansible-playbook ansible-core
 # `up --executor slurm` tests bring up a one-node Slurm (munge, slurmctld, slurmd) of their own.
 check slurmctld slurmctld

@@ -42,7 +42,7 @@ def key_inputs(spec: LayerSpec) -> dict[str, Any]:
         "suite": suite_of(spec),
         "mirror": DEFAULT_MIRROR if scratch and not spec.repos else None,
         "components": ["main"],  # of a repo that names none
-        "variant": "minbase" if scratch else None,
+        "variant": (spec.variant or "minbase") if scratch else None,
         "recommends": False,
         "package_lists": "removed",
     }
@@ -91,8 +91,10 @@ def bootstrap(work: Work) -> None:
     argv = [
         "mmdebstrap",
         f"--mode={'root' if os.geteuid() == 0 else 'unshare'}",
-        "--variant=minbase",
+        f"--variant={spec.variant or 'minbase'}",
     ]
+    if work.arch:  # a foreign arch's maintainer scripts run through binfmt_misc (arch.py)
+        argv.append(f"--arch={work.arch.debian}")
     if spec.proxy:
         argv.append(f'--aptopt=Acquire::http {{ Proxy "{spec.proxy}"; }}')
     with work.step("repos", f"{len(repos)} repositories, suite {suite}"):
@@ -105,7 +107,11 @@ def bootstrap(work: Work) -> None:
     if spec.packages:
         argv.append("--include=" + ",".join(spec.packages))
     argv += [suite, str(work.mount), *(source_line(r, suite, spec.gpgcheck) for r in repos)]
-    with work.step("packages", f"mmdebstrap {suite} minbase + {len(spec.packages)} packages"):
+    with work.step(
+        "packages",
+        f"mmdebstrap {suite} {spec.variant or 'minbase'}{f' {work.arch.debian}' if work.arch else ''}"
+        f" + {len(spec.packages)} packages",
+    ):
         work.run(argv, env=work.proxy_env(), loglevel="INFO")
 
 

@@ -100,6 +100,8 @@ def host_env(work: Work) -> dict[str, str]:
 def _common_opts(work: Work) -> list[str]:
     spec = work.spec
     opts = ["-y"]
+    if work.arch:
+        opts.append(f"--forcearch={work.arch}")
     if spec.releasever:
         opts.append(f"--releasever={spec.releasever}")
     if spec.proxy:

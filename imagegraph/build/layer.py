@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..arch import Arch
 from ..errors import BuildError
 from ..keytag import key_tag
 from ..labels import image_labels as spec_image_labels
@@ -54,6 +55,10 @@ class BuildRequest:
     key: str  # the layer's content key (64 hex)
     parent: ParentImage | None  # None when spec.parent == "scratch"
     run_id: str = ""  # recorded with the working container so a later run can clean up after a dead one
+    # The node's architecture for a multi-arch layer (None: the host's, as single-arch layers always
+    # were); `tag_suffix` names its publish_local tags (`name:tag-aarch64`).
+    arch: Arch | None = None
+    tag_suffix: str = ""
 
 
 @dataclass
@@ -84,14 +89,24 @@ def build_layer(req: BuildRequest, runner: Runner) -> BuildResult:
     spec = req.spec
     name = container_name(spec.name, req.key)
     tmp = Path(tempfile.mkdtemp(prefix="imagegraph-build-"))
-    work = Work(spec=spec, key=req.key, runner=runner, container=name, tmp=tmp, scratch=req.parent is None)
+    work = Work(
+        spec=spec,
+        key=req.key,
+        runner=runner,
+        container=name,
+        tmp=tmp,
+        scratch=req.parent is None,
+        arch=req.arch,
+    )
     created = False
     try:
         record_owner(name, spec.name, req.key, req.run_id)
         with work.step("from", f"from {req.parent.ref if req.parent else 'scratch'}"):
             source = req.parent.image if req.parent else "scratch"
             created = True  # a failure half-way through `buildah from` may leave the container
-            work.run(["buildah", "from", "--pull=never", "--name", name, source], capture=True)
+            # The image config's platform comes from here (scratch) or from the parent's image.
+            platform = ["--arch", req.arch.oci, "--os", "linux"] if req.arch else []
+            work.run(["buildah", "from", "--pull=never", *platform, "--name", name, source], capture=True)
         with work.step("mount"):
             work.mount = Path(work.run(["buildah", "mount", name], capture=True).stdout.strip())
             runner.note("mount", f"{name} mounted at {work.mount}")
@@ -165,5 +180,6 @@ def _commit(work: Work, req: BuildRequest) -> str:
         image_id = iidfile.read_text().strip().removeprefix("sha256:")
     if spec.publish_local:
         with work.step("tag", ", ".join(spec.publish_tags)):
-            work.run(["buildah", "tag", image_id, *(f"localhost/{spec.name}:{t}" for t in spec.publish_tags)])
+            refs = [f"localhost/{spec.name}:{t}{req.tag_suffix}" for t in spec.publish_tags]
+            work.run(["buildah", "tag", image_id, *refs])
     return image_id

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..arch import Arch
 from ..rootfs import resolve_in_root
 from ..runner import Completed, Runner
 from ..spec import LayerSpec
@@ -32,6 +33,7 @@ class Work:
     mount: Path | None = None
     current: str = "start"
     steps: list[tuple[str, float]] = field(default_factory=list)
+    arch: Arch | None = None  # a multi-arch layer's node arch (None: the host's, today's argv)
 
     @contextlib.contextmanager
     def step(self, name: str, message: str | None = None) -> Iterator[None]:

@@ -57,11 +57,18 @@ def install(work: Work) -> None:
         if work.scratch:
             glob += ["--reposd-dir", str(work.tmp / "repos.d"), "--cache-dir", str(work.tmp / "zypp-cache")]
 
+    env = host_env(work)
+    if work.arch and not inside:
+        # libzypp takes the architecture from zypp.conf's `arch`; ZYPP_CONF names a private one.
+        conf = work.tmp / "zypp.conf"
+        conf.write_text(f"[main]\narch = {work.arch}\n")
+        env = {**env, "ZYPP_CONF": str(conf)}
+
     def zypper(args: list[str]) -> None:
         if inside:
             work.buildah_run([*glob, *args], env=work.proxy_env(), loglevel="WARNING")
         else:
-            work.run([*glob, *args], env=host_env(work), loglevel="WARNING")
+            work.run([*glob, *args], env=env, loglevel="WARNING")
 
     with work.step(
         "repos", f"{len(spec.repos)} repositories ({'zypper in image' if inside else 'host zypper'})"

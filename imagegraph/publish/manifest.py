@@ -15,7 +15,6 @@ are then copied over the registry API, as for single-arch images.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import tempfile
@@ -24,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..arch import Arch
-from ..key import KEY_TAG_PREFIX
+from ..keytag import index_key as index_key
+from ..keytag import index_tag
 from ..runner import Runner
 from .registry_client import RegistryClient
 from .registry_errors import RegistryError
@@ -33,17 +33,6 @@ INDEX_MEDIA_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
-
-
-def index_key(members: dict[Arch, str]) -> str:
-    """The identity of an index: sha256 over its architectures' build keys."""
-    doc = json.dumps({"index": {str(a): k for a, k in sorted(members.items())}}, sort_keys=True)
-    return hashlib.sha256(doc.encode()).hexdigest()
-
-
-def index_tag(members: dict[Arch, str]) -> str:
-    """The immutable registry tag of the index over `members` (arch -> build key)."""
-    return f"{KEY_TAG_PREFIX}{index_key(members)}-index"
 
 
 @dataclass(frozen=True)

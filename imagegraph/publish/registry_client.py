@@ -437,6 +437,31 @@ class RegistryClient:
         except TransientError as exc:
             raise RegistryError(str(image), f"gave up: {exc}", transient=True) from exc
 
+    def platforms(self, ref: str) -> frozenset[str] | None:
+        """The `os/architecture` platforms a reference offers (an index's members, or one image's
+        config); None when it does not exist. Raises RegistryError when the registry cannot say."""
+        got = self.manifest(ref)
+        if got is None:
+            return None
+        body, media_type = got
+        doc = json.loads(body)
+        if "manifests" in doc or "index" in media_type or "list" in media_type:
+            return frozenset(
+                f"{m['platform'].get('os', '')}/{m['platform'].get('architecture', '')}"
+                for m in doc.get("manifests", [])
+                if m.get("platform")
+            )
+        image = parse_reference(ref)
+        digest = (doc.get("config") or {}).get("digest", "")
+        try:
+            resp = self.retry.call(lambda: self._request("GET", image, f"/blobs/{digest}", "pull"))
+        except TransientError as exc:
+            raise RegistryError(str(image), f"gave up: {exc}", transient=True) from exc
+        if resp.status_code != 200:
+            raise self._http_error(str(image), resp, "reading the image config")
+        config = json.loads(resp.content)
+        return frozenset({f"{config.get('os', '')}/{config.get('architecture', '')}"})
+
     def put_blob(self, repository_ref: str, data: bytes) -> str:
         """Upload `data` as a blob of the repository (monolithic POST + PUT); returns its digest."""
         ref = parse_reference(repository_ref)
