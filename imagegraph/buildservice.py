@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from .build import BuildRequest, ParentImage, build_layer
 from .plan import LayerPlan, Plan
+from .resolve import locked_nevras
 from .runner import Runner
 
 
@@ -78,7 +79,9 @@ class LocalBuildService:
     def build(self, lp: LayerPlan, parent: ParentImage | None) -> BuiltImage:
         runner = self.runner_for(lp.layer)
         t0 = time.time()
-        res = build_layer(BuildRequest(self.plan.graph.spec(lp.layer), lp.key, parent, self.run_id), runner)
+        spec = self.plan.graph.spec(lp.layer)
+        req = BuildRequest(spec, lp.key, parent, self.run_id, locked_nevras(lp.inputs))
+        res = build_layer(req, runner)
         return BuiltImage(
             key=lp.key,
             image_id=res.image_id,

@@ -43,6 +43,7 @@ from typing import Any
 from .errors import Diagnostic, SpecError
 from .project import LOCK_FILE
 from .redact import redact
+from .resolve import LockedPackage
 from .spec import LayerSpec, Repo
 
 LOCK_FORMAT = 1
@@ -221,12 +222,34 @@ class LockFile:
     path: Path
     repositories: dict[tuple[str, str, str], dict] = field(default_factory=dict)
     parents: dict[str, dict] = field(default_factory=dict)
+    # (layer file, arch) -> {layer, arch, request, base, packages: [LockedPackage.line()]}
+    layers: dict[tuple[str, str], dict] = field(default_factory=dict)
+
+    def layer_entry(self, spec: LayerSpec, arch: str | None = None) -> dict | None:
+        """The resolved package set of a layer, if locked and still for this spec (else None)."""
+        from .resolve import request_digest
+
+        entry = self.layers.get((_layer_file(spec, self.path.parent), arch or host_basearch()))
+        if entry is None or entry.get("request") != request_digest(spec, _repo_ids(spec), entry["arch"]):
+            return None  # a spec edited since `lock` ran: the lock no longer says what it installs
+        return entry
+
+    def locked_packages(self, spec: LayerSpec, arch: str | None = None) -> list[LockedPackage] | None:
+        entry = self.layer_entry(spec, arch)
+        return None if entry is None else [LockedPackage.parse(line) for line in entry["packages"]]
 
     def repo_entry(self, src: RepoSource) -> dict | None:
         return self.repositories.get(src.entry_id)
 
     def upstream_of(self, spec: LayerSpec) -> dict[str, str]:
-        """Key inputs for a layer: `repo:<alias>` -> locked sha256, for the repositories it uses."""
+        """Key inputs for a layer: its resolved package set when locked, else `repo:<alias>` -> sha256.
+
+        With a resolved set, a repository that moved changes the key only when a package the
+        layer installs changed (version, release, checksum), not when anything else in it did.
+        """
+        entry = self.layer_entry(spec)
+        if entry is not None:
+            return {"packages": list(entry["packages"])}
         out = {}
         for src in repo_sources(spec):
             entry = self.repo_entry(src)
@@ -241,7 +264,10 @@ class LockFile:
     def to_document(self) -> dict:
         repos = [self.repositories[k] for k in sorted(self.repositories)]
         parents = [self.parents[k] for k in sorted(self.parents)]
-        return {"version": LOCK_FORMAT, "repositories": repos, "parents": parents}
+        doc: dict[str, Any] = {"version": LOCK_FORMAT, "repositories": repos, "parents": parents}
+        if self.layers:
+            doc["layers"] = [self.layers[k] for k in sorted(self.layers)]
+        return doc
 
     def text(self) -> str:
         import io
@@ -302,7 +328,7 @@ def load_lock(root: Path) -> LockFile | None:
         raise bad(f"cannot read the lock file: {type(exc).__name__}") from exc
     if not isinstance(doc, dict) or doc.get("version") != LOCK_FORMAT:
         raise bad(f"not an imagegraph lock file of format {LOCK_FORMAT}")
-    for section in ("repositories", "parents"):
+    for section in ("repositories", "parents", "layers"):
         if not isinstance(doc.get(section) or [], list):
             raise bad(f"'{section}' must be a list")
 
@@ -318,6 +344,14 @@ def load_lock(root: Path) -> LockFile | None:
         if not strings(e, "reference", "digest"):
             raise bad(f"parent entry without reference and digest: {e!r}")
         lock.parents[str(e["reference"])] = dict(e)
+    for e in doc.get("layers") or []:
+        if not strings(e, "layer", "arch", "request") or not isinstance(e.get("packages") or [], list):
+            raise bad(f"layer entry without layer, arch, request and packages: {e!r}")
+        try:
+            [LockedPackage.parse(line) for line in e.get("packages") or []]
+        except ValueError as exc:
+            raise bad(f"layer {e['layer']}: {exc}") from exc
+        lock.layers[(str(e["layer"]), str(e["arch"]))] = {**e, "packages": list(e.get("packages") or [])}
     return lock
 
 
@@ -333,6 +367,9 @@ class LockChange:
     old: str | None = None
     new: str | None = None
     layers: list[str] = field(default_factory=list)
+    packages: list[str] = field(
+        default_factory=list
+    )  # what="packages": "openssl 3.0.7-25 -> 3.0.7-27 (BaseOS)"
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
@@ -347,6 +384,8 @@ class LockReport:
     changes: list[LockChange] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     written: bool = False
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)  # layers whose package set is not resolved, and why
 
     def of(self, change: str) -> list[LockChange]:
         return [c for c in self.changes if c.change == change]
@@ -359,10 +398,23 @@ class LockReport:
         return {
             "path": str(self.path),
             "update": self.update,
+            "dry_run": self.dry_run,
             "written": self.written,
+            "notes": self.notes,
             "changes": [c.to_json() for c in self.changes],
             "errors": self.errors,
         }
+
+
+def _layer_file(spec: LayerSpec, root: Path) -> str:
+    try:
+        return str(spec.path.relative_to(root))
+    except ValueError:
+        return str(spec.path)
+
+
+def _repo_ids(spec: LayerSpec) -> list[tuple[str, str]]:
+    return [(s.alias, s.shown_url) for s in repo_sources(spec)]
 
 
 def _layer_files(specs: Iterable[LayerSpec], root: Path) -> list[str]:
@@ -382,16 +434,21 @@ def lock(
     fetch: Fetch | None = None,
     registry: Any = None,
     jobs: int = 8,
+    dry_run: bool = False,
+    resolve: bool = True,
 ) -> LockReport:
     """Fingerprint what the layers of `lg` use and write the lock file (see the module docstring).
 
     Without `update`, entries already in the file are kept as they are and only
     missing ones are fetched; with it, everything is fetched again. Entries no
-    layer uses any more are dropped either way.
+    layer uses any more are dropped either way. Then each layer's package set
+    is resolved (`resolve.py`) where it is missing, stale (the spec or the
+    parent's set changed) or one of its repositories moved. `dry_run`: the
+    report of what would change, nothing written.
     """
     root = lg.project.root
     old = load_lock(root) or LockFile(lock_path(root))
-    report = LockReport(old.path, update)
+    report = LockReport(old.path, update, dry_run=dry_run)
     new = LockFile(old.path)
     fetch = fetch or http_fetch
 
@@ -466,7 +523,10 @@ def lock(
         if k not in parents:
             report.changes.append(LockChange("parent", k, k, "removed", e.get("digest")))
 
-    if report.errors:
+    if resolve and not report.errors:
+        _resolve_layers(lg, old, new, report, fetch)
+
+    if report.errors or dry_run:
         return report  # never half-updated: an unreachable repository is not "unchanged"
     if not old.path.exists() or new.text() != old.text():
         new.write()
@@ -479,3 +539,120 @@ def _try(fn: Callable, *args: Any) -> tuple[Any, str | None]:
         return fn(*args), None
     except FetchError as exc:
         return None, str(exc)
+
+
+# ------------------------------------------------------------------------ package sets
+
+
+def unresolvable(spec: LayerSpec) -> str | None:
+    """Why a layer's package set is not resolved (its key keeps repository fingerprints), or None."""
+    if spec.layer_type == "ansible":
+        return "an ansible layer"
+    if spec.pkg_manager != "dnf":
+        return f"pkg_manager {spec.pkg_manager} is not resolved yet"
+    if spec.modules:
+        return "dnf modules are not resolved yet"
+    if any(s.kind != "rpm-md" for s in repo_sources(spec)):
+        return "a .repo file repository"
+    return None
+
+
+def package_diff(old: list[LockedPackage], new: list[LockedPackage]) -> list[str]:
+    """Per package: `name old -> new (repo)`, `+name version (repo)`, `-name version`."""
+    a = {p.ident: p for p in old}
+    b = {p.ident: p for p in new}
+    out = []
+    for ident in sorted(set(a) | set(b)):
+        o, n = a.get(ident), b.get(ident)
+        if o is None:
+            out.append(f"+{n.name} {n.version} ({n.repo})")
+        elif n is None:
+            out.append(f"-{o.name} {o.version}")
+        elif o.evr != n.evr:
+            out.append(f"{n.name} {o.version} -> {n.version} ({n.repo})")
+        elif o.checksum != n.checksum or o.repo != n.repo:
+            out.append(f"{n.name} {n.version} rebuilt ({n.repo})")
+    return out
+
+
+def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, fetch: Fetch) -> None:
+    """Fill `new.layers`; re-resolve where the entry is missing, stale or its repositories moved."""
+    from .resolve import (
+        MetadataCache,
+        ResolveError,
+        base_digest,
+        installed_after,
+        request_digest,
+        resolve_layer,
+    )
+
+    root = lg.project.root
+    arch = host_basearch()
+    cache = MetadataCache(fetch)
+    after: dict[str, list[LockedPackage] | None] = {}  # installed set each layer leaves
+    sources_of: dict[str, list[RepoSource]] = {}  # rpm-md repositories of each layer and its ancestors
+    for lid in lg.order():
+        spec = lg.spec(lid)
+        link = lg.parents[lid]
+        file = _layer_file(spec, root)
+        own = [s for s in repo_sources(spec) if s.kind == "rpm-md"]
+        inherited = sources_of.get(link.layer, []) if link.kind == "layer" else []
+        sources_of[lid] = own + [s for s in inherited if s.entry_id not in {o.entry_id for o in own}]
+        why = unresolvable(spec)
+        base: list[LockedPackage] | None
+        if link.kind == "scratch":
+            base = []
+        elif link.kind == "layer":
+            base = after.get(link.layer)
+            if base is None and why is None:
+                why = f"its parent {lg.spec(link.layer).name}'s installed set is not resolved"
+        else:
+            base = None
+            why = why or "an external parent (its installed set is not read yet)"
+        if why is not None or base is None:
+            after[lid] = None
+            report.notes.append(f"{file}: packages not resolved: {why}")
+            continue
+        request = request_digest(spec, _repo_ids(spec), arch)
+        based = base_digest(base)
+        prev = old.layers.get((file, arch))
+        moved = any(
+            (new.repositories.get(s.entry_id) or {}).get("sha256")
+            != (old.repositories.get(s.entry_id) or {}).get("sha256")
+            for s in own
+        )
+        if prev and prev["request"] == request and prev.get("base") == based and not moved:
+            entry = dict(prev)
+            packages = [LockedPackage.parse(line) for line in entry["packages"]]
+            erased = [tuple(x.rsplit(".", 1)) for x in entry.get("replaces", [])]
+        else:
+            try:
+                repos = [cache.repo(s.alias, s.url, s.proxy, _priority(spec, s.alias)) for s in own]
+                lookup = [cache.repo(s.alias, s.url, s.proxy) for s in sources_of[lid][len(own) :]]
+                res = resolve_layer(spec, repos, lookup, base, arch)
+            except (FetchError, ResolveError) as exc:
+                report.errors.append(f"layer {file}: cannot resolve its packages: {redact(str(exc))}")
+                after[lid] = None
+                continue
+            packages, erased = res.packages, res.erased
+            entry = {"layer": file, "arch": arch, "request": request, "base": based}
+            if erased:
+                entry["replaces"] = sorted(f"{n}.{a}" for n, a in erased)
+            entry["packages"] = [p.line() for p in packages]
+        new.layers[(file, arch)] = entry
+        after[lid] = installed_after(base, packages, spec, erased)
+        was = [LockedPackage.parse(line) for line in prev["packages"]] if prev else []
+        diff = package_diff(was, packages)
+        change = "added" if prev is None else ("updated" if diff else "unchanged")
+        report.changes.append(
+            LockChange("packages", file, arch, change, None, f"{len(packages)} packages", [file], diff)
+        )
+    for (file, arch), e in sorted(old.layers.items()):
+        if (file, arch) not in new.layers:
+            report.changes.append(
+                LockChange("packages", file, arch, "removed", f"{len(e['packages'])} packages")
+            )
+
+
+def _priority(spec: LayerSpec, alias: str) -> int | None:
+    return next((r.priority for r in spec.repos if r.alias == alias), None)

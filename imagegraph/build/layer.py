@@ -54,6 +54,9 @@ class BuildRequest:
     key: str  # the layer's content key (64 hex)
     parent: ParentImage | None  # None when spec.parent == "scratch"
     run_id: str = ""  # recorded with the working container so a later run can clean up after a dead one
+    locked: tuple[str, ...] | None = (
+        None  # exact packages from imagegraph.lock (NEVRAs); None: the spec's names
+    )
 
 
 @dataclass
@@ -84,7 +87,15 @@ def build_layer(req: BuildRequest, runner: Runner) -> BuildResult:
     spec = req.spec
     name = container_name(spec.name, req.key)
     tmp = Path(tempfile.mkdtemp(prefix="imagegraph-build-"))
-    work = Work(spec=spec, key=req.key, runner=runner, container=name, tmp=tmp, scratch=req.parent is None)
+    work = Work(
+        spec=spec,
+        key=req.key,
+        runner=runner,
+        container=name,
+        tmp=tmp,
+        scratch=req.parent is None,
+        locked=req.locked,
+    )
     created = False
     try:
         record_owner(name, spec.name, req.key, req.run_id)

@@ -30,6 +30,7 @@ class Work:
     tmp: Path
     scratch: bool
     mount: Path | None = None
+    locked: tuple[str, ...] | None = None  # the lock's exact packages for the package step (build/layer.py)
     current: str = "start"
     steps: list[tuple[str, float]] = field(default_factory=list)
 

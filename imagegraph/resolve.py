@@ -1,0 +1,318 @@
+"""Resolving a layer's package set without installing anything: what `imagegraph lock` records.
+
+For a dnf layer, `resolve_layer` depsolves the spec's `package_groups` (their
+mandatory and default members, from the repository's comps) and `packages`
+against the layer's repositories, with the installed set of its parent image
+as the base, and returns the exact packages the package step would install
+(`LockedPackage`: name, epoch:version-release, arch, repository alias and
+the package checksum from the repository metadata). The solver is libsolv,
+dnf's own, through the system Python's `python3-solv` (`solvhelper.py` runs
+as a subprocess: the bindings are a distribution package).
+
+Metadata only: `repomd.xml`, then the primary (and comps) files it names,
+each downloaded once per run and kept in the user's cache under its
+checksum, so a re-resolve of an unchanged repository reads no primary file
+over the network. Nothing is installed, no package is downloaded.
+
+The base: a scratch parent has none; a layer parent's installed set is its
+own base plus what its lock entry resolved, minus what its transaction
+replaced and its `remove_packages`. Layers whose parent's set cannot be known
+(an external parent, an ansible parent, another package manager) are not
+resolved: their keys keep the repository fingerprints.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import re
+import subprocess
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cachedir import ensure_dir, user_cache_dir
+from .redact import redact
+from .spec import LayerSpec
+
+SYSTEM_PYTHON = os.environ.get("IMAGEGRAPH_SYSTEM_PYTHON", "/usr/bin/python3")
+HELPER = Path(__file__).with_name("solvhelper.py")
+
+Fetch = Callable[[str, str | None], bytes]
+
+
+class ResolveError(Exception):
+    """A layer's package set cannot be resolved (no such package, conflicts, metadata unreadable)."""
+
+
+@dataclass(frozen=True, order=True)
+class LockedPackage:
+    """One package of a resolved set; `evr` always carries its epoch (`0:1.0-1`)."""
+
+    name: str
+    evr: str
+    arch: str
+    repo: str = ""
+    checksum: str = ""
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return (self.name, self.arch)
+
+    @property
+    def version(self) -> str:
+        """As people write it: without a zero epoch."""
+        return self.evr.removeprefix("0:")
+
+    @property
+    def nevra(self) -> str:
+        """What `dnf install` takes to mean exactly this package."""
+        return f"{self.name}-{self.evr}.{self.arch}"
+
+    def line(self) -> str:
+        """The lock file's one line per package."""
+        return " ".join(x for x in (self.name, self.evr, self.arch, self.repo, self.checksum) if x)
+
+    @classmethod
+    def parse(cls, line: str) -> LockedPackage:
+        parts = str(line).split()
+        if len(parts) < 3:
+            raise ValueError(f"not 'name epoch:version-release arch repo checksum': {line!r}")
+        return cls(*parts[:5])
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "evr": self.evr,
+            "arch": self.arch,
+            "repo": self.repo,
+            "checksum": self.checksum,
+        }
+
+
+def locked_nevras(inputs: dict) -> tuple[str, ...] | None:
+    """The exact packages a key document's locked set installs (None: the layer has no locked set)."""
+    lines = (inputs.get("upstream") or {}).get("packages")
+    return tuple(LockedPackage.parse(line).nevra for line in lines) if isinstance(lines, list) else None
+
+
+def with_epoch(evr: str) -> str:
+    return evr if re.match(r"^\d+:", evr) else f"0:{evr}"
+
+
+def solver_evr(evr: str) -> str:
+    """libsolv's spelling: no epoch when it is 0."""
+    return evr.removeprefix("0:")
+
+
+# ------------------------------------------------------------------ repository metadata
+
+
+@dataclass
+class RepoData:
+    """One rpm-md repository's metadata files, local paths."""
+
+    alias: str
+    primary: Path
+    comps: Path | None = None
+    priority: int | None = None
+
+
+def _repomd_files(repomd: bytes) -> dict[str, tuple[str, str]]:
+    """data type -> (href, checksum) from a repomd.xml."""
+    root = ET.fromstring(repomd)
+    out = {}
+    for data in root:
+        if not data.tag.endswith("data"):
+            continue
+        loc = next((c for c in data if c.tag.endswith("location")), None)
+        chk = next((c for c in data if c.tag.endswith("}checksum") or c.tag == "checksum"), None)
+        if loc is not None:
+            out[data.get("type", "")] = (
+                loc.get("href", ""),
+                (chk.text or "").strip() if chk is not None else "",
+            )
+    return out
+
+
+def metadata_cache() -> Path:
+    base = user_cache_dir()
+    path = (base / "repodata") if base else Path(tempfile.gettempdir()) / f"imagegraph-repodata-{os.getuid()}"
+    ensure_dir(path)
+    return path
+
+
+class MetadataCache:
+    """Repository metadata fetched once per run (per repomd) and kept by checksum across runs."""
+
+    def __init__(self, fetch: Fetch, directory: Path | None = None):
+        self.fetch = fetch
+        self.dir = directory or metadata_cache()
+        self._repomd: dict[str, bytes] = {}
+        self.downloads = 0
+
+    def repomd(self, url: str, proxy: str | None) -> bytes:
+        if url not in self._repomd:
+            self._repomd[url] = self.fetch(url, proxy)
+        return self._repomd[url]
+
+    def _file(self, base: str, href: str, checksum: str, proxy: str | None) -> Path:
+        name = checksum or hashlib.sha256(href.encode()).hexdigest()
+        dest = self.dir / f"{name}-{Path(href).name}"
+        if dest.is_file() and checksum:
+            return dest
+        data = self.fetch(base + href, proxy)
+        self.downloads += 1
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+        return dest
+
+    def repo(self, alias: str, url: str, proxy: str | None, priority: int | None = None) -> RepoData:
+        base = url if url.endswith("/") else url + "/"
+        files = _repomd_files(self.repomd(base + "repodata/repomd.xml", proxy))
+        if "primary" not in files:
+            raise ResolveError(f"repository {alias} ({redact(url)}): repomd.xml names no primary metadata")
+        primary = self._file(base, *files["primary"], proxy)
+        comps = None
+        group = files.get("group") or files.get("group_gz")
+        if group:
+            comps = self._file(base, *group, proxy)
+        return RepoData(alias, primary, comps, priority)
+
+
+def _read_maybe_compressed(path: Path) -> bytes:
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        return gzip.decompress(data)
+    if data[:6] == b"\xfd7zXZ\x00":
+        return lzma.decompress(data)
+    return data
+
+
+def group_members(repos: Iterable[RepoData], group: str) -> list[str]:
+    """A comps group's mandatory and default packages, by id or name (`@` prefix allowed), as dnf."""
+    want = group.removeprefix("@").lower()
+    for r in repos:
+        if r.comps is None:
+            continue
+        root = ET.fromstring(_read_maybe_compressed(r.comps))
+        for g in root.iter("group"):
+            names = [(g.findtext("id") or "").lower()] + [(n.text or "").lower() for n in g.findall("name")]
+            if want in names:
+                return [
+                    (p.text or "").strip()
+                    for p in g.iter("packagereq")
+                    if p.get("type", "mandatory") in ("mandatory", "default")
+                ]
+    raise ResolveError(f"no group {group!r} in the repositories' comps")
+
+
+# ----------------------------------------------------------------------------- solving
+
+
+@dataclass
+class Resolution:
+    packages: list[LockedPackage]
+    erased: list[tuple[str, str]] = field(default_factory=list)  # (name, arch) the transaction replaced
+    bare: list[str] = field(default_factory=list)  # installed packages without metadata anywhere
+
+
+def solve(
+    repos: list[RepoData],
+    lookup: list[RepoData],
+    installed: Iterable[LockedPackage],
+    install: list[str],
+    arch: str,
+) -> Resolution:
+    """One depsolve through the libsolv helper; raises ResolveError with the solver's words."""
+    req = {
+        "arch": arch,
+        "repos": [{"alias": r.alias, "primary": str(r.primary), "priority": r.priority} for r in repos],
+        "lookup": [{"alias": r.alias, "primary": str(r.primary)} for r in lookup],
+        "installed": [{"name": p.name, "evr": solver_evr(p.evr), "arch": p.arch} for p in installed],
+        "install": install,
+    }
+    try:
+        proc = subprocess.run(
+            [SYSTEM_PYTHON, str(HELPER)],
+            input=json.dumps(req),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ResolveError(f"cannot run the depsolver ({SYSTEM_PYTHON}): {exc}") from exc
+    if proc.returncode != 0 or not proc.stdout.strip():
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if "No module named 'solv'" in proc.stderr:
+            tail = "python3-solv is not installed (apt-get install python3-solv)"
+        raise ResolveError(f"the depsolver failed: {tail}")
+    ans = json.loads(proc.stdout)
+    if not ans.get("ok"):
+        raise ResolveError("; ".join(ans.get("problems") or ["unsolvable"]))
+    return Resolution(
+        packages=sorted(
+            LockedPackage(p["name"], with_epoch(p["evr"]), p["arch"], p["repo"], p["checksum"])
+            for p in ans["packages"]
+        ),
+        erased=[(p["name"], p["arch"]) for p in ans.get("erased", [])],
+        bare=ans.get("bare", []),
+    )
+
+
+def installed_after(
+    base: Iterable[LockedPackage],
+    entry_packages: Iterable[LockedPackage],
+    spec: LayerSpec,
+    erased: Iterable[tuple[str, str]] = (),
+) -> list[LockedPackage]:
+    """The installed set a layer leaves to its children: base, upgraded by its set, minus removals."""
+    gone = set(erased)
+    by = {p.ident: p for p in base if p.ident not in gone}
+    for p in entry_packages:
+        by[p.ident] = p  # an upgrade replaces the installed package of the same name and arch
+    removed = set(spec.remove_packages)
+    return sorted(p for p in by.values() if p.name not in removed)
+
+
+def base_digest(base: Iterable[LockedPackage]) -> str:
+    """The installed set a layer was resolved on (its parent's, from the lock)."""
+    return hashlib.sha256("\n".join(p.line() for p in sorted(base)).encode()).hexdigest()
+
+
+def request_digest(spec: LayerSpec, repos: list[tuple[str, str]], arch: str) -> str:
+    """What of the spec a layer's resolution depends on: when it moves, the lock entry is stale."""
+    doc = {
+        "arch": arch,
+        "pkg_manager": spec.pkg_manager,
+        "releasever": spec.releasever,
+        "repos": sorted(repos),
+        "package_groups": list(spec.package_groups),
+        "packages": list(spec.packages),
+        "remove_packages": list(spec.remove_packages),
+        "modules": [[s, list(i)] for s, i in spec.modules],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def resolve_layer(
+    spec: LayerSpec,
+    repos: list[RepoData],
+    lookup: list[RepoData],
+    base: list[LockedPackage],
+    arch: str,
+) -> Resolution:
+    """What `spec`'s package step installs on `base` (see the module docstring)."""
+    install: list[str] = []
+    for g in spec.package_groups:
+        install += group_members(repos, g)
+    install += list(spec.packages)
+    if not install:
+        return Resolution([])
+    return solve(repos, lookup, base, install, arch)

@@ -1,0 +1,130 @@
+"""The depsolve behind `imagegraph lock` for rpm layers: libsolv (dnf's own solver), metadata only.
+
+Run as a script by the system Python (`/usr/bin/python3 -m`-less: `python3 solvhelper.py`),
+since libsolv's bindings (`python3-solv`) are a distribution package the
+project's virtualenv does not see; it imports nothing from imagegraph. It
+reads one JSON request on stdin and writes one JSON answer on stdout:
+
+request:  {"arch": "x86_64",
+           "repos":     [{"alias", "primary", "priority"}],   # what the layer installs from
+           "lookup":    [{"alias", "primary"}],               # ancestors' repositories: metadata
+                                                              #   of the installed set only
+           "installed": [{"name", "evr", "arch"}],            # the parent's installed set
+           "install":   ["pkg spec", ...]}                     # names, provides, globs, name.arch
+answer:   {"ok": true, "packages": [{"name", "evr", "arch", "repo", "checksum"}],
+           "erased": [{"name", "evr", "arch"}], "bare": ["name-evr.arch", ...]}
+          {"ok": false, "problems": ["..."]}
+
+The installed set becomes libsolv's installed repository: each package
+carries the dependencies its repository metadata lists (found by exact
+name, evr and arch in the layer's or an ancestor's repositories; `bare`
+names those found nowhere, which then provide only themselves). As `dnf
+install` does, weak dependencies are installed and installed packages are
+kept unless a request needs them upgraded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _load(pool, entry):  # noqa: ANN001, ANN202 (no imagegraph typing here)
+    import solv
+
+    repo = pool.add_repo(entry["alias"])
+    repo.priority = -int(entry.get("priority") or 99)  # dnf: a lower number wins; libsolv: higher
+    f = solv.xfopen(entry["primary"])
+    if f is None:
+        raise OSError(f"cannot open {entry['primary']}")
+    repo.add_rpmmd(f, None, 0)
+    f.close()
+    return repo
+
+
+def solve(req: dict) -> dict:
+    import solv
+
+    pool = solv.Pool()
+    pool.setdisttype(solv.Pool.DISTTYPE_RPM)  # Debian's libsolv defaults to deb (arch "all", not noarch)
+    pool.setarch(req.get("arch") or "x86_64")
+    repos = [_load(pool, r) for r in req.get("repos", [])]
+    lookup = [_load(pool, r) for r in req.get("lookup", [])]
+
+    by_nevra = {}
+    for repo in repos + lookup:
+        for s in repo.solvables:
+            by_nevra.setdefault((s.name, s.evr, s.arch), s)
+    system = pool.add_repo("@System")
+    bare = []
+    keys = (solv.SOLVABLE_PROVIDES, solv.SOLVABLE_REQUIRES, solv.SOLVABLE_CONFLICTS, solv.SOLVABLE_OBSOLETES)
+    for p in req.get("installed", []):
+        src = by_nevra.get((p["name"], p["evr"], p["arch"]))
+        s = system.add_solvable()
+        s.name, s.evr, s.arch = p["name"], p["evr"], p["arch"]
+        s.add_deparray(solv.SOLVABLE_PROVIDES, pool.Dep(p["name"]).Rel(solv.REL_EQ, pool.Dep(p["evr"])))
+        if src is None:
+            bare.append(f"{p['name']}-{p['evr']}.{p['arch']}")
+            continue
+        for k in keys:
+            for d in src.lookup_deparray(k):
+                s.add_deparray(k, d)
+    system.internalize()
+    for repo in lookup:
+        repo.free(True)  # only the installed packages' metadata was wanted from them
+    pool.installed = system
+    pool.addfileprovides()
+    pool.createwhatprovides()
+
+    flags = (
+        solv.Selection.SELECTION_NAME
+        | solv.Selection.SELECTION_PROVIDES
+        | solv.Selection.SELECTION_GLOB
+        | solv.Selection.SELECTION_CANON
+        | solv.Selection.SELECTION_DOTARCH
+        | solv.Selection.SELECTION_REL
+    )
+    jobs, problems = [], []
+    for spec in req.get("install", []):
+        sel = pool.select(spec, flags)
+        if sel.isempty():
+            problems.append(f"no package matches {spec!r}")
+            continue
+        jobs += sel.jobs(solv.Job.SOLVER_INSTALL)
+    if problems:
+        return {"ok": False, "problems": problems}
+    solver = pool.Solver()
+    found = solver.solve(jobs)
+    if found:
+        return {"ok": False, "problems": [str(p) for p in found]}
+    trans = solver.transaction()
+    packages = []
+    for s in trans.newsolvables():
+        chk = s.lookup_checksum(solv.SOLVABLE_CHECKSUM)
+        packages.append(
+            {
+                "name": s.name,
+                "evr": s.evr,
+                "arch": s.arch,
+                "repo": s.repo.name,
+                "checksum": f"{chk.typestr()}:{chk.hex()}" if chk else "",
+            }
+        )
+    # Installed packages the transaction takes away (upgraded, obsoleted): gone from the image.
+    erased = [{"name": s.name, "evr": s.evr, "arch": s.arch} for s in trans.steps() if s.repo == system]
+    packages.sort(key=lambda p: (p["name"], p["arch"], p["evr"]))
+    return {"ok": True, "packages": packages, "erased": erased, "bare": sorted(bare)}
+
+
+def main() -> int:
+    req = json.load(sys.stdin)
+    try:
+        ans = solve(req)
+    except Exception as exc:  # reported as data: the caller names the layer
+        ans = {"ok": False, "problems": [f"{type(exc).__name__}: {exc}"]}
+    json.dump(ans, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
