@@ -422,12 +422,17 @@ def _cmd_lock(sub: Any) -> None:
     p = _add(
         sub,
         "lock",
-        "write imagegraph.lock: fingerprints of upstream repositories and parents",
+        "write imagegraph.lock: upstream repositories, parents and each layer's resolved packages",
         "[DIR]",
         "Fetch the fingerprints (repomd.xml, Release, .repo files) of every upstream repository the "
-        "layers use and the digests of external parents, and write them to DIR/imagegraph.lock. Keys "
-        "include what is locked, so a changed upstream shows up in `plan`.",
-        _examples("imagegraph lock layers/", "imagegraph lock layers/ --update && imagegraph plan layers/"),
+        "layers use and the digests of external parents, resolve the exact packages each dnf layer "
+        "installs (metadata only, on its parent's installed set), and write them to DIR/imagegraph.lock. "
+        "Keys include what is locked, so a changed package shows up in `plan` and nothing else does.",
+        _examples(
+            "imagegraph lock layers/",
+            "imagegraph lock layers/ --update --dry-run   # what would change, and so rebuild",
+            "imagegraph lock layers/ --update && imagegraph plan layers/",
+        ),
     )
     _dir_arg(p)
     p.add_argument(
@@ -438,6 +443,14 @@ def _cmd_lock(sub: Any) -> None:
         action="store_true",
         help="show what would change in the lock (and so rebuild); write nothing",
     )
+    p.add_argument(
+        "--no-resolve",
+        dest="resolve",
+        action="store_false",
+        default=None,
+        help="fingerprints only: keys follow repository revisions, no package sets (kept in the file)",
+    )
+    p.add_argument("--resolve", dest="resolve", action="store_true", help="lock package sets again")
     _state_opt(p)
     _wait_opt(p)
     _json_opt(p, "the changes")
@@ -1251,7 +1264,7 @@ def _relock(args: argparse.Namespace, out: Output, loaded: tuple[Project, LayerG
 
     project, lg = loaded or _load(_split_dir(args.args)[0], args.state)
     current = load_lock(project.root)
-    if not args.update_lock and (current is None or not current.layers):
+    if not args.update_lock and (current is None or not current.resolve or not current.layers):
         return None  # no resolved sets locked: nothing to keep in step
     with StateLock(_state_path(project, args.state).parent, "lock", wait=args.wait):
         report = lock(lg, update=args.update_lock)
@@ -1275,7 +1288,7 @@ def cmd_lock(args: argparse.Namespace, out: Output) -> int:
     project, lg = _load(root, args.state)
     # The lock file changes keys: never under a running `up`.
     with StateLock(_state_path(project, args.state).parent, "lock", wait=args.wait):
-        report = lock(lg, update=args.update, dry_run=args.dry_run)
+        report = lock(lg, update=args.update, dry_run=args.dry_run, resolve=args.resolve)
     lines, errors = lock_lines(report)
     for e in errors:
         out.error(e, command="lock")

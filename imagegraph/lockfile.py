@@ -48,7 +48,7 @@ from .spec import LayerSpec, Repo
 
 LOCK_FORMAT = 1
 HEADER = (
-    "# imagegraph.lock: upstream fingerprints that layer keys include.\n"
+    "# imagegraph.lock: upstream fingerprints and resolved package sets that layer keys include.\n"
     "# Written by `imagegraph lock`, refreshed by `imagegraph lock --update`; commit it.\n"
 )
 DEFAULT_APT_SUITE = "bookworm"  # as imagegraph.build.apt
@@ -224,6 +224,7 @@ class LockFile:
     parents: dict[str, dict] = field(default_factory=dict)
     # (layer file, arch) -> {layer, arch, request, base, packages: [LockedPackage.line()]}
     layers: dict[tuple[str, str], dict] = field(default_factory=dict)
+    resolve: bool = True  # False: `lock --no-resolve`, fingerprints only (remembered in the file)
 
     def layer_entry(self, spec: LayerSpec, arch: str | None = None) -> dict | None:
         """The resolved package set of a layer, if locked and still for this spec (else None)."""
@@ -265,6 +266,8 @@ class LockFile:
         repos = [self.repositories[k] for k in sorted(self.repositories)]
         parents = [self.parents[k] for k in sorted(self.parents)]
         doc: dict[str, Any] = {"version": LOCK_FORMAT, "repositories": repos, "parents": parents}
+        if not self.resolve:
+            doc["resolve"] = False
         if self.layers:
             doc["layers"] = [self.layers[k] for k in sorted(self.layers)]
         return doc
@@ -335,7 +338,9 @@ def load_lock(root: Path) -> LockFile | None:
     def strings(e: Any, *names: str) -> bool:
         return isinstance(e, dict) and all(isinstance(e.get(n), str) for n in names)
 
-    lock = LockFile(path)
+    if not isinstance(doc.get("resolve", True), bool):
+        raise bad("'resolve' must be true or false")
+    lock = LockFile(path, resolve=doc.get("resolve", True))
     for e in doc.get("repositories") or []:
         if not strings(e, "alias", "url", "sha256"):
             raise bad(f"repository entry without alias, url and sha256: {e!r}")
@@ -435,7 +440,7 @@ def lock(
     registry: Any = None,
     jobs: int = 8,
     dry_run: bool = False,
-    resolve: bool = True,
+    resolve: bool | None = None,
 ) -> LockReport:
     """Fingerprint what the layers of `lg` use and write the lock file (see the module docstring).
 
@@ -443,13 +448,14 @@ def lock(
     missing ones are fetched; with it, everything is fetched again. Entries no
     layer uses any more are dropped either way. Then each layer's package set
     is resolved (`resolve.py`) where it is missing, stale (the spec or the
-    parent's set changed) or one of its repositories moved. `dry_run`: the
-    report of what would change, nothing written.
+    parent's set changed) or one of its repositories moved, unless `resolve`
+    is False (`--no-resolve`: fingerprints only; None keeps the file's choice).
+    `dry_run`: the report of what would change, nothing written.
     """
     root = lg.project.root
     old = load_lock(root) or LockFile(lock_path(root))
     report = LockReport(old.path, update, dry_run=dry_run)
-    new = LockFile(old.path)
+    new = LockFile(old.path, resolve=old.resolve if resolve is None else resolve)
     fetch = fetch or http_fetch
 
     # Every repository and external parent, with the layers that use it.
@@ -523,7 +529,7 @@ def lock(
         if k not in parents:
             report.changes.append(LockChange("parent", k, k, "removed", e.get("digest")))
 
-    if resolve and not report.errors:
+    if new.resolve and not report.errors:
         _resolve_layers(lg, old, new, report, fetch)
 
     if report.errors or dry_run:

@@ -23,15 +23,11 @@ resolved: their keys keep the repository fingerprints.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import lzma
 import os
 import re
-import subprocess
 import tempfile
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +121,8 @@ class RepoData:
 
 def _repomd_files(repomd: bytes) -> dict[str, tuple[str, str]]:
     """data type -> (href, checksum) from a repomd.xml."""
+    import xml.etree.ElementTree as ET  # `plan` reads lock files without parsing any XML
+
     root = ET.fromstring(repomd)
     out = {}
     for data in root:
@@ -187,6 +185,9 @@ class MetadataCache:
 
 
 def _read_maybe_compressed(path: Path) -> bytes:
+    import gzip
+    import lzma
+
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
         return gzip.decompress(data)
@@ -197,6 +198,8 @@ def _read_maybe_compressed(path: Path) -> bytes:
 
 def group_members(repos: Iterable[RepoData], group: str) -> list[str]:
     """A comps group's mandatory and default packages, by id or name (`@` prefix allowed), as dnf."""
+    import xml.etree.ElementTree as ET
+
     want = group.removeprefix("@").lower()
     for r in repos:
         if r.comps is None:
@@ -231,6 +234,8 @@ def solve(
     arch: str,
 ) -> Resolution:
     """One depsolve through the libsolv helper; raises ResolveError with the solver's words."""
+    import subprocess
+
     req = {
         "arch": arch,
         "repos": [{"alias": r.alias, "primary": str(r.primary), "priority": r.priority} for r in repos],
