@@ -612,9 +612,10 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
             base = after.get(link.layer)
             if base is None and why is None:
                 why = f"its parent {lg.spec(link.layer).name}'s installed set is not resolved"
+        elif why is None:
+            base, why = _external_base(spec, link, new)
         else:
             base = None
-            why = why or "an external parent (its installed set is not read yet)"
         if why is not None or base is None:
             after[lid] = None
             report.notes.append(f"{file}: packages not resolved: {why}")
@@ -658,6 +659,27 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
             report.changes.append(
                 LockChange("packages", file, arch, "removed", f"{len(e['packages'])} packages")
             )
+
+
+def _external_base(
+    spec: LayerSpec, link: Any, new: LockFile
+) -> tuple[list[LockedPackage] | None, str | None]:
+    """An external parent's installed set, read from the image at its locked digest, or why not."""
+    from .publish.registry import parse_reference
+    from .resolve import ResolveError, image_installed
+
+    digest = (new.parents.get(_normalize(link.ref)) or {}).get("digest")
+    if not digest:
+        return None, "an external parent without a locked digest"
+    try:
+        ref = str(parse_reference(link.ref).with_digest(digest))
+        fmt, base = image_installed(ref, spec.registry_opts_pull)
+    except (ResolveError, ValueError) as exc:
+        return None, str(exc)
+    want = "deb" if spec.pkg_manager == "apt" else "rpm"
+    if fmt != want:
+        return None, f"its parent's packages are {fmt}, not {want}"
+    return base, None
 
 
 def _priority(spec: LayerSpec, alias: str) -> int | None:

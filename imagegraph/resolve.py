@@ -31,6 +31,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .cachedir import ensure_dir, user_cache_dir
 from .redact import redact
@@ -214,6 +215,60 @@ def group_members(repos: Iterable[RepoData], group: str) -> list[str]:
                     if p.get("type", "mandatory") in ("mandatory", "default")
                 ]
     raise ResolveError(f"no group {group!r} in the repositories' comps")
+
+
+# ------------------------------------------------------------------ external parents
+
+
+def image_installed(
+    ref: str, pull_opts: Iterable[str] = (), runner: Any = None
+) -> tuple[str, list[LockedPackage]]:
+    """An external parent's installed set: (format rpm|deb, packages), read from its package database.
+
+    `ref` should carry the locked digest (`name@sha256:...`): the answer is then kept in the
+    user's cache under it, since an image by digest never changes. The image is pulled when it
+    is not in local storage, mounted, and read by the host's rpm or dpkg-query (packages.py):
+    nothing inside it runs. Raises ResolveError when it cannot be read.
+    """
+    from .build.container import buildah_env
+    from .packages import InventoryStatus, read_inventory
+    from .runner import CommandError, Runner
+
+    cached = metadata_cache() / "images" / (hashlib.sha256(ref.encode()).hexdigest() + ".json")
+    if "@sha256:" in ref and cached.is_file():
+        doc = json.loads(cached.read_text())
+        return doc["format"], [LockedPackage.parse(x) for x in doc["packages"]]
+    runner = runner or Runner()
+    name = f"imagegraph-lock-{os.getpid()}-{hashlib.sha256(ref.encode()).hexdigest()[:8]}"
+    env = buildah_env()
+    try:
+        runner.run(
+            ["buildah", "from", "--pull=missing", *pull_opts, "--name", name, ref],
+            step="lock",
+            env=env,
+            capture=True,
+        )
+        mount = Path(runner.output(["buildah", "mount", name], step="lock", env=env).strip())
+        inv = read_inventory(mount, runner, step="lock")
+    except (CommandError, OSError) as exc:
+        raise ResolveError(
+            f"cannot read the installed packages of {redact(ref)}: {redact(str(exc))[:300]}"
+        ) from exc
+    finally:
+        runner.run(["buildah", "rm", name], step="lock", env=env, check=False, capture=True)
+    if inv.status != InventoryStatus.KNOWN or inv.format is None:
+        raise ResolveError(f"{redact(ref)} has no package database that can be read ({inv.reason})")
+    fmt = str(inv.format)
+    pkgs = sorted(
+        LockedPackage(p.name, with_epoch(p.version) if fmt == "rpm" else p.version, p.arch, "@parent")
+        for p in inv.packages
+    )
+    if "@sha256:" in ref:
+        ensure_dir(cached.parent)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"format": fmt, "packages": [p.line() for p in pkgs]}))
+        os.replace(tmp, cached)
+    return fmt, pkgs
 
 
 # ----------------------------------------------------------------------------- solving

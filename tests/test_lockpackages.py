@@ -244,21 +244,6 @@ def test_unknown_package_is_an_error_and_nothing_is_written(site, repo) -> None:
     assert (site / "imagegraph.lock").read_text() == before
 
 
-def test_external_parent_keeps_repository_fingerprints(site, repo) -> None:
-    (site / "ext.yaml").write_text(layer("ext", "registry.example.org/x/y:1", repo.url, ["ig-tool"]))
-    write(
-        site,
-        "imagegraph.lock",
-        "version: 1\nrepositories: []\nparents:\n"
-        f"  - reference: registry.example.org/x/y:1\n    digest: 'sha256:{'a' * 64}'\n",
-    )
-    r = lock(graph(site))
-    assert not r.errors and any("ext.yaml: packages not resolved: an external parent" in n for n in r.notes)
-    lk = load_lock(site)
-    assert set(lk.upstream_of(graph(site).spec("ext"))) == {"repo:R"}
-    assert set(lk.upstream_of(graph(site).spec("other"))) == {"packages"}
-
-
 # -------------------------------------------------------------------------------- builds
 
 
@@ -311,3 +296,42 @@ def test_build_installs_locked_versions_and_recovers_with_update_lock(site, repo
         for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
             if f"/{P}-" in ref:
                 buildah("rmi", "-f", ref, check=False)
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_external_parent_set_is_read_from_the_image(site, repo, registry, tmp_path: Path) -> None:
+    """A layer on a registry image: its depsolve's base is what that image's rpm database holds."""
+    from tests.fixtures_build import buildah
+
+    state = tmp_path / "state" / "state.db"
+    for f in ("compute.yaml", "other.yaml"):
+        (site / f).unlink()
+    ref = f"{registry.host}/igt-lp/base:1"
+    child = tmp_path / "child"
+    write(
+        child,
+        "child.yaml",
+        layer("child", ref, repo.url, ["ig-app", "ig-hello"]).replace(
+            "  publish_local: true\n", "  publish_local: true\n  registry_opts_pull: ['--tls-verify=false']\n"
+        ),
+    )
+    try:
+        assert cli("lock", str(site)).returncode == 0
+        r = cli("up", str(site), "--state", str(state))
+        assert r.returncode == 0, r.stderr[-3000:]
+        buildah("push", "--tls-verify=false", f"localhost/{P}-base:1", f"docker://{ref}")
+        r = cli("lock", str(child))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert locked(child, "child.yaml") == ["ig-app 0:1.0-1"]  # ig-lib, ig-hello: in the image
+        text = (child / "imagegraph.lock").read_text()
+        assert "@parent" not in text  # the parent's packages are its base, not the layer's set
+        r = cli("up", str(child), "--state", str(tmp_path / "state2" / "s.db"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        k = plan_keys(child, tmp_path / "state2" / "s.db")
+        pk = installed(tmp_path / "state2" / "s.db", k["child"])
+        assert pk["ig-app"] == "1.0-1" and pk["ig-lib"] == "1.0-1"
+    finally:
+        for ref_ in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
+            if f"/{P}-" in ref_ or "/igt-lp/" in ref_:
+                buildah("rmi", "-f", ref_, check=False)
