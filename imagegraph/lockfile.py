@@ -554,11 +554,13 @@ def unresolvable(spec: LayerSpec) -> str | None:
     """Why a layer's package set is not resolved (its key keeps repository fingerprints), or None."""
     if spec.layer_type == "ansible":
         return "an ansible layer"
-    if spec.pkg_manager != "dnf":
+    if spec.pkg_manager == "apt" and spec.is_scratch:
+        return "an apt layer from scratch (mmdebstrap's minbase) is not resolved yet"
+    if spec.pkg_manager not in ("dnf", "apt"):
         return f"pkg_manager {spec.pkg_manager} is not resolved yet"
     if spec.modules:
         return "dnf modules are not resolved yet"
-    if any(s.kind != "rpm-md" for s in repo_sources(spec)):
+    if any(s.kind == "repo-file" for s in repo_sources(spec)):
         return "a .repo file repository"
     return None
 
@@ -596,14 +598,16 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
     arch = host_basearch()
     cache = MetadataCache(fetch)
     after: dict[str, list[LockedPackage] | None] = {}  # installed set each layer leaves
-    sources_of: dict[str, list[RepoSource]] = {}  # rpm-md repositories of each layer and its ancestors
+    # each layer's and its ancestors' repositories, with the spec that names them
+    sources_of: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}
     for lid in lg.order():
         spec = lg.spec(lid)
         link = lg.parents[lid]
         file = _layer_file(spec, root)
-        own = [s for s in repo_sources(spec) if s.kind == "rpm-md"]
+        own = [s for s in repo_sources(spec) if s.kind in ("rpm-md", "apt")]
         inherited = sources_of.get(link.layer, []) if link.kind == "layer" else []
-        sources_of[lid] = own + [s for s in inherited if s.entry_id not in {o.entry_id for o in own}]
+        ids = {o.entry_id for o in own}
+        sources_of[lid] = [(spec, s) for s in own] + [(sp, s) for sp, s in inherited if s.entry_id not in ids]
         why = unresolvable(spec)
         base: list[LockedPackage] | None
         if link.kind == "scratch":
@@ -634,8 +638,8 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
             erased = [tuple(x.rsplit(".", 1)) for x in entry.get("replaces", [])]
         else:
             try:
-                repos = [cache.repo(s.alias, s.url, s.proxy, _priority(spec, s.alias)) for s in own]
-                lookup = [cache.repo(s.alias, s.url, s.proxy) for s in sources_of[lid][len(own) :]]
+                repos = [_repo_data(cache, spec, s, arch) for s in own]
+                lookup = [_repo_data(cache, sp, s, arch) for sp, s in sources_of[lid][len(own) :]]
                 res = resolve_layer(spec, repos, lookup, base, arch)
             except (FetchError, ResolveError) as exc:
                 report.errors.append(f"layer {file}: cannot resolve its packages: {redact(str(exc))}")
@@ -682,5 +686,11 @@ def _external_base(
     return base, None
 
 
-def _priority(spec: LayerSpec, alias: str) -> int | None:
-    return next((r.priority for r in spec.repos if r.alias == alias), None)
+def _repo_data(cache: Any, spec: LayerSpec, src: RepoSource, arch: str) -> Any:
+    from .resolve import deb_arch
+
+    repo = next((r for r in spec.repos if r.alias == src.alias), None)
+    if src.kind == "apt":
+        components = (repo.components if repo else ()) or ("main",)
+        return cache.deb_repo(src.alias, src.url, src.suite or "", components, deb_arch(arch), src.proxy)
+    return cache.repo(src.alias, src.url, src.proxy, repo.priority if repo else None)

@@ -95,7 +95,12 @@ class LockedPackage:
 def locked_nevras(inputs: dict) -> tuple[str, ...] | None:
     """The exact packages a key document's locked set installs (None: the layer has no locked set)."""
     lines = (inputs.get("upstream") or {}).get("packages")
-    return tuple(LockedPackage.parse(line).nevra for line in lines) if isinstance(lines, list) else None
+    if not isinstance(lines, list):
+        return None
+    pkgs = [LockedPackage.parse(line) for line in lines]
+    if inputs.get("pkg_manager") == "apt":
+        return tuple(f"{p.name}={p.evr}" for p in pkgs)
+    return tuple(p.nevra for p in pkgs)
 
 
 def with_epoch(evr: str) -> str:
@@ -112,12 +117,26 @@ def solver_evr(evr: str) -> str:
 
 @dataclass
 class RepoData:
-    """One rpm-md repository's metadata files, local paths."""
+    """One repository's metadata files, local paths: rpm-md primary (+ comps), or apt Packages."""
 
     alias: str
-    primary: Path
+    files: list[Path]
     comps: Path | None = None
     priority: int | None = None
+
+
+def _release_sha256(release: bytes) -> dict[str, str]:
+    """path -> sha256 from an apt Release / InRelease file's SHA256 section."""
+    out: dict[str, str] = {}
+    section = False
+    for raw in release.decode(errors="replace").splitlines():
+        if not raw.startswith(" "):
+            section = raw.strip() == "SHA256:"
+            continue
+        parts = raw.split()
+        if section and len(parts) == 3:
+            out[parts[2]] = parts[0]
+    return out
 
 
 def _repomd_files(repomd: bytes) -> dict[str, tuple[str, str]]:
@@ -162,6 +181,7 @@ class MetadataCache:
 
     def _file(self, base: str, href: str, checksum: str, proxy: str | None) -> Path:
         name = checksum or hashlib.sha256(href.encode()).hexdigest()
+        # Packages.xz and friends keep their suffix: libsolv's xfopen decompresses by it
         dest = self.dir / f"{name}-{Path(href).name}"
         if dest.is_file() and checksum:
             return dest
@@ -182,7 +202,31 @@ class MetadataCache:
         group = files.get("group") or files.get("group_gz")
         if group:
             comps = self._file(base, *group, proxy)
-        return RepoData(alias, primary, comps, priority)
+        return RepoData(alias, [primary], comps, priority)
+
+    def deb_repo(
+        self, alias: str, url: str, suite: str, components: Iterable[str], arch: str, proxy: str | None
+    ) -> RepoData:
+        """An apt repository's Packages indices of `suite` for `arch` (from its Release file)."""
+        base = (url if url.endswith("/") else url + "/") + f"dists/{suite}/"
+        release, last = None, None
+        for name in ("InRelease", "Release"):
+            try:
+                release = self.repomd(base + name, proxy)
+                break
+            except Exception as exc:  # FetchError: try the other name, as apt does
+                last = exc
+        if release is None:
+            raise ResolveError(f"repository {alias} ({redact(url)}): no Release file for {suite}: {last}")
+        sums = _release_sha256(release)
+        files = []
+        for comp in components:
+            stem = f"{comp}/binary-{arch}/Packages"
+            found = next((stem + ext for ext in (".xz", ".gz", "") if stem + ext in sums), None)
+            if found is None:
+                raise ResolveError(f"repository {alias} ({redact(url)}): {suite}'s Release lists no {stem}")
+            files.append(self._file(base, found, sums[found], proxy))
+        return RepoData(alias, files)
 
 
 def _read_maybe_compressed(path: Path) -> bytes:
@@ -287,14 +331,20 @@ def solve(
     installed: Iterable[LockedPackage],
     install: list[str],
     arch: str,
+    deb: bool = False,
+    recommends: bool = True,
 ) -> Resolution:
     """One depsolve through the libsolv helper; raises ResolveError with the solver's words."""
     import subprocess
 
     req = {
         "arch": arch,
-        "repos": [{"alias": r.alias, "primary": str(r.primary), "priority": r.priority} for r in repos],
-        "lookup": [{"alias": r.alias, "primary": str(r.primary)} for r in lookup],
+        "disttype": "deb" if deb else "rpm",
+        "recommends": recommends,
+        "repos": [
+            {"alias": r.alias, "files": [str(f) for f in r.files], "priority": r.priority} for r in repos
+        ],
+        "lookup": [{"alias": r.alias, "files": [str(f) for f in r.files]} for r in lookup],
         "installed": [{"name": p.name, "evr": solver_evr(p.evr), "arch": p.arch} for p in installed],
         "install": install,
     }
@@ -318,7 +368,9 @@ def solve(
         raise ResolveError("; ".join(ans.get("problems") or ["unsolvable"]))
     return Resolution(
         packages=sorted(
-            LockedPackage(p["name"], with_epoch(p["evr"]), p["arch"], p["repo"], p["checksum"])
+            LockedPackage(
+                p["name"], p["evr"] if deb else with_epoch(p["evr"]), p["arch"], p["repo"], p["checksum"]
+            )
             for p in ans["packages"]
         ),
         erased=[(p["name"], p["arch"]) for p in ans.get("erased", [])],
@@ -369,10 +421,23 @@ def resolve_layer(
     arch: str,
 ) -> Resolution:
     """What `spec`'s package step installs on `base` (see the module docstring)."""
-    install: list[str] = []
+    if spec.pkg_manager == "apt":
+        # `name=version` is apt's pin; libsolv spells it as a relation
+        install = [p.replace("=", " = ", 1) if "=" in p else p for p in spec.packages]
+        if not install:
+            return Resolution([])
+        return solve(repos, lookup, base, install, deb_arch(arch), deb=True, recommends=False)
+    install = []
     for g in spec.package_groups:
         install += group_members(repos, g)
     install += list(spec.packages)
     if not install:
         return Resolution([])
     return solve(repos, lookup, base, install, arch)
+
+
+def deb_arch(basearch: str) -> str:
+    """dnf's $basearch -> Debian's architecture name."""
+    from .arch import normalize_arch
+
+    return normalize_arch(basearch).debian

@@ -5,9 +5,10 @@ since libsolv's bindings (`python3-solv`) are a distribution package the
 project's virtualenv does not see; it imports nothing from imagegraph. It
 reads one JSON request on stdin and writes one JSON answer on stdout:
 
-request:  {"arch": "x86_64",
-           "repos":     [{"alias", "primary", "priority"}],   # what the layer installs from
-           "lookup":    [{"alias", "primary"}],               # ancestors' repositories: metadata
+request:  {"arch": "x86_64", "disttype": "rpm" | "deb", "recommends": true,
+           "repos":     [{"alias", "files", "priority"}],     # what the layer installs from
+                                                              #   (rpm: primary.xml; deb: Packages)
+           "lookup":    [{"alias", "files"}],                 # ancestors' repositories: metadata
                                                               #   of the installed set only
            "installed": [{"name", "evr", "arch"}],            # the parent's installed set
            "install":   ["pkg spec", ...]}                     # names, provides, globs, name.arch
@@ -29,27 +30,33 @@ import json
 import sys
 
 
-def _load(pool, entry):  # noqa: ANN001, ANN202 (no imagegraph typing here)
+def _load(pool, entry, deb):  # noqa: ANN001, ANN202 (no imagegraph typing here)
     import solv
 
     repo = pool.add_repo(entry["alias"])
     repo.priority = -int(entry.get("priority") or 99)  # dnf: a lower number wins; libsolv: higher
-    f = solv.xfopen(entry["primary"])
-    if f is None:
-        raise OSError(f"cannot open {entry['primary']}")
-    repo.add_rpmmd(f, None, 0)
-    f.close()
+    for path in entry["files"]:
+        f = solv.xfopen(path)
+        if f is None:
+            raise OSError(f"cannot open {path}")
+        if deb:
+            repo.add_debpackages(f, 0)
+        else:
+            repo.add_rpmmd(f, None, 0)
+        f.close()
     return repo
 
 
 def solve(req: dict) -> dict:
     import solv
 
+    deb = req.get("disttype") == "deb"
     pool = solv.Pool()
-    pool.setdisttype(solv.Pool.DISTTYPE_RPM)  # Debian's libsolv defaults to deb (arch "all", not noarch)
-    pool.setarch(req.get("arch") or "x86_64")
-    repos = [_load(pool, r) for r in req.get("repos", [])]
-    lookup = [_load(pool, r) for r in req.get("lookup", [])]
+    # Debian's libsolv defaults to deb (arch "all", not noarch): say which, always.
+    pool.setdisttype(solv.Pool.DISTTYPE_DEB if deb else solv.Pool.DISTTYPE_RPM)
+    pool.setarch(req.get("arch") or ("amd64" if deb else "x86_64"))
+    repos = [_load(pool, r, deb) for r in req.get("repos", [])]
+    lookup = [_load(pool, r, deb) for r in req.get("lookup", [])]
 
     by_nevra = {}
     for repo in repos + lookup:
@@ -94,6 +101,8 @@ def solve(req: dict) -> dict:
     if problems:
         return {"ok": False, "problems": problems}
     solver = pool.Solver()
+    if not req.get("recommends", True):  # apt-get --no-install-recommends, mmdebstrap
+        solver.set_flag(solv.Solver.SOLVER_FLAG_IGNORE_RECOMMENDED, 1)
     found = solver.solve(jobs)
     if found:
         return {"ok": False, "problems": [str(p) for p in found]}

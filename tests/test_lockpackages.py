@@ -335,3 +335,51 @@ def test_external_parent_set_is_read_from_the_image(site, repo, registry, tmp_pa
         for ref_ in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
             if f"/{P}-" in ref_ or "/igt-lp/" in ref_:
                 buildah("rmi", "-f", ref_, check=False)
+
+
+# ---------------------------------------------------------------------------------- apt
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_apt_layer_locks_and_installs_name_version(debian_image, registry, tmp_path: Path) -> None:
+    """An apt layer on a Debian image (from a registry): resolved on the image's dpkg status,
+    installed as `name=version`, a new version moves only when locked."""
+    from tests.debrepo import make_deb_repo
+    from tests.fixtures_build import buildah
+    from tests.rpmrepo import serve
+
+    result = debian_image[0]
+    ref = f"{registry.host}/igt-lp/debian:bookworm"
+    buildah("push", "--tls-verify=false", result.image_id, f"docker://{ref}")
+    deb = make_deb_repo(tmp_path / "debrepo")
+    deb.add("ig-deb-a", "1.0")
+    server = serve(deb.path)
+    root = tmp_path / "layers"
+    write(
+        root,
+        "apt.yaml",
+        f"options:\n  layer_type: base\n  name: {P}-apt\n  pkg_manager: apt\n  parent: '{ref}'\n"
+        "  gpgcheck: false\n  registry_opts_pull: ['--tls-verify=false']\n"
+        f"repos:\n  - alias: igdeb\n    url: '{server.url}'\n    suite: igtest\n"
+        "packages: [ig-deb-a, dpkg]\n",
+    )
+    state = tmp_path / "state" / "s.db"
+    try:
+        r = cli("lock", str(root))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert locked(root, "apt.yaml") == ["ig-deb-a 1.0"]  # dpkg: the image has it
+        deb.add("ig-deb-a", "1.1")  # not locked yet: the build still installs 1.0
+        r = cli("up", str(root), "--state", str(state))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert installed(state, plan_keys(root, state)["apt"])["ig-deb-a"] == "1.0"
+        r = cli("lock", str(root), "--update")
+        assert r.returncode == 0 and "ig-deb-a 1.0 -> 1.1 (igdeb)" in r.stdout, r.stdout + r.stderr
+        r = cli("up", str(root), "--state", str(state))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert installed(state, plan_keys(root, state)["apt"])["ig-deb-a"] == "1.1"
+    finally:
+        server.stop()
+        for ref_ in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
+            if f"/{P}-" in ref_ or "/igt-lp/" in ref_:
+                buildah("rmi", "-f", ref_, check=False)

@@ -22,9 +22,12 @@ does, to keep images small. `remove_packages` is `dpkg --purge
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from typing import Any
 
+from ..errors import BuildError
+from ..runner import CommandError
 from ..spec import LayerSpec, Repo
 from .work import Work
 
@@ -122,14 +125,28 @@ def install_inside(work: Work) -> None:
                 source_line(repo, suite, spec.gpgcheck) + "\n"
             )
     _skip_unsupported(work)
-    if spec.packages:
-        with work.step("packages", f"{len(spec.packages)} packages"):
+    # imagegraph.lock resolved the packages: install exactly those versions (`name=version`).
+    wanted = list(spec.packages) if work.locked is None else list(work.locked)
+    if wanted:
+        label = f"{len(wanted)} {'locked ' if work.locked is not None else ''}packages"
+        with work.step("packages", label):
             work.buildah_run(["apt-get", *_apt_opts(work), "update"], env=APT_ENV, loglevel="WARNING")
-            work.buildah_run(
-                ["apt-get", *_apt_opts(work), "install", "-y", "--no-install-recommends", *spec.packages],
-                env=APT_ENV,
-                loglevel="WARNING",
-            )
+            try:
+                work.buildah_run(
+                    ["apt-get", *_apt_opts(work), "install", "-y", "--no-install-recommends", *wanted],
+                    env=APT_ENV,
+                    loglevel="WARNING",
+                )
+            except CommandError as exc:
+                gone = missing_locked(exc.tail) if work.locked is not None else []
+                if not gone:
+                    raise
+                raise BuildError(
+                    spec.name,
+                    "packages",
+                    f"locked package{'s' if len(gone) > 1 else ''} {', '.join(gone)} no longer offered by "
+                    "the repositories: run `imagegraph lock --update` (or `imagegraph up --update-lock`)",
+                ) from exc
             work.buildah_run(["apt-get", "clean"], env=APT_ENV)
             lists = work.image_path("/var/lib/apt/lists")
             if lists.is_dir():
@@ -137,6 +154,16 @@ def install_inside(work: Work) -> None:
                     if entry.is_file() and entry.name != "lock":
                         entry.unlink()
                 shutil.rmtree(lists / "partial", ignore_errors=True)
+
+
+def missing_locked(lines: list[str]) -> list[str]:
+    """`name=version` pins apt says it has no such version of (a locked version gone from the mirror)."""
+    out = []
+    for line in lines:
+        m = re.search(r"Version '([^']+)' for '([^']+)' was not found", line)
+        if m and f"{m.group(2)}={m.group(1)}" not in out:
+            out.append(f"{m.group(2)}={m.group(1)}")
+    return out
 
 
 def remove(work: Work) -> None:
