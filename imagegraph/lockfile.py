@@ -275,6 +275,18 @@ class LockFile:
     def text(self) -> str:
         import io
 
+        try:  # libyaml's emitter: a lock of thousands of package lines in milliseconds
+            import yaml
+
+            return HEADER + yaml.dump(
+                to_plain(self.to_document()),
+                Dumper=yaml.CSafeDumper,
+                default_flow_style=False,
+                sort_keys=False,
+                width=4096,
+            )
+        except (ImportError, AttributeError):
+            pass
         from ruamel.yaml import YAML
 
         y = YAML()
@@ -324,7 +336,13 @@ def load_lock(root: Path) -> LockFile | None:
         )
 
     try:
-        doc = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+        from .yamlload import Unsupported, fast_load
+
+        text = path.read_text(encoding="utf-8")
+        doc = fast_load(text)  # libyaml; ruamel for what it cannot promise to read identically
+        if isinstance(doc, Unsupported):
+            doc = YAML(typ="safe").load(text)
+        doc = doc or {}
     except (YAMLError, OSError, ValueError) as exc:  # ValueError: not UTF-8
         raise bad(f"cannot read the lock file: {exc}") from exc
     except Exception as exc:  # the YAML library raises assorted errors on hostile input
@@ -534,7 +552,7 @@ def lock(
 
     if report.errors or dry_run:
         return report  # never half-updated: an unreachable repository is not "unchanged"
-    if not old.path.exists() or new.text() != old.text():
+    if not old.path.exists() or new.text() != old.path.read_text(encoding="utf-8", errors="replace"):
         new.write()
         report.written = True
     return report
