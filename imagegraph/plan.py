@@ -736,6 +736,13 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
             out.extend(_copyfiles_reasons(a or [], b or []))
         elif field_name == "repos":
             out.extend(_repos_reasons(a or [], b or []))
+        elif field_name == "upstream" and ("packages" in (a or {})) != ("packages" in (b or {})):
+            # A package set locked where fingerprints were, or the other way: one reason, not one per repo.
+            if "packages" in (b or {}):
+                out.append(Reason("upstream-package", "upstream: package set newly locked"))
+            else:
+                msg = "imagegraph.lock's package set no longer matches the spec: `up` or `imagegraph lock` re-resolves it"
+                out.append(Reason("upstream-stale", msg))
         elif field_name == "upstream":
             for name in sorted(set(a or {}) | set(b or {})):
                 if (

@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imagegraph.graph import build_graph
-from imagegraph.lockfile import load_lock, lock
+from imagegraph.lockfile import load_lock, lock, package_diff
 from imagegraph.packages import Inventory
-from imagegraph.plan import Action, StaticInventory, make_plan
+from imagegraph.plan import Action, StaticInventory, diff_inputs, make_plan
 from imagegraph.project import load_project
 from imagegraph.resolve import SYSTEM_PYTHON, LockedPackage
 from imagegraph.state import State
@@ -233,6 +235,9 @@ def test_spec_edit_re_resolves_that_layer_only(site, repo, tmp_path: Path) -> No
     changed = {c.name: c.packages for c in r.changes if c.change != "unchanged"}
     assert changed == {"other.yaml": ["+ig-extra 1.0-1 (R)"]}
     assert "ig-hello 0:1.0-1" in locked(site, "base.yaml")  # still the locked version
+    # Until then, plan says the lock is stale, once, rather than "repository R newly locked".
+    (r,) = diff_inputs({"upstream": {"packages": ["a 0:1-1 noarch R"]}}, {"upstream": {"repo:R": "x"}})
+    assert r.code == "upstream-stale" and "re-resolves it" in r.message
 
 
 def test_unknown_package_is_an_error_and_nothing_is_written(site, repo) -> None:
@@ -383,3 +388,31 @@ def test_apt_layer_locks_and_installs_name_version(debian_image, registry, tmp_p
         for ref_ in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
             if f"/{P}-" in ref_ or "/igt-lp/" in ref_:
                 buildah("rmi", "-f", ref_, check=False)
+
+
+# ----------------------------------------------------------------------------- properties
+
+_names = st.sampled_from(["openssl", "glibc", "bash", "ig-a", "lib.x"])
+_evrs = st.sampled_from(["0:3.0.7-25.el9", "0:3.0.7-27.el9", "1:2.34-100.el9", "0:1.0-1"])
+_pkg = st.builds(
+    LockedPackage,
+    _names,
+    _evrs,
+    st.sampled_from(["x86_64", "noarch"]),
+    st.sampled_from(["BaseOS", "AppStream"]),
+    st.sampled_from(["sha256:" + "a" * 64, "sha256:" + "b" * 64]),
+)
+_set = st.lists(_pkg, max_size=6).map(lambda ps: sorted({p.ident: p for p in ps}.values()))
+
+
+@given(_set, _set)
+def test_package_diff_names_each_changed_package_once(old: list, new: list) -> None:
+    diff = package_diff(old, new)
+    assert (diff == []) == (old == new)
+    a, b = {p.ident: p for p in old}, {p.ident: p for p in new}
+    changed = {i for i in set(a) | set(b) if a.get(i) != b.get(i)}
+    assert len(diff) == len(changed)
+    for line in diff:
+        assert any(line.lstrip("+-").startswith(f"{n} ") for n, _ in changed)
+    for p in old + new:
+        assert LockedPackage.parse(p.line()) == p  # one lock line per package, read back the same
