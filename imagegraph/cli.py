@@ -1264,8 +1264,10 @@ def _relock(args: argparse.Namespace, out: Output, loaded: tuple[Project, LayerG
 
     project, lg = loaded or _load(_split_dir(args.args)[0], args.state)
     current = load_lock(project.root)
-    if not args.update_lock and (current is None or not current.resolve or not current.layers):
-        return None  # no resolved sets locked: nothing to keep in step
+    if not args.update_lock and (
+        current is None or not current.resolve or not current.layers or args.offline
+    ):
+        return None  # no resolved sets locked (or offline: plan keys stale entries by fingerprints)
     with StateLock(_state_path(project, args.state).parent, "lock", wait=args.wait):
         report = lock(lg, update=args.update_lock)
     lines, errors = lock_lines(report)

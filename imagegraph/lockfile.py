@@ -368,8 +368,11 @@ def load_lock(root: Path) -> LockFile | None:
             raise bad(f"parent entry without reference and digest: {e!r}")
         lock.parents[str(e["reference"])] = dict(e)
     for e in doc.get("layers") or []:
-        if not strings(e, "layer", "arch", "request") or not isinstance(e.get("packages") or [], list):
+        lines = e.get("packages") or [] if isinstance(e, dict) else None
+        if not strings(e, "layer", "arch", "request") or not isinstance(lines, list):
             raise bad(f"layer entry without layer, arch, request and packages: {e!r}")
+        if not all(isinstance(x, str) for x in lines):
+            raise bad(f"layer {e['layer']}: every package is one line of text")
         try:
             [LockedPackage.parse(line) for line in e.get("packages") or []]
         except ValueError as exc:
@@ -390,9 +393,9 @@ class LockChange:
     old: str | None = None
     new: str | None = None
     layers: list[str] = field(default_factory=list)
-    packages: list[str] = field(
-        default_factory=list
-    )  # what="packages": "openssl 3.0.7-25 -> 3.0.7-27 (BaseOS)"
+    # what="packages": per package, "openssl 3.0.7-25.el9 -> 3.0.7-27.el9 (BaseOS)"; and the arch
+    packages: list[str] = field(default_factory=list)
+    arch: str | None = None
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
@@ -674,13 +677,17 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
         diff = package_diff(was, packages)
         change = "added" if prev is None else ("updated" if diff else "unchanged")
         report.changes.append(
-            LockChange("packages", file, arch, change, None, f"{len(packages)} packages", [file], diff)
+            LockChange("packages", file, file, change, None, _count(len(packages)), [file], diff, arch)
         )
     for (file, arch), e in sorted(old.layers.items()):
         if (file, arch) not in new.layers:
             report.changes.append(
-                LockChange("packages", file, arch, "removed", f"{len(e['packages'])} packages")
+                LockChange("packages", file, file, "removed", _count(len(e["packages"])), arch=arch)
             )
+
+
+def _count(n: int) -> str:
+    return f"{n} package{'' if n == 1 else 's'}"
 
 
 def _external_base(
