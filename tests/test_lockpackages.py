@@ -416,3 +416,21 @@ def test_package_diff_names_each_changed_package_once(old: list, new: list) -> N
         assert any(line.lstrip("+-").startswith(f"{n} ") for n, _ in changed)
     for p in old + new:
         assert LockedPackage.parse(p.line()) == p  # one lock line per package, read back the same
+
+
+def test_locked_mismatches_names_other_versions() -> None:
+    from imagegraph.build.layer import locked_mismatches
+    from imagegraph.packages import InventoryStatus, Package, PackageFormat
+
+    inv = Inventory(
+        InventoryStatus.KNOWN,
+        PackageFormat.RPM,
+        [Package("ig-hello", "1.1-1", "noarch"), Package("bash", "1:5.1-2", "x86_64")],
+    )
+    assert locked_mismatches(("ig-hello-0:1.1-1.noarch", "bash-1:5.1-2.x86_64"), inv) == []
+    assert locked_mismatches(("ig-hello-0:1.0-1.noarch", "gone-0:1-1.noarch"), inv) == [
+        "ig-hello 0:1.1-1 (locked 0:1.0-1)"
+    ]
+    deb = Inventory(InventoryStatus.KNOWN, PackageFormat.DEB, [Package("ig-deb-a", "1.1", "all")])
+    assert locked_mismatches(("ig-deb-a=1.0",), deb) == ["ig-deb-a 1.1 (locked 1.0)"]
+    assert locked_mismatches(("ig-deb-a=1.0",), deb, ("ig-deb-a",)) == []
