@@ -621,15 +621,22 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
     after: dict[str, list[LockedPackage] | None] = {}  # installed set each layer leaves
     # each layer's and its ancestors' repositories, with the spec that names them
     sources_of: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}
+    in_image: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}  # repositories each built image carries
     for lid in lg.order():
         spec = lg.spec(lid)
         link = lg.parents[lid]
         file = _layer_file(spec, root)
-        own = [s for s in repo_sources(spec) if s.kind in ("rpm-md", "apt")]
+        own = [(spec, s) for s in repo_sources(spec) if s.kind in ("rpm-md", "apt")]
+        # What the build can install from: its own repositories and those its parent image carries
+        # (apt's sources.list, dnf's /etc/yum.repos.d; a scratch dnf build keeps its repos outside).
+        carried = in_image.get(link.layer, []) if link.kind == "layer" else []
+        usable = _dedupe(own + carried)
+        in_image[lid] = usable if (spec.pkg_manager == "apt" or not spec.is_scratch) else []
         inherited = sources_of.get(link.layer, []) if link.kind == "layer" else []
-        ids = {o.entry_id for o in own}
-        sources_of[lid] = [(spec, s) for s in own] + [(sp, s) for sp, s in inherited if s.entry_id not in ids]
+        sources_of[lid] = _dedupe(usable + inherited)
         why = unresolvable(spec)
+        if why is None and not usable and (spec.packages or spec.package_groups):
+            why = "it installs from repository files of the parent image's own"
         base: list[LockedPackage] | None
         if link.kind == "scratch":
             base = []
@@ -651,7 +658,7 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
         moved = any(
             (new.repositories.get(s.entry_id) or {}).get("sha256")
             != (old.repositories.get(s.entry_id) or {}).get("sha256")
-            for s in own
+            for _, s in usable
         )
         if prev and prev["request"] == request and prev.get("base") == based and not moved:
             entry = dict(prev)
@@ -659,8 +666,8 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
             erased = [tuple(x.rsplit(".", 1)) for x in entry.get("replaces", [])]
         else:
             try:
-                repos = [_repo_data(cache, spec, s, arch) for s in own]
-                lookup = [_repo_data(cache, sp, s, arch) for sp, s in sources_of[lid][len(own) :]]
+                repos = [_repo_data(cache, sp, s, arch) for sp, s in usable]
+                lookup = [_repo_data(cache, sp, s, arch) for sp, s in sources_of[lid][len(usable) :]]
                 res = resolve_layer(spec, repos, lookup, base, arch)
             except (FetchError, ResolveError) as exc:
                 report.errors.append(f"layer {file}: cannot resolve its packages: {redact(str(exc))}")
@@ -684,6 +691,16 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
             report.changes.append(
                 LockChange("packages", file, file, "removed", _count(len(e["packages"])), arch=arch)
             )
+
+
+def _dedupe(pairs: list[tuple[LayerSpec, RepoSource]]) -> list[tuple[LayerSpec, RepoSource]]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for sp, s in pairs:
+        if s.entry_id not in seen:
+            seen.add(s.entry_id)
+            out.append((sp, s))
+    return out
 
 
 def _count(n: int) -> str:

@@ -434,3 +434,21 @@ def test_locked_mismatches_names_other_versions() -> None:
     deb = Inventory(InventoryStatus.KNOWN, PackageFormat.DEB, [Package("ig-deb-a", "1.1", "all")])
     assert locked_mismatches(("ig-deb-a=1.0",), deb) == ["ig-deb-a 1.1 (locked 1.0)"]
     assert locked_mismatches(("ig-deb-a=1.0",), deb, ("ig-deb-a",)) == []
+
+
+def test_child_resolves_from_the_repositories_its_parent_image_carries(site, repo) -> None:
+    """grand (no repos) on compute (dnf on an image: its repo file stays there) resolves from R;
+    a dnf layer on a scratch dnf build, which keeps no repo files, is not resolved and says why."""
+    write(site, "grand.yaml", layer("grand", f"localhost/{P}-compute:1", repo.url, ["ig-tool"]).split("repos:")[0]
+          + "packages: [ig-tool]\n")  # fmt: skip
+    text = (
+        layer("norepo", f"localhost/{P}-base:1", repo.url, ["ig-tool"]).split("repos:")[0]
+        + "packages: [ig-tool]\n"
+    )
+    write(site, "norepo.yaml", text)
+    r = lock(graph(site))
+    assert not r.errors, r.errors
+    assert locked(site, "grand.yaml") == ["ig-tool 0:1.0-1"]
+    assert any(
+        n.startswith("norepo.yaml: packages not resolved: it installs from repository files") for n in r.notes
+    )
