@@ -575,8 +575,6 @@ def unresolvable(spec: LayerSpec) -> str | None:
     """Why a layer's package set is not resolved (its key keeps repository fingerprints), or None."""
     if spec.layer_type == "ansible":
         return "an ansible layer"
-    if spec.pkg_manager == "apt" and spec.is_scratch:
-        return "an apt layer from scratch (mmdebstrap's minbase) is not resolved yet"
     if spec.pkg_manager not in ("dnf", "apt"):
         return f"pkg_manager {spec.pkg_manager} is not resolved yet"
     if spec.modules:

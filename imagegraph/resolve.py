@@ -182,7 +182,8 @@ class MetadataCache:
     def _file(self, base: str, href: str, checksum: str, proxy: str | None) -> Path:
         name = checksum or hashlib.sha256(href.encode()).hexdigest()
         # Packages.xz and friends keep their suffix: libsolv's xfopen decompresses by it
-        dest = self.dir / f"{name}-{Path(href).name}"
+        base_name = Path(href).name
+        dest = self.dir / (base_name if base_name.startswith(name) else f"{name}-{base_name}")
         if dest.is_file() and checksum:
             return dest
         data = self.fetch(base + href, proxy)
@@ -424,6 +425,8 @@ def resolve_layer(
     if spec.pkg_manager == "apt":
         # `name=version` is apt's pin; libsolv spells it as a relation
         install = [p.replace("=", " = ", 1) if "=" in p else p for p in spec.packages]
+        if spec.is_scratch:  # mmdebstrap --variant=minbase: Essential:yes, Priority:required, apt
+            install = minbase(repos) + install
         if not install:
             return Resolution([])
         return solve(repos, lookup, base, install, deb_arch(arch), deb=True, recommends=False)
@@ -434,6 +437,22 @@ def resolve_layer(
     if not install:
         return Resolution([])
     return solve(repos, lookup, base, install, arch)
+
+
+def minbase(repos: Iterable[RepoData]) -> list[str]:
+    """What mmdebstrap's minbase variant installs before `--include`: Essential:yes and
+    Priority:required packages of the indices, and apt."""
+    import re as re_
+
+    names = {"apt"}
+    stanza = re_.compile(rb"^Package: (\S+)$(.*?)(?:\n\n|\Z)", re_.M | re_.S)
+    for r in repos:
+        for f in r.files:
+            for m in stanza.finditer(_read_maybe_compressed(f)):
+                body = m.group(2)
+                if b"\nEssential: yes" in body or b"\nPriority: required" in body:
+                    names.add(m.group(1).decode())
+    return sorted(names)
 
 
 def deb_arch(basearch: str) -> str:

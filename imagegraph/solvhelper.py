@@ -47,6 +47,24 @@ def _load(pool, entry, deb):  # noqa: ANN001, ANN202 (no imagegraph typing here)
     return repo
 
 
+def _apt_preferences(pool, repos):  # noqa: ANN001, ANN202
+    """apt installs the package a dependency names before one that merely provides that name
+    (libsystemd0, not libelogind0, for `libsystemd0 (>= 243)`); libsolv alone would pick by
+    name order. Disfavour such substitutes."""
+    import solv
+
+    real = {s.name for r in repos for s in r.solvables}
+    jobs = []
+    for r in repos:
+        for s in r.solvables:
+            for d in s.lookup_deparray(solv.SOLVABLE_PROVIDES):
+                name = str(d).split(" ", 1)[0]
+                if name != s.name and name in real:
+                    jobs.append(pool.Job(solv.Job.SOLVER_SOLVABLE | solv.Job.SOLVER_DISFAVOR, s.id))
+                    break
+    return jobs
+
+
 def solve(req: dict) -> dict:
     import solv
 
@@ -92,6 +110,8 @@ def solve(req: dict) -> dict:
         | solv.Selection.SELECTION_REL
     )
     jobs, problems = [], []
+    if deb:
+        jobs += _apt_preferences(pool, repos)
     for spec in req.get("install", []):
         sel = pool.select(spec, flags)
         if sel.isempty():

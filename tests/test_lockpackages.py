@@ -452,3 +452,28 @@ def test_child_resolves_from_the_repositories_its_parent_image_carries(site, rep
     assert any(
         n.startswith("norepo.yaml: packages not resolved: it installs from repository files") for n in r.notes
     )
+
+
+def test_apt_choices_follow_apt_minbase_and_named_packages(tmp_path: Path) -> None:
+    """mmdebstrap's minbase (Essential:yes, Priority:required, apt) heads a scratch apt layer's set,
+    and a dependency is met by the package it names, not by a substitute that provides the name."""
+    from imagegraph.resolve import RepoData, minbase, solve
+
+    def stanza(name: str, extra: str = "") -> str:
+        return f"Package: {name}\nVersion: 1.0\nArchitecture: amd64\n{extra}SHA256: {'c' * 64}\n\n"
+
+    packages = tmp_path / "Packages"
+    packages.write_text(
+        stanza("base-files", "Essential: yes\nPriority: required\n")
+        + stanza("mawk", "Priority: required\n")
+        + stanza("apt")
+        + stanza("libsystemd0")
+        + stanza("libelogind0", "Provides: libsystemd0 (= 1.0)\nConflicts: systemd\n")
+        + stanza("app", "Depends: libsystemd0 (>= 1.0)\n")
+        + stanza("unrelated", "Priority: optional\n")
+    )
+    repo = RepoData("debian", [packages])
+    assert minbase([repo]) == ["apt", "base-files", "mawk"]
+    res = solve([repo], [], [], ["app"], "amd64", deb=True, recommends=False)
+    assert [p.name for p in res.packages] == ["app", "libsystemd0"]
+    assert res.packages[0].checksum == "sha256:" + "c" * 64

@@ -105,11 +105,22 @@ def bootstrap(work: Work) -> None:
                 argv.append('--setup-hook=mkdir -p "$1/etc/apt/trusted.gpg.d"')
                 argv.append(f"--setup-hook=copy-in {key} /etc/apt/trusted.gpg.d/")
     _skip_unsupported(work)
-    if spec.packages:
-        argv.append("--include=" + ",".join(spec.packages))
+    # imagegraph.lock resolved minbase and the packages: every one at its locked version.
+    wanted = list(spec.packages) if work.locked is None else list(work.locked)
+    if wanted:
+        argv.append("--include=" + ",".join(wanted))
     argv += [suite, str(work.mount), *(source_line(r, suite, spec.gpgcheck) for r in repos)]
-    with work.step("packages", f"mmdebstrap {suite} minbase + {len(spec.packages)} packages"):
-        work.run(argv, env=work.proxy_env(), loglevel="INFO")
+    label = (
+        f"{len(work.locked)} locked packages" if work.locked is not None else f"{len(spec.packages)} packages"
+    )
+    with work.step("packages", f"mmdebstrap {suite} minbase + {label}"):
+        try:
+            work.run(argv, env=work.proxy_env(), loglevel="INFO")
+        except CommandError as exc:
+            gone = missing_locked(exc.tail) if work.locked is not None else []
+            if not gone:
+                raise
+            raise _gone(spec.name, gone) from exc
 
 
 def install_inside(work: Work) -> None:
@@ -141,12 +152,7 @@ def install_inside(work: Work) -> None:
                 gone = missing_locked(exc.tail) if work.locked is not None else []
                 if not gone:
                     raise
-                raise BuildError(
-                    spec.name,
-                    "packages",
-                    f"locked package{'s' if len(gone) > 1 else ''} {', '.join(gone)} no longer offered by "
-                    "the repositories: run `imagegraph lock --update` (or `imagegraph up --update-lock`)",
-                ) from exc
+                raise _gone(spec.name, gone) from exc
             work.buildah_run(["apt-get", "clean"], env=APT_ENV)
             lists = work.image_path("/var/lib/apt/lists")
             if lists.is_dir():
@@ -154,6 +160,15 @@ def install_inside(work: Work) -> None:
                     if entry.is_file() and entry.name != "lock":
                         entry.unlink()
                 shutil.rmtree(lists / "partial", ignore_errors=True)
+
+
+def _gone(layer: str, gone: list[str]) -> BuildError:
+    return BuildError(
+        layer,
+        "packages",
+        f"locked package{'s' if len(gone) > 1 else ''} {', '.join(gone)} no longer offered by "
+        "the repositories: run `imagegraph lock --update` (or `imagegraph up --update-lock`)",
+    )
 
 
 def missing_locked(lines: list[str]) -> list[str]:
