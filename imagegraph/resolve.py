@@ -429,7 +429,17 @@ def resolve_layer(
             install = minbase(repos) + install
         if not install:
             return Resolution([])
-        return solve(repos, lookup, base, install, deb_arch(arch), deb=True, recommends=False)
+        res = solve(repos, lookup, base, install, deb_arch(arch), deb=True, recommends=False)
+        if spec.is_scratch and not any(p.name == "usr-is-merged" for p in res.packages):
+            # mmdebstrap's merged-/usr hook installs usr-is-merged after the packages, when the suite has it
+            try:
+                more = solve(
+                    repos, [], res.packages, ["usr-is-merged"], deb_arch(arch), deb=True, recommends=False
+                )
+            except ResolveError:
+                return res  # an older suite: no such package
+            res = Resolution(sorted(res.packages + more.packages), res.erased, res.bare)
+        return res
     install = []
     for g in spec.package_groups:
         install += group_members(repos, g)

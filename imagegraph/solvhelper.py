@@ -48,13 +48,14 @@ def _load(pool, entry, deb):  # noqa: ANN001, ANN202 (no imagegraph typing here)
 
 
 def _apt_preferences(pool, repos):  # noqa: ANN001, ANN202
-    """apt installs the package a dependency names before one that merely provides that name
-    (libsystemd0, not libelogind0, for `libsystemd0 (>= 243)`); libsolv alone would pick by
-    name order. Disfavour such substitutes."""
+    """apt's choices where libsolv alone would pick by name order: a dependency is met by the
+    package it names before one that merely provides that name (libsystemd0, not libelogind0,
+    for `libsystemd0 (>= 243)`), and by the first alternative of `a | b` (usrmerge before
+    usr-is-merged). Substitutes are disfavoured, first alternatives favoured."""
     import solv
 
     real = {s.name for r in repos for s in r.solvables}
-    jobs = []
+    jobs, first = [], set()
     for r in repos:
         for s in r.solvables:
             for d in s.lookup_deparray(solv.SOLVABLE_PROVIDES):
@@ -62,6 +63,12 @@ def _apt_preferences(pool, repos):  # noqa: ANN001, ANN202
                 if name != s.name and name in real:
                     jobs.append(pool.Job(solv.Job.SOLVER_SOLVABLE | solv.Job.SOLVER_DISFAVOR, s.id))
                     break
+            for d in s.lookup_deparray(solv.SOLVABLE_REQUIRES):
+                text = str(d)
+                if " | " in text:
+                    first.add(text.split(" | ", 1)[0].split(" ", 1)[0].strip("()"))
+    for name in sorted(first & real):
+        jobs.append(pool.Job(solv.Job.SOLVER_SOLVABLE_NAME | solv.Job.SOLVER_FAVOR, pool.str2id(name)))
     return jobs
 
 
