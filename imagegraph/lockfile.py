@@ -21,6 +21,14 @@ Fingerprints:
   then use the locked digest instead of asking the registry (reproducible,
   fast, works offline).
 
+Package sets (`layers:`): per layer and architecture, the exact packages its
+package step installs, resolved by resolve.py on its parent's installed set,
+one line each (`name epoch:version-release arch repo checksum`). A layer
+with a set is keyed by it instead of its repositories' fingerprints; the
+fingerprints then only say whether a re-resolve is needed. `request` (the
+spec fields the set depends on) and `base` (the parent's set) say when an
+entry is stale.
+
 Fetches are retried (bounded, `IMAGEGRAPH_RETRY_*` like registry requests).
 A repository that cannot be fetched is an error naming it and the layer files
 that use it, and the lock file is not written: an unreachable repository is

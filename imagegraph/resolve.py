@@ -3,7 +3,10 @@
 For a dnf layer, `resolve_layer` depsolves the spec's `package_groups` (their
 mandatory and default members, from the repository's comps) and `packages`
 against the layer's repositories, with the installed set of its parent image
-as the base, and returns the exact packages the package step would install
+as the base; for an apt layer its `packages` (without recommends, as the
+build; from scratch mmdebstrap's minbase first, then usr-is-merged), with
+apt's choices where libsolv's would differ (solvhelper.py). It returns the
+exact packages the package step would install
 (`LockedPackage`: name, epoch:version-release, arch, repository alias and
 the package checksum from the repository metadata). The solver is libsolv,
 dnf's own, through the system Python's `python3-solv` (`solvhelper.py` runs
@@ -16,9 +19,10 @@ over the network. Nothing is installed, no package is downloaded.
 
 The base: a scratch parent has none; a layer parent's installed set is its
 own base plus what its lock entry resolved, minus what its transaction
-replaced and its `remove_packages`. Layers whose parent's set cannot be known
-(an external parent, an ansible parent, another package manager) are not
-resolved: their keys keep the repository fingerprints.
+replaced and its `remove_packages`; an external parent's is read from the
+image at its locked digest (`image_installed`). Layers whose parent's set
+cannot be known (an ansible parent, an unreadable image) are not resolved:
+their keys keep the repository fingerprints (lockfile.py decides).
 """
 
 from __future__ import annotations

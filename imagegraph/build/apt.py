@@ -11,7 +11,9 @@
   trusted.gpg.d of the image, then `apt-get update` and `apt-get install`
   run inside with `buildah run`.
 
-Recommends are not installed, in both cases (mmdebstrap's default, and the
+With a locked package set (imagegraph.lock, `work.locked`) both install
+`name=version` for every locked package; a version apt cannot find fails
+the build naming it. Recommends are not installed, in both cases (mmdebstrap's default, and the
 right default for boot images). `gpgcheck: false` marks the layer's repos
 `[trusted=yes]`. Package lists are removed after installing, as mmdebstrap
 does, to keep images small. `remove_packages` is `dpkg --purge

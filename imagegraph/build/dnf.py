@@ -16,6 +16,10 @@ Where dnf runs:
   /etc/yum.repos.d (with the layer's repos added there), so the result is
   the same as if the image had dnf.
 
+With a locked package set (imagegraph.lock, `work.locked`) groups and
+packages are one `dnf install` of the exact NEVRAs; a NEVRA dnf finds no
+match for fails the build naming it.
+
 Two Debian host pitfalls handled here: Debian's rpm keeps its database in
 `$HOME/.rpmdb`, so every host rpm/dnf call gets a private HOME whose
 `.rpmmacros` sets `%_dbpath` to where the image's own rpm looks
