@@ -104,6 +104,8 @@ def locked_nevras(inputs: dict) -> tuple[str, ...] | None:
     pkgs = [LockedPackage.parse(line) for line in lines]
     if inputs.get("pkg_manager") == "apt":
         return tuple(f"{p.name}={p.evr}" for p in pkgs)
+    if inputs.get("pkg_manager") == "zypper":  # a capability: name.arch = [epoch:]version-release
+        return tuple(f"{p.name}.{p.arch}={p.version}" for p in pkgs)
     return tuple(p.nevra for p in pkgs)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -477,3 +478,38 @@ def test_apt_choices_follow_apt_minbase_and_named_packages(tmp_path: Path) -> No
     res = solve([repo], [], [], ["app"], "amd64", deb=True, recommends=False)
     assert [p.name for p in res.packages] == ["app", "libsystemd0"]
     assert res.packages[0].checksum == "sha256:" + "c" * 64
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_zypper_layer_installs_the_locked_versions(repo, tmp_path: Path) -> None:
+    from tests.fixtures_build import buildah
+
+    if not shutil.which("zypper"):
+        missing("zypper is installed by scripts/install-system-deps.sh")
+    root = tmp_path / "layers"
+    text = layer("zyp", "scratch", repo.url, ["ig-busybox", "ig-app"]).replace(
+        "pkg_manager: dnf", "pkg_manager: zypper"
+    )
+    write(root, "zyp.yaml", text)
+    state = tmp_path / "state" / "s.db"
+    try:
+        assert cli("lock", str(root)).returncode == 0
+        assert locked(root, "zyp.yaml") == ["ig-app 0:1.0-1", "ig-busybox 0:1.0-1", "ig-lib 0:1.0-1"]
+        repo.add_version("ig-lib", "1.1")
+        r = cli("up", str(root), "--state", str(state))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert installed(state, plan_keys(root, state)["zyp"])["ig-lib"] == "1.0-1"
+        repo.remove_version("ig-lib", "1.0")
+        r = cli("up", str(root), "--state", str(state), "--force", "zyp")
+        assert (
+            r.returncode == 1
+            and "locked package ig-lib.noarch=1.0-1 no longer offered" in r.stdout + r.stderr
+        )
+        r = cli("up", str(root), "--state", str(state), "--update-lock")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert installed(state, plan_keys(root, state)["zyp"])["ig-lib"] == "1.1-1"
+    finally:
+        for ref_ in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
+            if f"/{P}-" in ref_:
+                buildah("rmi", "-f", ref_, check=False)

@@ -158,8 +158,12 @@ def locked_mismatches(
     gone = set(removed)
     wrong = []
     for arg in locked:
-        if "=" in arg:  # apt: name=version
+        if "=" in arg:  # apt: name=version; zypper: name.arch=version
             name, version = arg.split("=", 1)
+            if "." in name and not any(p == name for p in have):
+                name = name.rsplit(".", 1)[0]
+            if inventory.format == "rpm" and ":" not in version:
+                version = f"0:{version}"
         else:  # dnf: name-epoch:version-release.arch
             nevr = arg.rsplit(".", 1)[0]
             name, version = nevr.rsplit("-", 2)[0], "-".join(nevr.rsplit("-", 2)[1:])
