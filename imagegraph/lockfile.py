@@ -250,13 +250,13 @@ class LockFile:
     def repo_entry(self, src: RepoSource) -> dict | None:
         return self.repositories.get(src.entry_id)
 
-    def upstream_of(self, spec: LayerSpec) -> dict[str, str]:
+    def upstream_of(self, spec: LayerSpec, arch: str | None = None) -> dict[str, Any]:
         """Key inputs for a layer: its resolved package set when locked, else `repo:<alias>` -> sha256.
 
         With a resolved set, a repository that moved changes the key only when a package the
         layer installs changed (version, release, checksum), not when anything else in it did.
         """
-        entry = self.layer_entry(spec)
+        entry = self.layer_entry(spec, arch)  # arch: dnf's basearch, default this host's
         if entry is not None:
             return {"packages": list(entry["packages"])}
         out = {}
