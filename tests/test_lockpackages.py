@@ -253,6 +253,16 @@ def test_unknown_package_is_an_error_and_nothing_is_written(site, repo) -> None:
 # -------------------------------------------------------------------------------- builds
 
 
+def remove_test_images() -> None:
+    """This module's images, tagged or not (a parent pulled by digest has no tag)."""
+    from tests.fixtures_build import buildah
+
+    for line in buildah("images", "--format", "{{.ID}} {{.Name}}", check=False).stdout.splitlines():
+        image_id, _, name = line.partition(" ")
+        if f"/{P}-" in name or "/igt-lp/" in name:
+            buildah("rmi", "-f", image_id, check=False)
+
+
 def installed(state: Path, key: str) -> dict[str, str]:
     inv = Inventory.decompress(State(state).inventory_blob(key))
     return {p.name: p.version for p in inv.packages}
@@ -297,11 +307,7 @@ def test_build_installs_locked_versions_and_recovers_with_update_lock(site, repo
         pk = installed(state, k["base"])
         assert pk["ig-hello"] == "1.1-1" and pk["ig-lib"] == "1.1-1"
     finally:
-        from tests.fixtures_build import buildah
-
-        for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
-            if f"/{P}-" in ref:
-                buildah("rmi", "-f", ref, check=False)
+        remove_test_images()
 
 
 @pytest.mark.buildah
@@ -338,9 +344,7 @@ def test_external_parent_set_is_read_from_the_image(site, repo, registry, tmp_pa
         pk = installed(tmp_path / "state2" / "s.db", k["child"])
         assert pk["ig-app"] == "1.0-1" and pk["ig-lib"] == "1.0-1"
     finally:
-        for ref_ in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
-            if f"/{P}-" in ref_ or "/igt-lp/" in ref_:
-                buildah("rmi", "-f", ref_, check=False)
+        remove_test_images()
 
 
 # ---------------------------------------------------------------------------------- apt
@@ -386,9 +390,7 @@ def test_apt_layer_locks_and_installs_name_version(debian_image, registry, tmp_p
         assert installed(state, plan_keys(root, state)["apt"])["ig-deb-a"] == "1.1"
     finally:
         server.stop()
-        for ref_ in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
-            if f"/{P}-" in ref_ or "/igt-lp/" in ref_:
-                buildah("rmi", "-f", ref_, check=False)
+        remove_test_images()
 
 
 # ----------------------------------------------------------------------------- properties
@@ -483,7 +485,6 @@ def test_apt_choices_follow_apt_minbase_and_named_packages(tmp_path: Path) -> No
 @pytest.mark.buildah
 @requires(have_buildah(), "needs buildah as root")
 def test_zypper_layer_installs_the_locked_versions(repo, tmp_path: Path) -> None:
-    from tests.fixtures_build import buildah
 
     if not shutil.which("zypper"):
         missing("zypper is installed by scripts/install-system-deps.sh")
@@ -510,6 +511,4 @@ def test_zypper_layer_installs_the_locked_versions(repo, tmp_path: Path) -> None
         assert r.returncode == 0, r.stderr[-3000:]
         assert installed(state, plan_keys(root, state)["zyp"])["ig-lib"] == "1.1-1"
     finally:
-        for ref_ in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
-            if f"/{P}-" in ref_:
-                buildah("rmi", "-f", ref_, check=False)
+        remove_test_images()
