@@ -184,7 +184,10 @@ def build_one(
             raise JobFailure(JobExit.INFRASTRUCTURE, f"pulling the parent failed: {exc}") from exc
     with _step(timings, "build"):
         try:
-            built = build_layer(BuildRequest(spec, key, parent, run_id), runner)
+            from .resolve import locked_nevras
+
+            locked = locked_nevras(keys[lid].inputs)
+            built = build_layer(BuildRequest(spec, key, parent, run_id, locked), runner)
         except runner_mod.Cancelled:
             raise
         except BuildError as exc:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from .build import BuildRequest, ParentImage, build_layer
 from .plan import LayerPlan, Plan, local_tag_suffix
+from .resolve import locked_nevras
 from .runner import Runner
 
 
@@ -79,7 +80,9 @@ class LocalBuildService:
     def build(self, lp: LayerPlan, parent: ParentImage | None) -> BuiltImage:
         runner = self.runner_for(lp.layer)
         t0 = time.time()
-        req = BuildRequest(self.plan.spec(lp.layer), lp.key, parent, self.run_id)
+        req = BuildRequest(
+            self.plan.spec(lp.layer), lp.key, parent, self.run_id, locked=locked_nevras(lp.inputs)
+        )
         if lp.multiarch and lp.arch is not None:
             req = dataclasses.replace(req, arch=lp.arch, tag_suffix=local_tag_suffix(lp.arch))
         res = build_layer(req, runner)

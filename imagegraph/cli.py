@@ -390,6 +390,11 @@ def _cmd_up(sub: Any) -> None:
     )
     p.add_argument("--force-all", action="store_true", help="rebuild every selected layer")
     p.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
+    p.add_argument(
+        "--update-lock",
+        action="store_true",
+        help="`imagegraph lock --update` first, then build what it changed (the nightly)",
+    )
     p.add_argument("--fail-fast", action="store_true", help="start nothing new after the first failure")
     _json_opt(p, "the run result")
     _max_age(p)
@@ -439,17 +444,35 @@ def _cmd_lock(sub: Any) -> None:
     p = _add(
         sub,
         "lock",
-        "write imagegraph.lock: fingerprints of upstream repositories and parents",
+        "write imagegraph.lock: upstream repositories, parents and each layer's resolved packages",
         "[DIR]",
         "Fetch the fingerprints (repomd.xml, Release, .repo files) of every upstream repository the "
-        "layers use and the digests of external parents, and write them to DIR/imagegraph.lock. Keys "
-        "include what is locked, so a changed upstream shows up in `plan`.",
-        _examples("imagegraph lock layers/", "imagegraph lock layers/ --update && imagegraph plan layers/"),
+        "layers use and the digests of external parents, resolve the exact packages each dnf layer "
+        "installs (metadata only, on its parent's installed set), and write them to DIR/imagegraph.lock. "
+        "Keys include what is locked, so a changed package shows up in `plan` and nothing else does.",
+        _examples(
+            "imagegraph lock layers/",
+            "imagegraph lock layers/ --update --dry-run   # what would change, and so rebuild",
+            "imagegraph lock layers/ --update && imagegraph plan layers/",
+        ),
     )
     _dir_arg(p)
     p.add_argument(
         "--update", action="store_true", help="fetch every fingerprint again (else: only missing ones)"
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would change in the lock (and so rebuild); write nothing",
+    )
+    p.add_argument(
+        "--no-resolve",
+        dest="resolve",
+        action="store_false",
+        default=None,
+        help="fingerprints only: keys follow repository revisions, no package sets (kept in the file)",
+    )
+    p.add_argument("--resolve", dest="resolve", action="store_true", help="lock package sets again")
     _state_opt(p)
     _wait_opt(p)
     _json_opt(p, "the changes")
@@ -1035,6 +1058,8 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
         with StateLock(_state_path(loaded[0], args.state).parent, "up (waiting)", wait=True):
             pass
         loaded = None
+    if not args.dry_run and (status := _relock(args, out, loaded)) is not None:
+        return status
     project, lg, state, plan = _plan(args, out, args.args, loaded)
     out.warnings(project.warnings + lg.warnings)  # on stderr: --json's stdout stays one document
     slurm = (args.executor or project.settings.executor.kind) == "slurm"
@@ -1267,6 +1292,33 @@ def cmd_log(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _relock(args: argparse.Namespace, out: Output, loaded: tuple[Project, LayerGraph] | None) -> int | None:
+    """`up`: `lock --update` with --update-lock; else re-resolve the layers whose lock entry is stale.
+
+    Returns an exit status when the lock could not be brought up to date (nothing is built).
+    """
+    from .lockfile import load_lock, lock
+    from .render import lock_lines, print_lines
+    from .statelock import StateLock
+
+    project, lg = loaded or _load(_split_dir(args.args)[0], args.state)
+    current = load_lock(project.root)
+    if not args.update_lock and (
+        current is None or not current.resolve or not current.layers or args.offline
+    ):
+        return None  # no resolved sets locked (or offline: plan keys stale entries by fingerprints)
+    with StateLock(_state_path(project, args.state).parent, "lock", wait=args.wait):
+        report = lock(lg, update=args.update_lock)
+    lines, errors = lock_lines(report)
+    for e in errors:
+        out.error(e, command="up")
+    if report.errors:
+        return report.exit_status
+    if report.written and not out.quiet and not args.json:
+        print_lines(out.out, lines)
+    return None
+
+
 def cmd_lock(args: argparse.Namespace, out: Output) -> int:
     from .lockfile import lock
     from .render import lock_lines, print_lines
@@ -1277,7 +1329,7 @@ def cmd_lock(args: argparse.Namespace, out: Output) -> int:
     project, lg = _load(root, args.state)
     # The lock file changes keys: never under a running `up`.
     with StateLock(_state_path(project, args.state).parent, "lock", wait=args.wait):
-        report = lock(lg, update=args.update)
+        report = lock(lg, update=args.update, dry_run=args.dry_run, resolve=args.resolve)
     lines, errors = lock_lines(report)
     for e in errors:
         out.error(e, command="lock")

@@ -230,7 +230,7 @@ def compute_keys(
     lg: Any,
     layers: list[str],
     digest_of: DigestLookup | None = None,
-    upstream_of: Callable[[LayerSpec], dict[str, str]] | None = None,
+    upstream_of: Callable[..., dict[str, Any]] | None = None,
     arch: Arch | None = None,
 ) -> dict[str, LayerKey]:
     """Keys for `layers` (given in topological order, ancestors included), built for `arch`.
@@ -249,7 +249,15 @@ def compute_keys(
         else:
             digest = digest_of(link.ref, spec) if digest_of else None
             parent = ParentInput("image", ref=link.normalized or link.ref, digest=digest)
-        inputs = build_inputs(spec, parent, upstream_of(spec) if upstream_of else None, arch)
+        # The lock's package set is per architecture: a foreign arch's node asks for its own (the
+        # host's is the lock's default, so one-arch callers keep one argument).
+        if upstream_of is None:
+            upstream = None
+        elif arch is None or arch == host_arch():
+            upstream = upstream_of(spec)
+        else:
+            upstream = upstream_of(spec, str(arch))
+        inputs = build_inputs(spec, parent, upstream, arch)
         k = key_of(inputs)
         out[lid] = LayerKey(k, publish_key(k, spec), inputs, publish_targets(spec), parent, arch)
     return out

@@ -21,6 +21,14 @@ Fingerprints:
   then use the locked digest instead of asking the registry (reproducible,
   fast, works offline).
 
+Package sets (`layers:`): per layer and architecture, the exact packages its
+package step installs, resolved by resolve.py on its parent's installed set,
+one line each (`name epoch:version-release arch repo checksum`). A layer
+with a set is keyed by it instead of its repositories' fingerprints; the
+fingerprints then only say whether a re-resolve is needed. `request` (the
+spec fields the set depends on) and `base` (the parent's set) say when an
+entry is stale.
+
 Fetches are retried (bounded, `IMAGEGRAPH_RETRY_*` like registry requests).
 A repository that cannot be fetched is an error naming it and the layer files
 that use it, and the lock file is not written: an unreachable repository is
@@ -43,12 +51,13 @@ from typing import Any
 from .errors import Diagnostic, SpecError
 from .project import LOCK_FILE
 from .redact import redact
+from .resolve import LockedPackage
 from .retry import RetryPolicy, TransientError
 from .spec import LayerSpec, Repo
 
 LOCK_FORMAT = 1
 HEADER = (
-    "# imagegraph.lock: upstream fingerprints that layer keys include.\n"
+    "# imagegraph.lock: upstream fingerprints and resolved package sets that layer keys include.\n"
     "# Written by `imagegraph lock`, refreshed by `imagegraph lock --update`; commit it.\n"
 )
 DEFAULT_APT_SUITE = "bookworm"  # as imagegraph.build.apt
@@ -220,12 +229,35 @@ class LockFile:
     path: Path
     repositories: dict[tuple[str, str, str], dict] = field(default_factory=dict)
     parents: dict[str, dict] = field(default_factory=dict)
+    # (layer file, arch) -> {layer, arch, request, base, packages: [LockedPackage.line()]}
+    layers: dict[tuple[str, str], dict] = field(default_factory=dict)
+    resolve: bool = True  # False: `lock --no-resolve`, fingerprints only (remembered in the file)
+
+    def layer_entry(self, spec: LayerSpec, arch: str | None = None) -> dict | None:
+        """The resolved package set of a layer, if locked and still for this spec (else None)."""
+        from .resolve import request_digest
+
+        entry = self.layers.get((_layer_file(spec, self.path.parent), arch or host_basearch()))
+        if entry is None or entry.get("request") != request_digest(spec, _repo_ids(spec), entry["arch"]):
+            return None  # a spec edited since `lock` ran: the lock no longer says what it installs
+        return entry
+
+    def locked_packages(self, spec: LayerSpec, arch: str | None = None) -> list[LockedPackage] | None:
+        entry = self.layer_entry(spec, arch)
+        return None if entry is None else [LockedPackage.parse(line) for line in entry["packages"]]
 
     def repo_entry(self, src: RepoSource) -> dict | None:
         return self.repositories.get(src.entry_id)
 
-    def upstream_of(self, spec: LayerSpec) -> dict[str, str]:
-        """Key inputs for a layer: `repo:<alias>` -> locked sha256, for the repositories it uses."""
+    def upstream_of(self, spec: LayerSpec, arch: str | None = None) -> dict[str, Any]:
+        """Key inputs for a layer: its resolved package set when locked, else `repo:<alias>` -> sha256.
+
+        With a resolved set, a repository that moved changes the key only when a package the
+        layer installs changed (version, release, checksum), not when anything else in it did.
+        """
+        entry = self.layer_entry(spec, arch)  # arch: dnf's basearch, default this host's
+        if entry is not None:
+            return {"packages": list(entry["packages"])}
         out = {}
         for src in repo_sources(spec):
             entry = self.repo_entry(src)
@@ -240,11 +272,28 @@ class LockFile:
     def to_document(self) -> dict:
         repos = [self.repositories[k] for k in sorted(self.repositories)]
         parents = [self.parents[k] for k in sorted(self.parents)]
-        return {"version": LOCK_FORMAT, "repositories": repos, "parents": parents}
+        doc: dict[str, Any] = {"version": LOCK_FORMAT, "repositories": repos, "parents": parents}
+        if not self.resolve:
+            doc["resolve"] = False
+        if self.layers:
+            doc["layers"] = [self.layers[k] for k in sorted(self.layers)]
+        return doc
 
     def text(self) -> str:
         import io
 
+        try:  # libyaml's emitter: a lock of thousands of package lines in milliseconds
+            import yaml
+
+            return HEADER + yaml.dump(
+                to_plain(self.to_document()),
+                Dumper=yaml.CSafeDumper,
+                default_flow_style=False,
+                sort_keys=False,
+                width=4096,
+            )
+        except (ImportError, AttributeError):
+            pass
         from ruamel.yaml import YAML
 
         y = YAML()
@@ -294,21 +343,29 @@ def load_lock(root: Path) -> LockFile | None:
         )
 
     try:
-        doc = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+        from .yamlload import Unsupported, fast_load
+
+        text = path.read_text(encoding="utf-8")
+        doc = fast_load(text)  # libyaml; ruamel for what it cannot promise to read identically
+        if isinstance(doc, Unsupported):
+            doc = YAML(typ="safe").load(text)
+        doc = doc or {}
     except (YAMLError, OSError, ValueError) as exc:  # ValueError: not UTF-8
         raise bad(f"cannot read the lock file: {exc}") from exc
     except Exception as exc:  # the YAML library raises assorted errors on hostile input
         raise bad(f"cannot read the lock file: {type(exc).__name__}") from exc
     if not isinstance(doc, dict) or doc.get("version") != LOCK_FORMAT:
         raise bad(f"not an imagegraph lock file of format {LOCK_FORMAT}")
-    for section in ("repositories", "parents"):
+    for section in ("repositories", "parents", "layers"):
         if not isinstance(doc.get(section) or [], list):
             raise bad(f"'{section}' must be a list")
 
     def strings(e: Any, *names: str) -> bool:
         return isinstance(e, dict) and all(isinstance(e.get(n), str) for n in names)
 
-    lock = LockFile(path)
+    if not isinstance(doc.get("resolve", True), bool):
+        raise bad("'resolve' must be true or false")
+    lock = LockFile(path, resolve=doc.get("resolve", True))
     for e in doc.get("repositories") or []:
         if not strings(e, "alias", "url", "sha256"):
             raise bad(f"repository entry without alias, url and sha256: {e!r}")
@@ -317,6 +374,17 @@ def load_lock(root: Path) -> LockFile | None:
         if not strings(e, "reference", "digest"):
             raise bad(f"parent entry without reference and digest: {e!r}")
         lock.parents[str(e["reference"])] = dict(e)
+    for e in doc.get("layers") or []:
+        lines = e.get("packages") or [] if isinstance(e, dict) else None
+        if not strings(e, "layer", "arch", "request") or not isinstance(lines, list):
+            raise bad(f"layer entry without layer, arch, request and packages: {e!r}")
+        if not all(isinstance(x, str) for x in lines):
+            raise bad(f"layer {e['layer']}: every package is one line of text")
+        try:
+            [LockedPackage.parse(line) for line in e.get("packages") or []]
+        except ValueError as exc:
+            raise bad(f"layer {e['layer']}: {exc}") from exc
+        lock.layers[(str(e["layer"]), str(e["arch"]))] = {**e, "packages": list(e.get("packages") or [])}
     return lock
 
 
@@ -332,6 +400,9 @@ class LockChange:
     old: str | None = None
     new: str | None = None
     layers: list[str] = field(default_factory=list)
+    # what="packages": per package, "openssl 3.0.7-25.el9 -> 3.0.7-27.el9 (BaseOS)"; and the arch
+    packages: list[str] = field(default_factory=list)
+    arch: str | None = None
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
@@ -346,6 +417,8 @@ class LockReport:
     changes: list[LockChange] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     written: bool = False
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)  # layers whose package set is not resolved, and why
 
     def of(self, change: str) -> list[LockChange]:
         return [c for c in self.changes if c.change == change]
@@ -358,10 +431,23 @@ class LockReport:
         return {
             "path": str(self.path),
             "update": self.update,
+            "dry_run": self.dry_run,
             "written": self.written,
+            "notes": self.notes,
             "changes": [c.to_json() for c in self.changes],
             "errors": self.errors,
         }
+
+
+def _layer_file(spec: LayerSpec, root: Path) -> str:
+    try:
+        return str(spec.path.relative_to(root))
+    except ValueError:
+        return str(spec.path)
+
+
+def _repo_ids(spec: LayerSpec) -> list[tuple[str, str]]:
+    return [(s.alias, s.shown_url) for s in repo_sources(spec)]
 
 
 def _layer_files(specs: Iterable[LayerSpec], root: Path) -> list[str]:
@@ -381,17 +467,23 @@ def lock(
     fetch: Fetch | None = None,
     registry: Any = None,
     jobs: int = 8,
+    dry_run: bool = False,
+    resolve: bool | None = None,
 ) -> LockReport:
     """Fingerprint what the layers of `lg` use and write the lock file (see the module docstring).
 
     Without `update`, entries already in the file are kept as they are and only
     missing ones are fetched; with it, everything is fetched again. Entries no
-    layer uses any more are dropped either way.
+    layer uses any more are dropped either way. Then each layer's package set
+    is resolved (`resolve.py`) where it is missing, stale (the spec or the
+    parent's set changed) or one of its repositories moved, unless `resolve`
+    is False (`--no-resolve`: fingerprints only; None keeps the file's choice).
+    `dry_run`: the report of what would change, nothing written.
     """
     root = lg.project.root
     old = load_lock(root) or LockFile(lock_path(root))
-    report = LockReport(old.path, update)
-    new = LockFile(old.path)
+    report = LockReport(old.path, update, dry_run=dry_run)
+    new = LockFile(old.path, resolve=old.resolve if resolve is None else resolve)
     fetch = fetch or http_fetch
 
     # Every repository and external parent, with the layers that use it.
@@ -466,9 +558,12 @@ def lock(
         if k not in parents:
             report.changes.append(LockChange("parent", k, k, "removed", e.get("digest")))
 
-    if report.errors:
+    if new.resolve and not report.errors:
+        _resolve_layers(lg, old, new, report, fetch)
+
+    if report.errors or dry_run:
         return report  # never half-updated: an unreachable repository is not "unchanged"
-    if not old.path.exists() or new.text() != old.text():
+    if not old.path.exists() or new.text() != old.path.read_text(encoding="utf-8", errors="replace"):
         new.write()
         report.written = True
     return report
@@ -479,3 +574,173 @@ def _try(fn: Callable, *args: Any) -> tuple[Any, str | None]:
         return fn(*args), None
     except FetchError as exc:
         return None, str(exc)
+
+
+# ------------------------------------------------------------------------ package sets
+
+
+def unresolvable(spec: LayerSpec) -> str | None:
+    """Why a layer's package set is not resolved (its key keeps repository fingerprints), or None."""
+    if spec.layer_type == "ansible":
+        return "an ansible layer"
+    if spec.pkg_manager not in ("dnf", "apt", "zypper"):
+        return f"pkg_manager {spec.pkg_manager} is not resolved yet"
+    if spec.pkg_manager == "zypper" and spec.package_groups:
+        return "zypper patterns are not resolved yet"
+    if spec.modules:
+        return "dnf modules are not resolved yet"
+    if any(s.kind == "repo-file" for s in repo_sources(spec)):
+        return "a .repo file repository"
+    return None
+
+
+def package_diff(old: list[LockedPackage], new: list[LockedPackage]) -> list[str]:
+    """Per package: `name old -> new (repo)`, `+name version (repo)`, `-name version`."""
+    a = {p.ident: p for p in old}
+    b = {p.ident: p for p in new}
+    out = []
+    for ident in sorted(set(a) | set(b)):
+        o, n = a.get(ident), b.get(ident)
+        if o is None:
+            out.append(f"+{n.name} {n.version} ({n.repo})")
+        elif n is None:
+            out.append(f"-{o.name} {o.version}")
+        elif o.evr != n.evr:
+            out.append(f"{n.name} {o.version} -> {n.version} ({n.repo})")
+        elif o.checksum != n.checksum or o.repo != n.repo:
+            out.append(f"{n.name} {n.version} rebuilt ({n.repo})")
+    return out
+
+
+def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, fetch: Fetch) -> None:
+    """Fill `new.layers`; re-resolve where the entry is missing, stale or its repositories moved."""
+    from .resolve import (
+        MetadataCache,
+        ResolveError,
+        base_digest,
+        installed_after,
+        request_digest,
+        resolve_layer,
+    )
+
+    root = lg.project.root
+    arch = host_basearch()
+    cache = MetadataCache(fetch)
+    after: dict[str, list[LockedPackage] | None] = {}  # installed set each layer leaves
+    # each layer's and its ancestors' repositories, with the spec that names them
+    sources_of: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}
+    in_image: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}  # repositories each built image carries
+    for lid in lg.order():
+        spec = lg.spec(lid)
+        link = lg.parents[lid]
+        file = _layer_file(spec, root)
+        own = [(spec, s) for s in repo_sources(spec) if s.kind in ("rpm-md", "apt")]
+        # What the build can install from: its own repositories and those its parent image carries
+        # (apt's sources.list, dnf's /etc/yum.repos.d; a scratch dnf build keeps its repos outside).
+        carried = in_image.get(link.layer, []) if link.kind == "layer" else []
+        usable = _dedupe(own + carried)
+        in_image[lid] = usable if (spec.pkg_manager == "apt" or not spec.is_scratch) else []
+        inherited = sources_of.get(link.layer, []) if link.kind == "layer" else []
+        sources_of[lid] = _dedupe(usable + inherited)
+        why = unresolvable(spec)
+        if why is None and not usable and (spec.packages or spec.package_groups):
+            why = "it installs from repository files of the parent image's own"
+        base: list[LockedPackage] | None
+        if link.kind == "scratch":
+            base = []
+        elif link.kind == "layer":
+            base = after.get(link.layer)
+            if base is None and why is None:
+                why = f"its parent {lg.spec(link.layer).name}'s installed set is not resolved"
+        elif why is None:
+            base, why = _external_base(spec, link, new)
+        else:
+            base = None
+        if why is not None or base is None:
+            after[lid] = None
+            report.notes.append(f"{file}: packages not resolved: {why}")
+            continue
+        request = request_digest(spec, _repo_ids(spec), arch)
+        based = base_digest(base)
+        prev = old.layers.get((file, arch))
+        moved = any(
+            (new.repositories.get(s.entry_id) or {}).get("sha256")
+            != (old.repositories.get(s.entry_id) or {}).get("sha256")
+            for _, s in usable
+        )
+        if prev and prev["request"] == request and prev.get("base") == based and not moved:
+            entry = dict(prev)
+            packages = [LockedPackage.parse(line) for line in entry["packages"]]
+            erased = [tuple(x.rsplit(".", 1)) for x in entry.get("replaces", [])]
+        else:
+            try:
+                repos = [_repo_data(cache, sp, s, arch) for sp, s in usable]
+                lookup = [_repo_data(cache, sp, s, arch) for sp, s in sources_of[lid][len(usable) :]]
+                res = resolve_layer(spec, repos, lookup, base, arch)
+            except (FetchError, ResolveError) as exc:
+                report.errors.append(f"layer {file}: cannot resolve its packages: {redact(str(exc))}")
+                after[lid] = None
+                continue
+            packages, erased = res.packages, res.erased
+            entry = {"layer": file, "arch": arch, "request": request, "base": based}
+            if erased:
+                entry["replaces"] = sorted(f"{n}.{a}" for n, a in erased)
+            entry["packages"] = [p.line() for p in packages]
+        new.layers[(file, arch)] = entry
+        after[lid] = installed_after(base, packages, spec, erased)
+        was = [LockedPackage.parse(line) for line in prev["packages"]] if prev else []
+        diff = package_diff(was, packages)
+        change = "added" if prev is None else ("updated" if diff else "unchanged")
+        report.changes.append(
+            LockChange("packages", file, file, change, None, _count(len(packages)), [file], diff, arch)
+        )
+    for (file, arch), e in sorted(old.layers.items()):
+        if (file, arch) not in new.layers:
+            report.changes.append(
+                LockChange("packages", file, file, "removed", _count(len(e["packages"])), arch=arch)
+            )
+
+
+def _dedupe(pairs: list[tuple[LayerSpec, RepoSource]]) -> list[tuple[LayerSpec, RepoSource]]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for sp, s in pairs:
+        if s.entry_id not in seen:
+            seen.add(s.entry_id)
+            out.append((sp, s))
+    return out
+
+
+def _count(n: int) -> str:
+    return f"{n} package{'' if n == 1 else 's'}"
+
+
+def _external_base(
+    spec: LayerSpec, link: Any, new: LockFile
+) -> tuple[list[LockedPackage] | None, str | None]:
+    """An external parent's installed set, read from the image at its locked digest, or why not."""
+    from .reference import parse_reference
+    from .resolve import ResolveError, image_installed
+
+    digest = (new.parents.get(_normalize(link.ref)) or {}).get("digest")
+    if not digest:
+        return None, "an external parent without a locked digest"
+    try:
+        ref = str(parse_reference(link.ref).with_digest(digest))
+        fmt, base = image_installed(ref, spec.registry_opts_pull)
+    except (ResolveError, ValueError) as exc:
+        return None, str(exc)
+    want = "deb" if spec.pkg_manager == "apt" else "rpm"
+    if fmt != want:
+        return None, f"its parent's packages are {fmt}, not {want}"
+    return base, None
+
+
+def _repo_data(cache: Any, spec: LayerSpec, src: RepoSource, arch: str) -> Any:
+    from .resolve import deb_arch
+
+    repo = next((r for r in spec.repos if r.alias == src.alias), None)
+    if src.kind == "apt":
+        components = (repo.components if repo else ()) or ("main",)
+        return cache.deb_repo(src.alias, src.url, src.suite or "", components, deb_arch(arch), src.proxy)
+    return cache.repo(src.alias, src.url, src.proxy, repo.priority if repo else None)

@@ -934,9 +934,22 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
             out.extend(_copyfiles_reasons(a or [], b or []))
         elif field_name == "repos":
             out.extend(_repos_reasons(a or [], b or []))
+        elif field_name == "upstream" and ("packages" in (a or {})) != ("packages" in (b or {})):
+            # A package set locked where fingerprints were, or the other way: one reason, not one per repo.
+            if "packages" in (b or {}):
+                out.append(Reason("upstream-package", "upstream: package set newly locked"))
+            else:
+                msg = "imagegraph.lock's package set no longer matches the spec: `up` or `imagegraph lock` re-resolves it"
+                out.append(Reason("upstream-stale", msg))
         elif field_name == "upstream":
             for name in sorted(set(a or {}) | set(b or {})):
-                if (a or {}).get(name) != (b or {}).get(name):
+                if (
+                    name == "packages"
+                    and isinstance((a or {}).get(name), list)
+                    and isinstance(b.get(name), list)
+                ):
+                    out.extend(_package_reasons(a[name], b[name]))
+                elif (a or {}).get(name) != (b or {}).get(name):
                     out.append(_upstream_reason(name, (a or {}).get(name), (b or {}).get(name)))
         elif field_name == "backend":
             out.extend(_backend_reasons(a or {}, b or {}))
@@ -1010,6 +1023,18 @@ def _upstream_reason(name: str, old: str | None, new: str | None) -> Reason:
         f"upstream {label} {what or name} {how}",
         {"upstream": name, "old": old, "new": new},
     )
+
+
+def _package_reasons(old: list[str], new: list[str]) -> list[Reason]:
+    """A locked package set changed: `upstream: openssl 3.0.7-25.el9 -> 3.0.7-27.el9 (BaseOS)`."""
+    from .lockfile import package_diff
+    from .resolve import LockedPackage
+
+    diff = package_diff([LockedPackage.parse(x) for x in old], [LockedPackage.parse(x) for x in new])
+    return [
+        Reason("upstream-package", f"upstream: {d}", {"change": d})
+        for d in diff or ["locked package set reordered"]
+    ]
 
 
 def _short(v: Any) -> str:

@@ -363,9 +363,12 @@ def lock_lines(report: Any) -> tuple[list[Text], list[str]]:
         line = Text(f"{mark} {c.what} {c.name}", style=style)
         if c.what == "repository":
             line.append(f"  {c.url}", style="dim")
-        if c.change == "updated":
+        if c.what == "packages":
+            line.append(f"  {c.new or c.old}", style="dim")
+        elif c.change == "updated":
             line.append(f"  {(c.old or '')[:19]} -> {(c.new or '')[:19]}")
         lines.append(line)
+        lines.extend(Text(f"    {d}") for d in c.packages)
     n = {k: len(report.of(k)) for k in ("added", "updated", "unchanged", "removed")}
     summary = ", ".join(f"{v} {k}" for k, v in n.items() if v) or "nothing locked"
     if report.errors:
@@ -377,6 +380,8 @@ def lock_lines(report: Any) -> tuple[list[Text], list[str]]:
         )
     else:
         verb = "written" if report.written else "unchanged"
+        if getattr(report, "dry_run", False):
+            verb = "not written (--dry-run)"
         lines.append(Text(f"{report.path}: {verb} ({summary})", style="bold"))
     return lines, [f"error: {e}" for e in report.errors]
 

@@ -47,7 +47,8 @@ COMPS = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def _spec_simple(name: str, version: str, text: str) -> str:
+def _spec_simple(name: str, version: str, text: str, requires: tuple[str, ...] = ()) -> str:
+    reqs = "".join(f"Requires: {r}\n" for r in requires)
     return f"""
 Name: {name}
 Version: {version}
@@ -55,7 +56,7 @@ Release: 1
 Summary: imagegraph test package {name}
 License: MIT
 BuildArch: noarch
-
+{reqs}
 %description
 Test package.
 
@@ -123,13 +124,22 @@ class RpmRepo:
     def cleanup(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
-    def add_version(self, name: str, version: str, text: str | None = None) -> Path:
-        """Build `name-version` into the repository and refresh its metadata."""
-        rpm = _rpmbuild(self.work, name, version, _spec_simple(name, version, text or f"{name} {version}"))
+    def add_version(
+        self, name: str, version: str, text: str | None = None, requires: tuple[str, ...] = ()
+    ) -> Path:
+        """Build `name-version` (with `requires`) into the repository and refresh its metadata."""
+        spec = _spec_simple(name, version, text or f"{name} {version}", requires)
+        rpm = _rpmbuild(self.work, name, version, spec)
         shutil.copy(rpm, self.path)
         self.versions[name] = version
         _createrepo(self.path)
         return self.path / rpm.name
+
+    def remove_version(self, name: str, version: str) -> None:
+        """Drop `name-version` from the repository (a mirror pruning an old build)."""
+        for f in self.path.glob(f"{name}-{version}-1.*.rpm"):
+            f.unlink()
+        _createrepo(self.path)
 
 
 def _rpmbuild(work: Path, name: str, version: str, spec_text: str) -> Path:

@@ -193,6 +193,27 @@ def test_architecture_is_in_the_key(tmp_path: Path) -> None:
     assert compute_keys(lg, lg.order())["apt"].arch == host_arch()
 
 
+def test_each_arch_keys_on_its_own_locked_package_set(tmp_path: Path) -> None:
+    """A foreign arch's node asks the lock for its own set, never the host's (a host set would put
+    host-arch NEVRAs into an aarch64 build and key it on packages it never installs)."""
+    golden_keys.write_project(tmp_path)
+    lg = build_graph(load_project(tmp_path))
+    asked: list[str | None] = []
+
+    def upstream_of(spec, arch: str | None = None) -> dict[str, list[str]]:
+        asked.append(arch)
+        return {"packages": [f"bash 0:5.2-1 {arch or host_arch()} R sha256:00"]}
+
+    foreign = Arch.AARCH64 if host_arch() != Arch.AARCH64 else Arch.X86_64
+    native = compute_keys(lg, lg.order(), upstream_of=upstream_of, arch=host_arch())
+    assert set(asked) == {None}
+    other = compute_keys(lg, lg.order(), upstream_of=upstream_of, arch=foreign)
+    assert set(asked) == {None, str(foreign)}
+    lid = lg.order()[0]
+    assert other[lid].inputs["upstream"]["packages"] == [f"bash 0:5.2-1 {foreign} R sha256:00"]
+    assert native[lid].inputs["upstream"]["packages"] != other[lid].inputs["upstream"]["packages"]
+
+
 @pytest.mark.parametrize(
     "edit",
     [

@@ -132,7 +132,7 @@ def test_substitution_and_sources(tmp_path: Path) -> None:
 
 def test_lock_writes_stable_redacted_file_and_keeps_entries(site) -> None:
     root, www, url = site
-    r = cli("lock", str(root))
+    r = cli("lock", str(root), "--no-resolve")
     assert r.returncode == 0, r.stderr
     text = (root / "imagegraph.lock").read_text()
     assert SECRET not in text and SECRET not in r.stdout + r.stderr
@@ -146,14 +146,17 @@ def test_lock_writes_stable_redacted_file_and_keeps_entries(site) -> None:
     assert "/baseos/9/" in entries["Rocky_9_BaseOS"]["url"]  # $releasever / $basearch substituted
     assert entries["Extras"]["layers"] == ["compute.yaml", "other.yaml"]
     # Writing again changes nothing (stable ordering, no timestamps).
-    assert cli("lock", str(root)).returncode == 0 and (root / "imagegraph.lock").read_text() == text
+    assert (
+        cli("lock", str(root), "--no-resolve").returncode == 0
+        and (root / "imagegraph.lock").read_text() == text
+    )
 
     # Upstream moves. Without --update the file does not move; with it, one entry is updated.
     (www / "extras/repodata/repomd.xml").write_text(repomd("8"))
-    r = cli("lock", str(root), "--json")
+    r = cli("lock", str(root), "--no-resolve", "--json")
     assert r.returncode == 0 and not json.loads(r.stdout)["written"]
     assert (root / "imagegraph.lock").read_text() == text
-    r = cli("lock", str(root), "--update", "--json")
+    r = cli("lock", str(root), "--no-resolve", "--update", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["written"] and [c["name"] for c in doc["changes"] if c["change"] == "updated"] == ["Extras"]
@@ -163,14 +166,14 @@ def test_lock_writes_stable_redacted_file_and_keeps_entries(site) -> None:
 
 def test_unreachable_repository_is_an_error_and_the_file_stays(site) -> None:
     root, www, url = site
-    assert cli("lock", str(root)).returncode == 0
+    assert cli("lock", str(root), "--no-resolve").returncode == 0
     before = (root / "imagegraph.lock").read_bytes()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]  # nothing listens there once the socket is closed
     p = root / "other.yaml"
     p.write_text(p.read_text().replace(url + "extras/", f"http://me:{SECRET}@127.0.0.1:{dead}/gone/"))
-    r = cli("lock", str(root), "--update")
+    r = cli("lock", str(root), "--no-resolve", "--update")
     assert r.returncode == 1
     out = r.stdout + r.stderr
     assert "repository Extras" in out and "other.yaml" in out and "unreachable after 2 attempts" in out
@@ -178,7 +181,7 @@ def test_unreachable_repository_is_an_error_and_the_file_stays(site) -> None:
     assert (root / "imagegraph.lock").read_bytes() == before
     # A 404 is an error too, at once.
     p.write_text(p.read_text().replace(f"http://me:{SECRET}@127.0.0.1:{dead}/gone/", url + "nothing-here/"))
-    r = cli("lock", str(root), "--update")
+    r = cli("lock", str(root), "--no-resolve", "--update")
     assert r.returncode == 1 and "HTTP 404" in r.stdout + r.stderr
     assert (root / "imagegraph.lock").read_bytes() == before
 
@@ -191,11 +194,11 @@ def test_lock_fetches_only_missing_entries_without_update(site) -> None:
         calls.append(u)
         return b"<repomd><revision>1</revision></repomd>"
 
-    lock(graph(root), fetch=fetch)
+    lock(graph(root), fetch=fetch, resolve=False)
     assert len(calls) == 2
     calls.clear()
-    assert not lock(graph(root), fetch=fetch).written and calls == []
-    lock(graph(root), fetch=fetch, update=True)
+    assert not lock(graph(root), fetch=fetch, resolve=False).written and calls == []
+    lock(graph(root), fetch=fetch, update=True, resolve=False)
     assert len(calls) == 2
 
 
@@ -248,7 +251,7 @@ def test_no_lock_file_keeps_upstream_empty(site) -> None:
 
 def test_upstream_change_rebuilds_exactly_its_users(site, tmp_path: Path) -> None:
     root, www, url = site
-    assert cli("lock", str(root)).returncode == 0
+    assert cli("lock", str(root), "--no-resolve").returncode == 0
     state, inv = State(tmp_path / "s.db"), StaticInventory(reachable=False)
     first = plan(root, state, inv)
     assert first.layers["base"].inputs["upstream"] == {
@@ -259,7 +262,7 @@ def test_upstream_change_rebuilds_exactly_its_users(site, tmp_path: Path) -> Non
 
     (www / "baseos/9/x86_64/repodata/repomd.xml").write_text(repomd("101"))
     assert not plan(root, state, inv).pending  # locked: an upstream move alone changes nothing
-    assert cli("lock", str(root), "--update").returncode == 0
+    assert cli("lock", str(root), "--no-resolve", "--update").returncode == 0
     p = plan(root, state, inv)
     acts = {lid: lp.action for lid, lp in p.layers.items()}
     assert acts == {
@@ -274,7 +277,7 @@ def test_upstream_change_rebuilds_exactly_its_users(site, tmp_path: Path) -> Non
 
     (www / "extras/repodata/repomd.xml").write_text(repomd("9"))
     record(p, state, inv)
-    assert cli("lock", str(root), "--update").returncode == 0
+    assert cli("lock", str(root), "--no-resolve", "--update").returncode == 0
     p = plan(root, state, inv)
     assert {lid for lid, lp in p.layers.items() if lp.pending} == {"compute", "gpu", "other"}
     assert [r.message for r in p.layers["other"].reasons] == ["upstream repository Extras changed"]

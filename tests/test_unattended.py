@@ -110,7 +110,7 @@ def cleanup():
 def test_upstream_republish_rebuilds_exactly_its_users_with_json_logs(
     tmp_path: Path, own_repo, rpm_repo, cleanup
 ) -> None:
-    """a (own repo) -> a2;  b (the session repo). Republishing own repo rebuilds a and a2 only."""
+    """a (own repo) -> a2;  b (the session repo). A new ig-hello in own repo rebuilds a and a2 only."""
     root = tmp_path / "layers"
     root.mkdir()
     (root / "a.yaml").write_text(
@@ -147,12 +147,13 @@ def test_upstream_republish_rebuilds_exactly_its_users_with_json_logs(
 
     r = cli("lock", str(root), "--update", "--state", str(state))
     assert r.returncode == 0 and "~ repository ownrepo" in r.stdout, r.stdout + r.stderr
+    assert "~ packages a.yaml" in r.stdout and "ig-hello 1.0-1 -> 2.0-1 (ownrepo)" in r.stdout, r.stdout
     r = cli("plan", str(root), "--state", str(state))
-    assert "upstream repository ownrepo changed" in r.stdout, r.stdout
+    assert "upstream: ig-hello 1.0-1 -> 2.0-1 (ownrepo)" in r.stdout, r.stdout
     plan = json.loads(cli("plan", str(root), "--state", str(state), "--json").stdout)
     acts = {x["name"]: x["action"] for x in plan["layers"]}
     assert acts == {"a": "build", "a2": "build", "b": "up-to-date"}
-    assert by_name(plan)["a"]["reasons"][0]["code"] == "upstream-changed"
+    assert by_name(plan)["a"]["reasons"][0]["code"] == "upstream-package"
 
     r = cli("up", str(root), "--state", str(state), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -168,7 +169,7 @@ def test_upstream_republish_rebuilds_exactly_its_users_with_json_logs(
     lg = cli("log", str(root), "a", "--state", str(state))
     assert (
         lg.returncode == 0
-        and "upstream repository ownrepo changed" in lg.stdout
+        and "upstream: ig-hello 1.0-1 -> 2.0-1 (ownrepo)" in lg.stdout
         and "==> [build]" in lg.stdout
     )
     assert cli("log", str(root), "nosuch", "--state", str(state)).returncode == 2

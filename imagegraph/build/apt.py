@@ -11,7 +11,9 @@
   trusted.gpg.d of the image, then `apt-get update` and `apt-get install`
   run inside with `buildah run`.
 
-Recommends are not installed, in both cases (mmdebstrap's default, and the
+With a locked package set (imagegraph.lock, `work.locked`) both install
+`name=version` for every locked package; a version apt cannot find fails
+the build naming it. Recommends are not installed, in both cases (mmdebstrap's default, and the
 right default for boot images). `gpgcheck: false` marks the layer's repos
 `[trusted=yes]`. Package lists are removed after installing, as mmdebstrap
 does, to keep images small. `remove_packages` is `dpkg --purge
@@ -22,9 +24,12 @@ does, to keep images small. `remove_packages` is `dpkg --purge
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from typing import Any
 
+from ..errors import BuildError
+from ..runner import CommandError
 from ..spec import LayerSpec, Repo
 from .work import Work
 
@@ -104,15 +109,26 @@ def bootstrap(work: Work) -> None:
                 argv.append('--setup-hook=mkdir -p "$1/etc/apt/trusted.gpg.d"')
                 argv.append(f"--setup-hook=copy-in {key} /etc/apt/trusted.gpg.d/")
     _skip_unsupported(work)
-    if spec.packages:
-        argv.append("--include=" + ",".join(spec.packages))
+    # imagegraph.lock resolved minbase and the packages: every one at its locked version.
+    wanted = list(spec.packages) if work.locked is None else list(work.locked)
+    if wanted:
+        argv.append("--include=" + ",".join(wanted))
     argv += [suite, str(work.mount), *(source_line(r, suite, spec.gpgcheck) for r in repos)]
+    label = (
+        f"{len(work.locked)} locked packages" if work.locked is not None else f"{len(spec.packages)} packages"
+    )
     with work.step(
         "packages",
         f"mmdebstrap {suite} {spec.variant or 'minbase'}{f' {work.arch.debian}' if work.arch else ''}"
-        f" + {len(spec.packages)} packages",
+        f" + {label}",
     ):
-        work.run(argv, env=work.proxy_env(), loglevel="INFO")
+        try:
+            work.run(argv, env=work.proxy_env(), loglevel="INFO")
+        except CommandError as exc:
+            gone = missing_locked(exc.tail) if work.locked is not None else []
+            if not gone:
+                raise
+            raise _gone(spec.name, gone) from exc
 
 
 def install_inside(work: Work) -> None:
@@ -128,14 +144,23 @@ def install_inside(work: Work) -> None:
                 source_line(repo, suite, spec.gpgcheck) + "\n"
             )
     _skip_unsupported(work)
-    if spec.packages:
-        with work.step("packages", f"{len(spec.packages)} packages"):
+    # imagegraph.lock resolved the packages: install exactly those versions (`name=version`).
+    wanted = list(spec.packages) if work.locked is None else list(work.locked)
+    if wanted:
+        label = f"{len(wanted)} {'locked ' if work.locked is not None else ''}packages"
+        with work.step("packages", label):
             work.buildah_run(["apt-get", *_apt_opts(work), "update"], env=APT_ENV, loglevel="WARNING")
-            work.buildah_run(
-                ["apt-get", *_apt_opts(work), "install", "-y", "--no-install-recommends", *spec.packages],
-                env=APT_ENV,
-                loglevel="WARNING",
-            )
+            try:
+                work.buildah_run(
+                    ["apt-get", *_apt_opts(work), "install", "-y", "--no-install-recommends", *wanted],
+                    env=APT_ENV,
+                    loglevel="WARNING",
+                )
+            except CommandError as exc:
+                gone = missing_locked(exc.tail) if work.locked is not None else []
+                if not gone:
+                    raise
+                raise _gone(spec.name, gone) from exc
             work.buildah_run(["apt-get", "clean"], env=APT_ENV)
             lists = work.image_path("/var/lib/apt/lists")
             if lists.is_dir():
@@ -143,6 +168,25 @@ def install_inside(work: Work) -> None:
                     if entry.is_file() and entry.name != "lock":
                         entry.unlink()
                 shutil.rmtree(lists / "partial", ignore_errors=True)
+
+
+def _gone(layer: str, gone: list[str]) -> BuildError:
+    return BuildError(
+        layer,
+        "packages",
+        f"locked package{'s' if len(gone) > 1 else ''} {', '.join(gone)} no longer offered by "
+        "the repositories: run `imagegraph lock --update` (or `imagegraph up --update-lock`)",
+    )
+
+
+def missing_locked(lines: list[str]) -> list[str]:
+    """`name=version` pins apt says it has no such version of (a locked version gone from the mirror)."""
+    out = []
+    for line in lines:
+        m = re.search(r"Version '([^']+)' for '([^']+)' was not found", line)
+        if m and f"{m.group(2)}={m.group(1)}" not in out:
+            out.append(f"{m.group(2)}={m.group(1)}")
+    return out
 
 
 def remove(work: Work) -> None:

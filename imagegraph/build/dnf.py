@@ -16,6 +16,10 @@ Where dnf runs:
   /etc/yum.repos.d (with the layer's repos added there), so the result is
   the same as if the image had dnf.
 
+With a locked package set (imagegraph.lock, `work.locked`) groups and
+packages are one `dnf install` of the exact NEVRAs; a NEVRA dnf finds no
+match for fails the build naming it.
+
 Two Debian host pitfalls handled here: Debian's rpm keeps its database in
 `$HOME/.rpmdb`, so every host rpm/dnf call gets a private HOME whose
 `.rpmmacros` sets `%_dbpath` to where the image's own rpm looks
@@ -26,9 +30,12 @@ packages in the host's /var/lib/dnf, so host dnf runs with `--noplugins`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from ..errors import BuildError
+from ..runner import CommandError
 from ..spec import LayerSpec, Repo
 from .work import Work
 
@@ -159,12 +166,40 @@ def install(work: Work) -> None:
     for sub, specs in spec.modules:
         with work.step("modules", f"dnf module {sub} {' '.join(specs)}"):
             dnf(["module", sub, *specs])
+    if work.locked is not None:
+        # imagegraph.lock resolved the groups and packages: install exactly those versions.
+        with work.step("packages", f"{len(work.locked)} locked packages"):
+            if not work.locked:
+                return  # the parent has all of them already
+            try:
+                dnf(["install", *work.locked])
+            except CommandError as exc:
+                gone = missing_locked(exc.tail)
+                if not gone:
+                    raise
+                raise BuildError(
+                    spec.name,
+                    "packages",
+                    f"locked package{'s' if len(gone) > 1 else ''} {', '.join(gone)} no longer offered by "
+                    "the repositories: run `imagegraph lock --update` (or `imagegraph up --update-lock`)",
+                ) from exc
+        return
     if spec.package_groups:
         with work.step("package_groups", ", ".join(spec.package_groups)):
             dnf(["groupinstall", *spec.package_groups])
     if spec.packages:
         with work.step("packages", f"{len(spec.packages)} packages"):
             dnf(["install", *spec.packages])
+
+
+def missing_locked(lines: list[str]) -> list[str]:
+    """The NEVRAs dnf says it found no match for (a locked version gone from the mirror)."""
+    out = []
+    for line in lines:
+        m = re.search(r"No match for argument: (\S+)", line)
+        if m and m.group(1) not in out:
+            out.append(m.group(1))
+    return out
 
 
 def remove(work: Work) -> None:

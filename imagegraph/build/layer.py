@@ -59,6 +59,7 @@ class BuildRequest:
     # were); `tag_suffix` names its publish_local tags (`name:tag-aarch64`).
     arch: Arch | None = None
     tag_suffix: str = ""
+    locked: tuple[str, ...] | None = None  # exact packages from imagegraph.lock (NEVRAs); None: the spec's
 
 
 @dataclass
@@ -97,6 +98,7 @@ def build_layer(req: BuildRequest, runner: Runner) -> BuildResult:
         tmp=tmp,
         scratch=req.parent is None,
         arch=req.arch,
+        locked=req.locked,
     )
     created = False
     try:
@@ -117,6 +119,12 @@ def build_layer(req: BuildRequest, runner: Runner) -> BuildResult:
         write_stamp(work, req.parent)
         with work.step("inventory"):  # the mount is what commit snapshots: same packages, no extra mount
             inventory = read_inventory(work.mount, runner)
+            if req.locked and (wrong := locked_mismatches(req.locked, inventory, spec.remove_packages)):
+                raise BuildError(
+                    spec.name,
+                    "inventory",
+                    "the image does not hold the locked versions: " + "; ".join(wrong[:10]),
+                )
         image_id = _commit(work, req)
         return BuildResult(image_id, local_ref(spec, req.key), work.steps, inventory)
     except Cancelled:
@@ -140,6 +148,35 @@ def build_layer(req: BuildRequest, runner: Runner) -> BuildResult:
             remove_container(name, runner)
         forget_owner(name)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def locked_mismatches(
+    locked: tuple[str, ...], inventory: Inventory, removed: tuple[str, ...] = ()
+) -> list[str]:
+    """Locked packages the image holds in another version (`name have (locked want)`).
+
+    A locked package absent from the image is not one: remove_packages or a cmd took it out.
+    """
+    have: dict[str, set[str]] = {}
+    for p in inventory.packages:
+        v = p.version if ":" in p.version or inventory.format != "rpm" else f"0:{p.version}"
+        have.setdefault(p.name, set()).add(v)
+    gone = set(removed)
+    wrong = []
+    for arg in locked:
+        if "=" in arg:  # apt: name=version; zypper: name.arch=version
+            name, version = arg.split("=", 1)
+            if "." in name and not any(p == name for p in have):
+                name = name.rsplit(".", 1)[0]
+            if inventory.format == "rpm" and ":" not in version:
+                version = f"0:{version}"
+        else:  # dnf: name-epoch:version-release.arch
+            nevr = arg.rsplit(".", 1)[0]
+            name, version = nevr.rsplit("-", 2)[0], "-".join(nevr.rsplit("-", 2)[1:])
+        if name in gone or not have.get(name) or version in have[name]:
+            continue
+        wrong.append(f"{name} {', '.join(sorted(have[name]))} (locked {version})")
+    return wrong
 
 
 def _base_layer(work: Work) -> None:

@@ -31,6 +31,7 @@ class Work:
     tmp: Path
     scratch: bool
     mount: Path | None = None
+    locked: tuple[str, ...] | None = None  # the lock's exact packages for the package step (build/layer.py)
     current: str = "start"
     steps: list[tuple[str, float]] = field(default_factory=list)
     arch: Arch | None = None  # a multi-arch layer's node arch (None: the host's, today's argv)

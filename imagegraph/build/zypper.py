@@ -15,8 +15,11 @@ image-parent paths (tests/test_build_argv.py).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from ..errors import BuildError
+from ..runner import CommandError
 from ..spec import LayerSpec
 from .dnf import RPM_DBPATH, host_env, import_gpg_keys
 from .dnf import remove as remove  # rpm -e --nodeps, as image-builder does for zypper too
@@ -93,6 +96,34 @@ def install(work: Work) -> None:
     if spec.package_groups:
         with work.step("package_groups", ", ".join(spec.package_groups)):
             zypper(["install", "--auto-agree-with-licenses", "-t", "pattern", *spec.package_groups])
+    if work.locked is not None:
+        # imagegraph.lock resolved the packages: exactly those versions.
+        with work.step("packages", f"{len(work.locked)} locked packages"):
+            if not work.locked:
+                return
+            try:
+                zypper(["install", "--auto-agree-with-licenses", *work.locked])
+            except CommandError as exc:
+                gone = missing_locked(exc.tail)
+                if not gone:
+                    raise
+                raise BuildError(
+                    spec.name,
+                    "packages",
+                    f"locked package{'s' if len(gone) > 1 else ''} {', '.join(gone)} no longer offered by "
+                    "the repositories: run `imagegraph lock --update` (or `imagegraph up --update-lock`)",
+                ) from exc
+        return
     if spec.packages:
         with work.step("packages", f"{len(spec.packages)} packages"):
             zypper(["install", "--auto-agree-with-licenses", *spec.packages])
+
+
+def missing_locked(lines: list[str]) -> list[str]:
+    """The capabilities zypper found no provider of (a locked version gone from the mirror)."""
+    out = []
+    for line in lines:
+        m = re.search(r"No provider of '([^']+)' found", line)
+        if m and m.group(1) not in out:
+            out.append(m.group(1))
+    return out
