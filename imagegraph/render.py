@@ -16,16 +16,18 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
-from typing import IO, Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Any
 
 from .errors import Diagnostic
 from .plan import Action, Plan
 from .redact import redact, redact_obj
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
 
 class OutputFormat(StrEnum):
@@ -71,11 +73,32 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-class _Console(Console):
-    def on_broken_pipe(self) -> None:
-        # `imagegraph plan | head`: the reader has what it wanted; rich would exit 1, which reads as
-        # failure under `set -o pipefail`. Raise for `cli.main`, which exits 0.
-        raise BrokenPipeError
+def _console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # `imagegraph plan | head`: the reader has what it wanted; rich would exit 1, which reads
+            # as failure under `set -o pipefail`. Raise for `cli.main`, which exits 0.
+            raise BrokenPipeError
+
+    stream = sys.stderr if stderr else sys.stdout
+    return _Console(stderr=stderr, highlight=False, soft_wrap=True, no_color=not use_color(stream))
+
+
+def plain_stream(stream: IO[str], text: str, environ: Mapping[str, str] | None = None) -> bool:
+    """True when rich would print `text` to `stream` as it is: not a terminal by rich's own rules
+    (isatty, FORCE_COLOR, TTY_COMPATIBLE), so no style is drawn, and no control character (rich
+    expands tabs and drops some). Then a line is written without loading rich (0.05 s)."""
+    env = os.environ if environ is None else environ
+    if "FORCE_COLOR" in env or "TTY_COMPATIBLE" in env:
+        return False
+    try:
+        if stream.isatty():
+            return False
+    except (AttributeError, ValueError):
+        return False
+    return not any(c < " " and c != "\n" for c in text)
 
 
 class Output:
@@ -85,8 +108,24 @@ class Output:
         self.fmt = fmt
         self.quiet = quiet
         self.command = command
-        self.out = _Console(highlight=False, soft_wrap=True, no_color=not use_color(sys.stdout))
-        self.err = _Console(stderr=True, highlight=False, soft_wrap=True, no_color=not use_color(sys.stderr))
+
+    # The consoles (and rich) are made when first needed: `plan --json` to a pipe never needs them.
+    @cached_property
+    def out(self) -> Console:
+        return _console(stderr=False)
+
+    @cached_property
+    def err(self) -> Console:
+        return _console(stderr=True)
+
+    def _err_line(self, text: str, style: str) -> None:
+        if "err" not in self.__dict__ and plain_stream(sys.stderr, text):
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        else:
+            from rich.text import Text
+
+            self.err.print(Text(text, style=style))
 
     @property
     def json(self) -> bool:
@@ -139,7 +178,7 @@ class Output:
                     column=d.column,
                 )
             else:
-                self.err.print(Text(redact(str(d)), style="yellow" if d.severity == "warning" else "red"))
+                self._err_line(redact(str(d)), "yellow" if d.severity == "warning" else "red")
 
     def warning(self, text: str, **fields: Any) -> None:
         if self.quiet:
@@ -147,18 +186,21 @@ class Output:
         if self.json:
             self.event(text, level="warning", stream=sys.stderr, **fields)
         else:
-            self.err.print(Text(f"warning: {redact(text)}", style="yellow"))
+            self._err_line(f"warning: {redact(text)}", "yellow")
 
     def error(self, text: str, **fields: Any) -> None:
         if self.json:
             self.event(text, level="error", stream=sys.stderr, **fields)
         else:
-            self.err.print(Text(redact(text), style="red"))
+            self._err_line(redact(text), "red")
 
     @contextmanager
     def status(self, text: str) -> Iterator[Callable[[str], None]]:
         """A transient status line on a terminal while something slow runs; nothing elsewhere."""
-        if self.json or self.quiet or not self.err.is_terminal:
+        if self.json or self.quiet or ("err" not in self.__dict__ and plain_stream(sys.stderr, "")):
+            yield lambda _t: None
+            return
+        if not self.err.is_terminal:
             yield lambda _t: None
             return
         with self.err.status(text) as st:
@@ -179,6 +221,8 @@ _GROUPED_NOTES = {"registry-unreachable"}
 
 def plan_tree(plan: Plan) -> list[Text]:
     """The plan as a tree of layers (`├─`, `│`, `└─`), each with its reasons and notes."""
+    from rich.text import Text
+
     lg = plan.graph
     lines: list[Text] = []
 
@@ -207,12 +251,16 @@ def plan_tree(plan: Plan) -> list[Text]:
 
 
 def counts_line(plan: Plan) -> Text:
+    from rich.text import Text
+
     summary = ", ".join(f"{n} {a}" for a, n in plan.counts().items() if n)
     return Text(f"{plural(len(plan.layers), 'layer')}: {summary}", style="bold")
 
 
 def plan_summary(plan: Plan) -> list[Text]:
     """Compact: one line per action with its count, then one line per layer that builds."""
+    from rich.text import Text
+
     lines = [counts_line(plan)]
     for lid, lp in plan.layers.items():
         if lp.action in (Action.BUILD, Action.BLOCKED):
@@ -266,6 +314,9 @@ def print_lines(console: Console, lines: list[Text]) -> None:
 
 
 def result_table(result: Any) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"run {result.run_id}", show_lines=False)
     table.add_column("layer")
     table.add_column("action")
@@ -279,6 +330,8 @@ def result_table(result: Any) -> Table:
 
 
 def result_lines(result: Any) -> list[Text]:
+    from rich.text import Text
+
     lines = []
     for r in result.results.values():
         if r.status in ("failed", "unknown") and r.error:
@@ -292,6 +345,9 @@ def result_lines(result: Any) -> list[Text]:
 
 def status_table(report: Any) -> list[Any]:
     """Recent runs and each layer's status (`status.StatusReport`)."""
+    from rich.table import Table
+    from rich.text import Text
+
     runs = Table(title="recent runs")
     for c in ("run", "command", "started", "status"):
         runs.add_column(c)
@@ -324,6 +380,8 @@ def _local_time(ts: float | None) -> str:
 
 
 def lock_lines(report: Any) -> tuple[list[Text], list[str]]:
+    from rich.text import Text
+
     marks = {"added": ("+", "green"), "updated": ("~", "yellow"), "removed": ("-", "red")}
     lines = []
     for c in report.changes:
@@ -352,6 +410,8 @@ def lock_lines(report: Any) -> tuple[list[Text], list[str]]:
 
 
 def gc_lines(report: Any) -> tuple[list[Text], list[str]]:
+    from rich.text import Text
+
     styles = {"removed": "red", "would-remove": "yellow", "kept": "dim", "failed": "bold red"}
     lines = []
     for i in report.items:
@@ -366,6 +426,8 @@ def gc_lines(report: Any) -> tuple[list[Text], list[str]]:
 
 def doctor_lines(report: Any, quiet: bool = False) -> list[Text]:
     """One line per check (`doctor.DoctorReport`); -q keeps only the problems."""
+    from rich.text import Text
+
     marks = {
         "ok": ("ok", "green"),
         "missing": ("MISSING", "bold red"),
@@ -411,6 +473,8 @@ _DIFF_MARKS = {
 
 def diff_lines(d: Any) -> list[Text]:
     """A `diff.LayerDiff`: the two builds, one line per changed package, the summary."""
+    from rich.text import Text
+
     old = f"{d.from_key[:12]} ({d.from_label})" if d.from_key else "nothing (first build)"
     lines = [Text(f"{d.layer}: {old} -> {d.to_key[:12]} ({d.to_label or 'current'})", style="bold")]
     for c in d.changes:
@@ -423,6 +487,8 @@ def diff_lines(d: Any) -> list[Text]:
 
 def file_change_lines(files: list) -> list[Text]:
     """`rootdiff` path changes: one line each, then the counts."""
+    from rich.text import Text
+
     marks = {"added": ("+", "green"), "removed": ("-", "red"), "changed": ("~", "yellow")}
 
     def size(n: int | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,15 @@ from hypothesis import strategies as st
 from imagegraph.graph import build_graph
 from imagegraph.plan import StaticInventory, make_plan
 from imagegraph.project import load_project
-from imagegraph.render import OutputFormat, choose_format, plan_summary, plan_tree, plural, use_color
+from imagegraph.render import (
+    OutputFormat,
+    choose_format,
+    plain_stream,
+    plan_summary,
+    plan_tree,
+    plural,
+    use_color,
+)
 from imagegraph.state import State
 
 from .specdirs import write
@@ -117,3 +126,48 @@ def test_plan_tree_draws_the_graph(parents: tuple[int | None, ...]) -> None:
             if ch in "├│":
                 below = [row[col] if col < len(row) else " " for row in lines[i + 1 : i + 2]]
                 assert below and below[0] in "├│└", (line, lines)
+
+
+@given(st.text(max_size=80), st.sampled_from(["yellow", "red", "bold red"]))
+@settings(max_examples=300, deadline=None)
+def test_plain_lines_are_what_rich_prints_to_a_pipe(text: str, style: str) -> None:
+    """Where Output writes a warning or error line itself (not a terminal), rich would have printed
+    the same characters; where the text holds anything rich changes, plain_stream says no."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    buf = io.StringIO()
+    Console(file=buf, highlight=False, soft_wrap=True, no_color=True, _environ={}).print(
+        Text(text, style=style)
+    )
+    if plain_stream(io.StringIO(), text, environ={}):
+        assert buf.getvalue() == text + "\n"
+    assert not plain_stream(io.StringIO(), "x", environ={"FORCE_COLOR": "1"})
+    assert not plain_stream(io.StringIO(), "a\tb", environ={})
+
+
+def test_plan_json_to_a_pipe_prints_warnings_without_rich(tmp_path: Path) -> None:
+    """The warning lines of `plan --json` on stderr (a pipe) are the diagnostics, one a line."""
+    import subprocess
+    import sys
+
+    write(
+        tmp_path,
+        "base.yaml",
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: b\n  parent: scratch\n"
+        "  publish_tags: ['1']\nrepos:\n  - alias: r\n    url: http://m.example.org/os/\npackages: [p]\n",
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "imagegraph.cli", "plan", "--offline", "--json", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")},
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() and all(
+        line.startswith("base.yaml:") or line.startswith(str(tmp_path)) for line in r.stderr.splitlines()
+    ), r.stderr
+    assert "unsigned packages" in r.stderr
