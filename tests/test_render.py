@@ -16,6 +16,7 @@ from imagegraph.project import load_project
 from imagegraph.render import (
     OutputFormat,
     choose_format,
+    indented_json,
     plain_stream,
     plan_summary,
     plan_tree,
@@ -171,3 +172,41 @@ def test_plan_json_to_a_pipe_prints_warnings_without_rich(tmp_path: Path) -> Non
         line.startswith("base.yaml:") or line.startswith(str(tmp_path)) for line in r.stderr.splitlines()
     ), r.stderr
     assert "unsigned packages" in r.stderr
+
+
+_json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.builds(Path, st.text("ab/", max_size=5))  # default=str
+)
+_json_docs = st.recursive(
+    _json_leaves,
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.tuples(kids, kids)
+        | st.dictionaries(st.text(max_size=5) | st.integers() | st.booleans() | st.none(), kids, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@given(_json_docs)
+@settings(max_examples=500, deadline=None)
+def test_indented_json_is_json_dumps_indent_2(doc) -> None:
+    import json
+
+    assert indented_json(doc) == json.dumps(doc, indent=2, default=str)
+
+
+def test_indented_json_of_a_real_plan(tmp_path: Path) -> None:
+    import json
+
+    from .specdirs import seed_dir
+
+    lg = build_graph(load_project(seed_dir(tmp_path / "l")))
+    plan = make_plan(lg, State(tmp_path / "s.db"), StaticInventory(), [])
+    doc = plan.to_json()
+    assert indented_json(doc) == json.dumps(doc, indent=2, default=str)
