@@ -31,8 +31,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rapidfuzz.distance import OSA
-
 from .errors import Diagnostic, SpecError, UsageError, rel
 from .project import Project
 from .publish.registry import normalize_reference, parse_reference
@@ -367,6 +365,8 @@ def _near_output(ref: str, owner: dict[str, str]) -> tuple[str, str] | None:
         want = parse_reference(ref)
     except ValueError:
         return None
+    from rapidfuzz.distance import OSA  # only for external parents (0.01 s to import)
+
     near = []
     for out, lid in owner.items():
         have = parse_reference(out)

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .errors import Diagnostic
-from .plan import Action, Plan
 from .redact import redact, redact_obj
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from .plan import Plan
 
 
 class OutputFormat(StrEnum):
@@ -36,11 +37,13 @@ class OutputFormat(StrEnum):
 
 
 ACTION_STYLE = {
-    Action.BUILD: "bold yellow",
-    Action.PUBLISH: "cyan",
-    Action.UP_TO_DATE: "green",
-    Action.BLOCKED: "red",
-    Action.UNKNOWN: "bold magenta",
+    # plan.Action values (a StrEnum: its members find these keys); the plan module loads only
+    # for the commands that plan, not for validate
+    "build": "bold yellow",
+    "publish": "cyan",
+    "up-to-date": "green",
+    "blocked": "red",
+    "unknown": "bold magenta",
 }
 STATUS_STYLE = {
     "ok": "green",
@@ -215,6 +218,15 @@ class Output:
             return
         if self.json:
             self.event(str(text), command=self.command)
+        elif (
+            isinstance(text, str)
+            and "out" not in self.__dict__
+            and "[" not in text  # rich markup
+            and ":" not in text  # rich emoji codes
+            and plain_stream(sys.stdout, text)
+        ):
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
         else:
             self.out.print(text)
 
@@ -317,7 +329,7 @@ def plan_summary(plan: Plan) -> list[Text]:
 
     lines = [counts_line(plan)]
     for lid, lp in plan.layers.items():
-        if lp.action in (Action.BUILD, Action.BLOCKED):
+        if lp.action in ("build", "blocked"):
             why = lp.reasons[0].message if lp.reasons else ""
             line = Text(f"{lp.action:8} ", style=ACTION_STYLE[lp.action])
             line.append(lid, style="bold")

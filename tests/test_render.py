@@ -145,6 +145,10 @@ def test_plain_lines_are_what_rich_prints_to_a_pipe(text: str, style: str) -> No
     )
     if plain_stream(io.StringIO(), text, environ={}):
         assert buf.getvalue() == text + "\n"
+        if "[" not in text and ":" not in text:  # Output.info: a str goes through rich's markup
+            buf = io.StringIO()
+            Console(file=buf, highlight=False, soft_wrap=True, no_color=True, _environ={}).print(text)
+            assert buf.getvalue() == text + "\n"
     assert not plain_stream(io.StringIO(), "x", environ={"FORCE_COLOR": "1"})
     assert not plain_stream(io.StringIO(), "a\tb", environ={})
 
