@@ -297,6 +297,7 @@ class FakeRegistry(BaseHTTPRequestHandler):
     script: list[int] = []  # statuses to answer before behaving normally
     page_faults: dict[str, list[int]] = {}  # `last` of a page -> statuses to answer for it first
     calls: list[str] = []
+    auth_headers: list[str | None] = []
     token_calls: list[dict] = []
     tags = [f"t{i}" for i in range(7)]
 
@@ -315,6 +316,7 @@ class FakeRegistry(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         self.calls.append(self.path)
+        self.auth_headers.append(self.headers.get("Authorization"))
         host = self.headers["Host"]
         if self.path.startswith("/token"):
             from urllib.parse import parse_qs, urlsplit
@@ -350,6 +352,7 @@ def fake_registry() -> Iterator[str]:
     FakeRegistry.script = []
     FakeRegistry.page_faults = {}
     FakeRegistry.calls = []
+    FakeRegistry.auth_headers = []
     FakeRegistry.token_calls = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRegistry)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
@@ -370,6 +373,19 @@ def test_pagination_and_bearer_token(fake_registry: str) -> None:
     assert c.request_count == 5  # + the token request
     assert c.has_tag(f"{fake_registry}/ns/img", "t6") is True
     assert c.request_count == 5
+
+
+def test_netrc_is_never_read(fake_registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials come from the container tools' files only: a ~/.netrc entry for the registry
+    sends no Basic header, neither to the registry nor to its token service."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-pw-77\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    c = RegistryClient(retry=FAST, auth_files=[])
+    assert c.tags(f"{fake_registry}/ns/img") == set(FakeRegistry.tags)
+    assert FakeRegistry.auth_headers[0] is None  # the first request, before the challenge
+    assert not any(h and h.startswith("Basic") for h in FakeRegistry.auth_headers), FakeRegistry.auth_headers
 
 
 def test_transient_status_is_retried(fake_registry: str) -> None:
