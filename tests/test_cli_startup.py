@@ -20,8 +20,17 @@ NEVER_FOR_PLAN = (
     "botocore",
     "requests",
     "tenacity",
-    # (structlog and concurrent.futures do load: even offline, `plan` asks local storage,
-    # `buildah images` through the Runner, beside the other inventory questions.)
+    # A terminal's rendering: to a pipe, warnings and summaries are written as rich would write them.
+    "rich",
+    "pygments",
+    # Logging: nothing at or above the level is logged by a plan that goes well (the `buildah images`
+    # line is a debug event, dropped before structlog would load).
+    "structlog",
+    # The layer graph is a forest: networkx loads only to name a cycle (and for LayerGraph.graph).
+    "networkx",
+    "rapidfuzz",  # did-you-mean for external parents only
+    # (concurrent.futures does load: even offline, `plan` asks local storage, `buildah images`,
+    # beside the other inventory questions.)
     "imagegraph.executor",
     "imagegraph.scheduler",
     # the build package's backend table and backends (their key inputs) are light; not buildah's side
@@ -31,6 +40,13 @@ NEVER_FOR_PLAN = (
     "imagegraph.boottest",
     "urllib.request",  # lock file fetching
     "http.client",
+)
+# What checking specs does not need: planning, the state and the inventory.
+NEVER_FOR_VALIDATE = NEVER_FOR_PLAN + (
+    "imagegraph.plan",
+    "imagegraph.state",
+    "imagegraph.inventory",
+    "sqlite3",
 )
 PARSERS = ("ruamel", "yaml", "jsonschema", "jsonschema_rs")
 
@@ -76,12 +92,19 @@ def test_plan_json_loads_no_client_renderer_or_logger(tmp_path: Path) -> None:
 
 def test_validate_of_a_valid_directory_loads_no_client(tmp_path: Path) -> None:
     root = seed_dir(tmp_path / "layers")
-    mods = _modules("validate", "--json", str(root), xdg=tmp_path / "xdg")
-    assert not _loaded(mods, tuple(n for n in NEVER_FOR_PLAN if n != "rich"))
+    for args in (("validate", "--json", str(root)), ("validate", str(root))):
+        mods = _modules(*args, xdg=tmp_path / "xdg")
+        assert not _loaded(mods, NEVER_FOR_VALIDATE), args
 
 
 def test_version_loads_no_client_parser_or_logger(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", PROBE, "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("imagegraph ")
-    core = ("networkx", "imagegraph.graph", "imagegraph.plan", "imagegraph.project", "imagegraph.state")
+    core = (
+        "imagegraph.graph",
+        "imagegraph.plan",
+        "imagegraph.project",
+        "imagegraph.state",
+        "imagegraph.render",
+    )
     assert not _loaded(set(json.loads(r.stderr.strip().splitlines()[-1])), NEVER_FOR_PLAN + PARSERS + core)
