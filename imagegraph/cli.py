@@ -822,9 +822,11 @@ def _plan(
 
     root, names = _split_dir(names_and_dir)
     _check_state_arg(args, must_exist=args.command in ("plan", "status"), out=out)
+    inventory = LiveInventory(offline=args.offline, timeout=_registry_timeout(args))
+    if args.command == "plan" and not loaded:  # read-only: local storage is asked while specs load
+        inventory.start_local()
     project, lg = loaded or _load(root, args.state, sources_required=args.command == "up")
     state = State(_state_path(project, args.state), readonly=args.command in ("plan", "status"))
-    inventory = LiveInventory(offline=args.offline, timeout=_registry_timeout(args))
     lock = load_lock(project.root)  # keys include the locked upstream fingerprints, when there are any
     registries = inventory.registries_of([lg.spec(lid) for lid in lg.order(lg.select(names or None))])
     ask = ", ".join(f"{host} ({n} repositor{'y' if n == 1 else 'ies'})" for host, n in registries.items())
