@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cache
@@ -375,6 +374,8 @@ class SpecCache:
             self.dirty = True
         if not (self.path and self.dirty):
             return
+        import tempfile  # only when the cache changed
+
         try:
             ensure_dir(self.path.parent)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".specs.")

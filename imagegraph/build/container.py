@@ -21,7 +21,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +50,8 @@ def records_dir() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return Path(xdg) / "imagegraph" / "containers"
+    import tempfile
+
     return Path(tempfile.gettempdir()) / f"imagegraph-{os.getuid()}" / "containers"
 
 

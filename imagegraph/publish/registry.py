@@ -63,18 +63,13 @@ registered with `imagegraph.redact` so it never reaches a log or a message.
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
-import ipaddress
 import json
 import os
 import re
-import shlex
-import tempfile
 import threading
 import time
-import tomllib
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -503,6 +498,8 @@ class Credentials:
     source: str = ""  # the file (or "--creds") they came from, for messages
 
     def basic_header(self) -> str:
+        import base64
+
         token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
         add_secret(token)
         return f"Basic {token}"
@@ -557,6 +554,8 @@ def _decode_entry(entry: dict, source: str) -> Credentials | None:
     user = password = None
     if entry.get("auth"):
         try:
+            import base64
+
             user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             return None
@@ -609,6 +608,8 @@ class _RegistryOpts:
 
 
 def _split_opts(opts: Iterable[str]) -> list[str]:
+    import shlex  # loaded when a spec has registry options to read
+
     words: list[str] = []
     for item in opts:
         words.extend(shlex.split(str(item)))
@@ -673,6 +674,8 @@ def _is_loopback(registry: str) -> bool:
     host = registry.rsplit(":", 1)[0] if not registry.startswith("[") else registry[1 : registry.find("]")]
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -682,6 +685,8 @@ def _is_loopback(registry: str) -> bool:
 @functools.cache
 def _registries_conf_insecure(path: str = "/etc/containers/registries.conf") -> frozenset[str]:
     """Registries marked `insecure = true` in containers' registries.conf (v2 format)."""
+    import tomllib
+
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError):
@@ -1423,6 +1428,8 @@ def _push_once(
         argv_base += ["--retry", "0", "--retry-delay", "1ms"]
 
     def attempt() -> str:
+        import tempfile
+
         with tempfile.TemporaryDirectory(prefix="imagegraph-push-") as tmp:
             digestfile = Path(tmp) / "digest"
             try:
