@@ -683,3 +683,30 @@ def test_unreachable_registry_answers_none_quickly(registry) -> None:
         assert client.has_tag(repo, f"t{i}") is None
     assert client.manifest_digest(f"{registry.host}/x/parent:1") is None
     assert time.monotonic() - start < 0.5
+
+
+def test_registry_requests_follow_the_proxy_environment(registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY is honoured per host and NO_PROXY bypasses it (a host name that does not
+    resolve is reached only through the proxy)."""
+    from tests.httpproxy import RecordingProxy
+
+    proxy = RecordingProxy(registry.url)
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        host = "standin.invalid:5000"
+        c = RegistryClient(retry=FAST, auth_files=[])
+        c.configure_registry(host, ["--tls-verify=false"])
+        assert c.tags(f"{host}/site/never-pushed") == set()  # 404 NAME_UNKNOWN, relayed
+        assert ("GET", f"http://{host}/v2/site/never-pushed/tags/list") in proxy.requests
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(name, "standin.invalid")
+        seen = len(proxy.requests)
+        direct = RegistryClient(retry=FAST, auth_files=[])
+        direct.configure_registry(host, ["--tls-verify=false"])
+        assert direct.tags(f"{host}/site/never-pushed") is None  # straight to a name that does not resolve
+        assert len(proxy.requests) == seen
+    finally:
+        proxy.stop()
