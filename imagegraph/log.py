@@ -147,8 +147,8 @@ class _LazyLogger:
         if (
             pending is not None
             and "structlog" not in sys.modules
-            and _LEVELS.get(name, 0) < _LEVELS.get(pending[1].lower(), 0)
             and name in _LEVELS
+            and _LEVELS[name] < _LEVELS.get(pending[1].lower(), 0)
         ):
             return _drop
         import structlog

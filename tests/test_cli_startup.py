@@ -108,3 +108,27 @@ def test_version_loads_no_client_parser_or_logger(tmp_path: Path) -> None:
         "imagegraph.render",
     )
     assert not _loaded(set(json.loads(r.stderr.strip().splitlines()[-1])), NEVER_FOR_PLAN + PARSERS + core)
+
+
+LOG_PROBE = r"""
+import io, json, sys
+from imagegraph.log import configure, get_logger
+buf = io.StringIO()
+configure("json", "WARNING", stream=buf)
+log = get_logger(step="probe")
+log.debug("below the level")
+log.info("below the level too")
+before = "structlog" in sys.modules
+log.warning("at the level", n=1)
+print(json.dumps({"before": before, "after": "structlog" in sys.modules, "lines": buf.getvalue().splitlines()}))
+"""
+
+
+def test_events_below_the_level_do_not_load_structlog_and_the_rest_are_logged() -> None:
+    r = subprocess.run([sys.executable, "-c", LOG_PROBE], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["before"] is False and out["after"] is True
+    (line,) = out["lines"]
+    event = json.loads(line)
+    assert event["event"] == "at the level" and event["level"] == "warning" and event["step"] == "probe"
