@@ -47,6 +47,9 @@ NEVER_FOR_VALIDATE = NEVER_FOR_PLAN + (
     "imagegraph.state",
     "imagegraph.inventory",
     "sqlite3",
+    # keys and the build backends' key inputs (the registry client names key tags through keytag)
+    "imagegraph.key",
+    "imagegraph.build",
 )
 PARSERS = ("ruamel", "yaml", "jsonschema", "jsonschema_rs")
 

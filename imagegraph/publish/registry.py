@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ImagegraphError, PublishError
-from ..key import key_tag
+from ..keytag import key_tag
 from ..log import get_logger
 from ..redact import add_secret, redact
 from ..runner import Cancelled, CommandError, Runner, cancel_requested
