@@ -11,7 +11,6 @@ that need them: `--help` and completion stay quick.
 from __future__ import annotations
 
 import argparse
-import difflib
 import gc
 import os
 import re
@@ -82,6 +81,8 @@ class _Parser(argparse.ArgumentParser):
         m = re.search(r"invalid choice: '([^']*)'", message)
         commands = getattr(self, "commands", None)
         if m and commands:
+            import difflib
+
             close = difflib.get_close_matches(m[1], list(commands), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             message = f"unknown command '{m[1]}'{hint}"

@@ -10,7 +10,6 @@ file are returned together rather than stopping at the first.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import io
 import json
@@ -527,6 +526,8 @@ def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list
         plain["options"] = {**to_plain(defaults), **plain["options"]}
     if _schema_valid(plain):
         return diags  # jsonschema only words the errors of a document the compiled check refused
+    import difflib  # did-you-mean, for documents with errors only
+
     for err in _validator().iter_errors(plain):
         path = list(err.absolute_path)
         if err.validator == "additionalProperties":

@@ -29,6 +29,8 @@ NEVER_FOR_PLAN = (
     # The layer graph is a forest: networkx loads only to name a cycle (and for LayerGraph.graph).
     "networkx",
     "rapidfuzz",  # did-you-mean for external parents only
+    "difflib",  # did-you-mean for documents with errors only
+    "secrets",  # container names, for builds
     # (concurrent.futures does load: even offline, `plan` asks local storage, `buildah images`,
     # beside the other inventory questions.)
     "imagegraph.executor",
