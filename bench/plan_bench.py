@@ -16,9 +16,16 @@ falls on all alike; the median of ROUNDS (5) is reported:
 - the same, planned before: the cache the previous run filled;
 - `imagegraph --version` and `imagegraph validate` of a one-file directory.
 
-Peak RSS comes from the kernel's accounting of each child (wait4). imagegraph
-is byte-compiled first, as an installed package is.
-Usage: python bench/plan_bench.py [SIZES...]   (default 1000 5000)
+Peak RSS and CPU time (user + system) come from the kernel's accounting of
+each child (wait4): on a shared machine the CPU time moves less with the load
+than the wall time does. imagegraph is byte-compiled first, as an installed
+package is.
+
+With `--before CMD` (an `imagegraph` of another tree, e.g. a script that puts
+an exported older commit first on sys.path), every run is also made with CMD
+in the same rounds, and a second table compares the two.
+
+Usage: python bench/plan_bench.py [--before CMD] [SIZES...]   (default 1000 5000)
 """
 
 from __future__ import annotations
@@ -60,8 +67,11 @@ def makefile_for(root: Path) -> Path:
     return path
 
 
-def run(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one fresh process; its output is discarded."""
+Sample = tuple[float, float, float]  # wall seconds, peak RSS MB, CPU seconds (user + system)
+
+
+def run(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> Sample:
+    """(wall seconds, peak RSS MB, CPU seconds) of one fresh process; its output is discarded."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -70,38 +80,47 @@ def run(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> tu
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
-def bench_size(n: int, tmp: Path) -> dict[str, list[tuple[float, float]]]:
+def bench_size(n: int, tmp: Path, commands: dict[str, str]) -> dict[str, list[Sample]]:
+    """Samples per run kind: `make`, and `cold`/`warm` per command label ("" = this tree)."""
     root = make_layers(tmp / f"l{n}", n)
     makefile_for(root)
-    warm_cache = tmp / f"xdg-warm-{n}"
-    warm_cache.mkdir()
-    plan = [IMAGEGRAPH, "plan", "--offline", "--json", str(root)]
-    run(plan, env={**os.environ, "XDG_CACHE_HOME": str(warm_cache)})  # fills the warm cache
-    out: dict[str, list[tuple[float, float]]] = {"make": [], "cold": [], "warm": []}
+    out: dict[str, list[Sample]] = {"make": []}
+    for label, cmd in commands.items():
+        warm_cache = tmp / f"xdg-warm-{n}{label}"
+        warm_cache.mkdir()
+        run(
+            [cmd, "plan", "--offline", "--json", str(root)],
+            env={**os.environ, "XDG_CACHE_HOME": str(warm_cache)},
+        )
+        out[f"cold{label}"], out[f"warm{label}"] = [], []
     for i in range(ROUNDS):
         out["make"].append(run(["make", "-n", "-f", "Makefile"], cwd=root))
-        cold_cache = tmp / f"xdg-cold-{n}-{i}"
-        cold_cache.mkdir()
-        out["cold"].append(run(plan, env={**os.environ, "XDG_CACHE_HOME": str(cold_cache)}))
-        out["warm"].append(run(plan, env={**os.environ, "XDG_CACHE_HOME": str(warm_cache)}))
+        for label, cmd in commands.items():
+            plan = [cmd, "plan", "--offline", "--json", str(root)]
+            cold_cache = tmp / f"xdg-cold-{n}-{i}{label}"
+            cold_cache.mkdir()
+            out[f"cold{label}"].append(run(plan, env={**os.environ, "XDG_CACHE_HOME": str(cold_cache)}))
+            warm_cache = tmp / f"xdg-warm-{n}{label}"
+            out[f"warm{label}"].append(run(plan, env={**os.environ, "XDG_CACHE_HOME": str(warm_cache)}))
     assert not (root / ".imagegraph").exists(), "plan created a state directory"
     return out
 
 
-def bench_start(tmp: Path) -> dict[str, list[tuple[float, float]]]:
+def bench_start(tmp: Path, commands: dict[str, str]) -> dict[str, list[Sample]]:
     one = make_layers(tmp / "one", 1)
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "xdg-one")}
-    out: dict[str, list[tuple[float, float]]] = {"--version": [], "validate (1 file)": []}
+    out: dict[str, list[Sample]] = {}
     for _ in range(ROUNDS):
-        out["--version"].append(run([IMAGEGRAPH, "--version"], env=env))
-        out["validate (1 file)"].append(run([IMAGEGRAPH, "validate", str(one)], env=env))
+        for label, cmd in commands.items():
+            out.setdefault(f"--version{label}", []).append(run([cmd, "--version"], env=env))
+            out.setdefault(f"validate (1 file){label}", []).append(run([cmd, "validate", str(one)], env=env))
     return out
 
 
-def median(samples: list[tuple[float, float]], i: int = 0) -> float:
+def median(samples: list[Sample], i: int = 0) -> float:
     return statistics.median(s[i] for s in samples)
 
 
@@ -116,26 +135,54 @@ def compile_package() -> None:
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [1000, 5000]
+    args = sys.argv[1:]
+    commands = {"": IMAGEGRAPH}
+    if args[:1] == ["--before"]:
+        commands[" before"] = args[1]
+        args = args[2:]
+    sizes = [int(a) for a in args] or [1000, 5000]
     compile_package()
     with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        results = {n: bench_size(n, tmp) for n in sizes}
-        start = bench_start(tmp)
+        results = {n: bench_size(n, tmp, commands) for n in sizes}
+        start = bench_start(tmp, commands)
     print(f"medians of {ROUNDS} fresh processes; load average at the end {os.getloadavg()[0]:.1f}\n")
     print(
-        "| layers | `make -n` (s) | plan, never planned (s) | ratio | plan, planned before (s) | ratio | peak RSS cold / warm (MB) |"
+        "| layers | `make -n` (s) | plan, never planned (s) | ratio | plan, planned before (s) | ratio "
+        "| CPU s: make / cold / warm | peak RSS cold / warm (MB) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in results.items():
         m, c, w = median(r["make"]), median(r["cold"]), median(r["warm"])
+        cpu = " / ".join(f"{median(r[k], 2):.3f}" for k in ("make", "cold", "warm"))
         print(
-            f"| {n:,} | {m:.3f} | {c:.3f} | {c / m:.2f} x | {w:.3f} | {w / m:.2f} x "
+            f"| {n:,} | {m:.3f} | {c:.3f} | {c / m:.2f} x | {w:.3f} | {w / m:.2f} x | {cpu} "
             f"| {median(r['cold'], 1):.0f} / {median(r['warm'], 1):.0f} |"
         )
-    print("\n| command | median (s) | peak RSS (MB) |\n|---|---:|---:|")
-    for what, samples in start.items():
-        print(f"| `imagegraph {what}` | {median(samples):.3f} | {median(samples, 1):.0f} |")
+    print("\n| command | median (s) | CPU (s) | peak RSS (MB) |\n|---|---:|---:|---:|")
+    for what in ("--version", "validate (1 file)"):
+        samples = start[what]
+        print(
+            f"| `imagegraph {what}` | {median(samples):.3f} | {median(samples, 2):.3f} | {median(samples, 1):.0f} |"
+        )
+    if len(commands) == 1:
+        return
+    print("\nBefore (`--before`) and now, the same rounds: wall (CPU) seconds, medians\n")
+    print("| run | before | now | faster by | now / `make -n` |\n|---|---:|---:|---:|---:|")
+    for n, r in results.items():
+        m = median(r["make"])
+        for kind, words in (("cold", "never planned"), ("warm", "planned before")):
+            b, a = r[f"{kind} before"], r[kind]
+            print(
+                f"| {n:,} layers, {words} | {median(b):.3f} ({median(b, 2):.3f}) | {median(a):.3f} "
+                f"({median(a, 2):.3f}) | {median(b) / median(a):.1f} x | {median(a) / m:.2f} x |"
+            )
+    for what in ("--version", "validate (1 file)"):
+        b, a = start[f"{what} before"], start[what]
+        print(
+            f"| `{what}` | {median(b):.3f} ({median(b, 2):.3f}) | {median(a):.3f} ({median(a, 2):.3f}) "
+            f"| {median(b) / median(a):.1f} x | |"
+        )
 
 
 if __name__ == "__main__":

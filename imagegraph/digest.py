@@ -46,12 +46,14 @@ def path_digest(path: Path, exclude: Collection[str] = ()) -> str | None:
     Entries named in `exclude` (e.g. `.git`) are left out wherever they are in the tree.
     None for a missing path: such a layer is planned as blocked (project.unbuildable), never built.
     """
-    if not os.path.lexists(path):
+    try:
+        top: os.stat_result | None = os.lstat(path)
+    except (OSError, ValueError):  # as os.path.lexists answers False
         return None
     entries: list[list] = []
 
-    def add(p: Path, rel: str) -> None:
-        st = p.lstat()
+    def add(p: Path, rel: str, st: os.stat_result | None = None) -> None:
+        st = st or p.lstat()
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISLNK(st.st_mode):
             entries.append([rel, "link", os.readlink(p)])
@@ -65,8 +67,8 @@ def path_digest(path: Path, exclude: Collection[str] = ()) -> str | None:
         else:
             entries.append([rel, "special", mode])
 
-    if path.is_symlink() and path.exists():
+    if top is not None and stat.S_ISLNK(top.st_mode) and path.exists():
         # A symlinked source is copied as what it points to (buildah copy follows it).
-        path = path.resolve()
-    add(path, "")
+        path, top = path.resolve(), None
+    add(path, "", top)  # one lstat for a plain file (many layers copy the same one)
     return sha256_hex(canonical_json(entries).encode())

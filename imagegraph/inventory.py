@@ -203,6 +203,11 @@ class LiveInventory:
 
     # -- local storage
 
+    def start_local(self) -> None:
+        """Start asking local storage (`buildah images`) now, in a thread, so that the answer is
+        there when `prefetch` wants it: `plan` starts it before it loads the specs."""
+        threading.Thread(target=self._read_local, name="inventory-local").start()
+
     def _read_local(self) -> None:
         with self._local_lock:  # its own lock: registry questions go on while buildah answers
             if self._local is not None or self._local_error is not None:

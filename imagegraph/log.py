@@ -123,13 +123,34 @@ def _configure_structlog(fmt: str, level: str, stream: Any, color: bool | None) 
     _pending = None
 
 
+_LEVELS = {"debug": 10, "info": 20, "msg": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40}
+_LEVELS |= {"critical": 50, "fatal": 50}
+
+
+def _drop(*_args: Any, **_kw: Any) -> None:
+    return None
+
+
 class _LazyLogger:
-    """Stands for a structlog logger until it is first used (then imports structlog)."""
+    """Stands for a structlog logger until it is first used (then imports structlog).
+
+    An event below the configured level is dropped without importing structlog (its filtering
+    logger would drop it too): `plan` logs its `buildah images` at debug level, and structlog
+    with the rich it loads costs 0.05 s of a plan.
+    """
 
     def __init__(self, bind: dict[str, Any]):
         self._bind = bind
 
     def __getattr__(self, name: str) -> Any:
+        pending = _pending
+        if (
+            pending is not None
+            and "structlog" not in sys.modules
+            and name in _LEVELS
+            and _LEVELS[name] < _LEVELS.get(pending[1].lower(), 0)
+        ):
+            return _drop
         import structlog
 
         _apply()

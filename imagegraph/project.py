@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cache
@@ -372,10 +371,11 @@ class SpecCache:
     FORMAT = 2  # 2: absolute paths; no entry depends on files outside the spec
 
     @staticmethod
-    def digest(path: Path, raw: bytes, settings: Settings) -> str:
+    def digest(path: Path, raw: bytes, settings: Settings, real: str | None = None) -> str:
+        """`real`: the file's os.path.realpath, when the caller has it."""
         h = hashlib.sha256()
         h.update(f"{SpecCache.FORMAT}\0".encode())
-        h.update(os.path.realpath(path).encode() + b"\0")  # = str(path.resolve()), 3x cheaper
+        h.update((real or os.path.realpath(path)).encode() + b"\0")  # = str(path.resolve()), 3x cheaper
         h.update(json.dumps(settings.defaults, sort_keys=True, default=str).encode() + b"\0")
         h.update(json.dumps(settings.path_map, sort_keys=True).encode() + b"\0")
         h.update(raw)
@@ -388,6 +388,8 @@ class SpecCache:
             self.dirty = True
         if not (self.path and self.dirty):
             return
+        import tempfile  # only when the cache changed
+
         try:
             ensure_dir(self.path.parent)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".specs.")
@@ -420,10 +422,12 @@ def load_project(
     if not files:
         diags.append(Diagnostic(str(root), 0, 0, "no layer specs (*.yaml) found here"))
     cache = SpecCache(cache_dir / "specs.pickle" if cache_dir else None)
+    real = RealPaths()
     layers: dict[str, LayerSpec] = {}
     unbuildable: dict[str, list[Diagnostic]] = {}
     for path in files:
-        shown = _shown(path)
+        real_path = real(path)
+        shown = _shown(path, real_path)
         if any(ord(c) < 0x20 or c == "\x7f" for c in path.stem):
             # The layer name (file stem) goes into log file names, container names and messages.
             diags.append(
@@ -435,7 +439,7 @@ def load_project(
         except OSError as exc:
             diags.append(Diagnostic(shown, 0, 0, f"cannot read: {exc.strerror}"))
             continue
-        digest = SpecCache.digest(path, raw, settings)
+        digest = SpecCache.digest(path, raw, settings, real_path)
         cache.used.add(digest)
         hit = cache.entries.get(digest)
         if hit is not None:
@@ -484,7 +488,7 @@ def load_project(
             unbuildable[layer_id(path)] = file_errors
     if not settings.allow_outside_sources:
         for spec in layers.values():
-            diags.extend(_escape_diagnostics(spec, root))
+            diags.extend(_escape_diagnostics(spec, root, real))
     cache.save()
     errors = [d for d in diags if d.severity == "error"]
     tolerated = {id(d) for ds in unbuildable.values() for d in ds}
@@ -505,17 +509,17 @@ def load_project(
     )
 
 
-def _escape_diagnostics(spec: LayerSpec, root: Path) -> list[Diagnostic]:
+def _escape_diagnostics(spec: LayerSpec, root: Path, real: RealPaths) -> list[Diagnostic]:
     """A relative copyfiles source may not leave the layer directory (via .. or a symlink)."""
     out = []
-    real_root = os.path.realpath(root)
+    real_root = real.dir(os.fspath(root))
     for cf in spec.copyfiles:
         if cf.src.startswith("/"):
             continue  # absolute paths are taken as written (real specs use /data/...)
-        if _relative(os.path.realpath(cf.source), real_root) is None:
+        if _relative(real(cf.source), real_root) is None:
             out.append(
                 Diagnostic(
-                    _shown(spec.path),
+                    _shown(spec.path, real(spec.path)),
                     cf.line,
                     cf.column,
                     f"copyfiles source '{cf.src}' leaves the layer directory",
@@ -549,10 +553,33 @@ def _relative(real: str, base: str) -> str | None:
 _real_cwd: tuple[str, str] = ("", "")  # (os.getcwd(), its realpath): resolved once per directory
 
 
-def _shown(path: Path) -> str:
+def _shown(path: Path, real_path: str | None = None) -> str:
     global _real_cwd
     cwd = os.getcwd()
     if _real_cwd[0] != cwd:
         _real_cwd = (cwd, os.path.realpath(cwd))
-    rel = _relative(os.path.realpath(path), _real_cwd[1])
+    rel = _relative(real_path or os.path.realpath(path), _real_cwd[1])
     return str(path) if rel is None else rel
+
+
+class RealPaths:
+    """`os.path.realpath` for the many files of one load: each directory is resolved once, then
+    only the last component is checked (one lstat, not one per component). The answer is
+    realpath's: a symlinked file is resolved in full."""
+
+    def __init__(self) -> None:
+        self.dirs: dict[str, str] = {}
+
+    def dir(self, head: str) -> str:
+        real = self.dirs.get(head)
+        if real is None:
+            real = self.dirs[head] = os.path.realpath(head)
+        return real
+
+    def __call__(self, path: Path | str) -> str:
+        p = os.fspath(path)
+        head, tail = os.path.split(p)
+        if not os.path.isabs(p) or tail in ("", ".", ".."):
+            return os.path.realpath(p)
+        full = os.path.join(self.dir(head), tail)
+        return os.path.realpath(full) if os.path.islink(full) else full

@@ -42,27 +42,42 @@ def register_environment() -> None:
 
 def mask_url_credentials(text: str) -> str:
     """`scheme://user:pass@host` -> `scheme://***@host`; deterministic (no registered secrets)."""
-    return _URL_CREDS.sub(lambda m: f"{m['scheme']}{MASK}@", text) if text else text
+    # The pattern needs "://" and "@": most strings (keys, names, paths) have neither.
+    if not text or "@" not in text or "://" not in text:
+        return text
+    return _URL_CREDS.sub(lambda m: f"{m['scheme']}{MASK}@", text)
 
 
-def redact(text: str) -> str:
+def _secrets_longest_first() -> list[str]:
+    with _lock:
+        return sorted(_secrets, key=len, reverse=True)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
     if not text:
         return text
     text = mask_url_credentials(text)
-    with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
     for s in secrets:
         if s in text:
             text = text.replace(s, MASK)
     return text
 
 
+def redact(text: str) -> str:
+    return _redact(text, _secrets_longest_first()) if text else text
+
+
 def redact_obj(obj):
     """Redact every string inside a JSON-like structure."""
+    return _redact_obj(obj, _secrets_longest_first())
+
+
+def _redact_obj(obj, secrets: list[str]):
+    # The secrets are taken once per document (a plan holds thousands of strings), not per string.
     if isinstance(obj, str):
-        return redact(obj)
+        return _redact(obj, secrets)
     if isinstance(obj, dict):
-        return {k: redact_obj(v) for k, v in obj.items()}
+        return {k: _redact_obj(v, secrets) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [redact_obj(v) for v in obj]
+        return [_redact_obj(v, secrets) for v in obj]
     return obj

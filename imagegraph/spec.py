@@ -10,7 +10,6 @@ file are returned together rather than stopping at the first.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import io
 import json
@@ -492,8 +491,13 @@ def to_plain(node: Any, _budget: list[int] | None = None) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
         raise DocumentTooLarge(f"more than {MAX_NODES:,} values once aliases are expanded")
+    if type(node) is str and node.isascii():  # most values: the answer is the value (as below)
+        return node
     if isinstance(node, dict):
-        return {_text(str(k)): to_plain(v, budget) for k, v in node.items()}
+        return {
+            k if type(k) is str and k.isascii() else _text(str(k)): to_plain(v, budget)
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [to_plain(v, budget) for v in node]
     if isinstance(node, bool | int | float | str) or node is None:
@@ -527,6 +531,8 @@ def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list
         plain["options"] = {**to_plain(defaults), **plain["options"]}
     if _schema_valid(plain):
         return diags  # jsonschema only words the errors of a document the compiled check refused
+    import difflib  # did-you-mean, for documents with errors only
+
     for err in _validator().iter_errors(plain):
         path = list(err.absolute_path)
         if err.validator == "additionalProperties":
@@ -579,9 +585,11 @@ def read_spec(
     host files a valid spec names), for callers that cache the result and check those
     on every use.
     """
-    path = Path(path)
-    file = shown or str(path)
-    path = Path(os.path.abspath(path))
+    given = os.fspath(path)
+    file = shown or (given if isinstance(path, Path) else str(Path(given)))
+    absolute = os.path.abspath(given)
+    # Path() costs 0.1 ms in Python 3.11; a project load passes absolute Paths already.
+    path = path if isinstance(path, Path) and absolute == given else Path(absolute)
     if text is None:
         try:
             raw = path.read_bytes()

@@ -20,8 +20,19 @@ NEVER_FOR_PLAN = (
     "botocore",
     "requests",
     "tenacity",
-    # (structlog and concurrent.futures do load: even offline, `plan` asks local storage,
-    # `buildah images` through the Runner, beside the other inventory questions.)
+    # A terminal's rendering: to a pipe, warnings and summaries are written as rich would write them.
+    "rich",
+    "pygments",
+    # Logging: nothing at or above the level is logged by a plan that goes well (the `buildah images`
+    # line is a debug event, dropped before structlog would load).
+    "structlog",
+    # The layer graph is a forest: networkx loads only to name a cycle (and for LayerGraph.graph).
+    "networkx",
+    "rapidfuzz",  # did-you-mean for external parents only
+    "difflib",  # did-you-mean for documents with errors only
+    "secrets",  # container names, for builds
+    # (concurrent.futures does load: even offline, `plan` asks local storage, `buildah images`,
+    # beside the other inventory questions.)
     "imagegraph.executor",
     "imagegraph.scheduler",
     # the build package's backend table and backends (their key inputs) are light; not buildah's side
@@ -31,6 +42,16 @@ NEVER_FOR_PLAN = (
     "imagegraph.boottest",
     "urllib.request",  # lock file fetching
     "http.client",
+)
+# What checking specs does not need: planning, the state and the inventory.
+NEVER_FOR_VALIDATE = NEVER_FOR_PLAN + (
+    "imagegraph.plan",
+    "imagegraph.state",
+    "imagegraph.inventory",
+    "sqlite3",
+    # keys and the build backends' key inputs (the registry client names key tags through keytag)
+    "imagegraph.key",
+    "imagegraph.build",
 )
 PARSERS = ("ruamel", "yaml", "jsonschema", "jsonschema_rs")
 
@@ -76,12 +97,43 @@ def test_plan_json_loads_no_client_renderer_or_logger(tmp_path: Path) -> None:
 
 def test_validate_of_a_valid_directory_loads_no_client(tmp_path: Path) -> None:
     root = seed_dir(tmp_path / "layers")
-    mods = _modules("validate", "--json", str(root), xdg=tmp_path / "xdg")
-    assert not _loaded(mods, tuple(n for n in NEVER_FOR_PLAN if n != "rich"))
+    for args in (("validate", "--json", str(root)), ("validate", str(root))):
+        mods = _modules(*args, xdg=tmp_path / "xdg")
+        assert not _loaded(mods, NEVER_FOR_VALIDATE), args
 
 
 def test_version_loads_no_client_parser_or_logger(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", PROBE, "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("imagegraph ")
-    core = ("networkx", "imagegraph.graph", "imagegraph.plan", "imagegraph.project", "imagegraph.state")
+    core = (
+        "imagegraph.graph",
+        "imagegraph.plan",
+        "imagegraph.project",
+        "imagegraph.state",
+        "imagegraph.render",
+    )
     assert not _loaded(set(json.loads(r.stderr.strip().splitlines()[-1])), NEVER_FOR_PLAN + PARSERS + core)
+
+
+LOG_PROBE = r"""
+import io, json, sys
+from imagegraph.log import configure, get_logger
+buf = io.StringIO()
+configure("json", "WARNING", stream=buf)
+log = get_logger(step="probe")
+log.debug("below the level")
+log.info("below the level too")
+before = "structlog" in sys.modules
+log.warning("at the level", n=1)
+print(json.dumps({"before": before, "after": "structlog" in sys.modules, "lines": buf.getvalue().splitlines()}))
+"""
+
+
+def test_events_below_the_level_do_not_load_structlog_and_the_rest_are_logged() -> None:
+    r = subprocess.run([sys.executable, "-c", LOG_PROBE], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["before"] is False and out["after"] is True
+    (line,) = out["lines"]
+    event = json.loads(line)
+    assert event["event"] == "at the level" and event["level"] == "warning" and event["step"] == "probe"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import networkx as nx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imagegraph.errors import SpecError, UsageError
-from imagegraph.graph import build_graph, to_dot, to_json, to_mermaid
+from imagegraph.graph import LayerGraph, ParentLink, build_graph, to_dot, to_json, to_mermaid
 from imagegraph.project import load_project
 
 from .specdirs import seed_dir, write
@@ -253,3 +257,36 @@ def test_mermaid_label(text: str, label: str) -> None:
     from imagegraph.graph import mermaid_label
 
     assert mermaid_label(text) == label
+
+
+@st.composite
+def _forests(draw):
+    """Layer ids and, for some, a parent among the ids before them (so no cycle), in random order."""
+    n = draw(st.integers(1, 25))
+    ids = draw(st.lists(st.text("abcxyz-", min_size=1, max_size=4), min_size=n, max_size=n, unique=True))
+    parent = {lid: draw(st.sampled_from([None, *ids[:i]])) for i, lid in enumerate(ids)}
+    return ids, parent, draw(st.sets(st.sampled_from(ids)))
+
+
+@given(_forests())
+@settings(max_examples=200, deadline=None)
+def test_graph_walks_agree_with_networkx(forest) -> None:
+    """order (whole and of a subset), children, descendants and ancestors are networkx's answers."""
+    ids, parent, subset = forest
+    layers = {lid: SimpleNamespace() for lid in ids}
+    links = {
+        lid: ParentLink("layer", p, p) if p else ParentLink("scratch", "scratch") for lid, p in parent.items()
+    }
+    lg = LayerGraph(SimpleNamespace(layers=layers), links, {lid: [] for lid in ids})  # type: ignore[arg-type]
+    g = nx.DiGraph()
+    g.add_nodes_from(sorted(ids))
+    g.add_edges_from((p, lid) for lid, p in parent.items() if p)
+    assert list(lg.graph.nodes) == list(g.nodes) and sorted(lg.graph.edges) == sorted(g.edges) == lg.edges()
+    assert lg.order() == list(nx.lexicographical_topological_sort(g))
+    assert lg.order(subset) == list(nx.lexicographical_topological_sort(g.subgraph(subset)))
+    for lid in ids:
+        assert lg.children(lid) == sorted(g.successors(lid))
+        assert lg.descendants(lid) == nx.descendants(g, lid)
+        assert lg.ancestors(lid) == nx.ancestors(g, lid)
+    want = set().union(*({s} | nx.ancestors(g, s) for s in subset)) if subset else set(ids)  # none named: all
+    assert lg.select(sorted(subset)) == want

@@ -92,6 +92,31 @@ def test_unreadable_local_storage_is_unknown(
     assert words in (ans.error or ""), ans.error
 
 
+def test_local_storage_asked_early_is_asked_once_and_answers_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scratch_image: str
+) -> None:
+    """`plan` starts `buildah images` before loading the specs: the answers are the same, the
+    command runs once (start_local, then prefetch and the questions), and unknown stays unknown."""
+    log = tmp_path / "calls"
+    env = _wrapper(tmp_path, f"echo images >> {log}")
+    monkeypatch.setenv("PATH", env["PATH"])
+    spec = _spec(tmp_path, "  publish_local: true\n")
+    early = LiveInventory(offline=True)
+    early.start_local()
+    early.prefetch([spec])
+    late = LiveInventory(offline=True)
+    for ref in (local_key_ref(spec, KEY), f"localhost/{NAME}:1", f"localhost/{NAME}:latest"):
+        assert early.local_image(None, ref) == late.local_image(None, ref)
+    assert early.local_image(None, local_key_ref(spec, KEY)).presence == Presence.PRESENT
+    assert log.read_text().split() == ["images", "images"]  # one per inventory
+    (tmp_path / "f").mkdir()
+    failing = _wrapper(tmp_path / "f", "echo 'Error: database is locked' >&2; exit 125")
+    monkeypatch.setenv("PATH", failing["PATH"])
+    broken = LiveInventory(offline=True)
+    broken.start_local()
+    assert broken.local_image(None, local_key_ref(spec, KEY)).presence == Presence.UNKNOWN
+
+
 def test_registry_tags_and_digests_and_a_registry_that_goes_away(
     tmp_path: Path, scratch_image: str, registry
 ) -> None:

@@ -267,3 +267,29 @@ def test_executor_settings(tmp_path: Path) -> None:
         for m in msgs
     )
     assert any("imagegraph.yaml:4:" in m and "executor.graphroot" in m for m in msgs)
+
+
+def test_real_paths_are_os_realpath(tmp_path: Path) -> None:
+    """RealPaths (directories resolved once per load) answers exactly as os.path.realpath."""
+    from imagegraph.project import RealPaths
+
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "f").write_text("x")
+    (tmp_path / "linkdir").symlink_to("d")
+    (tmp_path / "d" / "linkfile").symlink_to("f")
+    (tmp_path / "d" / "up").symlink_to("../linkdir/f")
+    (tmp_path / "d" / "dangling").symlink_to("nowhere/x")
+    (tmp_path / "d" / "loop").symlink_to("loop")
+    names = ["f", "linkfile", "up", "dangling", "loop", "missing", "e", ".", "..", "e/../f", ""]
+    real = RealPaths()
+    for base in (
+        tmp_path / "d",
+        tmp_path / "linkdir",
+        tmp_path / "linkdir" / "e" / "..",
+        Path("/") / str(tmp_path)[1:],
+    ):
+        for name in names:
+            for p in (f"{base}/{name}", f"/{base}/{name}", f"{base}//{name}"):
+                assert real(p) == os.path.realpath(p), p
+                assert real(Path(p)) == os.path.realpath(Path(p)), p
+    assert real("relative/x") == os.path.realpath("relative/x")

@@ -290,6 +290,7 @@ class FakeRegistry(BaseHTTPRequestHandler):
     script: list[int] = []  # statuses to answer before behaving normally
     page_faults: dict[str, list[int]] = {}  # `last` of a page -> statuses to answer for it first
     calls: list[str] = []
+    auth_headers: list[str | None] = []
     token_calls: list[dict] = []
     tags = [f"t{i}" for i in range(7)]
 
@@ -308,6 +309,7 @@ class FakeRegistry(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         self.calls.append(self.path)
+        self.auth_headers.append(self.headers.get("Authorization"))
         host = self.headers["Host"]
         if self.path.startswith("/token"):
             from urllib.parse import parse_qs, urlsplit
@@ -343,6 +345,7 @@ def fake_registry() -> Iterator[str]:
     FakeRegistry.script = []
     FakeRegistry.page_faults = {}
     FakeRegistry.calls = []
+    FakeRegistry.auth_headers = []
     FakeRegistry.token_calls = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeRegistry)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
@@ -363,6 +366,19 @@ def test_pagination_and_bearer_token(fake_registry: str) -> None:
     assert c.request_count == 5  # + the token request
     assert c.has_tag(f"{fake_registry}/ns/img", "t6") is True
     assert c.request_count == 5
+
+
+def test_netrc_is_never_read(fake_registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials come from the container tools' files only: a ~/.netrc entry for the registry
+    sends no Basic header, neither to the registry nor to its token service."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-pw-77\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    c = RegistryClient(retry=FAST, auth_files=[])
+    assert c.tags(f"{fake_registry}/ns/img") == set(FakeRegistry.tags)
+    assert FakeRegistry.auth_headers[0] is None  # the first request, before the challenge
+    assert not any(h and h.startswith("Basic") for h in FakeRegistry.auth_headers), FakeRegistry.auth_headers
 
 
 def test_transient_status_is_retried(fake_registry: str) -> None:
@@ -660,3 +676,30 @@ def test_unreachable_registry_answers_none_quickly(registry) -> None:
         assert client.has_tag(repo, f"t{i}") is None
     assert client.manifest_digest(f"{registry.host}/x/parent:1") is None
     assert time.monotonic() - start < 0.5
+
+
+def test_registry_requests_follow_the_proxy_environment(registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY is honoured per host and NO_PROXY bypasses it (a host name that does not
+    resolve is reached only through the proxy)."""
+    from tests.httpproxy import RecordingProxy
+
+    proxy = RecordingProxy(registry.url)
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        host = "standin.invalid:5000"
+        c = RegistryClient(retry=FAST, auth_files=[])
+        c.configure_registry(host, ["--tls-verify=false"])
+        assert c.tags(f"{host}/site/never-pushed") == set()  # 404 NAME_UNKNOWN, relayed
+        assert ("GET", f"http://{host}/v2/site/never-pushed/tags/list") in proxy.requests
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(name, "standin.invalid")
+        seen = len(proxy.requests)
+        direct = RegistryClient(retry=FAST, auth_files=[])
+        direct.configure_registry(host, ["--tls-verify=false"])
+        assert direct.tags(f"{host}/site/never-pushed") is None  # straight to a name that does not resolve
+        assert len(proxy.requests) == seen
+    finally:
+        proxy.stop()

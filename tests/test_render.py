@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,16 @@ from hypothesis import strategies as st
 from imagegraph.graph import build_graph
 from imagegraph.plan import StaticInventory, make_plan
 from imagegraph.project import load_project
-from imagegraph.render import OutputFormat, choose_format, plan_summary, plan_tree, plural, use_color
+from imagegraph.render import (
+    OutputFormat,
+    choose_format,
+    indented_json,
+    plain_stream,
+    plan_summary,
+    plan_tree,
+    plural,
+    use_color,
+)
 from imagegraph.state import State
 
 from .specdirs import write
@@ -117,3 +127,90 @@ def test_plan_tree_draws_the_graph(parents: tuple[int | None, ...]) -> None:
             if ch in "├│":
                 below = [row[col] if col < len(row) else " " for row in lines[i + 1 : i + 2]]
                 assert below and below[0] in "├│└", (line, lines)
+
+
+@given(st.text(max_size=80), st.sampled_from(["yellow", "red", "bold red"]))
+@settings(max_examples=300, deadline=None)
+def test_plain_lines_are_what_rich_prints_to_a_pipe(text: str, style: str) -> None:
+    """Where Output writes a warning or error line itself (not a terminal), rich would have printed
+    the same characters; where the text holds anything rich changes, plain_stream says no."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    buf = io.StringIO()
+    Console(file=buf, highlight=False, soft_wrap=True, no_color=True, _environ={}).print(
+        Text(text, style=style)
+    )
+    if plain_stream(io.StringIO(), text, environ={}):
+        assert buf.getvalue() == text + "\n"
+        if "[" not in text and ":" not in text:  # Output.info: a str goes through rich's markup
+            buf = io.StringIO()
+            Console(file=buf, highlight=False, soft_wrap=True, no_color=True, _environ={}).print(text)
+            assert buf.getvalue() == text + "\n"
+    assert not plain_stream(io.StringIO(), "x", environ={"FORCE_COLOR": "1"})
+    assert not plain_stream(io.StringIO(), "a\tb", environ={})
+
+
+def test_plan_json_to_a_pipe_prints_warnings_without_rich(tmp_path: Path) -> None:
+    """The warning lines of `plan --json` on stderr (a pipe) are the diagnostics, one a line."""
+    import subprocess
+    import sys
+
+    write(
+        tmp_path,
+        "base.yaml",
+        "options:\n  layer_type: base\n  pkg_manager: dnf\n  name: b\n  parent: scratch\n"
+        "  publish_tags: ['1']\nrepos:\n  - alias: r\n    url: http://m.example.org/os/\npackages: [p]\n",
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "imagegraph.cli", "plan", "--offline", "--json", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")},
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() and all(
+        line.startswith("base.yaml:") or line.startswith(str(tmp_path)) for line in r.stderr.splitlines()
+    ), r.stderr
+    assert "unsigned packages" in r.stderr
+
+
+_json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.builds(Path, st.text("ab/", max_size=5))  # default=str
+)
+_json_docs = st.recursive(
+    _json_leaves,
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.tuples(kids, kids)
+        | st.dictionaries(st.text(max_size=5) | st.integers() | st.booleans() | st.none(), kids, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@given(_json_docs)
+@settings(max_examples=500, deadline=None)
+def test_indented_json_is_json_dumps_indent_2(doc) -> None:
+    import json
+
+    assert indented_json(doc) == json.dumps(doc, indent=2, default=str)
+
+
+def test_indented_json_of_a_real_plan(tmp_path: Path) -> None:
+    import json
+
+    from .specdirs import seed_dir
+
+    lg = build_graph(load_project(seed_dir(tmp_path / "l")))
+    plan = make_plan(lg, State(tmp_path / "s.db"), StaticInventory(), [])
+    doc = plan.to_json()
+    assert indented_json(doc) == json.dumps(doc, indent=2, default=str)

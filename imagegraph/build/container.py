@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,10 +49,14 @@ def records_dir() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return Path(xdg) / "imagegraph" / "containers"
+    import tempfile
+
     return Path(tempfile.gettempdir()) / f"imagegraph-{os.getuid()}" / "containers"
 
 
 def container_name(layer: str, key: str) -> str:
+    import secrets  # a build names containers; a plan only asks local storage (0.005 s)
+
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", layer.replace("/", "-"))
     return f"{PREFIX}{safe}-{key[:12]}-{secrets.token_hex(3)}"
 

@@ -32,6 +32,7 @@ Read the way buildah/podman/skopeo read it, so the HTTP client
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import os
@@ -295,6 +296,13 @@ def split_opts(opts: Iterable[str]) -> list[str]:
     for item in opts:
         words.extend(shlex.split(str(item)))
     return words
+
+
+@functools.lru_cache(maxsize=256)
+def parsed_opts(opts: tuple[str, ...]) -> RegistryOpts:
+    """`parse_opts`, once per distinct option list: planning configures the client for every
+    question it asks (thousands per plan), and shlex is slow."""
+    return parse_opts(opts)
 
 
 def parse_opts(opts: Iterable[str]) -> RegistryOpts:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -51,7 +52,7 @@ from .containers_conf import (
     auth_file_paths,
     find_credentials,
     is_loopback,
-    parse_opts,
+    parsed_opts,
     repository_prefixes,
 )
 from .registry_errors import RegistryError, TLSVerifyError, classify_status
@@ -125,6 +126,13 @@ def _describe_exception(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class _NoNetrc:
+    """A requests auth that changes nothing (see RegistryClient.__init__)."""
+
+    def __call__(self, request: Any) -> Any:
+        return request
+
+
 class RegistryClient:
     """The registry HTTP API with one pooled session, for cheap checks and tagging.
 
@@ -190,6 +198,17 @@ class RegistryClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = "imagegraph"
+        # Credentials come from the container tools' files only (module docstring), never from
+        # ~/.netrc: a session-wide no-op auth keeps requests from looking for one on every request
+        # (a tenth of a no-op plan's client time) and from replacing our Authorization header.
+        if self.session.auth is None:
+            self.session.auth = _NoNetrc()
+        # What requests reads from the environment on every request (trust_env), read once: the
+        # proxies per scheme and host (HTTP(S)_PROXY, NO_PROXY), the CA bundle. Planning asks
+        # thousands of questions; the per-request scan of os.environ was a seventh of its client time.
+        self.session.trust_env = False
+        self._ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        self._proxies: dict[str, dict[str, str]] = {}
 
     # -- configuration
 
@@ -215,7 +234,7 @@ class RegistryClient:
         and `--authfile` for `repository` (`host/ns/repo`) and the paths
         below it when given, else for every repository of the host.
         """
-        parsed = parse_opts(opts)
+        parsed = parsed_opts(tuple(opts))
         host = registry.lower()
         scope = repository or host
         with self._lock:
@@ -690,6 +709,16 @@ class RegistryClient:
             self._down.pop(host.lower(), None)
         return resp
 
+    def _proxies_for(self, base: str) -> dict[str, str]:
+        """The environment's proxies for `scheme://host[:port]`, as requests would find them
+        (NO_PROXY honoured), once per host."""
+        found = self._proxies.get(base)
+        if found is None:
+            import requests.utils
+
+            found = self._proxies[base] = requests.utils.get_environ_proxies(base + "/")
+        return found
+
     def _send(
         self, method: str, host: str, path: str, headers: dict[str, str], data: bytes | None
     ) -> requests.Response:
@@ -708,7 +737,13 @@ class RegistryClient:
             started = time.monotonic()
             try:
                 resp = self.session.request(
-                    method, url, headers=headers, data=data, timeout=self.timeout, verify=verify
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    timeout=self.timeout,
+                    verify=self._ca_bundle if verify is True and self._ca_bundle else verify,
+                    proxies=self._proxies_for(f"{scheme}://{api_host}"),
                 )
             except requests.exceptions.SSLError as exc:
                 last = exc
@@ -782,13 +817,15 @@ class RegistryClient:
         verify: bool | str = self._host_verify.get(realm_host, not self.is_insecure(realm_host))
         import requests
 
+        split = urllib.parse.urlsplit(realm)
         try:
             resp = self.session.get(
                 realm,
                 params=query,
                 auth=(creds.username, creds.password) if creds else None,
                 timeout=self.timeout,
-                verify=verify,
+                verify=self._ca_bundle if verify is True and self._ca_bundle else verify,
+                proxies=self._proxies_for(f"{split.scheme}://{split.netloc}"),
             )
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise TransientError("token service unreachable", _describe_exception(exc)) from exc
