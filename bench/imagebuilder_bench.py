@@ -38,7 +38,9 @@ its run record, so the output says where the time goes.
 Usage: python bench/imagebuilder_bench.py --image-builder PATH [--rounds 3] [--size-mb 157]
        [-j N] [--json OUT]
 Needs root, buildah, dnf with dnf-plugins-core (image-builder calls `dnf
-config-manager`), rpmbuild, createrepo_c, busybox-static, mksquashfs,
+config-manager`; Debian's package also enables the `local` plugin, which
+serves packages of earlier runs again: disable it in
+/etc/dnf/plugins/local.conf), rpmbuild, createrepo_c, busybox-static, mksquashfs,
 docker-registry, and moto in this interpreter (the test extras).
 """
 
@@ -48,6 +50,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -232,10 +235,11 @@ def registry_tags(reg: RegistryServer) -> dict[str, list[str]]:
     return out
 
 
-def s3_keys(s3: S3Server, bucket: str) -> list[str]:
+def s3_keys(s3: S3Server, bucket: str) -> dict[str, int]:
     resp = s3.client().list_objects_v2(Bucket=bucket)
     # imagegraph adds SBOMs (`<key>.cdx.json`, and `sha256-*` referrer tags in the registry): not compared
-    return sorted(o["Key"] for o in resp.get("Contents", []) if not o["Key"].endswith(".cdx.json"))
+    found = {o["Key"]: o["Size"] for o in resp.get("Contents", []) if not o["Key"].endswith(".cdx.json")}
+    return dict(sorted(found.items()))
 
 
 EXPECTED_TAGS = {"base": ["1"], "compute": ["1", "latest"], "debug": ["1"]}
@@ -248,10 +252,18 @@ EXPECTED_KEYS = [
 ]
 
 
-def check_published(tool: str, reg: RegistryServer, s3: S3Server, bucket: str) -> None:
+def check_published(
+    tool: str, reg: RegistryServer, s3: S3Server, bucket: str, size_mb: int
+) -> dict[str, int]:
+    """Both tools must have published the same tags and keys, each SquashFS holding the whole
+    kernel package (random bytes do not compress); returns the S3 objects' sizes."""
     tags, keys = registry_tags(reg), s3_keys(s3, bucket)
-    if tags != EXPECTED_TAGS or keys != EXPECTED_KEYS:
+    if tags != EXPECTED_TAGS or list(keys) != EXPECTED_KEYS:
         raise SystemExit(f"{tool}: published {tags} and {keys}; expected {EXPECTED_TAGS} and {EXPECTED_KEYS}")
+    small = {k: v for k, v in keys.items() if "efi-images/" not in k and v < size_mb * 1024 * 1024}
+    if small:
+        raise SystemExit(f"{tool}: SquashFS objects smaller than the {size_mb} MB package: {small}")
+    return keys
 
 
 # ------------------------------------------------------------------ the runs
@@ -384,7 +396,7 @@ def one_round(kind: str, tmp: Path, base_env: dict[str, str], repo_url: str, arg
             if scenario == "base edit":
                 write_specs(work / "layers", edits={"debug": "debug-2", "base": "base-2"}, **specs)
             results[scenario] = tool.run(scenario)
-            check_published(kind, reg, s3, bucket)
+            results[scenario]["s3_sizes"] = check_published(kind, reg, s3, bucket, args.size_mb)
             print(
                 f"  {kind:13} {scenario:15} {results[scenario]['wall']:6.2f} s", file=sys.stderr, flush=True
             )
@@ -458,6 +470,7 @@ def main() -> None:
     p.add_argument("--size-mb", type=int, default=157, help="size of the kernel package (MB)")
     p.add_argument("-j", "--jobs", type=int, default=None, help="imagegraph's -j (default: its own)")
     p.add_argument("--json", type=Path, default=None, help="write every measurement here")
+    p.add_argument("--tools", nargs="+", default=["image-builder", "imagegraph"], help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work directories (logs, traces)")
     args = p.parse_args()
     args.image_builder = args.image_builder.resolve()
@@ -469,6 +482,14 @@ def main() -> None:
         raise SystemExit("run as root: both tools drive buildah as root here")
     if subprocess.run(["dnf", "config-manager", "--help"], capture_output=True, check=False).returncode != 0:
         raise SystemExit("image-builder calls `dnf config-manager`: apt-get install dnf-plugins-core")
+    local = Path("/etc/dnf/plugins/local.conf")
+    if local.exists() and re.search(
+        r"(?m)^\s*enabled\s*=\s*(1|true|yes)\s*$", local.read_text().split("[createrepo]")[0]
+    ):
+        # Debian's dnf-plugins-core enables `local`: it keeps every downloaded package and serves it
+        # again under the same name, so image-builder (whose dnf runs with plugins) would install
+        # a previous run's ig-kernel. image-builder's own container has no such plugin.
+        raise SystemExit(f"{local}: set `enabled = false` (dnf's local plugin serves stale packages)")
     ib_python = ib_venv(args.image_builder)
     compile_sources(args.image_builder)
     base_env = {
@@ -489,6 +510,7 @@ def main() -> None:
                 order = ("image-builder", "imagegraph") if i % 2 == 0 else ("imagegraph", "image-builder")
                 print(f"round {i + 1}", file=sys.stderr)
                 uptimes.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+                order = tuple(k for k in order if k in args.tools)
                 rounds.append({k: one_round(k, tmp, base_env, server.url, args, ib_python) for k in order})
             uptimes.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
         finally:
@@ -499,6 +521,10 @@ def main() -> None:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps({"rounds": rounds, "uptime": uptimes}, indent=2))
+    if len(args.tools) < 2:
+        return
     summary = summarise(rounds, uptimes)
     if args.json:
         args.json.write_text(json.dumps({"rounds": rounds, **summary}, indent=2))
