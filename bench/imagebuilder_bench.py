@@ -37,10 +37,10 @@ its run record, so the output says where the time goes.
 
 Usage: python bench/imagebuilder_bench.py --image-builder PATH [--rounds 3] [--size-mb 157]
        [-j N] [--json OUT]
-Needs root, buildah, dnf with dnf-plugins-core (image-builder calls `dnf
-config-manager`; Debian's package also enables the `local` plugin, which
-serves packages of earlier runs again: disable it in
-/etc/dnf/plugins/local.conf), rpmbuild, createrepo_c, busybox-static, mksquashfs,
+Needs root, buildah, dnf (image-builder calls `dnf config-manager`: from
+dnf-plugins-core when installed, whose `local` plugin must then be disabled
+in /etc/dnf/plugins/local.conf, else from its .deb by `apt-get download`),
+rpmbuild, createrepo_c, busybox-static, mksquashfs,
 docker-registry, and moto in this interpreter (the test extras).
 """
 
@@ -152,18 +152,25 @@ def write_specs(d: Path, repo_url: str, registry: str, s3: str, bucket: str, edi
     )
 
 
-def make_shims(d: Path, trace: Path) -> Path:
-    """Scripts named like the traced tools that log start, end, tool and subcommand, then exit alike."""
+def make_shims(d: Path, trace: Path, plugins: tuple[Path, Path] | None) -> Path:
+    """Scripts named like the traced tools that log start, end, tool and subcommand, then exit alike.
+
+    `plugins` (pluginpath, PYTHONPATH): dnf's config-manager for image-builder, when the host's
+    dnf lacks it (see `dnf_config_manager`); imagegraph runs dnf with --noplugins.
+    """
     d.mkdir(parents=True)
     for tool in TRACED:
         real = shutil.which(tool)
         if real is None:
             raise SystemExit(f"{tool} is not installed")
+        run = f'{real} "$@"'
+        if tool == "dnf" and plugins:
+            run = f'PYTHONPATH={plugins[1]} {real} --setopt=pluginpath={plugins[0]} "$@"'
         shim = d / tool
         shim.write_text(
             "#!/bin/bash\n"
             "s=$EPOCHREALTIME\n"
-            f'{real} "$@"\n'
+            f"{run}\n"
             "rc=$?\n"
             f'printf "%s %s %s %s\\n" "$s" "$EPOCHREALTIME" {tool} "${{1:-}}" >> {trace}\n'
             "exit $rc\n"
@@ -172,12 +179,47 @@ def make_shims(d: Path, trace: Path) -> Path:
     return d
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagegraph-bench"
+
+
+def dnf_config_manager() -> tuple[Path, Path] | None:
+    """What image-builder's `dnf config-manager` needs: None when the host's dnf has it.
+
+    Its container has dnf-plugins-core. On Debian that package conflicts with
+    zypper (installing zypper removes it), so the bench takes config_manager.py
+    (and the dnfpluginscore module it imports) from the package's .deb
+    (`apt-get download`), into a plugin directory of its own that the dnf shim
+    names: only config-manager, none of the package's other plugins.
+    """
+    if subprocess.run(["dnf", "config-manager", "--help"], capture_output=True, check=False).returncode == 0:
+        local = Path("/etc/dnf/plugins/local.conf")
+        text = local.read_text().split("[createrepo]")[0] if local.exists() else ""
+        if re.search(r"(?m)^\s*enabled\s*=\s*(1|true|yes)\s*$", text):
+            # Debian's dnf-plugins-core enables `local`: it keeps every downloaded package and serves
+            # it again under the same name, so image-builder (whose dnf runs with plugins) would
+            # install a previous run's ig-kernel. image-builder's own container has no such plugin.
+            raise SystemExit(f"{local}: set `enabled = false` (dnf's local plugin serves stale packages)")
+        return None
+    root = cache_dir() / "dnf-plugins-core"
+    site = root / "x" / "usr" / "lib" / "python3" / "dist-packages"
+    plugins = root / "plugins"
+    if not (plugins / "config_manager.py").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        subprocess.run(["apt-get", "download", "dnf-plugins-core"], cwd=root, check=True, capture_output=True)
+        deb = next(root.glob("dnf-plugins-core_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "x")], check=True)
+        plugins.mkdir()
+        shutil.copy(site / "dnf-plugins" / "config_manager.py", plugins)
+    return plugins, site
+
+
 def ib_venv(checkout: Path) -> Path:
     """A virtualenv with image-builder's requirements.txt (made once per requirements content)."""
     req = checkout / "requirements.txt"
     digest = hashlib.sha256(req.read_bytes()).hexdigest()[:12]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagegraph-bench"
-    venv = cache / f"image-builder-venv-{digest}"
+    venv = cache_dir() / f"image-builder-venv-{digest}"
     python = venv / "bin" / "python"
     if not (venv / ".complete").exists():
         shutil.rmtree(venv, ignore_errors=True)
@@ -378,7 +420,7 @@ def one_round(kind: str, tmp: Path, base_env: dict[str, str], repo_url: str, arg
     trace = work / "trace.log"
     env = {
         **base_env,
-        "PATH": f"{make_shims(work / 'shims', trace)}:{base_env['PATH']}",
+        "PATH": f"{make_shims(work / 'shims', trace, args.dnf_plugins)}:{base_env['PATH']}",
         "XDG_CACHE_HOME": str(work / "cache"),
     }
     try:
@@ -480,16 +522,7 @@ def main() -> None:
         )
     if os.geteuid() != 0:
         raise SystemExit("run as root: both tools drive buildah as root here")
-    if subprocess.run(["dnf", "config-manager", "--help"], capture_output=True, check=False).returncode != 0:
-        raise SystemExit("image-builder calls `dnf config-manager`: apt-get install dnf-plugins-core")
-    local = Path("/etc/dnf/plugins/local.conf")
-    if local.exists() and re.search(
-        r"(?m)^\s*enabled\s*=\s*(1|true|yes)\s*$", local.read_text().split("[createrepo]")[0]
-    ):
-        # Debian's dnf-plugins-core enables `local`: it keeps every downloaded package and serves it
-        # again under the same name, so image-builder (whose dnf runs with plugins) would install
-        # a previous run's ig-kernel. image-builder's own container has no such plugin.
-        raise SystemExit(f"{local}: set `enabled = false` (dnf's local plugin serves stale packages)")
+    args.dnf_plugins = dnf_config_manager()
     ib_python = ib_venv(args.image_builder)
     compile_sources(args.image_builder)
     base_env = {
@@ -512,6 +545,8 @@ def main() -> None:
                 uptimes.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
                 order = tuple(k for k in order if k in args.tools)
                 rounds.append({k: one_round(k, tmp, base_env, server.url, args, ib_python) for k in order})
+                if args.json:  # what was measured survives a later failure
+                    args.json.write_text(json.dumps({"rounds": rounds, "uptime": uptimes}, indent=2))
             uptimes.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
         finally:
             server.stop()
