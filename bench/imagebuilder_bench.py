@@ -8,7 +8,7 @@ its entrypoint does (root, `BUILDAH_ISOLATION=chroot`, `image-build --config
 SPEC`), one process per layer, in dependency order, as a user of it would.
 
 Fixtures, made at start and shared by both tools (nothing is fetched but
-the PyPI requirements):
+the PyPI requirements and, where needed, dnf-plugins-core's .deb):
 - a local RPM repository on 127.0.0.1 (tests/rpmrepo.py: busybox for a shell,
   plus `ig-kernel`, SIZE MB of random bytes as a kernel, an initramfs and
   modules: real kernels' modules are compressed, so the bytes do not
