@@ -21,6 +21,7 @@ their query side (`RegistryClient`, `S3Index`, `find_published`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Sequence
@@ -318,6 +319,13 @@ class LiveInventory:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inventory") as pool:
             local = pool.submit(self._read_local)
             if not self.offline:
+                s3_targets: dict[tuple[str, str, str], list[LayerSpec]] = {}
+                for spec in specs:
+                    if spec.publish_s3:
+                        where = (spec.publish_s3, spec.s3_bucket, spec.s3_prefix or "")
+                        s3_targets.setdefault(where, []).append(spec)
+                for group in s3_targets.values():
+                    pool.submit(self._warm_s3, group)
                 client = self.registry()
                 repos: dict[str, LayerSpec] = {}
                 users: dict[str, list[LayerSpec]] = {}
@@ -439,18 +447,36 @@ class LiveInventory:
 
     # -- S3 and directories
 
-    def artifacts(self, spec: LayerSpec, key: str, target: str) -> dict[str, Answer]:
-        if target == "dir":
-            return dir_answers(spec, key)
-        if self.offline:
-            return {t: unknown("offline") for t in spec.publish_tags}
+    def _s3_index(self) -> S3Index:
         with self._lock:
             if self._s3 is None:
                 from .publish.s3 import S3Index
 
                 self._s3 = S3Index()
-            index = self._s3
-        return s3_answers(index, spec, key)
+            return self._s3
+
+    def _warm_s3(self, specs: list[LayerSpec]) -> None:
+        """List one S3 target and read its layers' SquashFS metadata into the index's cache.
+
+        Run by `prefetch` beside the registry and local-storage questions, so
+        the plan's S3 answers (`artifacts`) come from the cache instead of
+        one request after another once the keys are known. The keys are not
+        known yet: every candidate object of each tag is read. Decides
+        nothing; what cannot be asked is asked (and reported) again by the plan.
+        """
+        from .publish.artifacts import find_published
+
+        index = self._s3_index()
+        for spec in specs:
+            with contextlib.suppress(Exception):
+                find_published(index, spec, "", spec.publish_tags)
+
+    def artifacts(self, spec: LayerSpec, key: str, target: str) -> dict[str, Answer]:
+        if target == "dir":
+            return dir_answers(spec, key)
+        if self.offline:
+            return {t: unknown("offline") for t in spec.publish_tags}
+        return s3_answers(self._s3_index(), spec, key)
 
 
 def dir_answers(spec: LayerSpec, key: str) -> dict[str, Answer]:

@@ -317,6 +317,33 @@ def test_index_answers_many_layers_with_one_listing(s3_env: S3Server, rootfs: Pa
     assert s3_artifacts_present(S3Index(settings=FAST), specs[0], "0" * 64) is False
 
 
+def test_prefetch_asks_s3_beside_the_registry(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
+    """`LiveInventory.prefetch` lists each S3 target and reads its SquashFS objects' metadata in its
+    thread pool: the plan's S3 answers afterwards cost no request and equal a cold index's."""
+    from imagegraph.inventory import LiveInventory, Presence, s3_answers
+
+    bucket = s3_env.make_bucket()
+    specs = [
+        spec_for(s3_env.endpoint, bucket, name=f"layer{i}", s3_prefix="", publish_tags=("v1", "v2"))
+        for i in range(3)
+    ]
+    for i, spec in enumerate(specs[:2]):
+        publish_artifacts(spec, f"{i}" * 64, rootfs, Runner(spec.name), tmp_path / "w", s3_settings=FAST)
+    inv = LiveInventory()
+    inv.prefetch(specs)
+    index = inv._s3
+    assert index is not None
+    assert index.request_count == 1 + 2 * 2  # one listing, one HEAD per published SquashFS
+    got = [inv.artifacts(s, f"{i}" * 64, "s3") for i, s in enumerate(specs)]
+    assert index.request_count == 1 + 2 * 2
+    assert got == [s3_answers(S3Index(), s, f"{i}" * 64) for i, s in enumerate(specs)]
+    assert [a["v2"].presence for a in got] == [Presence.PRESENT, Presence.PRESENT, Presence.ABSENT]
+    # Without S3 targets the prefetch makes no S3 index (and loads no S3 client).
+    plain = LiveInventory()
+    plain.prefetch([replace(specs[0], publish_s3=None)])
+    assert plain._s3 is None
+
+
 def test_index_versioned_and_unreachable(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
     bucket = s3_env.make_bucket()
     spec = spec_for(s3_env.endpoint, bucket, s3_layout="versioned")
