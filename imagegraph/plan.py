@@ -49,6 +49,7 @@ from .inventory import (
     local_tag_ref,
 )
 from .key import KEY_TAG_PREFIX, LayerKey, compute_keys, key_tag
+from .reference import target_repository
 from .keytag import index_tag
 from .spec import LayerSpec
 from .state import PublishedRecord, State
@@ -457,6 +458,7 @@ def make_plan(
                 and boot_test_due(spec, lk.key, state, nid),
                 parent_build=task_id(parent_node, TaskKind.BUILD) if parent_builds and parent_node else None,
                 member=member,
+                parent_push=_parent_push(spec, lg, link, parent_plan),
             )
             action = action_of(tasks)
         plans[nid] = LayerPlan(
@@ -485,6 +487,17 @@ def make_plan(
         if len(lg.arches(lid)) > 1 and lg.spec(lid).publish_registry:
             _plan_index(lid, [lp for lp in plans.values() if lp.spec_id == lid], lg, inventory, offline)
     return Plan(lg.project.root, lg, plans, keys, offline)
+
+
+def _parent_push(spec: LayerSpec, lg: LayerGraph, link: Any, parent_plan: LayerPlan | None) -> str | None:
+    """The parent's push task when it pushes in this run to the registry this layer pushes to."""
+    if parent_plan is None or not spec.publish_registry or link.kind != "layer":
+        return None
+    push = next((t for t in parent_plan.tasks if t.kind == TaskKind.PUSH), None)
+    if push is None:
+        return None
+    mine, theirs = target_repository(spec), target_repository(lg.spec(link.layer))
+    return push.id if mine.registry == theirs.registry else None
 
 
 def node_keys(

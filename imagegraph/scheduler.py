@@ -284,11 +284,16 @@ class Scheduler:
         levels = task_levels(list(tasks.values()), self.durations)
         below: dict[str, list[str]] = {tid: [] for tid in tasks}
         waiting: dict[str, int] = {}
+        # `waits_for` orders without needing: released by its task's end, whatever the outcome.
+        after_end: dict[str, list[str]] = {tid: [] for tid in tasks}
         for t in tasks.values():
             deps = [a for a in t.after if a in tasks]
-            waiting[t.id] = len(deps)
+            soft = [w for w in t.waits_for if w in tasks and w not in deps]
+            waiting[t.id] = len(deps) + len(soft)
             for a in deps:
                 below[a].append(t.id)
+            for w in soft:
+                after_end[w].append(t.id)
         results: dict[str, TaskResult] = {}
         ready: dict[Resource, list[tuple[float, int, str]]] = {r: [] for r in Resource}
         in_use = dict.fromkeys(Resource, 0)
@@ -296,8 +301,18 @@ class Scheduler:
         running: set[str] = set()
         failed_any = False
 
+        queued: set[str] = set()
+
         def make_ready(tid: str) -> None:
-            heapq.heappush(ready[tasks[tid].resource], (-levels[tid], order_index[tid], tid))
+            if tid not in queued:
+                queued.add(tid)
+                heapq.heappush(ready[tasks[tid].resource], (-levels[tid], order_index[tid], tid))
+
+        def ended(tid: str) -> None:
+            for c in after_end[tid]:
+                waiting[c] -= 1
+                if waiting[c] == 0 and c not in results:
+                    make_ready(c)
 
         left = {lid: len(lp.tasks) for lid, lp in plan.layers.items()}
 
@@ -312,6 +327,7 @@ class Scheduler:
             results[tid] = res
             self.reporter.task_skipped(t, res)
             layer_done(t.layer)
+            ended(tid)
 
         def block_below(tid: str, reason: SkipReason, error: str) -> None:
             stack = list(below[tid])
@@ -326,6 +342,7 @@ class Scheduler:
             nonlocal failed_any
             results[tid] = res
             t = tasks[tid]
+            ended(tid)
             if res.status == TaskStatus.OK:
                 self.reporter.task_finished(t, res)
                 layer_done(t.layer)

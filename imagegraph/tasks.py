@@ -109,6 +109,9 @@ class Task:
     after: tuple[str, ...] = ()  # ids of the tasks this one needs
     targets: tuple[str, ...] = ()  # publish targets it fills
     gated: bool = False  # push: key tag only, human tags wait for the boot test
+    # Ordering only, whatever their outcome: a child's push starts once its parent's push has ended,
+    # so the parent's layers are on the registry and not compressed and sent twice at once.
+    waits_for: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -126,6 +129,7 @@ class Task:
             "after": list(self.after),
             "targets": list(self.targets),
             **({"gated": True} if self.gated else {}),
+            **({"waits_for": list(self.waits_for)} if self.waits_for else {}),
         }
 
 
@@ -137,13 +141,16 @@ def layer_tasks(
     boot_test: bool,
     parent_build: str | None,
     member: bool = False,
+    parent_push: str | None = None,
 ) -> list[Task]:
     """The tasks of one layer (see the module docstring).
 
     `publish` lists the targets to fill, `boot_test` whether the gate holds
     this layer's human tags, `parent_build` the parent's build task id when
     the parent builds in this run, `member` that the layer is multi-arch (its
-    push is the key tag only; the `index` task, added by the plan, tags).
+    push is the key tag only; the `index` task, added by the plan, tags),
+    `parent_push` the parent's push task id when it pushes in this run to the
+    same registry (this layer's push waits for it to end, not for it to succeed).
     """
     out: list[Task] = []
     own: tuple[str, ...] = ()
@@ -163,7 +170,14 @@ def layer_tasks(
         boot = Task(layer, TaskKind.BOOT_TEST, (squash.id,))
         out.append(boot)
     if "registry" in publish:
-        push = Task(layer, TaskKind.PUSH, own, ("registry",), gated=gated or member)
+        push = Task(
+            layer,
+            TaskKind.PUSH,
+            own,
+            ("registry",),
+            gated=gated or member,
+            waits_for=(parent_push,) if parent_push else (),
+        )
         out.append(push)
         if boot is not None and not member:
             out.append(Task(layer, TaskKind.TAG_REGISTRY, (push.id, boot.id), ("registry",)))

@@ -259,6 +259,22 @@ def test_failed_build_blocks_own_publishes_and_child_tasks(tmp_path: Path) -> No
     assert result.results["compute"].status == "blocked" and result.results["compute"].blocked_by == "base"
 
 
+def test_a_child_pushes_after_its_parents_push_ends_whatever_its_outcome(tmp_path: Path) -> None:
+    """Two pushes of one chain at once would compress and send the parent's layers twice (the
+    registry has neither yet); a failed parent push still lets the child push its own blobs."""
+    plan = tree(tmp_path, {"base": None, "compute": "base", "other": None})
+    assert plan.layers["compute"].tasks[-1].waits_for == ("base:push",)
+    assert all(not t.waits_for for t in plan.layers["other"].tasks)
+    for fail in (set(), {"base:push"}):
+        rec = TaskRecorder({"base:push": 0.3, "build": 0.01}, fail=fail)
+        result = Scheduler(plan, rec, jobs=3, uploads=2).run()
+        st = {t.task: str(t.status) for t in result.tasks}
+        assert st["compute:push"] == "ok" and rec.violations == []
+        assert rec.spans["compute:push"][0] >= rec.spans["base:push"][1]
+        # the unrelated layer's push is not held back
+        assert rec.spans["other:push"][0] < rec.spans["base:push"][1]
+
+
 def test_child_builds_while_parent_uploads(tmp_path: Path) -> None:
     plan = tree(tmp_path, {"base": None, "compute": "base"})
     rec = TaskRecorder({"base:push": 0.4, "build": 0.05})
@@ -364,6 +380,9 @@ def test_scheduler_properties(tmp_path_factory, run) -> None:
         want = "blocked" if failed_below(tid) else ("failed" if tid in fail else "ok")
         assert str(t.status) == want, tid
         assert (tid in rec.spans) == (want != "blocked")
+        for w in tasks[tid].waits_for:  # ordering only: after its end, whatever its outcome
+            if tid in rec.spans and w in rec.spans:
+                assert rec.spans[tid][0] >= rec.spans[w][1], (tid, w)
     for lid, r in result.results.items():
         own = [by_id[t.id] for t in plan.layers[lid].tasks]
         if any(t.status == "failed" for t in own):
