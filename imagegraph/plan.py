@@ -49,8 +49,8 @@ from .inventory import (
     local_tag_ref,
 )
 from .key import KEY_TAG_PREFIX, LayerKey, compute_keys, key_tag
-from .reference import target_repository
 from .keytag import index_tag
+from .reference import target_repository
 from .spec import LayerSpec
 from .state import PublishedRecord, State
 from .tasks import Task, TaskKind, layer_tasks, task_id
