@@ -36,7 +36,6 @@ from .key import key_tag
 from .publish.registry_errors import RegistryError
 from .redact import redact
 from .reference import parse_reference, target_repository
-from .retry import RetryPolicy
 from .runner import CommandError, Runner
 from .spec import LayerSpec
 
@@ -268,18 +267,9 @@ class LiveInventory:
     def registry(self) -> RegistryClient:
         with self._lock:
             if self._registry is None:
-                from .publish.registry_client import RegistryClient
+                from .publish.registry_client import planning_client
 
-                # Planning must stay fast when a registry is down: a short retry, then "did not answer".
-                # A registry that accepts connections and never answers costs one timeout, not one
-                # per retry and scheme; the CLI says once per registry what did not answer.
-                policy = RetryPolicy.from_env()
-                self._registry = RegistryClient(
-                    retry=RetryPolicy(attempts=min(policy.attempts, 2), initial_wait=0.2, max_wait=0.5),
-                    timeout=(self.timeout, self.timeout),
-                    retry_timeouts=False,
-                    warn_unreachable=False,
-                )
+                self._registry = planning_client(self.timeout)
             return self._registry
 
     def registries_of(self, specs: list[LayerSpec]) -> dict[str, int]:

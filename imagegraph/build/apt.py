@@ -28,9 +28,9 @@ import re
 import shutil
 from typing import Any
 
-from ..errors import BuildError
 from ..runner import CommandError
 from ..spec import LayerSpec, Repo
+from .locked import gone_error
 from .work import Work
 
 NAME = "apt"
@@ -128,7 +128,7 @@ def bootstrap(work: Work) -> None:
             gone = missing_locked(exc.tail) if work.locked is not None else []
             if not gone:
                 raise
-            raise _gone(spec.name, gone) from exc
+            raise gone_error(spec.name, gone) from exc
 
 
 def install_inside(work: Work) -> None:
@@ -160,7 +160,7 @@ def install_inside(work: Work) -> None:
                 gone = missing_locked(exc.tail) if work.locked is not None else []
                 if not gone:
                     raise
-                raise _gone(spec.name, gone) from exc
+                raise gone_error(spec.name, gone) from exc
             work.buildah_run(["apt-get", "clean"], env=APT_ENV)
             lists = work.image_path("/var/lib/apt/lists")
             if lists.is_dir():
@@ -168,15 +168,6 @@ def install_inside(work: Work) -> None:
                     if entry.is_file() and entry.name != "lock":
                         entry.unlink()
                 shutil.rmtree(lists / "partial", ignore_errors=True)
-
-
-def _gone(layer: str, gone: list[str]) -> BuildError:
-    return BuildError(
-        layer,
-        "packages",
-        f"locked package{'s' if len(gone) > 1 else ''} {', '.join(gone)} no longer offered by "
-        "the repositories: run `imagegraph lock --update` (or `imagegraph up --update-lock`)",
-    )
 
 
 def missing_locked(lines: list[str]) -> list[str]:

@@ -34,9 +34,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import BuildError
-from ..runner import CommandError
 from ..spec import LayerSpec, Repo
+from .locked import install_locked
 from .work import Work
 
 NAME = "dnf"
@@ -168,21 +167,7 @@ def install(work: Work) -> None:
             dnf(["module", sub, *specs])
     if work.locked is not None:
         # imagegraph.lock resolved the groups and packages: install exactly those versions.
-        with work.step("packages", f"{len(work.locked)} locked packages"):
-            if not work.locked:
-                return  # the parent has all of them already
-            try:
-                dnf(["install", *work.locked])
-            except CommandError as exc:
-                gone = missing_locked(exc.tail)
-                if not gone:
-                    raise
-                raise BuildError(
-                    spec.name,
-                    "packages",
-                    f"locked package{'s' if len(gone) > 1 else ''} {', '.join(gone)} no longer offered by "
-                    "the repositories: run `imagegraph lock --update` (or `imagegraph up --update-lock`)",
-                ) from exc
+        install_locked(work, lambda pkgs: dnf(["install", *pkgs]), missing_locked)
         return
     if spec.package_groups:
         with work.step("package_groups", ", ".join(spec.package_groups)):

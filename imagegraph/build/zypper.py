@@ -18,11 +18,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..errors import BuildError
-from ..runner import CommandError
 from ..spec import LayerSpec
 from .dnf import RPM_DBPATH, host_env, import_gpg_keys
 from .dnf import remove as remove  # rpm -e --nodeps, as image-builder does for zypper too
+from .locked import install_locked
 from .work import Work
 
 NAME = "zypper"
@@ -98,21 +97,9 @@ def install(work: Work) -> None:
             zypper(["install", "--auto-agree-with-licenses", "-t", "pattern", *spec.package_groups])
     if work.locked is not None:
         # imagegraph.lock resolved the packages: exactly those versions.
-        with work.step("packages", f"{len(work.locked)} locked packages"):
-            if not work.locked:
-                return
-            try:
-                zypper(["install", "--auto-agree-with-licenses", *work.locked])
-            except CommandError as exc:
-                gone = missing_locked(exc.tail)
-                if not gone:
-                    raise
-                raise BuildError(
-                    spec.name,
-                    "packages",
-                    f"locked package{'s' if len(gone) > 1 else ''} {', '.join(gone)} no longer offered by "
-                    "the repositories: run `imagegraph lock --update` (or `imagegraph up --update-lock`)",
-                ) from exc
+        install_locked(
+            work, lambda pkgs: zypper(["install", "--auto-agree-with-licenses", *pkgs]), missing_locked
+        )
         return
     if spec.packages:
         with work.step("packages", f"{len(spec.packages)} packages"):

@@ -866,3 +866,17 @@ def _quiet_insecure_warnings() -> None:
     import urllib3
 
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+
+
+def planning_client(timeout: float) -> RegistryClient:
+    """A client for questions a plan asks, which must stay fast when a registry is down: a short
+    retry, then "did not answer"; a registry that accepts connections and never answers costs one
+    timeout (seconds to connect, and again to read), not one per retry and scheme. Unreachable
+    registries are not warned about here: the caller says once per registry what did not answer."""
+    policy = RetryPolicy.from_env()
+    return RegistryClient(
+        retry=RetryPolicy(attempts=min(policy.attempts, 2), initial_wait=0.2, max_wait=0.5),
+        timeout=(timeout, timeout),
+        retry_timeouts=False,
+        warn_unreachable=False,
+    )

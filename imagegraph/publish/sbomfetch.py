@@ -35,11 +35,10 @@ from ..arch import host_arch
 from ..keytag import KEY_TAG_PREFIX, key_tag
 from ..packages import Inventory, InventoryStatus
 from ..reference import target_repository
-from ..retry import RetryPolicy
 from ..sbom import SBOM_MEDIA_TYPE, SbomError, inventory_from_sbom
 from ..state import State
 from .referrers import OCI_INDEX, referring
-from .registry_client import RegistryClient
+from .registry_client import RegistryClient, planning_client
 from .registry_errors import RegistryError
 from .s3 import S3Index
 from .sbomfiles import SBOM_NAME, s3_sbom_key
@@ -73,14 +72,7 @@ class RemoteBuilds:
 
     def _registry(self, spec: Any) -> RegistryClient:
         if self.client is None:
-            # As planning asks: a short retry, one timeout for a registry that never answers.
-            policy = RetryPolicy.from_env()
-            self.client = RegistryClient(
-                retry=RetryPolicy(attempts=min(policy.attempts, 2), initial_wait=0.2, max_wait=0.5),
-                timeout=(self.timeout, self.timeout),
-                retry_timeouts=False,
-                warn_unreachable=False,
-            )
+            self.client = planning_client(self.timeout)  # as planning asks
         self.client.configure_for(spec)
         return self.client
 
