@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .arch import host_arch
 from .errors import Diagnostic, SpecError
 from .project import LOCK_FILE
 from .redact import redact
@@ -123,8 +124,9 @@ def substitute(url: str, releasever: str | None, basearch: str | None = None) ->
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, url)
 
 
-def repo_sources(spec: LayerSpec) -> list[RepoSource]:
-    """The repositories a layer installs from (none for ansible layers)."""
+def repo_sources(spec: LayerSpec, basearch: str | None = None) -> list[RepoSource]:
+    """The repositories a layer installs from when built for `basearch` (default: the host's;
+    none for ansible layers). A dnf URL's `$basearch` is that arch's: one repository per arch."""
     if spec.layer_type == "ansible" or not spec.pkg_manager:
         return []
     out: list[RepoSource] = []
@@ -136,7 +138,7 @@ def repo_sources(spec: LayerSpec) -> list[RepoSource]:
             out.append(RepoSource(r.alias, "apt", r.url, r.suite or suite, spec.proxy))
         return out
     for r in spec.repos:
-        url = substitute(r.url, spec.releasever)
+        url = substitute(r.url, spec.releasever, basearch)
         kind = "repo-file" if r.url.endswith(".repo") else "rpm-md"
         out.append(RepoSource(r.alias, kind, url, None, spec.proxy))
     return out
@@ -238,7 +240,9 @@ class LockFile:
         from .resolve import request_digest
 
         entry = self.layers.get((_layer_file(spec, self.path.parent), arch or host_basearch()))
-        if entry is None or entry.get("request") != request_digest(spec, _repo_ids(spec), entry["arch"]):
+        if entry is None or entry.get("request") != request_digest(
+            spec, _repo_ids(spec, entry["arch"]), entry["arch"]
+        ):
             return None  # a spec edited since `lock` ran: the lock no longer says what it installs
         return entry
 
@@ -259,7 +263,7 @@ class LockFile:
         if entry is not None:
             return {"packages": list(entry["packages"])}
         out = {}
-        for src in repo_sources(spec):
+        for src in repo_sources(spec, arch):
             entry = self.repo_entry(src)
             if entry and entry.get("sha256"):
                 out[f"repo:{src.alias}"] = entry["sha256"]
@@ -446,8 +450,8 @@ def _layer_file(spec: LayerSpec, root: Path) -> str:
         return str(spec.path)
 
 
-def _repo_ids(spec: LayerSpec) -> list[tuple[str, str]]:
-    return [(s.alias, s.shown_url) for s in repo_sources(spec)]
+def _repo_ids(spec: LayerSpec, arch: str | None = None) -> list[tuple[str, str]]:
+    return [(s.alias, s.shown_url) for s in repo_sources(spec, arch)]
 
 
 def _layer_files(specs: Iterable[LayerSpec], root: Path) -> list[str]:
@@ -491,8 +495,9 @@ def lock(
     parents: dict[str, tuple[str, list[LayerSpec]]] = {}
     for lid in lg.order():
         spec = lg.spec(lid)
-        for src in repo_sources(spec):
-            sources.setdefault(src.entry_id, (src, []))[1].append(spec)
+        for a in lg.arches(lid):  # `$basearch` in a URL: each arch the layer builds has its own
+            for src in repo_sources(spec, str(a)):
+                sources.setdefault(src.entry_id, (src, []))[1].append(spec)
         link = lg.parents[lid]
         if link.kind == "external":
             parents.setdefault(_normalize(link.ref), (link.ref, []))[1].append(spec)
@@ -613,28 +618,40 @@ def package_diff(old: list[LockedPackage], new: list[LockedPackage]) -> list[str
 
 
 def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, fetch: Fetch) -> None:
-    """Fill `new.layers`; re-resolve where the entry is missing, stale or its repositories moved."""
-    from .resolve import (
-        MetadataCache,
-        ResolveError,
-        base_digest,
-        installed_after,
-        request_digest,
-        resolve_layer,
-    )
+    """Fill `new.layers`, one entry per (layer, arch it builds); re-resolve where the entry is
+    missing, stale or its repositories moved. Each arch resolves against its own metadata."""
+    from .resolve import MetadataCache
+
+    cache = MetadataCache(fetch)
+    multi = any(len(lg.arches(lid)) > 1 or lg.arches(lid)[0] != host_arch() for lid in lg.order())
+    arches = sorted({str(a) for lid in lg.order() for a in lg.arches(lid)})
+    for arch in arches:
+        _resolve_arch(lg, old, new, report, cache, arch, multi)
+    for (file, arch), e in sorted(old.layers.items()):
+        if (file, arch) not in new.layers:
+            report.changes.append(
+                LockChange("packages", file, file, "removed", _count(len(e["packages"])), arch=arch)
+            )
+
+
+def _resolve_arch(
+    lg: Any, old: LockFile, new: LockFile, report: LockReport, cache: Any, arch: str, multi: bool
+) -> None:
+    """`_resolve_layers` for the layers that build `arch` (a child's arches are its parent's)."""
+    from .resolve import ResolveError, base_digest, installed_after, request_digest, resolve_layer
 
     root = lg.project.root
-    arch = host_basearch()
-    cache = MetadataCache(fetch)
     after: dict[str, list[LockedPackage] | None] = {}  # installed set each layer leaves
     # each layer's and its ancestors' repositories, with the spec that names them
     sources_of: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}
     in_image: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}  # repositories each built image carries
     for lid in lg.order():
+        if arch not in {str(a) for a in lg.arches(lid)}:
+            continue
         spec = lg.spec(lid)
         link = lg.parents[lid]
         file = _layer_file(spec, root)
-        own = [(spec, s) for s in repo_sources(spec) if s.kind in ("rpm-md", "apt")]
+        own = [(spec, s) for s in repo_sources(spec, arch) if s.kind in ("rpm-md", "apt")]
         # What the build can install from: its own repositories and those its parent image carries
         # (apt's sources.list, dnf's /etc/yum.repos.d; a scratch dnf build keeps its repos outside).
         carried = in_image.get(link.layer, []) if link.kind == "layer" else []
@@ -653,14 +670,14 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
             if base is None and why is None:
                 why = f"its parent {lg.spec(link.layer).name}'s installed set is not resolved"
         elif why is None:
-            base, why = _external_base(spec, link, new)
+            base, why = _external_base(spec, link, new, arch)
         else:
             base = None
         if why is not None or base is None:
             after[lid] = None
-            report.notes.append(f"{file}: packages not resolved: {why}")
+            report.notes.append(f"{file}{f' ({arch})' if multi else ''}: packages not resolved: {why}")
             continue
-        request = request_digest(spec, _repo_ids(spec), arch)
+        request = request_digest(spec, _repo_ids(spec, arch), arch)
         based = base_digest(base)
         prev = old.layers.get((file, arch))
         moved = any(
@@ -678,7 +695,8 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
                 lookup = [_repo_data(cache, sp, s, arch) for sp, s in sources_of[lid][len(usable) :]]
                 res = resolve_layer(spec, repos, lookup, base, arch)
             except (FetchError, ResolveError) as exc:
-                report.errors.append(f"layer {file}: cannot resolve its packages: {redact(str(exc))}")
+                where = f"layer {file}{f' ({arch})' if multi else ''}"
+                report.errors.append(f"{where}: cannot resolve its packages: {redact(str(exc))}")
                 after[lid] = None
                 continue
             packages, erased = res.packages, res.erased
@@ -694,11 +712,6 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
         report.changes.append(
             LockChange("packages", file, file, change, None, _count(len(packages)), [file], diff, arch)
         )
-    for (file, arch), e in sorted(old.layers.items()):
-        if (file, arch) not in new.layers:
-            report.changes.append(
-                LockChange("packages", file, file, "removed", _count(len(e["packages"])), arch=arch)
-            )
 
 
 def _dedupe(pairs: list[tuple[LayerSpec, RepoSource]]) -> list[tuple[LayerSpec, RepoSource]]:
@@ -716,9 +729,10 @@ def _count(n: int) -> str:
 
 
 def _external_base(
-    spec: LayerSpec, link: Any, new: LockFile
+    spec: LayerSpec, link: Any, new: LockFile, arch: str | None = None
 ) -> tuple[list[LockedPackage] | None, str | None]:
-    """An external parent's installed set, read from the image at its locked digest, or why not."""
+    """An external parent's installed set, read from the image at its locked digest (for a
+    multi-arch index, its `arch` image), or why not."""
     from .reference import parse_reference
     from .resolve import ResolveError, image_installed
 
@@ -727,7 +741,7 @@ def _external_base(
         return None, "an external parent without a locked digest"
     try:
         ref = str(parse_reference(link.ref).with_digest(digest))
-        fmt, base = image_installed(ref, spec.registry_opts_pull)
+        fmt, base = image_installed(ref, spec.registry_opts_pull, arch=arch)
     except (ResolveError, ValueError) as exc:
         return None, str(exc)
     want = "deb" if spec.pkg_manager == "apt" else "rpm"

@@ -1,0 +1,265 @@
+"""Locked package sets per architecture (lockfile.py, resolve.py): a multi-arch layer's `lock`
+resolves every arch it builds from that arch's metadata, keys follow each arch's own set, and a
+foreign arch's build installs its own locked packages.
+
+Repositories are real rpm-md repositories of tiny generated rpms (tests/rpmrepo.py: noarch ones,
+plus `ig-drv` built for both arches with `rpmbuild --target`), read through file:// URLs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imagegraph.arch import Arch, emulation, host_arch
+from imagegraph.graph import build_graph
+from imagegraph.lockfile import load_lock, lock, repo_sources
+from imagegraph.plan import Action, StaticInventory, make_plan
+from imagegraph.project import load_project
+from imagegraph.resolve import LockedPackage, locked_nevras
+from imagegraph.state import State
+from tests.fixtures_build import have_buildah
+from tests.needs import missing, requires
+from tests.rpmrepo import make_repo
+from tests.test_lockpackages import have_solv
+
+from .specdirs import write
+
+EXE = [sys.executable, "-m", "imagegraph.cli"]
+P = "igt-la"
+HOST = str(host_arch())
+OTHER = "aarch64" if HOST != "aarch64" else "x86_64"
+
+pytestmark = requires(have_solv(), "needs python3-solv (scripts/install-system-deps.sh)")
+
+
+def layer(name: str, parent: str, url: str, packages: list[str], arches: str = f"[{HOST}, {OTHER}]") -> str:
+    return (
+        f"options:\n  layer_type: base\n  name: {P}-{name}\n  pkg_manager: dnf\n  parent: '{parent}'\n"
+        f"  gpgcheck: false\n  releasever: '9'\n  publish_local: true\n  publish_tags: ['1']\n"
+        f"  arches: {arches}\n"
+        f"repos:\n  - alias: R\n    url: '{url}'\n"
+        f"packages: [{', '.join(packages)}]\n"
+    )
+
+
+def need_tools() -> None:
+    if subprocess.run(["which", "rpmbuild", "createrepo_c"], capture_output=True).returncode != 0:
+        missing("rpmbuild and createrepo_c are needed (scripts/install-system-deps.sh)")
+
+
+@pytest.fixture
+def repo(tmp_path: Path):
+    """One repository carrying both arches: ig-drv 1.0 for each, ig-lib (noarch) it needs."""
+    need_tools()
+    r = make_repo(tmp_path / "repo")
+    r.add_version("ig-lib", "1.0")
+    for a in (HOST, OTHER):
+        r.add_version("ig-drv", "1.0", requires=("ig-lib",), arch=a)
+    r.url = f"file://{r.path}"
+    yield r
+    r.cleanup()
+
+
+@pytest.fixture
+def site(tmp_path: Path, repo):
+    """base (ig-hello, ig-drv) -> compute (ig-tool), both for the host's arch and OTHER."""
+    root = tmp_path / "layers"
+    write(root, "base.yaml", layer("base", "scratch", repo.url, ["ig-hello", "ig-drv"]))
+    write(root, "compute.yaml", layer("compute", f"localhost/{P}-base:1", repo.url, ["ig-tool"]))
+    return root
+
+
+def graph(root: Path):
+    return build_graph(load_project(root))
+
+
+def entry(root: Path, file: str, arch: str) -> list[str]:
+    """The locked set of (file, arch) as `name evr arch` lines."""
+    lk = load_lock(root)
+    return [" ".join(LockedPackage.parse(x).line().split()[:3]) for x in lk.layers[(file, arch)]["packages"]]
+
+
+def plan(root: Path, tmp_path: Path, state: State | None = None, inv: StaticInventory | None = None):
+    lk = load_lock(root)
+    return make_plan(
+        graph(root),
+        state or State(tmp_path / "s.db"),
+        inv or StaticInventory(reachable=False),
+        offline=True,
+        upstream_of=lk.upstream_of if lk else None,
+    )
+
+
+def keys(root: Path, tmp_path: Path) -> dict[str, str]:
+    return {nid: lp.key for nid, lp in plan(root, tmp_path).layers.items()}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BUILDAH_ISOLATION": "chroot", "IMAGEGRAPH_RETRY_ATTEMPTS": "2"}
+    return subprocess.run([*EXE, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+# ---------------------------------------------------------------------------- resolving
+
+
+def test_lock_resolves_every_arch_a_layer_builds(site) -> None:
+    r = lock(graph(site))
+    assert not r.errors and r.written, r.errors
+    lk = load_lock(site)
+    assert sorted(lk.layers) == sorted((f, a) for f in ("base.yaml", "compute.yaml") for a in (HOST, OTHER))
+    # Each arch gets its own ig-drv build; noarch packages are the same in both.
+    for a in (HOST, OTHER):
+        assert entry(site, "base.yaml", a) == [
+            f"ig-drv 0:1.0-1 {a}",
+            "ig-hello 0:1.0-1 noarch",
+            "ig-lib 0:1.0-1 noarch",
+        ]
+        assert entry(site, "compute.yaml", a) == ["ig-tool 0:1.0-1 noarch"]
+    arches = {(c.name, c.arch) for c in r.changes if c.what == "packages" and c.change == "added"}
+    assert arches == {(f, a) for f in ("base.yaml", "compute.yaml") for a in (HOST, OTHER)}
+
+
+def test_each_node_key_and_install_list_is_its_own_arch(site, tmp_path: Path) -> None:
+    lock(graph(site))
+    p = plan(site, tmp_path)
+    base, foreign = p.layers["base"], p.layers[f"base@{OTHER}"]
+    assert base.inputs["upstream"] != foreign.inputs["upstream"]
+    # What the build installs (BuildRequest.locked) is read from the node's key document.
+    assert f"ig-drv-0:1.0-1.{HOST}" in locked_nevras(base.inputs)
+    assert f"ig-drv-0:1.0-1.{OTHER}" in locked_nevras(foreign.inputs)
+    assert not any(OTHER in n for n in locked_nevras(base.inputs))
+    assert not any(n.endswith(f".{HOST}") for n in locked_nevras(foreign.inputs))
+
+
+def test_foreign_arch_package_moves_rebuilds_only_that_arch(site, repo, tmp_path: Path) -> None:
+    lock(graph(site))
+    before = keys(site, tmp_path)
+    assert set(before) == {"base", "compute", f"base@{OTHER}", f"compute@{OTHER}"}
+    repo.add_version("ig-drv", "1.1", requires=("ig-lib",), arch=OTHER)
+    r = cli("lock", str(site), "--update", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "ig-drv 1.0-1 -> 1.1-1 (R)" in r.stdout, r.stdout
+    r = lock(graph(site), update=True)
+    assert not r.errors, r.errors
+    changed = [
+        (c.name, c.arch, c.packages) for c in r.changes if c.what == "packages" and c.change != "unchanged"
+    ]
+    assert changed == [("base.yaml", OTHER, ["ig-drv 1.0-1 -> 1.1-1 (R)"])]
+    after = keys(site, tmp_path)
+    # The foreign base moved and its child with it (a new parent key); the host's nodes did not.
+    assert {n for n in after if after[n] != before[n]} == {f"base@{OTHER}", f"compute@{OTHER}"}
+
+    # The plan says why, per node.
+    state, inv = State(tmp_path / "p.db"), StaticInventory(reachable=False)
+    repo.add_version("ig-drv", "1.2", requires=("ig-lib",), arch=OTHER)
+    for lp in plan(site, tmp_path, state, inv).layers.values():
+        image = f"sha256:{lp.key[:12]}"
+        state.record_build(
+            run_id="r",
+            layer=lp.layer,
+            key=lp.key,
+            inputs=lp.inputs,
+            image_id=image,
+            image_ref=None,
+            spec_file=lp.file,
+            parent_key=None,
+            started=0,
+            finished=1,
+        )
+        inv.images.add(image)
+    assert not lock(graph(site), update=True).errors
+    p = plan(site, tmp_path, state, inv)
+    # (publish: the test records builds, not the images' local tags)
+    assert {n: lp.action for n, lp in p.layers.items() if lp.action == Action.BUILD} == {
+        f"base@{OTHER}": Action.BUILD,
+        f"compute@{OTHER}": Action.BUILD,
+    }
+    reasons = p.layers[f"base@{OTHER}"].reasons
+    assert [(x.code, x.message) for x in reasons] == [
+        ("upstream-package", "upstream: ig-drv 1.1-1 -> 1.2-1 (R)")
+    ]
+
+
+def test_basearch_urls_lock_one_repository_per_arch(tmp_path: Path) -> None:
+    """`$basearch` in a URL: each arch fingerprints and resolves its own repository."""
+    need_tools()
+    repos = {}
+    for a in (HOST, OTHER):
+        r = make_repo(tmp_path / "mirror" / a)
+        r.add_version("ig-drv", "1.0", arch=a)
+        repos[a] = r
+    repos[OTHER].add_version("ig-only-there", "1.0", arch=OTHER)
+    try:
+        root = tmp_path / "layers"
+        url = f"file://{tmp_path}/mirror/$basearch"
+        write(root, "base.yaml", layer("base", "scratch", url, ["ig-drv"]))
+        spec = graph(root).spec("base")
+        assert [s.url for s in repo_sources(spec, OTHER)] == [f"file://{tmp_path}/mirror/{OTHER}"]
+        r = lock(graph(root))
+        assert not r.errors, r.errors
+        lk = load_lock(root)
+        assert sorted(u for _a, u, _s in lk.repositories) == sorted(
+            f"file://{tmp_path}/mirror/{a}" for a in (HOST, OTHER)
+        )
+        for a in (HOST, OTHER):
+            assert entry(root, "base.yaml", a) == [f"ig-drv 0:1.0-1 {a}"]
+        before = keys(root, tmp_path)
+        # A new package in the foreign mirror that base does not install: the foreign repository's
+        # fingerprint moves, nothing is rebuilt.
+        repos[OTHER].add_version("ig-tool", "1.1")
+        r = lock(graph(root), update=True)
+        moved = [c.name for c in r.changes if c.what == "repository" and c.change == "updated"]
+        assert moved == ["R"]
+        assert keys(root, tmp_path) == before
+        # Asking for a package only the foreign mirror has fails for the host's arch, naming it.
+        write(root, "base.yaml", layer("base", "scratch", url, ["ig-drv", "ig-only-there"]))
+        r = lock(graph(root))
+        assert len(r.errors) == 1 and f"base.yaml ({HOST})" in r.errors[0] and "ig-only-there" in r.errors[0]
+        write(root, "base.yaml", layer("base", "scratch", url, ["ig-drv", "ig-only-there"], f"[{OTHER}]"))
+        r = lock(graph(root))
+        assert not r.errors, r.errors
+        assert sorted(load_lock(root).layers) == [("base.yaml", OTHER)]
+        assert entry(root, "base.yaml", OTHER) == [
+            f"ig-drv 0:1.0-1 {OTHER}",
+            f"ig-only-there 0:1.0-1 {OTHER}",
+        ]
+    finally:
+        for r in repos.values():
+            r.cleanup()
+
+
+# -------------------------------------------------------------------------------- builds
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_foreign_arch_build_installs_its_locked_packages(repo, tmp_path: Path) -> None:
+    """A one-layer foreign-arch build: dnf --forcearch installs the locked OTHER-arch ig-drv 1.0,
+    not the newer 1.1 the mirror now offers, and the image's rpm database says so."""
+    from imagegraph.packages import Inventory
+    from tests.fixtures_build import buildah
+
+    if not emulation(Arch(OTHER)).usable:
+        missing(f"{OTHER} emulation (qemu-user-static, binfmt_misc) is needed")
+    root = tmp_path / "layers"
+    write(root, "tiny.yaml", layer("tiny", "scratch", repo.url, ["ig-drv"], f"[{OTHER}]"))
+    state = tmp_path / "state" / "state.db"
+    try:
+        assert cli("lock", str(root)).returncode == 0
+        repo.add_version("ig-drv", "1.1", requires=("ig-lib",), arch=OTHER)
+        r = cli("up", str(root), "--state", str(state))
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        key = plan(root, tmp_path).layers[f"tiny@{OTHER}"].key
+        inv = Inventory.decompress(State(state).inventory_blob(key))
+        got = {(p.name, p.version, p.arch) for p in inv.packages}
+        assert got == {("ig-drv", "1.0-1", OTHER), ("ig-lib", "1.0-1", "noarch")}
+    finally:
+        for line in buildah("images", "--format", "{{.ID}} {{.Name}}", check=False).stdout.splitlines():
+            image_id, _, name = line.partition(" ")
+            if f"/{P}-" in name:
+                buildah("rmi", "-f", image_id, check=False)
