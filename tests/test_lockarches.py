@@ -233,6 +233,71 @@ def test_basearch_urls_lock_one_repository_per_arch(tmp_path: Path) -> None:
             r.cleanup()
 
 
+def apt_index(root: Path, packages: dict[str, str]) -> None:
+    """An apt repository's metadata only: one `binary-<arch>/Packages` per Debian arch, and Release."""
+    import hashlib
+
+    dist = root / "dists" / "igtest"
+    sums = []
+    for deb_arch, text in packages.items():
+        rel = f"main/binary-{deb_arch}/Packages"
+        (dist / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dist / rel).write_text(text)
+        sums.append(f" {hashlib.sha256(text.encode()).hexdigest()} {len(text)} {rel}")
+    (dist / "Release").write_text(
+        "Suite: igtest\nComponents: main\nDate: Tue, 01 Dec 2026 00:00:00 UTC\nSHA256:\n"
+        + "\n".join(sums)
+        + "\n"
+    )
+
+
+def test_apt_layer_resolves_each_debian_arch_index(tmp_path: Path) -> None:
+    """An apt layer for two arches: each set comes from that arch's Packages (amd64, arm64), and a
+    new version in the arm64 index moves only the foreign node."""
+
+    def stanza(name: str, arch: str, version: str = "1.0", extra: str = "") -> str:
+        return f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n{extra}SHA256: {'c' * 64}\n\n"
+
+    def index(deb_arch: str, drv: str = "1.0") -> str:
+        return (
+            stanza("base-files", deb_arch, extra="Essential: yes\nPriority: required\n")
+            + stanza("apt", deb_arch)
+            + stanza("tzdata", "all", extra="Priority: required\n")
+            + stanza("drv", deb_arch, drv, "Depends: tzdata\n")
+        )
+
+    host_deb, other_deb = Arch(HOST).debian, Arch(OTHER).debian
+    mirror = tmp_path / "mirror"
+    apt_index(mirror, {host_deb: index(host_deb), other_deb: index(other_deb)})
+    root = tmp_path / "layers"
+    write(
+        root,
+        "deb.yaml",
+        f"options:\n  layer_type: base\n  name: {P}-deb\n  pkg_manager: apt\n  parent: scratch\n"
+        f"  gpgcheck: false\n  publish_local: true\n  arches: [{HOST}, {OTHER}]\n"
+        f"repos:\n  - alias: D\n    url: 'file://{mirror}'\n    suite: igtest\n"
+        "packages: [drv]\n",
+    )
+    r = lock(graph(root))
+    assert not r.errors, r.errors
+    for a, d in ((HOST, host_deb), (OTHER, other_deb)):
+        assert entry(root, "deb.yaml", a) == [
+            f"apt 1.0 {d}",
+            f"base-files 1.0 {d}",
+            f"drv 1.0 {d}",
+            "tzdata 1.0 all",
+        ]
+    before = keys(root, tmp_path)
+    apt_index(mirror, {host_deb: index(host_deb), other_deb: index(other_deb, "1.1")})
+    r = lock(graph(root), update=True)
+    changed = [(c.arch, c.packages) for c in r.changes if c.what == "packages" and c.change == "updated"]
+    assert changed == [(OTHER, ["drv 1.0 -> 1.1 (D)"])]
+    after = keys(root, tmp_path)
+    assert {n for n in after if after[n] != before[n]} == {f"deb@{OTHER}"}
+    assert "drv=1.1" in locked_nevras(plan(root, tmp_path).layers[f"deb@{OTHER}"].inputs)
+    assert "drv=1.0" in locked_nevras(plan(root, tmp_path).layers["deb"].inputs)
+
+
 # -------------------------------------------------------------------------------- builds
 
 
