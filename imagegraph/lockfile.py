@@ -590,8 +590,6 @@ def unresolvable(spec: LayerSpec) -> str | None:
         return "an ansible layer"
     if spec.pkg_manager not in ("dnf", "apt", "zypper"):
         return f"pkg_manager {spec.pkg_manager} is not resolved yet"
-    if spec.pkg_manager == "zypper" and spec.package_groups:
-        return "zypper patterns are not resolved yet"
     if spec.modules:
         return "dnf modules are not resolved yet"
     if any(s.kind == "repo-file" for s in repo_sources(spec)):

@@ -2,7 +2,9 @@
 
 For a dnf layer, `resolve_layer` depsolves the spec's `package_groups` (their
 mandatory and default members, from the repository's comps) and `packages`
-against the layer's repositories, with the installed set of its parent image
+(for zypper, each pattern is the package providing `pattern() = <name>`, as
+zypper's `-t pattern` picks it) against the layer's repositories for the
+node's architecture (each arch of a multi-arch layer has its own set), with the installed set of its parent image
 as the base; for an apt layer its `packages` (without recommends, as the
 build; from scratch mmdebstrap's minbase first, then usr-is-merged), with
 apt's choices where libsolv's would differ (solvhelper.py). It returns the
@@ -453,7 +455,10 @@ def resolve_layer(
         return res
     install = []
     for g in spec.package_groups:
-        install += group_members(repos, g)
+        if spec.pkg_manager == "zypper":  # `zypper install -t pattern g`: the package that provides it
+            install.append(f"pattern() = {g}")
+        else:
+            install += group_members(repos, g)
     install += list(spec.packages)
     if not install:
         return Resolution([])

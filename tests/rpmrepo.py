@@ -48,9 +48,14 @@ COMPS = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def _spec_simple(
-    name: str, version: str, text: str, requires: tuple[str, ...] = (), arch: str = "noarch"
+    name: str,
+    version: str,
+    text: str,
+    requires: tuple[str, ...] = (),
+    arch: str = "noarch",
+    provides: tuple[str, ...] = (),
 ) -> str:
-    reqs = "".join(f"Requires: {r}\n" for r in requires)
+    reqs = "".join(f"Requires: {r}\n" for r in requires) + "".join(f"Provides: {p}\n" for p in provides)
     # An arch package holds only a text file too: rpmbuild --target makes it for any arch here.
     build_arch = "BuildArch: noarch\n" if arch == "noarch" else ""
     return f"""
@@ -134,9 +139,11 @@ class RpmRepo:
         text: str | None = None,
         requires: tuple[str, ...] = (),
         arch: str = "noarch",
+        provides: tuple[str, ...] = (),
     ) -> Path:
-        """Build `name-version` for `arch` (with `requires`) into the repository and refresh its metadata."""
-        spec = _spec_simple(name, version, text or f"{name} {version}", requires, arch)
+        """Build `name-version` for `arch` (with `requires`, `provides`) into the repository and
+        refresh its metadata. A zypper pattern is a package providing `pattern() = <name>`."""
+        spec = _spec_simple(name, version, text or f"{name} {version}", requires, arch, provides)
         rpm = _rpmbuild(self.work, name, version, spec, arch)
         shutil.copy(rpm, self.path)
         self.versions[name] = version

@@ -328,3 +328,89 @@ def test_foreign_arch_build_installs_its_locked_packages(repo, tmp_path: Path) -
             image_id, _, name = line.partition(" ")
             if f"/{P}-" in name:
                 buildah("rmi", "-f", image_id, check=False)
+
+
+# ----------------------------------------------------------------------- zypper patterns
+
+
+def test_zypper_pattern_resolves_to_its_package_and_requires(tmp_path: Path) -> None:
+    """A zypper `package_groups` entry is a pattern: the package providing `pattern() = name`,
+    with what it requires. A new version of a required package moves the key."""
+    need_tools()
+    r = make_repo(tmp_path / "repo")
+    try:
+        r.add_version(
+            "patterns-ig-base",
+            "1.0",
+            requires=("ig-hello", "ig-extra"),
+            provides=("pattern() = ig_base", "pattern-visible()"),
+        )
+        root = tmp_path / "layers"
+        text = layer("zyp", "scratch", f"file://{r.path}", ["ig-tool"], f"[{HOST}]")
+        text = text.replace("pkg_manager: dnf", "pkg_manager: zypper").replace(
+            "packages:", "package_groups: [ig_base]\npackages:"
+        )
+        write(root, "zyp.yaml", text)
+        rep = lock(graph(root))
+        assert not rep.errors and not rep.notes, (rep.errors, rep.notes)
+        assert entry(root, "zyp.yaml", HOST) == [
+            "ig-extra 0:1.0-1 noarch",
+            "ig-hello 0:1.0-1 noarch",
+            "ig-tool 0:1.0-1 noarch",
+            "patterns-ig-base 0:1.0-1 noarch",
+        ]
+        before = keys(root, tmp_path)
+        r.add_version("ig-hello", "1.1")
+        rep = lock(graph(root), update=True)
+        assert [c.packages for c in rep.changes if c.change == "updated" and c.what == "packages"] == [
+            ["ig-hello 1.0-1 -> 1.1-1 (R)"]
+        ]
+        assert keys(root, tmp_path) != before
+        # An unknown pattern is an error naming it, and nothing is written.
+        write(root, "zyp.yaml", text.replace("[ig_base]", "[ig_nosuch]"))
+        rep = lock(graph(root))
+        assert rep.errors and "ig_nosuch" in rep.errors[0] and not rep.written
+    finally:
+        r.cleanup()
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_zypper_pattern_build_installs_the_locked_set(tmp_path: Path) -> None:
+    """The build installs the locked set (the pattern's package among it), not whatever is newest."""
+    import shutil
+
+    from imagegraph.packages import Inventory
+    from tests.fixtures_build import buildah
+
+    need_tools()
+    if not shutil.which("zypper"):
+        missing("zypper is installed by scripts/install-system-deps.sh")
+    r = make_repo(tmp_path / "repo")
+    root = tmp_path / "layers"
+    state = tmp_path / "state" / "s.db"
+    try:
+        r.add_version(
+            "patterns-ig-base",
+            "1.0",
+            requires=("ig-hello",),
+            provides=("pattern() = ig_base", "pattern-visible()"),
+        )
+        text = layer("zpat", "scratch", f"file://{r.path}", ["ig-busybox"], f"[{HOST}]")
+        text = text.replace("pkg_manager: dnf", "pkg_manager: zypper").replace(
+            "packages:", "package_groups: [ig_base]\npackages:"
+        )
+        write(root, "zpat.yaml", text)
+        assert cli("lock", str(root)).returncode == 0
+        r.add_version("ig-hello", "1.1")  # not locked: 1.0 stays
+        res = cli("up", str(root), "--state", str(state))
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        key = plan(root, tmp_path).layers["zpat"].key
+        got = {p.name: p.version for p in Inventory.decompress(State(state).inventory_blob(key)).packages}
+        assert got == {"patterns-ig-base": "1.0-1", "ig-hello": "1.0-1", "ig-busybox": "1.0-1"}
+    finally:
+        r.cleanup()
+        for line in buildah("images", "--format", "{{.ID}} {{.Name}}", check=False).stdout.splitlines():
+            image_id, _, name = line.partition(" ")
+            if f"/{P}-" in name:
+                buildah("rmi", "-f", image_id, check=False)
