@@ -502,6 +502,15 @@ def lock(
         if link.kind == "external":
             parents.setdefault(_normalize(link.ref), (link.ref, []))[1].append(spec)
 
+    # A `.repo` file's repositories are fingerprinted (and resolved from) like the spec's own.
+    expanded = _expand_repo_files(lg, fetch, report.errors) if new.resolve else {}
+    for lid in lg.order():
+        spec = lg.spec(lid)
+        for a in lg.arches(lid):
+            for src in repo_sources(spec, str(a)):
+                for sub in expanded.get((src.entry_id, str(a)), ([], None))[0]:
+                    sources.setdefault(sub.entry_id, (sub, []))[1].append(spec)
+
     from concurrent.futures import ThreadPoolExecutor
 
     todo = [k for k in sorted(sources) if update or k not in old.repositories]
@@ -564,7 +573,7 @@ def lock(
             report.changes.append(LockChange("parent", k, k, "removed", e.get("digest")))
 
     if new.resolve and not report.errors:
-        _resolve_layers(lg, old, new, report, fetch)
+        _resolve_layers(lg, old, new, report, fetch, expanded)
 
     if report.errors or dry_run:
         return report  # never half-updated: an unreachable repository is not "unchanged"
@@ -592,8 +601,6 @@ def unresolvable(spec: LayerSpec) -> str | None:
         return f"pkg_manager {spec.pkg_manager} is not resolved yet"
     if spec.modules:
         return "dnf modules are not resolved yet"
-    if any(s.kind == "repo-file" for s in repo_sources(spec)):
-        return "a .repo file repository"
     return None
 
 
@@ -615,7 +622,63 @@ def package_diff(old: list[LockedPackage], new: list[LockedPackage]) -> list[str
     return out
 
 
-def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, fetch: Fetch) -> None:
+def repo_file_sources(
+    src: RepoSource, text: str, releasever: str | None, basearch: str
+) -> tuple[list[RepoSource], str | None]:
+    """The rpm-md repositories a downloaded `.repo` file enables (its sections' first `baseurl`,
+    with `$releasever`/`$basearch` substituted), or why they cannot be resolved."""
+    import configparser
+
+    cp = configparser.RawConfigParser(strict=False, interpolation=None)
+    try:
+        cp.read_string(text)
+    except configparser.Error as exc:
+        return [], f"its .repo file {src.shown_url} cannot be read: {str(exc).splitlines()[0]}"
+    out = []
+    for section in cp.sections():
+        if section == "main" or cp.get(section, "enabled", fallback="1").strip() in ("0", "false", "no"):
+            continue
+        urls = cp.get(section, "baseurl", fallback="").replace(",", " ").split()
+        if not urls:
+            return [], f"repository {section} of {src.shown_url} has no baseurl (a mirrorlist or metalink)"
+        if "$releasever" in urls[0] and not releasever:
+            return [], f"repository {section} of {src.shown_url} uses $releasever and the spec sets none"
+        out.append(RepoSource(section, "rpm-md", substitute(urls[0], releasever, basearch), None, src.proxy))
+    if not out:
+        return [], f"{src.shown_url} enables no repository"
+    return out, None
+
+
+def _expand_repo_files(
+    lg: Any, fetch: Fetch, errors: list[str]
+) -> dict[tuple[tuple[str, str, str], str], tuple[list[RepoSource], str | None]]:
+    """(`.repo` source, arch) -> the repositories it names, for each layer's arches (downloaded once)."""
+    texts: dict[str, str | None] = {}
+    out: dict[tuple[tuple[str, str, str], str], tuple[list[RepoSource], str | None]] = {}
+    for lid in lg.order():
+        spec = lg.spec(lid)
+        for a in lg.arches(lid):
+            for src in repo_sources(spec, str(a)):
+                if src.kind != "repo-file" or (src.entry_id, str(a)) in out:
+                    continue
+                if src.url not in texts:
+                    try:
+                        texts[src.url] = fetch(src.url, src.proxy).decode("utf-8", errors="replace")
+                    except FetchError as exc:
+                        errors.append(
+                            f"repository {src.alias} ({src.shown_url}): cannot read the .repo file "
+                            f"to resolve its repositories: {redact(str(exc))}"
+                        )
+                        texts[src.url] = None
+                text = texts[src.url]
+                if text is not None:
+                    out[(src.entry_id, str(a))] = repo_file_sources(src, text, spec.releasever, str(a))
+    return out
+
+
+def _resolve_layers(
+    lg: Any, old: LockFile, new: LockFile, report: LockReport, fetch: Fetch, expanded: dict | None = None
+) -> None:
     """Fill `new.layers`, one entry per (layer, arch it builds); re-resolve where the entry is
     missing, stale or its repositories moved. Each arch resolves against its own metadata."""
     from .resolve import MetadataCache
@@ -624,7 +687,7 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
     multi = any(len(lg.arches(lid)) > 1 or lg.arches(lid)[0] != host_arch() for lid in lg.order())
     arches = sorted({str(a) for lid in lg.order() for a in lg.arches(lid)})
     for arch in arches:
-        _resolve_arch(lg, old, new, report, cache, arch, multi)
+        _resolve_arch(lg, old, new, report, cache, arch, multi, expanded or {})
     for (file, arch), e in sorted(old.layers.items()):
         if (file, arch) not in new.layers:
             report.changes.append(
@@ -633,7 +696,14 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
 
 
 def _resolve_arch(
-    lg: Any, old: LockFile, new: LockFile, report: LockReport, cache: Any, arch: str, multi: bool
+    lg: Any,
+    old: LockFile,
+    new: LockFile,
+    report: LockReport,
+    cache: Any,
+    arch: str,
+    multi: bool,
+    expanded: dict,
 ) -> None:
     """`_resolve_layers` for the layers that build `arch` (a child's arches are its parent's)."""
     from .resolve import ResolveError, base_digest, installed_after, request_digest, resolve_layer
@@ -649,7 +719,15 @@ def _resolve_arch(
         spec = lg.spec(lid)
         link = lg.parents[lid]
         file = _layer_file(spec, root)
-        own = [(spec, s) for s in repo_sources(spec, arch) if s.kind in ("rpm-md", "apt")]
+        own, file_why, files = [], None, []
+        for s in repo_sources(spec, arch):
+            if s.kind != "repo-file":
+                own.append((spec, s))
+                continue
+            files.append(s)
+            subs, bad = expanded.get((s.entry_id, arch), ([], f"its .repo file {s.shown_url} was not read"))
+            file_why = file_why or bad
+            own += [(spec, sub) for sub in subs]
         # What the build can install from: its own repositories and those its parent image carries
         # (apt's sources.list, dnf's /etc/yum.repos.d; a scratch dnf build keeps its repos outside).
         carried = in_image.get(link.layer, []) if link.kind == "layer" else []
@@ -657,7 +735,7 @@ def _resolve_arch(
         in_image[lid] = usable if (spec.pkg_manager == "apt" or not spec.is_scratch) else []
         inherited = sources_of.get(link.layer, []) if link.kind == "layer" else []
         sources_of[lid] = _dedupe(usable + inherited)
-        why = unresolvable(spec)
+        why = unresolvable(spec) or file_why
         if why is None and not usable and (spec.packages or spec.package_groups):
             why = "it installs from repository files of the parent image's own"
         base: list[LockedPackage] | None
@@ -681,7 +759,7 @@ def _resolve_arch(
         moved = any(
             (new.repositories.get(s.entry_id) or {}).get("sha256")
             != (old.repositories.get(s.entry_id) or {}).get("sha256")
-            for _, s in usable
+            for s in [x for _, x in usable] + files
         )
         if prev and prev["request"] == request and prev.get("base") == based and not moved:
             entry = dict(prev)

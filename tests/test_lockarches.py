@@ -414,3 +414,52 @@ def test_zypper_pattern_build_installs_the_locked_set(tmp_path: Path) -> None:
             image_id, _, name = line.partition(" ")
             if f"/{P}-" in name:
                 buildah("rmi", "-f", image_id, check=False)
+
+
+# ----------------------------------------------------------------------- .repo files
+
+
+def test_repo_file_repositories_are_read_and_resolved(repo, tmp_path: Path) -> None:
+    """A `.repo` URL: lock downloads it and resolves from the enabled sections' baseurls (per arch:
+    `$basearch` is each arch's), fingerprinting them too, so a new version there is seen."""
+    mirror = tmp_path / "m"
+    mirror.mkdir()
+    (mirror / "ig.repo").write_text(
+        f"[igbase]\nname=IG\nbaseurl={repo.url}\nenabled=1\ngpgcheck=0\n\n"
+        "[igoff]\nname=off\nbaseurl=file:///nonexistent/$basearch\nenabled=0\n"
+    )
+    root = tmp_path / "layers"
+    write(root, "base.yaml", layer("base", "scratch", f"file://{mirror}/ig.repo", ["ig-drv"]))
+    r = lock(graph(root))
+    assert not r.errors and not r.notes, (r.errors, r.notes)
+    lk = load_lock(root)
+    for a in (HOST, OTHER):
+        lines = lk.layers[("base.yaml", a)]["packages"]
+        assert [x.split()[:4] for x in lines] == [
+            ["ig-drv", "0:1.0-1", a, "igbase"],
+            ["ig-lib", "0:1.0-1", "noarch", "igbase"],
+        ]
+    assert sorted(k[0] for k in lk.repositories) == ["R", "igbase"]
+    before = keys(root, tmp_path)
+    repo.add_version("ig-lib", "1.1")
+    r = lock(graph(root), update=True)
+    assert not r.errors, r.errors
+    assert {c.arch: c.packages for c in r.changes if c.what == "packages"} == {
+        a: ["ig-lib 1.0-1 -> 1.1-1 (igbase)"] for a in (HOST, OTHER)
+    }
+    after = keys(root, tmp_path)
+    assert all(after[n] != before[n] for n in before)
+
+    # Only a mirrorlist: not resolved, and lock says why; the key keeps the fingerprints.
+    (mirror / "ig.repo").write_text("[igbase]\nname=IG\nmirrorlist=https://example.invalid/ml\n")
+    r = lock(graph(root), update=True)
+    assert not r.errors, r.errors
+    assert any("igbase" in n and "no baseurl" in n for n in r.notes), r.notes
+    assert load_lock(root).upstream_of(graph(root).spec("base")).keys() == {"repo:R"}
+
+
+def test_repo_file_that_cannot_be_downloaded_is_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "layers"
+    write(root, "base.yaml", layer("base", "scratch", f"file://{tmp_path}/nosuch.repo", ["x"], f"[{HOST}]"))
+    r = lock(graph(root))
+    assert r.errors and any("nosuch.repo" in e for e in r.errors) and not r.written
