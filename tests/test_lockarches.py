@@ -463,3 +463,31 @@ def test_repo_file_that_cannot_be_downloaded_is_an_error(tmp_path: Path) -> None
     write(root, "base.yaml", layer("base", "scratch", f"file://{tmp_path}/nosuch.repo", ["x"], f"[{HOST}]"))
     r = lock(graph(root))
     assert r.errors and any("nosuch.repo" in e for e in r.errors) and not r.written
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_repo_file_layer_builds_its_locked_set(repo, tmp_path: Path) -> None:
+    """dnf reads the same .repo file: the build installs the locked versions from its section."""
+    from imagegraph.packages import Inventory
+    from tests.fixtures_build import buildah
+
+    mirror = tmp_path / "m"
+    mirror.mkdir()
+    (mirror / "ig.repo").write_text(f"[igbase]\nname=IG\nbaseurl={repo.url}\nenabled=1\ngpgcheck=0\n")
+    root = tmp_path / "layers"
+    write(root, "rf.yaml", layer("rf", "scratch", f"file://{mirror}/ig.repo", ["ig-drv"], f"[{HOST}]"))
+    state = tmp_path / "state" / "s.db"
+    try:
+        assert cli("lock", str(root)).returncode == 0
+        repo.add_version("ig-lib", "1.1")  # not locked
+        r = cli("up", str(root), "--state", str(state))
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        key = plan(root, tmp_path).layers["rf"].key
+        got = {p.name: p.version for p in Inventory.decompress(State(state).inventory_blob(key)).packages}
+        assert got == {"ig-drv": "1.0-1", "ig-lib": "1.0-1"}
+    finally:
+        for line in buildah("images", "--format", "{{.ID}} {{.Name}}", check=False).stdout.splitlines():
+            image_id, _, name = line.partition(" ")
+            if f"/{P}-" in name:
+                buildah("rmi", "-f", image_id, check=False)
