@@ -491,3 +491,31 @@ def test_repo_file_layer_builds_its_locked_set(repo, tmp_path: Path) -> None:
             image_id, _, name = line.partition(" ")
             if f"/{P}-" in name:
                 buildah("rmi", "-f", image_id, check=False)
+
+
+def test_external_parent_is_read_for_the_nodes_arch(tmp_path: Path, monkeypatch) -> None:
+    """A foreign arch's base is the parent index's image of that arch (`buildah from --arch`), cached
+    apart from the host's. (The pull fails here on purpose: the argv is what is checked.)"""
+    from imagegraph.resolve import ResolveError, image_installed
+    from imagegraph.runner import CommandError
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls: list[list[str]] = []
+
+    class Runner:
+        def run(self, argv, **kw):
+            calls.append(list(argv))
+            if argv[1] == "from":
+                raise CommandError(argv, 125, ["no such image"])
+
+        def output(self, argv, **kw):
+            raise AssertionError("not reached")
+
+    ref = "registry.example/p@sha256:" + "a" * 64
+    for arch in (OTHER, HOST):
+        with pytest.raises(ResolveError, match="cannot read the installed packages"):
+            image_installed(ref, runner=Runner(), arch=arch)
+    froms = [c for c in calls if c[1] == "from"]
+    assert ["--arch", Arch(OTHER).oci] == froms[0][3:5]
+    assert "--arch" not in froms[1]
+    assert froms[0][froms[0].index("--name") + 1] != froms[1][froms[1].index("--name") + 1]
