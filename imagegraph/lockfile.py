@@ -87,6 +87,7 @@ class RepoSource:
     url: str  # resolved; may hold credentials: for fetching only, never stored or shown
     suite: str | None = None  # apt
     proxy: str | None = None
+    priority: int | None = None  # a `.repo` file section's (the spec's own are read from spec.repos)
 
     @property
     def shown_url(self) -> str:
@@ -643,7 +644,9 @@ def repo_file_sources(
             return [], f"repository {section} of {src.shown_url} has no baseurl (a mirrorlist or metalink)"
         if "$releasever" in urls[0] and not releasever:
             return [], f"repository {section} of {src.shown_url} uses $releasever and the spec sets none"
-        out.append(RepoSource(section, "rpm-md", substitute(urls[0], releasever, basearch), None, src.proxy))
+        prio = cp.get(section, "priority", fallback="").strip()
+        url = substitute(urls[0], releasever, basearch)
+        out.append(RepoSource(section, "rpm-md", url, None, src.proxy, int(prio) if prio.isdigit() else None))
     if not out:
         return [], f"{src.shown_url} enables no repository"
     return out, None
@@ -833,4 +836,4 @@ def _repo_data(cache: Any, spec: LayerSpec, src: RepoSource, arch: str) -> Any:
     if src.kind == "apt":
         components = (repo.components if repo else ()) or ("main",)
         return cache.deb_repo(src.alias, src.url, src.suite or "", components, deb_arch(arch), src.proxy)
-    return cache.repo(src.alias, src.url, src.proxy, repo.priority if repo else None)
+    return cache.repo(src.alias, src.url, src.proxy, repo.priority if repo else src.priority)

@@ -519,3 +519,23 @@ def test_external_parent_is_read_for_the_nodes_arch(tmp_path: Path, monkeypatch)
     assert ["--arch", Arch(OTHER).oci] == froms[0][3:5]
     assert "--arch" not in froms[1]
     assert froms[0][froms[0].index("--name") + 1] != froms[1][froms[1].index("--name") + 1]
+
+
+def test_repo_file_section_priority_is_followed(repo, tmp_path: Path) -> None:
+    """dnf prefers the repository of lower `priority` over a newer version elsewhere."""
+    other = make_repo(tmp_path / "newer")
+    try:
+        other.add_version("ig-lib", "2.0")
+        mirror = tmp_path / "m"
+        mirror.mkdir()
+        text = f"[old]\nbaseurl={repo.url}\npriority=1\n\n[new]\nbaseurl=file://{other.path}\n"
+        (mirror / "ig.repo").write_text(text)
+        root = tmp_path / "layers"
+        write(root, "b.yaml", layer("b", "scratch", f"file://{mirror}/ig.repo", ["ig-lib"], f"[{HOST}]"))
+        assert not lock(graph(root)).errors
+        assert entry(root, "b.yaml", HOST) == ["ig-lib 0:1.0-1 noarch"]
+        (mirror / "ig.repo").write_text(text.replace("priority=1\n", ""))
+        assert not lock(graph(root), update=True).errors
+        assert entry(root, "b.yaml", HOST) == ["ig-lib 0:2.0-1 noarch"]
+    finally:
+        other.cleanup()
