@@ -20,7 +20,12 @@ Timed, each a fresh process, median of ROUNDS (5), interleaved:
   --assumeno` (can take no installed set: base's packages only), and by
   dnf's Python API (`dnf.Base`, `fill_sack(load_system_repo=False)`, resolve).
 
-Usage: python bench/resolve_bench.py [N]
+`--arches`: instead, the same site as a 2-arch one (`options.arches: [x86_64,
+aarch64]`, a `$basearch` URL: one mirror per arch, each N packages) against
+the 1-arch one: `lock` cold, warm and after an unrelated package appeared in
+both mirrors (one depsolve per layer and arch).
+
+Usage: python bench/resolve_bench.py [N] [--arches]
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ SYSPY = "/usr/bin/python3"
 HELPER = Path(__file__).resolve().parents[1] / "imagegraph" / "solvhelper.py"
 
 
-def package_xml(name: str, version: str, requires: list[str], provides: list[str], files: list[str]) -> str:
+def package_xml(
+    name: str, version: str, requires: list[str], provides: list[str], files: list[str], arch: str = "x86_64"
+) -> str:
     checksum = hashlib.sha256(f"{name}-{version}".encode()).hexdigest()
     req = "".join(f'<rpm:entry name="{r}"/>' for r in requires)
     prov = f'<rpm:entry name="{name}" flags="EQ" epoch="0" ver="{version}" rel="1.el9"/>' + "".join(
@@ -52,18 +59,18 @@ def package_xml(name: str, version: str, requires: list[str], provides: list[str
     )
     fl = "".join(f"<file>{f}</file>" for f in files)
     return (
-        f'<package type="rpm"><name>{name}</name><arch>x86_64</arch>'
+        f'<package type="rpm"><name>{name}</name><arch>{arch}</arch>'
         f'<version epoch="0" ver="{version}" rel="1.el9"/>'
         f'<checksum type="sha256" pkgid="YES">{checksum}</checksum>'
         f"<summary>{name}</summary><description>{name}</description><packager/><url/>"
         f'<time file="1" build="1"/><size package="1000" installed="2000" archive="2100"/>'
-        f'<location href="Packages/{name}-{version}-1.el9.x86_64.rpm"/>'
+        f'<location href="Packages/{name}-{version}-1.el9.{arch}.rpm"/>'
         f"<format><rpm:license>MIT</rpm:license><rpm:provides>{prov}</rpm:provides>"
         f"<rpm:requires>{req}</rpm:requires>{fl}</format></package>\n"
     )
 
 
-def write_repo(path: Path, n: int, extra: int = 0, seed: int = 7) -> None:
+def write_repo(path: Path, n: int, extra: int = 0, seed: int = 7, arch: str = "x86_64") -> None:
     """n packages (+ `extra` unrelated ones); repodata/repomd.xml + primary.xml.gz."""
     rnd = random.Random(seed)
     core = [f"lib{i:03d}" for i in range(max(50, n // 15))]
@@ -72,14 +79,16 @@ def write_repo(path: Path, n: int, extra: int = 0, seed: int = 7) -> None:
         reqs = [f"{core[j]}.so.1()(64bit)" for j in rnd.sample(range(i), min(i, rnd.randint(0, 3)))]
         files = ["/bin/sh"] if i == 0 else []
         body.append(
-            package_xml(name, "1.0", reqs + (["/bin/sh"] if i else []), [f"{name}.so.1()(64bit)"], files)
+            package_xml(
+                name, "1.0", reqs + (["/bin/sh"] if i else []), [f"{name}.so.1()(64bit)"], files, arch
+            )
         )
     for i in range(n - len(core) + extra):
         name = f"pkg{i:05d}" if i < n - len(core) else f"unrelated{i:05d}"
         reqs = [f"{c}.so.1()(64bit)" for c in rnd.sample(core, rnd.randint(1, 4))]
         if i > 10 and rnd.random() < 0.5:
             reqs.append(f"pkg{rnd.randrange(i):05d}")
-        body.append(package_xml(name, "1.0", reqs, [], []))
+        body.append(package_xml(name, "1.0", reqs, [], [], arch))
     xml = (
         '<?xml version="1.0" encoding="UTF-8"?>\n<metadata xmlns="http://linux.duke.edu/metadata/common" '
         f'xmlns:rpm="http://linux.duke.edu/metadata/rpm" packages="{len(body)}">\n'
@@ -102,11 +111,12 @@ def write_repo(path: Path, n: int, extra: int = 0, seed: int = 7) -> None:
     )
 
 
-def layer(name: str, parent: str, url: str, packages: list[str]) -> str:
+def layer(name: str, parent: str, url: str, packages: list[str], arches: str = "") -> str:
     return (
         f"options:\n  layer_type: base\n  name: {name}\n  pkg_manager: dnf\n  parent: '{parent}'\n"
         f"  gpgcheck: false\n  releasever: '9'\n  publish_local: true\n"
-        f"repos:\n  - alias: BaseOS\n    url: '{url}'\n"
+        + (f"  arches: {arches}\n" if arches else "")
+        + f"repos:\n  - alias: BaseOS\n    url: '{url}'\n"
         f"packages: [{', '.join(packages)}]\n"
     )
 
@@ -123,8 +133,52 @@ def timed(argv: list[str], env: dict[str, str], stdin: str | None = None) -> tup
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def arches_main(n: int) -> None:
+    """`lock` of the 1-arch site against the same site for 2 arches (see the module docstring)."""
+    work = Path(tempfile.mkdtemp(prefix="ig-resolve-bench-"))
+    rnd = random.Random(3)
+    leaves = [f"pkg{i:05d}" for i in rnd.sample(range(n - max(50, n // 15)), 100)]
+    sites = {}
+    for label, arches in (("1 arch", ""), ("2 arches", "[x86_64, aarch64]")):
+        site = work / label.replace(" ", "")
+        site.mkdir()
+        url = f"file://{work}/mirror/$basearch"
+        (site / "base.yaml").write_text(layer("base", "scratch", url, leaves[:60], arches))
+        (site / "compute.yaml").write_text(
+            layer("compute", "localhost/base:latest", url, leaves[60:], arches)
+        )
+        sites[label] = site
+    env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
+    res: dict[str, list[tuple[float, float]]] = {}
+    for r in range(ROUNDS):
+        for label, site in sites.items():
+            for a in ("x86_64", "aarch64"):
+                write_repo(work / "mirror" / a, n, arch=a)
+            (site / "imagegraph.lock").unlink(missing_ok=True)
+            shutil.rmtree(work / "cache", ignore_errors=True)
+            lock = [IMAGEGRAPH, "lock", str(site), "--update", "--state", str(work / "state" / "s.db")]
+            res.setdefault(f"{label}: cold", []).append(timed(lock, env))
+            res.setdefault(f"{label}: warm", []).append(timed(lock, env))
+            for a in ("x86_64", "aarch64"):
+                write_repo(work / "mirror" / a, n, extra=1 + r, arch=a)
+            res.setdefault(f"{label}: moved", []).append(timed(lock, env))
+    doc = (sites["2 arches"] / "imagegraph.lock").read_text()
+    print(f"{n} packages per mirror; 2-arch lock: {doc.count('layer: ')} layer entries")
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    print("| run | wall median (s) | CPU median (s) |")
+    for k, v in res.items():
+        wall = statistics.median(w for w, _ in v)
+        cpu = statistics.median(c for _, c in v)
+        print(f"| {k} | {wall:.3f} | {cpu:.3f} |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    n = int(args[0]) if args else 3000
+    if "--arches" in sys.argv:
+        arches_main(n)
+        return
     work = Path(tempfile.mkdtemp(prefix="ig-resolve-bench-"))
     repo = work / "repo"
     write_repo(repo, n)

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .arch import host_arch
 from .errors import Diagnostic, SpecError
 from .project import LOCK_FILE
 from .redact import redact
@@ -86,6 +87,7 @@ class RepoSource:
     url: str  # resolved; may hold credentials: for fetching only, never stored or shown
     suite: str | None = None  # apt
     proxy: str | None = None
+    priority: int | None = None  # a `.repo` file section's (the spec's own are read from spec.repos)
 
     @property
     def shown_url(self) -> str:
@@ -123,8 +125,9 @@ def substitute(url: str, releasever: str | None, basearch: str | None = None) ->
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, url)
 
 
-def repo_sources(spec: LayerSpec) -> list[RepoSource]:
-    """The repositories a layer installs from (none for ansible layers)."""
+def repo_sources(spec: LayerSpec, basearch: str | None = None) -> list[RepoSource]:
+    """The repositories a layer installs from when built for `basearch` (default: the host's;
+    none for ansible layers). A dnf URL's `$basearch` is that arch's: one repository per arch."""
     if spec.layer_type == "ansible" or not spec.pkg_manager:
         return []
     out: list[RepoSource] = []
@@ -136,7 +139,7 @@ def repo_sources(spec: LayerSpec) -> list[RepoSource]:
             out.append(RepoSource(r.alias, "apt", r.url, r.suite or suite, spec.proxy))
         return out
     for r in spec.repos:
-        url = substitute(r.url, spec.releasever)
+        url = substitute(r.url, spec.releasever, basearch)
         kind = "repo-file" if r.url.endswith(".repo") else "rpm-md"
         out.append(RepoSource(r.alias, kind, url, None, spec.proxy))
     return out
@@ -238,7 +241,9 @@ class LockFile:
         from .resolve import request_digest
 
         entry = self.layers.get((_layer_file(spec, self.path.parent), arch or host_basearch()))
-        if entry is None or entry.get("request") != request_digest(spec, _repo_ids(spec), entry["arch"]):
+        if entry is None or entry.get("request") != request_digest(
+            spec, _repo_ids(spec, entry["arch"]), entry["arch"]
+        ):
             return None  # a spec edited since `lock` ran: the lock no longer says what it installs
         return entry
 
@@ -259,7 +264,7 @@ class LockFile:
         if entry is not None:
             return {"packages": list(entry["packages"])}
         out = {}
-        for src in repo_sources(spec):
+        for src in repo_sources(spec, arch):
             entry = self.repo_entry(src)
             if entry and entry.get("sha256"):
                 out[f"repo:{src.alias}"] = entry["sha256"]
@@ -446,8 +451,8 @@ def _layer_file(spec: LayerSpec, root: Path) -> str:
         return str(spec.path)
 
 
-def _repo_ids(spec: LayerSpec) -> list[tuple[str, str]]:
-    return [(s.alias, s.shown_url) for s in repo_sources(spec)]
+def _repo_ids(spec: LayerSpec, arch: str | None = None) -> list[tuple[str, str]]:
+    return [(s.alias, s.shown_url) for s in repo_sources(spec, arch)]
 
 
 def _layer_files(specs: Iterable[LayerSpec], root: Path) -> list[str]:
@@ -491,11 +496,21 @@ def lock(
     parents: dict[str, tuple[str, list[LayerSpec]]] = {}
     for lid in lg.order():
         spec = lg.spec(lid)
-        for src in repo_sources(spec):
-            sources.setdefault(src.entry_id, (src, []))[1].append(spec)
+        for a in lg.arches(lid):  # `$basearch` in a URL: each arch the layer builds has its own
+            for src in repo_sources(spec, str(a)):
+                sources.setdefault(src.entry_id, (src, []))[1].append(spec)
         link = lg.parents[lid]
         if link.kind == "external":
             parents.setdefault(_normalize(link.ref), (link.ref, []))[1].append(spec)
+
+    # A `.repo` file's repositories are fingerprinted (and resolved from) like the spec's own.
+    expanded = _expand_repo_files(lg, fetch, report.errors) if new.resolve else {}
+    for lid in lg.order():
+        spec = lg.spec(lid)
+        for a in lg.arches(lid):
+            for src in repo_sources(spec, str(a)):
+                for sub in expanded.get((src.entry_id, str(a)), ([], None))[0]:
+                    sources.setdefault(sub.entry_id, (sub, []))[1].append(spec)
 
     from concurrent.futures import ThreadPoolExecutor
 
@@ -559,7 +574,7 @@ def lock(
             report.changes.append(LockChange("parent", k, k, "removed", e.get("digest")))
 
     if new.resolve and not report.errors:
-        _resolve_layers(lg, old, new, report, fetch)
+        _resolve_layers(lg, old, new, report, fetch, expanded)
 
     if report.errors or dry_run:
         return report  # never half-updated: an unreachable repository is not "unchanged"
@@ -585,12 +600,8 @@ def unresolvable(spec: LayerSpec) -> str | None:
         return "an ansible layer"
     if spec.pkg_manager not in ("dnf", "apt", "zypper"):
         return f"pkg_manager {spec.pkg_manager} is not resolved yet"
-    if spec.pkg_manager == "zypper" and spec.package_groups:
-        return "zypper patterns are not resolved yet"
     if spec.modules:
         return "dnf modules are not resolved yet"
-    if any(s.kind == "repo-file" for s in repo_sources(spec)):
-        return "a .repo file repository"
     return None
 
 
@@ -612,29 +623,114 @@ def package_diff(old: list[LockedPackage], new: list[LockedPackage]) -> list[str
     return out
 
 
-def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, fetch: Fetch) -> None:
-    """Fill `new.layers`; re-resolve where the entry is missing, stale or its repositories moved."""
-    from .resolve import (
-        MetadataCache,
-        ResolveError,
-        base_digest,
-        installed_after,
-        request_digest,
-        resolve_layer,
-    )
+def repo_file_sources(
+    src: RepoSource, text: str, releasever: str | None, basearch: str
+) -> tuple[list[RepoSource], str | None]:
+    """The rpm-md repositories a downloaded `.repo` file enables (its sections' first `baseurl`,
+    with `$releasever`/`$basearch` substituted), or why they cannot be resolved."""
+    import configparser
+
+    cp = configparser.RawConfigParser(strict=False, interpolation=None)
+    try:
+        cp.read_string(text)
+    except configparser.Error as exc:
+        return [], f"its .repo file {src.shown_url} cannot be read: {str(exc).splitlines()[0]}"
+    out = []
+    for section in cp.sections():
+        if section == "main" or cp.get(section, "enabled", fallback="1").strip() in ("0", "false", "no"):
+            continue
+        urls = cp.get(section, "baseurl", fallback="").replace(",", " ").split()
+        if not urls:
+            return [], f"repository {section} of {src.shown_url} has no baseurl (a mirrorlist or metalink)"
+        if "$releasever" in urls[0] and not releasever:
+            return [], f"repository {section} of {src.shown_url} uses $releasever and the spec sets none"
+        prio = cp.get(section, "priority", fallback="").strip()
+        url = substitute(urls[0], releasever, basearch)
+        out.append(RepoSource(section, "rpm-md", url, None, src.proxy, int(prio) if prio.isdigit() else None))
+    if not out:
+        return [], f"{src.shown_url} enables no repository"
+    return out, None
+
+
+def _expand_repo_files(
+    lg: Any, fetch: Fetch, errors: list[str]
+) -> dict[tuple[tuple[str, str, str], str], tuple[list[RepoSource], str | None]]:
+    """(`.repo` source, arch) -> the repositories it names, for each layer's arches (downloaded once)."""
+    texts: dict[str, str | None] = {}
+    out: dict[tuple[tuple[str, str, str], str], tuple[list[RepoSource], str | None]] = {}
+    for lid in lg.order():
+        spec = lg.spec(lid)
+        for a in lg.arches(lid):
+            for src in repo_sources(spec, str(a)):
+                if src.kind != "repo-file" or (src.entry_id, str(a)) in out:
+                    continue
+                if src.url not in texts:
+                    try:
+                        texts[src.url] = fetch(src.url, src.proxy).decode("utf-8", errors="replace")
+                    except FetchError as exc:
+                        errors.append(
+                            f"repository {src.alias} ({src.shown_url}): cannot read the .repo file "
+                            f"to resolve its repositories: {redact(str(exc))}"
+                        )
+                        texts[src.url] = None
+                text = texts[src.url]
+                if text is not None:
+                    out[(src.entry_id, str(a))] = repo_file_sources(src, text, spec.releasever, str(a))
+    return out
+
+
+def _resolve_layers(
+    lg: Any, old: LockFile, new: LockFile, report: LockReport, fetch: Fetch, expanded: dict | None = None
+) -> None:
+    """Fill `new.layers`, one entry per (layer, arch it builds); re-resolve where the entry is
+    missing, stale or its repositories moved. Each arch resolves against its own metadata."""
+    from .resolve import MetadataCache
+
+    cache = MetadataCache(fetch)
+    multi = any(len(lg.arches(lid)) > 1 or lg.arches(lid)[0] != host_arch() for lid in lg.order())
+    arches = sorted({str(a) for lid in lg.order() for a in lg.arches(lid)})
+    for arch in arches:
+        _resolve_arch(lg, old, new, report, cache, arch, multi, expanded or {})
+    for (file, arch), e in sorted(old.layers.items()):
+        if (file, arch) not in new.layers:
+            report.changes.append(
+                LockChange("packages", file, file, "removed", _count(len(e["packages"])), arch=arch)
+            )
+
+
+def _resolve_arch(
+    lg: Any,
+    old: LockFile,
+    new: LockFile,
+    report: LockReport,
+    cache: Any,
+    arch: str,
+    multi: bool,
+    expanded: dict,
+) -> None:
+    """`_resolve_layers` for the layers that build `arch` (a child's arches are its parent's)."""
+    from .resolve import ResolveError, base_digest, installed_after, request_digest, resolve_layer
 
     root = lg.project.root
-    arch = host_basearch()
-    cache = MetadataCache(fetch)
     after: dict[str, list[LockedPackage] | None] = {}  # installed set each layer leaves
     # each layer's and its ancestors' repositories, with the spec that names them
     sources_of: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}
     in_image: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}  # repositories each built image carries
     for lid in lg.order():
+        if arch not in {str(a) for a in lg.arches(lid)}:
+            continue
         spec = lg.spec(lid)
         link = lg.parents[lid]
         file = _layer_file(spec, root)
-        own = [(spec, s) for s in repo_sources(spec) if s.kind in ("rpm-md", "apt")]
+        own, file_why, files = [], None, []
+        for s in repo_sources(spec, arch):
+            if s.kind != "repo-file":
+                own.append((spec, s))
+                continue
+            files.append(s)
+            subs, bad = expanded.get((s.entry_id, arch), ([], f"its .repo file {s.shown_url} was not read"))
+            file_why = file_why or bad
+            own += [(spec, sub) for sub in subs]
         # What the build can install from: its own repositories and those its parent image carries
         # (apt's sources.list, dnf's /etc/yum.repos.d; a scratch dnf build keeps its repos outside).
         carried = in_image.get(link.layer, []) if link.kind == "layer" else []
@@ -642,7 +738,7 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
         in_image[lid] = usable if (spec.pkg_manager == "apt" or not spec.is_scratch) else []
         inherited = sources_of.get(link.layer, []) if link.kind == "layer" else []
         sources_of[lid] = _dedupe(usable + inherited)
-        why = unresolvable(spec)
+        why = unresolvable(spec) or file_why
         if why is None and not usable and (spec.packages or spec.package_groups):
             why = "it installs from repository files of the parent image's own"
         base: list[LockedPackage] | None
@@ -653,20 +749,20 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
             if base is None and why is None:
                 why = f"its parent {lg.spec(link.layer).name}'s installed set is not resolved"
         elif why is None:
-            base, why = _external_base(spec, link, new)
+            base, why = _external_base(spec, link, new, arch)
         else:
             base = None
         if why is not None or base is None:
             after[lid] = None
-            report.notes.append(f"{file}: packages not resolved: {why}")
+            report.notes.append(f"{file}{f' ({arch})' if multi else ''}: packages not resolved: {why}")
             continue
-        request = request_digest(spec, _repo_ids(spec), arch)
+        request = request_digest(spec, _repo_ids(spec, arch), arch)
         based = base_digest(base)
         prev = old.layers.get((file, arch))
         moved = any(
             (new.repositories.get(s.entry_id) or {}).get("sha256")
             != (old.repositories.get(s.entry_id) or {}).get("sha256")
-            for _, s in usable
+            for s in [x for _, x in usable] + files
         )
         if prev and prev["request"] == request and prev.get("base") == based and not moved:
             entry = dict(prev)
@@ -678,7 +774,8 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
                 lookup = [_repo_data(cache, sp, s, arch) for sp, s in sources_of[lid][len(usable) :]]
                 res = resolve_layer(spec, repos, lookup, base, arch)
             except (FetchError, ResolveError) as exc:
-                report.errors.append(f"layer {file}: cannot resolve its packages: {redact(str(exc))}")
+                where = f"layer {file}{f' ({arch})' if multi else ''}"
+                report.errors.append(f"{where}: cannot resolve its packages: {redact(str(exc))}")
                 after[lid] = None
                 continue
             packages, erased = res.packages, res.erased
@@ -694,11 +791,6 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
         report.changes.append(
             LockChange("packages", file, file, change, None, _count(len(packages)), [file], diff, arch)
         )
-    for (file, arch), e in sorted(old.layers.items()):
-        if (file, arch) not in new.layers:
-            report.changes.append(
-                LockChange("packages", file, file, "removed", _count(len(e["packages"])), arch=arch)
-            )
 
 
 def _dedupe(pairs: list[tuple[LayerSpec, RepoSource]]) -> list[tuple[LayerSpec, RepoSource]]:
@@ -716,9 +808,10 @@ def _count(n: int) -> str:
 
 
 def _external_base(
-    spec: LayerSpec, link: Any, new: LockFile
+    spec: LayerSpec, link: Any, new: LockFile, arch: str | None = None
 ) -> tuple[list[LockedPackage] | None, str | None]:
-    """An external parent's installed set, read from the image at its locked digest, or why not."""
+    """An external parent's installed set, read from the image at its locked digest (for a
+    multi-arch index, its `arch` image), or why not."""
     from .reference import parse_reference
     from .resolve import ResolveError, image_installed
 
@@ -727,7 +820,7 @@ def _external_base(
         return None, "an external parent without a locked digest"
     try:
         ref = str(parse_reference(link.ref).with_digest(digest))
-        fmt, base = image_installed(ref, spec.registry_opts_pull)
+        fmt, base = image_installed(ref, spec.registry_opts_pull, arch=arch)
     except (ResolveError, ValueError) as exc:
         return None, str(exc)
     want = "deb" if spec.pkg_manager == "apt" else "rpm"
@@ -743,4 +836,4 @@ def _repo_data(cache: Any, spec: LayerSpec, src: RepoSource, arch: str) -> Any:
     if src.kind == "apt":
         components = (repo.components if repo else ()) or ("main",)
         return cache.deb_repo(src.alias, src.url, src.suite or "", components, deb_arch(arch), src.proxy)
-    return cache.repo(src.alias, src.url, src.proxy, repo.priority if repo else None)
+    return cache.repo(src.alias, src.url, src.proxy, repo.priority if repo else src.priority)

@@ -500,13 +500,21 @@ def _local_time(ts: float | None) -> str:
 def lock_lines(report: Any) -> tuple[list[Text], list[str]]:
     from rich.text import Text
 
+    from .arch import host_arch
+
     marks = {"added": ("+", "green"), "updated": ("~", "yellow"), "removed": ("-", "red")}
+    # A multi-arch layer has one package set per arch: name the arch where it could be either.
+    per_file: dict[str, set] = {}
+    for c in report.changes:
+        if c.what == "packages":
+            per_file.setdefault(c.name, set()).add(c.arch)
     lines = []
     for c in report.changes:
         if c.change == "unchanged":
             continue
         mark, style = marks[c.change]
-        line = Text(f"{mark} {c.what} {c.name}", style=style)
+        shown = c.what == "packages" and c.arch and (len(per_file[c.name]) > 1 or c.arch != str(host_arch()))
+        line = Text(f"{mark} {c.what} {c.name}{f' ({c.arch})' if shown else ''}", style=style)
         if c.what == "repository":
             line.append(f"  {c.url}", style="dim")
         if c.what == "packages":

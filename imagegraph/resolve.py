@@ -2,7 +2,9 @@
 
 For a dnf layer, `resolve_layer` depsolves the spec's `package_groups` (their
 mandatory and default members, from the repository's comps) and `packages`
-against the layer's repositories, with the installed set of its parent image
+(for zypper, each pattern is the package providing `pattern() = <name>`, as
+zypper's `-t pattern` picks it) against the layer's repositories for the
+node's architecture (each arch of a multi-arch layer has its own set), with the installed set of its parent image
 as the base; for an apt layer its `packages` (without recommends, as the
 build; from scratch mmdebstrap's minbase first, then usr-is-merged), with
 apt's choices where libsolv's would differ (solvhelper.py). It returns the
@@ -272,29 +274,34 @@ def group_members(repos: Iterable[RepoData], group: str) -> list[str]:
 
 
 def image_installed(
-    ref: str, pull_opts: Iterable[str] = (), runner: Any = None
+    ref: str, pull_opts: Iterable[str] = (), runner: Any = None, arch: str | None = None
 ) -> tuple[str, list[LockedPackage]]:
     """An external parent's installed set: (format rpm|deb, packages), read from its package database.
 
     `ref` should carry the locked digest (`name@sha256:...`): the answer is then kept in the
     user's cache under it, since an image by digest never changes. The image is pulled when it
     is not in local storage, mounted, and read by the host's rpm or dpkg-query (packages.py):
-    nothing inside it runs. Raises ResolveError when it cannot be read.
+    nothing inside it runs. `arch` (dnf's basearch; default the host's) picks the image of a
+    multi-arch index. Raises ResolveError when it cannot be read.
     """
+    from .arch import host_arch, normalize_arch
     from .build.container import buildah_env
     from .packages import InventoryStatus, read_inventory
     from .runner import CommandError, Runner
 
-    cached = metadata_cache() / "images" / (hashlib.sha256(ref.encode()).hexdigest() + ".json")
+    target = normalize_arch(arch) if arch else host_arch()
+    plat = [] if target == host_arch() else ["--arch", target.oci]
+    ident = ref if not plat else f"{ref} {target}"
+    cached = metadata_cache() / "images" / (hashlib.sha256(ident.encode()).hexdigest() + ".json")
     if "@sha256:" in ref and cached.is_file():
         doc = json.loads(cached.read_text())
         return doc["format"], [LockedPackage.parse(x) for x in doc["packages"]]
     runner = runner or Runner()
-    name = f"imagegraph-lock-{os.getpid()}-{hashlib.sha256(ref.encode()).hexdigest()[:8]}"
+    name = f"imagegraph-lock-{os.getpid()}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
     env = buildah_env()
     try:
         runner.run(
-            ["buildah", "from", "--pull=missing", *pull_opts, "--name", name, ref],
+            ["buildah", "from", "--pull=missing", *plat, *pull_opts, "--name", name, ref],
             step="lock",
             env=env,
             capture=True,
@@ -448,7 +455,10 @@ def resolve_layer(
         return res
     install = []
     for g in spec.package_groups:
-        install += group_members(repos, g)
+        if spec.pkg_manager == "zypper":  # `zypper install -t pattern g`: the package that provides it
+            install.append(f"pattern() = {g}")
+        else:
+            install += group_members(repos, g)
     install += list(spec.packages)
     if not install:
         return Resolution([])

@@ -47,16 +47,24 @@ COMPS = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def _spec_simple(name: str, version: str, text: str, requires: tuple[str, ...] = ()) -> str:
-    reqs = "".join(f"Requires: {r}\n" for r in requires)
+def _spec_simple(
+    name: str,
+    version: str,
+    text: str,
+    requires: tuple[str, ...] = (),
+    arch: str = "noarch",
+    provides: tuple[str, ...] = (),
+) -> str:
+    reqs = "".join(f"Requires: {r}\n" for r in requires) + "".join(f"Provides: {p}\n" for p in provides)
+    # An arch package holds only a text file too: rpmbuild --target makes it for any arch here.
+    build_arch = "BuildArch: noarch\n" if arch == "noarch" else ""
     return f"""
 Name: {name}
 Version: {version}
 Release: 1
 Summary: imagegraph test package {name}
 License: MIT
-BuildArch: noarch
-{reqs}
+{build_arch}{reqs}
 %description
 Test package.
 
@@ -125,35 +133,51 @@ class RpmRepo:
         shutil.rmtree(self.work, ignore_errors=True)
 
     def add_version(
-        self, name: str, version: str, text: str | None = None, requires: tuple[str, ...] = ()
+        self,
+        name: str,
+        version: str,
+        text: str | None = None,
+        requires: tuple[str, ...] = (),
+        arch: str = "noarch",
+        provides: tuple[str, ...] = (),
     ) -> Path:
-        """Build `name-version` (with `requires`) into the repository and refresh its metadata."""
-        spec = _spec_simple(name, version, text or f"{name} {version}", requires)
-        rpm = _rpmbuild(self.work, name, version, spec)
+        """Build `name-version` for `arch` (with `requires`, `provides`) into the repository and
+        refresh its metadata. A zypper pattern is a package providing `pattern() = <name>`."""
+        spec = _spec_simple(name, version, text or f"{name} {version}", requires, arch, provides)
+        rpm = _rpmbuild(self.work, name, version, spec, arch)
         shutil.copy(rpm, self.path)
         self.versions[name] = version
         _createrepo(self.path)
         return self.path / rpm.name
 
-    def remove_version(self, name: str, version: str) -> None:
-        """Drop `name-version` from the repository (a mirror pruning an old build)."""
-        for f in self.path.glob(f"{name}-{version}-1.*.rpm"):
+    def remove_version(self, name: str, version: str, arch: str = "*") -> None:
+        """Drop `name-version` (of `arch`, default every arch) from the repository (a mirror pruning an old build)."""
+        for f in self.path.glob(f"{name}-{version}-1.{arch}.rpm"):
             f.unlink()
         _createrepo(self.path)
 
 
-def _rpmbuild(work: Path, name: str, version: str, spec_text: str) -> Path:
-    spec = work / f"{name}-{version}.spec"
+def _rpmbuild(work: Path, name: str, version: str, spec_text: str, arch: str = "noarch") -> Path:
+    spec = work / f"{name}-{version}-{arch}.spec"
     spec.write_text(spec_text)
     home = work / "home"  # Debian's rpm reads ~/.rpmmacros: keep the caller's home out of it
     home.mkdir(exist_ok=True)
     subprocess.run(
-        ["rpmbuild", "-bb", "--define", f"_topdir {work}", "--define", "_build_id_links none", str(spec)],
+        [
+            "rpmbuild",
+            "-bb",
+            *([] if arch == "noarch" else ["--target", arch]),
+            "--define",
+            f"_topdir {work}",
+            "--define",
+            "_build_id_links none",
+            str(spec),
+        ],
         check=True,
         capture_output=True,
         env={"HOME": str(home), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
     )
-    found = list((work / "RPMS" / "noarch").glob(f"{name}-{version}-1*.noarch.rpm"))
+    found = list((work / "RPMS" / arch).glob(f"{name}-{version}-1*.{arch}.rpm"))
     assert found, f"rpmbuild made no package for {name}-{version}"
     return found[0]
 

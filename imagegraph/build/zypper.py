@@ -92,7 +92,7 @@ def install(work: Work) -> None:
     if spec.modules:
         with work.step("modules"):
             work.runner.note("modules", "modules are a dnf feature; zypper has none: skipped")
-    if spec.package_groups:
+    if spec.package_groups and work.locked is None:  # locked: the patterns' packages are in the set
         with work.step("package_groups", ", ".join(spec.package_groups)):
             zypper(["install", "--auto-agree-with-licenses", "-t", "pattern", *spec.package_groups])
     if work.locked is not None:
