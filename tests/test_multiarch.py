@@ -200,7 +200,55 @@ def test_index_task_waits_for_every_arch_push(tmp_path: Path) -> None:
     assert not any(t.kind == "tag-registry" for lp in plan.nodes_of("base") for t in lp.tasks)
     narrowed = plan_of(root, tmp_path, arches=[Arch.AARCH64])
     assert not any(t.kind == "index" for lp in narrowed.layers.values() for t in lp.tasks)
-    assert "index not written: --arch leaves out x86_64" in narrowed.layers["base@aarch64"].notes[-1].message
+    note = narrowed.layers["base@aarch64"].notes[-1]
+    assert note.code == "index-waits-for-arches" and note.detail == {"arches": ["x86_64"]}
+    assert "index waits for x86_64 (--arch left it out; its key tag is not in reg.example/x/ma-base)" in str(
+        note
+    )
+
+
+def test_arch_narrowing_writes_the_index_when_the_other_arches_are_in_the_registry(tmp_path: Path) -> None:
+    from imagegraph.inventory import StaticInventory as Inv
+
+    root = site(tmp_path)
+    base = root / "base.yaml"
+    base.write_text(base.read_text().replace("publish_local: true", "publish_registry: reg.example/x"))
+    full = plan_of(root, tmp_path, names=["base"])
+    keys = {str(lp.arch): lp.key for lp in full.nodes_of("base")}
+    assert full.layers["base"].index_members == keys
+    lg = build_graph(load_project(root))
+    emu = lambda a: Emulation(a, native=a == HOST, usable=True)  # noqa: E731
+    # The x86_64 key tag is in the registry: `--arch aarch64` builds aarch64, then writes the index
+    # over both keys (its tag names both), and the human tags follow.
+    inv = Inv(tags={"reg.example/x/ma-base": {key_tag(keys["x86_64"])}})
+    plan = make_plan(lg, State(tmp_path / "s.db"), inv, ["base"], arches=[Arch.AARCH64], emulation_of=emu)
+    node = plan.layers["base@aarch64"]
+    index = [t for t in node.tasks if t.kind == "index"]
+    assert index and index[0].after == ("base@aarch64:push",)
+    assert node.index_members == keys  # the left-out arch's key included, in the spec's order
+    assert node.to_json()["index_members"] == keys
+    assert any(r.code == "index-due" for r in node.reasons)
+    # Up to date everywhere (key tags, the index, human tags on it): nothing to do for the index.
+    from imagegraph.keytag import index_tag
+
+    itag = index_tag(keys)
+    repo = "reg.example/x/ma-base"
+    inv = Inv(
+        tags={repo: {key_tag(keys["x86_64"]), key_tag(keys["aarch64"]), itag, "latest"}},
+        tag_digests={f"{repo}:{itag}": "sha256:i", f"{repo}:latest": "sha256:i"},
+    )
+    plan = make_plan(lg, State(tmp_path / "s.db"), inv, ["base"], arches=[Arch.AARCH64], emulation_of=emu)
+    assert not any(t.kind == "index" for t in plan.layers["base@aarch64"].tasks)
+    # The human tag elsewhere: the narrowed run moves it back onto the index.
+    inv.tag_digests[f"{repo}:latest"] = "sha256:other"
+    plan = make_plan(lg, State(tmp_path / "s.db"), inv, ["base"], arches=[Arch.AARCH64], emulation_of=emu)
+    assert [r.code for r in plan.layers["base@aarch64"].reasons if r.code.startswith("index")] == [
+        "index-moved"
+    ]
+    # The registry does not answer: never treated as absent, the index waits.
+    inv.reachable = False
+    plan = make_plan(lg, State(tmp_path / "s.db"), inv, ["base"], arches=[Arch.AARCH64], emulation_of=emu)
+    assert not any(t.kind == "index" for t in plan.layers["base@aarch64"].tasks)
 
 
 # ------------------------------------------------------------------------------ real
@@ -308,10 +356,13 @@ def test_two_arch_layer_and_child_publish_one_index_per_tag(real_site, tmp_path:
     tags = set(registry_tags(registry.host, "igma/ma-child"))
     assert "1" not in tags and any(t.startswith("ig-") for t in tags)
 
-    rc, doc, err = up(root, state)
+    plan = json.loads(cli("plan", str(root), "--state", str(state), "--json", "--arch", "x86_64").stdout)
+    assert any(n["code"] == "index-waits-for-arches" for lp in plan["layers"] for n in lp["notes"]) is False
+    # aarch64's key tags are in the registry now: `--arch x86_64` builds x86_64 and writes the index.
+    rc, doc, err = up(root, state, "--arch", "x86_64")
     assert rc == 0, err
     names = {x["name"]: x for x in doc["layers"]}
-    assert names["base"]["action"] == "build" and names["base@aarch64"]["action"] == "up-to-date"
+    assert names["base"]["action"] == "build" and names["base"]["index"]["status"] == "ok"
     for tag in ("1", "latest"):
         index = raw_index(f"{registry.host}/igma/ma-child:{tag}")
         assert platforms(index) == {"linux/amd64", "linux/arm64"}
@@ -357,7 +408,11 @@ def test_one_arch_failing_leaves_the_human_tags_list_unchanged(real_site, tmp_pa
     rc, doc, _err = up(root, state)
     assert rc == 1
     status = {x["name"]: x["status"] for x in doc["layers"]}
-    assert status["child@aarch64"] == "failed" and status["child"] != "ok"
+    assert status["child@aarch64"] == "failed"
+    # the x86_64 node's own build and push succeeded; its index task waited for aarch64's
+    host = next(x for x in doc["layers"] if x["name"] == "child")
+    assert status["child"] == "ok" and host["index"]["status"] == "blocked", host
+    assert host["index"]["blocked_by"].startswith("child@aarch64:")
     assert raw_index(f"{registry.host}/igma/ma-child:1") == before  # the tag did not move
     plan = json.loads(cli("plan", str(root), "--state", str(state), "--json").stdout)
     actions = {lp["name"]: lp["action"] for lp in plan["layers"]}
@@ -731,3 +786,55 @@ def test_gc_collects_every_arch_and_keeps_todays_keys(tmp_path: Path) -> None:
         local_key_ref(spec, fake_key("base-old")),
         local_key_ref(spec, fake_key("base@aarch64-old")),
     }
+
+
+# ------------------------------------------------------------------ run results
+
+
+class _FailOne:
+    """An executor that fails the build of one node and does every other task (scheduling only)."""
+
+    build_slots = None
+
+    def __init__(self, fail: str):
+        self.fail = fail
+
+    def prepare(self, plan, tasks) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+    def run_task(self, task, needs):
+        from imagegraph.errors import BuildError
+        from imagegraph.scheduler import TaskResult
+
+        if task.kind == "build" and task.layer == self.fail:
+            raise BuildError(task.layer, "cmds[0]", "exit 1", ["boom"])
+        return TaskResult(task.id, task.layer, task.kind)
+
+
+def test_a_node_whose_own_tasks_succeeded_is_ok_and_its_index_says_blocked(tmp_path: Path) -> None:
+    from imagegraph.render import result_lines
+    from imagegraph.scheduler import run_plan
+
+    root = site(tmp_path)
+    base = root / "base.yaml"
+    base.write_text(base.read_text().replace("publish_local: true", "publish_registry: reg.example/x"))
+    plan = plan_of(root, tmp_path, names=["base"])
+    other = node_id("base", OTHER)
+    result = run_plan(plan, _FailOne(other))
+    host, foreign = result.results["base"], result.results[other]
+    assert foreign.status == "failed"  # the failed arch is not hidden ...
+    assert host.status == "ok"  # ... and the host's node says what its own build and push did
+    assert host.index == {"status": "blocked", "error": host.index["error"], "blocked_by": f"{other}:build"}
+    assert host.to_json()["index"]["status"] == "blocked"
+    assert result.exit_status == 1 and result.failed == [other]
+    text = [str(line) for line in result_lines(result)]
+    assert f"base index blocked: blocked by {other}:build; its human tags stay" in text
+    assert any(line.startswith(f"{other} failed:") for line in text)
+    # Every arch succeeding: the index ran, and says so.
+    ok = run_plan(plan_of(root, tmp_path, names=["base"]), _FailOne("nothing"))
+    assert ok.results["base"].index["status"] == "ok" and ok.exit_status == 0
+    # A host-only layer's result carries no index.
+    assert "index" not in ok.results[other].to_json()
