@@ -838,3 +838,100 @@ def test_a_node_whose_own_tasks_succeeded_is_ok_and_its_index_says_blocked(tmp_p
     assert ok.results["base"].index["status"] == "ok" and ok.exit_status == 0
     # A host-only layer's result carries no index.
     assert "index" not in ok.results[other].to_json()
+
+
+def _tiny_image(tmp_path: Path, arch: Arch, label: str) -> str:
+    """A one-file image for `arch` whose content (`label`) makes its digest its own."""
+    ctr = buildah("from", "scratch").stdout.strip()
+    try:
+        f = tmp_path / f"{arch}-{label}.txt"
+        f.write_text(f"{arch} {label}\n")
+        buildah("copy", ctr, str(f), "/which.txt")
+        buildah("config", "--arch", arch.oci, "--os", "linux", ctr)
+        return buildah("commit", "--quiet", ctr).stdout.strip()
+    finally:
+        buildah("rm", ctr, check=False)
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_gc_deletes_old_indexes_and_keeps_what_a_human_tags_index_lists(tmp_path: Path, registry) -> None:
+    """Real registry: an old index behind a human tag keeps its arches' key tags; unneeded, it goes."""
+    from imagegraph.gc import gc
+    from imagegraph.keytag import index_tag
+    from imagegraph.plan import current_keys
+    from imagegraph.publish.manifest import publish_index
+    from imagegraph.publish.registry_client import RegistryClient
+    from imagegraph.runner import Runner
+
+    root = site(tmp_path)
+    base = root / "base.yaml"
+    base.write_text(
+        base.read_text().replace("publish_local: true", f"publish_registry: {registry.host}/iggc")
+    )
+    lg = build_graph(load_project(root))
+    today = current_keys(lg, StaticInventory())
+    repo = f"{registry.host}/iggc/ma-base"
+    nodes = {Arch.X86_64: node_id("base", Arch.X86_64), Arch.AARCH64: node_id("base", Arch.AARCH64)}
+    old = {a: fake_key(f"{n}-old") for a, n in nodes.items()}
+    new = {a: today[n] for a, n in nodes.items()}
+    state = State(tmp_path / "state.db")
+    images = []
+    try:
+        for label, keys in (("old", old), ("new", new)):
+            for a, k in keys.items():
+                images.append(_tiny_image(tmp_path, a, label))
+                buildah("push", "--tls-verify=false", images[-1], f"docker://{repo}:{key_tag(k)}")
+    finally:
+        for img in images:
+            buildah("rmi", img, check=False)
+    for i, keys in enumerate((old, new)):
+        for a, k in keys.items():
+            state.record_build(
+                run_id=f"r{i}", layer=nodes[a], key=k, inputs={}, image_id=f"sha256:{i}", image_ref=None,
+                spec_file="base.yaml", parent_key=None, started=i, finished=i + 1,
+            )  # fmt: skip
+    members = {
+        label: {a: (k, f"{repo}:{key_tag(k)}") for a, k in keys.items()}
+        for label, keys in (("old", old), ("new", new))
+    }
+    publish_index(
+        repo, members["old"], ["1"], Runner(), opts=["--tls-verify=false"]
+    )  # a human tag on the old
+    publish_index(repo, members["new"], ["latest"], Runner(), opts=["--tls-verify=false"])
+    old_index, new_index = index_tag(old), index_tag(new)
+
+    def run_gc():
+        return gc(
+            lg,
+            state,
+            keep=1,
+            current=today,
+            inventory=StaticInventory(),
+            containers=False,
+            registry=RegistryClient(),
+        )
+
+    # Tag 1 is on the old index: it and the key tags it lists stay.
+    report = run_gc()
+    assert report.errors == []
+    assert not report.removed, [i.location for i in report.removed]
+    kept = {i.location: i.reason for i in report.items if i.action == "kept"}
+    assert set(kept) == {f"{repo}:{key_tag(k)}" for k in old.values()}
+    assert all(r.startswith(f"listed by index {old_index} (tag 1)") for r in kept.values()), kept
+    tags = set(registry_tags(registry.host, "iggc/ma-base"))
+    assert {old_index, "1", *(key_tag(k) for k in old.values())} <= tags
+    # Tag 1 moves to today's index: the old index and its key tags are collected, today's stay.
+    client = RegistryClient()
+    client.put_tag(repo, client.manifest_digest(f"{repo}:{new_index}"), "1")
+    report = run_gc()
+    assert report.errors == []
+    removed = {(i.kind, i.location) for i in report.removed}
+    assert removed == {("index-tag", f"{repo}:{old_index}")} | {
+        ("key-tag", f"{repo}:{key_tag(k)}") for k in old.values()
+    }
+    tags = set(registry_tags(registry.host, "iggc/ma-base"))
+    assert tags == {"1", "latest", new_index, *(key_tag(k) for k in new.values())}
+    for m in raw_index(f"{registry.host}/iggc/ma-base:1")["manifests"]:  # every image it lists is there
+        assert RegistryClient().manifest_digest(f"{repo}@{m['digest']}") == m["digest"]
+        assert RegistryClient().manifest(f"{repo}@{m['digest']}") is not None
