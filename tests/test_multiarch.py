@@ -935,3 +935,104 @@ def test_gc_deletes_old_indexes_and_keeps_what_a_human_tags_index_lists(tmp_path
     for m in raw_index(f"{registry.host}/iggc/ma-base:1")["manifests"]:  # every image it lists is there
         assert RegistryClient().manifest_digest(f"{repo}@{m['digest']}") == m["digest"]
         assert RegistryClient().manifest(f"{repo}@{m['digest']}") is not None
+
+
+# ------------------------------------------------------------------ Slurm placement
+
+
+def _slurm_site(tmp_path: Path, settings: str) -> Path:
+    root = site(tmp_path)
+    for name in ("base.yaml", "child.yaml"):
+        p = root / name
+        text = p.read_text().replace("publish_local: true", "publish_registry: r.io/x")
+        p.write_text(text.replace("localhost/ma-base:latest", "r.io/x/ma-base:latest"))
+    (root / "child.yaml").write_text(
+        (root / "child.yaml")
+        .read_text()
+        .replace("cmds:", "  arches: [x86_64, aarch64]\ncmds:", 1)
+        .replace("\n    arches", "\n  arches")
+    )
+    (root / "imagegraph.yaml").write_text(settings)
+    return root
+
+
+def test_slurm_submits_each_arch_to_its_partition_after_its_parent_of_the_same_arch(tmp_path: Path) -> None:
+    from imagegraph.project import ExecutorKind
+    from imagegraph.slurm import SlurmBuildService, check_plan, emulation_for, place_plan
+    from tests import fakeslurm
+    from tests.test_slurm import opt, sbatches
+
+    settings = "executor:\n  kind: slurm\n  partition: batch\n  arch:\n    arm64: {partition: grace, constraint: neoverse}\n"
+    root = _slurm_site(tmp_path, settings)
+    project = load_project(root)
+    ex = project.settings.executor
+    assert ex.kind == ExecutorKind.SLURM and ex.arches == {
+        "aarch64": {"partition": "grace", "constraint": "neoverse"}
+    }
+    lg = build_graph(project)
+    never = lambda a: Emulation(a, native=False, usable=False, problem="no handler", fix="enable it")  # noqa: E731
+    # Without Slurm placement this host's missing binfmt handler blocks aarch64 ...
+    assert (
+        make_plan(lg, State(tmp_path / "s.db"), StaticInventory(), emulation_of=never)
+        .layers["base@aarch64"]
+        .action
+        == Action.BLOCKED
+    )
+    # ... placed natively on grace, it builds (no emulation needed here).
+    plan = make_plan(lg, State(tmp_path / "s.db"), StaticInventory(), emulation_of=emulation_for(ex))
+    assert {n: lp.action for n, lp in plan.layers.items()} == dict.fromkeys(
+        ["base", "base@aarch64", "child", "child@aarch64"], Action.BUILD
+    )
+    assert check_plan(plan) == []  # multi-arch layers run through Slurm now
+    place_plan(plan, ex)
+    note = next(n for n in plan.layers["child@aarch64"].notes if n.code == "slurm-placement")
+    assert note.detail == {
+        "arch": "aarch64",
+        "placement": "native",
+        "partition": "grace",
+        "constraint": "neoverse",
+    }
+    assert str(note) == "aarch64 builds natively as Slurm jobs on partition grace, constraint neoverse"
+    host_note = next(n for n in plan.layers["base"].notes if n.code == "slurm-placement")
+    assert host_note.detail["placement"] == "native" and host_note.detail["partition"] == "batch"
+    assert "slurm-placement" in json.dumps(plan.layers["base@aarch64"].to_json())
+
+    d = tmp_path / "fake"
+    bin_dir = fakeslurm.install(d)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    svc = SlurmBuildService(ex, project_root=root, log_dir=tmp_path / "logs", run_id="r1", env=env)
+    svc.prepare(plan, [lp for lp in plan.layers.values() if lp.action == Action.BUILD])
+    svc.cancel()
+    subs = {opt(a, "--job-name").rsplit("-", 1)[0]: a for a in sbatches(d)}
+    assert set(subs) == {"ig-base", "ig-base@aarch64", "ig-child", "ig-child@aarch64"}
+    arm, x86 = subs["ig-child@aarch64"], subs["ig-child"]
+    assert opt(arm, "--partition") == "grace" and opt(arm, "--constraint") == "neoverse"
+    assert opt(x86, "--partition") == "batch" and opt(x86, "--constraint") is None
+    assert opt(arm, "--dependency") == f"afterok:{svc.jobs['base@aarch64'].job_id}"
+    assert opt(x86, "--dependency") == f"afterok:{svc.jobs['base'].job_id}"
+    assert (
+        "child@aarch64 --key " + plan.layers["child@aarch64"].key in arm[-1]
+        and arm[-1].count("--arch aarch64") == 1
+    )
+    assert "--arch" in x86[-1]  # a multi-arch layer's host node names its arch too
+
+
+def test_slurm_without_an_arch_entry_emulates_on_the_default_partition(tmp_path: Path) -> None:
+    from imagegraph.slurm import Placement, arch_placement, place_plan
+
+    root = _slurm_site(tmp_path, "executor:\n  kind: slurm\n  partition: batch\n")
+    ex = load_project(root).settings.executor
+    assert arch_placement(ex, OTHER).how == Placement.EMULATED
+    assert arch_placement(ex, HOST).how == Placement.NATIVE
+    plan = plan_of(root, tmp_path, names=["base"])
+    place_plan(plan, ex)
+    (note,) = [n for n in plan.layers[node_id("base", OTHER)].notes if n.code == "slurm-placement"]
+    assert note.detail["placement"] == "emulated" and note.detail["partition"] == "batch"
+    assert f"{OTHER} builds under emulation (qemu-user) as Slurm jobs on partition batch" in str(note)
+
+
+def test_slurm_arch_settings_name_a_known_arch(tmp_path: Path) -> None:
+    root = _slurm_site(tmp_path, "executor:\n  kind: slurm\n  arch:\n    sparc: {partition: old}\n")
+    r = cli("plan", str(root), "--offline")
+    assert r.returncode == 2
+    assert "imagegraph.yaml:4:5" in r.stderr and "'sparc' is not one of" in r.stderr, r.stderr
