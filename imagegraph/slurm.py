@@ -286,8 +286,8 @@ class ArchPlacement:
         )
         where = where or "the default partition"
         if self.how == Placement.NATIVE:
-            return f"{self.arch} builds natively as Slurm jobs on {where}"
-        return f"{self.arch} builds under emulation (qemu-user) as Slurm jobs on {where}: no executor.arch.{self.arch}"
+            return f"builds natively as Slurm jobs on {where}"
+        return f"builds under emulation (qemu-user) as Slurm jobs on {where}: no executor.arch.{self.arch}"
 
 
 def arch_placement(settings: ExecutorSettings, arch: Arch) -> ArchPlacement:

@@ -992,7 +992,7 @@ def test_slurm_submits_each_arch_to_its_partition_after_its_parent_of_the_same_a
         "partition": "grace",
         "constraint": "neoverse",
     }
-    assert str(note) == "aarch64 builds natively as Slurm jobs on partition grace, constraint neoverse"
+    assert str(note) == "builds natively as Slurm jobs on partition grace, constraint neoverse"
     host_note = next(n for n in plan.layers["base"].notes if n.code == "slurm-placement")
     assert host_note.detail["placement"] == "native" and host_note.detail["partition"] == "batch"
     assert "slurm-placement" in json.dumps(plan.layers["base@aarch64"].to_json())
@@ -1028,7 +1028,10 @@ def test_slurm_without_an_arch_entry_emulates_on_the_default_partition(tmp_path:
     place_plan(plan, ex)
     (note,) = [n for n in plan.layers[node_id("base", OTHER)].notes if n.code == "slurm-placement"]
     assert note.detail["placement"] == "emulated" and note.detail["partition"] == "batch"
-    assert f"{OTHER} builds under emulation (qemu-user) as Slurm jobs on partition batch" in str(note)
+    assert (
+        str(note)
+        == f"builds under emulation (qemu-user) as Slurm jobs on partition batch: no executor.arch.{OTHER}"
+    )
 
 
 def test_slurm_arch_settings_name_a_known_arch(tmp_path: Path) -> None:
@@ -1036,3 +1039,62 @@ def test_slurm_arch_settings_name_a_known_arch(tmp_path: Path) -> None:
     r = cli("plan", str(root), "--offline")
     assert r.returncode == 2
     assert "imagegraph.yaml:4:5" in r.stderr and "'sparc' is not one of" in r.stderr, r.stderr
+
+
+@pytest.mark.buildah
+@pytest.mark.slurm
+@requires(have_buildah(), "needs buildah as root")
+def test_up_through_real_slurm_puts_each_arch_on_its_partition(real_site, slurm, tmp_path: Path) -> None:
+    """A two-arch layer through a real one-node Slurm: aarch64's job on partition grace, x86_64's on
+    the default one, each pushing its key tag from node-local storage; the index names both."""
+    root, registry = real_site
+    (root / "child.yaml").unlink()
+    graphroot = Path("/var/tmp") / f"ig-ma-slurm-{os.getpid()}-{tmp_path.name}"
+    (root / "imagegraph.yaml").write_text(
+        "executor:\n  kind: slurm\n  partition: build\n  poll_interval: 0.5\n"
+        f"  graphroot: '{graphroot}'\n  arch:\n    aarch64: {{partition: grace}}\n"
+    )
+    env = {**os.environ, **slurm.env, "BUILDAH_ISOLATION": "chroot", "IMAGEGRAPH_RETRY_ATTEMPTS": "2"}
+    state = tmp_path / "state"
+    try:
+        plan = subprocess.run(
+            [sys.executable, "-m", "imagegraph.cli", "plan", str(root), "--state", str(state), "--json"],
+            capture_output=True, text=True, env=env, check=True,
+        )  # fmt: skip
+        placed = {
+            lp["name"]: n["detail"]
+            for lp in json.loads(plan.stdout)["layers"]
+            for n in lp["notes"]
+            if n["code"] == "slurm-placement"
+        }
+        assert placed["base@aarch64"] == {"arch": "aarch64", "placement": "native", "partition": "grace"}
+        assert placed["base"]["partition"] == "build"
+        r = subprocess.run(
+            [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--state", str(state), "--json"],
+            capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        doc = json.loads(r.stdout)
+        result = {x["name"]: x for x in doc["layers"]}
+        assert result["base"]["status"] == "ok" and result["base@aarch64"]["status"] == "ok"
+        assert result["base"]["index"]["status"] == "ok"
+        assert platforms(raw_index(f"{registry.host}/igma/ma-base:1")) == {"linux/amd64", "linux/arm64"}
+        comp = (slurm.root / "log" / "jobcomp.log").read_text()
+        lines = {ln.split("Name=", 1)[1].split()[0]: ln for ln in comp.splitlines() if "Name=ig-base" in ln}
+        arm = next(v for k, v in lines.items() if k.startswith("ig-base@aarch64-"))
+        x86 = next(v for k, v in lines.items() if not k.startswith("ig-base@aarch64-"))
+        assert "Partition=grace" in arm and "JobState=COMPLETED" in arm, arm
+        assert "Partition=build" in x86 and "JobState=COMPLETED" in x86, x86
+        # The arm64 image the job pushed is an aarch64 one.
+        cfg = subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--override-arch", "arm64",
+             f"docker://{registry.host}/igma/ma-base:1"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert json.loads(cfg.stdout)["Architecture"] == "arm64"
+    finally:
+        conf = Path(str(graphroot) + "-run") / "storage.conf"
+        if conf.exists():
+            node = {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "BUILDAH_ISOLATION": "chroot"}
+            subprocess.run(["buildah", "rmi", "--all", "--force"], capture_output=True, env=node, check=False)
+        subprocess.run(["rm", "-rf", str(graphroot), str(graphroot) + "-run"], check=False)
