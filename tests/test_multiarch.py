@@ -1098,3 +1098,38 @@ def test_up_through_real_slurm_puts_each_arch_on_its_partition(real_site, slurm,
             node = {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "BUILDAH_ISOLATION": "chroot"}
             subprocess.run(["buildah", "rmi", "--all", "--force"], capture_output=True, env=node, check=False)
         subprocess.run(["rm", "-rf", str(graphroot), str(graphroot) + "-run"], check=False)
+
+
+_THREE = [Arch.X86_64, Arch.AARCH64, Arch.PPC64LE]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    narrowed=st.lists(st.sampled_from(_THREE), min_size=1, max_size=3, unique=True),
+    in_registry=st.sets(st.sampled_from(_THREE)),
+)
+def test_a_narrowed_plan_writes_the_index_iff_every_left_out_arch_is_in_the_registry(
+    tmp_path: Path, narrowed: list[Arch], in_registry: set[Arch]
+) -> None:
+    from imagegraph.inventory import StaticInventory as Inv
+
+    root = site(tmp_path, base_arches="[x86_64, aarch64, ppc64le]")
+    base = root / "base.yaml"
+    base.write_text(base.read_text().replace("publish_local: true", "publish_registry: reg.example/x"))
+    lg = build_graph(load_project(root))
+    emu = lambda a: Emulation(a, native=a == HOST, usable=True)  # noqa: E731
+    full = make_plan(lg, State(tmp_path / "p.db"), Inv(), ["base"], emulation_of=emu)
+    keys = {lp.arch: lp.key for lp in full.nodes_of("base")}
+    inv = Inv(tags={"reg.example/x/ma-base": {key_tag(keys[a]) for a in in_registry}})
+    plan = make_plan(lg, State(tmp_path / "p.db"), inv, ["base"], arches=narrowed, emulation_of=emu)
+    nodes = plan.nodes_of("base")
+    assert {lp.arch for lp in nodes} == set(narrowed)
+    lacking = [a for a in _THREE if a not in narrowed and a not in in_registry]
+    index = [lp for lp in nodes if any(t.kind == "index" for t in lp.tasks)]
+    waits = [n for lp in nodes for n in lp.notes if n.code == "index-waits-for-arches"]
+    if lacking:
+        assert not index and [w.detail["arches"] for w in waits] == [[str(a) for a in lacking]]
+    else:
+        (node,) = index
+        assert not waits and node.index_members == {str(a): keys[a] for a in _THREE}
+        assert node.to_json()["index_members"] == {str(a): keys[a] for a in _THREE}
