@@ -58,6 +58,10 @@ _ALIASES = {
 }
 
 
+# Every name `normalize_arch` takes, for schemas (`executor.arch` keys in imagegraph.yaml).
+ARCH_NAMES = sorted({*(a.value for a in Arch), *_ALIASES})
+
+
 def normalize_arch(name: str) -> Arch:
     """'amd64', 'x86_64', 'arm64', 'aarch64' ... -> the distribution name; ValueError if unknown."""
     n = name.strip().lower()

@@ -23,6 +23,7 @@ removed as in any build, and the job exits 143.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runner as runner_mod
+from .arch import host_arch, normalize_arch
 from .errors import BuildError, ImagegraphError, PublishError, SpecError
 from .key import compute_keys, key_tag
 from .redact import redact
@@ -107,8 +109,15 @@ def build_one(
     run_id: str,
     runner: runner_mod.Runner,
     timings: dict[str, float],
+    arch: str | None = None,
 ) -> dict:
-    """Build and push one layer's key; returns the result fields. Raises JobFailure."""
+    """Build and push one layer's key; returns the result fields. Raises JobFailure.
+
+    `arch` (a multi-arch layer's node, `layer` then being `<layer>@<arch>` or the
+    layer id for the submit host's arch): the key is derived for that arch, the
+    parent pulled for its platform, and the build made for it (emulated when the
+    node is another arch).
+    """
     from .build import BuildRequest, ParentImage, build_layer, pull_image, remove_stale_containers
     from .graph import build_graph
     from .lockfile import load_lock
@@ -120,9 +129,12 @@ def build_one(
     t = time.monotonic()
     try:
         lg = build_graph(load_project(root))
-        lid = lg.lookup(layer)
-    except (SpecError, ImagegraphError) as exc:
+        a = normalize_arch(arch) if arch else None
+        lid = lg.lookup(layer.rpartition("@")[0] if a and "@" in layer else layer)
+    except (SpecError, ImagegraphError, ValueError) as exc:
         raise JobFailure(JobExit.USAGE, f"cannot load {root} on this node: {exc}") from exc
+    # `buildah pull` of a multi-arch parent picks this arch's image from its index.
+    platform = ("--arch", a.oci, "--os", "linux") if a else ()
     spec = lg.spec(lid)
     lock = load_lock(lg.project.root)
     client = RegistryClient()
@@ -135,7 +147,7 @@ def build_one(
         return client.manifest_digest(ref)
 
     ancestors = lg.order({lid} | _ancestors(lg, lid))
-    keys = compute_keys(lg, ancestors, digest_of, lock.upstream_of if lock else None)
+    keys = compute_keys(lg, ancestors, digest_of, lock.upstream_of if lock else None, arch=a)
     if keys[lid].key != key:
         unknown = [a for a in ancestors if lg.parents[a].kind == "external" and keys[a].parent.digest is None]
         if unknown:
@@ -168,7 +180,9 @@ def build_one(
                 ref = f"{target_repository(pspec).name}:{key_tag(pkey)}"
                 opts = tuple(o for o in pspec.registry_opts_push if o.startswith("--tls-verify"))
                 runner.note("pull", f"pulling parent {ref}")
-                parent = ParentImage(image=pull_image(ref, opts, runner), ref=spec.parent, key=pkey)
+                parent = ParentImage(
+                    image=pull_image(ref, (*opts, *platform), runner), ref=spec.parent, key=pkey
+                )
             elif link.kind == "external":
                 ref = spec.parent
                 digest = keys[lid].parent.digest
@@ -176,7 +190,9 @@ def build_one(
                     ref = str(parse_reference(spec.parent).with_digest(digest))
                 runner.note("pull", f"pulling parent {ref}")
                 parent = ParentImage(
-                    image=pull_image(ref, spec.registry_opts_pull, runner), ref=spec.parent, key=None
+                    image=pull_image(ref, (*spec.registry_opts_pull, *platform), runner),
+                    ref=spec.parent,
+                    key=None,
                 )
         except runner_mod.Cancelled:
             raise
@@ -187,7 +203,10 @@ def build_one(
             from .resolve import locked_nevras
 
             locked = locked_nevras(keys[lid].inputs)
-            built = build_layer(BuildRequest(spec, key, parent, run_id, locked), runner)
+            req = BuildRequest(spec, key, parent, run_id, locked)
+            if a is not None:
+                req = dataclasses.replace(req, arch=a, tag_suffix="" if a == host_arch() else f"-{a}")
+            built = build_layer(req, runner)
         except runner_mod.Cancelled:
             raise
         except BuildError as exc:
@@ -239,6 +258,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--key", required=True)
     p.add_argument("--result", required=True, type=Path)
     p.add_argument("--run-id", default="")
+    p.add_argument("--arch", default=None, help="a multi-arch layer's architecture for this node")
     p.add_argument("--graphroot", default=None)
     p.add_argument("--runroot", default=None)
     args = p.parse_args(argv)
@@ -271,7 +291,7 @@ def main(argv: list[str]) -> int:
     runner.note("job", f"build-one {args.layer} key {args.key[:12]} on {doc['node']} (job {doc['job_id']})")
     status = JobExit.OK
     try:
-        doc.update(build_one(args.dir, args.layer, args.key, args.run_id, runner, timings))
+        doc.update(build_one(args.dir, args.layer, args.key, args.run_id, runner, timings, args.arch))
         doc["status"] = "ok"
     except runner_mod.Cancelled as exc:
         status, doc["status"], doc["error"] = JobExit.CANCELLED, "cancelled", redact(str(exc))

@@ -878,6 +878,11 @@ def _plan(
     lock = load_lock(project.root)  # keys include the locked upstream fingerprints, when there are any
     registries = inventory.registries_of([lg.spec(lid) for lid in lg.order(lg.select(names or None))])
     ask = ", ".join(f"{host} ({n} repositor{'y' if n == 1 else 'ies'})" for host, n in registries.items())
+    slurm_kw: dict = {}
+    if (getattr(args, "executor", None) or project.settings.executor.kind) == "slurm":
+        from .slurm import emulation_for  # a foreign arch placed on its own nodes needs no binfmt here
+
+        slurm_kw["emulation_of"] = emulation_for(project.settings.executor)
     with out.status(f"asking {ask}..." if ask else "planning..."):
         plan = make_plan(
             lg,
@@ -891,7 +896,12 @@ def _plan(
             locked_digest=lock.parent_digest if lock else None,
             max_age=getattr(args, "max_age", None),
             arches=getattr(args, "arch", None),
+            **slurm_kw,
         )
+    if slurm_kw:  # which arch builds natively where, which under emulation
+        from .slurm import place_plan
+
+        place_plan(plan, project.settings.executor)
     for text in registry_warnings(plan, inventory.registry_problems()):
         out.warning(text)
     return project, lg, state, plan

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import runner as runner_mod
+from .arch import Arch
 from .build import ParentImage, local_image_id, pull_image, remove_stale_containers
 from .buildservice import BuildService, LocalBuildService
 from .errors import BuildError, ImagegraphError, NotBuiltError
@@ -368,9 +369,9 @@ class LocalExecutor:
         client = self.registry()
         client.configure_for(spec)
         repo = target_repository(spec).name
-        members = {
-            m.arch: (m.key, f"{repo}:{key_tag(m.key)}") for m in self.plan.nodes_of(lp.spec_id) if m.arch
-        }
+        # The plan's members: every arch's key, those `--arch` left out too (their key tags are there).
+        keys = lp.index_members or {str(m.arch): m.key for m in self.plan.nodes_of(lp.spec_id) if m.arch}
+        members = {Arch(a): (k, f"{repo}:{key_tag(k)}") for a, k in keys.items()}
         opts = [o for o in spec.registry_opts_push if o.startswith(("--tls-verify", "--authfile", "--creds"))]
         pub = publish_index(repo, members, spec.publish_tags, runner, opts=opts, client=client)
         locations = [f"{repo}:{t}" for t in pub.tags]

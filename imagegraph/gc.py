@@ -11,7 +11,12 @@ with, gc removes:
   registry API. The API deletes manifests, not tags: every tag on that
   manifest goes with it. So a key tag whose manifest digest is also the
   digest of any tag gc keeps (a human tag, a kept key tag, a tag gc knows
-  nothing of) is left alone. Human tags are never deleted;
+  nothing of) is left alone, and so is one an index that gc keeps lists
+  (a multi-arch layer's arches are members of its index). Human tags are
+  never deleted;
+- a multi-arch layer's index tags `ig-<hash>-index` (keytag.py) that list
+  a key tag gc removes, unless a tag gc keeps (a human tag) is on the index:
+  then the index stays, and so do the key tags it lists;
 - S3 objects under the layer's prefixes whose `imagegraph-key` metadata is
   that key and that no current publication (of any layer) lists. Objects
   imagegraph did not write carry no such metadata and are never touched;
@@ -35,6 +40,7 @@ from typing import Any
 
 from .inventory import Inventory, LiveInventory, local_key_ref
 from .key import KEY_TAG_PREFIX, key_tag
+from .keytag import INDEX_SUFFIX
 from .log import get_logger
 from .redact import redact
 from .runner import Runner
@@ -50,6 +56,7 @@ class GcKind(StrEnum):
     LOCAL_IMAGE = "local-image"
     CONTAINER = "container"
     REFERRERS = "referrers"  # an image's SBOM index under the OCI tag schema
+    INDEX_TAG = "index-tag"  # a multi-arch layer's index over its arches' key tags
 
 
 class GcAction(StrEnum):
@@ -149,6 +156,7 @@ class _Gc:
         self.s3_index = s3_index
         self.runner = runner
         self.log = get_logger()
+        self.seen: set[tuple[GcKind, str]] = set()  # an index is one layer's, met once per node
 
     def add(
         self, kind: GcKind, location: str, layer: str | None, key: str | None, reason: str, fn=None
@@ -192,23 +200,62 @@ class _Gc:
         candidates = [key_tag(k) for k in old if key_tag(k) in tags]
         if not candidates:
             return
+        indexes = sorted(t for t in tags if t.startswith(KEY_TAG_PREFIX) and t.endswith(INDEX_SUFFIX))
         # Every tag gc keeps protects its manifest: deleting a manifest deletes all its tags.
-        protected: dict[str, str] = {}
-        for t in sorted(tags - set(candidates)):
+        digest_of: dict[str, str] = {}
+        for t in sorted(tags):
             d = client.manifest_digest(f"{repo}:{t}")
-            if d is None:
+            if d is None and t not in candidates:
                 self.report.errors.append(
                     redact(f"registry {repo}: cannot get the digest of tag {t}; no key tag deleted there")
                 )
                 return
+            if d is not None:
+                digest_of[t] = d
+        old_digests = {digest_of[t] for t in candidates if t in digest_of}
+        holders: dict[str, str] = {}  # digest -> a tag gc keeps that is neither a candidate nor an index
+        for t in sorted(tags - set(candidates) - set(indexes)):
+            holders.setdefault(digest_of[t], t)
+        protected = dict(holders)
+        listed: dict[str, str] = {}  # digest -> the kept index that lists it
+        drop: list[str] = []
+        for t in indexes:
+            try:
+                members = _index_members(client, f"{repo}:{t}")
+            except Exception as exc:  # unreadable: it might list anything, so nothing is deleted
+                self.report.errors.append(
+                    redact(f"registry {repo}: index {t}: {exc}; no key tag deleted there")
+                )
+                return
+            d = digest_of[t]
+            if d not in holders and members & old_digests:
+                drop.append(t)  # lists a key tag going now, and no human tag is on it
+                continue
             protected.setdefault(d, t)
+            for m in members:  # an index kept keeps the images it lists
+                listed.setdefault(m, f"{t} (tag {holders[d]})" if d in holders else t)
+        for t in drop:
+            if (GcKind.INDEX_TAG, f"{repo}:{t}") in self.seen:
+                continue
+            self.seen.add((GcKind.INDEX_TAG, f"{repo}:{t}"))
+            self.add(
+                GcKind.INDEX_TAG,
+                f"{repo}:{t}",
+                lid,
+                None,
+                "an index listing a removed key tag, no human tag on it",
+                lambda t=t: client.delete_tag(repo, t),
+            )
         for t in candidates:
             key = t[len(KEY_TAG_PREFIX) :]
-            d = client.manifest_digest(f"{repo}:{t}")
+            d = digest_of.get(t)
             if d is None:
                 continue  # gone meanwhile
             if d in protected:
                 self.keep(GcKind.KEY_TAG, f"{repo}:{t}", lid, key, f"same manifest as tag {protected[d]}")
+                continue
+            if d in listed:
+                self.keep(GcKind.KEY_TAG, f"{repo}:{t}", lid, key, f"listed by index {listed[d]}")
                 continue
 
             def delete(t: str = t) -> None:
@@ -300,6 +347,16 @@ class _Gc:
                 remove_container(name, self.runner, step="gc")
 
             self.add(GcKind.CONTAINER, name, None, None, "left by a run that died", rm)
+
+
+def _index_members(client: Any, ref: str) -> set[str]:
+    """The manifest digests an OCI index (or Docker manifest list) at `ref` lists; empty for an image."""
+    got = client.manifest(ref)
+    if got is None:
+        return set()
+    body, _media_type = got
+    doc = json.loads(body)
+    return {m["digest"] for m in doc.get("manifests", []) if isinstance(m, dict) and m.get("digest")}
 
 
 def _in_use_s3(state: State) -> set[tuple[str, str]]:

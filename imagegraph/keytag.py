@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 
 KEY_TAG_PREFIX = "ig-"
+INDEX_SUFFIX = "-index"  # `ig-<hash>-index`: a multi-arch layer's index (gc tells them by it)
 
 
 def key_tag(key: str) -> str:
@@ -26,4 +27,4 @@ def index_key(members: Mapping[str, str]) -> str:
 
 def index_tag(members: Mapping[str, str]) -> str:
     """The immutable registry tag of the index over `members` (arch -> build key)."""
-    return f"{KEY_TAG_PREFIX}{index_key(members)}-index"
+    return f"{KEY_TAG_PREFIX}{index_key(members)}{INDEX_SUFFIX}"

@@ -119,6 +119,9 @@ class LayerPlan:
     spec_id: str = ""
     arch: Arch | None = None
     arches: tuple[Arch, ...] = ()
+    # The node carrying a layer's `index` task: every arch's build key the index lists (arch -> key),
+    # those of arches `--arch` left out included (their key tags are in the registry already).
+    index_members: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.spec_id = self.spec_id or self.layer
@@ -153,6 +156,7 @@ class LayerPlan:
                 if self.multiarch
                 else {}
             ),
+            **({"index_members": self.index_members} if self.index_members else {}),
         }
 
 
@@ -483,9 +487,17 @@ def make_plan(
             arch=arch,
             arches=layer_arches,
         )
-    for lid in order:
-        if len(lg.arches(lid)) > 1 and lg.spec(lid).publish_registry:
-            _plan_index(lid, [lp for lp in plans.values() if lp.spec_id == lid], lg, inventory, offline)
+    multi = [lid for lid in order if len(lg.arches(lid)) > 1 and lg.spec(lid).publish_registry]
+    left_out: dict[str, LayerKey] = {}
+    if arches and multi:
+        # `--arch` narrowed the run: the keys of the arches it left out, so that the index can still
+        # be written when their key tags are in the registry already (built earlier or elsewhere).
+        rest = [a for a in dict.fromkeys(a for lid in multi for a in lg.arches(lid)) if a not in arches]
+        if rest:
+            left_out = node_keys(lg, order, digest_of, upstream_of, rest)[1]
+    for lid in multi:
+        members = [lp for lp in plans.values() if lp.spec_id == lid]
+        _plan_index(lid, members, lg, inventory, offline, left_out)
     return Plan(lg.project.root, lg, plans, keys, offline)
 
 
@@ -545,45 +557,78 @@ def local_tag_suffix(arch: Arch, host: Arch | None = None) -> str:
     return "" if arch == (host or host_arch()) else f"-{arch}"
 
 
+class IndexReason(StrEnum):
+    """Why a multi-arch layer's index is or is not written (reason and note codes)."""
+
+    DUE = "index-due"  # an arch builds or pushes in this run
+    MISSING = "index-missing"  # the index of today's keys is not in the registry
+    MOVED = "index-moved"  # a human tag points elsewhere
+    WAITS = "index-waits"  # an arch in the plan is blocked or unknown
+    WAITS_FOR_ARCHES = "index-waits-for-arches"  # `--arch` left out arches whose key tags are missing
+
+
 def _plan_index(
-    lid: str, members: list[LayerPlan], lg: LayerGraph, inventory: Inventory, offline: bool
+    lid: str,
+    members: list[LayerPlan],
+    lg: LayerGraph,
+    inventory: Inventory,
+    offline: bool,
+    left_out: dict[str, LayerKey] | None = None,
 ) -> None:
     """The fan-in of a multi-arch layer: one `index` task on its first node, after every arch's push.
 
     Due when the index over today's member keys is not in the registry or a human
-    tag points elsewhere; written only when every architecture is in the plan and
-    none is blocked or unknown (a failed arch, at run time, blocks it too).
+    tag points elsewhere; written only when no arch is blocked or unknown (a failed
+    arch, at run time, blocks it too). An arch `--arch` left out (`left_out`: its
+    node's key) counts when its key tag is in the registry; otherwise the index
+    waits for it (`index-waits-for-arches`) and the human tags stay.
     """
     spec = lg.spec(lid)
     first = members[0]
+    repo = f"{spec.publish_registry}/{spec.name}"
+    keys = {str(m.arch): m.key for m in members if m.arch is not None}
     missing = [a for a in lg.arches(lid) if a not in {m.arch for m in members}]
     if missing:
-        first.notes.append(
-            Reason("index-skipped", f"index not written: --arch leaves out {', '.join(missing)}")
-        )
-        return
+        lacking = []
+        tags = None if offline else inventory.registry_tags(spec)
+        for a in missing:
+            lk = (left_out or {}).get(node_id(lid, a))
+            if lk is None or tags is None or tags.unknown or key_tag(lk.key) not in (tags.tags or ()):
+                lacking.append(a)
+            else:
+                keys[str(a)] = lk.key
+        if lacking:
+            why = "unknown" if tags is None or tags.unknown else f"not in {repo}"
+            first.notes.append(
+                Reason(
+                    IndexReason.WAITS_FOR_ARCHES,
+                    f"index waits for {', '.join(lacking)} (--arch left it out; its key tag is {why}); human tags stay",
+                    {"arches": [str(a) for a in lacking]},
+                )
+            )
+            return
     stuck = [m for m in members if m.action in (Action.BLOCKED, Action.UNKNOWN)]
     if stuck:
         first.notes.append(
             Reason(
-                "index-waits",
+                IndexReason.WAITS,
                 f"index not written: {', '.join(f'{m.arch} is {m.action}' for m in stuck)}; human tags stay",
             )
         )
         return
-    itag = index_tag({m.arch: m.key for m in members if m.arch is not None})
-    repo = f"{spec.publish_registry}/{spec.name}"
+    keys = {a: keys[a] for a in map(str, lg.arches(lid))}  # the spec's order
+    itag = index_tag(keys)
     pushes = [t.id for m in members for t in m.tasks if t.kind in (TaskKind.PUSH, TaskKind.BOOT_TEST)]
     reason: Reason | None = None
     if pushes:
-        reason = Reason("index-due", f"index of {', '.join(str(m.arch) for m in members)} follows the builds")
+        reason = Reason(IndexReason.DUE, f"index of {', '.join(keys)} follows the builds")
     elif not offline:
         tags = inventory.registry_tags(spec)
         if tags.unknown:
             first.reasons.insert(0, _unknown(f"registry {spec.publish_registry}", tags.error))
             return
         if itag not in (tags.tags or frozenset()):
-            reason = Reason("index-missing", f"registry lacks the index of today's keys in {repo}")
+            reason = Reason(IndexReason.MISSING, f"registry lacks the index of today's keys in {repo}")
         else:
             at = inventory.tag_digest(spec, itag)
             moved = []
@@ -596,11 +641,12 @@ def _plan_index(
                     moved.append(t)
             if moved:
                 reason = Reason(
-                    "index-moved", f"{', '.join(moved)} in {repo} not on the index of today's keys"
+                    IndexReason.MOVED, f"{', '.join(moved)} in {repo} not on the index of today's keys"
                 )
     if reason is None:
         return
     first.tasks.append(Task(first.layer, TaskKind.INDEX, tuple(pushes), ("registry",)))
+    first.index_members = keys
     first.reasons.append(reason)
     if "registry" not in first.publish:
         first.publish.append("registry")

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .arch import ARCH_NAMES, normalize_arch
 from .cachedir import ensure_dir, safe_to_use
 from .errors import Diagnostic, SpecError
 from .redact import mask_url_credentials
@@ -85,6 +86,11 @@ SETTINGS_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {"partition": {"type": "string", "minLength": 1}, "constraint": {"type": "string"}},
         },
+        "arch_placements": {
+            "type": "object",
+            "propertyNames": {"enum": ARCH_NAMES},
+            "additionalProperties": {"$ref": "#/$defs/placement"},
+        },
         "executor": {
             "type": "object",
             "additionalProperties": False,
@@ -99,7 +105,9 @@ SETTINGS_SCHEMA: dict[str, Any] = {
                 "graphroot": {"type": "string", "pattern": "^/"},
                 "runroot": {"type": "string", "pattern": "^/"},
                 "poll_interval": {"type": "number", "minimum": 0.1, "maximum": 300},
-                "arches": {"type": "object", "additionalProperties": {"$ref": "#/$defs/placement"}},
+                # `arch: {aarch64: {partition: grace}}`; `arches` is its older spelling
+                "arch": {"$ref": "#/$defs/arch_placements"},
+                "arches": {"$ref": "#/$defs/arch_placements"},
             },
         },
     },
@@ -144,7 +152,10 @@ class ExecutorSettings:
             graphroot=d.get("graphroot"),
             runroot=d.get("runroot"),
             poll_interval=float(d.get("poll_interval", 2.0)),
-            arches={k: dict(v) for k, v in (d.get("arches") or {}).items()},
+            arches={
+                str(normalize_arch(k)): dict(v)
+                for k, v in {**(d.get("arches") or {}), **(d.get("arch") or {})}.items()
+            },
         )
 
 

@@ -450,6 +450,14 @@ def result_lines(result: Any) -> list[Text]:
             lines.append(Text(f"{r.layer} {r.status}: {redact(r.error)}", style="red"))
             if r.log_file:
                 lines.append(Text(f"  full log: {r.log_file}  (or: imagegraph log {r.layer})", style="dim"))
+        idx = getattr(r, "index", None)
+        if idx and idx["status"] not in ("ok", "failed"):  # a failed index is the layer's own error above
+            why = (
+                f"blocked by {idx['blocked_by']}"
+                if idx.get("blocked_by")
+                else idx.get("error") or idx["status"]
+            )
+            lines.append(Text(f"{r.layer} index {idx['status']}: {why}; its human tags stay", style="yellow"))
     if result.cancelled:
         lines.append(Text("interrupted: finished layers are recorded; run again to resume", style="magenta"))
     return lines

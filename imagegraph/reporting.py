@@ -135,6 +135,8 @@ class LogReporter:
         }
         if result.error:
             fields["error"] = result.error.splitlines()[0]
+        if result.index is not None:
+            fields["index"] = result.index["status"]
         (self.log.error if result.status == "failed" else self.log.info)("layer finished", **fields)
 
     def run_finished(self, result: RunResult) -> None:

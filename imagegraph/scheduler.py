@@ -107,6 +107,8 @@ class LayerResult:
     blocked_by: str | None = None
     log_file: str | None = None
     tasks: list[TaskResult] = field(default_factory=list)
+    # A multi-arch layer's fan-in (its first node): {"status", "error", "blocked_by"}; None without one.
+    index: dict | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -126,6 +128,7 @@ class LayerResult:
             "blocked_by": self.blocked_by,
             "log_file": self.log_file,
             "tasks": [t.to_json() for t in self.tasks],
+            **({"index": self.index} if self.index is not None else {}),
         }
 
 
@@ -448,6 +451,17 @@ class Scheduler:
             log_file=next((r.log_file for r in reversed(ran) if r.log_file), None),
             tasks=trs,
         )
+        # The index task fans in every arch: its outcome is reported beside this node's own, so a
+        # node whose build and push succeeded is not `blocked` because another arch failed.
+        idx = next((r for r in trs if r.kind == TaskKind.INDEX), None)
+        if idx is not None:
+            out.index = {
+                "status": str(idx.status),
+                "error": redact(idx.error) if idx.error else None,
+                "blocked_by": idx.blocked_by,
+            }
+            if idx.status == TaskStatus.BLOCKED:  # by another arch; the index failing is this node's own
+                trs = [r for r in trs if r is not idx]
         statuses = {r.status for r in trs}
         failed = next((r for r in trs if r.status == TaskStatus.FAILED), None)
         if lp.action in (Action.BLOCKED, Action.UNKNOWN):

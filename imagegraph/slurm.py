@@ -20,6 +20,13 @@ final state (`job_outcome`) to a `BuiltImage` or a `SlurmJobError`.
 The registry is the only state shared with the build nodes: `check_plan`
 refuses a plan whose Slurm-built layers (or their built parents) have no
 `publish_registry`.
+
+A multi-arch layer's nodes are jobs like any other (`build-one DIR
+layer@arch --arch A`), each after its parent's node of the same arch. Each
+arch's job goes to the partition / constraint of `executor.arch.<arch>`
+(native); an arch without an entry goes to the default partition, native for
+the submit host's arch and under emulation otherwise (`arch_placement`;
+`place_plan` notes it on the plan).
 """
 
 from __future__ import annotations
@@ -39,12 +46,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from .arch import Arch, Emulation, emulation, host_arch, normalize_arch
 from .build import ParentImage
 from .build_one import JobExit, read_result, result_path
 from .buildservice import BuiltImage
 from .errors import Diagnostic, ImagegraphError, rel
 from .log import get_logger
-from .plan import Action, LayerPlan, Plan
+from .plan import Action, LayerPlan, Plan, Reason
 from .project import ExecutorSettings
 from .redact import SECRET_ENV, redact
 from .runner import Cancelled, Runner
@@ -256,28 +264,74 @@ def job_outcome(
     return Outcome.UNKNOWN, f"the job is in state {state}"
 
 
+class Placement(StrEnum):
+    """How a Slurm build job of one architecture runs."""
+
+    NATIVE = "native"  # on the partition / constraint `executor.arch` names for it (or the host's arch)
+    EMULATED = "emulated"  # a foreign arch on the default partition, through binfmt_misc + qemu-user
+
+
+@dataclass(frozen=True)
+class ArchPlacement:
+    """Where one architecture's build jobs go: partition, constraint, and native or emulated."""
+
+    arch: Arch
+    partition: str | None
+    constraint: str | None
+    how: Placement
+
+    def describe(self) -> str:
+        where = ", ".join(
+            f"{k} {v}" for k, v in (("partition", self.partition), ("constraint", self.constraint)) if v
+        )
+        where = where or "the default partition"
+        if self.how == Placement.NATIVE:
+            return f"builds natively as Slurm jobs on {where}"
+        return f"builds under emulation (qemu-user) as Slurm jobs on {where}: no executor.arch.{self.arch}"
+
+
+def arch_placement(settings: ExecutorSettings, arch: Arch) -> ArchPlacement:
+    """An arch's placement: its `executor.arch` entry (native), else the defaults (native for the
+    submit host's arch, whose nodes the default partition is taken to hold; emulated otherwise)."""
+    per = settings.arches.get(str(arch))
+    partition = (per or {}).get("partition", settings.partition)
+    constraint = (per or {}).get("constraint", settings.constraint)
+    how = Placement.NATIVE if per is not None or arch == host_arch() else Placement.EMULATED
+    return ArchPlacement(arch, partition, constraint, how)
+
+
+def emulation_for(settings: ExecutorSettings) -> Any:
+    """`make_plan`'s `emulation_of` for a Slurm run: an arch built natively needs no binfmt handler
+    here; an emulated one is checked on this host, standing in for the default partition's nodes."""
+
+    def of(arch: Arch) -> Emulation:
+        if arch_placement(settings, arch).how == Placement.NATIVE:
+            return Emulation(arch, native=True, usable=True)
+        return emulation(arch)
+
+    return of
+
+
+def place_plan(plan: Plan, settings: ExecutorSettings) -> None:
+    """Note on each multi-arch node that builds where its Slurm job goes (`slurm-placement`)."""
+    for lp in plan.layers.values():
+        if lp.action == Action.BUILD and lp.multiarch and lp.arch is not None:
+            pl = arch_placement(settings, lp.arch)
+            detail = {"arch": str(pl.arch), "placement": str(pl.how)}
+            detail.update(
+                {k: v for k, v in (("partition", pl.partition), ("constraint", pl.constraint)) if v}
+            )
+            lp.notes.append(Reason("slurm-placement", pl.describe(), detail))
+
+
 def check_plan(plan: Plan) -> list[Diagnostic]:
     """Layers a Slurm run cannot build: no registry to carry the image between hosts."""
     out = []
     builds = [lid for lid, lp in plan.layers.items() if lp.action == Action.BUILD]
     need: dict[str, str] = {}
     for lid in builds:
-        lp = plan.layers[lid]
-        if lp.multiarch:  # build_one re-derives the key for the node's host: not per arch yet
-            spec = plan.spec(lid)
-            out.append(
-                Diagnostic(
-                    rel(spec.path),
-                    spec.line_of("options.arches"),
-                    1,
-                    f"layer {lp.spec_id} builds for {', '.join(lp.arches)}: Slurm runs of multi-arch "
-                    "layers are not supported yet",
-                    hint="use --executor local",
-                )
-            )
-            continue
         need.setdefault(lid, f"layer {lid} is built as a Slurm job")
-        parent = plan.graph.parent_layer(lid)
+        parent = plan.layers[lid].parent_layer  # the parent's node of the same arch
         if parent is not None:
             need.setdefault(parent, f"layer {parent} is the parent of {lid}, which is built as a Slurm job")
     for lid, why in need.items():
@@ -360,14 +414,14 @@ class SlurmBuildService:
         # sbatch calls run 8 at a time (each waits on slurmctld, not on this host).
         depth: dict[str, int] = {}
         for lp in builds:  # plan order is topological
-            parent = plan.graph.parent_layer(lp.layer)
+            parent = lp.parent_layer  # the parent's node of the same arch
             depth[lp.layer] = depth[parent] + 1 if parent in wanted else 0
         waves: dict[int, list[LayerPlan]] = {}
         for lp in builds:
             waves.setdefault(depth[lp.layer], []).append(lp)
 
         def one(lp: LayerPlan) -> Job:
-            parent = plan.graph.parent_layer(lp.layer)
+            parent = lp.parent_layer
             pj = self.jobs.get(parent) if parent in wanted else None
             if pj is not None and not pj.job_id:
                 return self._unsubmitted(
@@ -433,7 +487,7 @@ class SlurmBuildService:
         ]
         if deps:
             argv.append("--dependency=afterok:" + ":".join(deps))
-        partition, constraint = self.placement(None)
+        partition, constraint = self.placement(str(lp.arch) if lp.arch else None)
         if partition:
             argv.append(f"--partition={partition}")
         if constraint:
@@ -452,6 +506,8 @@ class SlurmBuildService:
             "--run-id",
             self.run_id,
         ]
+        if lp.multiarch and lp.arch is not None:
+            job += ["--arch", str(lp.arch)]
         if s.graphroot:
             job += ["--graphroot", s.graphroot]
         if s.runroot:
@@ -459,9 +515,11 @@ class SlurmBuildService:
         return [*argv, "--wrap", "exec " + shlex.join(job)]
 
     def placement(self, arch: str | None) -> tuple[str | None, str | None]:
-        """Partition and constraint for a build of `arch` (per-arch settings win)."""
-        per = self.settings.arches.get(arch or "", {})
-        return per.get("partition", self.settings.partition), per.get("constraint", self.settings.constraint)
+        """Partition and constraint for a build of `arch` (per-arch settings win; `arch_placement`)."""
+        if arch is None:
+            return self.settings.partition, self.settings.constraint
+        pl = arch_placement(self.settings, normalize_arch(arch))
+        return pl.partition, pl.constraint
 
     def _submit(self, lp: LayerPlan, name: str, deps: list[str]) -> Job:
         log_file = self.log_dir / f"{lp.layer}-{self.run_id}.log"

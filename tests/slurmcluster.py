@@ -95,6 +95,7 @@ JobCompType=jobcomp/filetxt
 JobCompLoc={r}/log/jobcomp.log
 {_node_line(self.host)}
 PartitionName=build Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=grace Nodes={self.host} MaxTime=INFINITE State=UP
 """
         )
 

@@ -200,7 +200,55 @@ def test_index_task_waits_for_every_arch_push(tmp_path: Path) -> None:
     assert not any(t.kind == "tag-registry" for lp in plan.nodes_of("base") for t in lp.tasks)
     narrowed = plan_of(root, tmp_path, arches=[Arch.AARCH64])
     assert not any(t.kind == "index" for lp in narrowed.layers.values() for t in lp.tasks)
-    assert "index not written: --arch leaves out x86_64" in narrowed.layers["base@aarch64"].notes[-1].message
+    note = narrowed.layers["base@aarch64"].notes[-1]
+    assert note.code == "index-waits-for-arches" and note.detail == {"arches": ["x86_64"]}
+    assert "index waits for x86_64 (--arch left it out; its key tag is not in reg.example/x/ma-base)" in str(
+        note
+    )
+
+
+def test_arch_narrowing_writes_the_index_when_the_other_arches_are_in_the_registry(tmp_path: Path) -> None:
+    from imagegraph.inventory import StaticInventory as Inv
+
+    root = site(tmp_path)
+    base = root / "base.yaml"
+    base.write_text(base.read_text().replace("publish_local: true", "publish_registry: reg.example/x"))
+    full = plan_of(root, tmp_path, names=["base"])
+    keys = {str(lp.arch): lp.key for lp in full.nodes_of("base")}
+    assert full.layers["base"].index_members == keys
+    lg = build_graph(load_project(root))
+    emu = lambda a: Emulation(a, native=a == HOST, usable=True)  # noqa: E731
+    # The x86_64 key tag is in the registry: `--arch aarch64` builds aarch64, then writes the index
+    # over both keys (its tag names both), and the human tags follow.
+    inv = Inv(tags={"reg.example/x/ma-base": {key_tag(keys["x86_64"])}})
+    plan = make_plan(lg, State(tmp_path / "s.db"), inv, ["base"], arches=[Arch.AARCH64], emulation_of=emu)
+    node = plan.layers["base@aarch64"]
+    index = [t for t in node.tasks if t.kind == "index"]
+    assert index and index[0].after == ("base@aarch64:push",)
+    assert node.index_members == keys  # the left-out arch's key included, in the spec's order
+    assert node.to_json()["index_members"] == keys
+    assert any(r.code == "index-due" for r in node.reasons)
+    # Up to date everywhere (key tags, the index, human tags on it): nothing to do for the index.
+    from imagegraph.keytag import index_tag
+
+    itag = index_tag(keys)
+    repo = "reg.example/x/ma-base"
+    inv = Inv(
+        tags={repo: {key_tag(keys["x86_64"]), key_tag(keys["aarch64"]), itag, "latest"}},
+        tag_digests={f"{repo}:{itag}": "sha256:i", f"{repo}:latest": "sha256:i"},
+    )
+    plan = make_plan(lg, State(tmp_path / "s.db"), inv, ["base"], arches=[Arch.AARCH64], emulation_of=emu)
+    assert not any(t.kind == "index" for t in plan.layers["base@aarch64"].tasks)
+    # The human tag elsewhere: the narrowed run moves it back onto the index.
+    inv.tag_digests[f"{repo}:latest"] = "sha256:other"
+    plan = make_plan(lg, State(tmp_path / "s.db"), inv, ["base"], arches=[Arch.AARCH64], emulation_of=emu)
+    assert [r.code for r in plan.layers["base@aarch64"].reasons if r.code.startswith("index")] == [
+        "index-moved"
+    ]
+    # The registry does not answer: never treated as absent, the index waits.
+    inv.reachable = False
+    plan = make_plan(lg, State(tmp_path / "s.db"), inv, ["base"], arches=[Arch.AARCH64], emulation_of=emu)
+    assert not any(t.kind == "index" for t in plan.layers["base@aarch64"].tasks)
 
 
 # ------------------------------------------------------------------------------ real
@@ -308,10 +356,13 @@ def test_two_arch_layer_and_child_publish_one_index_per_tag(real_site, tmp_path:
     tags = set(registry_tags(registry.host, "igma/ma-child"))
     assert "1" not in tags and any(t.startswith("ig-") for t in tags)
 
-    rc, doc, err = up(root, state)
+    plan = json.loads(cli("plan", str(root), "--state", str(state), "--json", "--arch", "x86_64").stdout)
+    assert any(n["code"] == "index-waits-for-arches" for lp in plan["layers"] for n in lp["notes"]) is False
+    # aarch64's key tags are in the registry now: `--arch x86_64` builds x86_64 and writes the index.
+    rc, doc, err = up(root, state, "--arch", "x86_64")
     assert rc == 0, err
     names = {x["name"]: x for x in doc["layers"]}
-    assert names["base"]["action"] == "build" and names["base@aarch64"]["action"] == "up-to-date"
+    assert names["base"]["action"] == "build" and names["base"]["index"]["status"] == "ok"
     for tag in ("1", "latest"):
         index = raw_index(f"{registry.host}/igma/ma-child:{tag}")
         assert platforms(index) == {"linux/amd64", "linux/arm64"}
@@ -357,7 +408,11 @@ def test_one_arch_failing_leaves_the_human_tags_list_unchanged(real_site, tmp_pa
     rc, doc, _err = up(root, state)
     assert rc == 1
     status = {x["name"]: x["status"] for x in doc["layers"]}
-    assert status["child@aarch64"] == "failed" and status["child"] != "ok"
+    assert status["child@aarch64"] == "failed"
+    # the x86_64 node's own build and push succeeded; its index task waited for aarch64's
+    host = next(x for x in doc["layers"] if x["name"] == "child")
+    assert status["child"] == "ok" and host["index"]["status"] == "blocked", host
+    assert host["index"]["blocked_by"].startswith("child@aarch64:")
     assert raw_index(f"{registry.host}/igma/ma-child:1") == before  # the tag did not move
     plan = json.loads(cli("plan", str(root), "--state", str(state), "--json").stdout)
     actions = {lp["name"]: lp["action"] for lp in plan["layers"]}
@@ -731,3 +786,350 @@ def test_gc_collects_every_arch_and_keeps_todays_keys(tmp_path: Path) -> None:
         local_key_ref(spec, fake_key("base-old")),
         local_key_ref(spec, fake_key("base@aarch64-old")),
     }
+
+
+# ------------------------------------------------------------------ run results
+
+
+class _FailOne:
+    """An executor that fails the build of one node and does every other task (scheduling only)."""
+
+    build_slots = None
+
+    def __init__(self, fail: str):
+        self.fail = fail
+
+    def prepare(self, plan, tasks) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+    def run_task(self, task, needs):
+        from imagegraph.errors import BuildError
+        from imagegraph.scheduler import TaskResult
+
+        if task.kind == "build" and task.layer == self.fail:
+            raise BuildError(task.layer, "cmds[0]", "exit 1", ["boom"])
+        return TaskResult(task.id, task.layer, task.kind)
+
+
+def test_a_node_whose_own_tasks_succeeded_is_ok_and_its_index_says_blocked(tmp_path: Path) -> None:
+    from imagegraph.render import result_lines
+    from imagegraph.scheduler import run_plan
+
+    root = site(tmp_path)
+    base = root / "base.yaml"
+    base.write_text(base.read_text().replace("publish_local: true", "publish_registry: reg.example/x"))
+    plan = plan_of(root, tmp_path, names=["base"])
+    other = node_id("base", OTHER)
+    result = run_plan(plan, _FailOne(other))
+    host, foreign = result.results["base"], result.results[other]
+    assert foreign.status == "failed"  # the failed arch is not hidden ...
+    assert host.status == "ok"  # ... and the host's node says what its own build and push did
+    assert host.index == {"status": "blocked", "error": host.index["error"], "blocked_by": f"{other}:build"}
+    assert host.to_json()["index"]["status"] == "blocked"
+    assert result.exit_status == 1 and result.failed == [other]
+    text = [str(line) for line in result_lines(result)]
+    assert f"base index blocked: blocked by {other}:build; its human tags stay" in text
+    assert any(line.startswith(f"{other} failed:") for line in text)
+    # Every arch succeeding: the index ran, and says so.
+    ok = run_plan(plan_of(root, tmp_path, names=["base"]), _FailOne("nothing"))
+    assert ok.results["base"].index["status"] == "ok" and ok.exit_status == 0
+    # A host-only layer's result carries no index.
+    assert "index" not in ok.results[other].to_json()
+
+
+def _tiny_image(tmp_path: Path, arch: Arch, label: str) -> str:
+    """A one-file image for `arch` whose content (`label`) makes its digest its own."""
+    ctr = buildah("from", "scratch").stdout.strip()
+    try:
+        f = tmp_path / f"{arch}-{label}.txt"
+        f.write_text(f"{arch} {label}\n")
+        buildah("copy", ctr, str(f), "/which.txt")
+        buildah("config", "--arch", arch.oci, "--os", "linux", ctr)
+        return buildah("commit", "--quiet", ctr).stdout.strip()
+    finally:
+        buildah("rm", ctr, check=False)
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_gc_deletes_old_indexes_and_keeps_what_a_human_tags_index_lists(tmp_path: Path, registry) -> None:
+    """Real registry: an old index behind a human tag keeps its arches' key tags; unneeded, it goes."""
+    from imagegraph.gc import gc
+    from imagegraph.keytag import index_tag
+    from imagegraph.plan import current_keys
+    from imagegraph.publish.manifest import publish_index
+    from imagegraph.publish.registry_client import RegistryClient
+    from imagegraph.runner import Runner
+
+    root = site(tmp_path)
+    base = root / "base.yaml"
+    base.write_text(
+        base.read_text().replace("publish_local: true", f"publish_registry: {registry.host}/iggc")
+    )
+    lg = build_graph(load_project(root))
+    today = current_keys(lg, StaticInventory())
+    repo = f"{registry.host}/iggc/ma-base"
+    nodes = {Arch.X86_64: node_id("base", Arch.X86_64), Arch.AARCH64: node_id("base", Arch.AARCH64)}
+    old = {a: fake_key(f"{n}-old") for a, n in nodes.items()}
+    new = {a: today[n] for a, n in nodes.items()}
+    state = State(tmp_path / "state.db")
+    images = []
+    try:
+        for label, keys in (("old", old), ("new", new)):
+            for a, k in keys.items():
+                images.append(_tiny_image(tmp_path, a, label))
+                buildah("push", "--tls-verify=false", images[-1], f"docker://{repo}:{key_tag(k)}")
+    finally:
+        for img in images:
+            buildah("rmi", img, check=False)
+    for i, keys in enumerate((old, new)):
+        for a, k in keys.items():
+            state.record_build(
+                run_id=f"r{i}", layer=nodes[a], key=k, inputs={}, image_id=f"sha256:{i}", image_ref=None,
+                spec_file="base.yaml", parent_key=None, started=i, finished=i + 1,
+            )  # fmt: skip
+    members = {
+        label: {a: (k, f"{repo}:{key_tag(k)}") for a, k in keys.items()}
+        for label, keys in (("old", old), ("new", new))
+    }
+    publish_index(
+        repo, members["old"], ["1"], Runner(), opts=["--tls-verify=false"]
+    )  # a human tag on the old
+    publish_index(repo, members["new"], ["latest"], Runner(), opts=["--tls-verify=false"])
+    old_index, new_index = index_tag(old), index_tag(new)
+
+    def run_gc():
+        return gc(
+            lg,
+            state,
+            keep=1,
+            current=today,
+            inventory=StaticInventory(),
+            containers=False,
+            registry=RegistryClient(),
+        )
+
+    # Tag 1 is on the old index: it and the key tags it lists stay.
+    report = run_gc()
+    assert report.errors == []
+    assert not report.removed, [i.location for i in report.removed]
+    kept = {i.location: i.reason for i in report.items if i.action == "kept"}
+    assert set(kept) == {f"{repo}:{key_tag(k)}" for k in old.values()}
+    assert all(r.startswith(f"listed by index {old_index} (tag 1)") for r in kept.values()), kept
+    tags = set(registry_tags(registry.host, "iggc/ma-base"))
+    assert {old_index, "1", *(key_tag(k) for k in old.values())} <= tags
+    # Tag 1 moves to today's index: the old index and its key tags are collected, today's stay.
+    client = RegistryClient()
+    client.put_tag(repo, client.manifest_digest(f"{repo}:{new_index}"), "1")
+    report = run_gc()
+    assert report.errors == []
+    removed = {(i.kind, i.location) for i in report.removed}
+    assert removed == {("index-tag", f"{repo}:{old_index}")} | {
+        ("key-tag", f"{repo}:{key_tag(k)}") for k in old.values()
+    }
+    tags = set(registry_tags(registry.host, "iggc/ma-base"))
+    assert tags == {"1", "latest", new_index, *(key_tag(k) for k in new.values())}
+    for m in raw_index(f"{registry.host}/iggc/ma-base:1")["manifests"]:  # every image it lists is there
+        assert RegistryClient().manifest_digest(f"{repo}@{m['digest']}") == m["digest"]
+        assert RegistryClient().manifest(f"{repo}@{m['digest']}") is not None
+
+
+# ------------------------------------------------------------------ Slurm placement
+
+
+def _slurm_site(tmp_path: Path, settings: str) -> Path:
+    root = site(tmp_path)
+    for name in ("base.yaml", "child.yaml"):
+        p = root / name
+        text = p.read_text().replace("publish_local: true", "publish_registry: r.io/x")
+        p.write_text(text.replace("localhost/ma-base:latest", "r.io/x/ma-base:latest"))
+    (root / "child.yaml").write_text(
+        (root / "child.yaml")
+        .read_text()
+        .replace("cmds:", "  arches: [x86_64, aarch64]\ncmds:", 1)
+        .replace("\n    arches", "\n  arches")
+    )
+    (root / "imagegraph.yaml").write_text(settings)
+    return root
+
+
+def test_slurm_submits_each_arch_to_its_partition_after_its_parent_of_the_same_arch(tmp_path: Path) -> None:
+    from imagegraph.project import ExecutorKind
+    from imagegraph.slurm import SlurmBuildService, check_plan, emulation_for, place_plan
+    from tests import fakeslurm
+    from tests.test_slurm import opt, sbatches
+
+    settings = "executor:\n  kind: slurm\n  partition: batch\n  arch:\n    arm64: {partition: grace, constraint: neoverse}\n"
+    root = _slurm_site(tmp_path, settings)
+    project = load_project(root)
+    ex = project.settings.executor
+    assert ex.kind == ExecutorKind.SLURM and ex.arches == {
+        "aarch64": {"partition": "grace", "constraint": "neoverse"}
+    }
+    lg = build_graph(project)
+    never = lambda a: Emulation(a, native=False, usable=False, problem="no handler", fix="enable it")  # noqa: E731
+    # Without Slurm placement this host's missing binfmt handler blocks aarch64 ...
+    assert (
+        make_plan(lg, State(tmp_path / "s.db"), StaticInventory(), emulation_of=never)
+        .layers["base@aarch64"]
+        .action
+        == Action.BLOCKED
+    )
+    # ... placed natively on grace, it builds (no emulation needed here).
+    plan = make_plan(lg, State(tmp_path / "s.db"), StaticInventory(), emulation_of=emulation_for(ex))
+    assert {n: lp.action for n, lp in plan.layers.items()} == dict.fromkeys(
+        ["base", "base@aarch64", "child", "child@aarch64"], Action.BUILD
+    )
+    assert check_plan(plan) == []  # multi-arch layers run through Slurm now
+    place_plan(plan, ex)
+    note = next(n for n in plan.layers["child@aarch64"].notes if n.code == "slurm-placement")
+    assert note.detail == {
+        "arch": "aarch64",
+        "placement": "native",
+        "partition": "grace",
+        "constraint": "neoverse",
+    }
+    assert str(note) == "builds natively as Slurm jobs on partition grace, constraint neoverse"
+    host_note = next(n for n in plan.layers["base"].notes if n.code == "slurm-placement")
+    assert host_note.detail["placement"] == "native" and host_note.detail["partition"] == "batch"
+    assert "slurm-placement" in json.dumps(plan.layers["base@aarch64"].to_json())
+
+    d = tmp_path / "fake"
+    bin_dir = fakeslurm.install(d)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    svc = SlurmBuildService(ex, project_root=root, log_dir=tmp_path / "logs", run_id="r1", env=env)
+    svc.prepare(plan, [lp for lp in plan.layers.values() if lp.action == Action.BUILD])
+    svc.cancel()
+    subs = {opt(a, "--job-name").rsplit("-", 1)[0]: a for a in sbatches(d)}
+    assert set(subs) == {"ig-base", "ig-base@aarch64", "ig-child", "ig-child@aarch64"}
+    arm, x86 = subs["ig-child@aarch64"], subs["ig-child"]
+    assert opt(arm, "--partition") == "grace" and opt(arm, "--constraint") == "neoverse"
+    assert opt(x86, "--partition") == "batch" and opt(x86, "--constraint") is None
+    assert opt(arm, "--dependency") == f"afterok:{svc.jobs['base@aarch64'].job_id}"
+    assert opt(x86, "--dependency") == f"afterok:{svc.jobs['base'].job_id}"
+    assert (
+        "child@aarch64 --key " + plan.layers["child@aarch64"].key in arm[-1]
+        and arm[-1].count("--arch aarch64") == 1
+    )
+    assert "--arch" in x86[-1]  # a multi-arch layer's host node names its arch too
+
+
+def test_slurm_without_an_arch_entry_emulates_on_the_default_partition(tmp_path: Path) -> None:
+    from imagegraph.slurm import Placement, arch_placement, place_plan
+
+    root = _slurm_site(tmp_path, "executor:\n  kind: slurm\n  partition: batch\n")
+    ex = load_project(root).settings.executor
+    assert arch_placement(ex, OTHER).how == Placement.EMULATED
+    assert arch_placement(ex, HOST).how == Placement.NATIVE
+    plan = plan_of(root, tmp_path, names=["base"])
+    place_plan(plan, ex)
+    (note,) = [n for n in plan.layers[node_id("base", OTHER)].notes if n.code == "slurm-placement"]
+    assert note.detail["placement"] == "emulated" and note.detail["partition"] == "batch"
+    assert (
+        str(note)
+        == f"builds under emulation (qemu-user) as Slurm jobs on partition batch: no executor.arch.{OTHER}"
+    )
+
+
+def test_slurm_arch_settings_name_a_known_arch(tmp_path: Path) -> None:
+    root = _slurm_site(tmp_path, "executor:\n  kind: slurm\n  arch:\n    sparc: {partition: old}\n")
+    r = cli("plan", str(root), "--offline")
+    assert r.returncode == 2
+    assert "imagegraph.yaml:4:5" in r.stderr and "'sparc' is not one of" in r.stderr, r.stderr
+
+
+@pytest.mark.buildah
+@pytest.mark.slurm
+@requires(have_buildah(), "needs buildah as root")
+def test_up_through_real_slurm_puts_each_arch_on_its_partition(real_site, slurm, tmp_path: Path) -> None:
+    """A two-arch layer through a real one-node Slurm: aarch64's job on partition grace, x86_64's on
+    the default one, each pushing its key tag from node-local storage; the index names both."""
+    root, registry = real_site
+    (root / "child.yaml").unlink()
+    graphroot = Path("/var/tmp") / f"ig-ma-slurm-{os.getpid()}-{tmp_path.name}"
+    (root / "imagegraph.yaml").write_text(
+        "executor:\n  kind: slurm\n  partition: build\n  poll_interval: 0.5\n"
+        f"  graphroot: '{graphroot}'\n  arch:\n    aarch64: {{partition: grace}}\n"
+    )
+    env = {**os.environ, **slurm.env, "BUILDAH_ISOLATION": "chroot", "IMAGEGRAPH_RETRY_ATTEMPTS": "2"}
+    state = tmp_path / "state"
+    try:
+        plan = subprocess.run(
+            [sys.executable, "-m", "imagegraph.cli", "plan", str(root), "--state", str(state), "--json"],
+            capture_output=True, text=True, env=env, check=True,
+        )  # fmt: skip
+        placed = {
+            lp["name"]: n["detail"]
+            for lp in json.loads(plan.stdout)["layers"]
+            for n in lp["notes"]
+            if n["code"] == "slurm-placement"
+        }
+        assert placed["base@aarch64"] == {"arch": "aarch64", "placement": "native", "partition": "grace"}
+        assert placed["base"]["partition"] == "build"
+        r = subprocess.run(
+            [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--state", str(state), "--json"],
+            capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        doc = json.loads(r.stdout)
+        result = {x["name"]: x for x in doc["layers"]}
+        assert result["base"]["status"] == "ok" and result["base@aarch64"]["status"] == "ok"
+        assert result["base"]["index"]["status"] == "ok"
+        assert platforms(raw_index(f"{registry.host}/igma/ma-base:1")) == {"linux/amd64", "linux/arm64"}
+        comp = (slurm.root / "log" / "jobcomp.log").read_text()
+        lines = {ln.split("Name=", 1)[1].split()[0]: ln for ln in comp.splitlines() if "Name=ig-base" in ln}
+        arm = next(v for k, v in lines.items() if k.startswith("ig-base@aarch64-"))
+        x86 = next(v for k, v in lines.items() if not k.startswith("ig-base@aarch64-"))
+        assert "Partition=grace" in arm and "JobState=COMPLETED" in arm, arm
+        assert "Partition=build" in x86 and "JobState=COMPLETED" in x86, x86
+        # The arm64 image the job pushed is an aarch64 one.
+        cfg = subprocess.run(
+            ["skopeo", "inspect", "--tls-verify=false", "--override-arch", "arm64",
+             f"docker://{registry.host}/igma/ma-base:1"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert json.loads(cfg.stdout)["Architecture"] == "arm64"
+    finally:
+        conf = Path(str(graphroot) + "-run") / "storage.conf"
+        if conf.exists():
+            node = {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "BUILDAH_ISOLATION": "chroot"}
+            subprocess.run(["buildah", "rmi", "--all", "--force"], capture_output=True, env=node, check=False)
+        subprocess.run(["rm", "-rf", str(graphroot), str(graphroot) + "-run"], check=False)
+
+
+_THREE = [Arch.X86_64, Arch.AARCH64, Arch.PPC64LE]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    narrowed=st.lists(st.sampled_from(_THREE), min_size=1, max_size=3, unique=True),
+    in_registry=st.sets(st.sampled_from(_THREE)),
+)
+def test_a_narrowed_plan_writes_the_index_iff_every_left_out_arch_is_in_the_registry(
+    tmp_path: Path, narrowed: list[Arch], in_registry: set[Arch]
+) -> None:
+    from imagegraph.inventory import StaticInventory as Inv
+
+    root = site(tmp_path, base_arches="[x86_64, aarch64, ppc64le]")
+    base = root / "base.yaml"
+    base.write_text(base.read_text().replace("publish_local: true", "publish_registry: reg.example/x"))
+    lg = build_graph(load_project(root))
+    emu = lambda a: Emulation(a, native=a == HOST, usable=True)  # noqa: E731
+    full = make_plan(lg, State(tmp_path / "p.db"), Inv(), ["base"], emulation_of=emu)
+    keys = {lp.arch: lp.key for lp in full.nodes_of("base")}
+    inv = Inv(tags={"reg.example/x/ma-base": {key_tag(keys[a]) for a in in_registry}})
+    plan = make_plan(lg, State(tmp_path / "p.db"), inv, ["base"], arches=narrowed, emulation_of=emu)
+    nodes = plan.nodes_of("base")
+    assert {lp.arch for lp in nodes} == set(narrowed)
+    lacking = [a for a in _THREE if a not in narrowed and a not in in_registry]
+    index = [lp for lp in nodes if any(t.kind == "index" for t in lp.tasks)]
+    waits = [n for lp in nodes for n in lp.notes if n.code == "index-waits-for-arches"]
+    if lacking:
+        assert not index and [w.detail["arches"] for w in waits] == [[str(a) for a in lacking]]
+    else:
+        (node,) = index
+        assert not waits and node.index_members == {str(a): keys[a] for a in _THREE}
+        assert node.to_json()["index_members"] == {str(a): keys[a] for a in _THREE}
