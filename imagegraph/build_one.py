@@ -203,7 +203,7 @@ def build_one(
             from .resolve import locked_nevras
 
             locked = locked_nevras(keys[lid].inputs)
-            req = BuildRequest(spec, key, parent, run_id, locked)
+            req = BuildRequest(spec, key, parent, run_id, locked=locked)
             if a is not None:
                 req = dataclasses.replace(req, arch=a, tag_suffix="" if a == host_arch() else f"-{a}")
             built = build_layer(req, runner)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 from ..arch import Arch
@@ -55,6 +55,7 @@ class BuildRequest:
     key: str  # the layer's content key (64 hex)
     parent: ParentImage | None  # None when spec.parent == "scratch"
     run_id: str = ""  # recorded with the working container so a later run can clean up after a dead one
+    _: KW_ONLY  # the rest by name: two optional fields of similar types were once swapped by position
     # The node's architecture for a multi-arch layer (None: the host's, as single-arch layers always
     # were); `tag_suffix` names its publish_local tags (`name:tag-aarch64`).
     arch: Arch | None = None
