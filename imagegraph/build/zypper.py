@@ -114,9 +114,9 @@ def install(work: Work) -> None:
                     "the repositories: run `imagegraph lock --update` (or `imagegraph up --update-lock`)",
                 ) from exc
         return
-    if spec.packages:
-        with work.step("packages", f"{len(spec.packages)} packages"):
-            zypper(["install", "--auto-agree-with-licenses", *spec.packages])
+    if work.packages:
+        with work.step("packages", f"{len(work.packages)} packages"):
+            zypper(["install", "--auto-agree-with-licenses", *work.packages])
 
 
 def missing_locked(lines: list[str]) -> list[str]:
