@@ -24,6 +24,7 @@ from imagegraph.arch import Arch, emulation, host_arch
 from imagegraph.errors import SpecError
 from imagegraph.graph import build_graph
 from imagegraph.key import compute_keys
+from imagegraph.labels import image_labels
 from imagegraph.project import load_project
 from imagegraph.spec import load_spec, packages_for_arch
 from tests.fixtures_build import buildah, fake_key, have_buildah
@@ -83,6 +84,9 @@ def test_each_arch_gets_packages_then_its_own_entry(tmp_path: Path) -> None:
     assert packages_for_arch(spec, Arch.X86_64) == ("busybox-static", "linux-image-cloud-amd64")
     assert packages_for_arch(spec, Arch.PPC64LE) == ("busybox-static",)  # named nowhere: packages only
     assert packages_for_arch(spec) == packages_for_arch(spec, HOST)  # default: the host's
+    # image-builder's packages label on each arch's image names that arch's list
+    label = "org.openchami.image.packages"
+    assert image_labels(spec, Arch.AARCH64)[label] == "busybox-static,linux-image-cloud-arm64"
     assert not spec.warnings
 
 
@@ -204,6 +208,7 @@ INITRAMFS = (
 )
 
 
+@pytest.mark.slow  # about 50 s here: two extract-variant builds and one TCG boot
 @pytest.mark.buildah
 @requires(have_buildah(), "needs buildah as root")
 def test_up_builds_each_arch_with_its_kernel_and_boots_aarch64(tmp_path: Path) -> None:
@@ -245,7 +250,7 @@ def test_up_builds_each_arch_with_its_kernel_and_boots_aarch64(tmp_path: Path) -
     )
     state = tmp_path / "state" / "state.db"
     plan = json.loads(cli("plan", str(root), "--state", str(state), "--json").stdout)
-    tasks = {lp["id"]: [t["kind"] for t in lp["tasks"]] for lp in plan["layers"]}
+    tasks = {lp["name"]: [t["kind"] for t in lp["tasks"]] for lp in plan["layers"]}
     assert "boot-test" in tasks["node@aarch64" if HOST != Arch.AARCH64 else "node"], tasks
     assert "boot-test" not in tasks["node" if HOST != Arch.AARCH64 else "node@x86_64"], tasks
     started = time.monotonic()
@@ -254,7 +259,7 @@ def test_up_builds_each_arch_with_its_kernel_and_boots_aarch64(tmp_path: Path) -
         took = time.monotonic() - started
         print(f"\ntwo-arch kernel layer up, aarch64 boot-tested: {took:.0f} s")
         assert rc == 0, err[-4000:]
-        results = {r["layer"]: r for r in doc["layers"]}
+        results = {r["name"]: r for r in doc["layers"]}
         assert {r["status"] for r in results.values()} == {"ok"}, results
         for arch, deb in ((Arch.X86_64, "amd64"), (Arch.AARCH64, "arm64")):
             files = out / "ap-node" / "1" / str(arch)
@@ -262,7 +267,7 @@ def test_up_builds_each_arch_with_its_kernel_and_boots_aarch64(tmp_path: Path) -
             assert manifest["kver"].endswith(f"-cloud-{deb}"), manifest  # each arch its own kernel
             assert (files / "rootfs.squashfs").is_file() and (files / "initramfs.img").is_file()
         # The boot test ran for aarch64 only, and the serial console says the guest was aarch64.
-        logs = sorted((state.parent / "boot").glob("*.log"))
+        logs = sorted(tmp_path.rglob("boot/*.log"))
         assert len(logs) == 1 and "aarch64" in logs[0].name, logs
         serial = logs[0].read_text(errors="replace")
         assert "IG-BOOTED-aarch64" in serial and "Machine model: linux,dummy-virt" in serial, serial[-2000:]
