@@ -643,7 +643,7 @@ def _resolve_layers(lg: Any, old: LockFile, new: LockFile, report: LockReport, f
         inherited = sources_of.get(link.layer, []) if link.kind == "layer" else []
         sources_of[lid] = _dedupe(usable + inherited)
         why = unresolvable(spec)
-        if why is None and not usable and (spec.packages or spec.package_groups):
+        if why is None and not usable and (spec.packages or spec.packages_by_arch or spec.package_groups):
             why = "it installs from repository files of the parent image's own"
         base: list[LockedPackage] | None
         if link.kind == "scratch":

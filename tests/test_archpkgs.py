@@ -280,3 +280,17 @@ def test_up_builds_each_arch_with_its_kernel_and_boots_aarch64(tmp_path: Path) -
         for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
             if "/ap-node:" in ref:
                 buildah("rmi", "-f", ref, check=False)
+
+
+def test_a_lock_entry_goes_stale_only_for_the_arch_whose_list_moved(tmp_path: Path) -> None:
+    """resolve.request_digest (what decides that imagegraph.lock must be re-resolved) per arch."""
+    from imagegraph.resolve import request_digest
+
+    one = load_spec(node_spec(tmp_path / "a", "x86_64: [k-x64]\naarch64: [k-aa64]"))
+    two = load_spec(node_spec(tmp_path / "b", "x86_64: [k-x64]\naarch64: [k-aa64, shim-aa64]"))
+    other = load_spec(node_spec(tmp_path / "d", "ppc64le: [k-ppc]", arches="[x86_64, aarch64, ppc64le]"))
+    assert request_digest(one, [], "x86_64") == request_digest(two, [], "x86_64")
+    assert request_digest(one, [], "aarch64") != request_digest(two, [], "aarch64")
+    plain = load_spec(node_spec(tmp_path / "c", "", arches="[x86_64, aarch64, ppc64le]"))
+    assert request_digest(plain, [], "aarch64") == request_digest(other, [], "aarch64")
+    assert request_digest(plain, [], "ppc64le") != request_digest(other, [], "ppc64le")
