@@ -248,6 +248,7 @@ def test_up_builds_each_arch_with_its_kernel_and_boots_aarch64(tmp_path: Path) -
           - {json.dumps(INITRAMFS)}
         """,
     )
+    _remove_images()  # an earlier run's image of the same key would be reused, not built
     state = tmp_path / "state" / "state.db"
     plan = json.loads(cli("plan", str(root), "--state", str(state), "--json").stdout)
     tasks = {lp["name"]: [t["kind"] for t in lp["tasks"]] for lp in plan["layers"]}
@@ -261,6 +262,7 @@ def test_up_builds_each_arch_with_its_kernel_and_boots_aarch64(tmp_path: Path) -
         assert rc == 0, err[-4000:]
         results = {r["name"]: r for r in doc["layers"]}
         assert {r["status"] for r in results.values()} == {"ok"}, results
+        assert {r["action"] for r in results.values()} == {"build"}, results
         for arch, deb in ((Arch.X86_64, "amd64"), (Arch.AARCH64, "arm64")):
             files = out / "ap-node" / "1" / str(arch)
             manifest = json.loads((files / "manifest.json").read_text())
@@ -277,9 +279,13 @@ def test_up_builds_each_arch_with_its_kernel_and_boots_aarch64(tmp_path: Path) -
         again = json.loads(cli("plan", str(root), "--state", str(state), "--json").stdout)
         assert {lp["action"] for lp in again["layers"]} == {"up-to-date"}, again
     finally:
-        for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
-            if "/ap-node:" in ref:
-                buildah("rmi", "-f", ref, check=False)
+        _remove_images()
+
+
+def _remove_images() -> None:
+    for ref in buildah("images", "--format", "{{.Name}}:{{.Tag}}", check=False).stdout.split():
+        if "/ap-node:" in ref:
+            buildah("rmi", "-f", ref, check=False)
 
 
 def test_a_lock_entry_goes_stale_only_for_the_arch_whose_list_moved(tmp_path: Path) -> None:
