@@ -39,7 +39,7 @@ from .keytag import KEY_TAG_PREFIX as KEY_TAG_PREFIX
 from .keytag import key_tag as key_tag
 from .labels import label_inputs
 from .redact import mask_url_credentials
-from .spec import LayerSpec
+from .spec import LayerSpec, packages_for_arch
 
 # 2: the target architecture, each build backend's name, version and defaults (the ansible
 # project tree among them), options.key_paths, and the image name and parent as written (the
@@ -154,7 +154,8 @@ def _build_inputs(
                 ],
                 "modules": [[sub, list(items)] for sub, items in spec.modules],
                 "package_groups": list(spec.package_groups),
-                "packages": list(spec.packages),
+                # The node's own list: another arch's packages_by_arch entry is not in this key.
+                "packages": list(packages_for_arch(spec, arch)),
                 "remove_packages": list(spec.remove_packages),
                 "copyfiles": [
                     {"src": c.src, "dest": c.dest, "opts": list(c.opts), "content": path_digest(c.source)}

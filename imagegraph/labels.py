@@ -14,12 +14,13 @@ force a rebuild of every image whose tags change).
 
 from __future__ import annotations
 
-from .spec import LayerSpec
+from .arch import Arch
+from .spec import LayerSpec, packages_for_arch
 
 OPENCHAMI = "org.openchami.image."
 
 
-def image_labels(spec: LayerSpec) -> dict[str, str]:
+def image_labels(spec: LayerSpec, arch: Arch | None = None) -> dict[str, str]:
     """Labels every build of `spec` gets, sorted by name.
 
     image-builder's labels win over same-named spec labels, as they do there.
@@ -39,8 +40,9 @@ def image_labels(spec: LayerSpec) -> dict[str, str]:
     labels[OPENCHAMI + "package-manager"] = spec.pkg_manager or ""
     if spec.repos:
         labels[OPENCHAMI + "repositories"] = ",".join(r.alias for r in spec.repos)
-    if spec.packages:
-        labels[OPENCHAMI + "packages"] = ",".join(spec.packages)
+    packages = packages_for_arch(spec, arch)  # the node's own list (packages_by_arch)
+    if packages:
+        labels[OPENCHAMI + "packages"] = ",".join(packages)
     if spec.package_groups:
         labels[OPENCHAMI + "package-groups"] = ",".join(spec.package_groups)
     return dict(sorted(labels.items()))

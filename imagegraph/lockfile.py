@@ -739,7 +739,7 @@ def _resolve_arch(
         inherited = sources_of.get(link.layer, []) if link.kind == "layer" else []
         sources_of[lid] = _dedupe(usable + inherited)
         why = unresolvable(spec) or file_why
-        if why is None and not usable and (spec.packages or spec.package_groups):
+        if why is None and not usable and (spec.packages or spec.packages_by_arch or spec.package_groups):
             why = "it installs from repository files of the parent image's own"
         base: list[LockedPackage] | None
         if link.kind == "scratch":

@@ -41,7 +41,8 @@ SETTINGS_FILE = "imagegraph.yaml"
 LOCK_FILE = "imagegraph.lock"
 NOT_LAYERS = {SETTINGS_FILE, "imagegraph.yml", LOCK_FILE}
 STATE_DIR = ".imagegraph"
-CACHE_FORMAT = 3  # 2: specs with missing sources are kept (Diagnostic.kind "source"); 3: arches
+CACHE_FORMAT = 4  # 2: specs with missing sources are kept (Diagnostic.kind "source"); 3: arches;
+# 4: packages_by_arch
 
 SETTINGS_SCHEMA: dict[str, Any] = {
     "type": "object",

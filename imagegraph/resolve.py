@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .arch import normalize_arch
 from .cachedir import ensure_dir, user_cache_dir
 from .redact import redact
-from .spec import LayerSpec
+from .spec import LayerSpec, packages_for_arch
 
 SYSTEM_PYTHON = os.environ.get("IMAGEGRAPH_SYSTEM_PYTHON", "/usr/bin/python3")
 HELPER = Path(__file__).with_name("solvhelper.py")
@@ -420,7 +421,7 @@ def request_digest(spec: LayerSpec, repos: list[tuple[str, str]], arch: str) -> 
         "releasever": spec.releasever,
         "repos": sorted(repos),
         "package_groups": list(spec.package_groups),
-        "packages": list(spec.packages),
+        "packages": list(packages_for_arch(spec, normalize_arch(arch))),  # this arch's list
         "remove_packages": list(spec.remove_packages),
         "modules": [[s, list(i)] for s, i in spec.modules],
     }
@@ -435,9 +436,10 @@ def resolve_layer(
     arch: str,
 ) -> Resolution:
     """What `spec`'s package step installs on `base` (see the module docstring)."""
+    packages = packages_for_arch(spec, normalize_arch(arch))  # packages_by_arch: this arch's too
     if spec.pkg_manager == "apt":
         # `name=version` is apt's pin; libsolv spells it as a relation
-        install = [p.replace("=", " = ", 1) if "=" in p else p for p in spec.packages]
+        install = [p.replace("=", " = ", 1) if "=" in p else p for p in packages]
         if spec.is_scratch:  # mmdebstrap --variant=minbase: Essential:yes, Priority:required, apt
             install = minbase(repos) + install
         if not install:
@@ -459,7 +461,7 @@ def resolve_layer(
             install.append(f"pattern() = {g}")
         else:
             install += group_members(repos, g)
-    install += list(spec.packages)
+    install += list(packages)
     if not install:
         return Resolution([])
     return solve(repos, lookup, base, install, arch)

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .arch import Arch, normalize_arch
+from .arch import Arch, host_arch, normalize_arch
 from .errors import Diagnostic, SpecError
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ class LayerSpec:
     modules: tuple[tuple[str, tuple[str, ...]], ...] = ()
     package_groups: tuple[str, ...] = ()
     packages: tuple[str, ...] = ()
+    # packages_by_arch: the extra packages one arch installs after `packages` (packages_for_arch)
+    packages_by_arch: tuple[tuple[Arch, tuple[str, ...]], ...] = ()
     remove_packages: tuple[str, ...] = ()
     copyfiles: tuple[CopyFile, ...] = ()
     cmds: tuple[Cmd, ...] = ()
@@ -174,6 +176,19 @@ class LayerSpec:
         if not self.gpgcheck:
             return False
         return bool(repo.gpg) or not self.is_scratch or repo.url.endswith(".repo")
+
+
+def packages_for_arch(spec: LayerSpec, arch: Arch | None = None) -> tuple[str, ...]:
+    """The packages `spec` installs when built for `arch` (default: the host's).
+
+    `packages` first, then that arch's `packages_by_arch` entry (none for an arch
+    it does not name). Builds, keys and locks all take a node's list from here.
+    """
+    arch = arch or host_arch()
+    for a, extra in spec.packages_by_arch:
+        if a == arch:
+            return spec.packages + tuple(p for p in extra if p not in spec.packages)
+    return spec.packages
 
 
 # --------------------------------------------------------------------------- schema
@@ -784,7 +799,16 @@ def _build(
             warn(["options", k], f"{k} is ignored: the layer has no publish_s3")
 
     if layer_type == "ansible":
-        for k in ("repos", "modules", "package_groups", "packages", "remove_packages", "copyfiles", "cmds"):
+        for k in (
+            "repos",
+            "modules",
+            "package_groups",
+            "packages",
+            "packages_by_arch",
+            "remove_packages",
+            "copyfiles",
+            "cmds",
+        ):
             if k in doc:
                 warn([k], f"'{k}' is ignored for layer_type 'ansible' (image-builder ignores it too)")
         if not opts.get("playbooks"):
@@ -914,6 +938,31 @@ def _build(
             continue
         arches.append(a)
 
+    by_arch: dict[Arch, tuple[str, ...]] = {}
+    for written, names in (to_plain(doc.get("packages_by_arch")) or {}).items():
+        where = ["packages_by_arch", written]
+        try:
+            a = normalize_arch(str(written))
+        except ValueError as exc:
+            error(
+                where,
+                f"packages_by_arch: {exc}",
+                hint="name the architecture as the distribution does: x86_64, aarch64, ppc64le",
+                key=True,
+            )
+            continue
+        if a in by_arch:
+            error(where, f"packages_by_arch: {a} is named twice (as {written!r} too)", key=True)
+            continue
+        if arches and a not in arches:
+            warn(
+                where,
+                f"packages_by_arch: the layer does not build {a} (options.arches: "
+                f"{', '.join(arches)}); ignored",
+                hint=f"add {a} to options.arches or drop this entry",
+            )
+        by_arch[a] = _as_tuple(names)
+
     boot_opts = dict(opts.get("boot_test") or {})
     boot_arches: list[Arch] = []
     for written in _as_tuple(boot_opts.pop("arches", None)):
@@ -951,6 +1000,7 @@ def _build(
         modules=modules,
         package_groups=_as_tuple(doc.get("package_groups")),
         packages=_as_tuple(doc.get("packages")),
+        packages_by_arch=tuple(by_arch.items()),
         remove_packages=_as_tuple(doc.get("remove_packages")),
         copyfiles=tuple(copyfiles),
         cmds=tuple(cmds),

@@ -110,12 +110,12 @@ def bootstrap(work: Work) -> None:
                 argv.append(f"--setup-hook=copy-in {key} /etc/apt/trusted.gpg.d/")
     _skip_unsupported(work)
     # imagegraph.lock resolved minbase and the packages: every one at its locked version.
-    wanted = list(spec.packages) if work.locked is None else list(work.locked)
+    wanted = list(work.packages) if work.locked is None else list(work.locked)
     if wanted:
         argv.append("--include=" + ",".join(wanted))
     argv += [suite, str(work.mount), *(source_line(r, suite, spec.gpgcheck) for r in repos)]
     label = (
-        f"{len(work.locked)} locked packages" if work.locked is not None else f"{len(spec.packages)} packages"
+        f"{len(work.locked)} locked packages" if work.locked is not None else f"{len(work.packages)} packages"
     )
     with work.step(
         "packages",
@@ -145,7 +145,7 @@ def install_inside(work: Work) -> None:
             )
     _skip_unsupported(work)
     # imagegraph.lock resolved the packages: install exactly those versions (`name=version`).
-    wanted = list(spec.packages) if work.locked is None else list(work.locked)
+    wanted = list(work.packages) if work.locked is None else list(work.locked)
     if wanted:
         label = f"{len(wanted)} {'locked ' if work.locked is not None else ''}packages"
         with work.step("packages", label):

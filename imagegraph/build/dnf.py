@@ -172,9 +172,9 @@ def install(work: Work) -> None:
     if spec.package_groups:
         with work.step("package_groups", ", ".join(spec.package_groups)):
             dnf(["groupinstall", *spec.package_groups])
-    if spec.packages:
-        with work.step("packages", f"{len(spec.packages)} packages"):
-            dnf(["install", *spec.packages])
+    if work.packages:
+        with work.step("packages", f"{len(work.packages)} packages"):
+            dnf(["install", *work.packages])
 
 
 def missing_locked(lines: list[str]) -> list[str]:

@@ -75,12 +75,14 @@ def local_ref(spec: LayerSpec, key: str) -> str:
     return f"{LOCAL_REPO}/{spec.name}:{key_tag(key)}"
 
 
-def image_labels(spec: LayerSpec, key: str, parent: ParentImage | None) -> dict[str, str]:
+def image_labels(
+    spec: LayerSpec, key: str, parent: ParentImage | None, arch: Arch | None = None
+) -> dict[str, str]:
     """Labels set at commit: the spec's (labels.py, all key inputs) and imagegraph's key labels.
 
     io.imagegraph.* win over everything, since the planner trusts them.
     """
-    labels = spec_image_labels(spec)
+    labels = spec_image_labels(spec, arch)
     labels["io.imagegraph.key"] = key
     labels["io.imagegraph.parent-key"] = (parent.key or "") if parent else ""
     return labels
@@ -204,7 +206,7 @@ def _commit(work: Work, req: BuildRequest) -> str:
     spec = work.spec
     with work.step("labels"):
         argv = ["buildah", "config"]
-        for k, v in image_labels(spec, req.key, req.parent).items():
+        for k, v in image_labels(spec, req.key, req.parent, req.arch).items():
             argv += ["--label", f"{k}={v}"]
         work.run([*argv, work.container])
     ref = local_ref(spec, req.key)

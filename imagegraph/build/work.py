@@ -19,7 +19,7 @@ from typing import Any
 from ..arch import Arch
 from ..rootfs import resolve_in_root
 from ..runner import Completed, Runner
-from ..spec import LayerSpec
+from ..spec import LayerSpec, packages_for_arch
 
 
 @dataclass
@@ -35,6 +35,11 @@ class Work:
     current: str = "start"
     steps: list[tuple[str, float]] = field(default_factory=list)
     arch: Arch | None = None  # a multi-arch layer's node arch (None: the host's, today's argv)
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """The packages this node installs: `packages` plus its arch's `packages_by_arch` entry."""
+        return packages_for_arch(self.spec, self.arch)
 
     @contextlib.contextmanager
     def step(self, name: str, message: str | None = None) -> Iterator[None]:

@@ -101,9 +101,9 @@ def install(work: Work) -> None:
             work, lambda pkgs: zypper(["install", "--auto-agree-with-licenses", *pkgs]), missing_locked
         )
         return
-    if spec.packages:
-        with work.step("packages", f"{len(spec.packages)} packages"):
-            zypper(["install", "--auto-agree-with-licenses", *spec.packages])
+    if work.packages:
+        with work.step("packages", f"{len(work.packages)} packages"):
+            zypper(["install", "--auto-agree-with-licenses", *work.packages])
 
 
 def missing_locked(lines: list[str]) -> list[str]:
