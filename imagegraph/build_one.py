@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runner as runner_mod
-from .arch import host_arch, normalize_arch
+from .arch import emulation, host_arch, normalize_arch
 from .errors import BuildError, ImagegraphError, PublishError, SpecError
 from .key import compute_keys, key_tag
 from .redact import redact
@@ -133,6 +133,15 @@ def build_one(
         lid = lg.lookup(layer.rpartition("@")[0] if a and "@" in layer else layer)
     except (SpecError, ImagegraphError, ValueError) as exc:
         raise JobFailure(JobExit.USAGE, f"cannot load {root} on this node: {exc}") from exc
+    if a is not None:
+        # The submit host checked its own binfmt handlers; an emulated arch runs on this node's.
+        emu = emulation(a)
+        if not emu.usable:
+            raise JobFailure(
+                JobExit.INFRASTRUCTURE,
+                f"this {host_arch()} node ({socket.gethostname()}) cannot run {a} binaries: {emu.problem}; "
+                f"run `{emu.fix}` on it, or build {a} natively (executor.arch.{a} in imagegraph.yaml)",
+            )
     # `buildah pull` of a multi-arch parent picks this arch's image from its index.
     platform = ("--arch", a.oci, "--os", "linux") if a else ()
     spec = lg.spec(lid)

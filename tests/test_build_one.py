@@ -61,3 +61,33 @@ def test_a_directory_it_cannot_load_is_a_usage_failure(tmp_path: Path) -> None:
         json.loads(result.read_text())["category"]
         == "the layer directory could not be loaded on the build node"
     )
+
+
+def test_an_arch_this_node_cannot_run_fails_before_anything_is_built(tmp_path: Path, monkeypatch) -> None:
+    """The submit host's binfmt check says nothing of a build node's: the job checks its own."""
+    import pytest
+
+    from imagegraph import build_one as job
+    from imagegraph.arch import Arch, Emulation, host_arch
+    from imagegraph.runner import Runner
+
+    foreign = Arch.AARCH64 if host_arch() != Arch.AARCH64 else Arch.X86_64
+    root = tmp_path / "layers"
+    write(root, "a.yaml", SPEC.replace("  name: a\n", f"  name: a\n  arches: [{host_arch()}, {foreign}]\n"))
+    asked: list[Arch] = []
+
+    def no_handler(arch: Arch) -> Emulation:
+        asked.append(arch)
+        return Emulation(
+            arch, native=False, usable=False, problem="no handler", fix="update-binfmts --enable x"
+        )
+
+    monkeypatch.setattr(job, "emulation", no_handler)
+    monkeypatch.setattr(job, "compute_keys", lambda *a, **k: pytest.fail("got as far as the keys"))
+    with pytest.raises(job.JobFailure) as exc:
+        job.build_one(root, f"a@{foreign}", "0" * 64, "r1", Runner(), {}, str(foreign))
+    assert asked == [foreign]
+    assert exc.value.status == JobExit.INFRASTRUCTURE
+    msg = str(exc.value)
+    assert f"cannot run {foreign} binaries: no handler" in msg and "update-binfmts --enable x" in msg
+    assert f"executor.arch.{foreign}" in msg
