@@ -214,6 +214,33 @@ def spec_files(root: Path) -> list[Path]:
     return files
 
 
+def spec_dirs_below(root: Path, depth: int = 2, visit: int = 200) -> list[Path]:
+    """Directories up to `depth` levels below `root` that hold layer specs, looking into at most
+    `visit` directories (for a hint when `root` holds none: image-builder sites keep their specs
+    in `image-configs/` or one folder per example)."""
+    found: list[Path] = []
+    level, visited = [root], 0
+    for _ in range(depth):
+        below = []
+        for d in level:
+            try:
+                subs = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:
+                continue
+            for sub in subs:
+                visited += 1
+                if visited > visit:
+                    return found
+                try:
+                    if spec_files(sub):
+                        found.append(sub)
+                except OSError:
+                    continue
+                below.append(sub)
+        level = below
+    return found
+
+
 def load_settings(root: Path) -> tuple[Settings, list[Diagnostic]]:
     for name in (SETTINGS_FILE, "imagegraph.yml"):
         path = root / name
@@ -432,7 +459,16 @@ def load_project(
     settings, diags = load_settings(root)
     files = spec_files(root)
     if not files:
-        diags.append(Diagnostic(str(root), 0, 0, "no layer specs (*.yaml) found here"))
+        below = spec_dirs_below(root)
+        shown = ", ".join(os.path.relpath(d) for d in below[:4]) + (
+            f" (and {len(below) - 4} more)" if len(below) > 4 else ""
+        )
+        hint = (
+            f"give a directory of specs: {shown}"
+            if below
+            else "give the directory that holds the layer specs"
+        )
+        diags.append(Diagnostic(str(root), 0, 0, "no layer specs (*.yaml) found here", hint=hint))
     cache = SpecCache(cache_dir / "specs.pickle" if cache_dir else None)
     real = RealPaths()
     layers: dict[str, LayerSpec] = {}

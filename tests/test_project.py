@@ -26,6 +26,25 @@ def test_only_top_level_specs_are_layers(tmp_path: Path) -> None:
     assert sorted(p.layers) == ["base", "compute", "gpu"] and p.settings.jobs == 2
 
 
+def test_a_directory_without_specs_names_the_ones_below_that_have_some(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # image-builder checkouts keep specs one or two levels down (image-configs/, examples-*/)
+    write(tmp_path, "site/image-configs/base.yaml", MIN)
+    write(tmp_path, "examples-a/base.yaml", MIN)
+    write(tmp_path, "docs/notes.txt", "not a spec\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SpecError) as ei:
+        load_project(tmp_path)
+    (d,) = ei.value.diagnostics
+    assert d.message == "no layer specs (*.yaml) found here"
+    assert d.hint == "give a directory of specs: examples-a, site/image-configs"
+    empty = tmp_path / "docs"
+    with pytest.raises(SpecError) as ei:
+        load_project(empty)
+    assert ei.value.diagnostics[0].hint == "give the directory that holds the layer specs"
+
+
 def test_top_level_yaml_list_is_skipped_with_a_warning(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", MIN)
     write(tmp_path, "site.yml", "# a playbook\n- hosts: all\n")
