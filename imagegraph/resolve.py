@@ -291,8 +291,11 @@ def image_installed(
     from .runner import CommandError, Runner
 
     target = normalize_arch(arch) if arch else host_arch()
-    plat = [] if target == host_arch() else ["--arch", target.oci]
-    ident = ref if not plat else f"{ref} {target}"
+    # The platform is always named and the image always asked for: with `--pull=missing` and no
+    # `--arch`, buildah takes whichever image of the reference is local (another arch's, pulled
+    # for that arch's entry) with only a warning.
+    plat = ["--arch", target.oci, "--os", "linux"]
+    ident = ref if target == host_arch() else f"{ref} {target}"
     cached = metadata_cache() / "images" / (hashlib.sha256(ident.encode()).hexdigest() + ".json")
     if "@sha256:" in ref and cached.is_file():
         doc = json.loads(cached.read_text())
@@ -302,11 +305,16 @@ def image_installed(
     env = buildah_env()
     try:
         runner.run(
-            ["buildah", "from", "--pull=missing", *plat, *pull_opts, "--name", name, ref],
+            ["buildah", "from", "--pull=always", *plat, *pull_opts, "--name", name, ref],
             step="lock",
             env=env,
             capture=True,
         )
+        got = runner.output(
+            ["buildah", "inspect", "--format", "{{.OCIv1.Architecture}}", name], step="lock", env=env
+        ).strip()
+        if got != target.oci:  # buildah only warns when the reference offers no such platform
+            raise ResolveError(f"{redact(ref)} offers no {target} image (got {got or 'no architecture'})")
         mount = Path(runner.output(["buildah", "mount", name], step="lock", env=env).strip())
         inv = read_inventory(mount, runner, step="lock")
     except (CommandError, OSError) as exc:

@@ -516,8 +516,9 @@ def test_external_parent_is_read_for_the_nodes_arch(tmp_path: Path, monkeypatch)
         with pytest.raises(ResolveError, match="cannot read the installed packages"):
             image_installed(ref, runner=Runner(), arch=arch)
     froms = [c for c in calls if c[1] == "from"]
+    # every arch is named, the host's too (the real-index test below shows why)
     assert ["--arch", Arch(OTHER).oci] == froms[0][3:5]
-    assert "--arch" not in froms[1]
+    assert ["--arch", Arch(HOST).oci] == froms[1][3:5]
     assert froms[0][froms[0].index("--name") + 1] != froms[1][froms[1].index("--name") + 1]
 
 
@@ -539,3 +540,80 @@ def test_repo_file_section_priority_is_followed(repo, tmp_path: Path) -> None:
         assert entry(root, "b.yaml", HOST) == ["ig-lib 0:2.0-1 noarch"]
     finally:
         other.cleanup()
+
+
+def _arch_image(tmp_path: Path, arch: str, rpms: list[Path], name: str) -> None:
+    """A scratch image for `arch` whose rpm database holds `rpms` (installed by the host's rpm
+    into a directory: noarch packages without scriptlets, so nothing runs)."""
+    from tests.fixtures_build import buildah
+
+    root = tmp_path / f"root-{arch}"
+    subprocess.run(
+        # Debian's rpm keeps its own database in ~/.rpmdb: name the distributions' place
+        ["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-i", "--nodeps", "--noscripts"]
+        + ["--ignorearch", *map(str, rpms)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    ctr = buildah("from", "scratch").stdout.strip()
+    try:
+        buildah("copy", ctr, f"{root}/", "/")
+        buildah("config", "--arch", Arch(arch).oci, "--os", "linux", ctr)
+        buildah("commit", "-q", ctr, name)
+    finally:
+        buildah("rm", ctr, check=False)
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_a_multi_arch_external_parent_is_read_per_arch_from_a_real_index(
+    repo, registry, tmp_path: Path, monkeypatch
+) -> None:
+    """An external parent published as a two-arch index: each arch's lock entry is resolved on
+    that arch's image of the index (pulled by the locked digest), not on the host's."""
+    from tests.fixtures_build import buildah
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    lib = next(repo.path.glob("ig-lib-1.0-1.noarch.rpm"))
+    hello = next(repo.path.glob("ig-hello-1.0-1.noarch.rpm"))
+    ref = f"{registry.host}/ext/{P}-vendor:1"
+    local = {HOST: f"localhost/{P}-vendor:{HOST}", OTHER: f"localhost/{P}-vendor:{OTHER}"}
+    index = f"{P}-vendor-index"
+    try:
+        _arch_image(tmp_path, HOST, [lib, hello], local[HOST])  # the host's image has ig-hello
+        _arch_image(tmp_path, OTHER, [lib], local[OTHER])
+        buildah("manifest", "create", index)
+        for a in (HOST, OTHER):
+            buildah("manifest", "add", index, f"containers-storage:{local[a]}")
+        buildah("manifest", "push", "--all", "--tls-verify=false", index, f"docker://{ref}")
+        buildah("manifest", "rm", index, check=False)
+        buildah("rmi", "-f", *local.values(), check=False)
+
+        root = tmp_path / "layers"
+        spec = layer("child", ref, repo.url, ["ig-drv", "ig-hello"])
+        spec = spec.replace("options:\n", "options:\n  registry_opts_pull: ['--tls-verify=false']\n")
+        write(root, "child.yaml", spec)
+        r = lock(graph(root))
+        assert not r.errors and r.written, (r.errors, r.notes)
+        # ig-lib is in both arches' parent images; ig-hello only in the host's.
+        assert entry(root, "child.yaml", HOST) == [f"ig-drv 0:1.0-1 {HOST}"]
+        assert entry(root, "child.yaml", OTHER) == [f"ig-drv 0:1.0-1 {OTHER}", "ig-hello 0:1.0-1 noarch"]
+
+        # Again with both arches' images now in local storage and nothing cached: each arch is
+        # still read from its own image (a pull-if-missing that took whichever image is local
+        # would give both arches the same base).
+        import shutil
+
+        shutil.rmtree(tmp_path / "cache")
+        (root / "imagegraph.lock").unlink()
+        r = lock(graph(root))
+        assert not r.errors and r.written, (r.errors, r.notes)
+        assert entry(root, "child.yaml", HOST) == [f"ig-drv 0:1.0-1 {HOST}"]
+        assert entry(root, "child.yaml", OTHER) == [f"ig-drv 0:1.0-1 {OTHER}", "ig-hello 0:1.0-1 noarch"]
+    finally:
+        buildah("manifest", "rm", index, check=False)
+        for line in buildah("images", "--format", "{{.ID}} {{.Name}}", check=False).stdout.splitlines():
+            image_id, _, name = line.partition(" ")
+            if f"{P}-vendor" in name:
+                buildah("rmi", "-f", image_id, check=False)
