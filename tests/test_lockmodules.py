@@ -324,8 +324,10 @@ def test_module_layer_build_installs_exactly_the_locked_versions(site, repo, tmp
     try:
         assert cli("lock", str(site)).returncode == 0
         assert locked(site, "mod.yaml") == ["ig-busybox 0:1.0-1", "ig-hello 0:2.0-1"]
-        # A newer artifact in the stream, not locked: `module install` alone would take it.
-        repo.add_version("ig-hello", "2.1")
+        # A newer artifact in the stream, not locked, with a new dependency: `module install` alone
+        # would take both, and a downgrade to the locked version afterwards would leave ig-newdep.
+        repo.add_version("ig-newdep", "1.0")
+        repo.add_version("ig-hello", "2.1", requires=("ig-newdep",))
         repo.set_modules(
             MOD2
             + module_doc(
