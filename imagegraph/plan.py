@@ -1008,6 +1008,11 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
                     and isinstance(b.get(name), list)
                 ):
                     out.extend(_package_reasons(a[name], b[name]))
+                elif name == "modules" and (a or {}).get(name) != (b or {}).get(name):
+                    from .lockfile import module_diff  # the dnf module streams its image has enabled
+
+                    for d in module_diff((a or {}).get(name) or [], (b or {}).get(name) or []):
+                        out.append(Reason("upstream-package", f"upstream: {d}", {"change": d}))
                 elif (a or {}).get(name) != (b or {}).get(name):
                     out.append(_upstream_reason(name, (a or {}).get(name), (b or {}).get(name)))
         elif field_name == "backend":

@@ -358,3 +358,37 @@ def test_module_layer_build_installs_exactly_the_locked_versions(site, repo, tmp
             buildah("rm", name, check=False)
     finally:
         remove_test_images()
+
+
+def test_module_hotfixes_repository_is_not_filtered(site, repo, tmp_path: Path) -> None:
+    """A `.repo` section with module_hotfixes=1 keeps its build of a modular package's name visible."""
+    hot = make_repo(tmp_path / "hot")
+    try:
+        hot.add_version("ig-hello", "2.5")
+        for flag, want in (("0", "ig-hello 0:2.0-1"), ("1", "ig-hello 0:2.5-1")):
+            (tmp_path / "site.repo").write_text(
+                f"[R]\nbaseurl={repo.url}\ngpgcheck=0\n\n"
+                f"[H]\nbaseurl=file://{hot.path}\ngpgcheck=0\nmodule_hotfixes={flag}\n"
+            )
+            text = layer(
+                "mod", "scratch", f"file://{tmp_path}/site.repo", ["ig-hello"], "  enable: ['ig-mod:2']\n"
+            )
+            write(site, "mod.yaml", text)
+            (site / "child.yaml").unlink(missing_ok=True)
+            r = lock(graph(site), update=True)
+            assert not r.errors, r.errors
+            assert locked(site, "mod.yaml") == [want], flag
+    finally:
+        hot.cleanup()
+
+
+def test_plan_names_a_module_stream_change() -> None:
+    from imagegraph.plan import diff_inputs
+
+    pk = ["ig-hello 0:2.0-1 noarch R"]
+    old = {"upstream": {"packages": pk, "modules": ["ig-mod:1"]}}
+    new = {"upstream": {"packages": pk, "modules": ["ig-mod:2"]}}
+    assert [r.message for r in diff_inputs(old, new)] == [
+        "upstream: module -ig-mod:1",
+        "upstream: module +ig-mod:2",
+    ]
