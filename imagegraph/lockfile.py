@@ -26,8 +26,10 @@ package step installs, resolved by resolve.py on its parent's installed set,
 one line each (`name epoch:version-release arch repo checksum`). A layer
 with a set is keyed by it instead of its repositories' fingerprints; the
 fingerprints then only say whether a re-resolve is needed. `request` (the
-spec fields the set depends on) and `base` (the parent's set) say when an
-entry is stale.
+spec fields the set depends on) and `base` (the parent's set, and the dnf
+module streams its image enabled) say when an entry is stale. `modules` lists
+the module streams the layer's image leaves enabled (or disabled): its
+children start from them, and its key includes them.
 
 Fetches are retried (bounded, `IMAGEGRAPH_RETRY_*` like registry requests).
 A repository that cannot be fetched is an error naming it and the layer files

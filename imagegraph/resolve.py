@@ -7,7 +7,11 @@ zypper's `-t pattern` picks it) against the layer's repositories for the
 node's architecture (each arch of a multi-arch layer has its own set), with the installed set of its parent image
 as the base; for an apt layer its `packages` (without recommends, as the
 build; from scratch mmdebstrap's minbase first, then usr-is-merged), with
-apt's choices where libsolv's would differ (solvhelper.py). It returns the
+apt's choices where libsolv's would differ (solvhelper.py). A dnf layer's
+`modules:` operations and the module state its parent leaves pick the active
+module streams, and dnf's modular filtering hides packages before the
+depsolve (modulemd.py; the repository's modules.yaml is read like its
+primary). It returns the
 exact packages the package step would install
 (`LockedPackage`: name, epoch:version-release, arch, repository alias and
 the package checksum from the repository metadata). The solver is libsolv,

@@ -392,3 +392,57 @@ def test_plan_names_a_module_stream_change() -> None:
         "upstream: module -ig-mod:1",
         "upstream: module +ig-mod:2",
     ]
+
+
+def test_external_parent_module_state_is_read_from_its_image(site, repo, tmp_path: Path, monkeypatch) -> None:
+    """An external parent's /etc/dnf/modules.d is its module state (read once per digest); its
+    enabled stream then decides what the child locks."""
+    import imagegraph.packages as packages_mod
+    import imagegraph.resolve as resolve_mod
+    from imagegraph.packages import InventoryStatus, Package, PackageFormat
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    mnt = tmp_path / "mnt"
+    (mnt / "etc/dnf/modules.d").mkdir(parents=True)
+    (mnt / "etc/dnf/modules.d/ig-mod.module").write_text(
+        "[ig-mod]\nname=ig-mod\nstream=2\nprofiles=\nstate=enabled\n"
+    )
+    (mnt / "etc/dnf/modules.d/ig-dflt.module").write_text(
+        "[ig-dflt]\nname=ig-dflt\nstream=\nstate=disabled\n"
+    )
+    calls: list[list[str]] = []
+
+    class Runner:
+        def run(self, argv, **kw):
+            calls.append(list(argv))
+
+        def output(self, argv, **kw):
+            calls.append(list(argv))
+            return str(mnt)
+
+    inv = packages_mod.Inventory(
+        InventoryStatus.KNOWN, PackageFormat.RPM, [Package("ig-busybox", "1.0-1", "noarch")]
+    )
+    monkeypatch.setattr(packages_mod, "read_inventory", lambda *a, **k: inv)
+    ref = "registry.example/base@sha256:" + "b" * 64
+    seen = resolve_mod.image_contents(ref, runner=Runner())
+    assert seen.modules == {"ig-mod": "2", "ig-dflt": None}
+    n = len(calls)
+    assert resolve_mod.image_contents(ref, runner=Runner()).modules == seen.modules and len(calls) == n
+
+    class Registry:
+        errors: dict = {}
+
+        def configure_for(self, spec):
+            pass
+
+        def manifest_digest(self, ref):
+            return "sha256:" + "b" * 64
+
+    monkeypatch.setattr(resolve_mod, "image_contents", lambda *a, **k: seen)
+    write(site, "child.yaml", layer("child", "registry.example/base:1", repo.url, ["ig-tool", "ig-extra"]))
+    r = lock(graph(site), registry=Registry())
+    assert not r.errors, r.errors
+    # ig-mod:2 enabled in the parent: its ig-tool 2.0; ig-dflt disabled there: the non-modular 3.0.
+    assert locked(site, "child.yaml") == ["ig-extra 0:3.0-1", "ig-tool 0:2.0-1"]
+    assert entry(site, "child.yaml")["modules"] == ["ig-dflt (disabled)", "ig-mod:2"]
