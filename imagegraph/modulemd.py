@@ -131,14 +131,36 @@ def parse_modules(text: str, repo: str, into: ModuleMetadata | None = None) -> M
     return meta
 
 
-def load_modules(repos: Iterable[tuple[str, Path, bool]], read: object) -> ModuleMetadata:
-    """The module metadata of `(alias, modules.yaml path, module_hotfixes)`; `read(path)` -> bytes."""
-    meta = ModuleMetadata()
-    for alias, path, hotfixes in repos:
-        if hotfixes:
-            meta.hotfix_repos.add(alias)
-        parse_modules(read(path).decode("utf-8", errors="replace"), alias, meta)  # type: ignore[operator]
-    return meta
+def to_doc(meta: ModuleMetadata) -> dict:
+    """One repository's parsed modules as JSON (resolve.py keeps it beside the modules.yaml: JSON
+    reads many times faster than YAML, and an AppStream modules.yaml is megabytes)."""
+    return {
+        "streams": [
+            [s.name, s.stream, s.version, s.context, list(s.artifacts), [[p, list(r)] for p, r in s.profiles]]
+            for s in meta.streams
+        ],
+        "defaults": meta.defaults,
+        "default_profiles": [[n, st, list(p)] for (n, st), p in meta.default_profiles.items()],
+    }
+
+
+def merge_doc(meta: ModuleMetadata, doc: dict, repo: str) -> None:
+    """Add a `to_doc` document of repository `repo` to `meta`."""
+    for name, stream, version, context, artifacts, profiles in doc["streams"]:
+        meta.streams.append(
+            ModuleStream(
+                name,
+                stream,
+                version,
+                context,
+                repo,
+                tuple(artifacts),
+                tuple((p, tuple(r)) for p, r in profiles),
+            )
+        )
+    meta.defaults.update(doc["defaults"])
+    for name, stream, profs in doc["default_profiles"]:
+        meta.default_profiles[(name, stream)] = tuple(profs)
 
 
 # ------------------------------------------------------------------------- the state

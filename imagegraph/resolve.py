@@ -540,22 +540,38 @@ _module_cache: dict[tuple[tuple[str, str, bool], ...], Any] = {}
 
 
 def module_metadata(repos: Iterable[RepoData]) -> Any:
-    """The `modulemd.ModuleMetadata` of the repositories' modules.yaml files (parsed once per run)."""
-    from .modulemd import ModuleError, load_modules
+    """The `modulemd.ModuleMetadata` of the repositories' modules.yaml files: parsed once, then
+    kept as JSON beside the (checksum-named) file in the metadata cache, and once per run."""
+    from .modulemd import ModuleError, ModuleMetadata, merge_doc, parse_modules, to_doc
 
+    repos = list(repos)
     key = tuple((r.alias, str(r.modules), r.hotfixes) for r in repos if r.modules is not None or r.hotfixes)
-    if key not in _module_cache:
+    if key in _module_cache:
+        return _module_cache[key]
+    meta = ModuleMetadata()
+    for r in repos:
+        if r.hotfixes:
+            meta.hotfix_repos.add(r.alias)
+        if r.modules is None:
+            continue
+        parsed = r.modules.with_name(r.modules.name + ".json")
+        source = hashlib.sha256(r.modules.read_bytes()).hexdigest()  # a file without a checksum may change
         try:
-            _module_cache[key] = load_modules(
-                [(r.alias, r.modules, r.hotfixes) for r in repos if r.modules is not None],
-                _read_maybe_compressed,
-            )
-        except ModuleError as exc:
-            raise ResolveError(str(exc)) from exc
-        for r in repos:  # a hotfix repository without modules.yaml is still exempt
-            if r.hotfixes:
-                _module_cache[key].hotfix_repos.add(r.alias)
-    return _module_cache[key]
+            doc = json.loads(parsed.read_text())
+            if doc.get("source") != source:
+                raise ValueError("stale")
+        except (OSError, ValueError):
+            text = _read_maybe_compressed(r.modules).decode("utf-8", errors="replace")
+            try:
+                doc = {**to_doc(parse_modules(text, r.alias)), "source": source}
+            except ModuleError as exc:
+                raise ResolveError(str(exc)) from exc
+            tmp = parsed.with_name(f".{parsed.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, parsed)
+        merge_doc(meta, doc, r.alias)
+    _module_cache[key] = meta
+    return meta
 
 
 def minbase(repos: Iterable[RepoData]) -> list[str]:
