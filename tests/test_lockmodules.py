@@ -242,8 +242,9 @@ def test_reset_returns_a_module_to_its_default() -> None:
 # ------------------------------------------------------------------------- real dnf
 
 
-def dnf_installs(repo, tmp_path: Path, name: str, steps: list[list[str]]) -> list[str]:
-    """What the host's real dnf installs into an empty --installroot for `steps` (name-evr)."""
+def dnf_installs(repo, tmp_path: Path, name: str, steps: list[list[str]]) -> tuple[list[str], dict]:
+    """What the host's real dnf installs into an empty --installroot for `steps` (name evr), and
+    the module state it leaves in the root's /etc/dnf/modules.d."""
     root, home, reposd = tmp_path / f"root-{name}", tmp_path / f"home-{name}", tmp_path / f"repos-{name}"
     for d in (root, home, reposd):
         d.mkdir()
@@ -268,7 +269,9 @@ def dnf_installs(repo, tmp_path: Path, name: str, steps: list[list[str]]) -> lis
         env=env,
         check=True,
     )
-    return sorted(q.stdout.split("\n")[:-1])
+    from imagegraph.modulemd import read_modules_d
+
+    return sorted(q.stdout.split("\n")[:-1]), read_modules_d(root / "etc/dnf/modules.d")
 
 
 @requires(shutil.which("dnf") is not None, "needs dnf")
@@ -284,12 +287,25 @@ def test_resolved_sets_match_what_real_dnf_installs(site, repo, tmp_path: Path) 
     for name, (ops, pkgs) in cases.items():
         mods = "".join(f"  {op[1]}: ['{op[2]}']\n" for op in ops)
         write(site, f"{name}.yaml", layer(name, "scratch", repo.url, pkgs, mods))
-    (site / "child.yaml").unlink()
+    # and a child of mod: its dnf starts from mod's root, with ig-mod:2 enabled there
+    write(site, "child.yaml", layer("child", f"localhost/{P}-mod:1", repo.url, ["ig-tool"]))
     r = lock(graph(site))
     assert not r.errors, r.errors
     for name, (ops, pkgs) in cases.items():
-        want = dnf_installs(repo, tmp_path, name, ops + ([["install", *pkgs]] if pkgs else []))
+        want, state = dnf_installs(repo, tmp_path, name, ops + ([["install", *pkgs]] if pkgs else []))
         assert locked(site, f"{name}.yaml") == want, name
+        assert parse_state(entry(site, f"{name}.yaml").get("modules") or []) == state, name
+    parent, _ = dnf_installs(
+        repo, tmp_path, "parent", [["module", "enable", "ig-mod:2"], ["install", "ig-hello"]]
+    )
+    both, state = dnf_installs(
+        repo,
+        tmp_path,
+        "child",
+        [["module", "enable", "ig-mod:2"], ["install", "ig-hello"], ["install", "ig-tool"]],
+    )
+    assert locked(site, "child.yaml") == sorted(set(both) - set(parent)) == ["ig-tool 0:2.0-1"]
+    assert parse_state(entry(site, "child.yaml")["modules"]) == state == {"ig-mod": "2"}
 
 
 # ---------------------------------------------------------------------------- building
