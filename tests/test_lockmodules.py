@@ -462,3 +462,25 @@ def test_external_parent_module_state_is_read_from_its_image(site, repo, tmp_pat
     # ig-mod:2 enabled in the parent: its ig-tool 2.0; ig-dflt disabled there: the non-modular 3.0.
     assert locked(site, "child.yaml") == ["ig-extra 0:3.0-1", "ig-tool 0:2.0-1"]
     assert entry(site, "child.yaml")["modules"] == ["ig-dflt (disabled)", "ig-mod:2"]
+
+
+@requires(shutil.which("zstd") is not None, "needs zstd (scripts/install-system-deps.sh)")
+def test_compressed_modules_yaml_is_read(tmp_path: Path) -> None:
+    """modules.yaml.gz, .xz and .zst read alike, and parsed once per content (JSON beside it)."""
+    import gzip
+    import lzma
+
+    from imagegraph.resolve import RepoData, module_metadata
+
+    raw = (MOD2 + DFLT).encode()
+    files = {
+        "gz": gzip.compress(raw),
+        "xz": lzma.compress(raw),
+        "zst": subprocess.run(["zstd", "-c"], input=raw, capture_output=True, check=True).stdout,
+    }
+    for ext, data in files.items():
+        path = tmp_path / f"modules.yaml.{ext}"
+        path.write_bytes(data)
+        meta = module_metadata([RepoData("R", [], modules=path)])
+        assert meta.defaults == {"ig-dflt": "a"} and {s.stream for s in meta.streams} == {"2", "a"}, ext
+        assert (tmp_path / f"modules.yaml.{ext}.json").is_file()
