@@ -25,7 +25,14 @@ aarch64]`, a `$basearch` URL: one mirror per arch, each N packages) against
 the 1-arch one: `lock` cold, warm and after an unrelated package appeared in
 both mirrors (one depsolve per layer and arch).
 
-Usage: python bench/resolve_bench.py [N] [--arches]
+`--modules`: instead, the site against the same mirror with and without a
+modules.yaml (N // 30 modules of 3 streams x 2 versions, 5 artifacts each,
+every other module with a default stream; base also installs a default
+stream's packages, compute enables a non-default stream and installs its):
+`lock` cold and after an unrelated package appeared, i.e. what reading
+modules.yaml and dnf's modular filtering add.
+
+Usage: python bench/resolve_bench.py [N] [--arches | --modules]
 """
 
 from __future__ import annotations
@@ -70,8 +77,36 @@ def package_xml(
     )
 
 
-def write_repo(path: Path, n: int, extra: int = 0, seed: int = 7, arch: str = "x86_64") -> None:
-    """n packages (+ `extra` unrelated ones); repodata/repomd.xml + primary.xml.gz."""
+def modular(n: int) -> tuple[list[str], str]:
+    """The modular packages' primary entries and the modules.yaml over them (see `--modules`)."""
+    body, docs = [], []
+    for k in range(max(4, n // 30)):
+        for s in ("1", "2", "3"):
+            for v in (1, 2):
+                arts = []
+                for j in range(5):
+                    name, ver = f"mod{k:03d}-pkg{j}", f"{s}.{v}"
+                    body.append(package_xml(name, ver, ["lib000.so.1()(64bit)"], [], []))
+                    arts.append(f"      - {name}-0:{ver}-1.el9.x86_64\n")
+                docs.append(
+                    f'---\ndocument: modulemd\nversion: 2\ndata:\n  name: mod{k:03d}\n  stream: "{s}"\n'
+                    f"  version: {v}\n  context: c0ffee42\n  arch: x86_64\n  summary: m\n  description: m\n"
+                    f"  license:\n    module: [MIT]\n  profiles:\n    default:\n      rpms: [mod{k:03d}-pkg0]\n"
+                    f"  artifacts:\n    rpms:\n{''.join(arts)}...\n"
+                )
+        if k % 2:
+            docs.append(
+                f"---\ndocument: modulemd-defaults\nversion: 1\ndata:\n  module: mod{k:03d}\n"
+                f'  stream: "1"\n  profiles:\n    "1": [default]\n...\n'
+            )
+    return body, "".join(docs)
+
+
+def write_repo(
+    path: Path, n: int, extra: int = 0, seed: int = 7, arch: str = "x86_64", modules: bool | None = None
+) -> None:
+    """n packages (+ `extra` unrelated ones); repodata/repomd.xml + primary.xml.gz. `modules`:
+    the modular packages, and with True the modules.yaml.gz record too."""
     rnd = random.Random(seed)
     core = [f"lib{i:03d}" for i in range(max(50, n // 15))]
     body = []
@@ -89,6 +124,8 @@ def write_repo(path: Path, n: int, extra: int = 0, seed: int = 7, arch: str = "x
         if i > 10 and rnd.random() < 0.5:
             reqs.append(f"pkg{rnd.randrange(i):05d}")
         body.append(package_xml(name, "1.0", reqs, [], [], arch))
+    mod_body, mod_yaml = modular(n) if modules is not None else ([], "")
+    body += mod_body
     xml = (
         '<?xml version="1.0" encoding="UTF-8"?>\n<metadata xmlns="http://linux.duke.edu/metadata/common" '
         f'xmlns:rpm="http://linux.duke.edu/metadata/rpm" packages="{len(body)}">\n'
@@ -102,22 +139,33 @@ def write_repo(path: Path, n: int, extra: int = 0, seed: int = 7, arch: str = "x
     shutil.rmtree(rd, ignore_errors=True)
     rd.mkdir(parents=True)
     (rd / f"{sha}-primary.xml.gz").write_bytes(data)
+    mod_record = ""
+    if modules:
+        mdata = gzip.compress(mod_yaml.encode(), 6, mtime=0)
+        msha = hashlib.sha256(mdata).hexdigest()
+        (rd / f"{msha}-modules.yaml.gz").write_bytes(mdata)
+        mod_record = (
+            f'<data type="modules"><checksum type="sha256">{msha}</checksum>'
+            f'<location href="repodata/{msha}-modules.yaml.gz"/><size>{len(mdata)}</size></data>\n'
+        )
     (rd / "repomd.xml").write_text(
         '<?xml version="1.0" encoding="UTF-8"?>\n<repomd xmlns="http://linux.duke.edu/metadata/repo">\n'
         f"<revision>{len(body)}</revision>\n"
         f'<data type="primary"><checksum type="sha256">{sha}</checksum>'
         f'<open-checksum type="sha256">{open_sum}</open-checksum>'
-        f'<location href="repodata/{sha}-primary.xml.gz"/><size>{len(data)}</size></data>\n</repomd>\n'
+        f'<location href="repodata/{sha}-primary.xml.gz"/><size>{len(data)}</size></data>\n'
+        f"{mod_record}</repomd>\n"
     )
 
 
-def layer(name: str, parent: str, url: str, packages: list[str], arches: str = "") -> str:
+def layer(name: str, parent: str, url: str, packages: list[str], arches: str = "", modules: str = "") -> str:
     return (
         f"options:\n  layer_type: base\n  name: {name}\n  pkg_manager: dnf\n  parent: '{parent}'\n"
         f"  gpgcheck: false\n  releasever: '9'\n  publish_local: true\n"
         + (f"  arches: {arches}\n" if arches else "")
         + f"repos:\n  - alias: BaseOS\n    url: '{url}'\n"
-        f"packages: [{', '.join(packages)}]\n"
+        + (f"modules:\n{modules}" if modules else "")
+        + f"packages: [{', '.join(packages)}]\n"
     )
 
 
@@ -173,11 +221,54 @@ def arches_main(n: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def modules_main(n: int) -> None:
+    """`lock` against the mirror without and with its modules.yaml (see the module docstring)."""
+    work = Path(tempfile.mkdtemp(prefix="ig-resolve-bench-"))
+    rnd = random.Random(3)
+    leaves = [f"pkg{i:05d}" for i in rnd.sample(range(n - max(50, n // 15)), 100)]
+    site = work / "site"
+    site.mkdir()
+    url = f"file://{work}/mirror"
+    (site / "base.yaml").write_text(layer("base", "scratch", url, [*leaves[:60], "mod001-pkg0"]))
+    env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
+    lock = [IMAGEGRAPH, "lock", str(site), "--update", "--state", str(work / "state" / "s.db")]
+    res: dict[str, list[tuple[float, float]]] = {}
+    picked = {}
+    for r in range(ROUNDS):
+        for label, with_modules in (("without modules.yaml", False), ("with modules.yaml", True)):
+            enable = "  enable: ['mod000:2']\n" if with_modules else ""  # no such module without it
+            pkgs = [*leaves[60:], "mod000-pkg1"]
+            (site / "compute.yaml").write_text(
+                layer("compute", "localhost/base:latest", url, pkgs, "", enable)
+            )
+            write_repo(work / "mirror", n, modules=with_modules)
+            (site / "imagegraph.lock").unlink(missing_ok=True)
+            shutil.rmtree(work / "cache", ignore_errors=True)
+            res.setdefault(f"{label}: cold", []).append(timed(lock, env))
+            write_repo(work / "mirror", n, extra=1 + r, modules=with_modules)
+            res.setdefault(f"{label}: moved", []).append(timed(lock, env))
+            text = (site / "imagegraph.lock").read_text()
+            picked[label] = sorted(
+                " ".join(x.split()[1:3]) for x in text.splitlines() if x.startswith("  - mod0")
+            )
+    print(f"{n} packages + {max(4, n // 30) * 30} modular; modular packages locked: {picked}")
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    print("| run | wall median (s) | CPU median (s) |")
+    for k, v in res.items():
+        wall = statistics.median(w for w, _ in v)
+        cpu = statistics.median(c for _, c in v)
+        print(f"| {k} | {wall:.3f} | {cpu:.3f} |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     n = int(args[0]) if args else 3000
     if "--arches" in sys.argv:
         arches_main(n)
+        return
+    if "--modules" in sys.argv:
+        modules_main(n)
         return
     work = Path(tempfile.mkdtemp(prefix="ig-resolve-bench-"))
     repo = work / "repo"

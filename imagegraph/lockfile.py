@@ -26,8 +26,10 @@ package step installs, resolved by resolve.py on its parent's installed set,
 one line each (`name epoch:version-release arch repo checksum`). A layer
 with a set is keyed by it instead of its repositories' fingerprints; the
 fingerprints then only say whether a re-resolve is needed. `request` (the
-spec fields the set depends on) and `base` (the parent's set) say when an
-entry is stale.
+spec fields the set depends on) and `base` (the parent's set, and the dnf
+module streams its image enabled) say when an entry is stale. `modules` lists
+the module streams the layer's image leaves enabled (or disabled): its
+children start from them, and its key includes them.
 
 Fetches are retried (bounded, `IMAGEGRAPH_RETRY_*` like registry requests).
 A repository that cannot be fetched is an error naming it and the layer files
@@ -88,6 +90,7 @@ class RepoSource:
     suite: str | None = None  # apt
     proxy: str | None = None
     priority: int | None = None  # a `.repo` file section's (the spec's own are read from spec.repos)
+    hotfixes: bool = False  # a `.repo` file section's module_hotfixes=1
 
     @property
     def shown_url(self) -> str:
@@ -262,6 +265,8 @@ class LockFile:
         """
         entry = self.layer_entry(spec, arch)  # arch: dnf's basearch, default this host's
         if entry is not None:
+            if entry.get("modules"):  # the dnf module streams enabled in the image it leaves
+                return {"packages": list(entry["packages"]), "modules": list(entry["modules"])}
             return {"packages": list(entry["packages"])}
         out = {}
         for src in repo_sources(spec, arch):
@@ -601,7 +606,11 @@ def unresolvable(spec: LayerSpec) -> str | None:
     if spec.pkg_manager not in ("dnf", "apt", "zypper"):
         return f"pkg_manager {spec.pkg_manager} is not resolved yet"
     if spec.modules:
-        return "dnf modules are not resolved yet"
+        from .modulemd import unsupported
+
+        if spec.pkg_manager != "dnf":
+            return f"modules with pkg_manager {spec.pkg_manager}"
+        return unsupported(spec.modules)
     return None
 
 
@@ -621,6 +630,11 @@ def package_diff(old: list[LockedPackage], new: list[LockedPackage]) -> list[str
         elif o.checksum != n.checksum or o.repo != n.repo:
             out.append(f"{n.name} {n.version} rebuilt ({n.repo})")
     return out
+
+
+def module_diff(old: list[str], new: list[str]) -> list[str]:
+    """The lock entry's module streams that changed: `module +name:stream`, `module -name:stream`."""
+    return [f"module -{x}" for x in old if x not in new] + [f"module +{x}" for x in new if x not in old]
 
 
 def repo_file_sources(
@@ -646,7 +660,12 @@ def repo_file_sources(
             return [], f"repository {section} of {src.shown_url} uses $releasever and the spec sets none"
         prio = cp.get(section, "priority", fallback="").strip()
         url = substitute(urls[0], releasever, basearch)
-        out.append(RepoSource(section, "rpm-md", url, None, src.proxy, int(prio) if prio.isdigit() else None))
+        hotfixes = cp.get(section, "module_hotfixes", fallback="0").strip().lower() in ("1", "true", "yes")
+        out.append(
+            RepoSource(
+                section, "rpm-md", url, None, src.proxy, int(prio) if prio.isdigit() else None, hotfixes
+            )
+        )
     if not out:
         return [], f"{src.shown_url} enables no repository"
     return out, None
@@ -709,10 +728,12 @@ def _resolve_arch(
     expanded: dict,
 ) -> None:
     """`_resolve_layers` for the layers that build `arch` (a child's arches are its parent's)."""
+    from .modulemd import parse_state, state_lines
     from .resolve import ResolveError, base_digest, installed_after, request_digest, resolve_layer
 
     root = lg.project.root
     after: dict[str, list[LockedPackage] | None] = {}  # installed set each layer leaves
+    mods_after: dict[str, dict[str, str | None]] = {}  # dnf module state each layer leaves
     # each layer's and its ancestors' repositories, with the spec that names them
     sources_of: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}
     in_image: dict[str, list[tuple[LayerSpec, RepoSource]]] = {}  # repositories each built image carries
@@ -742,14 +763,16 @@ def _resolve_arch(
         if why is None and not usable and (spec.packages or spec.packages_by_arch or spec.package_groups):
             why = "it installs from repository files of the parent image's own"
         base: list[LockedPackage] | None
+        mods: dict[str, str | None] = {}  # the parent's module state (its /etc/dnf/modules.d)
         if link.kind == "scratch":
             base = []
         elif link.kind == "layer":
             base = after.get(link.layer)
+            mods = mods_after.get(link.layer, {})
             if base is None and why is None:
                 why = f"its parent {lg.spec(link.layer).name}'s installed set is not resolved"
         elif why is None:
-            base, why = _external_base(spec, link, new, arch)
+            base, mods, why = _external_base(spec, link, new, arch)
         else:
             base = None
         if why is not None or base is None:
@@ -757,7 +780,7 @@ def _resolve_arch(
             report.notes.append(f"{file}{f' ({arch})' if multi else ''}: packages not resolved: {why}")
             continue
         request = request_digest(spec, _repo_ids(spec, arch), arch)
-        based = base_digest(base)
+        based = base_digest(base, state_lines(mods))
         prev = old.layers.get((file, arch))
         moved = any(
             (new.repositories.get(s.entry_id) or {}).get("sha256")
@@ -768,25 +791,31 @@ def _resolve_arch(
             entry = dict(prev)
             packages = [LockedPackage.parse(line) for line in entry["packages"]]
             erased = [tuple(x.rsplit(".", 1)) for x in entry.get("replaces", [])]
+            left = parse_state(entry.get("modules") or [])
         else:
             try:
                 repos = [_repo_data(cache, sp, s, arch) for sp, s in usable]
                 lookup = [_repo_data(cache, sp, s, arch) for sp, s in sources_of[lid][len(usable) :]]
-                res = resolve_layer(spec, repos, lookup, base, arch)
+                res = resolve_layer(spec, repos, lookup, base, arch, mods)
             except (FetchError, ResolveError) as exc:
                 where = f"layer {file}{f' ({arch})' if multi else ''}"
                 report.errors.append(f"{where}: cannot resolve its packages: {redact(str(exc))}")
                 after[lid] = None
                 continue
-            packages, erased = res.packages, res.erased
+            packages, erased, left = res.packages, res.erased, res.modules
             entry = {"layer": file, "arch": arch, "request": request, "base": based}
             if erased:
                 entry["replaces"] = sorted(f"{n}.{a}" for n, a in erased)
+            if left:  # the module streams enabled (or disabled) in the image the layer leaves
+                entry["modules"] = state_lines(left)
             entry["packages"] = [p.line() for p in packages]
         new.layers[(file, arch)] = entry
         after[lid] = installed_after(base, packages, spec, erased)
+        mods_after[lid] = left
         was = [LockedPackage.parse(line) for line in prev["packages"]] if prev else []
-        diff = package_diff(was, packages)
+        diff = package_diff(was, packages) + module_diff(
+            (prev or {}).get("modules") or [], entry.get("modules") or []
+        )
         change = "added" if prev is None else ("updated" if diff else "unchanged")
         report.changes.append(
             LockChange("packages", file, file, change, None, _count(len(packages)), [file], diff, arch)
@@ -809,24 +838,24 @@ def _count(n: int) -> str:
 
 def _external_base(
     spec: LayerSpec, link: Any, new: LockFile, arch: str | None = None
-) -> tuple[list[LockedPackage] | None, str | None]:
-    """An external parent's installed set, read from the image at its locked digest (for a
-    multi-arch index, its `arch` image), or why not."""
+) -> tuple[list[LockedPackage] | None, dict[str, str | None], str | None]:
+    """An external parent's installed set and dnf module state (its /etc/dnf/modules.d), read
+    from the image at its locked digest (for a multi-arch index, its `arch` image), or why not."""
     from .reference import parse_reference
-    from .resolve import ResolveError, image_installed
+    from .resolve import ResolveError, image_contents
 
     digest = (new.parents.get(_normalize(link.ref)) or {}).get("digest")
     if not digest:
-        return None, "an external parent without a locked digest"
+        return None, {}, "an external parent without a locked digest"
     try:
         ref = str(parse_reference(link.ref).with_digest(digest))
-        fmt, base = image_installed(ref, spec.registry_opts_pull, arch=arch)
+        seen = image_contents(ref, spec.registry_opts_pull, arch=arch)
     except (ResolveError, ValueError) as exc:
-        return None, str(exc)
+        return None, {}, str(exc)
     want = "deb" if spec.pkg_manager == "apt" else "rpm"
-    if fmt != want:
-        return None, f"its parent's packages are {fmt}, not {want}"
-    return base, None
+    if seen.format != want:
+        return None, {}, f"its parent's packages are {seen.format}, not {want}"
+    return seen.packages, seen.modules, None
 
 
 def _repo_data(cache: Any, spec: LayerSpec, src: RepoSource, arch: str) -> Any:
@@ -836,4 +865,4 @@ def _repo_data(cache: Any, spec: LayerSpec, src: RepoSource, arch: str) -> Any:
     if src.kind == "apt":
         components = (repo.components if repo else ()) or ("main",)
         return cache.deb_repo(src.alias, src.url, src.suite or "", components, deb_arch(arch), src.proxy)
-    return cache.repo(src.alias, src.url, src.proxy, repo.priority if repo else src.priority)
+    return cache.repo(src.alias, src.url, src.proxy, repo.priority if repo else src.priority, src.hotfixes)

@@ -1007,7 +1007,14 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
                     and isinstance((a or {}).get(name), list)
                     and isinstance(b.get(name), list)
                 ):
+                    if a[name] == b[name]:
+                        continue  # the set is the same: another upstream entry moved (modules)
                     out.extend(_package_reasons(a[name], b[name]))
+                elif name == "modules" and (a or {}).get(name) != (b or {}).get(name):
+                    from .lockfile import module_diff  # the dnf module streams its image has enabled
+
+                    for d in module_diff((a or {}).get(name) or [], (b or {}).get(name) or []):
+                        out.append(Reason("upstream-package", f"upstream: {d}", {"change": d}))
                 elif (a or {}).get(name) != (b or {}).get(name):
                     out.append(_upstream_reason(name, (a or {}).get(name), (b or {}).get(name)))
         elif field_name == "backend":

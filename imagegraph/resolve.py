@@ -7,7 +7,11 @@ zypper's `-t pattern` picks it) against the layer's repositories for the
 node's architecture (each arch of a multi-arch layer has its own set), with the installed set of its parent image
 as the base; for an apt layer its `packages` (without recommends, as the
 build; from scratch mmdebstrap's minbase first, then usr-is-merged), with
-apt's choices where libsolv's would differ (solvhelper.py). It returns the
+apt's choices where libsolv's would differ (solvhelper.py). A dnf layer's
+`modules:` operations and the module state its parent leaves pick the active
+module streams, and dnf's modular filtering hides packages before the
+depsolve (modulemd.py; the repository's modules.yaml is read like its
+primary). It returns the
 exact packages the package step would install
 (`LockedPackage`: name, epoch:version-release, arch, repository alias and
 the package checksum from the repository metadata). The solver is libsolv,
@@ -132,6 +136,8 @@ class RepoData:
     files: list[Path]
     comps: Path | None = None
     priority: int | None = None
+    modules: Path | None = None  # modules.yaml (modulemd v2 + modulemd-defaults v1)
+    hotfixes: bool = False  # module_hotfixes=1: dnf's modular filtering leaves it alone
 
 
 def _release_sha256(release: bytes) -> dict[str, str]:
@@ -202,7 +208,9 @@ class MetadataCache:
         os.replace(tmp, dest)
         return dest
 
-    def repo(self, alias: str, url: str, proxy: str | None, priority: int | None = None) -> RepoData:
+    def repo(
+        self, alias: str, url: str, proxy: str | None, priority: int | None = None, hotfixes: bool = False
+    ) -> RepoData:
         base = url if url.endswith("/") else url + "/"
         files = _repomd_files(self.repomd(base + "repodata/repomd.xml", proxy))
         if "primary" not in files:
@@ -212,7 +220,8 @@ class MetadataCache:
         group = files.get("group") or files.get("group_gz")
         if group:
             comps = self._file(base, *group, proxy)
-        return RepoData(alias, [primary], comps, priority)
+        modules = self._file(base, *files["modules"], proxy) if "modules" in files else None
+        return RepoData(alias, [primary], comps, priority, modules, hotfixes)
 
     def deb_repo(
         self, alias: str, url: str, suite: str, components: Iterable[str], arch: str, proxy: str | None
@@ -248,6 +257,13 @@ def _read_maybe_compressed(path: Path) -> bytes:
         return gzip.decompress(data)
     if data[:6] == b"\xfd7zXZ\x00":
         return lzma.decompress(data)
+    if data[:4] == b"\x28\xb5\x2f\xfd":  # zstd (modules.yaml.zst): no stdlib module before 3.14
+        import subprocess
+
+        try:
+            return subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise ResolveError(f"cannot decompress {path.name} (zstd): {exc}") from exc
     return data
 
 
@@ -274,10 +290,28 @@ def group_members(repos: Iterable[RepoData], group: str) -> list[str]:
 # ------------------------------------------------------------------ external parents
 
 
+@dataclass
+class ImageContents:
+    """What an external parent holds that a child's depsolve starts from."""
+
+    format: str  # rpm | deb
+    packages: list[LockedPackage]
+    modules: dict[str, str | None] = field(default_factory=dict)  # its /etc/dnf/modules.d
+
+
 def image_installed(
     ref: str, pull_opts: Iterable[str] = (), runner: Any = None, arch: str | None = None
 ) -> tuple[str, list[LockedPackage]]:
-    """An external parent's installed set: (format rpm|deb, packages), read from its package database.
+    """An external parent's installed set: (format rpm|deb, packages) (see `image_contents`)."""
+    seen = image_contents(ref, pull_opts, runner, arch)
+    return seen.format, seen.packages
+
+
+def image_contents(
+    ref: str, pull_opts: Iterable[str] = (), runner: Any = None, arch: str | None = None
+) -> ImageContents:
+    """An external parent's installed set, read from its package database, and its dnf module
+    state (/etc/dnf/modules.d: the streams it enabled, which its children's dnf keeps).
 
     `ref` should carry the locked digest (`name@sha256:...`): the answer is then kept in the
     user's cache under it, since an image by digest never changes. The image is pulled when it
@@ -287,7 +321,9 @@ def image_installed(
     """
     from .arch import host_arch, normalize_arch
     from .build.container import buildah_env
+    from .modulemd import read_modules_d, state_lines
     from .packages import InventoryStatus, read_inventory
+    from .rootfs import resolve_in_root
     from .runner import CommandError, Runner
 
     target = normalize_arch(arch) if arch else host_arch()
@@ -299,7 +335,11 @@ def image_installed(
     cached = metadata_cache() / "images" / (hashlib.sha256(ident.encode()).hexdigest() + ".json")
     if "@sha256:" in ref and cached.is_file():
         doc = json.loads(cached.read_text())
-        return doc["format"], [LockedPackage.parse(x) for x in doc["packages"]]
+        if "modules" in doc:  # a cache entry from before modules were read is read again
+            from .modulemd import parse_state
+
+            pkgs = [LockedPackage.parse(x) for x in doc["packages"]]
+            return ImageContents(doc["format"], pkgs, parse_state(doc["modules"]))
     runner = runner or Runner()
     name = f"imagegraph-lock-{os.getpid()}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
     env = buildah_env()
@@ -317,6 +357,8 @@ def image_installed(
             raise ResolveError(f"{redact(ref)} offers no {target} image (got {got or 'no architecture'})")
         mount = Path(runner.output(["buildah", "mount", name], step="lock", env=env).strip())
         inv = read_inventory(mount, runner, step="lock")
+        modules_d = resolve_in_root(mount, "/etc/dnf/modules.d")
+        modules = read_modules_d(modules_d) if modules_d else {}
     except (CommandError, OSError) as exc:
         raise ResolveError(
             f"cannot read the installed packages of {redact(ref)}: {redact(str(exc))[:300]}"
@@ -333,9 +375,10 @@ def image_installed(
     if "@sha256:" in ref:
         ensure_dir(cached.parent)
         tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": fmt, "packages": [p.line() for p in pkgs]}))
+        doc = {"format": fmt, "packages": [p.line() for p in pkgs], "modules": state_lines(modules)}
+        tmp.write_text(json.dumps(doc))
         os.replace(tmp, cached)
-    return fmt, pkgs
+    return ImageContents(fmt, pkgs, modules)
 
 
 # ----------------------------------------------------------------------------- solving
@@ -346,6 +389,7 @@ class Resolution:
     packages: list[LockedPackage]
     erased: list[tuple[str, str]] = field(default_factory=list)  # (name, arch) the transaction replaced
     bare: list[str] = field(default_factory=list)  # installed packages without metadata anywhere
+    modules: dict[str, str | None] = field(default_factory=dict)  # the module state it leaves (modulemd.py)
 
 
 def solve(
@@ -356,8 +400,10 @@ def solve(
     arch: str,
     deb: bool = False,
     recommends: bool = True,
+    modules: dict | None = None,
 ) -> Resolution:
-    """One depsolve through the libsolv helper; raises ResolveError with the solver's words."""
+    """One depsolve through the libsolv helper; raises ResolveError with the solver's words.
+    `modules`: dnf's modular filtering (`modulemd.filtering`), applied before the depsolve."""
     import subprocess
 
     req = {
@@ -371,6 +417,8 @@ def solve(
         "installed": [{"name": p.name, "evr": solver_evr(p.evr), "arch": p.arch} for p in installed],
         "install": install,
     }
+    if modules:
+        req["modules"] = modules
     try:
         proc = subprocess.run(
             [SYSTEM_PYTHON, str(HELPER)],
@@ -416,9 +464,13 @@ def installed_after(
     return sorted(p for p in by.values() if p.name not in removed)
 
 
-def base_digest(base: Iterable[LockedPackage]) -> str:
-    """The installed set a layer was resolved on (its parent's, from the lock)."""
-    return hashlib.sha256("\n".join(p.line() for p in sorted(base)).encode()).hexdigest()
+def base_digest(base: Iterable[LockedPackage], modules: Iterable[str] = ()) -> str:
+    """The installed set a layer was resolved on (its parent's, from the lock), and its parent's
+    dnf module state (`modulemd.state_lines`; none leaves the digest as it always was)."""
+    text = "\n".join(p.line() for p in sorted(base))
+    if mods := list(modules):
+        text += "\nmodules:\n" + "\n".join(mods)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def request_digest(spec: LayerSpec, repos: list[tuple[str, str]], arch: str) -> str:
@@ -442,8 +494,11 @@ def resolve_layer(
     lookup: list[RepoData],
     base: list[LockedPackage],
     arch: str,
+    module_state: dict[str, str | None] | None = None,
 ) -> Resolution:
-    """What `spec`'s package step installs on `base` (see the module docstring)."""
+    """What `spec`'s package step installs on `base` (see the module docstring); for dnf, with
+    the module state its parent leaves (`module_state`) and its own `modules:` operations, after
+    dnf's modular filtering of the repositories (modulemd.py)."""
     packages = packages_for_arch(spec, normalize_arch(arch))  # packages_by_arch: this arch's too
     if spec.pkg_manager == "apt":
         # `name=version` is apt's pin; libsolv spells it as a relation
@@ -463,16 +518,68 @@ def resolve_layer(
                 return res  # an older suite: no such package
             res = Resolution(sorted(res.packages + more.packages), res.erased, res.bare)
         return res
-    install = []
+    install: list[str] = []
+    meta, state, filt = None, dict(module_state or {}), None
+    if spec.pkg_manager == "dnf":
+        from .modulemd import ModuleError, apply_operations, filtering
+
+        meta = module_metadata(repos)
+        try:  # repos -> modules -> groups -> packages, as the build runs them
+            state, install = apply_operations(spec.modules, state, meta)
+        except ModuleError as exc:
+            raise ResolveError(str(exc)) from exc
+        filt = filtering(meta, state) if meta else None
     for g in spec.package_groups:
         if spec.pkg_manager == "zypper":  # `zypper install -t pattern g`: the package that provides it
             install.append(f"pattern() = {g}")
         else:
             install += group_members(repos, g)
     install += list(packages)
-    if not install:
-        return Resolution([])
-    return solve(repos, lookup, base, install, arch)
+    res = solve(repos, lookup, base, install, arch, modules=filt) if install else Resolution([])
+    if meta:
+        from .modulemd import state_after
+
+        state = state_after(meta, state, [(p.name, p.evr, p.arch) for p in res.packages])
+    res.modules = state
+    return res
+
+
+_module_cache: dict[tuple[tuple[str, str, bool], ...], Any] = {}
+
+
+def module_metadata(repos: Iterable[RepoData]) -> Any:
+    """The `modulemd.ModuleMetadata` of the repositories' modules.yaml files: parsed once, then
+    kept as JSON beside the (checksum-named) file in the metadata cache, and once per run."""
+    from .modulemd import ModuleError, ModuleMetadata, merge_doc, parse_modules, to_doc
+
+    repos = list(repos)
+    key = tuple((r.alias, str(r.modules), r.hotfixes) for r in repos if r.modules is not None or r.hotfixes)
+    if key in _module_cache:
+        return _module_cache[key]
+    meta = ModuleMetadata()
+    for r in repos:
+        if r.hotfixes:
+            meta.hotfix_repos.add(r.alias)
+        if r.modules is None:
+            continue
+        parsed = r.modules.with_name(r.modules.name + ".json")
+        source = hashlib.sha256(r.modules.read_bytes()).hexdigest()  # a file without a checksum may change
+        try:
+            doc = json.loads(parsed.read_text())
+            if doc.get("source") != source:
+                raise ValueError("stale")
+        except (OSError, ValueError):
+            text = _read_maybe_compressed(r.modules).decode("utf-8", errors="replace")
+            try:
+                doc = {**to_doc(parse_modules(text, r.alias)), "source": source}
+            except ModuleError as exc:
+                raise ResolveError(str(exc)) from exc
+            tmp = parsed.with_name(f".{parsed.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, parsed)
+        merge_doc(meta, doc, r.alias)
+    _module_cache[key] = meta
+    return meta
 
 
 def minbase(repos: Iterable[RepoData]) -> list[str]:

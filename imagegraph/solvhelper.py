@@ -11,7 +11,8 @@ request:  {"arch": "x86_64", "disttype": "rpm" | "deb", "recommends": true,
            "lookup":    [{"alias", "files"}],                 # ancestors' repositories: metadata
                                                               #   of the installed set only
            "installed": [{"name", "evr", "arch"}],            # the parent's installed set
-           "install":   ["pkg spec", ...]}                     # names, provides, globs, name.arch
+           "install":   ["pkg spec", ...],                     # names, provides, globs, name.arch
+           "modules":   {"include", "exclude", "names", "hotfix"}}  # dnf's modular filtering (optional)
 answer:   {"ok": true, "packages": [{"name", "evr", "arch", "repo", "checksum"}],
            "erased": [{"name", "evr", "arch"}], "bare": ["name-evr.arch", ...]}
           {"ok": false, "problems": ["..."]}
@@ -91,6 +92,35 @@ def _apt_preferences(pool, repos):  # noqa: ANN001, ANN202
     return jobs
 
 
+def _module_filter(pool, repos, mod):  # noqa: ANN001, ANN202
+    """Hide what dnf's modular filtering hides (modulemd.py computes the sets): artifacts of
+    inactive streams, and packages named as (or providing the name of) an active stream's
+    artifacts that are not such artifacts themselves; `hotfix` repositories are left alone."""
+    include, exclude = set(mod.get("include") or ()), set(mod.get("exclude") or ())
+    names, hotfix = set(mod.get("names") or ()), set(mod.get("hotfix") or ())
+    if not (exclude or names):
+        return
+    ours = {r.name for r in repos} - hotfix
+    hidden = set()
+
+    def nevra(s):  # noqa: ANN001, ANN202
+        return f"{s.name}-{s.evr if ':' in s.evr else '0:' + s.evr}.{s.arch}"
+
+    for name in names:  # by name and by provide: whatprovides has both
+        for s in pool.whatprovides(pool.Dep(name)):
+            if s.repo.name in ours and nevra(s) not in include:
+                hidden.add(s.id)
+    excluded_names = {a.rsplit("-", 2)[0] for a in exclude}
+    for r in repos:
+        if r.name not in ours:
+            continue
+        for s in r.solvables:
+            if s.name in excluded_names and nevra(s) in exclude:
+                hidden.add(s.id)
+    if hidden:
+        pool.set_considered_list([s.id for s in pool.solvables_iter() if s.id not in hidden])
+
+
 def solve(req: dict) -> dict:
     import solv
 
@@ -126,6 +156,8 @@ def solve(req: dict) -> dict:
     pool.installed = system
     pool.addfileprovides()
     pool.createwhatprovides()
+    if req.get("modules"):
+        _module_filter(pool, repos, req["modules"])
 
     flags = (
         solv.Selection.SELECTION_NAME

@@ -41,6 +41,8 @@ check dot graphviz
 dpkg -s fonts-dejavu-core >/dev/null 2>&1 || need+=(fonts-dejavu-core)
 # `imagegraph lock` resolves package sets with libsolv (dnf's solver) through the system Python.
 /usr/bin/python3 -c 'import solv' >/dev/null 2>&1 || need+=(python3-solv)
+# ... and reads a repository's modules.yaml.zst (EL9/10 AppStream compress it so) with zstd.
+check zstd zstd
 # layer_type ansible reaches containers with the buildah connection plugin of the containers.podman
 # collection, which Debian ships in `ansible` (ansible-core alone lacks it).
 [ -e /usr/lib/python3/dist-packages/ansible_collections/containers/podman/plugins/connection/buildah.py ] ||

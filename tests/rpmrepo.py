@@ -128,6 +128,7 @@ class RpmRepo:
     work: Path  # rpmbuild topdir
     url: str = ""  # set once served
     versions: dict[str, str] = field(default_factory=dict)
+    modules: str = ""  # modules.yaml added to the metadata by modifyrepo_c (`set_modules`)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
@@ -147,14 +148,35 @@ class RpmRepo:
         rpm = _rpmbuild(self.work, name, version, spec, arch)
         shutil.copy(rpm, self.path)
         self.versions[name] = version
-        _createrepo(self.path)
+        self.refresh()
         return self.path / rpm.name
+
+    def set_modules(self, text: str) -> None:
+        """Make `text` (modulemd documents, `module_doc` / `defaults_doc`) the repository's
+        modules.yaml, as a modular repository (EL AppStream) carries one."""
+        self.modules = text
+        self.refresh()
+
+    def refresh(self) -> None:
+        _createrepo(self.path)
+        if self.modules:  # createrepo_c --update drops it: added again after every refresh
+            (self.work / "modules.yaml").write_text(self.modules)
+            subprocess.run(
+                [
+                    "modifyrepo_c",
+                    "--mdtype=modules",
+                    str(self.work / "modules.yaml"),
+                    str(self.path / "repodata"),
+                ],
+                check=True,
+                capture_output=True,
+            )
 
     def remove_version(self, name: str, version: str, arch: str = "*") -> None:
         """Drop `name-version` (of `arch`, default every arch) from the repository (a mirror pruning an old build)."""
         for f in self.path.glob(f"{name}-{version}-1.{arch}.rpm"):
             f.unlink()
-        _createrepo(self.path)
+        self.refresh()
 
 
 def _rpmbuild(work: Path, name: str, version: str, spec_text: str, arch: str = "noarch") -> Path:
@@ -227,6 +249,31 @@ def serve(directory: Path) -> Server:
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     return Server(f"http://127.0.0.1:{httpd.server_address[1]}/", httpd, thread)
+
+
+def module_doc(
+    name: str, stream: str, version: int, artifacts: list[str], profiles: dict[str, list[str]] | None = None
+) -> str:
+    """A modulemd v2 document; `artifacts` as `name-epoch:version-release.arch`."""
+    prof = "".join(
+        f"    {p}:\n      rpms: [{', '.join(rpms)}]\n" for p, rpms in (profiles or {"default": []}).items()
+    )
+    arts = "".join(f"      - {a}\n" for a in artifacts)
+    return (
+        f'---\ndocument: modulemd\nversion: 2\ndata:\n  name: {name}\n  stream: "{stream}"\n'
+        f"  version: {version}\n  context: c0ffee42\n  arch: noarch\n  summary: {name} {stream}\n"
+        f"  description: test module\n  license:\n    module: [MIT]\n  profiles:\n{prof}"
+        f"  artifacts:\n    rpms:\n{arts}...\n"
+    )
+
+
+def defaults_doc(name: str, stream: str, profiles: dict[str, list[str]] | None = None) -> str:
+    """A modulemd-defaults v1 document: `name`'s default stream (and default profiles per stream)."""
+    prof = "".join(f'    "{s}": [{", ".join(p)}]\n' for s, p in (profiles or {stream: ["default"]}).items())
+    return (
+        f'---\ndocument: modulemd-defaults\nversion: 1\ndata:\n  module: {name}\n  stream: "{stream}"\n'
+        f"  profiles:\n{prof}...\n"
+    )
 
 
 # Public names for other repository builders (tests/standin.py).

@@ -18,7 +18,9 @@ Where dnf runs:
 
 With a locked package set (imagegraph.lock, `work.locked`) groups and
 packages are one `dnf install` of the exact NEVRAs; a NEVRA dnf finds no
-match for fails the build naming it.
+match for fails the build naming it. `module install` then enables its
+stream before that install and runs after it, when it only records the
+profile (its rpms are installed at the locked versions, which it keeps).
 
 Two Debian host pitfalls handled here: Debian's rpm keeps its database in
 `$HOME/.rpmdb`, so every host rpm/dnf call gets a private HOME whose
@@ -162,12 +164,21 @@ def install(work: Work) -> None:
         def dnf(args: list[str]) -> None:
             work.run([*base, *args], env=host_env(work), loglevel="WARNING")
 
+    locked = work.locked is not None
     for sub, specs in spec.modules:
-        with work.step("modules", f"dnf module {sub} {' '.join(specs)}"):
-            dnf(["module", sub, *specs])
-    if work.locked is not None:
-        # imagegraph.lock resolved the groups and packages: install exactly those versions.
+        # With a lock, `module install` only enables its stream here: the lock holds its profile's
+        # rpms at the locked versions, which `module install` would take at the newest.
+        op = "enable" if locked and sub == "install" else sub
+        items = [x.split("/", 1)[0] for x in specs] if op != sub else list(specs)
+        with work.step("modules", f"dnf module {op} {' '.join(items)}"):
+            dnf(["module", op, *items])
+    if locked:
+        # imagegraph.lock resolved the modules' profiles, groups and packages: exactly those versions.
         install_locked(work, lambda pkgs: dnf(["install", *pkgs]), missing_locked)
+        for specs in [specs for sub, specs in spec.modules if sub == "install"]:
+            # now a no-op for the packages (installed, never upgraded): records the profile in modules.d
+            with work.step("modules", f"dnf module install {' '.join(specs)} (profiles)"):
+                dnf(["module", "install", *specs])
         return
     if spec.package_groups:
         with work.step("package_groups", ", ".join(spec.package_groups)):
