@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from imagegraph.arch import host_arch
 from imagegraph.graph import build_graph
 from imagegraph.lockfile import load_lock, lock
 from imagegraph.modulemd import ModuleMetadata, apply_operations, parse_modules, parse_state, state_lines
@@ -434,7 +435,7 @@ def test_external_parent_module_state_is_read_from_its_image(site, repo, tmp_pat
 
         def output(self, argv, **kw):
             calls.append(list(argv))
-            return str(mnt)
+            return host_arch().oci if argv[1] == "inspect" else str(mnt)
 
     inv = packages_mod.Inventory(
         InventoryStatus.KNOWN, PackageFormat.RPM, [Package("ig-busybox", "1.0-1", "noarch")]
