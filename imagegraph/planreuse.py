@@ -49,6 +49,7 @@ OFF_ENV = "IMAGEGRAPH_NO_PLAN_CACHE"  # set (to anything): never reuse, never re
 MARGIN_ENV = "IMAGEGRAPH_PLAN_CACHE_MARGIN"  # seconds an input must be older than the plan's start
 REPORT_ENV = "IMAGEGRAPH_PLAN_CACHE_REPORT"  # a file: "reused" / "recorded" / "not recorded: why" lines
 DEFAULT_MARGIN = 2.0
+RECORDED_STATUSES = (0, 1, 2)  # planned, --check found work, spec errors; not 130 (interrupted)
 MIN_MARGIN = 0.02  # the kernel's file clock lags time.time_ns() by up to a tick (10 ms at HZ=100)
 VOLATILE_ENV = frozenset({"_", "OLDPWD", "SHLVL"})  # shells change them between identical commands
 LOCAL_QUERY = ("buildah", "images", "--json", "--no-trunc")  # inventory.py's one local question
@@ -250,7 +251,11 @@ class _Tee:
     def write(self, text: str) -> int:
         if self._recorder.active:
             self._recorder.chunks.append((self._fd, text))
-        return self._stream.write(text)
+        try:
+            return self._stream.write(text)
+        except BaseException:  # a closed pipe (`| head`): the rest of the output was never made
+            self._recorder.doubt("the output could not be written")
+            raise
 
     def writelines(self, lines) -> None:
         for line in lines:
@@ -410,6 +415,8 @@ class Recorder:
         os.stat, os.lstat, sys.stdout, sys.stderr = self._restore
         if unknown:
             self.doubt("something was unknown")
+        if rc not in RECORDED_STATUSES:
+            self.doubt(f"exit status {rc}")
         if self.asked_local:
             storage = storage_inputs()
             if storage is None:
