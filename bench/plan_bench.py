@@ -13,7 +13,13 @@ falls on all alike; the median of ROUNDS (5) is reported:
 - `make -n` on the generated Makefile;
 - `imagegraph plan --offline --json DIR`, never planned before: no state
   directory, an empty `$XDG_CACHE_HOME` (so no parsed-spec cache);
-- the same, planned before: the cache the previous run filled;
+- the same, planned before: the cache the previous run filled, and the plan
+  record (planreuse.py) it wrote: nothing changed, so the answer is reused;
+- planned before without reuse (`IMAGEGRAPH_NO_PLAN_CACHE=1`): the planner
+  itself with a warm parsed-spec cache;
+- planned before, one spec edited since (a copy of the tree, one package of
+  one layer toggled before each run): the record no longer matches, the
+  planner runs with 999 specs from the cache;
 - `imagegraph --version` and `imagegraph validate` of a one-file directory.
 
 Peak RSS and CPU time (user + system) come from the kernel's accounting of
@@ -83,28 +89,48 @@ def run(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> Sa
     return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
+MARGIN = 2.1  # planreuse.DEFAULT_MARGIN: a record is written only when every input is older
+
+
 def bench_size(n: int, tmp: Path, commands: dict[str, str]) -> dict[str, list[Sample]]:
-    """Samples per run kind: `make`, and `cold`/`warm` per command label ("" = this tree)."""
+    """Samples per run kind: `make`, and `cold`/`warm`/`nocache`/`edited` per command label
+    ("" = this tree)."""
     root = make_layers(tmp / f"l{n}", n)
     makefile_for(root)
+    edit_root = make_layers(tmp / f"l{n}-edit", n)
+    edited = edit_root / "layer-00010.yaml"
+    original = edited.read_text()
+    time.sleep(MARGIN)  # as a user's files are: written more than a moment ago
+    env = os.environ.copy()
+    env.pop("IMAGEGRAPH_NO_PLAN_CACHE", None)
     out: dict[str, list[Sample]] = {"make": []}
     for label, cmd in commands.items():
-        warm_cache = tmp / f"xdg-warm-{n}{label}"
-        warm_cache.mkdir()
-        run(
-            [cmd, "plan", "--offline", "--json", str(root)],
-            env={**os.environ, "XDG_CACHE_HOME": str(warm_cache)},
-        )
-        out[f"cold{label}"], out[f"warm{label}"] = [], []
+        for kind, where in (("warm", root), ("edited", edit_root)):
+            cache = tmp / f"xdg-{kind}-{n}{label}"
+            cache.mkdir()
+            run([cmd, "plan", "--offline", "--json", str(where)], env={**env, "XDG_CACHE_HOME": str(cache)})
+        for kind in ("cold", "warm", "nocache", "edited"):
+            out[f"{kind}{label}"] = []
     for i in range(ROUNDS):
         out["make"].append(run(["make", "-n", "-f", "Makefile"], cwd=root))
         for label, cmd in commands.items():
             plan = [cmd, "plan", "--offline", "--json", str(root)]
             cold_cache = tmp / f"xdg-cold-{n}-{i}{label}"
             cold_cache.mkdir()
-            out[f"cold{label}"].append(run(plan, env={**os.environ, "XDG_CACHE_HOME": str(cold_cache)}))
-            warm_cache = tmp / f"xdg-warm-{n}{label}"
-            out[f"warm{label}"].append(run(plan, env={**os.environ, "XDG_CACHE_HOME": str(warm_cache)}))
+            out[f"cold{label}"].append(run(plan, env={**env, "XDG_CACHE_HOME": str(cold_cache)}))
+            warm = {**env, "XDG_CACHE_HOME": str(tmp / f"xdg-warm-{n}{label}")}
+            out[f"warm{label}"].append(run(plan, env=warm))
+            out[f"nocache{label}"].append(run(plan, env={**warm, "IMAGEGRAPH_NO_PLAN_CACHE": "1"}))
+            # One package of one layer toggled: what the next `plan` after an edit costs.
+            edited.write_text(
+                original.replace("packages:\n", "packages:\n  - edited-package\n") if i % 2 == 0 else original
+            )
+            out[f"edited{label}"].append(
+                run(
+                    [cmd, "plan", "--offline", "--json", str(edit_root)],
+                    env={**env, "XDG_CACHE_HOME": str(tmp / f"xdg-edited-{n}{label}")},
+                )
+            )
     assert not (root / ".imagegraph").exists(), "plan created a state directory"
     return out
 
@@ -142,22 +168,29 @@ def main() -> None:
         args = args[2:]
     sizes = [int(a) for a in args] or [1000, 5000]
     compile_package()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp_s:
         tmp = Path(tmp_s)
         results = {n: bench_size(n, tmp, commands) for n in sizes}
         start = bench_start(tmp, commands)
-    print(f"medians of {ROUNDS} fresh processes; load average at the end {os.getloadavg()[0]:.1f}\n")
+    print(
+        f"medians of {ROUNDS} fresh processes; load average {load_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end\n"
+    )
     print(
         "| layers | `make -n` (s) | plan, never planned (s) | ratio | plan, planned before (s) | ratio "
-        "| CPU s: make / cold / warm | peak RSS cold / warm (MB) |"
+        "| planned before, no reuse (s) | ratio | one spec edited since (s) | ratio "
+        "| CPU s: make / cold / warm / no reuse / edited | peak RSS cold / warm (MB) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n, r in results.items():
-        m, c, w = median(r["make"]), median(r["cold"]), median(r["warm"])
-        cpu = " / ".join(f"{median(r[k], 2):.3f}" for k in ("make", "cold", "warm"))
+        m = median(r["make"])
+        cells = " | ".join(
+            f"{median(r[k]):.3f} | {median(r[k]) / m:.2f} x" for k in ("cold", "warm", "nocache", "edited")
+        )
+        cpu = " / ".join(f"{median(r[k], 2):.3f}" for k in ("make", "cold", "warm", "nocache", "edited"))
         print(
-            f"| {n:,} | {m:.3f} | {c:.3f} | {c / m:.2f} x | {w:.3f} | {w / m:.2f} x | {cpu} "
-            f"| {median(r['cold'], 1):.0f} / {median(r['warm'], 1):.0f} |"
+            f"| {n:,} | {m:.3f} | {cells} | {cpu} | {median(r['cold'], 1):.0f} / {median(r['warm'], 1):.0f} |"
         )
     print("\n| command | median (s) | CPU (s) | peak RSS (MB) |\n|---|---:|---:|---:|")
     for what in ("--version", "validate (1 file)"):

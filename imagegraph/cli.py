@@ -1036,8 +1036,13 @@ def _write_run_report(out: Output, project: Project, state_dir: Path, run_id: st
         out.warning(f"{path or 'reports'}: run report not written: {exc}")
 
 
+plan_unknown = False  # the last `plan` had an unknown answer (planreuse.py records no such plan)
+
+
 def cmd_plan(args: argparse.Namespace, out: Output) -> int:
+    global plan_unknown
     project, lg, state, plan = _plan(args, out, args.args)
+    plan_unknown = bool(plan.unknown)
     out.warnings(project.warnings + lg.warnings)  # on stderr: --json's stdout stays one document
     _render_plan(plan, out, args.json, args.summary)
     if project.errors:  # missing sources: their layers are planned as blocked; still a spec error
