@@ -184,3 +184,41 @@ def test_a_gateway_refusing_the_stream_gets_the_plain_upload(s3_env: S3Server, t
         S3Target._no_checksum.discard(target.endpoint)
     assert keys_in(s3_env, bucket) == ["x/rootfs"]
     assert target.incomplete_uploads() == []
+
+
+def test_layers_sharing_boot_files_upload_them_once(s3_env: S3Server, tmp_path: Path) -> None:
+    """image-builder's boot-file keys hold no layer name: two layers publishing at once upload them once."""
+    bucket = s3_env.make_bucket()
+    made, specs = [], []
+    for name in ("compute", "debug"):
+        root = make_rootfs(tmp_path / name, {KVER: EL})
+        (root / "boot" / f"vmlinuz-{KVER}").write_bytes(b"K" * 3 * MiB)  # the same kernel in both
+        spec = spec_for(s3_env.endpoint, bucket, name=name, s3_prefix="")
+        specs.append(spec)
+        made.append(make_artifacts(spec, KEY, root, Runner(name), tmp_path / "w", s3_settings=SMALL_PARTS))
+    barrier = threading.Barrier(2)
+    pubs: dict[str, object] = {}
+
+    def publish(i: int) -> None:
+        barrier.wait()
+        pubs[specs[i].name] = upload_artifacts(
+            made[i], specs[i], KEY, Runner(specs[i].name), s3_settings=SMALL_PARTS
+        )
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for m in made:
+        m.remove()
+    kernel_actions = sorted(o.action for p in pubs.values() for o in p.objects if o.role == "kernel")
+    assert kernel_actions == ["unchanged", "uploaded"]
+    for name in ("compute", "debug"):
+        rootfs = next(o for o in pubs[name].objects if o.role == "rootfs")
+        kernel = next(o for o in pubs[name].objects if o.role == "kernel")
+        m = meta(s3_env, bucket, rootfs.key)
+        assert m["imagegraph-kernel"] == kernel.key
+        assert m["imagegraph-kernel-etag"] == s3_env.client().head_object(Bucket=bucket, Key=kernel.key)[
+            "ETag"
+        ].strip('"')

@@ -44,9 +44,10 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -500,6 +501,16 @@ def publish_artifacts(
         made.remove()
 
 
+_object_locks: dict[tuple[str, str, str], threading.Lock] = {}
+_object_locks_lock = threading.Lock()
+
+
+def _object_lock(endpoint: str, bucket: str, key: str) -> threading.Lock:
+    """One lock per S3 object in this process (layers publishing the same boot-file key)."""
+    with _object_locks_lock:
+        return _object_locks.setdefault((endpoint, bucket, key), threading.Lock())
+
+
 def _publish_s3(
     s3: S3Target,
     spec: Any,
@@ -536,6 +547,12 @@ def _publish_s3(
             )
             return etag
         _check_cancel(runner)
+        # Layers sharing image-builder's boot-file keys and publishing at once: one uploads, the next
+        # finds the same bytes there (the race uploaded them twice, on the fresh chain's critical path).
+        with _object_lock(s3.endpoint, s3.bucket, obj_key) if role != "rootfs" else nullcontext():
+            return store(role, obj_key, meta, tag, f)
+
+    def store(role: str, obj_key: str, meta: dict[str, str], tag: str, f: _File) -> str:
         existing = s3.head(obj_key)
         want = {**meta, META_SHA256: f.sha256}
         if existing and existing["size"] == f.size and existing["metadata"].get(META_SHA256) == f.sha256:
