@@ -8,8 +8,8 @@ sent early can be stale. `StreamedUpload` makes that safe:
   is begun once the file outgrows the multipart threshold (smaller files keep
   the plain upload). While the file grows, a part is sent once mksquashfs
   has written one more part beyond it; the first part (the superblock) is
-  never sent early. One sender while mksquashfs runs (it has the CPU);
-  `max_concurrency` after.
+  never sent early. Two parts in flight while mksquashfs runs (it has the
+  CPU); `max_concurrency` after.
 - When mksquashfs has exited 0, `finish` reads the final file once: every
   part is hashed and compared with the sha256 recorded when it was sent;
   parts that differ or were never sent are (re-)sent, then the upload is
@@ -31,7 +31,7 @@ import os
 import secrets
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ from .s3 import MiB, S3Target, error_code, sha256_file
 STREAM_PART = 8 * MiB  # small parts, so a few hundred MB stream at all (S3's minimum is 5 MiB)
 # Bigger parts later, within S3's 10,000: 1,000 x 8 MiB, 8,000 x 64 MiB, then 1 GiB (1.5 TiB in all).
 LATER_PARTS = ((1000, 64 * MiB), (9000, 1024 * MiB))
+EARLY_SENDERS = 2  # parts in flight while mksquashfs runs (it has the CPU; `max_concurrency` after)
 POLL = 0.05  # seconds between looks at the growing file
 
 
@@ -92,6 +93,7 @@ class StreamedUpload:
     target: S3Target
     key: str  # the final key the staging key is named after
     part: int = STREAM_PART
+    early_senders: int = EARLY_SENDERS
     stats: StreamStats = field(default_factory=StreamStats)
     staging_key: str = ""
     sha256: str = ""  # of the whole file, after finish
@@ -126,25 +128,38 @@ class StreamedUpload:
         thread.join()
 
     def _follow(self, path: Path) -> None:
+        inflight: dict[int, Future[None]] = {}
+        pool = ThreadPoolExecutor(self.early_senders, thread_name_prefix="s3-early")
         try:
             with open(path, "rb") as f:
                 while not self._stop.wait(POLL):
+                    for n, fut in list(inflight.items()):
+                        if fut.done():
+                            del inflight[n]
+                            if fut.exception() is None:
+                                self.stats.sent_early += 1
                     size = os.fstat(f.fileno()).st_size
                     if self._upload_id is None and size <= self.target.settings.multipart_threshold:
                         continue
                     ranges = part_ranges(size, self.part)
                     # Parts 2.. whose end mksquashfs has passed by a whole part; never part 1.
                     for n, (start, end) in enumerate(ranges[:-1], start=1):
-                        if n == 1 or n in self._sent or end + self.part > size:
+                        if len(inflight) >= self.early_senders or cancel_requested():
+                            break
+                        if n == 1 or n in self._sent or n in inflight or end + self.part > size:
                             continue
-                        if self._stop.is_set() or cancel_requested():
-                            return
                         self._begin()
-                        f.seek(start)
-                        self._send(n, f.read(end - start))
-                        self.stats.sent_early += 1
+                        inflight[n] = pool.submit(self._send_range, path, n, start, end)
         except BaseException as exc:  # finish() re-sends what failed here; the error is kept for the log
             self._error = exc
+        finally:
+            pool.shutdown(wait=True)
+            self.stats.sent_early += sum(1 for fut in inflight.values() if fut.exception() is None)
+
+    def _send_range(self, path: Path, n: int, start: int, end: int) -> None:
+        with open(path, "rb") as f:
+            f.seek(start)
+            self._send(n, f.read(end - start))
 
     # -- requests
 
