@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -467,3 +468,73 @@ def test_empty_state_file_is_a_fresh_state(tmp_path: Path) -> None:
     for command in (["plan", "--offline"], ["up", "--dry-run", "--offline"]):
         r = cli(command[0], str(root), "--state", str(state), *command[1:])
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+# ------------------------------------------------------- Ctrl-C while the SquashFS streams to S3
+
+
+def test_ctrl_c_mid_stream_leaves_nothing_then_publishes(
+    tmp_path: Path, rpm_repo, s3_env, cleanup_images
+) -> None:
+    """`up` with IMAGEGRAPH_S3_STREAM=1: SIGINT while parts are on S3 -> 130, no object, no upload; then it publishes."""
+    bucket = s3_env.make_bucket()
+    root = tmp_path / "layers"
+    (root / "files").mkdir(parents=True)
+    (root / "files" / "big").write_bytes(os.urandom(80 << 20))  # above the 64 MiB multipart threshold
+    opts = (
+        f"  publish_s3: '{s3_env.endpoint}'\n  s3_bucket: '{bucket}'\n  s3_prefix: 'c/'\n  rootfs_only: true\n"
+        "  squashfs: {compression: xz}\n"  # slow: time to interrupt it
+    )
+    (root / f"{P}-st.yaml").write_text(
+        spec("st", "scratch", rpm_repo.url, opts, "copyfiles:\n  - {src: files/big, dest: /big}\n")
+    )
+    state = tmp_path / "state" / "state.db"
+    env = {
+        **os.environ,
+        "BUILDAH_ISOLATION": "chroot",
+        "S3_ACCESS": os.environ["S3_ACCESS"],
+        "S3_SECRET": os.environ["S3_SECRET"],
+        "IMAGEGRAPH_S3_STREAM": "1",
+    }
+    client = s3_env.client()
+
+    streamed: list[str] = []
+
+    def parts_sent() -> bool:
+        ups = client.list_multipart_uploads(Bucket=bucket).get("Uploads") or []
+        for u in ups:
+            if client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts"):
+                streamed.append(u["Key"])
+        return bool(streamed)
+
+    argv = [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--state", str(state), "--json"]
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not parts_sent():
+            assert p.poll() is None, p.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no part was streamed"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err[-3000:]
+    assert ".staging-" in streamed[0]  # the stream's upload (made while mksquashfs ran), not the plain one
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads") is None
+    assert _keys(s3_env, bucket) == set()
+
+    rc, doc, err = up(
+        root, state, env={k: env[k] for k in ("S3_ACCESS", "S3_SECRET", "IMAGEGRAPH_S3_STREAM")}
+    )
+    assert rc == 0, err[-3000:]
+    keys = _keys(s3_env, bucket)
+    assert not any(".staging-" in k for k in keys), keys  # the staging object is gone
+    (key,) = [k for k in keys if k.endswith(f"-{P}-st-1")]
+    body = client.get_object(Bucket=bucket, Key=key)
+    h = hashlib.sha256()
+    for chunk in iter(lambda: body["Body"].read(1 << 20), b""):
+        h.update(chunk)
+    assert body["Metadata"]["sha256"] == h.hexdigest()
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads") is None

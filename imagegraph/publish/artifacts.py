@@ -44,9 +44,10 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -57,6 +58,7 @@ from ..log import get_logger
 from ..runner import Cancelled, Runner, cancel_requested
 from .bootfiles import BootFiles, find_boot_files, os_tag
 from .s3 import META_KEY, META_SHA256, ObjectAction, S3Index, S3Settings, S3Target, object_url, sha256_file
+from .s3stream import StreamedUpload
 from .squashfs import fsync_path, make_squashfs
 
 LAYOUTS = ("image-builder", "versioned")
@@ -333,12 +335,19 @@ class MadeArtifacts:
     files: dict[str, _File]
     pub: ArtifactPublication
     boot: BootFiles | None
+    staged: StreamedUpload | None = None  # the SquashFS, already on S3 under a staging key
 
     def paths(self) -> dict[str, Path]:
         return {role: f.path for role, f in self.files.items()}
 
     def remove(self) -> None:
+        self.discard_staged()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def discard_staged(self) -> None:
+        staged, self.staged = self.staged, None
+        if staged is not None:
+            staged.discard()
 
 
 def make_artifacts(
@@ -362,8 +371,10 @@ def make_artifacts(
     rootfs, workdir = Path(rootfs), Path(workdir)
     layer = spec.name
     log = get_logger(layer=layer)
+    target: S3Target | None = None
     if spec.publish_s3 and squashfs:
-        S3Target(spec.publish_s3, spec.s3_bucket, layer=layer, settings=s3_settings).check_bucket()
+        target = S3Target(spec.publish_s3, spec.s3_bucket, layer=layer, settings=s3_settings)
+        target.check_bucket()
     boot: BootFiles | None = None
     if not spec.rootfs_only:
         boot = find_boot_files(rootfs, spec.kernel_version, layer=layer)
@@ -377,8 +388,31 @@ def make_artifacts(
     try:
         _check_cancel(runner)
         runner.note("squashfs", f"making SquashFS of {rootfs} ({spec.squashfs.compression})")
-        sq = make_squashfs(rootfs, scratch / ROOTFS_NAME, spec.squashfs, runner, epoch)
-        made.files["rootfs"] = _File(sq, sha256_file(sq), sq.stat().st_size)
+        stream = None
+        if target is not None and target.settings.stream:
+            # Named after the first tag's key; publishing copies it onto every tag's key.
+            first = artifact_keys(
+                spec,
+                spec.publish_tags[0],
+                pub.kver,
+                os_str,
+                initramfs_name=boot.initramfs_name if boot else None,
+            ).rootfs
+            stream = StreamedUpload(target, first)
+        sq = make_squashfs(
+            rootfs,
+            scratch / ROOTFS_NAME,
+            spec.squashfs,
+            runner,
+            epoch,
+            while_writing=stream.writing if stream is not None else None,
+        )
+        if stream is not None:
+            if stream.finish(sq):
+                made.staged = stream
+            made.files["rootfs"] = _File(sq, stream.sha256, stream.size)
+        else:
+            made.files["rootfs"] = _File(sq, sha256_file(sq), sq.stat().st_size)
         if boot:
             for role, p, name in (
                 ("kernel", boot.vmlinuz, VMLINUZ_NAME),
@@ -419,7 +453,11 @@ def upload_artifacts(
         pub.objects += _publish_dir(spec, key, tags, made.files, pub, made.boot)
     if spec.publish_s3:
         s3 = S3Target(spec.publish_s3, spec.s3_bucket, layer=spec.name, settings=s3_settings)
-        pub.objects += _publish_s3(s3, spec, key, tags, made.files, pub, made.boot, runner)
+        staged = made.staged.staging_key if made.staged is not None else None
+        try:
+            pub.objects += _publish_s3(s3, spec, key, tags, made.files, pub, made.boot, runner, staged)
+        finally:
+            made.discard_staged()
     return pub
 
 
@@ -463,6 +501,16 @@ def publish_artifacts(
         made.remove()
 
 
+_object_locks: dict[tuple[str, str, str], threading.Lock] = {}
+_object_locks_lock = threading.Lock()
+
+
+def _object_lock(endpoint: str, bucket: str, key: str) -> threading.Lock:
+    """One lock per S3 object in this process (layers publishing the same boot-file key)."""
+    with _object_locks_lock:
+        return _object_locks.setdefault((endpoint, bucket, key), threading.Lock())
+
+
 def _publish_s3(
     s3: S3Target,
     spec: Any,
@@ -472,7 +520,9 @@ def _publish_s3(
     pub: ArtifactPublication,
     boot: BootFiles | None,
     runner: Runner,
+    staged: str | None = None,
 ) -> list[PublishedObject]:
+    """`staged`: a key holding the SquashFS already (streamed while mksquashfs wrote it)."""
     out: list[PublishedObject] = []
     done: dict[str, tuple[str, str]] = {}  # s3 key -> (sha256, etag) written or verified in this run
     first_of: dict[str, str] = {}  # role -> first key holding that role's content in this run
@@ -497,6 +547,12 @@ def _publish_s3(
             )
             return etag
         _check_cancel(runner)
+        # Layers sharing image-builder's boot-file keys and publishing at once: one uploads, the next
+        # finds the same bytes there (the race uploaded them twice, on the fresh chain's critical path).
+        with _object_lock(s3.endpoint, s3.bucket, obj_key) if role != "rootfs" else nullcontext():
+            return store(role, obj_key, meta, tag, f)
+
+    def store(role: str, obj_key: str, meta: dict[str, str], tag: str, f: _File) -> str:
         existing = s3.head(obj_key)
         want = {**meta, META_SHA256: f.sha256}
         if existing and existing["size"] == f.size and existing["metadata"].get(META_SHA256) == f.sha256:
@@ -531,9 +587,12 @@ def _publish_s3(
         )
         # Same bytes, new metadata (e.g. its boot files were re-uploaded): copy the object onto itself.
         source = obj_key if same_content else first_of.get(role)
+        from_staging = source is None and role == "rootfs" and staged is not None
+        if from_staging:
+            source = staged
         if source is not None:
             try:
-                result = s3.copy(source, obj_key, meta, f.sha256, f.size)
+                result = s3.copy(source, obj_key, meta, f.sha256, f.size, checksum=from_staging)
             except PublishError as exc:
                 log.warning(
                     "server-side copy failed; uploading instead", key=obj_key, error=str(exc), step="s3"
@@ -542,9 +601,12 @@ def _publish_s3(
             result = s3.upload(f.path, obj_key, meta, f.sha256)
         done[obj_key] = (f.sha256, result.etag)
         first_of.setdefault(role, obj_key)
+        action = (
+            ObjectAction.UPLOADED if from_staging and result.action == ObjectAction.COPIED else result.action
+        )
         out.append(
             PublishedObject(
-                ArtifactTarget.S3, role, result.url, f.sha256, f.size, tag, result.action, s3.bucket, obj_key
+                ArtifactTarget.S3, role, result.url, f.sha256, f.size, tag, action, s3.bucket, obj_key
             )
         )
         return result.etag

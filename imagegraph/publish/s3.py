@@ -111,6 +111,9 @@ class S3Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     checksum: bool = True  # ask for SHA256 transfer checksums when the endpoint accepts them
+    # Send the SquashFS while mksquashfs writes it (s3stream.py): IMAGEGRAPH_S3_STREAM=1. Off by
+    # default: it wins only when the upload waits on the link; on 2 busy cores it lost (bench/README.md).
+    stream: bool = field(default_factory=lambda: os.environ.get("IMAGEGRAPH_S3_STREAM", "0") == "1")
     region: str | None = None
 
     @classmethod
@@ -427,6 +430,29 @@ class S3Target:
         # Ctrl-C ends a retrying upload's wait at once (the policy's sleep), not only a running command.
         return policy.retrying(on_retry, retry_if=is_transient)
 
+    def retrying(self, attempts: int | None = None) -> Retrying:
+        """The retry loop (tenacity) for one request to this target: transient faults only."""
+        return self._retrying(attempts)
+
+    def checksum_enabled(self) -> bool:
+        """Whether to send SHA256 transfer checksums (asked for, and the endpoint has not rejected them)."""
+        return self.settings.checksum and self.endpoint not in self._no_checksum
+
+    def failure(self, exc: BaseException, what: str) -> PublishError:
+        """A PublishError for `exc` during `what`, in words for the user, without secrets."""
+        return self._fail(exc, what)
+
+    def delete(self, key: str) -> None:
+        """Delete one object (retried; a missing object is fine). Raises PublishError."""
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Cancelled:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, f"cannot delete {key}") from None
+
     def _fail(self, exc: BaseException, what: str) -> PublishError:
         return PublishError(
             self.layer, self.target_name, f"{what}: {describe_error(exc, self.endpoint, self.bucket)}"
@@ -531,7 +557,16 @@ class S3Target:
                     self._abort_started(key)
                     raise
 
-    def copy(self, src_key: str, key: str, metadata: dict[str, str], sha256: str, size: int) -> UploadResult:
+    def copy(
+        self,
+        src_key: str,
+        key: str,
+        metadata: dict[str, str],
+        sha256: str,
+        size: int,
+        *,
+        checksum: bool = False,
+    ) -> UploadResult:
         """Server-side copy (multipart copy for big objects) with new metadata.
 
         Used for the second and later tags: a multi-GB SquashFS crosses the
@@ -539,7 +574,9 @@ class S3Target:
         upload when the endpoint does not implement copies.
         """
         meta = {**metadata, META_SHA256: sha256}
-        extra = {"Metadata": meta, "MetadataDirective": "REPLACE"}
+        extra: dict[str, Any] = {"Metadata": meta, "MetadataDirective": "REPLACE"}
+        if checksum and self.checksum_enabled():  # the copy of a streamed upload stands for an upload
+            extra["ChecksumAlgorithm"] = "SHA256"
         try:
             for attempt in self._retrying():
                 with attempt:

@@ -34,6 +34,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from ..errors import PublishError
@@ -121,12 +123,20 @@ def _missing_mount_points(rootfs: Path) -> list[str]:
 
 
 def make_squashfs(
-    rootfs: Path, dest: Path, opts: SquashfsOptions, runner: Runner, epoch: int | None = None
+    rootfs: Path,
+    dest: Path,
+    opts: SquashfsOptions,
+    runner: Runner,
+    epoch: int | None = None,
+    *,
+    while_writing: Callable[[Path], AbstractContextManager[object]] | None = None,
 ) -> Path:
     """Write a SquashFS of `rootfs` to `dest` (replacing it atomically) and return `dest`.
 
     `epoch` is the time given to the filesystem and to every file in it
-    (default: SOURCE_DATE_EPOCH or 0).
+    (default: SOURCE_DATE_EPOCH or 0). `while_writing(path)`, when given, is
+    entered around mksquashfs with the file being written (s3stream.py
+    follows it); it reads only, so the bytes are mksquashfs's.
     """
     rootfs, dest = Path(rootfs), Path(dest)
     layer = runner.layer
@@ -141,7 +151,8 @@ def make_squashfs(
         argv = mksquashfs_args(rootfs, tmp, opts, epoch, layer, tuple(_missing_mount_points(rootfs)))
         # `env -u`: mksquashfs refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time.
         try:
-            runner.run(["env", "-u", "SOURCE_DATE_EPOCH", *argv], step="squashfs", loglevel="WARNING")
+            with while_writing(tmp) if while_writing is not None else nullcontext():
+                runner.run(["env", "-u", "SOURCE_DATE_EPOCH", *argv], step="squashfs", loglevel="WARNING")
         except CommandError as exc:
             tail = "\n".join("    " + t for t in exc.tail)
             raise PublishError(
