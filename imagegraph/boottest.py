@@ -567,7 +567,7 @@ def layer_artifacts(
     `key` is the layer's current key (None: whatever the first tag holds).
     Raises BootTestError when none of them has the layer.
     """
-    from .publish.artifacts import INITRAMFS_NAME, MANIFEST_NAME, ROOTFS_NAME, VMLINUZ_NAME
+    from .publish.dirlayout import INITRAMFS_NAME, MANIFEST_NAME, ROOTFS_NAME, VMLINUZ_NAME
 
     tags = [tag] if tag else list(spec.publish_tags)
     looked: list[str] = []

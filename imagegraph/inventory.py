@@ -476,7 +476,7 @@ def dir_answers(spec: LayerSpec, key: str) -> dict[str, Answer]:
     Otherwise absent, holding the key its manifest names (if any); unknown
     when the directory cannot be read (permissions, I/O errors).
     """
-    from .publish.artifacts import MANIFEST_NAME, dir_artifacts_present
+    from .publish.dirlayout import MANIFEST_NAME, dir_artifacts_present
 
     out: dict[str, Answer] = {}
     for tag in spec.publish_tags:

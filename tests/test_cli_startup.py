@@ -95,6 +95,19 @@ def test_plan_json_loads_no_client_renderer_or_logger(tmp_path: Path) -> None:
     assert not _loaded(warm, NEVER_FOR_PLAN + PARSERS)  # every spec came from the cache
 
 
+def test_plan_of_directory_targets_loads_no_s3_client(tmp_path: Path) -> None:
+    """The bundled layers publish to a directory: reading those publications needs no boto3
+    (whose import opens a socket, which also keeps an offline plan's answer from being reused)."""
+    import shutil
+
+    root = tmp_path / "layers"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "layers", root, ignore=shutil.ignore_patterns(".*"))
+    assert "publish_dir" in (root / "boot.yaml").read_text()
+    mods = _modules("plan", "--offline", "--json", str(root), xdg=tmp_path / "xdg")
+    assert _loaded(mods, ("imagegraph.publish.dirlayout",))  # the directory target was read
+    assert not _loaded(mods, NEVER_FOR_PLAN)
+
+
 def test_validate_of_a_valid_directory_loads_no_client(tmp_path: Path) -> None:
     root = seed_dir(tmp_path / "layers")
     for args in (("validate", "--json", str(root)), ("validate", str(root))):

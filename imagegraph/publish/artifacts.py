@@ -57,17 +57,12 @@ from ..errors import PublishError
 from ..log import get_logger
 from ..runner import Cancelled, Runner, cancel_requested
 from .bootfiles import BootFiles, find_boot_files, os_tag
+from .dirlayout import INITRAMFS_NAME, MANIFEST_NAME, ROOTFS_NAME, VMLINUZ_NAME
 from .s3 import META_KEY, META_SHA256, ObjectAction, S3Index, S3Settings, S3Target, object_url, sha256_file
 from .s3stream import StreamedUpload
 from .squashfs import fsync_path, make_squashfs
 
 LAYOUTS = ("image-builder", "versioned")
-ROOTFS_NAME, VMLINUZ_NAME, INITRAMFS_NAME, MANIFEST_NAME = (
-    "rootfs.squashfs",
-    "vmlinuz",
-    "initramfs.img",
-    "manifest.json",
-)
 MANIFEST_FORMAT = 1
 DEFAULT_BOOT_PARAMS = ("ip=dhcp", "overlayroot=tmpfs", "overlayroot_cfgdisk=disabled")
 
@@ -696,32 +691,6 @@ def _publish_dir(
             )
         )
     return out
-
-
-def dir_artifacts_present(spec: Any, key: str, tags: Sequence[str] | None = None) -> bool:
-    """True when every tag's directory under `publish_dir` holds a complete publication of `key`.
-
-    Reads each tag's manifest.json and checks the files it names by size (a
-    hash of multi-GB files would make `plan` slow). True when the layer has
-    no publish_dir.
-    """
-    if not spec.publish_dir:
-        return True
-    for tag in tags or spec.publish_tags:
-        d = Path(spec.publish_dir) / spec.name / tag
-        try:
-            doc = json.loads((d / MANIFEST_NAME).read_text())
-            if doc.get("key") != key:
-                return False
-            entries = doc.get("files") or {}
-            if ROOTFS_NAME not in entries:
-                return False
-            for name, info in entries.items():
-                if (d / name).stat().st_size != int(info["size"]):
-                    return False
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return False
-    return True
 
 
 def _sha(data: bytes) -> str:

@@ -158,7 +158,7 @@ class RemoteBuilds:
     def _from_dir(self, spec: Any, key: str) -> Found:
         if not spec.publish_dir:
             return Found()
-        from .artifacts import MANIFEST_NAME
+        from .dirlayout import MANIFEST_NAME
 
         base = Path(spec.publish_dir) / spec.name
         for tag in self._tags(spec):
@@ -259,7 +259,7 @@ class RemoteBuilds:
     def _tag_dir(self, spec: Any, tag: str) -> Found:
         if not spec.publish_dir:
             return Found()
-        from .artifacts import MANIFEST_NAME
+        from .dirlayout import MANIFEST_NAME
 
         path = Path(spec.publish_dir) / spec.name / tag / MANIFEST_NAME
         try:
