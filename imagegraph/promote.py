@@ -148,6 +148,7 @@ def _local(spec: Any, key: str, tag: str, runner: Runner) -> dict | None:
 
 def _dir(spec: Any, key: str, tag: str) -> dict:
     from .publish import artifacts as a
+    from .publish.dirlayout import dir_artifacts_present
 
     base = Path(spec.publish_dir) / spec.name
     source = None
@@ -158,12 +159,12 @@ def _dir(spec: Any, key: str, tag: str) -> dict:
             doc = json.loads((d / a.MANIFEST_NAME).read_text())
         except (OSError, ValueError):
             continue
-        if doc.get("key") == key and a.dir_artifacts_present(spec, key, [d.name]):
+        if doc.get("key") == key and dir_artifacts_present(spec, key, [d.name]):
             source, manifest = d, doc
             break
     if source is None:
         current = base / tag
-        if a.dir_artifacts_present(spec, key, [tag]):
+        if dir_artifacts_present(spec, key, [tag]):
             return {"target": "dir", "locations": [str(current)], "action": "unchanged"}
         raise PromoteError(
             f"{spec.name}: no directory under {base} holds key {key[:12]}; run `imagegraph up`"

@@ -20,11 +20,11 @@ from imagegraph.log import configure
 from imagegraph.publish.artifacts import (
     artifact_keys,
     boot_config,
-    dir_artifacts_present,
     find_published,
     publish_artifacts,
     s3_artifacts_present,
 )
+from imagegraph.publish.dirlayout import dir_artifacts_present
 from imagegraph.publish.s3 import MiB, S3Index, S3Settings, S3Target
 from imagegraph.retry import RetryPolicy
 from imagegraph.runner import Runner
