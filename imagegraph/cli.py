@@ -1401,7 +1401,7 @@ def _layer_key(args: argparse.Namespace, lg: LayerGraph, layer: str) -> tuple[St
     state = State(_state_path(lg.project, args.state))
     offline = getattr(args, "offline", False)
     inventory = LiveInventory(offline=offline, timeout=_registry_timeout(args))
-    lp = make_plan(lg, state, inventory, [layer], offline=offline).layers[layer]
+    lp = make_plan(lg, state, inventory, [layer], offline=offline, **_lock_kw(lg)).layers[layer]
     if lp.action == Action.BUILD:
         why = "; ".join(r.message for r in lp.reasons)
         raise UsageError(f"{layer}: its current key {lp.key[:12]} is not built ({why}); run `imagegraph up`")
@@ -1509,7 +1509,15 @@ def _current_key(args: argparse.Namespace, lg: LayerGraph, state: State, layer: 
 
     offline = getattr(args, "offline", False)
     inventory = LiveInventory(offline=offline, timeout=_registry_timeout(args))
-    return make_plan(lg, state, inventory, [layer], offline=offline).layers[layer].key
+    return make_plan(lg, state, inventory, [layer], offline=offline, **_lock_kw(lg)).layers[layer].key
+
+
+def _lock_kw(lg: LayerGraph) -> dict:
+    """The lock file's part of the keys (as `plan` takes it): without it a locked layer's key is another."""
+    from .lockfile import load_lock
+
+    lock = load_lock(lg.project.root)
+    return {"upstream_of": lock.upstream_of, "locked_digest": lock.parent_digest} if lock else {}
 
 
 def cmd_diff(args: argparse.Namespace, out: Output) -> int:
