@@ -939,7 +939,10 @@ def cmd_validate(args: argparse.Namespace, out: Output) -> int:
     if not result.ok:
         raise SpecError(result.diagnostics)
     out.warnings(result.warnings)
-    out.info(f"{plural(len(result.layers), 'layer spec')} OK in {root}")
+    # JSON lines: the `validate result` event, as every command's result
+    out.document(
+        result.to_json(), False, lambda: out.info(f"{plural(len(result.layers), 'layer spec')} OK in {root}")
+    )
     return 0
 
 

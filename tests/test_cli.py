@@ -304,3 +304,15 @@ def test_layer_commands_key_a_layer_as_plan_does_with_a_lock_file(tmp_path: Path
         assert r.returncode != 0 and f"key {key[:12]} " in r.stderr, (cmd, r.stderr)
     d = run("diff", str(root), "c", "--offline")
     assert f"-> {key[:12]} (current)" in d.stdout, d.stdout
+
+
+def test_validate_result_is_an_event_in_json_lines(tmp_path: Path) -> None:
+    """Under systemd (JOURNAL_STREAM) a command's result is the event `<command> result`."""
+    root = seed_dir(tmp_path / "layers")
+    r = run("--log-format", "json", "validate", str(root))
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in (r.stdout + r.stderr).splitlines()]
+    result = [e for e in events if e["event"] == "validate result"]
+    assert len(result) == 1 and result[0]["result"]["ok"] is True, events
+    assert len(result[0]["result"]["layers"]) == 3
+    assert "3 layer specs OK" in run("validate", str(root)).stdout
