@@ -508,7 +508,7 @@ def _cmd_artifacts(sub: Any) -> None:
         "[DIR] LAYER",
         "Print where a layer was published and, for SquashFS targets (S3 or a directory), the boot "
         "configuration for OpenCHAMI's boot service. A publish_dir target's URLs are file:// URLs unless "
-        "--base-url (or the target's base_url) says where a web server serves the directory.",
+        "--base-url says where a web server serves the directory.",
         _examples(
             "imagegraph artifacts layers/ compute",
             "imagegraph artifacts layers/ compute --base-url http://boot.example:8080/images",
