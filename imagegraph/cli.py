@@ -613,7 +613,7 @@ def _cmd_promote(sub: Any) -> None:
     )
     _state_opt(p)
     p.add_argument(
-        "--key", default=None, help="a recorded build's key or its prefix (default: the current key)"
+        "--key", default=None, help="a built key, a key prefix or a tag (default: the current key)"
     )
     p.add_argument("--force", action="store_true", help="promote a key that has not passed its boot test")
     _online_opts(p)
