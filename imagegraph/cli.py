@@ -1140,7 +1140,7 @@ def _preflight(args: argparse.Namespace, lg: LayerGraph) -> None:
     from .doctor import PreflightError, preflight
 
     root, names = _split_dir(args.args)
-    missing = preflight(lg, lg.select(names or None))
+    missing = preflight(lg, lg.select(names or None), getattr(args, "executor", None))
     if missing:
         raise PreflightError(root, missing)
 
