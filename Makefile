@@ -8,7 +8,7 @@ export BUILDAH_ISOLATION ?= chroot
 PREFIX ?= /usr/local
 MAN := $(VENV)/share/man/man1/imagegraph.1
 
-.PHONY: all system system-run venv test-venv demo plan test lint bench man install clean
+.PHONY: all system system-run venv test-venv demo test lint bench man install clean
 
 all: test
 

@@ -569,6 +569,11 @@ def layer_artifacts(
     """
     from .publish.dirlayout import INITRAMFS_NAME, MANIFEST_NAME, ROOTFS_NAME, VMLINUZ_NAME
 
+    if spec.rootfs_only:  # not "set rootfs_only" (what making boot files from the image would advise)
+        raise BootTestError(
+            f"{spec.name}: rootfs_only: true publishes no kernel or initramfs, so there is nothing to boot; "
+            "install a kernel with a dracut live initramfs and drop rootfs_only to boot-test it"
+        )
     tags = [tag] if tag else list(spec.publish_tags)
     looked: list[str] = []
     if spec.publish_dir:

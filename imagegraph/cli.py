@@ -508,7 +508,7 @@ def _cmd_artifacts(sub: Any) -> None:
         "[DIR] LAYER",
         "Print where a layer was published and, for SquashFS targets (S3 or a directory), the boot "
         "configuration for OpenCHAMI's boot service. A publish_dir target's URLs are file:// URLs unless "
-        "--base-url (or the target's base_url) says where a web server serves the directory.",
+        "--base-url says where a web server serves the directory.",
         _examples(
             "imagegraph artifacts layers/ compute",
             "imagegraph artifacts layers/ compute --base-url http://boot.example:8080/images",
@@ -613,7 +613,7 @@ def _cmd_promote(sub: Any) -> None:
     )
     _state_opt(p)
     p.add_argument(
-        "--key", default=None, help="a recorded build's key or its prefix (default: the current key)"
+        "--key", default=None, help="a built key, a key prefix or a tag (default: the current key)"
     )
     p.add_argument("--force", action="store_true", help="promote a key that has not passed its boot test")
     _online_opts(p)
@@ -939,7 +939,10 @@ def cmd_validate(args: argparse.Namespace, out: Output) -> int:
     if not result.ok:
         raise SpecError(result.diagnostics)
     out.warnings(result.warnings)
-    out.info(f"{plural(len(result.layers), 'layer spec')} OK in {root}")
+    # JSON lines: the `validate result` event, as every command's result
+    out.document(
+        result.to_json(), False, lambda: out.info(f"{plural(len(result.layers), 'layer spec')} OK in {root}")
+    )
     return 0
 
 
@@ -1142,7 +1145,7 @@ def _preflight(args: argparse.Namespace, lg: LayerGraph) -> None:
     from .doctor import PreflightError, preflight
 
     root, names = _split_dir(args.args)
-    missing = preflight(lg, lg.select(names or None))
+    missing = preflight(lg, lg.select(names or None), getattr(args, "executor", None))
     if missing:
         raise PreflightError(root, missing)
 
@@ -1406,7 +1409,7 @@ def _layer_key(args: argparse.Namespace, lg: LayerGraph, layer: str) -> tuple[St
     state = State(_state_path(lg.project, args.state))
     offline = getattr(args, "offline", False)
     inventory = LiveInventory(offline=offline, timeout=_registry_timeout(args))
-    lp = make_plan(lg, state, inventory, [layer], offline=offline).layers[layer]
+    lp = make_plan(lg, state, inventory, [layer], offline=offline, **_lock_kw(lg)).layers[layer]
     if lp.action == Action.BUILD:
         why = "; ".join(r.message for r in lp.reasons)
         raise UsageError(f"{layer}: its current key {lp.key[:12]} is not built ({why}); run `imagegraph up`")
@@ -1514,7 +1517,15 @@ def _current_key(args: argparse.Namespace, lg: LayerGraph, state: State, layer: 
 
     offline = getattr(args, "offline", False)
     inventory = LiveInventory(offline=offline, timeout=_registry_timeout(args))
-    return make_plan(lg, state, inventory, [layer], offline=offline).layers[layer].key
+    return make_plan(lg, state, inventory, [layer], offline=offline, **_lock_kw(lg)).layers[layer].key
+
+
+def _lock_kw(lg: LayerGraph) -> dict:
+    """The lock file's part of the keys (as `plan` takes it): without it a locked layer's key is another."""
+    from .lockfile import load_lock
+
+    lock = load_lock(lg.project.root)
+    return {"upstream_of": lock.upstream_of, "locked_digest": lock.parent_digest} if lock else {}
 
 
 def cmd_diff(args: argparse.Namespace, out: Output) -> int:

@@ -92,11 +92,15 @@ TOOLS: dict[str, tuple[str, str]] = {
     "sbatch": ("slurm-client", "the Slurm executor"),
     "squeue": ("slurm-client", "the Slurm executor"),
     "scancel": ("slurm-client", "the Slurm executor"),
+    "scontrol": ("slurm-client", "the Slurm executor"),
 }
 
 
-def needed_tools(lg: LayerGraph, layers: set[str] | None = None) -> dict[str, list[str]]:
-    """Tool -> the layers that need it (every layer needs buildah)."""
+def needed_tools(
+    lg: LayerGraph, layers: set[str] | None = None, executor: str | None = None
+) -> dict[str, list[str]]:
+    """Tool -> the layers that need it (every layer needs buildah); `executor` (`up --executor`)
+    overrides imagegraph.yaml's `executor.kind`."""
     need: dict[str, list[str]] = {}
 
     def add(tool: str, lid: str) -> None:
@@ -120,8 +124,8 @@ def needed_tools(lg: LayerGraph, layers: set[str] | None = None) -> dict[str, li
 
             for a in spec.boot_test.arches or lg.arches(lid):
                 add(MACHINES[a].qemu if a in MACHINES else "qemu-system-x86_64", lid)
-    if chosen and getattr(lg.project.settings, "executor", "local") == "slurm":
-        for tool in ("sbatch", "squeue", "scancel"):
+    if chosen and (executor or lg.project.settings.executor.kind) == "slurm":
+        for tool in ("sbatch", "squeue", "scontrol", "scancel"):
             need[tool] = list(chosen)
     return need
 
@@ -138,9 +142,10 @@ def _missing_tool(tool: str, layers: list[str]) -> Check:
     )
 
 
-def preflight(lg: LayerGraph, layers: set[str] | None = None) -> list[Check]:
+def preflight(lg: LayerGraph, layers: set[str] | None = None, executor: str | None = None) -> list[Check]:
     """The tools the selected layers need that are not on PATH (no process is started)."""
-    return [_missing_tool(t, ls) for t, ls in needed_tools(lg, layers).items() if shutil.which(t) is None]
+    need = needed_tools(lg, layers, executor)
+    return [_missing_tool(t, ls) for t, ls in need.items() if shutil.which(t) is None]
 
 
 _VERSION = re.compile(r"\d+(?:\.\d+)+[\w.+~-]*")

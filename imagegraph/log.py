@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from .redact import redact, redact_obj
@@ -79,6 +80,10 @@ def configure(fmt: str = "auto", level: str = "INFO", stream: Any = None, color:
     `color` None: colour when the stream is a terminal and NO_COLOR is unset.
     """
     global _pending
+    # requests silences urllib3's "no PySocks" warning as it imports, but botocore's import in an S3
+    # thread restores the filters it saved (catch_warnings), dropping that: a raw, non-JSON line.
+    # Filters set here, before any thread starts, survive that.
+    warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
     _pending = (fmt, level, stream or _STDERR, color)
     if "structlog" in sys.modules:  # loggers already exist: apply now
         _apply()

@@ -14,6 +14,9 @@ prefix of a recorded build). Each of the layer's targets moves:
   directory holding the key, swapped in atomically;
 - local container storage (`publish_local`): `buildah tag`.
 
+Every target is asked first whether it holds the key; when one does not,
+nothing moves (a tag is never left half promoted).
+
 When the layer has `options.boot_test.enabled`, the key must have booted
 (a `boot-test` event in the state, from `up` or `boot-test`), unless forced.
 Every move is recorded in the state as a `promote` event, with the package
@@ -25,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,19 +93,23 @@ def promote(
     runner = runner or Runner(layer)
     # What the tag held: this state's record, else (with `remote`, diff.RemoteSource) the registry's.
     out = Promotion(layer, key, tag, changes=tag_changes(state, layer, spec, tag, key, remote))
+    # Every target is asked first; one that does not hold the key moves none (no half promotion).
+    moves: list[Callable[[], dict]] = []
     if spec.publish_registry:
-        out.targets.append(_registry(spec, key, tag))
+        moves.append(_registry(spec, key, tag))
     if spec.publish_local:
         moved = _local(spec, key, tag, runner)
         if moved:
-            out.targets.append(moved)
+            moves.append(moved)
     if spec.publish_dir:
-        out.targets.append(_dir(spec, key, tag))
+        moves.append(_dir(spec, key, tag))
     if spec.publish_s3:
-        out.targets.append(_s3(spec, key, tag, state, layer))
-    if not out.targets:
+        moves.append(_s3(spec, key, tag, state, layer))
+    if not moves:
         raise PromoteError(f"{layer}: nothing to promote: the layer has no registry, S3 or directory target")
-    for t in out.targets:
+    for move in moves:
+        t = move()
+        out.targets.append(t)
         state.record_event(
             run_id=run_id,
             layer=layer,
@@ -119,7 +127,7 @@ def promote(
     return out
 
 
-def _registry(spec: Any, key: str, tag: str) -> dict:
+def _registry(spec: Any, key: str, tag: str) -> Callable[[], dict]:
     from .publish.registry_client import RegistryClient
     from .reference import target_repository
 
@@ -130,11 +138,15 @@ def _registry(spec: Any, key: str, tag: str) -> dict:
     if digest is None:
         why = client.errors.get(f"{repo}:{key_tag(key)}", "not found")
         raise PromoteError(f"{spec.name}: {repo}:{key_tag(key)[:15]}... is not in the registry ({why})")
-    client.put_tag(repo, digest, tag)
-    return {"target": "registry", "locations": [f"{repo}:{tag}"], "digest": digest}
+
+    def move() -> dict:
+        client.put_tag(repo, digest, tag)
+        return {"target": "registry", "locations": [f"{repo}:{tag}"], "digest": digest}
+
+    return move
 
 
-def _local(spec: Any, key: str, tag: str, runner: Runner) -> dict | None:
+def _local(spec: Any, key: str, tag: str, runner: Runner) -> Callable[[], dict] | None:
     from .build import local_image_id
     from .inventory import local_key_ref
 
@@ -142,11 +154,15 @@ def _local(spec: Any, key: str, tag: str, runner: Runner) -> dict | None:
     if image is None:
         return None  # built elsewhere: local storage is no publication target then
     ref = f"localhost/{spec.name}:{tag}"
-    runner.run(["buildah", "tag", image, ref], step="promote")
-    return {"target": "local", "locations": [ref], "digest": image}
+
+    def move() -> dict:
+        runner.run(["buildah", "tag", image, ref], step="promote")
+        return {"target": "local", "locations": [ref], "digest": image}
+
+    return move
 
 
-def _dir(spec: Any, key: str, tag: str) -> dict:
+def _dir(spec: Any, key: str, tag: str) -> Callable[[], dict]:
     from .publish import artifacts as a
     from .publish.dirlayout import dir_artifacts_present
 
@@ -165,10 +181,16 @@ def _dir(spec: Any, key: str, tag: str) -> dict:
     if source is None:
         current = base / tag
         if dir_artifacts_present(spec, key, [tag]):
-            return {"target": "dir", "locations": [str(current)], "action": "unchanged"}
+            return lambda: {"target": "dir", "locations": [str(current)], "action": "unchanged"}
         raise PromoteError(
             f"{spec.name}: no directory under {base} holds key {key[:12]}; run `imagegraph up`"
         )
+    return lambda: _dir_move(spec, tag, base, source, manifest)
+
+
+def _dir_move(spec: Any, tag: str, base: Path, source: Path, manifest: dict) -> dict:
+    from .publish import artifacts as a
+
     names = {"rootfs": a.ROOTFS_NAME, "kernel": a.VMLINUZ_NAME, "initramfs": a.INITRAMFS_NAME}
     files = {}
     for role, name in names.items():
@@ -197,9 +219,9 @@ def _copy_sbom_file(source: Path, final: Path) -> None:
         os.replace(tmp, final / SBOM_NAME)
 
 
-def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> dict:
+def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> Callable[[], dict]:
     from .publish import artifacts as a
-    from .publish.s3 import META_SHA256, S3Index, S3Target
+    from .publish.s3 import S3Index, S3Target
 
     known = list(spec.publish_tags) + [e["detail"].get("tag") for e in state.events(layer, "promote")]
     tags = [t for t in dict.fromkeys(known) if t and t != tag]
@@ -216,6 +238,13 @@ def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> dict:
     head = s3.head(src.rootfs)
     if head is None:
         raise PromoteError(f"{spec.name}: {src.rootfs} vanished while promoting")
+    return lambda: _s3_move(spec, key, tag, s3, src, head)
+
+
+def _s3_move(spec: Any, key: str, tag: str, s3: Any, src: Any, head: dict) -> dict:
+    from .publish import artifacts as a
+    from .publish.s3 import META_SHA256
+
     meta = head["metadata"]
     kver, os_str = meta.get("imagegraph-kver"), meta.get("imagegraph-os", "")
     initrd_name = None

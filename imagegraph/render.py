@@ -366,7 +366,10 @@ def counts_line(plan: Plan) -> Text:
     from rich.text import Text
 
     summary = ", ".join(f"{n} {a}" for a, n in plan.counts().items() if n)
-    return Text(f"{plural(len(plan.layers), 'layer')}: {summary}", style="bold")
+    layers = len({lp.spec_id for lp in plan.layers.values()})
+    # a multi-arch layer is one node per arch: the counts are of nodes
+    nodes = f" ({plural(len(plan.layers), 'node')})" if layers != len(plan.layers) else ""
+    return Text(f"{plural(layers, 'layer')}{nodes}: {summary}", style="bold")
 
 
 def plan_summary(plan: Plan) -> list[Text]:

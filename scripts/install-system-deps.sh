@@ -38,6 +38,8 @@ check python3 python3
 # Pictures: Graphviz lays out `graph --format svg` and report pages; tests render them in Chromium.
 check dot graphviz
 [ $tests = 1 ] && check chromium chromium
+# tests/test_contrib.py runs the README's `journalctl ... | jq` recipe on real JSON lines.
+[ $tests = 1 ] && check jq jq
 dpkg -s fonts-dejavu-core >/dev/null 2>&1 || need+=(fonts-dejavu-core)
 # `imagegraph lock` resolves package sets with libsolv (dnf's solver) through the system Python.
 /usr/bin/python3 -c 'import solv' >/dev/null 2>&1 || need+=(python3-solv)

@@ -273,3 +273,16 @@ def test_up_publishes_human_tags_only_after_a_boot_and_promote_moves_them(tiny, 
     with pytest.raises(PromoteError, match="has not booted"):
         promote(spec, "tiny", "f" * 64, "prod2", State(state_db), run_id="t")
     assert "prod2" not in _tags(registry)
+
+
+def test_rootfs_only_layer_says_why_it_cannot_boot(tmp_path: Path) -> None:
+    """A rootfs_only layer has no boot files by design: the error says so, not "set rootfs_only"."""
+    from imagegraph.boottest import BootTestError, layer_artifacts
+    from imagegraph.spec import load_spec
+
+    path = tmp_path / "r.yaml"
+    path.write_text("options:\n  layer_type: base\n  name: r\n  pkg_manager: dnf\n  rootfs_only: true\n")
+    with pytest.raises(BootTestError) as info, layer_artifacts(load_spec(path), "0" * 64, tmp_path):
+        pass
+    assert "rootfs_only: true publishes no kernel" in str(info.value)
+    assert "set rootfs_only" not in str(info.value)

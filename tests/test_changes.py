@@ -661,3 +661,26 @@ def test_a_second_host_with_the_registry_unreachable_says_unknown(dnf_story: Sto
     from imagegraph.state import State
 
     assert State(host2, readonly=True).inventory_blob(s.keys[0]) is None  # nothing cached
+
+
+def test_promote_moves_nothing_when_one_target_lacks_the_key(dnf_story: Story) -> None:
+    """The directory holds no build of the key: neither the registry nor S3 gets `staging`."""
+    from imagegraph.publish.registry_client import RegistryClient
+
+    s = dnf_story
+    out = s.root.parent / "out"
+    aside = s.tmp / "out-aside"
+    out.rename(aside)
+    try:
+        r = s.run("promote", "dnf", "staging")
+    finally:
+        aside.rename(out)
+    assert r.returncode == 1 and "no directory under" in r.stderr, r.stderr
+    assert RegistryClient().manifest_digest(f"{s.registry.host}/igt/igt-chg-dnf:staging") is None
+    assert RegistryClient().manifest_digest(f"{s.registry.host}/igt/igt-chg-dnf:prod") is not None
+    objects = s.s3.client().list_objects_v2(Bucket=s.bucket, Prefix="chg/igt-chg-dnf/staging/")
+    assert objects.get("KeyCount", 0) == 0
+    from imagegraph.state import State
+
+    events = State(s.state, readonly=True).events("dnf", "promote")
+    assert all(e["detail"]["tag"] != "staging" for e in events)

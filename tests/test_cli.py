@@ -275,3 +275,44 @@ def test_plan_tree_summary_and_singular(tmp_path: Path) -> None:
     summary = run("plan", str(root), "--offline", "--summary").stdout.splitlines()
     assert summary[0] == "4 layers: 4 build" and len(summary) == 5
     assert summary[1].split()[:2] == ["build", "base"]
+
+
+def test_layer_commands_key_a_layer_as_plan_does_with_a_lock_file(tmp_path: Path) -> None:
+    """promote, boot-test, diff and sbom name the layer's current key: the one `plan` computes,
+    lock file included (a locked parent digest here), not the key the layer would have unlocked."""
+    root = tmp_path / "layers"
+    write(
+        root,
+        "c.yaml",
+        "options:\n  layer_type: base\n  name: c\n  pkg_manager: dnf\n"
+        "  parent: registry.example/site/base:9\npackages: [x]\n",
+    )
+    write(
+        root,
+        "imagegraph.lock",
+        "version: 1\nrepositories: []\nlayers: []\nparents:\n- reference: registry.example/site/base:9\n"
+        f"  digest: sha256:{'1' * 64}\n  layers: [c.yaml]\n",
+    )
+    plan = run("plan", str(root), "--offline", "--json")
+    key = json.loads(plan.stdout)["layers"][0]["key"]
+    unlocked = (root / "imagegraph.lock").rename(tmp_path / "lock")
+    other = json.loads(run("plan", str(root), "--offline", "--json").stdout)["layers"][0]["key"]
+    unlocked.rename(root / "imagegraph.lock")
+    assert key != other  # the lock is part of the key
+    for cmd in (["promote", str(root), "c", "prod"], ["boot-test", str(root), "c"], ["sbom", str(root), "c"]):
+        r = run(*cmd, "--offline")
+        assert r.returncode != 0 and f"key {key[:12]} " in r.stderr, (cmd, r.stderr)
+    d = run("diff", str(root), "c", "--offline")
+    assert f"-> {key[:12]} (current)" in d.stdout, d.stdout
+
+
+def test_validate_result_is_an_event_in_json_lines(tmp_path: Path) -> None:
+    """Under systemd (JOURNAL_STREAM) a command's result is the event `<command> result`."""
+    root = seed_dir(tmp_path / "layers")
+    r = run("--log-format", "json", "validate", str(root))
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in (r.stdout + r.stderr).splitlines()]
+    result = [e for e in events if e["event"] == "validate result"]
+    assert len(result) == 1 and result[0]["result"]["ok"] is True, events
+    assert len(result[0]["result"]["layers"]) == 3
+    assert "3 layer specs OK" in run("validate", str(root)).stdout

@@ -153,3 +153,16 @@ def test_doctor_asks_a_real_registry_for_publishing_and_for_parents(tmp_path: Pa
     (reg,) = [c for c in report.checks if c.kind == "registry"]
     assert reg.status == CheckStatus.OK and reg.name == registry.host and reg.needed_by == ("a",)
     assert "2 questions" in reg.detail and "anonymous" in reg.detail
+
+
+def test_slurm_executor_needs_slurms_commands(tmp_path: Path) -> None:
+    """`executor: {kind: slurm}` in imagegraph.yaml (or `up --executor slurm`) needs sbatch & co."""
+    root = seed_dir(tmp_path / "layers")
+    lg = build_graph(load_project(root))
+    assert "sbatch" not in needed_tools(lg)
+    assert set(needed_tools(lg, executor="slurm")["sbatch"]) == {"base", "compute", "gpu"}
+    write(root, "imagegraph.yaml", "executor:\n  kind: slurm\n  partition: build\n")
+    lg = build_graph(load_project(root))
+    need = needed_tools(lg)
+    assert {"sbatch", "squeue", "scancel"} <= set(need) and set(need["squeue"]) == {"base", "compute", "gpu"}
+    assert "sbatch" not in needed_tools(lg, executor="local")

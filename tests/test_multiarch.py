@@ -175,6 +175,16 @@ def test_tree_shows_arches_compactly(tmp_path: Path) -> None:
     assert text.count("parent base rebuilds") == 1
 
 
+def test_counts_line_says_layers_and_nodes(tmp_path: Path) -> None:
+    """Two layers, one on two arches: the counts are of three nodes; on the host's arch only, of layers."""
+    from imagegraph.render import counts_line
+
+    plan = plan_of(site(tmp_path, child_arches="[x86_64]"), tmp_path)
+    assert counts_line(plan).plain == "2 layers (3 nodes): 3 build"
+    one = tmp_path / "one"
+    assert counts_line(plan_of(site(one, base_arches="[x86_64]"), one)).plain == "2 layers: 2 build"
+
+
 def test_no_binfmt_handler_blocks_the_foreign_arch_and_says_how_to_fix(tmp_path: Path) -> None:
     def none_here(a: Arch) -> Emulation:
         return emulation(a, tmp_path / "no-binfmt", host=HOST)
