@@ -876,6 +876,8 @@ def _plan(
     project, lg = loaded or _load(root, args.state, sources_required=args.command == "up")
     state = State(_state_path(project, args.state), readonly=args.command in ("plan", "status"))
     lock = load_lock(project.root)  # keys include the locked upstream fingerprints, when there are any
+    if lock and not args.offline and (args.command == "plan" or getattr(args, "dry_run", False)):
+        lock = _lock_as_up_would(lock, lg, out)
     registries = inventory.registries_of([lg.spec(lid) for lid in lg.order(lg.select(names or None))])
     ask = ", ".join(f"{host} ({n} repositor{'y' if n == 1 else 'ies'})" for host, n in registries.items())
     slurm_kw: dict = {}
@@ -905,6 +907,25 @@ def _plan(
     for text in registry_warnings(plan, inventory.registry_problems()):
         out.warning(text)
     return project, lg, state, plan
+
+
+def _lock_as_up_would(lock: Any, lg: LayerGraph, out: Output) -> Any:
+    """The lock `up` would plan with: `up` first re-resolves entries made for another version of
+    a spec (an edit, or its revert), so a preview keys those layers by the same re-resolve, in
+    memory (nothing written). When that cannot be done, the lock as it is, with a warning."""
+    stale = lock.stale_layers(lg)
+    if not stale:
+        return lock
+    from .lockfile import lock as relock
+
+    report = relock(lg, dry_run=True)
+    if report.errors or report.lock is None:
+        out.warning(
+            f"imagegraph.lock: {', '.join(stale)} would be resolved again by `up`, but could not be now"
+            f" ({'; '.join(report.errors)[:300]}); keyed by the repositories' fingerprints"
+        )
+        return lock
+    return report.lock
 
 
 def _render_plan(plan: Plan, out: Output, as_json: bool, summary: bool = False) -> None:

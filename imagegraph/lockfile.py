@@ -250,6 +250,24 @@ class LockFile:
             return None  # a spec edited since `lock` ran: the lock no longer says what it installs
         return entry
 
+    def stale_layers(self, lg: Any) -> list[str]:
+        """Layer files whose resolved set `lock` (and so `up`) would resolve again: an entry made
+        for another version of the spec, or none yet for a layer that installs packages."""
+        if not (self.resolve and self.layers):
+            return []
+        root = self.path.parent
+        out = []
+        for lid in lg.order():
+            spec = lg.spec(lid)
+            installs = spec.packages or spec.packages_by_arch or spec.package_groups or spec.modules
+            if unresolvable(spec) is not None or not installs:
+                continue
+            for a in lg.arches(lid):
+                if self.layer_entry(spec, str(a)) is None:
+                    out.append(_layer_file(spec, root))
+                    break
+        return out
+
     def locked_packages(self, spec: LayerSpec, arch: str | None = None) -> list[LockedPackage] | None:
         entry = self.layer_entry(spec, arch)
         return None if entry is None else [LockedPackage.parse(line) for line in entry["packages"]]
@@ -429,6 +447,8 @@ class LockReport:
     written: bool = False
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)  # layers whose package set is not resolved, and why
+    # The lock file as written (or, with dry_run, as it would be): what `plan` keys by after a re-resolve.
+    lock: LockFile | None = None
 
     def of(self, change: str) -> list[LockChange]:
         return [c for c in self.changes if c.change == change]
@@ -581,8 +601,11 @@ def lock(
     if new.resolve and not report.errors:
         _resolve_layers(lg, old, new, report, fetch, expanded)
 
-    if report.errors or dry_run:
+    if report.errors:
         return report  # never half-updated: an unreachable repository is not "unchanged"
+    report.lock = new
+    if dry_run:
+        return report
     if not old.path.exists() or new.text() != old.path.read_text(encoding="utf-8", errors="replace"):
         new.write()
         report.written = True

@@ -512,3 +512,46 @@ def test_zypper_layer_installs_the_locked_versions(repo, tmp_path: Path) -> None
         assert installed(state, plan_keys(root, state)["zyp"])["ig-lib"] == "1.1-1"
     finally:
         remove_test_images()
+
+
+@pytest.mark.buildah
+@requires(have_buildah(), "needs buildah as root")
+def test_plan_after_a_reverted_package_edit_says_what_up_does(site, repo, tmp_path: Path) -> None:
+    """An edit of a package list, `up` (re-resolved, built), then its revert: the lock entry is for
+    the edit, and `up` re-resolves before planning, finds the first build's key and only moves the
+    tag. `plan` (and `up --dry-run`) re-resolve the same way in memory, so they say the same."""
+    import json
+
+    state = tmp_path / "state" / "state.db"
+    (site / "base.yaml").unlink()
+    (site / "compute.yaml").unlink()
+    spec = site / "other.yaml"
+    first = spec.read_text()
+    try:
+        assert cli("lock", str(site)).returncode == 0
+        r = cli("up", str(site), "--state", str(state))
+        assert r.returncode == 0, r.stderr[-3000:]
+        k1 = plan_keys(site, state)["other"]
+        spec.write_text(first.replace("[ig-tool]", "[ig-tool, ig-hello]"))
+        r = cli("up", str(site), "--state", str(state))
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "ig-hello" in (site / "imagegraph.lock").read_text()
+        spec.write_text(first)  # the revert; the lock still holds the edit's set
+        lock_text = (site / "imagegraph.lock").read_text()
+
+        for argv in (("plan",), ("up", "--dry-run")):
+            r = cli(*argv, str(site), "--state", str(state), "--json")
+            assert r.returncode in (0, 1), r.stderr[-3000:]
+            (lp,) = json.loads(r.stdout)["layers"]
+            assert (lp["action"], lp["key"]) == ("publish", k1), (argv, lp)
+        assert (site / "imagegraph.lock").read_text() == lock_text  # a preview writes nothing
+
+        r = cli("up", str(site), "--state", str(state), "--json")
+        assert r.returncode == 0, r.stderr[-3000:]
+        (done,) = json.loads(r.stdout)["layers"]
+        assert done["action"] == "publish" and [t["kind"] for t in done["tasks"]] == ["tag-local"], done
+        assert plan_keys(site, state)["other"] == k1
+        r = cli("plan", str(site), "--state", str(state), "--json")
+        assert json.loads(r.stdout)["layers"][0]["action"] == "up-to-date"
+    finally:
+        remove_test_images()
