@@ -654,7 +654,11 @@ def file_change_lines(files: list) -> list[Text]:
         )
     n = {k: sum(1 for f in files if f.kind == k) for k in ("added", "removed", "changed")}
     lines.append(
-        Text(f"{n['added']} paths added, {n['removed']} removed, {n['changed']} changed", style="bold")
+        Text(
+            f"{n['added']} path{'' if n['added'] == 1 else 's'} added, {n['removed']} removed,"
+            f" {n['changed']} changed",
+            style="bold",
+        )
     )
     return lines
 

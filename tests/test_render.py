@@ -214,3 +214,14 @@ def test_indented_json_of_a_real_plan(tmp_path: Path) -> None:
     plan = make_plan(lg, State(tmp_path / "s.db"), StaticInventory(), [])
     doc = plan.to_json()
     assert indented_json(doc) == json.dumps(doc, indent=2, default=str)
+
+
+def test_file_change_summary_counts_in_words() -> None:
+    from imagegraph.render import file_change_lines
+    from imagegraph.rootdiff import FileChange, FileChangeKind
+
+    one = [FileChange(FileChangeKind.ADDED, "/etc/motd", None, 12)]
+    assert file_change_lines(one)[-1].plain == "1 path added, 0 removed, 0 changed"
+    two = [*one, FileChange(FileChangeKind.ADDED, "/etc/issue", None, 3)]
+    two.append(FileChange(FileChangeKind.CHANGED, "/etc/hosts", 10, 11, "content"))
+    assert file_change_lines(two)[-1].plain == "2 paths added, 0 removed, 1 changed"
