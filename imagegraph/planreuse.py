@@ -477,15 +477,22 @@ def _path(p: str):
     return Path(p)
 
 
+ROOT_GRAPHROOT = "/var/lib/containers/storage"  # containers/storage's built-in graph root for root
+# Drivers containers/storage may pick when none is named (each keeps `<graphroot>/<driver>-images/`).
+KNOWN_DRIVERS = ("overlay", "vfs", "btrfs", "zfs", "devicemapper", "aufs")
+
+
 def storage_inputs() -> list[str] | None:
     """The files that say what `buildah images` would list, or None when that is not certain.
 
     containers-storage.conf(5): `CONTAINERS_STORAGE_CONF`, else (rootless)
     `$XDG_CONFIG_HOME/containers/storage.conf`, else /etc/containers, else
-    /usr/share/containers. A driver must be named (else c/storage picks one),
-    the graph root known (a rootless user under the system file gets a
-    per-user default: not followed here), no additional image stores, no
-    separate image store, no `STORAGE_OPTS`, no drop-in directory.
+    /usr/share/containers; root without any of them (Debian's buildah ships
+    none) gets containers/storage's built-in graph root. A driver not named
+    (c/storage then picks one) means every known driver's image list is an
+    input. Not certain, so None: a rootless user without a graph root of
+    their own (a per-user default, not followed here), additional image
+    stores, a separate image store, `STORAGE_OPTS`, a drop-in directory.
     """
     import tomllib
 
@@ -502,32 +509,36 @@ def storage_inputs() -> list[str] | None:
             candidates.append(os.path.join(base, "containers", "storage.conf"))
         candidates += ["/etc/containers/storage.conf", "/usr/share/containers/storage.conf"]
     conf = next((c for c in candidates if os.path.isfile(c)), None)
-    if conf is None:
+    if conf is None and (rootless or env.get("CONTAINERS_STORAGE_CONF")):
         return None
     if rootless and not env.get("CONTAINERS_STORAGE_CONF") and conf != candidates[0]:
         return None
     dropins = [c + ".d" for c in candidates]
     if any(os.path.exists(d) for d in dropins):
         return None
-    try:
-        with open(conf, "rb") as f:
-            storage = tomllib.load(f).get("storage", {})
-    except (OSError, ValueError):
-        return None
+    storage: dict = {}
+    if conf is not None:
+        try:
+            with open(conf, "rb") as f:
+                storage = tomllib.load(f).get("storage", {})
+        except (OSError, ValueError):
+            return None
     driver = env.get("STORAGE_DRIVER") or storage.get("driver")
-    graphroot = storage.get("graphroot")
+    graphroot = storage.get("graphroot") or (None if rootless else ROOT_GRAPHROOT)
     options = storage.get("options", {})
     if (
-        not isinstance(driver, str)
-        or not driver.isalnum()
+        (driver is not None and (not isinstance(driver, str) or not driver.isalnum()))
         or not isinstance(graphroot, str)
         or not os.path.isabs(graphroot)
         or storage.get("imagestore")
         or (isinstance(options, dict) and options.get("additionalimagestores"))
     ):
         return None
-    images = os.path.join(graphroot, f"{driver}-images")
-    return [*candidates, *dropins, images, os.path.join(images, "images.json")]
+    inputs = [*candidates, *dropins]
+    for d in [driver] if driver else KNOWN_DRIVERS:
+        images = os.path.join(graphroot, f"{d}-images")
+        inputs += [images, os.path.join(images, "images.json")]
+    return inputs
 
 
 def main() -> int:

@@ -172,9 +172,12 @@ def test_doubt_means_no_record(tmp_path: Path) -> None:
     r.extra["JOURNAL_STREAM"] = "8:1"
     assert r.plan("--json")[3] == ""
     del r.extra["JOURNAL_STREAM"]
-    # A storage configuration that does not name its driver: where images live is not certain.
+    # A storage configuration with a drop-in directory: where images live is not followed here.
     conf = tmp_path / "storage.conf"
-    conf.write_text('[storage]\ngraphroot = "/var/tmp/nowhere"\n')
+    conf.write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{tmp_path}/graph"\nrunroot = "{tmp_path}/run"\n'
+    )
+    (tmp_path / "storage.conf.d").mkdir()
     r.extra["CONTAINERS_STORAGE_CONF"] = str(conf)
     settle()
     said = r.plan("--json")[3]
@@ -351,3 +354,27 @@ def test_reused_plans_are_fresh_plans(tmp_path_factory: pytest.TempPathFactory) 
     finally:
         subprocess.run(["buildah", "rmi", "localhost/ig-planreuse-base:latest"], capture_output=True)
     assert sum(reused_before) > 0, "no step reused a record: the test proved nothing"
+
+
+def test_root_without_any_storage_conf_follows_the_built_in_graph_root(monkeypatch) -> None:
+    """Debian's buildah ships no storage.conf: root's images are then under containers/storage's
+    built-in graph root, with whichever driver it picked; every driver's image list is an input."""
+    import imagegraph.planreuse as pr
+
+    if os.geteuid() != 0:
+        pytest.skip("root's built-in defaults")  # rootless: not followed (no record), tested above
+    for var in ("CONTAINERS_STORAGE_CONF", "STORAGE_DRIVER", "STORAGE_OPTS"):
+        monkeypatch.delenv(var, raising=False)
+    real_isfile, real_exists = os.path.isfile, os.path.exists
+    etc = ("/etc/containers/", "/usr/share/containers/")
+    monkeypatch.setattr(os.path, "isfile", lambda p: False if str(p).startswith(etc) else real_isfile(p))
+    monkeypatch.setattr(os.path, "exists", lambda p: False if str(p).startswith(etc) else real_exists(p))
+    inputs = pr.storage_inputs()
+    assert inputs is not None
+    for d in pr.KNOWN_DRIVERS:
+        assert f"/var/lib/containers/storage/{d}-images/images.json" in inputs
+    assert "/etc/containers/storage.conf" in inputs  # one appearing later is a change
+    monkeypatch.setenv("STORAGE_DRIVER", "vfs")
+    assert [p for p in pr.storage_inputs() if p.endswith("images.json")] == [
+        "/var/lib/containers/storage/vfs-images/images.json"
+    ]
