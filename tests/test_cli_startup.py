@@ -95,17 +95,27 @@ def test_plan_json_loads_no_client_renderer_or_logger(tmp_path: Path) -> None:
     assert not _loaded(warm, NEVER_FOR_PLAN + PARSERS)  # every spec came from the cache
 
 
-def test_plan_of_directory_targets_loads_no_s3_client(tmp_path: Path) -> None:
+def test_reading_directory_publications_loads_no_s3_client(tmp_path: Path) -> None:
     """The bundled layers publish to a directory: reading those publications needs no boto3
-    (whose import opens a socket, which also keeps an offline plan's answer from being reused)."""
-    import shutil
-
-    root = tmp_path / "layers"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "layers", root, ignore=shutil.ignore_patterns(".*"))
-    assert "publish_dir" in (root / "boot.yaml").read_text()
-    mods = _modules("plan", "--offline", "--json", str(root), xdg=tmp_path / "xdg")
-    assert _loaded(mods, ("imagegraph.publish.dirlayout",))  # the directory target was read
-    assert not _loaded(mods, NEVER_FOR_PLAN)
+    (whose import opens a socket, which also keeps an offline plan's answer from being reused).
+    Asked directly: whether `plan` asks depends on what local storage holds."""
+    probe = (
+        "import json, sys\n"
+        "from imagegraph.project import load_project\n"
+        "from imagegraph.inventory import dir_answers\n"
+        "spec = load_project(sys.argv[1]).layers['boot']\n"
+        "assert spec.publish_dir\n"
+        "print(json.dumps({t: str(a.presence) for t, a in dir_answers(spec, '0' * 64).items()}))\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    layers = Path(__file__).resolve().parents[1] / "layers"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    r = subprocess.run([sys.executable, "-c", probe, str(layers)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    answers, mods = (json.loads(line) for line in r.stdout.splitlines()[-2:])
+    assert answers and set(answers.values()) <= {"absent", "present"}
+    assert _loaded(set(mods), ("imagegraph.publish.dirlayout",))
+    assert not _loaded(set(mods), NEVER_FOR_PLAN)
 
 
 def test_validate_of_a_valid_directory_loads_no_client(tmp_path: Path) -> None:
