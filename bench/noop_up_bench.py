@@ -123,7 +123,9 @@ def _noop_run(argv: list[str], env: dict[str, str], record: Path) -> tuple[float
     """One fresh `up` that must do nothing; its wall time and its stdout."""
     record.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        argv, env=env, cwd=record.parents[2], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )  # not from this tree's directory: `-m` would put it before --before's PYTHONPATH
     secs = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"no-op up failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")

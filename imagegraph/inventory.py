@@ -25,7 +25,7 @@ import contextlib
 import json
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -334,7 +334,20 @@ class LiveInventory:
                         client.configure_for(spec)
                         refs[ref] = spec
                 digests = {ref: pool.submit(client.manifest_digest, ref) for ref in refs}
-                futures = {repo: pool.submit(self.registry_tags, spec) for repo, spec in repos.items()}
+                # A host whose scheme is not known yet (https, then http for an insecure one) is
+                # asked once first: each of its repositories would otherwise try https at the same
+                # time, a TLS context and a failed handshake each (~30 ms of CPU apiece).
+                first: dict[str, str] = {}
+                for repo, spec in repos.items():
+                    host = target_repository(spec).registry
+                    if len(client.schemes(host)) > 1:
+                        first.setdefault(host, repo)
+                early = {repo: pool.submit(self.registry_tags, repos[repo]) for repo in first.values()}
+                wait(early.values())  # its answer (or error) is read below, in the repositories' order
+                futures = {
+                    repo: early.get(repo) or pool.submit(self.registry_tags, spec)
+                    for repo, spec in repos.items()
+                }
                 lists = {}
                 for repo, fut in futures.items():
                     try:
