@@ -124,7 +124,13 @@ def _noop_run(argv: list[str], env: dict[str, str], record: Path) -> tuple[float
     record.unlink(missing_ok=True)
     t0 = time.perf_counter()
     r = subprocess.run(
-        argv, env=env, cwd=record.parents[2], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        argv,
+        env=env,
+        cwd=record.parents[2],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
     )  # not from this tree's directory: `-m` would put it before --before's PYTHONPATH
     secs = time.perf_counter() - t0
     if r.returncode != 0:
