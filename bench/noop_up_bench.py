@@ -175,6 +175,9 @@ def three(argv: list[str]) -> None:
     if args.before:
         compileall.compile_dir(str(args.before / "imagegraph"), quiet=1)
         kinds = {"before": {**env, "PYTHONPATH": str(args.before.resolve())}, "now": env}
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` of a --hold run cleans up too
     tmp = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="igbench-noop-"))
     reg = s3 = server = repo = None
     try:
