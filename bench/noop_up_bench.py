@@ -119,9 +119,17 @@ def run(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     return time.perf_counter() - t0, r
 
 
-def _noop_run(argv: list[str], env: dict[str, str], record: Path) -> tuple[float, str]:
-    """One fresh `up` that must do nothing; its wall time and its stdout."""
+def _cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # children that ended (and what they waited for)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _noop_run(argv: list[str], env: dict[str, str], record: Path) -> tuple[float, float, str]:
+    """One fresh `up` that must do nothing; its wall time, its CPU time (with `buildah`'s) and stdout."""
     record.unlink(missing_ok=True)
+    c0 = _cpu()
     t0 = time.perf_counter()
     r = subprocess.run(
         argv,
@@ -133,13 +141,14 @@ def _noop_run(argv: list[str], env: dict[str, str], record: Path) -> tuple[float
         check=False,
     )  # not from this tree's directory: `-m` would put it before --before's PYTHONPATH
     secs = time.perf_counter() - t0
+    cpu = _cpu() - c0
     if r.returncode != 0:
         raise SystemExit(f"no-op up failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
     doc = json.loads(record.read_text())  # the run is still recorded
     statuses = {x["status"] for x in doc["layers"]}
     if statuses != {"up-to-date"} or len(doc["layers"]) != 3:
         raise SystemExit(f"not a no-op: {statuses}\n{r.stdout}{r.stderr}")
-    return secs, r.stdout
+    return secs, cpu, r.stdout
 
 
 def three(argv: list[str]) -> None:
@@ -205,12 +214,14 @@ def three(argv: list[str]) -> None:
         for e in kinds.values():  # warm-up: caches written, pages read
             _noop_run(up, e, record)
         times: dict[str, list[float]] = {k: [] for k in kinds}
+        cpus: dict[str, list[float]] = {k: [] for k in kinds}
         outputs: dict[str, set[str]] = {k: set() for k in kinds}
         load = [subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()]
         for i in range(args.runs):
             for k in list(kinds)[:: 1 if i % 2 == 0 else -1]:
-                secs, text = _noop_run(up, kinds[k], record)
+                secs, cpu, text = _noop_run(up, kinds[k], record)
                 times[k].append(secs)
+                cpus[k].append(cpu)
                 outputs[k].add(re.sub(r"\d+\.\d+ ?s\b|\brun \S+", "N", text))
         load.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
         ib.check_published("imagegraph", reg, s3, bucket, args.size_mb)
@@ -234,10 +245,13 @@ def three(argv: list[str]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"no-op `up` of the three side-by-side layers, {args.runs} fresh processes each, alternating")
     print(f"load: {load[0]}  ->  {load[-1]}\n")
-    print("| tree | median (s) | min (s) | max (s) | runs (s) |\n|---|---:|---:|---:|---|")
+    print(
+        "| tree | median (s) | min (s) | max (s) | CPU median (s) | runs (s) |\n|---|---:|---:|---:|---:|---|"
+    )
     for k, ts in times.items():
         runs = ", ".join(f"{t:.2f}" for t in ts)
-        print(f"| {k} | {statistics.median(ts):.3f} | {min(ts):.3f} | {max(ts):.3f} | {runs} |")
+        cpu = statistics.median(cpus[k])
+        print(f"| {k} | {statistics.median(ts):.3f} | {min(ts):.3f} | {max(ts):.3f} | {cpu:.3f} | {runs} |")
     if len(kinds) > 1:
         same = outputs["before"] == outputs["now"] and len(outputs["now"]) == 1
         print(f"\noutputs to a pipe: {'the same bytes' if same else 'DIFFERENT'} (timings masked)")
