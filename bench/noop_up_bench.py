@@ -11,6 +11,19 @@ layers: nothing is built). Then, in fresh processes:
   run recorded (warm).
 
 Usage: python bench/noop_up_bench.py [LAYERS]   (default 1000; needs docker-registry)
+
+`--three`: the side-by-side fixture's three layers instead (bench/imagebuilder_bench.py:
+`base` from scratch by dnf to the registry, `compute` and `debug` to the registry
+and moto S3 over HTTP, a SIZE MB kernel package from a local RPM repository),
+built once by a real `up`, then a no-op `imagegraph up DIR` to a pipe, RUNS
+fresh processes, each checked to have done nothing (exit 0, every layer
+up to date, the run recorded in last-run.json). With `--before TREE` (an
+exported, byte-compiled imagegraph tree, put first on PYTHONPATH) the
+before and now processes alternate on the same fixture, and their outputs
+are compared (same bytes, but for the run's timing).
+
+Usage: python bench/noop_up_bench.py --three [--runs 9] [--size-mb 20] [--before TREE]
+       (root; buildah, dnf, rpmbuild, createrepo_c, busybox-static, mksquashfs, docker-registry, moto)
 """
 
 from __future__ import annotations
@@ -106,7 +119,151 @@ def run(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     return time.perf_counter() - t0, r
 
 
+def _cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # children that ended (and what they waited for)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _noop_run(argv: list[str], env: dict[str, str], record: Path) -> tuple[float, float, str]:
+    """One fresh `up` that must do nothing; its wall time, its CPU time (with `buildah`'s) and stdout."""
+    record.unlink(missing_ok=True)
+    c0 = _cpu()
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        argv,
+        env=env,
+        cwd=record.parents[2],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # not from this tree's directory: `-m` would put it before --before's PYTHONPATH
+    secs = time.perf_counter() - t0
+    cpu = _cpu() - c0
+    if r.returncode != 0:
+        raise SystemExit(f"no-op up failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+    doc = json.loads(record.read_text())  # the run is still recorded
+    statuses = {x["status"] for x in doc["layers"]}
+    if statuses != {"up-to-date"} or len(doc["layers"]) != 3:
+        raise SystemExit(f"not a no-op: {statuses}\n{r.stdout}{r.stderr}")
+    return secs, cpu, r.stdout
+
+
+def three(argv: list[str]) -> None:
+    """The side-by-side fixture's three layers: a no-op `up`, before and now (see the docstring)."""
+    import argparse
+    import os
+    import re
+    import shutil
+    import statistics
+
+    import imagebuilder_bench as ib
+
+    from tests.fixtures_servers import S3_TEST_ACCESS, S3_TEST_SECRET, S3Server
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--three", action="store_true")
+    p.add_argument("--runs", type=int, default=9)
+    p.add_argument("--size-mb", type=int, default=20)
+    p.add_argument("--before", type=Path, default=None)
+    p.add_argument("--hold", type=float, default=0, help=argparse.SUPPRESS)  # seconds, to profile by hand
+    args = p.parse_args(argv)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+        "BUILDAH_ISOLATION": "chroot",
+        "S3_ACCESS": S3_TEST_ACCESS,
+        "S3_SECRET": S3_TEST_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    import compileall
+
+    compileall.compile_dir(str(HERE.parent / "imagegraph"), quiet=1)  # byte-compiled, as installed
+    kinds = {"now": env}
+    if args.before:
+        compileall.compile_dir(str(args.before / "imagegraph"), quiet=1)
+        kinds = {"before": {**env, "PYTHONPATH": str(args.before.resolve())}, "now": env}
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill` of a --hold run cleans up too
+    tmp = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="igbench-noop-"))
+    reg = s3 = server = repo = None
+    try:
+        repo = ib.make_rpm_repo(tmp / "repo", args.size_mb)
+        server = ib.serve(repo.path)
+        (tmp / "registry").mkdir()
+        (tmp / "moto").mkdir()
+        (tmp / "layers").mkdir()
+        reg = RegistryServer(tmp / "registry")
+        reg.start()
+        s3 = S3Server(tmp / "moto")
+        s3.start()
+        ib.clean_storage()
+        bucket = s3.make_bucket()
+        ib.write_specs(tmp / "layers", server.url, reg.host, s3.endpoint, bucket, edits={})
+        up = [sys.executable, "-m", "imagegraph.cli", "up", str(tmp / "layers")]
+        env["XDG_CACHE_HOME"] = str(tmp / "cache")
+        for e in kinds.values():
+            e["XDG_CACHE_HOME"] = str(tmp / "cache")
+        r = subprocess.run(up, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise SystemExit(f"the first up failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+        ib.check_published("imagegraph", reg, s3, bucket, args.size_mb)
+        record = tmp / "layers" / ".imagegraph" / "last-run.json"
+        for e in kinds.values():  # warm-up: caches written, pages read
+            _noop_run(up, e, record)
+        times: dict[str, list[float]] = {k: [] for k in kinds}
+        cpus: dict[str, list[float]] = {k: [] for k in kinds}
+        outputs: dict[str, set[str]] = {k: set() for k in kinds}
+        load = [subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()]
+        for i in range(args.runs):
+            for k in list(kinds)[:: 1 if i % 2 == 0 else -1]:
+                secs, cpu, text = _noop_run(up, kinds[k], record)
+                times[k].append(secs)
+                cpus[k].append(cpu)
+                outputs[k].add(re.sub(r"\d+\.\d+ ?s\b|\brun \S+", "N", text))
+        load.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+        ib.check_published("imagegraph", reg, s3, bucket, args.size_mb)
+        if args.hold:
+            (tmp / "fixture.json").write_text(json.dumps({"argv": up, "env": env}))
+            print(
+                f"holding the fixture {args.hold:.0f} s: {tmp / 'fixture.json'}", file=sys.stderr, flush=True
+            )
+            time.sleep(args.hold)
+    finally:
+        for thing in (reg, server):
+            if thing is not None:
+                thing.stop()
+        if reg is not None:
+            reg.kill()
+        if s3 is not None:
+            s3.close()
+        if repo is not None:
+            repo.cleanup()
+        ib.clean_storage()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"no-op `up` of the three side-by-side layers, {args.runs} fresh processes each, alternating")
+    print(f"load: {load[0]}  ->  {load[-1]}\n")
+    print(
+        "| tree | median (s) | min (s) | max (s) | CPU median (s) | runs (s) |\n|---|---:|---:|---:|---:|---|"
+    )
+    for k, ts in times.items():
+        runs = ", ".join(f"{t:.2f}" for t in ts)
+        cpu = statistics.median(cpus[k])
+        print(f"| {k} | {statistics.median(ts):.3f} | {min(ts):.3f} | {max(ts):.3f} | {cpu:.3f} | {runs} |")
+    if len(kinds) > 1:
+        same = outputs["before"] == outputs["now"] and len(outputs["now"]) == 1
+        print(f"\noutputs to a pipe: {'the same bytes' if same else 'DIFFERENT'} (timings masked)")
+        if not same:
+            for k, o in outputs.items():
+                print(f"--- {k}:", *sorted(o), sep="\n")
+
+
 def main() -> None:
+    if "--three" in sys.argv[1:]:
+        three(sys.argv[1:])
+        return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -1085,7 +1085,6 @@ def cmd_plan(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_up(args: argparse.Namespace, out: Output) -> int:
     from . import log as logmod
-    from .executor import run_up
     from .state import default_run_id
     from .statelock import StateLock
 
@@ -1117,6 +1116,8 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
         return 0
     # cores + 1: measured fastest for independent builds on 2 cores, near or far repository (bench/README.md).
     jobs = args.jobs or project.settings.jobs or (os.cpu_count() or 1) + 1
+    from .scheduler import has_tasks, record_run_without_tasks
+
     build_service = None
     if slurm and not args.dry_run:
         from .slurm import service_for
@@ -1128,34 +1129,55 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
             run_id=run_id,
             state=state,
         )
+    from .render import plain_stream
+
     progress = None
-    if out.err.is_terminal and not args.json and not out.json and not out.quiet:
+    # plain_stream first: asking rich whether stderr is a terminal would load it for a pipe too
+    if not (args.json or out.json or out.quiet or plain_stream(sys.stderr, "")) and out.err.is_terminal:
         progress = _Progress(out, plan)
     try:
-        result = run_up(
-            plan,
-            state,
-            state_dir=_state_path(project, args.state).parent,
-            jobs=jobs,
-            fail_fast=args.fail_fast,
-            uploads=args.uploads,
-            boot_tests=args.boot_tests,
-            reporter=progress,
-            install_signals=True,
-            wait_lock=args.wait,
-            run_id=run_id,
-            build_service=build_service,
-        )
+        if not slurm and not has_tasks(plan):
+            # Nothing to run (a no-op `up`): recorded without loading the executor and the build
+            # and publish side it imports (boto3 alone is 0.3 s of a 0.6 s no-op; bench/README.md).
+            result = record_run_without_tasks(
+                plan,
+                state,
+                state_dir=_state_path(project, args.state).parent,
+                run_id=run_id,
+                wait_lock=args.wait,
+                reporter=progress,
+                jobs=jobs,
+                uploads=args.uploads,
+                boot_tests=args.boot_tests,
+            )
+        else:
+            from .executor import run_up  # after planning: the plan's inventory questions go first
+
+            result = run_up(
+                plan,
+                state,
+                state_dir=_state_path(project, args.state).parent,
+                jobs=jobs,
+                fail_fast=args.fail_fast,
+                uploads=args.uploads,
+                boot_tests=args.boot_tests,
+                reporter=progress,
+                install_signals=True,
+                wait_lock=args.wait,
+                run_id=run_id,
+                build_service=build_service,
+            )
     finally:
         if progress:
             progress.stop()
     _write_run_report(out, project, _state_path(project, args.state).parent, result.run_id, args.report)
-    from .render import print_lines, result_lines, result_table
+    from .render import print_lines, print_result_table, result_lines
 
     def human() -> None:
         if not out.quiet:
-            out.out.print(result_table(result))
-        print_lines(out.err if out.quiet else out.out, result_lines(result))
+            print_result_table(out, result)
+        if lines := result_lines(result):
+            print_lines(out.err if out.quiet else out.out, lines)
 
     out.document(result.to_json(), args.json, human)
     return result.exit_status

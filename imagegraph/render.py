@@ -444,10 +444,82 @@ def result_table(result: Any) -> Table:
     return table
 
 
+_PLAIN_CELL = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ._-+@/,()=#%&!?'\"*<>|~^$"
+)
+
+
+def _console_width(environ: Mapping[str, str]) -> int:
+    """The width rich gives a console that was not told one (rich's Console.size, on POSIX)."""
+    columns = environ.get("COLUMNS")
+    width = None
+    for fd in (0, 1, 2):
+        try:
+            width = os.get_terminal_size(fd).columns
+            break
+        except (AttributeError, ValueError, OSError):
+            pass
+    if columns is not None and columns.isdigit():
+        width = int(columns)
+    return width or 80
+
+
+def plain_result_table(
+    result: Any, stream: IO[str] | None = None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """`result_table` as rich prints it to `stream` when that is plain (`plain_stream`): a UTF-8
+    pipe or file, cells of plain ASCII (no markup, emoji codes or wide characters) and a table
+    that fits the width rich would take. None when rich must draw it (`tests/test_render.py`
+    compares both). A no-op `up` to a pipe thus loads no rich (0.05 s)."""
+    stream = sys.stdout if stream is None else stream
+    env = os.environ if environ is None else environ
+    title = f"run {result.run_id}"
+    header = ("layer", "action", "result", "time")
+    rows = [(r.layer, str(r.action), str(r.status), f"{r.duration:.1f}s") for r in result.results.values()]
+    cells = [title, *(c for row in rows for c in row)]
+    if not all(c and set(c) <= _PLAIN_CELL and c == c.strip() and "  " not in c for c in cells):
+        return None
+    if not (getattr(stream, "encoding", None) or "utf-8").lower().startswith("utf"):
+        return None  # rich draws ASCII boxes then
+    if not plain_stream(stream, "", env):
+        return None
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
+    if sum(widths) + 3 * len(widths) + 1 > _console_width(env) or len(title) > sum(widths):
+        return None
+
+    def line(left: str, fill: str, mid: str, right: str) -> str:
+        return left + mid.join(fill * (w + 2) for w in widths) + right
+
+    def row(cols: tuple[str, ...], bar: str) -> str:
+        padded = [c.ljust(w) for c, w in zip(cols[:-1], widths, strict=False)]
+        padded.append(cols[-1].rjust(widths[-1]))  # `time` is right-justified
+        return bar + bar.join(f" {c} " for c in padded) + bar
+
+    out = [title, line("┏", "━", "┳", "┓"), row(header, "┃"), line("┡", "━", "╇", "┩")]
+    out += [row(r, "│") for r in rows]
+    out.append(line("└", "─", "┴", "┘"))
+    return "\n".join(out) + "\n"
+
+
+def print_result_table(out: Output, result: Any) -> None:
+    """The run's table on stdout: written directly when rich would write it plainly, else by rich."""
+    text = None if "out" in out.__dict__ else plain_result_table(result)
+    if text is None:
+        out.out.print(result_table(result))
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
 def result_lines(result: Any) -> list[Text]:
+    lines: list[Text] = []
+    if not result.cancelled and not any(
+        (r.status in ("failed", "unknown") and r.error) or getattr(r, "index", None)
+        for r in result.results.values()
+    ):
+        return lines  # nothing to say: rich need not load
     from rich.text import Text
 
-    lines = []
     for r in result.results.values():
         if r.status in ("failed", "unknown") and r.error:
             lines.append(Text(f"{r.layer} {r.status}: {redact(r.error)}", style="red"))

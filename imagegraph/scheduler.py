@@ -29,7 +29,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from .errors import ImagegraphError
 from .plan import Action, Plan
@@ -524,3 +525,66 @@ class Scheduler:
 
 def run_plan(plan: Plan, executor: Executor, **kw) -> RunResult:
     return Scheduler(plan, executor, **kw).run()
+
+
+class NothingToRun:
+    """The executor of a plan without a task: every layer up to date (or blocked or unknown
+    before anything starts). Nothing is handed to it; it stands in for the local executor so
+    that such a run is recorded without loading the build and publish side."""
+
+    build_slots: int | None = None
+
+    def prepare(self, plan: Plan, tasks: list[Task]) -> None:
+        if tasks:
+            raise ValueError(f"NothingToRun was given {len(tasks)} tasks")
+
+    def run_task(self, task: Task, needs: dict[str, TaskResult]) -> TaskResult:
+        raise AssertionError(f"NothingToRun cannot run {task.id}")
+
+    def cancel(self) -> None:
+        pass
+
+
+def has_tasks(plan: Plan) -> bool:
+    return any(lp.tasks for lp in plan.layers.values())
+
+
+def record_run_without_tasks(
+    plan: Plan,
+    state: Any,
+    *,
+    state_dir: Path,
+    run_id: str,
+    command: str = "up",
+    wait_lock: bool = False,
+    reporter: Reporter | None = None,
+    jobs: int = 1,
+    uploads: int | None = None,
+    boot_tests: int | None = None,
+) -> RunResult:
+    """`run_up` for a plan without a task (`has_tasks` false): under the state lock, the run is
+    started, its layers' results folded and recorded (state row, runs/, last-run.json) exactly as
+    `run_up` records them (the same limits in the record), without the executor, its janitor of
+    dead runs' working containers (`buildah containers`: the next run that builds removes them) or
+    signal handlers (nothing runs)."""
+    from .log import bind_run, get_logger
+    from .reporting import LogReporter, Reporters, RunRecord
+    from .statelock import StateLock
+
+    if has_tasks(plan):
+        raise ValueError("record_run_without_tasks: the plan has tasks; use executor.run_up")
+    bind_run(run_id)
+    with StateLock(state_dir, command, wait=wait_lock):
+        sched = Scheduler(
+            plan,
+            NothingToRun(),
+            jobs=jobs,
+            uploads=uploads,
+            boot_tests=boot_tests,
+            reporter=Reporters(
+                LogReporter(get_logger()), reporter, RunRecord(state, state_dir, plan, command)
+            ),
+            run_id=run_id,
+        )
+        state.start_run(run_id, command)
+        return sched.run()

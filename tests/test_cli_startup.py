@@ -160,3 +160,83 @@ def test_events_below_the_level_do_not_load_structlog_and_the_rest_are_logged() 
     (line,) = out["lines"]
     event = json.loads(line)
     assert event["event"] == "at the level" and event["level"] == "warning" and event["step"] == "probe"
+
+
+# What a no-op `up` (nothing to run) must not load: the executor and the build and publish side it
+# imports, boto3's transfer layer (only uploads use it), rich when stdout is a pipe.
+NEVER_FOR_NOOP_UP = (
+    "imagegraph.executor",
+    "imagegraph.build.layer",
+    "imagegraph.publish.artifacts",
+    "imagegraph.publish.push",
+    "imagegraph.publish.squashfs",
+    "imagegraph.boottest",
+    "boto3",
+    "s3transfer",
+    "rich",
+    "pygments",
+)
+
+UP_PROBE = r"""
+import json, sys
+from imagegraph.cli import main
+try:
+    status = main(sys.argv[1:])
+finally:
+    sys.stdout.flush()
+    print(json.dumps({"modules": sorted(sys.modules), "status": status}), file=sys.stderr)
+"""
+
+
+def test_noop_up_loads_no_executor_publisher_or_renderer(tmp_path: Path) -> None:
+    """A no-op `up` of layers published locally and to a directory (the fake buildah stands in for
+    buildah): still asks the inventory, still records the run, and loads none of NEVER_FOR_NOOP_UP;
+    to a pipe, its table is the one rich draws."""
+    from .fakebuildah import install
+    from .test_executor import site
+
+    fake = install(tmp_path)
+    root = site(tmp_path)
+    state = tmp_path / "state" / "state.db"
+    env = fake.env(XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    up = [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--state", str(state)]
+    first = subprocess.run(up, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    for args in ((), ("--json",)):
+        before = len(fake.calls())
+        (state.parent / "last-run.json").unlink()
+        r = subprocess.run(
+            [sys.executable, "-c", UP_PROBE, "up", str(root), "--state", str(state), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        probe = json.loads(r.stderr.strip().splitlines()[-1])
+        assert probe["status"] == 0, r.stderr
+        assert not _loaded(set(probe["modules"]), NEVER_FOR_NOOP_UP), args
+        assert [c["argv"][0] for c in fake.calls()[before:]] == ["images"]  # local storage was asked
+        record = json.loads((state.parent / "last-run.json").read_text())  # the run is recorded
+        assert {x["status"] for x in record["layers"]} == {"up-to-date"}
+        assert record["exit_status"] == 0
+        if args == ():  # the table as rich draws it to a pipe (80 columns, no colour)
+            import io
+            from types import SimpleNamespace
+
+            from rich.console import Console
+
+            from imagegraph.render import result_table
+
+            rows = {
+                x["name"]: SimpleNamespace(
+                    layer=x["name"], action=x["action"], status=x["status"], duration=x["duration"]
+                )
+                for x in record["layers"]
+            }
+            buf = io.StringIO()
+            Console(file=buf, width=80, soft_wrap=True, highlight=False, no_color=True).print(
+                result_table(SimpleNamespace(run_id=record["run_id"], results=rows))
+            )
+            assert r.stdout == buf.getvalue()
+        else:
+            assert json.loads(r.stdout)["run_id"] == record["run_id"]

@@ -25,7 +25,7 @@ from imagegraph.publish.artifacts import (
     s3_artifacts_present,
 )
 from imagegraph.publish.dirlayout import dir_artifacts_present
-from imagegraph.publish.s3 import MiB, S3Index, S3Settings, S3Target
+from imagegraph.publish.s3 import MiB, S3Index, S3Settings, S3Target, make_client
 from imagegraph.retry import RetryPolicy
 from imagegraph.runner import Runner
 from imagegraph.spec import LayerSpec, SquashfsOptions
@@ -521,3 +521,26 @@ def test_shared_boot_file_overwritten_by_another_layer(
     assert (
         meta(s3_env, bucket, "compute/base/rocky9.6-compute-v1")["imagegraph-kver"] == "5.14.0-70.el9.x86_64"
     )
+
+
+def test_the_sessions_loader_lists_services_as_botocore_does() -> None:
+    """The S3 session's loader answers "is the service there" without listing every service
+    (bench/README.md), and otherwise as botocore's own: the same members, the same full list,
+    the same error for an unknown service."""
+    import botocore.exceptions
+    import botocore.loaders
+
+    from imagegraph.publish.s3 import _botocore_session
+
+    session = _botocore_session()
+    ours, theirs = session.get_component("data_loader"), botocore.loaders.Loader()
+    assert type(ours) is not botocore.loaders.Loader  # the point of the test: ours is in use
+    for type_name in ("service-2", "paginators-1", "waiters-2", "endpoint-rule-set-1"):
+        full = theirs.list_available_services(type_name)
+        names = ours.list_available_services(type_name)
+        assert list(names) == full and len(names) == len(full)
+        for name in ("s3", "sts", "s3control", "ec2", "no-such-service", "s3/2006-03-01"):
+            assert (name in names) == (name in full), (type_name, name)
+    with pytest.raises(botocore.exceptions.UnknownServiceError, match="Valid service names are: .*s3"):
+        session.create_client("no-such-service", region_name="us-east-1")
+    assert make_client("http://127.0.0.1:9").meta.service_model.service_name == "s3"

@@ -225,3 +225,64 @@ def test_file_change_summary_counts_in_words() -> None:
     two = [*one, FileChange(FileChangeKind.ADDED, "/etc/issue", None, 3)]
     two.append(FileChange(FileChangeKind.CHANGED, "/etc/hosts", 10, 11, "content"))
     assert file_change_lines(two)[-1].plain == "2 paths added, 0 removed, 1 changed"
+
+
+_NAMES = st.text(alphabet="abcxyz019-_.@[]: é\t", min_size=1, max_size=30)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _NAMES,
+            st.sampled_from(["up-to-date", "build", "publish", "blocked", "unknown", "re[d]", "x:y:"]),
+            st.sampled_from(["ok", "up-to-date", "failed", "blocked", "not-started", "cancelled"]),
+            st.floats(min_value=0, max_value=1e6, allow_nan=False),
+        ),
+        min_size=0,
+        max_size=6,
+    ),
+    st.text(alphabet="0123456789TZ-x", min_size=1, max_size=40),
+    st.integers(min_value=10, max_value=130),
+)
+@settings(max_examples=400, deadline=None)
+def test_plain_result_table_is_what_rich_prints_to_a_pipe(rows: list, run_id: str, width: int) -> None:
+    """`up`'s table to a pipe, written without rich, is rich's table character for character; where
+    rich would draw it otherwise (markup, wide or control characters, too narrow), None."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from imagegraph.render import plain_result_table, result_table
+
+    result = SimpleNamespace(
+        run_id=run_id,
+        results={
+            f"{i}": SimpleNamespace(layer=n, action=a, status=s, duration=d)
+            for i, (n, a, s, d) in enumerate(rows)
+        },
+    )
+    env = {"COLUMNS": str(width)}
+    text = plain_result_table(result, io.StringIO(), env)
+    if text is not None:
+        buf = io.StringIO()
+        Console(file=buf, highlight=False, soft_wrap=True, no_color=True, _environ=env).print(
+            result_table(result)
+        )
+        assert text == buf.getvalue()
+    assert plain_result_table(result, io.StringIO(), {"FORCE_COLOR": "1", **env}) is None
+
+
+def test_plain_result_table_is_taken_for_an_ordinary_run() -> None:
+    """The usual table (short names, 80 columns) is written without rich: the property above is not vacuous."""
+    import io
+    from types import SimpleNamespace
+
+    from imagegraph.render import plain_result_table
+
+    row = SimpleNamespace(layer="compute", action="up-to-date", status="up-to-date", duration=0.0)
+    result = SimpleNamespace(run_id="20261201T224534Z-17435", results={"compute": row})
+    text = plain_result_table(result, io.StringIO(), {})
+    assert text is not None and text.splitlines()[4] == "│ compute │ up-to-date │ up-to-date │ 0.0s │"
+    narrow = plain_result_table(result, io.StringIO(), {"COLUMNS": "30"})
+    assert narrow is None  # rich wraps the cells then
