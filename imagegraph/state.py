@@ -75,6 +75,22 @@ class StateError(ImagegraphError):
     exit_status = 2
 
 
+def _unwritable(path: Path, exc: Exception) -> str:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return (
+        f"the state database {path} cannot be written ({reason}): make {path.parent} writable, "
+        "or pass --state PATH on a writable filesystem"
+    )
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    return (
+        f"the state database {path} cannot be read ({exc}). It is a cache: move it aside "
+        f"(mv {path} {path}.broken) and the next run rebuilds its knowledge from the "
+        "registry and S3 (layers not published anywhere are rebuilt)."
+    )
+
+
 @dataclass(frozen=True)
 class LayerRecord:
     layer: str
@@ -108,16 +124,19 @@ class State:
         if readonly and not self.path.exists():
             self._conn: sqlite3.Connection | None = None
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.chmod(self.path.parent, 0o700)
-        except OSError:
-            pass
-        new = not self.path.exists()
-        if new and not readonly:
-            # Owner-only from the start: the state names registries and buckets.
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.chmod(self.path.parent, 0o700)
+            except OSError:
+                pass
+            new = not self.path.exists()
+            if new and not readonly:
+                # Owner-only from the start: the state names registries and buckets.
+                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+        except OSError as exc:
+            raise StateError(_unwritable(self.path, exc)) from exc
         uri = f"file:{self.path}?mode={'ro' if readonly else 'rwc'}"
         try:
             self._conn = sqlite3.connect(
@@ -130,13 +149,15 @@ class State:
         except StateError:
             self.close()
             raise
+        except sqlite3.OperationalError as exc:
+            self.close()
+            if not readonly and ("readonly" in str(exc) or "unable to open" in str(exc)):
+                # The file is fine; its filesystem or directory is not writable: moving it aside is no cure.
+                raise StateError(_unwritable(self.path, exc)) from exc
+            raise StateError(_unreadable(self.path, exc)) from exc
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise StateError(
-                f"the state database {self.path} cannot be read ({exc}). It is a cache: move it aside "
-                f"(mv {self.path} {self.path}.broken) and the next run rebuilds its knowledge from the "
-                f"registry and S3 (layers not published anywhere are rebuilt)."
-            ) from exc
+            raise StateError(_unreadable(self.path, exc)) from exc
 
     def _migrate(self) -> None:
         assert self._conn is not None

@@ -538,3 +538,48 @@ def test_ctrl_c_mid_stream_leaves_nothing_then_publishes(
         h.update(chunk)
     assert body["Metadata"]["sha256"] == h.hexdigest()
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads") is None
+
+
+# ------------------------------------------------------------------ read-only state directory
+
+
+@pytest.fixture
+def readonly_mount(tmp_path: Path):
+    """`make_readonly(dir)`: bind-mount `dir` read-only on itself (undone at the end)."""
+    mounted: list[Path] = []
+
+    def make_readonly(d: Path) -> None:
+        r = subprocess.run(["mount", "--bind", str(d), str(d)], capture_output=True)
+        if r.returncode != 0:
+            missing(f"cannot bind-mount: {r.stderr.decode(errors='replace')}")
+        mounted.append(d)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(d)], check=True)
+
+    yield make_readonly
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["empty", "existing-state"])
+def test_read_only_state_directory_is_a_clear_error(tmp_path: Path, readonly_mount, existing: bool) -> None:
+    """up, gc and lock on a state directory on a read-only filesystem: exit 2 naming it, no traceback."""
+    root = tmp_path / "layers"
+    root.mkdir()
+    (root / f"{P}-ro.yaml").write_text(MIN.format(name=f"{P}-ro"))
+    d = tmp_path / "ro"
+    d.mkdir()
+    state = d / "state.db"
+    if existing:
+        from imagegraph.state import State
+
+        State(state).close()
+    readonly_mount(d)
+    for command in (["up", "--offline"], ["gc", "--keep", "1"], ["lock"]):
+        r = cli(command[0], str(root), "--state", str(state), *command[1:])
+        assert r.returncode == 2, (command, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+        assert str(d) in r.stderr and "writable filesystem" in r.stderr, r.stderr
+        assert "--state PATH" in r.stderr and "move it aside" not in r.stderr, r.stderr  # not a cure here
+    assert ours() == []
+    r = cli("plan", str(root), "--state", str(state), "--offline")  # plan only reads: it still works
+    assert r.returncode == 0, r.stderr
