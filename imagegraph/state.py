@@ -83,6 +83,16 @@ def _unwritable(path: Path, exc: Exception) -> str:
     )
 
 
+def _writable_dir(d: Path) -> bool:
+    """Whether new files can be made in `d` (False on a read-only filesystem, even for root)."""
+    try:
+        if os.statvfs(d).f_flag & os.ST_RDONLY:
+            return False
+    except OSError:
+        return False
+    return os.access(d, os.W_OK)
+
+
 def _unreadable(path: Path, exc: Exception) -> str:
     return (
         f"the state database {path} cannot be read ({exc}). It is a cache: move it aside "
@@ -139,13 +149,16 @@ class State:
             raise StateError(_unwritable(self.path, exc)) from exc
         uri = f"file:{self.path}?mode={'ro' if readonly else 'rwc'}"
         try:
-            self._conn = sqlite3.connect(
-                uri, uri=True, check_same_thread=False, timeout=30, isolation_level=None
-            )
-            self._conn.row_factory = sqlite3.Row
-            if not readonly:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            self._migrate()
+            try:
+                self._connect(uri)
+            except sqlite3.OperationalError as exc:
+                if not (readonly and "unable to open" in str(exc) and not _writable_dir(self.path.parent)):
+                    raise
+                # A WAL database in a directory this process cannot write (a read-only mount, another
+                # user's state): SQLite cannot make the -shm file a reader needs. Nothing here can
+                # write it either, so read the file as it is.
+                self.close()
+                self._connect(f"file:{self.path}?mode=ro&immutable=1")
         except StateError:
             self.close()
             raise
@@ -158,6 +171,13 @@ class State:
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StateError(_unreadable(self.path, exc)) from exc
+
+    def _connect(self, uri: str) -> None:
+        self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        if not self.readonly:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        self._migrate()
 
     def _migrate(self) -> None:
         assert self._conn is not None
