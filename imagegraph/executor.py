@@ -503,20 +503,36 @@ class LocalExecutor:
         self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
     ) -> TaskResult:
         made = self._made[lp.layer]
+        out: list[dict] = []
+        failed: Exception | None = None
         try:
-            pub = upload_artifacts(made, self._only(spec, task.targets), lp.key, runner)
+            # One target at a time, each recorded with its SBOM as it lands: when S3 fails after the
+            # directory was written, the directory's publication (and SBOM) is not lost with it.
+            for target in task.targets:
+                try:
+                    pub = upload_artifacts(made, self._only(spec, (target,)), lp.key, runner)
+                except runner_mod.Cancelled:
+                    raise
+                except (ImagegraphError, OSError) as exc:
+                    failed = failed or exc
+                    continue
+                objs = [dataclasses.asdict(o) for o in pub.objects if o.target == target]
+                self._record_publication(
+                    lp, target, objs, digest=pub.squashfs_sha256, detail={"kver": pub.kver, "os": pub.os}
+                )
+                out.append(
+                    {
+                        "target": target,
+                        "kver": pub.kver,
+                        "os": pub.os,
+                        "locations": [o["location"] for o in objs],
+                    }
+                )
+                out += self._publish_sbom(lp, spec, runner, [target])
         finally:
             self._drop_made(lp.layer)
-        out = []
-        for target in task.targets:
-            objs = [dataclasses.asdict(o) for o in pub.objects if o.target == target]
-            self._record_publication(
-                lp, target, objs, digest=pub.squashfs_sha256, detail={"kver": pub.kver, "os": pub.os}
-            )
-            out.append(
-                {"target": target, "kver": pub.kver, "os": pub.os, "locations": [o["location"] for o in objs]}
-            )
-        out += self._publish_sbom(lp, spec, runner, list(task.targets))
+        if failed is not None:
+            raise failed
         return TaskResult(task.id, task.layer, task.kind, published=out)
 
 

@@ -372,6 +372,39 @@ def test_s3_permanent_drops_fail_clearly_then_heal(s3_layer) -> None:
     assert any(k.startswith("c/") for k in _keys(s3, bucket))
 
 
+def test_s3_down_keeps_the_directory_publication_and_its_sbom(s3_layer, tmp_path: Path) -> None:
+    """S3 failing after the directory was written: the directory's publication and SBOM are kept
+    (recorded, not redone), and the next run publishes S3 only."""
+    root, s3, bucket, state, env = s3_layer
+    f = root / f"{P}-s3.yaml"
+    f.write_text(
+        f.read_text().replace("  rootfs_only: true\n", "  rootfs_only: true\n  publish_dir: ../out\n")
+    )
+    out = tmp_path / "out" / f"{P}-s3" / "1"
+    s3.proxy.reset_always(min_bytes=256 << 10)
+    rc, doc, err = up(root, state, env=env)
+    assert rc == 1, err[-3000:]
+    res = by_name(doc)[f"{P}-s3"]
+    assert res["status"] == "failed" and "s3" in res["error"].lower(), res["error"]
+    assert _keys(s3, bucket) == set()
+    assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert (out / "rootfs.squashfs").read_bytes()[:4] == b"hsqs"
+    sbom = json.loads((out / "sbom.cdx.json").read_text())  # lost before: written only when every target was
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["key"] in json.dumps(sbom)
+    p = plan(root, state, "--offline")[f"{P}-s3"]
+    assert p["action"] == "publish" and p["publish"] == ["s3"], p
+    written = (out / "rootfs.squashfs").stat().st_mtime_ns
+    s3.proxy.heal()
+    rc, doc, err = up(root, state, env=env)
+    assert rc == 0, err[-3000:]
+    assert built(doc) == set() and by_name(doc)[f"{P}-s3"]["action"] == "publish"
+    assert (out / "rootfs.squashfs").stat().st_mtime_ns == written  # the directory was not redone
+    assert any(k.startswith("c/") and k.endswith(".cdx.json") for k in _keys(s3, bucket))
+    assert (out / "sbom.cdx.json").exists()
+    assert {x["status"] for x in up(root, state, env=env)[1]["layers"]} == {"up-to-date"}
+
+
 # ------------------------------------------------------------------------- state database
 
 
