@@ -364,3 +364,46 @@ def test_a_dead_submit_side_leaves_jobs_the_next_up_adopts(site) -> None:
         "a layer whose job was still queued or running was submitted again"
     )
     assert all(j["adopted"] for j in run_doc(root, doc)["jobs"])
+
+
+def test_an_admin_scancel_fails_the_layer_and_leaves_nothing(site) -> None:
+    """`scancel` of a running build job (an admin, a preemption): the layer fails naming the job and
+    its state, its child's job goes too, nothing stays queued or in the node's storage, and the next
+    `up` builds them."""
+    root, registry, cluster, graphroot = site
+    for name in ("leaf", "bad", "after-bad", "side"):
+        (root / f"{name}.yaml").unlink()
+    (root / "root.yaml").write_text(
+        (root / "root.yaml").read_text().replace('"echo root > /etc/role"', '"sleep 60"')
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(cluster),
+    )
+    try:
+        wait_until("root's job to sleep", lambda: "sleep 60" in _job_log(root))
+        job_id = next(j.split("|")[0] for j in cluster.jobs() if "|RUNNING" in j)
+        subprocess.run(["scancel", job_id], env=cluster.env, check=True)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err, err
+    doc = json.loads(out)
+    st = statuses(doc)
+    assert st["root"] == "failed" and st["good"] in ("blocked", "failed", "cancelled"), st
+    res = {x["name"]: x for x in doc["layers"]}["root"]
+    assert "CANCELLED" in res["error"] and job_id in res["error"], res["error"]
+    wait_until("the run's jobs to end", lambda: active(cluster) == [], timeout=60)
+    wait_until("the job's working container to go", lambda: node_containers(graphroot) == [], timeout=30)
+    rd = run_doc(root, doc)
+    assert {j["layer"]: j["state"] for j in rd["jobs"]}["root"] == "CANCELLED"
+    (root / "root.yaml").write_text((root / "root.yaml").read_text().replace('"sleep 60"', '"echo again"'))
+    rc, doc, err = up(cluster, root)
+    assert rc == 0, err
+    assert statuses(doc) == {"root": "ok", "good": "ok"}
+    assert active(cluster) == []
