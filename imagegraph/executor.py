@@ -589,13 +589,16 @@ def run_up(
 
             def handler(signum: int, _frame: Any) -> None:
                 name = signal.Signals(signum).name
-                log.warning("interrupted: stopping running commands, starting nothing new", signal=name)
                 sched.cancel(name)
+                with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone (EIO)
+                    log.warning("interrupted: stopping running commands, starting nothing new", signal=name)
                 threading.Thread(target=runner_mod.terminate_all, daemon=True).start()
                 if builds is not None:
                     threading.Thread(target=builds.cancel, daemon=True).start()
 
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            # SIGHUP: the SSH session or terminal went away; clean up as for SIGTERM rather than die
+            # with working containers mounted and builds running in their own process groups.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 previous[sig] = signal.signal(sig, handler)
         try:
             return sched.run()
