@@ -616,3 +616,30 @@ def test_read_only_state_directory_is_a_clear_error(tmp_path: Path, readonly_mou
     assert ours() == []
     r = cli("plan", str(root), "--state", str(state), "--offline")  # plan only reads: it still works
     assert r.returncode == 0, r.stderr
+
+
+def test_read_only_publish_dir_names_it_and_s3_still_publishes(
+    s3_layer, tmp_path: Path, readonly_mount
+) -> None:
+    """The directory export remounted read-only: the error names the target and the errno (not an
+    "internal error"), S3 is still published, and the next run publishes the directory only."""
+    root, s3, bucket, state, env = s3_layer
+    f = root / f"{P}-s3.yaml"
+    f.write_text(
+        f.read_text().replace("  rootfs_only: true\n", "  rootfs_only: true\n  publish_dir: ../out\n")
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    readonly_mount(out)
+    rc, doc, err = up(root, state, env=env)
+    assert rc == 1, err[-3000:]
+    error = by_name(doc)[f"{P}-s3"]["error"]
+    assert "internal error" not in error and "Read-only file system" in error, error
+    assert f"publishing to dir {out}" in error, error
+    assert any(k.startswith("c/") for k in _keys(s3, bucket))  # the other target was not given up
+    assert plan(root, state, "--offline")[f"{P}-s3"]["publish"] == ["dir"]
+    subprocess.run(["umount", str(out)], check=True)
+    rc, doc, err = up(root, state, env=env)
+    assert rc == 0 and built(doc) == set(), err[-3000:]
+    assert (out / f"{P}-s3" / "1" / "rootfs.squashfs").read_bytes()[:4] == b"hsqs"
+    assert not [p for p in out.rglob(".*")], list(out.rglob(".*"))  # no temp files
