@@ -35,7 +35,7 @@ exit status:
   1  a layer failed (plan --check: something would be done)
   2  a spec or usage error; nothing was built
   3  another run holds the state directory
-  130/143  interrupted (SIGINT/SIGTERM)"""
+  130/143/129  interrupted (SIGINT/SIGTERM/SIGHUP)"""
 
 ENVIRONMENT = """\
 environment:

@@ -503,20 +503,36 @@ class LocalExecutor:
         self, task: Task, lp: LayerPlan, spec: LayerSpec, needs: dict[str, TaskResult], runner: Runner
     ) -> TaskResult:
         made = self._made[lp.layer]
+        out: list[dict] = []
+        failed: Exception | None = None
         try:
-            pub = upload_artifacts(made, self._only(spec, task.targets), lp.key, runner)
+            # One target at a time, each recorded with its SBOM as it lands: when S3 fails after the
+            # directory was written, the directory's publication (and SBOM) is not lost with it.
+            for target in task.targets:
+                try:
+                    pub = upload_artifacts(made, self._only(spec, (target,)), lp.key, runner)
+                except runner_mod.Cancelled:
+                    raise
+                except (ImagegraphError, OSError) as exc:
+                    failed = failed or exc
+                    continue
+                objs = [dataclasses.asdict(o) for o in pub.objects if o.target == target]
+                self._record_publication(
+                    lp, target, objs, digest=pub.squashfs_sha256, detail={"kver": pub.kver, "os": pub.os}
+                )
+                out.append(
+                    {
+                        "target": target,
+                        "kver": pub.kver,
+                        "os": pub.os,
+                        "locations": [o["location"] for o in objs],
+                    }
+                )
+                out += self._publish_sbom(lp, spec, runner, [target])
         finally:
             self._drop_made(lp.layer)
-        out = []
-        for target in task.targets:
-            objs = [dataclasses.asdict(o) for o in pub.objects if o.target == target]
-            self._record_publication(
-                lp, target, objs, digest=pub.squashfs_sha256, detail={"kver": pub.kver, "os": pub.os}
-            )
-            out.append(
-                {"target": target, "kver": pub.kver, "os": pub.os, "locations": [o["location"] for o in objs]}
-            )
-        out += self._publish_sbom(lp, spec, runner, list(task.targets))
+        if failed is not None:
+            raise failed
         return TaskResult(task.id, task.layer, task.kind, published=out)
 
 
@@ -573,13 +589,16 @@ def run_up(
 
             def handler(signum: int, _frame: Any) -> None:
                 name = signal.Signals(signum).name
-                log.warning("interrupted: stopping running commands, starting nothing new", signal=name)
                 sched.cancel(name)
+                with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone (EIO)
+                    log.warning("interrupted: stopping running commands, starting nothing new", signal=name)
                 threading.Thread(target=runner_mod.terminate_all, daemon=True).start()
                 if builds is not None:
                     threading.Thread(target=builds.cancel, daemon=True).start()
 
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            # SIGHUP: the SSH session or terminal went away; clean up as for SIGTERM rather than die
+            # with working containers mounted and builds running in their own process groups.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 previous[sig] = signal.signal(sig, handler)
         try:
             return sched.run()

@@ -154,7 +154,7 @@ class RunResult:
     @property
     def exit_status(self) -> int:
         if self.cancelled:
-            return 143 if self.signal_name == "SIGTERM" else 130
+            return {"SIGTERM": 143, "SIGHUP": 129}.get(self.signal_name or "", 130)
         return 1 if self.failed else 0
 
     @property

@@ -157,6 +157,11 @@ class SlurmJobError(ImagegraphError):
         super().__init__(f"{layer}: {message}")
 
 
+# squeue %r reasons of a pending job that waits for nodes an admin took away (down, drained, a
+# partition down), not for a free slot or a parent job.
+STUCK_REASONS = ("ReqNodeNotAvail", "DOWN, DRAINED", "NodeDown", "PartitionDown", "PartitionInactive")
+
+
 @dataclass
 class Job:
     """One layer's build job as the submit side knows it."""
@@ -391,6 +396,7 @@ class SlurmBuildService:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._last_answer = time.monotonic()
+        self._stuck_said: set[tuple[str, str]] = set()  # (job id, reason) already warned about
         self.polls = 0
 
     # ---------------------------------------------------------------- submit
@@ -598,10 +604,27 @@ class SlurmBuildService:
                 # squeue says where and when; only a failure needs scontrol, for its exit code.
                 seen_info = {"NodeList": row[3], "StartTime": row[4], "EndTime": row[5]}
                 self._finish(job, state, row[2], None if state == JobState.FAILED else seen_info)
-            elif state != job.state:
-                with self._cond:
-                    job.state = state
+            else:
+                if state != job.state:
+                    with self._cond:
+                        job.state = state
+                if state == JobState.PENDING:
+                    self._say_if_stuck(job, row[2])
         return True
+
+    def _say_if_stuck(self, job: Job, reason: str) -> None:
+        """Warn once when a queued job waits for nodes that are down or drained: without it `up`
+        waits in silence until an admin resumes the node or someone presses Ctrl-C."""
+        if not any(word in reason for word in STUCK_REASONS) or (job.job_id, reason) in self._stuck_said:
+            return
+        self._stuck_said.add((job.job_id, reason))
+        self.log.warning(
+            "build job cannot start: its nodes are unavailable; it starts when they are back "
+            "(scontrol update nodename=NODE state=resume), or stop the run with Ctrl-C",
+            layer=job.layer,
+            job_id=job.job_id,
+            slurm_reason=reason,
+        )
 
     def _show(self, job_id: str) -> dict[str, str] | None:
         res = self.runner.run(

@@ -75,6 +75,32 @@ class StateError(ImagegraphError):
     exit_status = 2
 
 
+def _unwritable(path: Path, exc: Exception) -> str:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return (
+        f"the state database {path} cannot be written ({reason}): make {path.parent} writable, "
+        "or pass --state PATH on a writable filesystem"
+    )
+
+
+def _writable_dir(d: Path) -> bool:
+    """Whether new files can be made in `d` (False on a read-only filesystem, even for root)."""
+    try:
+        if os.statvfs(d).f_flag & os.ST_RDONLY:
+            return False
+    except OSError:
+        return False
+    return os.access(d, os.W_OK)
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    return (
+        f"the state database {path} cannot be read ({exc}). It is a cache: move it aside "
+        f"(mv {path} {path}.broken) and the next run rebuilds its knowledge from the "
+        "registry and S3 (layers not published anywhere are rebuilt)."
+    )
+
+
 @dataclass(frozen=True)
 class LayerRecord:
     layer: str
@@ -108,35 +134,50 @@ class State:
         if readonly and not self.path.exists():
             self._conn: sqlite3.Connection | None = None
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.chmod(self.path.parent, 0o700)
-        except OSError:
-            pass
-        new = not self.path.exists()
-        if new and not readonly:
-            # Owner-only from the start: the state names registries and buckets.
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.chmod(self.path.parent, 0o700)
+            except OSError:
+                pass
+            new = not self.path.exists()
+            if new and not readonly:
+                # Owner-only from the start: the state names registries and buckets.
+                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                os.close(fd)
+        except OSError as exc:
+            raise StateError(_unwritable(self.path, exc)) from exc
         uri = f"file:{self.path}?mode={'ro' if readonly else 'rwc'}"
         try:
-            self._conn = sqlite3.connect(
-                uri, uri=True, check_same_thread=False, timeout=30, isolation_level=None
-            )
-            self._conn.row_factory = sqlite3.Row
-            if not readonly:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-            self._migrate()
+            try:
+                self._connect(uri)
+            except sqlite3.OperationalError as exc:
+                if not (readonly and "unable to open" in str(exc) and not _writable_dir(self.path.parent)):
+                    raise
+                # A WAL database in a directory this process cannot write (a read-only mount, another
+                # user's state): SQLite cannot make the -shm file a reader needs. Nothing here can
+                # write it either, so read the file as it is.
+                self.close()
+                self._connect(f"file:{self.path}?mode=ro&immutable=1")
         except StateError:
             self.close()
             raise
+        except sqlite3.OperationalError as exc:
+            self.close()
+            if not readonly and ("readonly" in str(exc) or "unable to open" in str(exc)):
+                # The file is fine; its filesystem or directory is not writable: moving it aside is no cure.
+                raise StateError(_unwritable(self.path, exc)) from exc
+            raise StateError(_unreadable(self.path, exc)) from exc
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise StateError(
-                f"the state database {self.path} cannot be read ({exc}). It is a cache: move it aside "
-                f"(mv {self.path} {self.path}.broken) and the next run rebuilds its knowledge from the "
-                f"registry and S3 (layers not published anywhere are rebuilt)."
-            ) from exc
+            raise StateError(_unreadable(self.path, exc)) from exc
+
+    def _connect(self, uri: str) -> None:
+        self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        if not self.readonly:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        self._migrate()
 
     def _migrate(self) -> None:
         assert self._conn is not None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LockHeldError
+from .state import StateError
 
 
 class StateLock:
@@ -23,8 +24,16 @@ class StateLock:
         self._fd: int | None = None
 
     def __enter__(self) -> StateLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            # A read-only or foreign state directory: say so, with the way out, instead of a traceback.
+            raise StateError(
+                f"cannot lock the state directory {self.path.parent} ({exc.strerror or exc}): "
+                f"{self.command} writes its state there; make it writable, or pass --state PATH on a "
+                "writable filesystem"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError:

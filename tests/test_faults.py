@@ -372,6 +372,39 @@ def test_s3_permanent_drops_fail_clearly_then_heal(s3_layer) -> None:
     assert any(k.startswith("c/") for k in _keys(s3, bucket))
 
 
+def test_s3_down_keeps_the_directory_publication_and_its_sbom(s3_layer, tmp_path: Path) -> None:
+    """S3 failing after the directory was written: the directory's publication and SBOM are kept
+    (recorded, not redone), and the next run publishes S3 only."""
+    root, s3, bucket, state, env = s3_layer
+    f = root / f"{P}-s3.yaml"
+    f.write_text(
+        f.read_text().replace("  rootfs_only: true\n", "  rootfs_only: true\n  publish_dir: ../out\n")
+    )
+    out = tmp_path / "out" / f"{P}-s3" / "1"
+    s3.proxy.reset_always(min_bytes=256 << 10)
+    rc, doc, err = up(root, state, env=env)
+    assert rc == 1, err[-3000:]
+    res = by_name(doc)[f"{P}-s3"]
+    assert res["status"] == "failed" and "s3" in res["error"].lower(), res["error"]
+    assert _keys(s3, bucket) == set()
+    assert s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert (out / "rootfs.squashfs").read_bytes()[:4] == b"hsqs"
+    sbom = json.loads((out / "sbom.cdx.json").read_text())  # lost before: written only when every target was
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["key"] in json.dumps(sbom)
+    p = plan(root, state, "--offline")[f"{P}-s3"]
+    assert p["action"] == "publish" and p["publish"] == ["s3"], p
+    written = (out / "rootfs.squashfs").stat().st_mtime_ns
+    s3.proxy.heal()
+    rc, doc, err = up(root, state, env=env)
+    assert rc == 0, err[-3000:]
+    assert built(doc) == set() and by_name(doc)[f"{P}-s3"]["action"] == "publish"
+    assert (out / "rootfs.squashfs").stat().st_mtime_ns == written  # the directory was not redone
+    assert any(k.startswith("c/") and k.endswith(".cdx.json") for k in _keys(s3, bucket))
+    assert (out / "sbom.cdx.json").exists()
+    assert {x["status"] for x in up(root, state, env=env)[1]["layers"]} == {"up-to-date"}
+
+
 # ------------------------------------------------------------------------- state database
 
 
@@ -538,3 +571,75 @@ def test_ctrl_c_mid_stream_leaves_nothing_then_publishes(
         h.update(chunk)
     assert body["Metadata"]["sha256"] == h.hexdigest()
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads") is None
+
+
+# ------------------------------------------------------------------ read-only state directory
+
+
+@pytest.fixture
+def readonly_mount(tmp_path: Path):
+    """`make_readonly(dir)`: bind-mount `dir` read-only on itself (undone at the end)."""
+    mounted: list[Path] = []
+
+    def make_readonly(d: Path) -> None:
+        r = subprocess.run(["mount", "--bind", str(d), str(d)], capture_output=True)
+        if r.returncode != 0:
+            missing(f"cannot bind-mount: {r.stderr.decode(errors='replace')}")
+        mounted.append(d)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(d)], check=True)
+
+    yield make_readonly
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["empty", "existing-state"])
+def test_read_only_state_directory_is_a_clear_error(tmp_path: Path, readonly_mount, existing: bool) -> None:
+    """up, gc and lock on a state directory on a read-only filesystem: exit 2 naming it, no traceback."""
+    root = tmp_path / "layers"
+    root.mkdir()
+    (root / f"{P}-ro.yaml").write_text(MIN.format(name=f"{P}-ro"))
+    d = tmp_path / "ro"
+    d.mkdir()
+    state = d / "state.db"
+    if existing:
+        from imagegraph.state import State
+
+        State(state).close()
+    readonly_mount(d)
+    for command in (["up", "--offline"], ["gc", "--keep", "1"], ["lock"]):
+        r = cli(command[0], str(root), "--state", str(state), *command[1:])
+        assert r.returncode == 2, (command, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+        assert str(d) in r.stderr and "writable filesystem" in r.stderr, r.stderr
+        assert "--state PATH" in r.stderr and "move it aside" not in r.stderr, r.stderr  # not a cure here
+    assert ours() == []
+    r = cli("plan", str(root), "--state", str(state), "--offline")  # plan only reads: it still works
+    assert r.returncode == 0, r.stderr
+
+
+def test_read_only_publish_dir_names_it_and_s3_still_publishes(
+    s3_layer, tmp_path: Path, readonly_mount
+) -> None:
+    """The directory export remounted read-only: the error names the target and the errno (not an
+    "internal error"), S3 is still published, and the next run publishes the directory only."""
+    root, s3, bucket, state, env = s3_layer
+    f = root / f"{P}-s3.yaml"
+    f.write_text(
+        f.read_text().replace("  rootfs_only: true\n", "  rootfs_only: true\n  publish_dir: ../out\n")
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    readonly_mount(out)
+    rc, doc, err = up(root, state, env=env)
+    assert rc == 1, err[-3000:]
+    error = by_name(doc)[f"{P}-s3"]["error"]
+    assert "internal error" not in error and "Read-only file system" in error, error
+    assert f"publishing to dir {out}" in error, error
+    assert any(k.startswith("c/") for k in _keys(s3, bucket))  # the other target was not given up
+    assert plan(root, state, "--offline")[f"{P}-s3"]["publish"] == ["dir"]
+    subprocess.run(["umount", str(out)], check=True)
+    rc, doc, err = up(root, state, env=env)
+    assert rc == 0 and built(doc) == set(), err[-3000:]
+    assert (out / f"{P}-s3" / "1" / "rootfs.squashfs").read_bytes()[:4] == b"hsqs"
+    assert not [p for p in out.rglob(".*")], list(out.rglob(".*"))  # no temp files

@@ -203,7 +203,9 @@ def test_fail_fast_starts_nothing_new(site) -> None:
     no_leftovers()
 
 
-@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
+)
 def test_signal_cleans_up_and_next_run_resumes(site, sig: signal.Signals, status: int) -> None:
     root, state = site
     right = root / "right.yaml"

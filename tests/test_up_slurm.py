@@ -364,3 +364,93 @@ def test_a_dead_submit_side_leaves_jobs_the_next_up_adopts(site) -> None:
         "a layer whose job was still queued or running was submitted again"
     )
     assert all(j["adopted"] for j in run_doc(root, doc)["jobs"])
+
+
+def test_an_admin_scancel_fails_the_layer_and_leaves_nothing(site) -> None:
+    """`scancel` of a running build job (an admin, a preemption): the layer fails naming the job and
+    its state, its child's job goes too, nothing stays queued or in the node's storage, and the next
+    `up` builds them."""
+    root, registry, cluster, graphroot = site
+    for name in ("leaf", "bad", "after-bad", "side"):
+        (root / f"{name}.yaml").unlink()
+    (root / "root.yaml").write_text(
+        (root / "root.yaml").read_text().replace('"echo root > /etc/role"', '"sleep 60"')
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(cluster),
+    )
+    try:
+        wait_until("root's job to sleep", lambda: "sleep 60" in _job_log(root))
+        job_id = next(j.split("|")[0] for j in cluster.jobs() if "|RUNNING" in j)
+        subprocess.run(["scancel", job_id], env=cluster.env, check=True)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err, err
+    doc = json.loads(out)
+    st = statuses(doc)
+    assert st["root"] == "failed" and st["good"] in ("blocked", "failed", "cancelled"), st
+    res = {x["name"]: x for x in doc["layers"]}["root"]
+    assert "CANCELLED" in res["error"] and job_id in res["error"], res["error"]
+    wait_until("the run's jobs to end", lambda: active(cluster) == [], timeout=60)
+    wait_until("the job's working container to go", lambda: node_containers(graphroot) == [], timeout=30)
+    rd = run_doc(root, doc)
+    assert {j["layer"]: j["state"] for j in rd["jobs"]}["root"] == "CANCELLED"
+    (root / "root.yaml").write_text((root / "root.yaml").read_text().replace('"sleep 60"', '"echo again"'))
+    rc, doc, err = up(cluster, root)
+    assert rc == 0, err
+    assert statuses(doc) == {"root": "ok", "good": "ok"}
+    assert active(cluster) == []
+
+
+def test_a_drained_node_is_said_once_and_the_run_resumes_with_it(site) -> None:
+    """The node drained mid-build: the running job finishes, the child's job waits for the node;
+    `up` says so once (job, Slurm's reason, what to do) instead of waiting in silence, and completes
+    when the node is resumed."""
+    root, registry, cluster, graphroot = site
+    for name in ("leaf", "bad", "after-bad", "side"):
+        (root / f"{name}.yaml").unlink()
+    (root / "root.yaml").write_text(
+        (root / "root.yaml").read_text().replace('"echo root > /etc/role"', '"sleep 4"')
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(cluster),
+    )
+    drain = ["scontrol", "update", f"nodename={cluster.host}"]
+    try:
+        wait_until("root's job to sleep", lambda: "sleep 4" in _job_log(root))
+        subprocess.run([*drain, "state=drain", "reason=faults-test"], env=cluster.env, check=True)
+
+        def good_waits_for_the_node() -> bool:
+            r = subprocess.run(
+                ["squeue", "-h", "-o", "%j|%T|%r"], env=cluster.env, capture_output=True, text=True
+            )
+            return any(
+                "ig-good" in ln and "PENDING" in ln and "DRAINED" in ln for ln in r.stdout.splitlines()
+            )
+
+        wait_until("good's job to wait for the drained node", good_waits_for_the_node, timeout=60)
+        time.sleep(3)  # a few polls (poll_interval 0.5 s) while it waits: one warning, not one per poll
+    finally:
+        subprocess.run([*drain, "state=resume"], env=cluster.env, check=False)
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert statuses(json.loads(out)) == {"root": "ok", "good": "ok"}
+    said = [ln for ln in err.splitlines() if "build job cannot start" in ln]
+    assert len(said) == 1, err
+    assert "layer=good" in said[0] and "DRAINED" in said[0] and "state=resume" in said[0], said[0]
+    assert active(cluster) == []

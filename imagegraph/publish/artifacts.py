@@ -445,7 +445,12 @@ def upload_artifacts(
     pub = made.pub
     if spec.publish_dir:
         _check_cancel(runner)
-        pub.objects += _publish_dir(spec, key, tags, made.files, pub, made.boot)
+        try:
+            pub.objects += _publish_dir(spec, key, tags, made.files, pub, made.boot)
+        except OSError as exc:
+            # A full, read-only or vanished export: the host's fault, not imagegraph's; name the path.
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise PublishError(spec.name, f"dir {spec.publish_dir}", f"{exc.strerror or exc}{where}") from exc
     if spec.publish_s3:
         s3 = S3Target(spec.publish_s3, spec.s3_bucket, layer=spec.name, settings=s3_settings)
         staged = made.staged.staging_key if made.staged is not None else None
