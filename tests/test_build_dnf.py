@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -300,7 +301,19 @@ def test_remove_stale_containers(busybox_image, build_runner, monkeypatch, tmp_p
     stale = container_name("ig-test/stale", fake_key("stale"))
     live = container_name("ig-test/live", fake_key("live"))
     orphan = container_name("ig-test/orphan", fake_key("orphan"))  # no record at all
-    record_owner(stale, "ig-test/stale", fake_key("stale"), "dead-run", pid=dead.pid)
+    # a build killed outright leaves its temporary directory: the sweep removes it with the container
+    import tempfile
+
+    stale_tmp = Path(tempfile.mkdtemp(prefix="imagegraph-build-"))
+    (stale_tmp / "iid").write_text("x")
+    gone_tmp = Path(tempfile.mkdtemp(prefix="imagegraph-build-"))  # its container is gone already
+    record_owner(stale, "ig-test/stale", fake_key("stale"), "dead-run", pid=dead.pid, tmp=stale_tmp)
+    gone = container_name("ig-test/gone", fake_key("gone"))
+    record_owner(gone, "ig-test/gone", fake_key("gone"), "dead-run", pid=dead.pid, tmp=gone_tmp)
+    not_ours = Path(tempfile.mkdtemp(prefix="other-"))
+    record_owner(
+        container_name("ig-test/x", fake_key("x")), "x", fake_key("x"), "r", pid=dead.pid, tmp=not_ours
+    )
     record_owner(live, "ig-test/live", fake_key("live"), "live-run")
     for name in (stale, live, orphan):
         buildah("from", "--pull=never", "--name", name, parent_result.image_id)
@@ -313,7 +326,10 @@ def test_remove_stale_containers(busybox_image, build_runner, monkeypatch, tmp_p
         assert live in now and stale not in now and orphan not in now
         assert read_owner(live) is not None and read_owner(stale) is None
         assert json.loads((records_dir() / f"{live}.json").read_text())["run_id"] == "live-run"
+        assert not stale_tmp.exists() and not gone_tmp.exists()
+        assert not_ours.is_dir()  # only our own build directories are removed
     finally:
+        shutil.rmtree(not_ours, ignore_errors=True)
         for name in (stale, live, orphan):
             buildah("rm", name, check=False)
             forget_owner(name)

@@ -27,6 +27,7 @@ from pathlib import Path
 from ..runner import Runner
 
 PREFIX = "imagegraph-"
+TMP_PREFIX = "imagegraph-build-"  # a build's temporary directory (build/layer.py)
 
 
 def buildah_env() -> dict[str, str]:
@@ -85,8 +86,11 @@ def pid_alive(pid: int, start_time: str | None = None) -> bool:
     return current is None or current == start_time
 
 
-def record_owner(container: str, layer: str, key: str, run_id: str, pid: int | None = None) -> Path:
-    """Write the ownership record of a container we are about to create."""
+def record_owner(
+    container: str, layer: str, key: str, run_id: str, pid: int | None = None, tmp: Path | None = None
+) -> Path:
+    """Write the ownership record of a container we are about to create (with the build's
+    temporary directory, `tmp`, so a sweep after its process died removes that too)."""
     pid = os.getpid() if pid is None else pid
     d = records_dir()
     d.mkdir(parents=True, exist_ok=True)
@@ -99,6 +103,7 @@ def record_owner(container: str, layer: str, key: str, run_id: str, pid: int | N
         "pid": pid,
         "pid_start": _start_time(pid),
         "created": time.time(),
+        "tmp": str(tmp) if tmp else None,
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
@@ -108,6 +113,17 @@ def record_owner(container: str, layer: str, key: str, run_id: str, pid: int | N
 
 def forget_owner(container: str) -> None:
     (records_dir() / f"{container}.json").unlink(missing_ok=True)
+
+
+def _remove_owned_tmp(owner: dict | None) -> None:
+    """A dead build's temporary directory (only one of ours, in the temporary directory)."""
+    import shutil
+    import tempfile
+
+    tmp = (owner or {}).get("tmp")
+    if isinstance(tmp, str) and os.path.dirname(tmp) == tempfile.gettempdir():
+        if os.path.basename(tmp).startswith(TMP_PREFIX):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_owner(container: str) -> dict | None:
@@ -150,6 +166,7 @@ def remove_stale_containers(runner: Runner) -> list[str]:
     for name, owner in stale_containers(runner, names):
         runner.note("cleanup", f"removing stale working container {name}" + _owner_text(owner))
         remove_container(name, runner)
+        _remove_owned_tmp(owner)
         forget_owner(name)
         removed.append(name)
     # records whose container is already gone and whose owner is dead are litter too
@@ -161,6 +178,7 @@ def remove_stale_containers(runner: Runner) -> list[str]:
                 continue
             owner = read_owner(name)
             if not owner or not pid_alive(int(owner.get("pid", 0)), owner.get("pid_start")):
+                _remove_owned_tmp(owner)
                 rec.unlink(missing_ok=True)
     return removed
 

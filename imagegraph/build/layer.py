@@ -34,7 +34,7 @@ from ..runner import Cancelled, CommandError, Runner
 from ..spec import LayerSpec
 from . import ansible
 from .backends import PACKAGE_MANAGERS
-from .container import container_name, forget_owner, record_owner, remove_container
+from .container import TMP_PREFIX, container_name, forget_owner, record_owner, remove_container
 from .stamp import write_stamp
 from .work import Work
 
@@ -92,7 +92,7 @@ def build_layer(req: BuildRequest, runner: Runner) -> BuildResult:
     """Build `req.spec` on its parent and commit it; see the module docstring."""
     spec = req.spec
     name = container_name(spec.name, req.key)
-    tmp = Path(tempfile.mkdtemp(prefix="imagegraph-build-"))
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
     work = Work(
         spec=spec,
         key=req.key,
@@ -105,7 +105,7 @@ def build_layer(req: BuildRequest, runner: Runner) -> BuildResult:
     )
     created = False
     try:
-        record_owner(name, spec.name, req.key, req.run_id)
+        record_owner(name, spec.name, req.key, req.run_id, tmp=tmp)
         with work.step("from", f"from {req.parent.ref if req.parent else 'scratch'}"):
             source = req.parent.image if req.parent else "scratch"
             created = True  # a failure half-way through `buildah from` may leave the container
