@@ -257,21 +257,38 @@ def test_missing_registry_is_a_spec_error(site) -> None:
     assert len(cluster.jobs()) == before
 
 
-def test_sigterm_cancels_the_run_jobs(site) -> None:
-    root, registry, cluster, graphroot = site
+def _up_while_root_runs(
+    root: Path, cluster: SlurmCluster, cmd: str, drop: tuple[str, ...] = (), quiet: bool = False
+) -> subprocess.Popen:
+    """`up --json` started with root's cmd replaced by `cmd` (and the specs in `drop` removed),
+    returned once root's job runs that command."""
+    for name in drop:
+        (root / f"{name}.yaml").unlink()
     (root / "root.yaml").write_text(
-        (root / "root.yaml").read_text().replace('"echo root > /etc/role"', '"sleep 60"')
+        (root / "root.yaml").read_text().replace('"echo root > /etc/role"', f'"{cmd}"')
     )
-    first = max((int(j.split("|")[0]) for j in cluster.jobs()), default=0)
+    out = subprocess.DEVNULL if quiet else subprocess.PIPE
     proc = subprocess.Popen(
         [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=out,
+        stderr=out,
         text=True,
         env=cli_env(cluster),
     )
     try:
-        wait_until("root's job to reach its sleep", lambda: "sleep 60" in _job_log(root))
+        wait_until("root's job to run its command", lambda: cmd in _job_log(root))
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def test_sigterm_cancels_the_run_jobs(site) -> None:
+    root, registry, cluster, graphroot = site
+    first = max((int(j.split("|")[0]) for j in cluster.jobs()), default=0)
+    proc = _up_while_root_runs(root, cluster, "sleep 60")
+    try:
         assert len(active(cluster)) == 6
         rc, _doc, err2 = up(cluster, root)  # a second submit side for the same state directory
         assert rc == 3 and "another imagegraph run holds" in err2
@@ -296,20 +313,8 @@ def test_sigterm_cancels_the_run_jobs(site) -> None:
 
 def test_node_failure_is_reported(site) -> None:
     root, registry, cluster, graphroot = site
-    for name in ("good", "leaf", "bad", "after-bad", "side"):
-        (root / f"{name}.yaml").unlink()
-    (root / "root.yaml").write_text(
-        (root / "root.yaml").read_text().replace('"echo root > /etc/role"', '"sleep 60"')
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(cluster),
-    )
+    proc = _up_while_root_runs(root, cluster, "sleep 60", ("good", "leaf", "bad", "after-bad", "side"))
     try:
-        wait_until("root's job to sleep", lambda: "sleep 60" in _job_log(root))
         job_id = next(j.split("|")[0] for j in cluster.jobs() if "|RUNNING" in j)
         cluster.kill_node(job_id)
         out, err = proc.communicate(timeout=180)
@@ -339,22 +344,9 @@ def _job_log(root: Path) -> str:
 
 def test_a_dead_submit_side_leaves_jobs_the_next_up_adopts(site) -> None:
     root, registry, cluster, graphroot = site
-    for name in ("leaf", "bad", "after-bad", "side"):
-        (root / f"{name}.yaml").unlink()
-    (root / "root.yaml").write_text(
-        (root / "root.yaml").read_text().replace('"echo root > /etc/role"', '"sleep 8"')
-    )
-    first = subprocess.Popen(
-        [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--json"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=cli_env(cluster),
-    )
-    try:
-        wait_until("root's job to reach its sleep", lambda: "sleep 8" in _job_log(root))
-    finally:
-        first.kill()  # SIGKILL: no chance to cancel anything
-        first.wait()
+    first = _up_while_root_runs(root, cluster, "sleep 8", ("leaf", "bad", "after-bad", "side"), quiet=True)
+    first.kill()  # SIGKILL: no chance to cancel anything
+    first.wait()
     assert len(active(cluster)) == 2
     submitted = len(cluster.jobs())
     rc, doc, err = up(cluster, root)
@@ -371,20 +363,8 @@ def test_an_admin_scancel_fails_the_layer_and_leaves_nothing(site) -> None:
     its state, its child's job goes too, nothing stays queued or in the node's storage, and the next
     `up` builds them."""
     root, registry, cluster, graphroot = site
-    for name in ("leaf", "bad", "after-bad", "side"):
-        (root / f"{name}.yaml").unlink()
-    (root / "root.yaml").write_text(
-        (root / "root.yaml").read_text().replace('"echo root > /etc/role"', '"sleep 60"')
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(cluster),
-    )
+    proc = _up_while_root_runs(root, cluster, "sleep 60", ("leaf", "bad", "after-bad", "side"))
     try:
-        wait_until("root's job to sleep", lambda: "sleep 60" in _job_log(root))
         job_id = next(j.split("|")[0] for j in cluster.jobs() if "|RUNNING" in j)
         subprocess.run(["scancel", job_id], env=cluster.env, check=True)
         out, err = proc.communicate(timeout=180)
@@ -414,21 +394,9 @@ def test_a_drained_node_is_said_once_and_the_run_resumes_with_it(site) -> None:
     `up` says so once (job, Slurm's reason, what to do) instead of waiting in silence, and completes
     when the node is resumed."""
     root, registry, cluster, graphroot = site
-    for name in ("leaf", "bad", "after-bad", "side"):
-        (root / f"{name}.yaml").unlink()
-    (root / "root.yaml").write_text(
-        (root / "root.yaml").read_text().replace('"echo root > /etc/role"', '"sleep 4"')
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imagegraph.cli", "up", str(root), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(cluster),
-    )
+    proc = _up_while_root_runs(root, cluster, "sleep 4", ("leaf", "bad", "after-bad", "side"))
     drain = ["scontrol", "update", f"nodename={cluster.host}"]
     try:
-        wait_until("root's job to sleep", lambda: "sleep 4" in _job_log(root))
         subprocess.run([*drain, "state=drain", "reason=faults-test"], env=cluster.env, check=True)
 
         def good_waits_for_the_node() -> bool:
