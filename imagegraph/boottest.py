@@ -626,8 +626,8 @@ def layer_artifacts(
 
 
 def _s3_artifacts(spec: Any, key: str, tags: list[str]) -> tuple[str, tuple[str, str, str]] | None:
-    from .publish.artifacts import find_published
     from .publish.s3 import S3Index
+    from .publish.s3layout import find_published
 
     found = find_published(S3Index(), spec, key, tags) or {}
     for t, keys in found.items():

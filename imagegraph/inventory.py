@@ -470,7 +470,7 @@ class LiveInventory:
         known yet: every candidate object of each tag is read. Decides
         nothing; what cannot be asked is asked (and reported) again by the plan.
         """
-        from .publish.artifacts import find_published
+        from .publish.s3layout import find_published
 
         index = self._s3_index()
 
@@ -540,7 +540,7 @@ def s3_answers(index: S3Index, spec: LayerSpec, key: str) -> dict[str, Answer]:
     Otherwise absent, holding the key of the rootfs object found under the
     tag's name (if any); unknown when S3 cannot be asked.
     """
-    from .publish.artifacts import find_published
+    from .publish.s3layout import find_published
 
     found = find_published(index, spec, key, spec.publish_tags)
     if found is None:
@@ -557,8 +557,8 @@ def s3_answers(index: S3Index, spec: LayerSpec, key: str) -> dict[str, Answer]:
 
 def s3_tag_key(index: S3Index, spec: LayerSpec, tag: str) -> str | None:
     """The layer key in the metadata of the rootfs object a tag's name points at, if any."""
-    from .publish.artifacts import artifact_keys
     from .publish.s3 import META_KEY
+    from .publish.s3layout import artifact_keys
 
     endpoint, bucket, prefix = spec.publish_s3 or "", spec.s3_bucket, spec.s3_prefix or ""
     if spec.s3_layout == "versioned":

@@ -220,12 +220,12 @@ def _copy_sbom_file(source: Path, final: Path) -> None:
 
 
 def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> Callable[[], dict]:
-    from .publish import artifacts as a
+    from .publish import s3layout as layout
     from .publish.s3 import S3Index, S3Target
 
     known = list(spec.publish_tags) + [e["detail"].get("tag") for e in state.events(layer, "promote")]
     tags = [t for t in dict.fromkeys(known) if t and t != tag]
-    found = a.find_published(S3Index(), spec, key, tags)
+    found = layout.find_published(S3Index(), spec, key, tags)
     if found is None:
         raise PromoteError(f"{spec.name}: S3 at {spec.publish_s3} cannot be reached")
     src = next((k for k in found.values() if k is not None), None)
@@ -243,6 +243,7 @@ def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> Callable[[],
 
 def _s3_move(spec: Any, key: str, tag: str, s3: Any, src: Any, head: dict) -> dict:
     from .publish import artifacts as a
+    from .publish import s3layout as layout
     from .publish.s3 import META_SHA256
 
     meta = head["metadata"]
@@ -250,7 +251,7 @@ def _s3_move(spec: Any, key: str, tag: str, s3: Any, src: Any, head: dict) -> di
     initrd_name = None
     if src.initramfs and spec.s3_layout != "versioned":
         initrd_name = src.initramfs.removeprefix(f"efi-images/{spec.s3_prefix or ''}")
-    dest = a.artifact_keys(spec, tag, kver, os_str, initramfs_name=initrd_name)
+    dest = layout.artifact_keys(spec, tag, kver, os_str, initramfs_name=initrd_name)
     locations, recorded = [], {}
     for role, s, d in (("kernel", src.kernel, dest.kernel), ("initramfs", src.initramfs, dest.initramfs)):
         if s is None or d is None:
@@ -270,7 +271,7 @@ def _s3_move(spec: Any, key: str, tag: str, s3: Any, src: Any, head: dict) -> di
         recorded[role] = (d, h["etag"])
         locations.append(s3.url(d))
     # The promoted copy is the same artifact: it keeps the options it was made with.
-    options = meta.get(a.META_OPTIONS) or a.artifact_options(spec)
+    options = meta.get(layout.META_OPTIONS) or layout.artifact_options(spec)
     rootfs_meta = a._rootfs_metadata(key, kver, os_str, recorded, options)
     s3.copy(src.rootfs, dest.rootfs, rootfs_meta, meta.get(META_SHA256, ""), head["size"])
     locations.append(s3.url(dest.rootfs))

@@ -17,15 +17,10 @@ import structlog
 
 from imagegraph.errors import PublishError
 from imagegraph.log import configure
-from imagegraph.publish.artifacts import (
-    artifact_keys,
-    boot_config,
-    find_published,
-    publish_artifacts,
-    s3_artifacts_present,
-)
+from imagegraph.publish.artifacts import boot_config, publish_artifacts, s3_artifacts_present
 from imagegraph.publish.dirlayout import dir_artifacts_present
 from imagegraph.publish.s3 import MiB, S3Index, S3Settings, S3Target, make_client
+from imagegraph.publish.s3layout import artifact_keys, find_published
 from imagegraph.retry import RetryPolicy
 from imagegraph.runner import Runner
 from imagegraph.spec import LayerSpec, SquashfsOptions

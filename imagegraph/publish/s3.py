@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -44,14 +45,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import botocore.config
-import botocore.exceptions
-
 from ..errors import PublishError
 from ..log import get_logger
 from ..redact import add_secret, redact
 from ..retry import RetryPolicy
 from ..runner import Cancelled
+from .s3read import THROTTLE_CODES, S3Reader, S3ReadError, describe, reader_for
 
 if TYPE_CHECKING:
     from boto3.s3.transfer import TransferConfig
@@ -62,32 +61,6 @@ MiB = 1024 * 1024
 META_KEY = "imagegraph-key"
 META_SHA256 = "sha256"
 
-# Error codes that retrying will not fix, with what to tell the user.
-_ACCESS_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "AllAccessDisabled",
-    "AccountProblem",
-    "Forbidden",
-    "403",
-}
-_THROTTLE_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestThrottled",
-    "TooManyRequests",
-    "RequestTimeout",
-    "InternalError",
-    "ServiceUnavailable",
-    "503",
-    "500",
-    "502",
-    "504",
-}
 # Codes with which an endpoint says "I do not do flexible checksums".
 _CHECKSUM_REJECTED = {
     "InvalidArgument",
@@ -261,6 +234,8 @@ def make_client(endpoint: str, settings: S3Settings | None = None) -> Any:
         or os.environ.get("AWS_DEFAULT_REGION")
         or DEFAULT_REGION
     )
+    import botocore.config
+
     creds = credentials()
     _install_log_redaction()
     config = botocore.config.Config(
@@ -302,8 +277,16 @@ def object_url(endpoint: str, bucket: str, key: str) -> str:
 # ---------------------------------------------------------------------- error handling
 
 
+def _botocore_errors() -> Any:
+    """botocore.exceptions if botocore is loaded: an exception can only be botocore's once it is."""
+    return sys.modules.get("botocore.exceptions")
+
+
 def error_code(exc: BaseException) -> str:
-    if isinstance(exc, botocore.exceptions.ClientError):
+    if isinstance(exc, S3ReadError):
+        return exc.code
+    bx = _botocore_errors()
+    if bx is not None and isinstance(exc, bx.ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code") or "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -312,24 +295,32 @@ def error_code(exc: BaseException) -> str:
 
 
 def _status(exc: BaseException) -> int:
-    if isinstance(exc, botocore.exceptions.ClientError):
+    bx = _botocore_errors()
+    if bx is not None and isinstance(exc, bx.ClientError):
         return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     return 0
 
 
 def is_transient(exc: BaseException) -> bool:
     """Connection trouble, 5xx and throttling: worth another attempt."""
-    if isinstance(exc, botocore.exceptions.SSLError):
-        return False  # a certificate problem does not go away
-    if isinstance(exc, botocore.exceptions.ConnectionError | botocore.exceptions.HTTPClientError):
-        return True
-    if isinstance(exc, botocore.exceptions.ClientError):
-        return error_code(exc) in _THROTTLE_CODES or _status(exc) >= 500
+    if isinstance(exc, S3ReadError):
+        return exc.transient
+    bx = _botocore_errors()
+    if bx is not None:
+        if isinstance(exc, bx.SSLError):
+            return False  # a certificate problem does not go away
+        if isinstance(exc, bx.ConnectionError | bx.HTTPClientError):
+            return True
+        if isinstance(exc, bx.ClientError):
+            return error_code(exc) in THROTTLE_CODES or _status(exc) >= 500
     return isinstance(exc, ConnectionError | TimeoutError)
 
 
 def _message(exc: BaseException) -> str:
-    if isinstance(exc, botocore.exceptions.ClientError):
+    if isinstance(exc, S3ReadError):
+        return exc.message()
+    bx = _botocore_errors()
+    if bx is not None and isinstance(exc, bx.ClientError):
         err = exc.response.get("Error", {})
         text = f"{err.get('Code', '')}: {err.get('Message', '') or exc}"
     else:
@@ -337,24 +328,20 @@ def _message(exc: BaseException) -> str:
     return redact(text)
 
 
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, S3ReadError):
+        return exc.kind
+    bx = _botocore_errors()
+    if bx is not None and isinstance(exc, bx.NoCredentialsError):
+        return "credentials"
+    if bx is not None and isinstance(exc, bx.SSLError):
+        return "tls"
+    return "other"
+
+
 def describe_error(exc: BaseException, endpoint: str, bucket: str) -> str:
     """One clear sentence for the user, without secrets."""
-    code = error_code(exc)
-    where = redact(normalize_endpoint(endpoint))
-    if code == "NoSuchBucket":
-        return f"bucket '{bucket}' does not exist at {where}; create it first (imagegraph does not create buckets)"
-    if code in _ACCESS_CODES:
-        return (
-            f"access denied to bucket '{bucket}' at {where} ({code}); check S3_ACCESS/S3_SECRET "
-            "(or the AWS credentials boto3 finds) and the bucket policy"
-        )
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return "no S3 credentials: set S3_ACCESS and S3_SECRET (or configure AWS credentials for boto3)"
-    if isinstance(exc, botocore.exceptions.SSLError):
-        return f"TLS error talking to {where}: {_message(exc)} (set AWS_CA_BUNDLE for a private CA)"
-    if is_transient(exc):
-        return f"{where} is unreachable or failing: {_message(exc)}"
-    return _message(exc)
+    return describe(error_code(exc), _kind(exc), _message(exc), is_transient(exc), endpoint, bucket)
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -439,6 +426,8 @@ class S3Target:
                 self._started.pop(key, None)
 
     def _abort_started(self, key: str) -> None:
+        import botocore.exceptions  # loaded with the client
+
         with self._started_lock:
             ids = sorted(self._started.pop(key, set()))
         for upload_id in ids:
@@ -516,6 +505,8 @@ class S3Target:
 
     def head(self, key: str) -> dict | None:
         """HeadObject -> {size, etag, metadata} or None when the object does not exist."""
+        import botocore.exceptions  # loaded with the client
+
         try:
             for attempt in self._retrying():
                 with attempt:
@@ -536,6 +527,8 @@ class S3Target:
 
     def check_bucket(self) -> None:
         """Fail early and clearly when the bucket is missing or not ours to write."""
+        import botocore.exceptions  # loaded with the client
+
         try:
             for attempt in self._retrying():
                 with attempt:
@@ -567,6 +560,8 @@ class S3Target:
         self, path: Path, key: str, metadata: dict[str, str], sha256: str | None = None
     ) -> UploadResult:
         """Upload `path` to `key` with `metadata` (+ sha256); verified by a HEAD afterwards."""
+        import botocore.exceptions  # loaded with the client
+
         path = Path(path)
         sha256 = sha256 or sha256_file(path)
         size = path.stat().st_size
@@ -684,13 +679,17 @@ class S3Index:
     a shorter prefix answers for longer ones. HEADs are cached by key. An
     endpoint that cannot be reached is remembered, so a plan over hundreds of
     layers waits for a dead endpoint once, and every answer about it is None
-    ("cannot tell").
+    ("cannot tell"). Requests go through `s3read` where it reads as botocore
+    does (static keys in the environment: no botocore import, no client
+    creation), else through a botocore client; `client_factory` (tests)
+    forces a client.
     """
 
     settings: S3Settings = field(default_factory=S3Settings.quick)
     client_factory: Callable[[str, S3Settings], Any] | None = None
     request_count: int = 0
     _clients: dict[str, Any] = field(default_factory=dict)
+    _readers: dict[str, S3Reader | None] = field(default_factory=dict)
     _listings: dict[tuple[str, str, str], dict[str, ObjectInfo] | None] = field(default_factory=dict)
     _heads: dict[tuple[str, str, str], dict | None] = field(default_factory=dict)
     _unreachable: dict[str, str] = field(default_factory=dict)
@@ -701,6 +700,7 @@ class S3Index:
             self.request_count += 1
 
     def client(self, endpoint: str) -> Any:
+        """The botocore client for `endpoint` (made once; gc deletes through it)."""
         endpoint = normalize_endpoint(endpoint)
         with self._lock:
             if endpoint not in self._clients:
@@ -710,9 +710,40 @@ class S3Index:
                 self._clients[endpoint] = c
             return self._clients[endpoint]
 
+    def reader(self, endpoint: str) -> S3Reader | None:
+        """The stdlib reader for `endpoint`, or None when botocore must answer."""
+        endpoint = normalize_endpoint(endpoint)
+        with self._lock:
+            if endpoint not in self._readers:
+                s = self.settings
+                self._readers[endpoint] = (
+                    None
+                    if self.client_factory is not None
+                    else reader_for(
+                        endpoint,
+                        region=s.region,
+                        attempts=s.botocore_attempts,
+                        connect_timeout=s.connect_timeout,
+                        read_timeout=s.read_timeout,
+                        on_request=self._count,
+                    )
+                )
+            return self._readers[endpoint]
+
     def unreachable(self, endpoint: str) -> str | None:
         """Why an endpoint could not be asked (None when it answered)."""
         return self._unreachable.get(normalize_endpoint(endpoint))
+
+    def _list(self, endpoint: str, bucket: str, prefix: str) -> dict[str, ObjectInfo]:
+        reader = self.reader(endpoint)
+        if reader is not None:
+            return {k: ObjectInfo(size, etag) for k, size, etag in reader.list_objects(bucket, prefix)}
+        result: dict[str, ObjectInfo] = {}
+        paginator = self.client(endpoint).get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents") or []:
+                result[obj["Key"]] = ObjectInfo(int(obj.get("Size", 0)), str(obj.get("ETag", "")).strip('"'))
+        return result
 
     def objects(self, endpoint: str, bucket: str, prefix: str = "") -> dict[str, ObjectInfo] | None:
         """Every object under `prefix`: key -> ObjectInfo; {} for a missing bucket; None if unreachable."""
@@ -725,23 +756,15 @@ class S3Index:
             for (e, b, p), listing in self._listings.items():
                 if e == endpoint and b == bucket and prefix.startswith(p) and listing is not None:
                     return {k: v for k, v in listing.items() if k.startswith(prefix)}
-            result: dict[str, ObjectInfo] | None = {}
+            result: dict[str, ObjectInfo] | None
             try:
-                paginator = self.client(endpoint).get_paginator("list_objects_v2")
-                for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-                    for obj in page.get("Contents") or []:
-                        result[obj["Key"]] = ObjectInfo(
-                            int(obj.get("Size", 0)), str(obj.get("ETag", "")).strip('"')
-                        )
-            except botocore.exceptions.ClientError as exc:
+                result = self._list(endpoint, bucket, prefix)
+            except Exception as exc:
                 if error_code(exc) == "NoSuchBucket":
                     result = {}
                 else:
                     self._note_unreachable(endpoint, exc)
                     result = None
-            except Exception as exc:
-                self._note_unreachable(endpoint, exc)
-                result = None
             self._listings[(endpoint, bucket, prefix)] = result
             return result
 
@@ -749,6 +772,13 @@ class S3Index:
         why = describe_error(exc, endpoint, "")
         self._unreachable[endpoint] = why
         get_logger().warning("cannot ask S3", endpoint=redact(endpoint), error=why, step="plan")
+
+    def _head_metadata(self, endpoint: str, bucket: str, key: str) -> dict:
+        reader = self.reader(endpoint)
+        if reader is not None:
+            return reader.head_metadata(bucket, key)
+        r = self.client(endpoint).head_object(Bucket=bucket, Key=key)
+        return {k.lower(): v for k, v in (r.get("Metadata") or {}).items()}
 
     def metadata(self, endpoint: str, bucket: str, key: str) -> dict | None:
         """User metadata of one object (HEAD, cached); None when absent or unreachable."""
@@ -759,22 +789,16 @@ class S3Index:
                 return self._heads[ck]
             if endpoint in self._unreachable:
                 return None
-            client = self.client(endpoint)
-        # The request goes without the lock (clients are thread-safe): the prefetch reads several
-        # objects' metadata at once. Two threads asking for one key both ask; the answers agree.
+        # The request goes without the lock (clients and readers are thread-safe): the prefetch reads
+        # several objects' metadata at once. Two threads asking for one key both ask; the answers agree.
+        meta: dict | None
         try:
-            r = client.head_object(Bucket=bucket, Key=key)
-            meta: dict | None = {k.lower(): v for k, v in (r.get("Metadata") or {}).items()}
-        except botocore.exceptions.ClientError as exc:
+            meta = self._head_metadata(endpoint, bucket, key)
+        except Exception as exc:
             if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
                 with self._lock:
                     if endpoint not in self._unreachable:  # one warning, whichever HEAD failed first
                         self._note_unreachable(endpoint, exc)
-            meta = None
-        except Exception as exc:
-            with self._lock:
-                if endpoint not in self._unreachable:
-                    self._note_unreachable(endpoint, exc)
             meta = None
         with self._lock:
             self._heads[ck] = meta

@@ -176,7 +176,7 @@ class RemoteBuilds:
     def _from_s3(self, spec: Any, key: str) -> Found:
         if not spec.publish_s3:
             return Found()
-        from .artifacts import find_published
+        from .s3layout import find_published
 
         self.s3 = self.s3 or S3Index()
         found = find_published(self.s3, spec, key, self._tags(spec))
