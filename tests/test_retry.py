@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imagegraph.lockfile import FetchError, http_fetch
 from imagegraph.publish.registry_client import RegistryClient
@@ -190,3 +192,55 @@ def test_a_cancel_ends_the_wait_at_once(
     assert isinstance(outcome[0], Cancelled), outcome
     assert took < 2, took
     assert flaky.seen[path] == 1  # no attempt after the cancel
+
+
+@given(
+    outcomes=st.lists(st.sampled_from(["ok", "transient", "permanent"]), min_size=1, max_size=6),
+    attempts=st.integers(1, 5),
+)
+@settings(max_examples=200, deadline=None)
+def test_call_runs_as_tenacitys_own_loop(outcomes: list[str], attempts: int) -> None:
+    """`call` (first attempt outside tenacity) against the plain tenacity loop: the same calls, the
+    same `on_retry` reports (attempt numbers and waits) and the same result or exception."""
+    policy = RetryPolicy(attempts=attempts, initial_wait=0.0, max_wait=0.0)
+
+    def run(via_call: bool) -> tuple:
+        script, calls, retries = list(outcomes), [], []
+
+        def fn() -> str:
+            calls.append(len(calls))
+            what = script.pop(0) if script else "ok"
+            if what == "transient":
+                raise TransientError(f"flaky {len(calls)}")
+            if what == "permanent":
+                raise ValueError(f"broken {len(calls)}")
+            return f"answer {len(calls)}"
+
+        def on_retry(exc: BaseException, n: int, wait: float) -> None:
+            retries.append((str(exc), n, wait))
+
+        try:
+            if via_call:
+                result: object = policy.call(fn, on_retry)
+            else:
+                result = None
+                for attempt in policy.retrying(on_retry):
+                    with attempt:
+                        result = fn()
+        except Exception as exc:
+            result = (type(exc).__name__, str(exc))
+        return result, calls, retries
+
+    assert run(True) == run(False)
+
+
+def test_a_call_that_succeeds_at_once_loads_no_tenacity() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom imagegraph.retry import RetryPolicy\n"
+        "assert RetryPolicy().call(lambda: 42) == 42\nprint('tenacity' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
