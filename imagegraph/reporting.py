@@ -165,7 +165,6 @@ class RunRecord(NullReporter):
         self.extra = extra  # more fields for the record, asked when the run ends (e.g. Slurm's jobs)
 
     def run_finished(self, result: RunResult) -> None:
-        from .diff import run_changes
         from .plan import Action
 
         status = run_status(result)
@@ -174,7 +173,11 @@ class RunRecord(NullReporter):
             for lid, r in result.results.items()
             if r.action == Action.BUILD and r.status == "ok"
         }
-        changes = run_changes(self.state, built)  # per rebuilt layer: packages since its previous build
+        changes: dict[str, dict] = {}
+        if built:  # per rebuilt layer: packages since its previous build (diff loads with a build only)
+            from .diff import run_changes
+
+            changes = run_changes(self.state, built)
         doc = redact_obj(
             {
                 **result.to_json(),

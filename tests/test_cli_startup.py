@@ -171,6 +171,7 @@ NEVER_FOR_NOOP_UP = (
     "imagegraph.publish.push",
     "imagegraph.publish.squashfs",
     "imagegraph.boottest",
+    "imagegraph.diff",  # package changes of rebuilt layers: none rebuilt
     "boto3",
     "s3transfer",
     "rich",
