@@ -358,3 +358,29 @@ def test_noop_up_with_s3_targets_loads_no_botocore(s3_env: S3Server, tmp_path: P
         doc = json.loads(r.stdout)
         assert {x["status"] for x in doc["layers"]} == {"up-to-date"}, doc
         assert ("botocore" in probe["modules"]) is botocore_loaded
+
+
+def test_checking_a_bucket_says_what_botocore_says(s3_env: S3Server, bucket: str) -> None:
+    """The check before mksquashfs, through the reader: the same outcome and words as S3Target's."""
+    import socket
+
+    from imagegraph.errors import PublishError
+    from imagegraph.publish.s3 import S3Target, check_bucket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    fast = S3Settings(retry=FAST.retry, botocore_attempts=1, connect_timeout=2)
+    check_bucket(s3_env.endpoint, bucket, layer="compute", settings=fast)  # there: nothing raised
+    for endpoint, name in ((s3_env.endpoint, "no-such-bucket-here"), (dead, bucket)):
+        with pytest.raises(PublishError) as ours:
+            check_bucket(endpoint, name, layer="compute", settings=fast)
+        with pytest.raises(PublishError) as theirs:
+            S3Target(endpoint, name, layer="compute", settings=fast).check_bucket()
+        if endpoint == dead:  # the connection error's own text differs; the sentence does not
+            assert "is unreachable or failing" in str(ours.value) and "is unreachable or failing" in str(
+                theirs.value
+            )
+        else:
+            assert str(ours.value) == str(theirs.value)
+            assert "does not exist" in str(ours.value)

@@ -57,7 +57,17 @@ from ..log import get_logger
 from ..runner import Cancelled, Runner, cancel_requested
 from .bootfiles import BootFiles, find_boot_files, os_tag
 from .dirlayout import INITRAMFS_NAME, MANIFEST_NAME, ROOTFS_NAME, VMLINUZ_NAME
-from .s3 import META_KEY, META_SHA256, ObjectAction, S3Index, S3Settings, S3Target, object_url, sha256_file
+from .s3 import (
+    META_KEY,
+    META_SHA256,
+    ObjectAction,
+    S3Index,
+    S3Settings,
+    S3Target,
+    check_bucket,
+    object_url,
+    sha256_file,
+)
 from .s3layout import META_OPTIONS, artifact_keys, artifact_options, find_published
 from .s3stream import StreamedUpload
 from .squashfs import fsync_path, make_squashfs
@@ -249,8 +259,11 @@ def make_artifacts(
     log = get_logger(layer=layer)
     target: S3Target | None = None
     if spec.publish_s3 and squashfs:
-        target = S3Target(spec.publish_s3, spec.s3_bucket, layer=layer, settings=s3_settings)
-        target.check_bucket()
+        if (s3_settings or S3Settings()).stream:  # the stream uploads while mksquashfs writes
+            target = S3Target(spec.publish_s3, spec.s3_bucket, layer=layer, settings=s3_settings)
+            target.check_bucket()
+        else:
+            check_bucket(spec.publish_s3, spec.s3_bucket, layer=layer, settings=s3_settings)
     boot: BootFiles | None = None
     if not spec.rootfs_only:
         boot = find_boot_files(rootfs, spec.kernel_version, layer=layer)

@@ -309,6 +309,10 @@ class S3Reader:
         _status, headers, _body = self._request("HEAD", bucket, key, {})
         return {k[len("x-amz-meta-") :]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
 
+    def head_bucket(self, bucket: str) -> None:
+        """Nothing when the bucket is there and ours to read; S3ReadError ("404", "403", ...) otherwise."""
+        self._request("HEAD", bucket, "", {})
+
     # -- transport
 
     def _connection(self) -> http.client.HTTPConnection:
