@@ -1,10 +1,12 @@
 """The registry HTTP API: the fast path for plans, and tagging without a process.
 
-`RegistryClient` answers the planner's questions with one pooled
-`requests.Session`: tag lists (one request per repository, cached, `Link`
-pagination followed), manifest digests (HEAD), and the few writes publishing
-needs (a tag copied from a manifest, deletes, blobs and manifests for
-artifacts). Each request is logged at info.
+`RegistryClient` answers the planner's questions: tag lists (one request
+per repository, cached, `Link` pagination followed), manifest digests
+(HEAD), and the few writes publishing needs (a tag copied from a manifest,
+deletes, blobs and manifests for artifacts). Requests go over http.client
+(`httpconn.py`) where that sends what requests would send, else through one
+pooled `requests.Session` (proxies, redirects, `IMAGEGRAPH_HTTP=requests`).
+Each request is logged at info.
 
 Why requests and not the `oras` package: oras-py reads credentials only from
 `~/.docker/config.json` (not the containers auth files buildah writes), takes
@@ -46,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from ..log import get_logger
 from ..reference import ImageRef, parse_reference, target_repository
 from ..retry import NoRetry, RetryPolicy, TransientError
+from . import httpconn
 from .containers_conf import (
     Credentials,
     RegistriesConf,
@@ -55,6 +58,7 @@ from .containers_conf import (
     parsed_opts,
     repository_prefixes,
 )
+from .httpconn import SendError
 from .registry_errors import RegistryError, TLSVerifyError, classify_status
 
 if TYPE_CHECKING:
@@ -191,24 +195,81 @@ class RegistryClient:
         self.down_ttl = down_ttl
         self._lock = threading.Lock()
         self._repo_locks: dict[str, threading.Lock] = {}
-        import requests
-
-        self.session = session or requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = "imagegraph"
-        # Credentials come from the container tools' files only (module docstring), never from
-        # ~/.netrc: a session-wide no-op auth keeps requests from looking for one on every request
-        # (a tenth of a no-op plan's client time) and from replacing our Authorization header.
-        if self.session.auth is None:
-            self.session.auth = _NoNetrc()
+        self._session = session
+        # Requests go over http.client where that is what requests would send (httpconn.py:
+        # requests' import is a quarter of a no-op `up`); a given session always answers.
+        self._light = session is None and httpconn.usable()
+        self._conns = httpconn.Connections()
+        self._session_lock = threading.Lock()
         # What requests reads from the environment on every request (trust_env), read once: the
         # proxies per scheme and host (HTTP(S)_PROXY, NO_PROXY), the CA bundle. Planning asks
         # thousands of questions; the per-request scan of os.environ was a seventh of its client time.
-        self.session.trust_env = False
         self._ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         self._proxies: dict[str, dict[str, str]] = {}
+
+    @property
+    def session(self) -> requests.Session:
+        """The requests session (made on first use: proxies, redirects, or IMAGEGRAPH_HTTP=requests)."""
+        with self._session_lock:
+            if self._session is None:
+                import requests
+
+                session = requests.Session()
+                adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                session.headers["User-Agent"] = httpconn.USER_AGENT
+                session.trust_env = False  # read once, above
+                self._session = session
+            # Credentials come from the container tools' files only (module docstring), never from
+            # ~/.netrc: a session-wide no-op auth keeps requests from looking for one on every request
+            # (a tenth of a no-op plan's client time) and from replacing our Authorization header.
+            if self._session.auth is None:
+                self._session.auth = _NoNetrc()
+                self._session.trust_env = False
+            return self._session
+
+    def _http(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        verify: bool | str,
+        data: bytes | None = None,
+        params: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> Any:
+        """One HTTP request (httpconn where it sends what requests sends, else requests). Raises SendError."""
+        verify = self._ca_bundle if verify is True and self._ca_bundle else verify
+        if self._light:
+            hdrs = {**headers, "Authorization": httpconn.basic_auth(*auth)} if auth else headers
+            resp = self._conns.send(method, url, hdrs, data, self.timeout, verify, params)
+            if resp is not None:
+                return resp
+        import requests
+
+        if verify is False:
+            _quiet_insecure_warnings()
+        split = urllib.parse.urlsplit(url)
+        try:
+            return self.session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                params=params,
+                auth=auth,
+                timeout=self.timeout,
+                verify=verify,
+                proxies=self._proxies_for(f"{split.scheme}://{split.netloc}"),
+            )
+        except requests.exceptions.SSLError as exc:
+            raise SendError(str(exc), tls=True) from exc
+        except requests.exceptions.Timeout as exc:
+            raise SendError(str(exc), timeout=True) from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise SendError(str(exc)) from exc
 
     # -- configuration
 
@@ -725,36 +786,23 @@ class RegistryClient:
         api_host = _API_HOSTS.get(host, host)
         schemes = self.schemes(host)
         last: Exception | None = None
-        import requests
-
         for i, scheme in enumerate(schemes):
             verify: bool | str = True
             if scheme == "https":
                 verify = self._host_verify.get(host.lower(), not self.is_insecure(host))
-                if verify is False:
-                    _quiet_insecure_warnings()
             url = f"{scheme}://{api_host}{path}"
             started = time.monotonic()
             try:
-                resp = self.session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    timeout=self.timeout,
-                    verify=self._ca_bundle if verify is True and self._ca_bundle else verify,
-                    proxies=self._proxies_for(f"{scheme}://{api_host}"),
-                )
-            except requests.exceptions.SSLError as exc:
+                resp = self._http(method, url, headers=headers, data=data, verify=verify)
+            except SendError as exc:
                 last = exc
-                if i + 1 < len(schemes):
-                    continue
-                if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                    raise TLSVerifyError(host, _verify_reason(exc)) from exc
-                raise TransientError("TLS handshake failed", _describe_exception(exc)) from exc
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                last = exc
-                timed_out = isinstance(exc, requests.exceptions.Timeout)
+                if exc.tls:
+                    if i + 1 < len(schemes):
+                        continue
+                    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                        raise TLSVerifyError(host, _verify_reason(exc)) from exc
+                    raise TransientError("TLS handshake failed", _describe_exception(exc)) from exc
+                timed_out = exc.timeout
                 _log.info("registry request", method=method, url=url, error=_describe_exception(exc))
                 if timed_out and not self.retry_timeouts:
                     # Something listens and does not answer: asking again (or over http) waits again.
@@ -815,19 +863,16 @@ class RegistryClient:
         realm = params["realm"]
         realm_host = urllib.parse.urlsplit(realm).netloc.lower()
         verify: bool | str = self._host_verify.get(realm_host, not self.is_insecure(realm_host))
-        import requests
-
-        split = urllib.parse.urlsplit(realm)
         try:
-            resp = self.session.get(
+            resp = self._http(
+                "GET",
                 realm,
+                headers={},
                 params=query,
                 auth=(creds.username, creds.password) if creds else None,
-                timeout=self.timeout,
-                verify=self._ca_bundle if verify is True and self._ca_bundle else verify,
-                proxies=self._proxies_for(f"{split.scheme}://{split.netloc}"),
+                verify=verify,
             )
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        except SendError as exc:
             raise TransientError("token service unreachable", _describe_exception(exc)) from exc
         with self._lock:
             self.request_count += 1
