@@ -532,6 +532,12 @@ def _as_tuple(value: Any) -> tuple[str, ...]:
 
 def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list[Diagnostic]:
     """Schema and unknown-key checks of one parsed document (with project `defaults` applied)."""
+    return _validated(doc, file, defaults)[0]
+
+
+def _validated(doc: Any, file: str, defaults: dict | None) -> tuple[list[Diagnostic], Any]:
+    """`validate_document`'s diagnostics and the plain document it checked (options with the
+    defaults), which `_build` reads instead of walking the document again."""
     diags: list[Diagnostic] = []
     if not isinstance(doc, dict):
         what = "empty" if doc is None else f"a {type(doc).__name__}"
@@ -539,13 +545,13 @@ def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list
             Diagnostic(
                 file, 1, 1, f"a layer spec must be a mapping with an 'options' section; this file is {what}"
             )
-        ]
+        ], None
     plain = to_plain(doc)
     if defaults and isinstance(plain.get("options"), dict):
         # Defaults are validated as part of every spec: a bad one must not reach _build.
         plain["options"] = {**to_plain(defaults), **plain["options"]}
     if _schema_valid(plain):
-        return diags  # jsonschema only words the errors of a document the compiled check refused
+        return diags, plain  # jsonschema only words the errors of a document the compiled check refused
     import difflib  # did-you-mean, for documents with errors only
 
     for err in _validator().iter_errors(plain):
@@ -571,7 +577,7 @@ def validate_document(doc: Any, file: str, defaults: dict | None = None) -> list
                 path = list(err.absolute_path)
         line, col = node_position(doc, path, key_position=err.validator == "required")
         diags.append(Diagnostic(file, line, col, schema_message(err)))
-    return diags
+    return diags, plain
 
 
 def load_spec(path: Path, text: str | None = None, defaults: dict | None = None) -> LayerSpec:
@@ -620,7 +626,7 @@ def read_spec(
     if diags:
         return None, diags
     try:
-        diags = validate_document(doc, file, defaults)
+        diags, plain = _validated(doc, file, defaults)
     except (DocumentTooLarge, RecursionError) as exc:
         why = "it contains itself through an alias" if isinstance(exc, RecursionError) else str(exc)
         return None, [Diagnostic(file, 1, 1, f"the document is too large or too deep: {why}")]
@@ -642,7 +648,7 @@ def read_spec(
     if any(d.severity == "error" for d in diags):
         # The source paths are checked anyway: fixing the schema must not reveal a second round.
         return None, diags + _raw_source_diagnostics(doc, path.parent, file, path_map or {})
-    spec, diags = _build(path, file, doc, defaults or {}, diags, path_map or {})
+    spec, diags = _build(path, file, doc, plain, diags, path_map or {})
     if spec is not None and check_sources:
         # The spec itself is sound: it is returned with its missing sources, so a layer can be
         # drawn and planned (as blocked) without the files; building it needs them (load_spec).
@@ -741,12 +747,13 @@ def _build(
     path: Path,
     file: str,
     doc: CommentedMap,
-    defaults: dict,
+    plain: dict,
     diags: list[Diagnostic],
     path_map: dict[str, str],
 ) -> tuple[LayerSpec | None, list]:
+    """`plain`: the document as `_validated` checked it (options with the project's defaults)."""
     opts_node = doc["options"]
-    opts = {**defaults, **to_plain(opts_node)}
+    opts = plain["options"]
     base = path.parent
 
     def pos(*p: Any, key: bool = False) -> tuple[int, int]:
@@ -819,7 +826,7 @@ def _build(
                 warn(["options", k], f"options.{k} is only used by layer_type 'ansible'; ignored")
 
     repos = []
-    for i, r in enumerate(to_plain(doc.get("repos") or [])):
+    for i, r in enumerate(plain.get("repos") or []):
         if r.get("priority") is not None and pkg_manager != "zypper":
             warn(["repos", i, "priority"], "repos priority is used by zypper only; ignored")
         if (r.get("suite") or r.get("components")) and pkg_manager != "apt":
@@ -860,8 +867,7 @@ def _build(
             error(["repos", i, "alias"], f"repository alias '{a}' is used twice")
 
     copyfiles = []
-    for i, node in enumerate(doc.get("copyfiles") or []):
-        item = to_plain(node)
+    for i, item in enumerate(plain.get("copyfiles") or []):
         if "dst" in item and "dest" in item:
             error(["copyfiles", i, "dst"], "copyfiles item has both 'dest' and 'dst'", key=True)
             continue
@@ -881,7 +887,7 @@ def _build(
         )
 
     cmds = []
-    for node in to_plain(doc.get("cmds") or []):  # plain: a tagged item (`- !x`) is its text
+    for node in plain.get("cmds") or []:  # plain: a tagged item (`- !x`) is its text
         if isinstance(node, str):
             cmds.append(Cmd(cmd=str(node)))
         else:
@@ -892,7 +898,7 @@ def _build(
     inventory = _as_tuple(opts.get("inventory"))
     playbook_paths = tuple(map_path(base, p, path_map) for p in playbooks)
     inventory_paths = tuple(map_path(base, p, path_map) for p in inventory)
-    modules = tuple((str(k), _as_tuple(v)) for k, v in (to_plain(doc.get("modules")) or {}).items())
+    modules = tuple((str(k), _as_tuple(v)) for k, v in (plain.get("modules") or {}).items())
     sq = opts.get("squashfs") or {}
     squashfs = SquashfsOptions(
         compression=sq.get("compression", "gzip"),
@@ -939,7 +945,7 @@ def _build(
         arches.append(a)
 
     by_arch: dict[Arch, tuple[str, ...]] = {}
-    for written, names in (to_plain(doc.get("packages_by_arch")) or {}).items():
+    for written, names in (plain.get("packages_by_arch") or {}).items():
         where = ["packages_by_arch", written]
         try:
             a = normalize_arch(str(written))
