@@ -6,7 +6,6 @@ import http.server
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +16,7 @@ from imagegraph.publish import httpconn
 from imagegraph.publish.registry_client import RegistryClient
 from imagegraph.retry import RetryPolicy
 
+from .httpstub import reply, serving
 from .test_publish_registry import KEY, FakeRegistry, _runner, _spec, fake_registry, needs_buildah, tiny_image  # noqa: F401
 
 FAST = RetryPolicy(attempts=2, initial_wait=0.01, max_wait=0.02)
@@ -106,17 +106,10 @@ class _Redirecting(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         if self.path.startswith("/v2/ns/img/tags/list"):
-            self.send_response(307)
-            self.send_header("Location", "/elsewhere")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            reply(self, 307, {"Location": "/elsewhere"}, b"")
             return
         body = json.dumps({"name": "ns/img", "tags": ["moved"]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, 200, {"Content-Type": "application/json"}, body)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -124,13 +117,8 @@ class _Redirecting(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def redirecting() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Redirecting) as port:
+        yield f"127.0.0.1:{port}"
 
 
 def test_a_redirect_is_followed_by_requests(redirecting: str) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -21,6 +20,7 @@ from imagegraph.publish.s3 import S3Index, S3Settings, make_client
 from imagegraph.publish.s3read import EMPTY_SHA256, Keys, S3ReadError, reader_for, sign
 
 from .fixtures_servers import S3_TEST_ACCESS, S3_TEST_SECRET, S3Server
+from .httpstub import reply, serving
 
 FAST = S3Settings.quick()
 
@@ -265,15 +265,9 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
     seen: list[tuple[str, str]] = []
     EMPTY = b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><IsTruncated>false</IsTruncated></ListBucketResult>'
 
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802
         self.seen.append((self.path, self.headers.get("Authorization", "")))
-        status, headers, body = self.script.pop(0) if self.script else (200, {}, self.EMPTY)
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        reply(self, *(self.script.pop(0) if self.script else (200, {}, self.EMPTY)))
 
     def log_message(self, *args: object) -> None:
         pass
@@ -284,14 +278,8 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, type[_Scrip
     monkeypatch.setenv("S3_ACCESS", S3_TEST_ACCESS)
     monkeypatch.setenv("S3_SECRET", S3_TEST_SECRET)
     handler = type("Handler", (_Scripted,), {"script": [], "seen": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(handler) as port:
+        yield f"http://127.0.0.1:{port}", handler
 
 
 def test_transient_answers_are_retried_and_lasting_ones_are_not(scripted) -> None:
