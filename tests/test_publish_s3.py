@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,6 +18,7 @@ import structlog
 
 from imagegraph.errors import PublishError
 from imagegraph.log import configure
+from imagegraph.publish import s3 as s3mod
 from imagegraph.publish.artifacts import boot_config, publish_artifacts, s3_artifacts_present
 from imagegraph.publish.dirlayout import dir_artifacts_present
 from imagegraph.publish.s3 import MiB, S3Index, S3Settings, S3Target, make_client
@@ -360,6 +362,90 @@ def test_index_versioned_and_unreachable(s3_env: S3Server, rootfs: Path, tmp_pat
     assert s3_artifacts_present(index, replace(dead, name="other"), KEY) is None  # remembered: no second wait
     assert index.request_count <= 2 and time.monotonic() - start < 10
     assert "unreachable" in (index.unreachable("http://127.0.0.1:9/") or "")
+
+
+# ------------------------------------------------------------------- clients made ahead
+
+
+def _recording_make_client(
+    monkeypatch: pytest.MonkeyPatch, fail_first: bool = False
+) -> list[tuple[str, object]]:
+    """Wraps s3.make_client: (thread name, client or the exception) per call."""
+    made: list[tuple[str, object]] = []
+    real = s3mod.make_client
+
+    def make(endpoint, settings=None):
+        name = threading.current_thread().name
+        if fail_first and not made:
+            exc = RuntimeError("no client this time")
+            made.append((name, exc))
+            raise exc
+        client = real(endpoint, settings)
+        made.append((name, client))
+        return client
+
+    monkeypatch.setattr(s3mod, "make_client", make)
+    return made
+
+
+def test_a_client_made_ahead_serves_its_target_alone(
+    s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = s3_env.make_bucket()
+    made = _recording_make_client(monkeypatch)
+    ahead = s3mod.ClientAhead(s3_env.endpoint + "/", FAST)
+    first = S3Target(s3_env.endpoint, bucket, settings=FAST, client=ahead.take(s3_env.endpoint, FAST))
+    second = S3Target(s3_env.endpoint, bucket, settings=FAST)
+    assert [name for name, _ in made] == ["s3-client-ahead", "MainThread"]
+    assert first.client is made[0][1] and second.client is made[1][1]
+    # Each target keeps its own event handlers: one's multipart uploads are not the other's to abort.
+    upload = second.client.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    assert second._started == {"k": {upload}} and first._started == {}
+    second._abort_started("k")
+    assert s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads") is None
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 1000)
+    assert first.upload(f, "via-ahead", {"imagegraph-key": KEY}).action == "uploaded"
+    assert meta(s3_env, bucket, "via-ahead")["imagegraph-key"] == KEY
+
+
+def test_a_client_made_ahead_is_not_given_for_other_settings_or_endpoints(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = _recording_make_client(monkeypatch)
+    ahead = s3mod.ClientAhead(s3_env.endpoint, FAST)
+    assert ahead.take(s3_env.endpoint, replace(FAST, read_timeout=11)) is None
+    assert ahead.take(s3_env.proxy_endpoint, FAST) is None
+    assert ahead.take(s3_env.endpoint, FAST) is made[0][1]
+    assert s3mod.ClientAhead(s3_env.endpoint).take(s3_env.endpoint, S3Settings()) is made[1][1]
+
+
+def test_a_failed_client_made_ahead_leaves_the_target_to_make_its_own(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = s3_env.make_bucket()
+    made = _recording_make_client(monkeypatch, fail_first=True)
+    ahead = s3mod.ClientAhead(s3_env.endpoint, FAST)
+    target = S3Target(s3_env.endpoint, bucket, settings=FAST, client=ahead.take(s3_env.endpoint, FAST))
+    assert [name for name, _ in made] == ["s3-client-ahead", "MainThread"]
+    assert target.client is made[1][1]
+    target.check_bucket()
+
+
+def test_the_upload_after_mksquashfs_uses_the_client_made_beside_it(
+    s3_env: S3Server, rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = s3_env.make_bucket()
+    made = _recording_make_client(monkeypatch)
+    spec = spec_for(s3_env.endpoint, bucket, publish_tags=("v1", "latest"))
+    pub = publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "work", s3_settings=FAST)
+    # One client for the whole publication, made while mksquashfs ran.
+    assert [name for name, _ in made] == ["s3-client-ahead"]
+    assert [(o.role, o.tag, o.action) for o in pub.objects if o.role == "rootfs"] == [
+        ("rootfs", "v1", "uploaded"),
+        ("rootfs", "latest", "copied"),
+    ]
+    assert stored_sha256(s3_env, bucket, "compute/base/rocky9.6-compute-latest") == pub.squashfs_sha256
 
 
 # ------------------------------------------------------------------------------ faults

@@ -60,6 +60,7 @@ from .dirlayout import INITRAMFS_NAME, MANIFEST_NAME, ROOTFS_NAME, VMLINUZ_NAME
 from .s3 import (
     META_KEY,
     META_SHA256,
+    ClientAhead,
     ObjectAction,
     S3Index,
     S3Settings,
@@ -222,6 +223,7 @@ class MadeArtifacts:
     pub: ArtifactPublication
     boot: BootFiles | None
     staged: StreamedUpload | None = None  # the SquashFS, already on S3 under a staging key
+    client_ahead: ClientAhead | None = None  # for the first S3 upload (taken once)
 
     def paths(self) -> dict[str, Path]:
         return {role: f.path for role, f in self.files.items()}
@@ -274,6 +276,9 @@ def make_artifacts(
     made = MadeArtifacts(scratch, {}, pub, boot)
     if not squashfs:
         return made
+    if spec.publish_s3 and target is None:
+        # The upload after mksquashfs needs a client: made meanwhile, off the layer's critical path.
+        made.client_ahead = ClientAhead(spec.publish_s3, s3_settings)
     try:
         _check_cancel(runner)
         runner.note("squashfs", f"making SquashFS of {rootfs} ({spec.squashfs.compression})")
@@ -346,7 +351,14 @@ def upload_artifacts(
             where = f" ({exc.filename})" if exc.filename else ""
             raise PublishError(spec.name, f"dir {spec.publish_dir}", f"{exc.strerror or exc}{where}") from exc
     if spec.publish_s3:
-        s3 = S3Target(spec.publish_s3, spec.s3_bucket, layer=spec.name, settings=s3_settings)
+        ahead, made.client_ahead = made.client_ahead, None
+        s3 = S3Target(
+            spec.publish_s3,
+            spec.s3_bucket,
+            layer=spec.name,
+            settings=s3_settings,
+            client=ahead.take(spec.publish_s3, s3_settings) if ahead is not None else None,
+        )
         staged = made.staged.staging_key if made.staged is not None else None
         try:
             pub.objects += _publish_s3(s3, spec, key, tags, made.files, pub, made.boot, runner, staged)

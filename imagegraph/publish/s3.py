@@ -40,6 +40,7 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -267,6 +268,43 @@ def make_client(endpoint: str, settings: S3Settings | None = None) -> Any:
             aws_secret_access_key=creds[1] if creds else None,
             config=config,
         )
+
+
+class ClientAhead:
+    """An S3 client for one coming `S3Target`, made in a thread while other work runs.
+
+    A layer's upload needs a client after its SquashFS is made; the first
+    client of a process costs ~0.3 s of botocore import and client creation,
+    which this takes off that path (made as mksquashfs starts, handed to the
+    upload's target). One client serves one target, so no two targets share
+    a client's event handlers. A failure here is dropped: the target then
+    makes its own client and meets the error itself.
+    """
+
+    def __init__(self, endpoint: str, settings: S3Settings | None = None):
+        self.endpoint, self.settings = normalize_endpoint(endpoint), settings or S3Settings()
+        self._future: Future = Future()
+        # Not a daemon: an interpreter exiting mid-import would break the thread's imports.
+        threading.Thread(target=self._make, args=(endpoint, self.settings), name="s3-client-ahead").start()
+
+    def _make(self, endpoint: str, settings: S3Settings) -> None:
+        try:
+            client = make_client(endpoint, settings)
+            from boto3.s3.transfer import TransferConfig  # noqa: F401  (the upload imports it next)
+        except BaseException as exc:  # noqa: BLE001  (the target makes its own and reports)
+            self._future.set_exception(exc)
+        else:
+            self._future.set_result(client)
+
+    def take(self, endpoint: str, settings: S3Settings | None = None) -> Any | None:
+        """The client (waiting for it), or None if making it failed or it was made for another
+        endpoint or settings."""
+        if (normalize_endpoint(endpoint), settings or S3Settings()) != (self.endpoint, self.settings):
+            return None
+        try:
+            return self._future.result()
+        except Exception:
+            return None
 
 
 def object_url(endpoint: str, bucket: str, key: str) -> str:
