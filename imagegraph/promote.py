@@ -196,11 +196,11 @@ def _dir_move(spec: Any, tag: str, base: Path, source: Path, manifest: dict) -> 
     for role, name in names.items():
         info = manifest["files"].get(name)
         if info is not None:
-            files[role] = a._File(source / name, info["sha256"], int(info["size"]))
+            files[role] = a.ArtifactFile(source / name, info["sha256"], int(info["size"]))
     doc = {**manifest, "tag": tag}
     body = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
     final = base / tag
-    a._write_tag_dir(final, body, files, names, {role: f.path for role, f in files.items()})
+    a.write_tag_dir(final, body, files, names, {role: f.path for role, f in files.items()})
     _copy_sbom_file(source, final)
     return {"target": "dir", "locations": [str(final)], "source": str(source)}
 
@@ -242,7 +242,6 @@ def _s3(spec: Any, key: str, tag: str, state: State, layer: str) -> Callable[[],
 
 
 def _s3_move(spec: Any, key: str, tag: str, s3: Any, src: Any, head: dict) -> dict:
-    from .publish import artifacts as a
     from .publish import s3layout as layout
     from .publish.s3 import META_SHA256
 
@@ -272,7 +271,7 @@ def _s3_move(spec: Any, key: str, tag: str, s3: Any, src: Any, head: dict) -> di
         locations.append(s3.url(d))
     # The promoted copy is the same artifact: it keeps the options it was made with.
     options = meta.get(layout.META_OPTIONS) or layout.artifact_options(spec)
-    rootfs_meta = a._rootfs_metadata(key, kver, os_str, recorded, options)
+    rootfs_meta = layout.rootfs_metadata(key, kver, os_str, recorded, options)
     s3.copy(src.rootfs, dest.rootfs, rootfs_meta, meta.get(META_SHA256, ""), head["size"])
     locations.append(s3.url(dest.rootfs))
     from .publish.sbomfiles import s3_sbom_key

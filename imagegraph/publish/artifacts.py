@@ -69,7 +69,7 @@ from .s3 import (
     object_url,
     sha256_file,
 )
-from .s3layout import META_OPTIONS, artifact_keys, artifact_options, find_published
+from .s3layout import artifact_keys, artifact_options, find_published, rootfs_metadata
 from .s3stream import StreamedUpload
 from .squashfs import fsync_path, make_squashfs
 
@@ -139,18 +139,6 @@ class ArtifactPublication:
 # ---------------------------------------------------------------------------------- keys
 
 
-def _rootfs_metadata(
-    key: str, kver: str | None, os_str: str, boot: dict[str, tuple[str, str]], options: str
-) -> dict[str, str]:
-    meta = {META_KEY: key, "imagegraph-role": "rootfs", "imagegraph-os": os_str, META_OPTIONS: options}
-    if kver is not None:
-        meta["imagegraph-kver"] = kver
-    for role, (k, etag) in boot.items():
-        meta[f"imagegraph-{role}"] = k
-        meta[f"imagegraph-{role}-etag"] = etag
-    return meta
-
-
 # ------------------------------------------------------------------------- mounting
 
 
@@ -198,7 +186,9 @@ def mounted_image(image: str, runner: Runner) -> Iterator[Path]:
 
 
 @dataclass(frozen=True)
-class _File:
+class ArtifactFile:
+    """A made artifact on local disk: where it is, its sha256 and size."""
+
     path: Path
     sha256: str
     size: int
@@ -219,7 +209,7 @@ class MadeArtifacts:
     """
 
     scratch: Path
-    files: dict[str, _File]
+    files: dict[str, ArtifactFile]
     pub: ArtifactPublication
     boot: BootFiles | None
     staged: StreamedUpload | None = None  # the SquashFS, already on S3 under a staging key
@@ -304,9 +294,9 @@ def make_artifacts(
         if stream is not None:
             if stream.finish(sq):
                 made.staged = stream
-            made.files["rootfs"] = _File(sq, stream.sha256, stream.size)
+            made.files["rootfs"] = ArtifactFile(sq, stream.sha256, stream.size)
         else:
-            made.files["rootfs"] = _File(sq, sha256_file(sq), sq.stat().st_size)
+            made.files["rootfs"] = ArtifactFile(sq, sha256_file(sq), sq.stat().st_size)
         if boot:
             for role, p, name in (
                 ("kernel", boot.vmlinuz, VMLINUZ_NAME),
@@ -314,7 +304,7 @@ def make_artifacts(
             ):
                 copy = scratch / name
                 shutil.copyfile(p, copy)
-                made.files[role] = _File(copy, sha256_file(copy), copy.stat().st_size)
+                made.files[role] = ArtifactFile(copy, sha256_file(copy), copy.stat().st_size)
         pub.squashfs_sha256, pub.squashfs_size = made.files["rootfs"].sha256, made.files["rootfs"].size
         log.info(
             "artifacts ready",
@@ -422,7 +412,7 @@ def _publish_s3(
     spec: Any,
     key: str,
     tags: list[str],
-    files: dict[str, _File],
+    files: dict[str, ArtifactFile],
     pub: ArtifactPublication,
     boot: BootFiles | None,
     runner: Runner,
@@ -458,7 +448,7 @@ def _publish_s3(
         with _object_lock(s3.endpoint, s3.bucket, obj_key) if role != "rootfs" else nullcontext():
             return store(role, obj_key, meta, tag, f)
 
-    def store(role: str, obj_key: str, meta: dict[str, str], tag: str, f: _File) -> str:
+    def store(role: str, obj_key: str, meta: dict[str, str], tag: str, f: ArtifactFile) -> str:
         existing = s3.head(obj_key)
         want = {**meta, META_SHA256: f.sha256}
         if existing and existing["size"] == f.size and existing["metadata"].get(META_SHA256) == f.sha256:
@@ -531,7 +521,7 @@ def _publish_s3(
         put(
             "rootfs",
             keys.rootfs,
-            _rootfs_metadata(key, pub.kver, pub.os, recorded, artifact_options(spec)),
+            rootfs_metadata(key, pub.kver, pub.os, recorded, artifact_options(spec)),
             tag,
         )
     return out
@@ -541,7 +531,12 @@ def _publish_s3(
 
 
 def _manifest(
-    spec: Any, key: str, tag: str, files: dict[str, _File], pub: ArtifactPublication, boot: BootFiles | None
+    spec: Any,
+    key: str,
+    tag: str,
+    files: dict[str, ArtifactFile],
+    pub: ArtifactPublication,
+    boot: BootFiles | None,
 ) -> bytes:
     names = {"rootfs": ROOTFS_NAME, "kernel": VMLINUZ_NAME, "initramfs": INITRAMFS_NAME}
     doc = {
@@ -567,7 +562,7 @@ def _publish_dir(
     spec: Any,
     key: str,
     tags: list[str],
-    files: dict[str, _File],
+    files: dict[str, ArtifactFile],
     pub: ArtifactPublication,
     boot: BootFiles | None,
 ) -> list[PublishedObject]:
@@ -582,7 +577,7 @@ def _publish_dir(
         if _dir_is_current(final, manifest, files, names):
             action = ObjectAction.UNCHANGED
         else:
-            _write_tag_dir(final, manifest, files, names, linkable)
+            write_tag_dir(final, manifest, files, names, linkable)
         for role, f in files.items():
             out.append(
                 PublishedObject(
@@ -610,7 +605,9 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _dir_is_current(final: Path, manifest: bytes, files: dict[str, _File], names: dict[str, str]) -> bool:
+def _dir_is_current(
+    final: Path, manifest: bytes, files: dict[str, ArtifactFile], names: dict[str, str]
+) -> bool:
     try:
         if (final / MANIFEST_NAME).read_bytes() != manifest:
             return False
@@ -619,9 +616,15 @@ def _dir_is_current(final: Path, manifest: bytes, files: dict[str, _File], names
         return False
 
 
-def _write_tag_dir(
-    final: Path, manifest: bytes, files: dict[str, _File], names: dict[str, str], linkable: dict[str, Path]
+def write_tag_dir(
+    final: Path,
+    manifest: bytes,
+    files: dict[str, ArtifactFile],
+    names: dict[str, str],
+    linkable: dict[str, Path],
 ) -> None:
+    """Write `final` (one tag's directory) whole: the files (hard-linked from `linkable` where
+    possible, else copied) under `names`, and `manifest`, into a new directory swapped into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:

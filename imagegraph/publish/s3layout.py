@@ -138,3 +138,17 @@ def find_published(
                 out[tag] = ArtifactKeys(cand, boot_keys["kernel"], boot_keys["initramfs"])
                 break
     return out
+
+
+def rootfs_metadata(
+    key: str, kver: str | None, os_str: str, boot: dict[str, tuple[str, str]], options: str
+) -> dict[str, str]:
+    """A SquashFS object's user metadata: its key, role, os, options and kver, and its boot files'
+    keys and ETags (`boot`: role -> (key, etag))."""
+    meta = {META_KEY: key, "imagegraph-role": "rootfs", "imagegraph-os": os_str, META_OPTIONS: options}
+    if kver is not None:
+        meta["imagegraph-kver"] = kver
+    for role, (k, etag) in boot.items():
+        meta[f"imagegraph-{role}"] = k
+        meta[f"imagegraph-{role}-etag"] = etag
+    return meta
