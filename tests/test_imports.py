@@ -81,3 +81,31 @@ def test_no_module_imports_another_modules_private_names() -> None:
         if n.startswith("_") and not n.startswith("__")
     ]
     assert private == []
+
+
+def test_no_module_reads_private_names_through_an_imported_module() -> None:
+    """`from .publish import artifacts as a` then `a._File`: the same breach as importing `_File`."""
+    mods = _modules()
+    found = []
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text())
+        pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        aliases: dict[str, str] = {}  # local name -> imagegraph module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+                for a in node.names:
+                    if f"{target}.{a.name}" in mods:
+                        aliases[a.asname or a.name] = f"{target}.{a.name}"
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and aliases[node.value.id] != name
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                found.append((name, aliases[node.value.id], node.attr, node.lineno))
+    assert found == []
