@@ -364,6 +364,47 @@ def test_index_versioned_and_unreachable(s3_env: S3Server, rootfs: Path, tmp_pat
     assert "unreachable" in (index.unreachable("http://127.0.0.1:9/") or "")
 
 
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (SMALL_PARTS, ["HeadObject", "CopyObject"]),  # multipart uploads, yet one request per copy
+        (
+            replace(SMALL_PARTS, copy_threshold=5 * MiB, multipart_chunksize=5 * MiB),
+            [
+                "HeadObject",
+                "CreateMultipartUpload",
+                "UploadPartCopy",
+                "UploadPartCopy",
+                "CompleteMultipartUpload",
+            ],
+        ),
+    ],
+    ids=["one-copyobject", "multipart-above-threshold"],
+)
+def test_copies_are_one_request_below_the_copy_threshold(
+    s3_env: S3Server, tmp_path: Path, settings: S3Settings, expected: list[str]
+) -> None:
+    bucket = s3_env.make_bucket()
+    f = tmp_path / "big"
+    f.write_bytes(os.urandom(6 * MiB))
+    target = S3Target(s3_env.endpoint, bucket, settings=settings)
+    up = target.upload(f, "src", {"imagegraph-key": KEY})
+    calls: list[str] = []
+    target.client.meta.events.register("before-call.s3", lambda model, **kw: calls.append(model.name))
+    r = target.copy(
+        "src", "dest", {"imagegraph-key": KEY, "imagegraph-role": "rootfs"}, up.sha256, f.stat().st_size
+    )
+    assert calls == [*expected, "HeadObject"]  # the last: the read-back of the copy
+    assert r.action == "copied"
+    assert meta(s3_env, bucket, "dest") == {
+        "imagegraph-key": KEY,
+        "imagegraph-role": "rootfs",
+        "sha256": up.sha256,
+    }
+    assert stored_sha256(s3_env, bucket, "dest") == file_sha256(f)
+    assert s3_env.client().list_multipart_uploads(Bucket=bucket).get("Uploads") is None
+
+
 # ------------------------------------------------------------------- clients made ahead
 
 
@@ -542,6 +583,39 @@ def test_endpoint_without_checksum_support(
         assert meta(s3_env, bucket, "k")["sha256"] == r.sha256 == stored_sha256(s3_env, bucket, "k")
         assert r.sha256 == hashlib.sha256(b"hello").hexdigest()
         assert target.endpoint in S3Target._no_checksum
+    finally:
+        S3Target._no_checksum.discard(target.endpoint)
+
+
+def test_copy_to_an_endpoint_without_checksum_support(s3_env: S3Server, tmp_path: Path) -> None:
+    """One CopyObject asks for a SHA256; a gateway rejecting that gets the copy without (remembered)."""
+    import botocore.exceptions
+
+    bucket = s3_env.make_bucket()
+    f = tmp_path / "big"
+    f.write_bytes(os.urandom(6 * MiB))
+    # Uploaded without checksums, as such a gateway would have it (moto would carry a composite one over).
+    up = S3Target(s3_env.endpoint, bucket, settings=replace(SMALL_PARTS, checksum=False)).upload(
+        f, "src", {"imagegraph-key": KEY}
+    )
+    target = S3Target(s3_env.endpoint, bucket, settings=SMALL_PARTS)
+    asked: list[bool] = []
+
+    def reject(params, **kw):
+        asked.append("ChecksumAlgorithm" in params)
+        if "ChecksumAlgorithm" in params:
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "InvalidArgument", "Message": "x-amz-checksum-algorithm"}}, "CopyObject"
+            )
+
+    target.client.meta.events.register("provide-client-params.s3.CopyObject", reject)
+    try:
+        r = target.copy("src", "dest", {"imagegraph-key": KEY}, up.sha256, f.stat().st_size)
+        assert asked == [True, False] and r.action == "copied"
+        assert target.endpoint in S3Target._no_checksum
+        assert (
+            stored_sha256(s3_env, bucket, "dest") == file_sha256(f) == meta(s3_env, bucket, "dest")["sha256"]
+        )
     finally:
         S3Target._no_checksum.discard(target.endpoint)
 

@@ -78,6 +78,10 @@ class S3Settings:
 
     multipart_threshold: int = 64 * MiB
     multipart_chunksize: int = 64 * MiB  # s3transfer raises anything below 5 MiB to 5 MiB
+    # Server-side copies below this are one CopyObject (S3's limit for it is 5 GiB), as the AWS
+    # Java SDK's TransferManager and rclone (--s3-copy-cutoff) do: a gateway copies the object in
+    # one pass (Ceph RGW can even share its data) instead of copying parts and then joining them.
+    copy_threshold: int = 5 * 1024 * MiB
     max_concurrency: int = 4
     botocore_attempts: int = 3  # tries per request, the first included (botocore "standard" mode)
     # per transfer, each attempt with its own botocore retries (default: IMAGEGRAPH_RETRY_*)
@@ -581,13 +585,13 @@ class S3Target:
         except Exception as exc:
             raise self._fail(exc, "cannot use the bucket") from None
 
-    def _transfer_config(self) -> TransferConfig:
+    def _transfer_config(self, multipart_threshold: int | None = None) -> TransferConfig:
         # boto3 (and s3transfer) only for uploads: planning's index needs botocore alone (0.04-0.08 s)
         from boto3.s3.transfer import TransferConfig
 
         s = self.settings
         return TransferConfig(
-            multipart_threshold=s.multipart_threshold,
+            multipart_threshold=multipart_threshold or s.multipart_threshold,
             multipart_chunksize=s.multipart_chunksize,
             max_concurrency=s.max_concurrency,
             use_threads=True,
@@ -598,30 +602,19 @@ class S3Target:
         self, path: Path, key: str, metadata: dict[str, str], sha256: str | None = None
     ) -> UploadResult:
         """Upload `path` to `key` with `metadata` (+ sha256); verified by a HEAD afterwards."""
-        import botocore.exceptions  # loaded with the client
 
         path = Path(path)
         sha256 = sha256 or sha256_file(path)
         size = path.stat().st_size
         meta = {**metadata, META_SHA256: sha256}
-        use_checksum = self.settings.checksum and self.endpoint not in self._no_checksum
-        try:
-            try:
-                self._upload_with_retries(path, key, meta, use_checksum)
-            except botocore.exceptions.ClientError as exc:
-                if not (use_checksum and error_code(exc) in _CHECKSUM_REJECTED):
-                    raise
-                # The endpoint does not take SHA256 transfer checksums: remember, and upload without.
-                self.log.info(
-                    "endpoint rejects SHA256 checksums; uploading without", error=_message(exc), step="s3"
-                )
-                with self._no_checksum_lock:
-                    self._no_checksum.add(self.endpoint)
-                self._upload_with_retries(path, key, meta, False)
-        except (PublishError, Cancelled):
-            raise
-        except Exception as exc:
-            raise self._fail(exc, f"uploading {key} failed") from None
+        self._transfer(
+            key,
+            lambda manager, extra: manager.upload(str(path), self.bucket, key, extra_args=extra),
+            {"Metadata": meta},
+            self.checksum_enabled(),
+            self._transfer_config(),
+            f"uploading {key} failed",
+        )
         head = self.head(key)
         if head is None or head["size"] != size or head["metadata"].get(META_SHA256) != sha256:
             raise PublishError(
@@ -634,20 +627,49 @@ class S3Target:
             self.bucket, key, self.url(key), size, sha256, head["etag"], ObjectAction.UPLOADED
         )
 
-    def _upload_with_retries(self, path: Path, key: str, meta: dict[str, str], checksum: bool) -> None:
-        extra: dict[str, Any] = {"Metadata": meta}
-        if checksum:
-            extra["ChecksumAlgorithm"] = "SHA256"
-        from boto3.s3.transfer import create_transfer_manager
+    def _transfer(
+        self,
+        key: str,
+        start: Callable[[Any, dict[str, Any]], Any],
+        extra: dict[str, Any],
+        use_checksum: bool,
+        config: TransferConfig,
+        what: str,
+    ) -> None:
+        """Run one managed transfer onto `key` (`start(manager, extra_args)` -> its future), retried;
+        with SHA256 checksums when `use_checksum`, and without them once the endpoint rejects them."""
+        import botocore.exceptions  # loaded with the client
 
-        for attempt in self._retrying():
-            with attempt:
-                try:
-                    with create_transfer_manager(self.client, self._transfer_config()) as manager:
-                        manager.upload(str(path), self.bucket, key, extra_args=extra).result()
-                except BaseException:
-                    self._abort_started(key)
+        def run(checksum: bool) -> None:
+            args = {**extra, "ChecksumAlgorithm": "SHA256"} if checksum else extra
+            from boto3.s3.transfer import create_transfer_manager
+
+            for attempt in self._retrying():
+                with attempt:
+                    try:
+                        with create_transfer_manager(self.client, config) as manager:
+                            start(manager, args).result()
+                    except BaseException:
+                        self._abort_started(key)
+                        raise
+
+        try:
+            try:
+                run(use_checksum)
+            except botocore.exceptions.ClientError as exc:
+                if not (use_checksum and error_code(exc) in _CHECKSUM_REJECTED):
                     raise
+                # The endpoint does not take SHA256 transfer checksums: remember, and go on without.
+                self.log.info(
+                    "endpoint rejects SHA256 checksums; going on without", error=_message(exc), step="s3"
+                )
+                with self._no_checksum_lock:
+                    self._no_checksum.add(self.endpoint)
+                run(False)
+        except (PublishError, Cancelled):
+            raise
+        except Exception as exc:
+            raise self._fail(exc, what) from None
 
     def copy(
         self,
@@ -659,33 +681,26 @@ class S3Target:
         *,
         checksum: bool = False,
     ) -> UploadResult:
-        """Server-side copy (multipart copy for big objects) with new metadata.
+        """Server-side copy with new metadata: one CopyObject below `copy_threshold`, else a multipart copy.
 
         Used for the second and later tags: a multi-GB SquashFS crosses the
         build host's link once. Raises PublishError; callers fall back to an
         upload when the endpoint does not implement copies.
         """
         meta = {**metadata, META_SHA256: sha256}
-        extra: dict[str, Any] = {"Metadata": meta, "MetadataDirective": "REPLACE"}
-        if checksum and self.checksum_enabled():  # the copy of a streamed upload stands for an upload
-            extra["ChecksumAlgorithm"] = "SHA256"
-        from boto3.s3.transfer import create_transfer_manager
-
-        try:
-            for attempt in self._retrying():
-                with attempt:
-                    try:
-                        with create_transfer_manager(self.client, self._transfer_config()) as manager:
-                            manager.copy(
-                                {"Bucket": self.bucket, "Key": src_key}, self.bucket, key, extra_args=extra
-                            ).result()
-                    except BaseException:
-                        self._abort_started(key)
-                        raise
-        except Cancelled:
-            raise
-        except Exception as exc:
-            raise self._fail(exc, f"copying {src_key} to {key} failed") from None
+        # One CopyObject asks for a SHA256 of its own: the server then computes the copy's checksum
+        # from its bytes (some servers, moto among them, would carry a multipart source's composite
+        # checksum over as if it were the whole object's, and a verifying download would fail).
+        # A multipart copy asks only when it stands for an upload (the copy of a streamed upload).
+        source = {"Bucket": self.bucket, "Key": src_key}
+        self._transfer(
+            key,
+            lambda manager, extra: manager.copy(source, self.bucket, key, extra_args=extra),
+            {"Metadata": meta, "MetadataDirective": "REPLACE"},
+            (checksum or size < self.settings.copy_threshold) and self.checksum_enabled(),
+            self._transfer_config(multipart_threshold=self.settings.copy_threshold),
+            f"copying {src_key} to {key} failed",
+        )
         head = self.head(key)
         if head is None or head["size"] != size or head["metadata"].get(META_SHA256) != sha256:
             raise PublishError(self.layer, self.target_name, f"copied {key} but it reads back wrong: {head}")
