@@ -356,7 +356,8 @@ class Recorder:
             else:
                 self.doubt(f"ran {args[1]!r}")
         elif event.startswith(
-            ("socket.", "http.", "urllib.", "os.exec", "os.posix_spawn", "os.spawn", "os.system")
+            # A forked child reads with hooks whose records it keeps to itself.
+            ("socket.", "http.", "urllib.", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.fork")
         ):
             self.doubt(event)
         elif event in (

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from imagegraph import planreuse
 from imagegraph.keytag import key_tag
 from imagegraph.planreuse import OFF_ENV
 from imagegraph.state import State
@@ -182,6 +183,17 @@ def test_doubt_means_no_record(tmp_path: Path) -> None:
     settle()
     said = r.plan("--json")[3]
     assert said.startswith("not recorded: where local storage"), said
+
+
+@pytest.mark.parametrize("event", ["os.fork", "os.forkpty", "os.system", "socket.connect", "os.posix_spawn"])
+def test_what_the_hooks_cannot_follow_means_no_record(
+    event: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rec = planreuse.Recorder(["plan", "--offline", str(tmp_path)])
+    assert rec.why is None
+    rec.hook(event, ())
+    assert rec.why == event
 
 
 def buildah(*args: str) -> str:
