@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .errors import Diagnostic
-from .redact import redact, redact_obj
+from .redact import json_may_change, redact, redact_obj
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -88,6 +88,21 @@ def write_indented_json(doc: Any, stream: IO[str]) -> None:
     out = _Pieces(stream.write)
     _indented(doc, "\n", out)
     out.flush()
+
+
+def write_redacted_json(doc: Any, stream: IO[str]) -> None:
+    """`write_indented_json(redact_obj(doc), stream)`: the document is rendered as it is and
+    copied with its strings redacted only when the text shows that redaction could change one."""
+    blocks: list[str] = []
+    out = _Pieces(blocks.append)
+    _indented(doc, "\n", out)
+    out.flush()
+    text = "".join(blocks)
+    del blocks
+    if json_may_change(text):
+        write_indented_json(redact_obj(doc), stream)
+    else:
+        stream.write(text)
 
 
 class _Pieces(list):
@@ -222,17 +237,16 @@ class Output:
     def document(self, doc: Any, as_json: bool, human: Callable[[], None]) -> None:
         """A command's result: `--json` prints the document (one line in JSON mode),
         JSON mode alone wraps it in an event, else `human()` renders it."""
-        doc = redact_obj(doc)
         if as_json:
             if self.json:
-                print(json.dumps(doc, sort_keys=True, default=str), flush=True)
+                print(json.dumps(redact_obj(doc), sort_keys=True, default=str), flush=True)
             else:
-                write_indented_json(doc, sys.stdout)
+                write_redacted_json(doc, sys.stdout)
                 print(flush=True)
         elif self.json:
-            self.event(f"{self.command} result", command=self.command, result=doc)
+            self.event(f"{self.command} result", command=self.command, result=redact_obj(doc))
         else:
-            human()
+            human()  # renders from its own objects, not from `doc`
 
     def info(self, text: str | Text) -> None:
         """A human summary line on stdout (dropped by -q, an event in JSON mode)."""
