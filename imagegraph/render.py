@@ -136,27 +136,34 @@ def _indented(obj: Any, nl: str, out: _Pieces) -> None:
             out.append("{}")
             return
         inner = nl + "  "
-        first = True
+        sep = "{" + inner
         for k, v in obj.items():
             if not isinstance(k, str):
                 k = json.loads(json.dumps({k: None}))  # json's own key conversion (ints, bools, None)
                 k = next(iter(k))
-            out.append(("{" if first else ",") + inner + _encode_str(k) + ": ")
-            first = False
-            _indented(v, inner, out)
+            # Strings, the most common values, are written here rather than by a call each.
+            if type(v) is str:
+                out.append(sep + _encode_str(k) + ": " + _encode_str(v))
+            else:
+                out.append(sep + _encode_str(k) + ": ")
+                _indented(v, inner, out)
+            sep = "," + inner
         out.append(nl + "}")
     elif isinstance(obj, list | tuple):
         if not obj:
             out.append("[]")
             return
         inner = nl + "  "
-        first = True
+        sep = "[" + inner
         for v in obj:
-            out.append(("[" if first else ",") + inner)
-            first = False
-            _indented(v, inner, out)
-            if len(out) > 50_000:
-                out.flush()
+            if type(v) is str:
+                out.append(sep + _encode_str(v))
+            else:
+                out.append(sep)
+                _indented(v, inner, out)
+                if len(out) > 50_000:
+                    out.flush()
+            sep = "," + inner
         out.append(nl + "]")
     else:
         _indented(str(obj), nl, out)  # default=str
