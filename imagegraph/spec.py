@@ -1033,7 +1033,8 @@ def _build(
 
 def _resolve(base: Path, p: str) -> Path:
     """`p` against the spec's directory, normalised (`layers/../out` is `out`): one spelling per path."""
-    return Path(os.path.normpath(p if p.startswith("/") else base / p))
+    # os.path.join, not `base / p`: one Path built instead of two (normpath does all pathlib's tidying).
+    return Path(os.path.normpath(p if p.startswith("/") else os.path.join(base, p)))
 
 
 def map_path(base: Path, p: str, path_map: dict[str, str]) -> Path:
