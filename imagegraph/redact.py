@@ -7,12 +7,14 @@ environment) and credentials embedded in URLs (`https://user:pass@host`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
 
 MASK = "***"
 _URL_CREDS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<creds>[^/@\s:]+(?::[^/@\s]*)?)@")
+_CREDS_AFTER = re.compile(r"[^/@\s:]+(?::[^/@\s]*)?@")  # _URL_CREDS after its "://"
 _lock = threading.Lock()
 _secrets: set[str] = set()
 
@@ -65,6 +67,21 @@ def _redact(text: str, secrets: list[str]) -> str:
 
 def redact(text: str) -> str:
     return _redact(text, _secrets_longest_first()) if text else text
+
+
+def json_may_change(text: str) -> bool:
+    """Whether `redact_obj` could change any string of the document whose `json.dumps`
+    (ensure_ascii) text is `text`. False is certain: JSON escapes each character on its own, so a
+    string's secret or URL credentials appear in its encoded form; keys and other text only make
+    a True more likely."""
+    if "@" in text:
+        # Credentials after any "://" (the scheme not required: a True too many is only slower).
+        i = text.find("://")
+        while i >= 0:
+            if _CREDS_AFTER.match(text, i + 3):
+                return True
+            i = text.find("://", i + 3)
+    return any(json.encoder.encode_basestring_ascii(s)[1:-1] in text for s in _secrets_longest_first())
 
 
 def redact_obj(obj):

@@ -98,7 +98,9 @@ def parse_reference(ref: str) -> ImageRef:
     text = ref.strip()
     if text.startswith("docker://"):
         text = text[len("docker://") :]
-    text = re.sub(r"/{2,}", "/", text).strip("/")
+    if "//" in text:  # the regexp only when it has something to do (most references: nothing)
+        text = re.sub(r"/{2,}", "/", text)
+    text = text.strip("/")
     if not text:
         raise ValueError(f"empty image reference {ref!r}")
     digest = None
@@ -118,7 +120,7 @@ def parse_reference(ref: str) -> ImageRef:
             )
         text = text.rstrip("/")
     first, sep, rest = text.partition("/")
-    if sep and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
+    if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
         domain, path = first.lower(), rest
     else:
         domain, path = DEFAULT_REGISTRY, text

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .errors import Diagnostic
-from .redact import redact, redact_obj
+from .redact import json_may_change, redact, redact_obj
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -90,6 +90,21 @@ def write_indented_json(doc: Any, stream: IO[str]) -> None:
     out.flush()
 
 
+def write_redacted_json(doc: Any, stream: IO[str]) -> None:
+    """`write_indented_json(redact_obj(doc), stream)`: the document is rendered as it is and
+    copied with its strings redacted only when the text shows that redaction could change one."""
+    blocks: list[str] = []
+    out = _Pieces(blocks.append)
+    _indented(doc, "\n", out)
+    out.flush()
+    text = "".join(blocks)
+    del blocks
+    if json_may_change(text):
+        write_indented_json(redact_obj(doc), stream)
+    else:
+        stream.write(text)
+
+
 class _Pieces(list):
     def __init__(self, write: Callable[[str], Any]) -> None:
         super().__init__()
@@ -121,27 +136,34 @@ def _indented(obj: Any, nl: str, out: _Pieces) -> None:
             out.append("{}")
             return
         inner = nl + "  "
-        first = True
+        sep = "{" + inner
         for k, v in obj.items():
             if not isinstance(k, str):
                 k = json.loads(json.dumps({k: None}))  # json's own key conversion (ints, bools, None)
                 k = next(iter(k))
-            out.append(("{" if first else ",") + inner + _encode_str(k) + ": ")
-            first = False
-            _indented(v, inner, out)
+            # Strings, the most common values, are written here rather than by a call each.
+            if type(v) is str:
+                out.append(sep + _encode_str(k) + ": " + _encode_str(v))
+            else:
+                out.append(sep + _encode_str(k) + ": ")
+                _indented(v, inner, out)
+            sep = "," + inner
         out.append(nl + "}")
     elif isinstance(obj, list | tuple):
         if not obj:
             out.append("[]")
             return
         inner = nl + "  "
-        first = True
+        sep = "[" + inner
         for v in obj:
-            out.append(("[" if first else ",") + inner)
-            first = False
-            _indented(v, inner, out)
-            if len(out) > 50_000:
-                out.flush()
+            if type(v) is str:
+                out.append(sep + _encode_str(v))
+            else:
+                out.append(sep)
+                _indented(v, inner, out)
+                if len(out) > 50_000:
+                    out.flush()
+            sep = "," + inner
         out.append(nl + "]")
     else:
         _indented(str(obj), nl, out)  # default=str
@@ -222,17 +244,16 @@ class Output:
     def document(self, doc: Any, as_json: bool, human: Callable[[], None]) -> None:
         """A command's result: `--json` prints the document (one line in JSON mode),
         JSON mode alone wraps it in an event, else `human()` renders it."""
-        doc = redact_obj(doc)
         if as_json:
             if self.json:
-                print(json.dumps(doc, sort_keys=True, default=str), flush=True)
+                print(json.dumps(redact_obj(doc), sort_keys=True, default=str), flush=True)
             else:
-                write_indented_json(doc, sys.stdout)
+                write_redacted_json(doc, sys.stdout)
                 print(flush=True)
         elif self.json:
-            self.event(f"{self.command} result", command=self.command, result=doc)
+            self.event(f"{self.command} result", command=self.command, result=redact_obj(doc))
         else:
-            human()
+            human()  # renders from its own objects, not from `doc`
 
     def info(self, text: str | Text) -> None:
         """A human summary line on stdout (dropped by -q, an event in JSON mode)."""

@@ -546,7 +546,11 @@ def _validated(doc: Any, file: str, defaults: dict | None) -> tuple[list[Diagnos
                 file, 1, 1, f"a layer spec must be a mapping with an 'options' section; this file is {what}"
             )
         ], None
-    plain = to_plain(doc)
+    from .yamlload import take_plain
+
+    plain = take_plain(doc, MAX_NODES)  # made while libyaml's nodes were read, when they were
+    if plain is None:
+        plain = to_plain(doc)
     if defaults and isinstance(plain.get("options"), dict):
         # Defaults are validated as part of every spec: a bad one must not reach _build.
         plain["options"] = {**to_plain(defaults), **plain["options"]}
@@ -1029,7 +1033,8 @@ def _build(
 
 def _resolve(base: Path, p: str) -> Path:
     """`p` against the spec's directory, normalised (`layers/../out` is `out`): one spelling per path."""
-    return Path(os.path.normpath(p if p.startswith("/") else base / p))
+    # os.path.join, not `base / p`: one Path built instead of two (normpath does all pathlib's tidying).
+    return Path(os.path.normpath(p if p.startswith("/") else os.path.join(base, p)))
 
 
 def map_path(base: Path, p: str, path_map: dict[str, str]) -> Path:

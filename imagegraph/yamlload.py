@@ -73,9 +73,10 @@ class LineCol:
 
 
 class PositionedMap(dict):
-    """A mapping with ruamel's `.lc` positions (a plain dict otherwise: C-speed access)."""
+    """A mapping with ruamel's `.lc` positions (a plain dict otherwise: C-speed access); a
+    document's top mapping may carry its plain values (`take_plain`)."""
 
-    __slots__ = ("lc",)
+    __slots__ = ("lc", "plain")
 
 
 class PositionedSeq(list):
@@ -95,6 +96,7 @@ _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
+_PLAIN_DEPTH = 100  # deeper documents: to_plain (whose RecursionError is a diagnostic) makes theirs
 _DECIMAL = re.compile(r"[-+]?[1-9][0-9]*\Z")  # ruamel makes 0 and 0-led digits a ScalarInt
 
 if _CLoader is not None:
@@ -119,6 +121,7 @@ if _CLoader is not None:
             pass
 
 
+_ScalarNode, _MappingNode = yaml.ScalarNode, yaml.MappingNode  # libyaml makes these exact classes
 _ODD_BREAKS = re.compile("[\x85\u2028\u2029]")
 _resolver_local = threading.local()
 
@@ -168,36 +171,52 @@ def _scalar(node: Any) -> Any:
     raise _NotIdentical(f"{resolved.rsplit(':', 1)[-1]} scalar at line {m.line + 1}, column {m.column + 1}")
 
 
-def _build(node: Any) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        return _scalar(node)
+def _build(node: Any, count: list[int], depth: int = 1) -> tuple[Any, Any]:
+    """(the positioned value, the plain value `spec.to_plain` makes of it) of a mapping or
+    sequence node; `count`: [values so far, the deepest container so far]."""
     mark = node.start_mark
-    if isinstance(node, yaml.MappingNode):
+    items = node.value
+    count[0] += len(items)
+    if depth > count[1]:
+        count[1] = depth
+    depth += 1
+    if type(node) is _MappingNode:
         if node.tag != _MAP:
             raise _NotIdentical(f"explicit tag {node.tag}")
         out = PositionedMap()
+        plain: Any = {}
         data: dict[Any, tuple[int, int, int, int]] = {}
-        for knode, vnode in node.value:
-            if not isinstance(knode, yaml.ScalarNode):
+        for knode, vnode in items:
+            if type(knode) is not _ScalarNode:
                 raise _NotIdentical("a mapping or sequence as a key")
             key = _scalar(knode)
             if key in out:
                 raise _NotIdentical("duplicate key")  # ruamel words the error
             km, vm = knode.start_mark, vnode.start_mark
             data[key] = (km.line, km.column, vm.line, vm.column)
-            out[key] = _build(vnode)
+            if type(vnode) is _ScalarNode:
+                out[key] = pv = _scalar(vnode)
+            else:
+                out[key], pv = _build(vnode, count, depth)
+            plain[key if type(key) is str else str(key)] = pv
         out.lc = LineCol(mark.line, mark.column, data)
-        return out
+        return out, plain
     if node.tag != _SEQ:
         raise _NotIdentical(f"explicit tag {node.tag}")
     seq = PositionedSeq()
-    items: dict[int, tuple[int, int]] = {}
-    for i, item in enumerate(node.value):
+    plain = []
+    positions: dict[int, tuple[int, int]] = {}
+    for i, item in enumerate(items):
         m = item.start_mark
-        items[i] = (m.line, m.column)
-        seq.append(_build(item))
-    seq.lc = LineCol(mark.line, mark.column, items)
-    return seq
+        positions[i] = (m.line, m.column)
+        if type(item) is _ScalarNode:
+            v = pv = _scalar(item)
+        else:
+            v, pv = _build(item, count, depth)
+        seq.append(v)
+        plain.append(pv)
+    seq.lc = LineCol(mark.line, mark.column, positions)
+    return seq, plain
 
 
 def _has_anchor(text: str) -> bool:
@@ -241,11 +260,30 @@ def fast_load(text: str) -> Any:
     if node is None:
         return None
     try:
-        return _build(node)
+        if type(node) is _ScalarNode:
+            return _scalar(node)
+        count = [1, 0]
+        doc, plain = _build(node, count)
     except _NotIdentical as exc:
         return Unsupported(str(exc))
     except RecursionError:
         return Unsupported("too deep")
+    # to_plain refuses a string no encoding takes (only an escape or a non-ASCII text can make
+    # one) and raises RecursionError on a deep document: those it makes itself, as for ruamel's.
+    if type(doc) is PositionedMap and count[1] <= _PLAIN_DEPTH and text.isascii() and "\\" not in text:
+        doc.plain = (plain, count[0])
+    return doc
+
+
+def take_plain(doc: Any, max_values: int) -> Any:
+    """`spec.to_plain(doc)` as `fast_load` made it beside `doc`, once; None when it did not or
+    when the document holds more than `max_values` values (to_plain raises)."""
+    made = getattr(doc, "plain", None) if type(doc) is PositionedMap else None
+    if made is None:
+        return None
+    doc.plain = None  # the caller changes it
+    plain, values = made
+    return plain if values <= max_values else None
 
 
 class LoadStats:

@@ -304,3 +304,19 @@ def test_a_publish_only_change_moves_no_build_key(doc: dict, i: int, rnd: random
     if changed is None:
         return
     assert keys_of(restyle(changed, rnd)) == keys_of(json.dumps(doc))
+
+
+_canon_docs = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=5), kids, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(_canon_docs)
+@settings(max_examples=300, deadline=None)
+def test_canonical_json_is_json_dumps_with_its_arguments(doc: Any) -> None:
+    """Keys hash canonical_json's text: the encoder it keeps writes what json.dumps writes."""
+    from imagegraph.digest import canonical_json
+
+    assert canonical_json(doc) == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -312,3 +312,33 @@ def test_real_paths_are_os_realpath(tmp_path: Path) -> None:
                 assert real(p) == os.path.realpath(p), p
                 assert real(Path(p)) == os.path.realpath(Path(p)), p
     assert real("relative/x") == os.path.realpath("relative/x")
+
+
+def test_spec_files_are_the_regular_files_and_links_to_them(tmp_path: Path) -> None:
+    """Read from the directory's entry types (no stat per file): the same list as Path.is_file
+    picks, symlinks followed."""
+    from imagegraph.project import NOT_LAYERS, spec_files
+
+    (tmp_path / "a.yaml").write_text("x")
+    (tmp_path / "b.yaml").mkdir()
+    (tmp_path / "f.yml").write_text("x")
+    (tmp_path / ".hidden.yaml").write_text("x")
+    (tmp_path / "notes.txt").write_text("x")
+    os.symlink(tmp_path / "a.yaml", tmp_path / "c.yaml")
+    os.symlink(tmp_path / "nowhere", tmp_path / "d.yaml")
+    os.symlink(tmp_path / "b.yaml", tmp_path / "e.yaml")
+    for name in NOT_LAYERS:
+        (tmp_path / name).write_text("x")
+    want = sorted(
+        (
+            p
+            for p in tmp_path.iterdir()
+            if p.is_file()
+            and p.suffix in (".yaml", ".yml")
+            and p.name not in NOT_LAYERS
+            and not p.name.startswith(".")
+        ),
+        key=lambda p: p.name,
+    )
+    assert spec_files(tmp_path) == want
+    assert [p.name for p in want] == ["a.yaml", "c.yaml", "f.yml"]

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imagegraph import log as iglog
 from imagegraph.errors import PublishError
@@ -118,6 +120,86 @@ def test_normalize_is_fast() -> None:
         for r in refs:
             normalize_reference(r)
     assert time.perf_counter() - start < 1.0
+
+
+def _parse_reference_before(ref: str) -> ImageRef:
+    """parse_reference as it was before its regexp became conditional (commit 5974207)."""
+    import re
+
+    from imagegraph import reference as r
+
+    text = ref.strip()
+    if text.startswith("docker://"):
+        text = text[len("docker://") :]
+    text = re.sub(r"/{2,}", "/", text).strip("/")
+    if not text:
+        raise ValueError("empty")
+    digest = None
+    if "@" in text:
+        text, digest = text.split("@", 1)
+        if not r._DIGEST_RE.fullmatch(digest):
+            raise ValueError("digest")
+        text = text.rstrip("/")
+    tag = None
+    slash, colon = text.rfind("/"), text.rfind(":")
+    if colon > slash:
+        text, tag = text[:colon], text[colon + 1 :]
+        if not r._TAG_RE.fullmatch(tag):
+            raise ValueError("tag")
+        text = text.rstrip("/")
+    first, sep, rest = text.partition("/")
+    if sep and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):
+        domain, path = first.lower(), rest
+    else:
+        domain, path = r.DEFAULT_REGISTRY, text
+    if domain in r.DOCKER_HUB_ALIASES:
+        domain = r.DEFAULT_REGISTRY
+    if not r._DOMAIN_RE.fullmatch(domain):
+        raise ValueError("registry")
+    if not path:
+        raise ValueError("no repository")
+    if domain == r.DEFAULT_REGISTRY and "/" not in path:
+        path = f"library/{path}"
+    if not r._PATH_RE.fullmatch(path):
+        raise ValueError("repository")
+    if tag is None and digest is None:
+        tag = "latest"
+    return ImageRef(domain, path, tag, digest)
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "/",
+                "//",
+                ".",
+                ":",
+                "@",
+                "sha256:" + "c" * 64,
+                "localhost",
+                "Reg",
+                "reg",
+                "x",
+                "5000",
+                " ",
+                "docker://",
+            ]
+        ),
+        max_size=8,
+    ).map("".join)
+)
+@settings(max_examples=600, deadline=None)
+def test_parse_reference_reads_as_before(ref: str) -> None:
+    try:
+        want: ImageRef | type = _parse_reference_before(ref)
+    except ValueError:
+        want = ValueError
+    try:
+        got: ImageRef | type = parse_reference.__wrapped__(ref)
+    except ValueError:
+        got = ValueError
+    assert got == want
 
 
 # -------------------------------------------------------------------- classification

@@ -268,3 +268,24 @@ def test_half_a_surrogate_pair_is_a_located_error_not_a_crash(tmp_path: Path) ->
     p.write_text('options:\n  layer_type: base\n  pkg_manager: dnf\ncmds:\n  - "echo \\U0001F600"\n')
     spec, diags = read_spec(p)
     assert spec is not None and spec.cmds[0].cmd == "echo \U0001f600"
+
+
+@pytest.mark.parametrize("base", ["/srv/layers", "/srv/layers/", "/", "/a/./b/../c"])
+def test_resolve_is_normpath_of_the_pathlib_join(base: str) -> None:
+    import os
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from imagegraph.spec import _resolve
+
+    @given(
+        st.lists(st.sampled_from(["a", "b", ".", "..", "", "/", "//", "x y", "é"]), max_size=6).map("".join)
+    )
+    @settings(max_examples=200, deadline=None)
+    def check(p: str) -> None:
+        want = Path(os.path.normpath(p if p.startswith("/") else Path(base) / p))
+        got = _resolve(Path(base), p)
+        assert got == want and str(got) == str(want)
+
+    check()

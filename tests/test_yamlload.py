@@ -59,11 +59,31 @@ def _same_doc(fast: Any, slow: Any, where: str = "") -> None:
         assert type(fast) is type(slow) and fast == slow, f"{where}: {fast!r} != {slow!r}"
 
 
+def _exact(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (dict, not a dict subclass)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_exact(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_exact(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _same_plain(fast: Any) -> None:
+    """The plain document fast_load made beside `fast`, when it made one, is to_plain's."""
+    made = yamlload.take_plain(fast, specmod.MAX_NODES)
+    if made is not None:
+        assert _exact(made, specmod.to_plain(fast))
+        assert yamlload.take_plain(fast, specmod.MAX_NODES) is None  # given once: the caller changes it
+
+
 def _both_paths(text: str, tmp: Path, name: str = "layer.yaml") -> yamlload.Unsupported | None:
     """Assert both loaders agree on `text`; returns the fast path's refusal, if any."""
     fast = yamlload.fast_load(text)
     if not isinstance(fast, yamlload.Unsupported):
         _same_doc(fast, _ruamel(text))
+        _same_plain(fast)
     path = tmp / name
     path.write_text(text)
     got = specmod.read_spec(path, text)
@@ -277,3 +297,42 @@ def test_generated_scalars_load_identically(value: str) -> None:
         except Exception as exc:  # ruamel refuses what libyaml read: a difference
             raise AssertionError(f"ruamel refuses {text!r} ({exc}) but libyaml read {fast!r}") from exc
         _same_doc(fast, slow)
+        _same_plain(fast)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2: a\n'2': b\ntrue: c\nnull: d\n-3: [x, {7: y}]\n",  # keys to_plain turns into strings
+        "options: {name: caf\u00e9}\n",  # non-ASCII: to_plain checks each string itself
+        'options: {name: "caf\\u00e9"}\n',  # an escape: to_plain checks what it makes
+        "a: " + "[" * 150 + "]" * 150 + "\n",  # deep: to_plain's own RecursionError stays its own
+        "a: [" + ", ".join(["x"] * 1000) + "]\n",
+    ],
+)
+def test_the_plain_document_is_to_plains(text: str) -> None:
+    fast = yamlload.fast_load(text)
+    assert not isinstance(fast, yamlload.Unsupported)
+    made = yamlload.take_plain(fast, specmod.MAX_NODES)
+    if made is None:
+        assert not text.isascii() or "\\" in text or "[[" in text
+        return
+    assert _exact(made, specmod.to_plain(fast))
+    fast = yamlload.fast_load(text)
+    assert yamlload.take_plain(fast, 2) is None  # more values than allowed: to_plain raises
+
+
+def test_a_spec_past_the_value_limit_is_refused_as_before(tmp_path: Path) -> None:
+    text = "options: {layer_type: base, pkg_manager: dnf}\npackages: [" + ", ".join(["p"] * 2000) + "]\n"
+    path = tmp_path / "big.yaml"
+    path.write_text(text)
+    old = specmod.MAX_NODES
+    specmod.MAX_NODES = 1000
+    try:
+        got = specmod.read_spec(path, text)
+        yamlload.enabled = False
+        want = specmod.read_spec(path, text)
+    finally:
+        specmod.MAX_NODES = old
+        yamlload.enabled = True
+    assert got == want and got[0] is None and "too large" in got[1][0].message
