@@ -36,7 +36,7 @@ and dnf (for both tools alike), and imagegraph's per-task times come from
 its run record, so the output says where the time goes.
 
 Usage: python bench/imagebuilder_bench.py --image-builder PATH [--rounds 3] [--size-mb 157]
-       [-j N] [--json OUT]
+       [-j N] [--up-arg=ARG ...] [--json OUT]
 Needs root, buildah, dnf (image-builder calls `dnf config-manager`: from
 dnf-plugins-core when installed, whose `local` plugin must then be disabled
 in /etc/dnf/plugins/local.conf, else from its .deb by `apt-get download`),
@@ -372,12 +372,13 @@ class ImageBuilder(Tool):
 class Imagegraph(Tool):
     name = "imagegraph"
 
-    def __init__(self, work: Path, env: dict[str, str], trace: Path, jobs: int | None):
+    def __init__(self, work: Path, env: dict[str, str], trace: Path, jobs: int | None, up_args: list[str]):
         super().__init__(work, env, trace)
         self.jobs = jobs
+        self.up_args = up_args
 
     def run(self, scenario: str) -> dict:
-        argv = [sys.executable, "-m", "imagegraph.cli", "up", str(self.work / "layers")]
+        argv = [sys.executable, "-m", "imagegraph.cli", "up", str(self.work / "layers"), *self.up_args]
         if self.jobs:
             argv += ["-j", str(self.jobs)]
         t0 = time.time()
@@ -430,7 +431,7 @@ def one_round(kind: str, tmp: Path, base_env: dict[str, str], repo_url: str, arg
         if kind == "image-builder":
             tool: Tool = ImageBuilder(work, env, trace, ib_python, args.image_builder)
         else:
-            tool = Imagegraph(work, env, trace, args.jobs)
+            tool = Imagegraph(work, env, trace, args.jobs, args.up_arg)
         results = {}
         for scenario in SCENARIOS:
             if scenario == "leaf edit":
@@ -512,6 +513,9 @@ def main() -> None:
     p.add_argument("--size-mb", type=int, default=157, help="size of the kernel package (MB)")
     p.add_argument("-j", "--jobs", type=int, default=None, help="imagegraph's -j (default: its own)")
     p.add_argument("--json", type=Path, default=None, help="write every measurement here")
+    p.add_argument(
+        "--up-arg", action="append", default=[], help="one more argument for imagegraph up (repeatable)"
+    )
     p.add_argument("--tools", nargs="+", default=["image-builder", "imagegraph"], help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the work directories (logs, traces)")
     args = p.parse_args()

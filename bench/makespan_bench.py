@@ -54,6 +54,8 @@ def analyse(record: dict) -> dict:
     for t in tasks.values():
         res = RESOURCE[t["kind"]]
         work[res] = work.get(res, 0.0) + t["duration"]
+        if t["kind"] == "squashfs":  # also a class of its own: `squashfs` at once
+            work["squashfs"] = work.get("squashfs", 0.0) + t["duration"]
     limits = record.get("limits") or {}
     per_slot = {r: w / limits.get(r, 1) for r, w in work.items() if r != "none"}
     bound = max([critical, *per_slot.values()])

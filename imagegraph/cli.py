@@ -384,6 +384,13 @@ def _cmd_up(sub: Any) -> None:
         help="QEMU boot tests at once (default: 1)",
     )
     p.add_argument(
+        "--squashfs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="SquashFS images made at once, each within the build slots (default: 1: mksquashfs uses every core)",
+    )
+    p.add_argument(
         "--force",
         action="append",
         default=[],
@@ -1149,6 +1156,7 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
                 jobs=jobs,
                 uploads=args.uploads,
                 boot_tests=args.boot_tests,
+                squashfs_at_once=args.squashfs,
             )
         else:
             from .executor import run_up  # after planning: the plan's inventory questions go first
@@ -1161,6 +1169,7 @@ def cmd_up(args: argparse.Namespace, out: Output) -> int:
                 fail_fast=args.fail_fast,
                 uploads=args.uploads,
                 boot_tests=args.boot_tests,
+                squashfs_at_once=args.squashfs,
                 reporter=progress,
                 install_signals=True,
                 wait_lock=args.wait,

@@ -547,6 +547,7 @@ def run_up(
     jobs: int = 1,
     uploads: int | None = None,
     boot_tests: int | None = None,
+    squashfs_at_once: int | None = None,
     fail_fast: bool = False,
     reporter: Reporter | None = None,
     install_signals: bool = False,
@@ -574,6 +575,7 @@ def run_up(
             jobs=jobs,
             uploads=uploads,
             boot_tests=boot_tests,
+            squashfs_at_once=squashfs_at_once,
             fail_fast=fail_fast,
             durations={**task_durations(state_dir), **state.durations()},
             reporter=Reporters(

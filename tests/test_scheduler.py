@@ -202,6 +202,8 @@ class TaskRecorder:
         self.spans: dict[str, tuple[float, float]] = {}
         self.use: dict[str, int] = {}
         self.peak: dict[str, int] = {}
+        self.kind_use: dict[str, int] = {}
+        self.kind_peak: dict[str, int] = {}
         self.violations: list[str] = []
         self.cancelled = False
         self.lock = threading.Lock()
@@ -220,6 +222,9 @@ class TaskRecorder:
                     self.violations.append(f"{task.id} started before {dep} succeeded")
             self.use[res] = self.use.get(res, 0) + 1
             self.peak[res] = max(self.peak.get(res, 0), self.use[res])
+            kind = str(task.kind)
+            self.kind_use[kind] = self.kind_use.get(kind, 0) + 1
+            self.kind_peak[kind] = max(self.kind_peak.get(kind, 0), self.kind_use[kind])
         t0 = time.monotonic()
         try:
             time.sleep(self.seconds.get(task.id, self.seconds.get(str(task.kind), 0.005)))
@@ -229,6 +234,7 @@ class TaskRecorder:
         finally:
             with self.lock:
                 self.use[res] -= 1
+                self.kind_use[str(task.kind)] -= 1
                 self.spans[task.id] = (t0, time.monotonic())
 
 
@@ -287,6 +293,32 @@ def test_upload_pool_and_build_slots_are_separate(tmp_path: Path) -> None:
     rec = TaskRecorder({"build": 0.05, "push": 0.05})
     Scheduler(plan, rec, jobs=3, uploads=2).run()
     assert rec.peak["build"] == 3 and rec.peak["upload"] == 2 and rec.violations == []
+
+
+def test_one_squashfs_at_a_time_while_builds_go_on(tmp_path: Path) -> None:
+    """Each mksquashfs uses every core: a second at once would only delay the first one's upload.
+    Builds are not held behind a waiting squashfs task."""
+    root = tmp_path / "layers"
+    for n in ("a", "b", "c"):
+        write(root, f"{n}.yaml", layer(n, None) + "  publish_s3: 'http://127.0.0.1:9'\n  s3_bucket: boot\n")
+    plan = make_plan(
+        build_graph(load_project(root)),
+        State(tmp_path / "s.db"),
+        StaticInventory(reachable=False),
+        offline=True,
+    )
+    # `a` builds fast and squashes first; `b` and `c` build while it squashes, and then wait their turn.
+    rec = TaskRecorder({"squashfs": 0.15, "a:build": 0.01, "build": 0.05})
+    result = Scheduler(plan, rec, jobs=3, uploads=3).run()
+    assert result.exit_status == 0 and rec.violations == []
+    assert rec.kind_peak["squashfs"] == 1 and rec.kind_peak["build"] == 3
+    squash = sorted(rec.spans[f"{n}:squashfs"] for n in "abc")
+    assert all(a[1] <= b[0] for a, b in zip(squash, squash[1:], strict=False))  # one after another
+    assert all(rec.spans[f"{n}:build"][1] < squash[0][1] for n in "bc")  # built meanwhile
+    assert result.limits["squashfs"] == 1
+    rec = TaskRecorder({"squashfs": 0.1, "build": 0.01})
+    Scheduler(plan, rec, jobs=3, uploads=3, squashfs_at_once=2).run()
+    assert rec.kind_peak["squashfs"] == 2
 
 
 def test_builds_elsewhere_hold_no_build_slot(tmp_path: Path) -> None:
