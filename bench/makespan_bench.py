@@ -8,8 +8,9 @@ last-run.json): the analysis only.
 The analysis uses the recorded task durations and the plan's task edges
 (both in the record): the critical path is the longest chain of task
 durations along `after` edges; the work of each resource class (build:
-builds and SquashFS; upload; boot) divided by its slots (the record's
-`limits`); the lower bound of any schedule is the largest of these. The
+builds and SquashFS; upload; boot; and SquashFS alone, against `--squashfs`)
+divided by its slots (the record's `limits`); the lower bound of any
+schedule is the largest of these. The
 makespan is the record's `finished - started` (planning excluded).
 
 Usage: python bench/makespan_bench.py [RUN_RECORD | -j N]
