@@ -18,8 +18,20 @@ from typing import Any
 
 from ..arch import Arch
 from ..rootfs import resolve_in_root
-from ..runner import Completed, Runner
+from ..runner import CommandError, Completed, Runner
 from ..spec import LayerSpec, packages_for_arch
+
+# Before a `buildah run` command starts, containers/storage re-executes buildah from a sealed memfd
+# copy of itself (pkg/unshare); the kernel can refuse the seal for a moment (EBUSY: pages still held).
+# The command never ran, so running it again is safe. Seen once in ~1,000 tests on this VM.
+REEXEC_FAILURE = "sealing memfd copy: Device or resource busy"
+REEXEC_ATTEMPTS = 3
+REEXEC_WAIT = 0.2  # seconds, times the attempt number
+
+
+def reexec_failed(exc: CommandError) -> bool:
+    """Whether `buildah run` failed in buildah's own re-exec, before the command started."""
+    return exc.returncode != 0 and any(REEXEC_FAILURE in line for line in exc.tail)
 
 
 @dataclass
@@ -58,9 +70,23 @@ class Work:
         return self.runner.run(argv, step=self.current, env={**buildah_env(), **(env or {})}, **kw)
 
     def buildah_run(self, argv: Sequence[str], *, env: dict[str, str] | None = None, **kw: Any) -> Completed:
-        """Run a command inside the working container."""
+        """Run a command inside the working container (again, when buildah failed to start it)."""
         env_args = [f"--env={k}={v}" for k, v in (env or {}).items()]
-        return self.run(["buildah", "run", *env_args, self.container, "--", *argv], **kw)
+        full = ["buildah", "run", *env_args, self.container, "--", *argv]
+        for attempt in range(1, REEXEC_ATTEMPTS + 1):
+            try:
+                return self.run(full, **kw)
+            except CommandError as exc:
+                if attempt == REEXEC_ATTEMPTS or not reexec_failed(exc):
+                    raise
+                self.runner.log.warning(
+                    "buildah could not start the command (the kernel refused to seal its memfd copy); "
+                    "running it again",
+                    step=self.current,
+                    attempt=attempt,
+                )
+                time.sleep(REEXEC_WAIT * attempt)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def image_path(self, path: str) -> Path:
         """Host path of `path` inside the image, following symlinks as the image would."""
