@@ -118,7 +118,15 @@ def build_one(
     parent pulled for its platform, and the build made for it (emulated when the
     node is another arch).
     """
-    from .build import BuildRequest, ParentImage, build_layer, pull_image, remove_stale_containers
+    from .build import (
+        BuildRequest,
+        ParentImage,
+        WrongKeyImage,
+        build_layer,
+        pull_image,
+        pull_key_image,
+        remove_stale_containers,
+    )
     from .graph import build_graph
     from .lockfile import load_lock
     from .project import load_project
@@ -190,7 +198,7 @@ def build_one(
                 opts = tuple(o for o in pspec.registry_opts_push if o.startswith("--tls-verify"))
                 runner.note("pull", f"pulling parent {ref}")
                 parent = ParentImage(
-                    image=pull_image(ref, (*opts, *platform), runner), ref=spec.parent, key=pkey
+                    image=pull_key_image(ref, pkey, (*opts, *platform), runner), ref=spec.parent, key=pkey
                 )
             elif link.kind == "external":
                 ref = spec.parent
@@ -205,6 +213,8 @@ def build_one(
                 )
         except runner_mod.Cancelled:
             raise
+        except WrongKeyImage as exc:  # not the node's fault: another node would pull the same
+            raise JobFailure(JobExit.BUILD_FAILED, str(exc)) from exc
         except (ImagegraphError, RuntimeError) as exc:
             raise JobFailure(JobExit.INFRASTRUCTURE, f"pulling the parent failed: {exc}") from exc
     with _step(timings, "build"):

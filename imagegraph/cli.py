@@ -1274,7 +1274,7 @@ def cmd_artifacts(args: argparse.Namespace, out: Output) -> int:
     doc = artifacts_document(lg, state, layer, base_url=args.base_url)
 
     def human() -> None:
-        from ruamel.yaml import YAML
+        from .render import boot_config_yaml
 
         if doc.get("message"):
             out.err.print(doc["message"])
@@ -1283,9 +1283,7 @@ def cmd_artifacts(args: argparse.Namespace, out: Output) -> int:
             for u in doc["urls"]:
                 out.err.print(f"  {u}")
         if doc["boot_config"]:
-            y = YAML()
-            y.default_flow_style = False
-            y.dump(doc["boot_config"], sys.stdout)
+            sys.stdout.write(boot_config_yaml(doc["boot_config"]))
 
     out.document(doc, args.json, human)
     return 0

@@ -39,7 +39,14 @@ from typing import IO, Any
 
 from . import runner as runner_mod
 from .arch import Arch
-from .build import ParentImage, local_image_id, pull_image, remove_stale_containers
+from .build import (
+    ParentImage,
+    check_key_label,
+    local_image_id,
+    pull_image,
+    pull_key_image,
+    remove_stale_containers,
+)
 from .buildservice import BuildService, LocalBuildService
 from .errors import BuildError, ImagegraphError, NotBuiltError
 from .key import key_tag
@@ -117,15 +124,18 @@ class LocalExecutor:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f, path
 
-    def _pull_once(self, ref: str, opts: tuple[str, ...], runner: Runner) -> str:
-        """Pull an image at most once per run, however many layers need it."""
+    def _pull_once(self, ref: str, opts: tuple[str, ...], runner: Runner, key: str | None = None) -> str:
+        """Pull an image at most once per run, however many layers need it; a layer's key tag
+        (`key`) only when the image is that key's (`pull_key_image`)."""
         with self._lock:
             lock = self._pull_locks.setdefault(ref, threading.Lock())
         with lock:
             once = f"{ref} {' '.join(opts)}"  # one per platform too (`--arch`)
             if once not in self._pulled:
                 runner.note("pull", f"pulling {ref}")
-                self._pulled[once] = pull_image(ref, opts, runner)
+                self._pulled[once] = (
+                    pull_key_image(ref, key, opts, runner) if key else pull_image(ref, opts, runner)
+                )
             return self._pulled[once]
 
     def _key_image(self, lid: str, runner: Runner) -> str:
@@ -140,7 +150,7 @@ class LocalExecutor:
         if spec.publish_registry:
             ref = f"{spec.publish_registry}/{spec.name}:{key_tag(lp.key)}"
             opts = tuple(o for o in spec.registry_opts_push if o.startswith("--tls-verify"))
-            return self._pull_once(ref, (*opts, *_platform(lp)), runner)
+            return self._pull_once(ref, (*opts, *_platform(lp)), runner, key=lp.key)
         raise BuildError(lid, "parent", f"no image for key {lp.key[:12]} locally or in a registry")
 
     def _parent(self, lp: LayerPlan, needs: dict[str, TaskResult], runner: Runner) -> ParentImage | None:
@@ -428,8 +438,12 @@ class LocalExecutor:
         kt = key_tag(lp.key)
         digest = None
         if image is None:
-            # The key tag is already in the registry (built elsewhere): tag it, no pull, no push.
+            # The key tag is already in the registry (built elsewhere): tag it, no pull, no push,
+            # once its config's labels say it is this key's image (key tags are never moved by us).
             digest = client.manifest_digest(f"{repo}:{kt}")
+            labels = client.image_labels(f"{repo}@{digest}") if digest else None
+            if labels is not None:
+                check_key_label(f"{repo}:{kt}", lp.key, labels)
         if digest:
             for t in spec.publish_tags:
                 client.put_tag(repo, digest, t)

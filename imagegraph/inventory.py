@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -61,6 +61,9 @@ class Answer:
     presence: Presence
     holds: str | None = None
     error: str | None = None
+    # Absent although something is there: what is wrong with it ("the object there was not written
+    # by imagegraph", "its kernel or initramfs was replaced ..."), for the plan's reason.
+    why: str | None = None
 
     @property
     def present(self) -> bool:
@@ -73,7 +76,12 @@ class Answer:
     def to_json(self) -> dict:
         return {
             k: v
-            for k, v in {"presence": str(self.presence), "holds": self.holds, "error": self.error}.items()
+            for k, v in {
+                "presence": str(self.presence),
+                "holds": self.holds,
+                "error": self.error,
+                "why": self.why,
+            }.items()
             if v
         }
 
@@ -189,7 +197,7 @@ class LiveInventory:
 
     def __init__(self, offline: bool = False, runner: Runner | None = None, timeout: float = 5.0):
         self.offline = offline
-        self.timeout = timeout  # seconds planning waits for a registry to connect, and again to answer
+        self.timeout = timeout  # seconds planning waits for a registry or S3 to connect, and again to answer
         self.runner = runner or Runner()
         self._lock = threading.Lock()
         self._local_lock = threading.Lock()
@@ -456,9 +464,10 @@ class LiveInventory:
     def _s3_index(self) -> S3Index:
         with self._lock:
             if self._s3 is None:
-                from .publish.s3 import S3Index
+                from .publish.s3 import S3Index, S3Settings
 
-                self._s3 = S3Index()
+                # The registries' planning timeout bounds S3 too: a hung endpoint costs one timeout.
+                self._s3 = S3Index(settings=S3Settings.quick(self.timeout))
             return self._s3
 
     def _warm_s3(self, specs: list[LayerSpec]) -> None:
@@ -516,10 +525,19 @@ def dir_answers(spec: LayerSpec, key: str) -> dict[str, Answer]:
             out[tag] = ABSENT  # a broken manifest holds nothing usable
             continue
         held = doc.get("key") if isinstance(doc, dict) else None
-        if held == key and _dir_options_match(spec, doc) and dir_artifacts_present(spec, key, [tag]):
-            out[tag] = Answer(Presence.PRESENT, holds=key)
+        held = held if isinstance(held, str) else None
+        if held != key:
+            out[tag] = Answer(Presence.ABSENT, holds=held, why=None if held else "its manifest names no key")
+        elif not _dir_options_match(spec, doc):
+            out[tag] = Answer(
+                Presence.ABSENT, holds=key, why="published with other SquashFS or kernel options"
+            )
+        elif not dir_artifacts_present(spec, key, [tag]):
+            out[tag] = Answer(
+                Presence.ABSENT, holds=key, why="a file its manifest names is missing or has another size"
+            )
         else:
-            out[tag] = Answer(Presence.ABSENT, holds=held if isinstance(held, str) else None)
+            out[tag] = Answer(Presence.PRESENT, holds=key)
     return out
 
 
@@ -551,24 +569,59 @@ def s3_answers(index: S3Index, spec: LayerSpec, key: str) -> dict[str, Answer]:
         if keys is not None:
             out[tag] = Answer(Presence.PRESENT, holds=key)
         else:
-            out[tag] = Answer(Presence.ABSENT, holds=s3_tag_key(index, spec, tag))
+            out[tag] = s3_tag_answer(index, spec, key, tag)
     return out
 
 
-def s3_tag_key(index: S3Index, spec: LayerSpec, tag: str) -> str | None:
-    """The layer key in the metadata of the rootfs object a tag's name points at, if any."""
+def s3_tag_answer(index: S3Index, spec: LayerSpec, key: str, tag: str) -> Answer:
+    """Absent: what the SquashFS object under a tag's name holds instead of a complete publication
+    of `key` (another layer key, or why an object of `key` itself does not count)."""
     from .publish.s3 import META_KEY
+    from .publish.s3layout import META_OPTIONS, artifact_options
+
+    ours: dict | None = None
+    foreign = False
+    for _cand, meta in _s3_tag_objects(index, spec, tag):
+        held = meta.get(META_KEY) if meta else None
+        if held and held != key:
+            return Answer(Presence.ABSENT, holds=held)
+        if held == key:
+            ours = meta
+        elif meta is not None:
+            foreign = True
+    if ours is not None:
+        if ours.get(META_OPTIONS) != artifact_options(spec):
+            return Answer(Presence.ABSENT, holds=key, why="published with other SquashFS or kernel options")
+        return Answer(
+            Presence.ABSENT,
+            holds=key,
+            why="its kernel or initramfs was replaced after it was published",
+        )
+    if foreign:
+        return Answer(Presence.ABSENT, why="the object there was not written by imagegraph")
+    return ABSENT
+
+
+def _s3_tag_objects(index: S3Index, spec: LayerSpec, tag: str) -> Iterator[tuple[str, dict | None]]:
+    """(key, user metadata or None) of each object that could be a tag's SquashFS."""
     from .publish.s3layout import artifact_keys
 
     endpoint, bucket, prefix = spec.publish_s3 or "", spec.s3_bucket, spec.s3_prefix or ""
+    listing = index.objects(endpoint, bucket, prefix) or {}
     if spec.s3_layout == "versioned":
-        candidates = [artifact_keys(spec, tag, "", "").rootfs]
+        candidates = [k for k in [artifact_keys(spec, tag, "", "").rootfs] if k in listing]
     else:
         suffix = f"-{spec.name}-{tag}"
-        listing = index.objects(endpoint, bucket, prefix) or {}
         candidates = sorted(k for k in listing if k.endswith(suffix) and "/" not in k[len(prefix) :])
     for cand in candidates:
-        meta = index.metadata(endpoint, bucket, cand)
+        yield cand, index.metadata(endpoint, bucket, cand)
+
+
+def s3_tag_key(index: S3Index, spec: LayerSpec, tag: str) -> str | None:
+    """The layer key in the metadata of the SquashFS object a tag's name points at, if any."""
+    from .publish.s3 import META_KEY
+
+    for _cand, meta in _s3_tag_objects(index, spec, tag):
         if meta and meta.get(META_KEY):
             return meta[META_KEY]
     return None

@@ -50,6 +50,8 @@ from .inventory import (
 )
 from .key import KEY_TAG_PREFIX, LayerKey, compute_keys, key_tag
 from .keytag import index_tag
+from .reasons import IndexReason, Reason, ReasonCode
+from .redact import redact
 from .reference import target_repository
 from .spec import LayerSpec
 from .state import PublishedRecord, State
@@ -76,23 +78,6 @@ class Action(StrEnum):
     UP_TO_DATE = "up-to-date"
     BLOCKED = "blocked"
     UNKNOWN = "unknown"  # what exists could not be read: nothing is done for it
-
-
-@dataclass(frozen=True)
-class Reason:
-    code: str
-    message: str
-    detail: dict = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return self.message
-
-    def to_json(self) -> dict:
-        return {
-            "code": self.code,
-            "message": self.message,
-            **({"detail": self.detail} if self.detail else {}),
-        }
 
 
 @dataclass
@@ -309,21 +294,21 @@ def make_plan(
         if link.kind == "external" and lk.parent.digest is None:
             notes.append(
                 Reason(
-                    "parent-digest-unknown",
+                    ReasonCode.PARENT_DIGEST_UNKNOWN,
                     f"external parent {link.ref}: digest unknown ({'offline' if offline else 'registry did not answer'}); keyed by reference",
                 )
             )
         elif link.kind == "external" and locked_digest and locked_digest(link.ref):
             notes.append(
                 Reason(
-                    "parent-locked",
+                    ReasonCode.PARENT_LOCKED,
                     f"external parent {link.ref} pinned by the lock file to {lk.parent.digest}",
                 )
             )
         if link.kind == "layer" and link.how == "name-tag":
             notes.append(
                 Reason(
-                    "parent-resolved-by-name",
+                    ReasonCode.PARENT_RESOLVED_BY_NAME,
                     f"parent '{link.ref}' resolved by name and tag to layer {link.layer}",
                 )
             )
@@ -336,12 +321,14 @@ def make_plan(
         unknown: list[Reason] = []
         if force_all or lid in forced:
             build = True
-            reasons.append(Reason("forced", "forced rebuild"))
+            reasons.append(Reason(ReasonCode.FORCED, "forced rebuild"))
         elif parent_plan is not None and parent_plan.action == Action.BUILD:
             build = True
             reasons.append(
                 Reason(
-                    "parent-rebuilds", f"parent {parent_plan.spec_id} rebuilds", {"parent": parent_plan.layer}
+                    ReasonCode.PARENT_REBUILDS,
+                    f"parent {parent_plan.spec_id} rebuilds",
+                    {"parent": parent_plan.layer},
                 )
             )
         elif (
@@ -355,7 +342,7 @@ def make_plan(
             build = True
             reasons.append(
                 Reason(
-                    "too-old",
+                    ReasonCode.TOO_OLD,
                     f"last built {format_age(now - rec.built_at)} ago, older than --max-age "
                     f"{format_duration(max_age)}",
                     {"built_at": rec.built_at, "max_age": max_age},
@@ -374,15 +361,17 @@ def make_plan(
                 # The state is only a cache: an image committed under this key is this key's image.
                 image_id, source = local_key_ref(spec, lk.key), "local"
                 if rec is None or rec.key != lk.key:
-                    notes.append(Reason("found-locally", "local storage already holds an image for this key"))
+                    notes.append(
+                        Reason(ReasonCode.FOUND_LOCALLY, "local storage already holds an image for this key")
+                    )
             elif by_key.unknown or by_rec.unknown:
-                unknown.append(_unknown("local images", by_key.error or by_rec.error))
+                unknown.append(_unknown("local storage", by_key.error or by_rec.error))
             elif in_registry:
                 source = "registry"
                 if rec is None or rec.key != lk.key:
                     notes.append(
                         Reason(
-                            "built-elsewhere",
+                            ReasonCode.BUILT_ELSEWHERE,
                             f"the registry already holds this key ({key_tag(lk.key)[:15]}...) in {spec.publish_registry}/{spec.name}",
                         )
                     )
@@ -391,7 +380,7 @@ def make_plan(
                 unknown.append(_unknown(f"registry {spec.publish_registry}", tags.error))  # type: ignore[union-attr]
             elif rec is None:
                 build = True
-                reasons.append(Reason("never-built", "never built"))
+                reasons.append(Reason(ReasonCode.NEVER_BUILT, "never built"))
             elif rec.key != lk.key:
                 build = True
                 reasons.extend(diff_inputs(rec.inputs, lk.inputs, parent_plan))
@@ -399,7 +388,7 @@ def make_plan(
                 build = True
                 reasons.append(
                     Reason(
-                        "image-missing",
+                        ReasonCode.IMAGE_MISSING,
                         "image missing from local storage"
                         + (" and registry" if spec.publish_registry else ""),
                         {"image_id": rec.image_id},
@@ -413,7 +402,7 @@ def make_plan(
         emu = can_run.get(arch)
         if build and blocker is None and emu is not None and not emu.usable:
             blocker = Reason(
-                "no-emulation",
+                ReasonCode.NO_EMULATION,
                 f"this {host} host cannot run {arch} binaries: {emu.problem}; run `{emu.fix}`",
                 {"arch": str(arch), "fix": emu.fix},
             )
@@ -421,7 +410,7 @@ def make_plan(
         if missing:  # its spec pulls in files that do not exist (the errors say which)
             first = f"{missing[0].file}:{missing[0].line}"
             blocker = Reason(
-                "source-missing",
+                ReasonCode.SOURCE_MISSING,
                 f"{len(missing)} file(s) it copies or runs do not exist (first at {first})",
                 {"diagnostics": [d.to_dict() for d in missing]},
             )
@@ -557,16 +546,6 @@ def local_tag_suffix(arch: Arch, host: Arch | None = None) -> str:
     return "" if arch == (host or host_arch()) else f"-{arch}"
 
 
-class IndexReason(StrEnum):
-    """Why a multi-arch layer's index is or is not written (reason and note codes)."""
-
-    DUE = "index-due"  # an arch builds or pushes in this run
-    MISSING = "index-missing"  # the index of today's keys is not in the registry
-    MOVED = "index-moved"  # a human tag points elsewhere
-    WAITS = "index-waits"  # an arch in the plan is blocked or unknown
-    WAITS_FOR_ARCHES = "index-waits-for-arches"  # `--arch` left out arches whose key tags are missing
-
-
 def _plan_index(
     lid: str,
     members: list[LayerPlan],
@@ -671,8 +650,8 @@ def current_keys(
 
 def _unknown(what: str, error: str | None) -> Reason:
     return Reason(
-        "inventory-unknown",
-        f"cannot tell what {what} hold: {error or 'no answer'}",
+        ReasonCode.INVENTORY_UNKNOWN,
+        f"cannot tell what {what} holds: {error or 'no answer'}",
         {"inventory": what, "error": error or ""},
     )
 
@@ -688,7 +667,7 @@ def _failed_boot(spec: LayerSpec, lid: str, key: str, state: State) -> Reason | 
             return None
         why = ev["detail"].get("reason") or ev["detail"].get("outcome") or "failed"
         return Reason(
-            "boot-test-failed",
+            ReasonCode.BOOT_TEST_FAILED,
             f"boot-test failed (run {ev['run_id']}): {why}; built, not booted",
             {"run_id": ev["run_id"]},
         )
@@ -701,7 +680,7 @@ def _blocker(
     """Why a layer that must build cannot: its parent is blocked or unknown, or its external parent is unobtainable."""
     if parent_plan is not None and parent_plan.action in (Action.BLOCKED, Action.UNKNOWN):
         return Reason(
-            "parent-blocked",
+            ReasonCode.PARENT_BLOCKED,
             f"parent {parent_plan.spec_id} is {parent_plan.action}",
             {"parent": parent_plan.layer},
         )
@@ -712,7 +691,7 @@ def _blocker(
         and not inventory.local_image(None, link.normalized or link.ref).present
     ):
         return Reason(
-            "parent-unavailable",
+            ReasonCode.PARENT_UNAVAILABLE,
             f"external parent {link.ref} is not in local storage and its registry did not answer",
             {"parent": link.ref},
         )
@@ -728,7 +707,7 @@ def _parent_lacks(
     if offered is None or f"linux/{arch.oci}" in offered:
         return None
     return Reason(
-        "parent-lacks-arch",
+        ReasonCode.PARENT_LACKS_ARCH,
         f"external parent {link.ref} offers no linux/{arch.oci} image (it has {', '.join(sorted(offered))})",
         {"parent": link.ref, "arch": str(arch), "offered": sorted(offered)},
     )
@@ -785,7 +764,7 @@ class _TargetCheck:
 
     def moved(self, target: str, where: str, held: str | None) -> Reason:
         return Reason(
-            "target-moved",
+            ReasonCode.TARGET_MOVED,
             f"{where} -> {self.describe_key(held)}, wants {_short_key(self.lk.key)}",
             {"target": target, "holds": held, "wants": self.lk.key},
         )
@@ -820,15 +799,31 @@ class _TargetCheck:
         if target == "s3" and self.offline:
             return None
         out: list[Reason] = []
-        for tag, ans in self.inventory.artifacts(self.artifact_spec, key, target).items():
+        aspec = self.artifact_spec
+        for tag, ans in self.inventory.artifacts(aspec, key, target).items():
             if ans.unknown:
-                self.unknown.append(_unknown(f"{target} {tag}", ans.error))
+                # S3 answers for a whole endpoint at once: one reason per bucket, not one per tag.
+                what = (
+                    f"s3 {redact(aspec.publish_s3 or '')}/{aspec.s3_bucket}"
+                    if target == "s3"
+                    else f"{target} {tag}"
+                )
+                if not any(u.detail.get("inventory") == what for u in self.unknown):
+                    self.unknown.append(_unknown(what, ans.error))
             elif not ans.present:
                 where = f"{target} {tag}"
-                if ans.holds:
+                if ans.why:  # something is there, and it is not this key's publication
+                    out.append(
+                        Reason(
+                            ReasonCode.TARGET_MOVED,
+                            f"{where}: {ans.why}",
+                            {"target": target, "holds": ans.holds, "wants": key},
+                        )
+                    )
+                elif ans.holds:
                     out.append(self.moved(target, where, ans.holds))
                 else:
-                    out.append(Reason("missing-remote", f"published artifact missing from {where}"))
+                    out.append(Reason(ReasonCode.MISSING_REMOTE, f"published artifact missing from {where}"))
         return out
 
     def registry(self, tags: frozenset[str]) -> list[Reason]:
@@ -838,12 +833,12 @@ class _TargetCheck:
             return (
                 []
                 if key_tag(key) in tags
-                else [Reason("missing-remote", f"registry lacks key tag in {repo}")]
+                else [Reason(ReasonCode.MISSING_REMOTE, f"registry lacks key tag in {repo}")]
             )
         absent = [t for t in [*spec.publish_tags, key_tag(key)] if t not in tags]
         if absent:
             shown = ", ".join(a if not a.startswith("ig-") else "key tag" for a in absent)
-            return [Reason("missing-remote", f"registry lacks {shown} in {repo}")]
+            return [Reason(ReasonCode.MISSING_REMOTE, f"registry lacks {shown} in {repo}")]
         by_digest = self.digests
         mine = {d for d, k in by_digest.items() if k == key}
         out: list[Reason] = []
@@ -870,7 +865,7 @@ class _TargetCheck:
             else:
                 out.append(
                     Reason(
-                        "target-moved",
+                        ReasonCode.TARGET_MOVED,
                         f"{where} -> {(ans.holds or '')[:19]}… (not a digest this state recorded), "
                         f"wants {_short_key(key)}",
                         {"target": "registry", "holds": ans.holds, "wants": key},
@@ -892,9 +887,9 @@ class _TargetCheck:
             ref = local_tag_ref(spec, tag + self.arch_suffix)
             ans = inv.local_image(None, ref)
             if ans.unknown:
-                self.unknown.append(_unknown("local images", ans.error))
+                self.unknown.append(_unknown("local storage", ans.error))
             elif not ans.present:
-                out.append(Reason("missing-remote", f"local storage lacks {ref}"))
+                out.append(Reason(ReasonCode.MISSING_REMOTE, f"local storage lacks {ref}"))
             elif ans.holds is not None and (not mine.present or ans.holds != mine.holds):
                 out.append(self.moved("local", ref, _key_of_image(inv, spec, ans.holds)))
         return out
@@ -902,11 +897,15 @@ class _TargetCheck:
     def from_records(self, target: str, rec: PublishedRecord | None) -> list[Reason]:
         want = self.lk.targets[target]
         if rec is None:
-            return [Reason("not-published", f"not yet published to {target}")]
+            return [Reason(ReasonCode.NOT_PUBLISHED, f"not yet published to {target}")]
         if rec.key != self.lk.key:
             return [self.moved(target, f"{target} (as recorded)", rec.key)]
         if rec.spec != want:
-            return [Reason("targets-changed", f"{target} target changed: {_describe_change(rec.spec, want)}")]
+            return [
+                Reason(
+                    ReasonCode.TARGETS_CHANGED, f"{target} target changed: {_describe_change(rec.spec, want)}"
+                )
+            ]
         return []
 
 
@@ -970,7 +969,7 @@ def _indexed_delta(name: str, old: list, new: list) -> list[Reason]:
             text = f"{name}[{i}]: removed {show(a)}"
         else:
             text = f"{name}[{i}]: {show(a)} -> {show(b)}"
-        out.append(Reason("field-changed", text, {"field": name, "index": i}))
+        out.append(Reason(ReasonCode.FIELD_CHANGED, text, {"field": name, "index": i}))
     return out
 
 
@@ -980,7 +979,8 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
     if old.get("format") != new.get("format"):
         return [
             Reason(
-                "key-format", f"imagegraph key format changed ({old.get('format')} -> {new.get('format')})"
+                ReasonCode.KEY_FORMAT,
+                f"imagegraph key format changed ({old.get('format')} -> {new.get('format')})",
             )
         ]
     for field_name in sorted(set(old) | set(new)):
@@ -996,10 +996,10 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
         elif field_name == "upstream" and ("packages" in (a or {})) != ("packages" in (b or {})):
             # A package set locked where fingerprints were, or the other way: one reason, not one per repo.
             if "packages" in (b or {}):
-                out.append(Reason("upstream-package", "upstream: package set newly locked"))
+                out.append(Reason(ReasonCode.UPSTREAM_PACKAGE, "upstream: package set newly locked"))
             else:
                 msg = "imagegraph.lock's package set no longer matches the spec: `up` or `imagegraph lock` re-resolves it"
-                out.append(Reason("upstream-stale", msg))
+                out.append(Reason(ReasonCode.UPSTREAM_STALE, msg))
         elif field_name == "upstream":
             for name in sorted(set(a or {}) | set(b or {})):
                 if (
@@ -1014,7 +1014,7 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
                     from .lockfile import module_diff  # the dnf module streams its image has enabled
 
                     for d in module_diff((a or {}).get(name) or [], (b or {}).get(name) or []):
-                        out.append(Reason("upstream-package", f"upstream: {d}", {"change": d}))
+                        out.append(Reason(ReasonCode.UPSTREAM_PACKAGE, f"upstream: {d}", {"change": d}))
                 elif (a or {}).get(name) != (b or {}).get(name):
                     out.append(_upstream_reason(name, (a or {}).get(name), (b or {}).get(name)))
         elif field_name == "backend":
@@ -1024,20 +1024,32 @@ def diff_inputs(old: dict, new: dict, parent_plan: LayerPlan | None = None) -> l
         elif field_name == "ansible":
             for sub in sorted(set(a or {}) | set(b or {})):
                 if (a or {}).get(sub) != (b or {}).get(sub):
-                    out.append(Reason("field-changed", f"ansible {sub} changed", {"field": f"ansible.{sub}"}))
+                    out.append(
+                        Reason(
+                            ReasonCode.FIELD_CHANGED, f"ansible {sub} changed", {"field": f"ansible.{sub}"}
+                        )
+                    )
         elif field_name in _ORDERED and isinstance(a, list) and isinstance(b, list):
             out.extend(_indexed_delta(field_name, a, b))
         elif isinstance(a, list) and isinstance(b, list):
-            out.append(Reason("field-changed", f"{field_name}: {_list_delta(a, b)}", {"field": field_name}))
+            out.append(
+                Reason(ReasonCode.FIELD_CHANGED, f"{field_name}: {_list_delta(a, b)}", {"field": field_name})
+            )
         elif isinstance(a, dict) and isinstance(b, dict):
             out.append(
-                Reason("field-changed", f"{field_name}: {_describe_change(a, b)}", {"field": field_name})
+                Reason(
+                    ReasonCode.FIELD_CHANGED, f"{field_name}: {_describe_change(a, b)}", {"field": field_name}
+                )
             )
         else:
             out.append(
-                Reason("field-changed", f"{field_name}: {_short(a)} -> {_short(b)}", {"field": field_name})
+                Reason(
+                    ReasonCode.FIELD_CHANGED,
+                    f"{field_name}: {_short(a)} -> {_short(b)}",
+                    {"field": field_name},
+                )
             )
-    return out or [Reason("key-changed", "key inputs changed")]
+    return out or [Reason(ReasonCode.KEY_CHANGED, "key inputs changed")]
 
 
 def _backend_reasons(old: dict, new: dict) -> list[Reason]:
@@ -1050,12 +1062,12 @@ def _backend_reasons(old: dict, new: dict) -> list[Reason]:
             continue
         if sub == "version":
             msg = f"imagegraph's {name} build steps changed (backend version {a} -> {b})"
-            out.append(Reason("backend-changed", msg, {"backend": name, "old": a, "new": b}))
+            out.append(Reason(ReasonCode.BACKEND_CHANGED, msg, {"backend": name, "old": a, "new": b}))
         elif sub == "project":
             out.extend(_path_reasons("ansible project", a or [], b or []))
         else:
             msg = f"{name} default {sub}: {_short(a)} -> {_short(b)}"
-            out.append(Reason("backend-changed", msg, {"backend": name, "field": sub}))
+            out.append(Reason(ReasonCode.BACKEND_CHANGED, msg, {"backend": name, "field": sub}))
     return out
 
 
@@ -1066,12 +1078,12 @@ def _path_reasons(label: str, old: list, new: list) -> list[Reason]:
     out = []
     for path in sorted(set(old_by) | set(new_by)):
         if path not in old_by:
-            out.append(Reason("file-changed", f"{label}: +{path}", {"path": path}))
+            out.append(Reason(ReasonCode.FILE_CHANGED, f"{label}: +{path}", {"path": path}))
         elif path not in new_by:
-            out.append(Reason("file-changed", f"{label}: -{path}", {"path": path}))
+            out.append(Reason(ReasonCode.FILE_CHANGED, f"{label}: -{path}", {"path": path}))
         elif old_by[path] != new_by[path]:
-            out.append(Reason("file-changed", f"{label} {path} changed", {"path": path}))
-    return out or [Reason("field-changed", f"{label} reordered", {"field": label})]
+            out.append(Reason(ReasonCode.FILE_CHANGED, f"{label} {path} changed", {"path": path}))
+    return out or [Reason(ReasonCode.FIELD_CHANGED, f"{label} reordered", {"field": label})]
 
 
 def _upstream_reason(name: str, old: str | None, new: str | None) -> Reason:
@@ -1085,7 +1097,7 @@ def _upstream_reason(name: str, old: str | None, new: str | None) -> Reason:
     else:
         how = "changed"
     return Reason(
-        "upstream-changed",
+        ReasonCode.UPSTREAM_CHANGED,
         f"upstream {label} {what or name} {how}",
         {"upstream": name, "old": old, "new": new},
     )
@@ -1098,7 +1110,7 @@ def _package_reasons(old: list[str], new: list[str]) -> list[Reason]:
 
     diff = package_diff([LockedPackage.parse(x) for x in old], [LockedPackage.parse(x) for x in new])
     return [
-        Reason("upstream-package", f"upstream: {d}", {"change": d})
+        Reason(ReasonCode.UPSTREAM_PACKAGE, f"upstream: {d}", {"change": d})
         for d in diff or ["locked package set reordered"]
     ]
 
@@ -1110,24 +1122,26 @@ def _short(v: Any) -> str:
 
 def _parent_reason(a: dict, b: dict, parent_plan: LayerPlan | None) -> Reason:
     if a.get("kind") != b.get("kind"):
-        return Reason("parent-changed", f"parent changed from {a.get('kind')} to {b.get('kind')}")
+        return Reason(ReasonCode.PARENT_CHANGED, f"parent changed from {a.get('kind')} to {b.get('kind')}")
     if b.get("kind") == "layer":
         name = parent_plan.spec_id if parent_plan else "layer"
         return Reason(
-            "parent-changed", f"parent {name} was rebuilt since this layer's last build", {"parent": name}
+            ReasonCode.PARENT_CHANGED,
+            f"parent {name} was rebuilt since this layer's last build",
+            {"parent": name},
         )
     if b.get("kind") == "image":
         if a.get("digest") and b.get("digest"):
             return Reason(
-                "parent-digest-moved",
+                ReasonCode.PARENT_DIGEST_MOVED,
                 f"external parent digest moved: {a['digest'][:19]} -> {b['digest'][:19]}",
                 {"old": a["digest"], "new": b["digest"]},
             )
         return Reason(
-            "parent-changed",
+            ReasonCode.PARENT_CHANGED,
             f"external parent changed: {a.get('ref') or a.get('digest')} -> {b.get('ref') or b.get('digest')}",
         )
-    return Reason("parent-changed", "parent changed")
+    return Reason(ReasonCode.PARENT_CHANGED, "parent changed")
 
 
 def _copyfiles_reasons(old: list, new: list) -> list[Reason]:
@@ -1137,18 +1151,26 @@ def _copyfiles_reasons(old: list, new: list) -> list[Reason]:
     for dest, c in new_by.items():
         o = old_by.get(dest)
         if o is None:
-            out.append(Reason("field-changed", f"copyfiles: +{c['src']} -> {dest}", {"field": "copyfiles"}))
+            out.append(
+                Reason(ReasonCode.FIELD_CHANGED, f"copyfiles: +{c['src']} -> {dest}", {"field": "copyfiles"})
+            )
         elif o["content"] != c["content"] and o["src"] == c["src"]:
             out.append(
-                Reason("file-changed", f"copyfiles {c['src']} changed", {"src": c["src"], "dest": dest})
+                Reason(
+                    ReasonCode.FILE_CHANGED, f"copyfiles {c['src']} changed", {"src": c["src"], "dest": dest}
+                )
             )
         elif o != c:
-            out.append(Reason("field-changed", f"copyfiles item for {dest} changed", {"field": "copyfiles"}))
+            out.append(
+                Reason(ReasonCode.FIELD_CHANGED, f"copyfiles item for {dest} changed", {"field": "copyfiles"})
+            )
     for dest, c in old_by.items():
         if dest not in new_by:
-            out.append(Reason("field-changed", f"copyfiles: -{c['src']} -> {dest}", {"field": "copyfiles"}))
+            out.append(
+                Reason(ReasonCode.FIELD_CHANGED, f"copyfiles: -{c['src']} -> {dest}", {"field": "copyfiles"})
+            )
     if not out:
-        out.append(Reason("field-changed", "copyfiles reordered", {"field": "copyfiles"}))
+        out.append(Reason(ReasonCode.FIELD_CHANGED, "copyfiles reordered", {"field": "copyfiles"}))
     return out
 
 
@@ -1158,16 +1180,16 @@ def _repos_reasons(old: list, new: list) -> list[Reason]:
     new_by = {r["alias"]: r for r in new}
     for alias in new_by:
         if alias not in old_by:
-            out.append(Reason("field-changed", f"repos: +{alias}", {"field": "repos"}))
+            out.append(Reason(ReasonCode.FIELD_CHANGED, f"repos: +{alias}", {"field": "repos"}))
         elif old_by[alias] != new_by[alias]:
             out.append(
                 Reason(
-                    "field-changed",
+                    ReasonCode.FIELD_CHANGED,
                     f"repos {alias}: {_describe_change(old_by[alias], new_by[alias])}",
                     {"field": "repos"},
                 )
             )
     for alias in old_by:
         if alias not in new_by:
-            out.append(Reason("field-changed", f"repos: -{alias}", {"field": "repos"}))
-    return out or [Reason("field-changed", "repos reordered", {"field": "repos"})]
+            out.append(Reason(ReasonCode.FIELD_CHANGED, f"repos: -{alias}", {"field": "repos"}))
+    return out or [Reason(ReasonCode.FIELD_CHANGED, "repos reordered", {"field": "repos"})]

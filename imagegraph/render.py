@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .errors import Diagnostic
+from .reasons import ReasonCode
 from .redact import json_may_change, redact, redact_obj
 
 if TYPE_CHECKING:
@@ -340,10 +341,6 @@ def _messages(nodes: list[LayerPlan], attr: str) -> list[tuple[str, str]]:
     return [(code, f"{lp.arch}: {msg}") for lp, p in zip(nodes, per, strict=True) for code, msg in p]
 
 
-# Notes said once per registry by `registry_warnings`, not once per layer in the tree.
-_GROUPED_NOTES = {"registry-unreachable"}
-
-
 def plan_tree(plan: Plan) -> list[Text]:
     """The plan as a tree of layers (`├─`, `│`, `└─`), each with its reasons and notes."""
     from rich.text import Text
@@ -371,9 +368,8 @@ def plan_tree(plan: Plan) -> list[Text]:
         pad = prefix + ("│    " if kids else "     ")
         for _code, msg in _messages(nodes, "reasons"):
             lines.append(Text(pad + "- " + msg))
-        for code, msg in _messages(nodes, "notes"):
-            if code not in _GROUPED_NOTES:
-                lines.append(Text(pad + "· " + msg, style="dim"))
+        for _code, msg in _messages(nodes, "notes"):
+            lines.append(Text(pad + "· " + msg, style="dim"))
         for i, c in enumerate(kids):
             last = i == len(kids) - 1
             walk(c, prefix + ("└─ " if last else "├─ "), prefix + ("   " if last else "│  "), False)
@@ -410,22 +406,14 @@ def plan_summary(plan: Plan) -> list[Text]:
 
 
 def registry_warnings(plan: Plan, reasons: Mapping[str, str] | None = None) -> list[str]:
-    """One warning per registry that did not answer, naming the layer files it affects."""
-    by_registry: dict[str, list[str]] = {}
+    """One warning per registry that did not say an external parent's digest, naming the layer
+    files keyed by reference instead (a target's registry that did not answer makes its layers
+    `unknown`: `unknown_lines` says those)."""
     parents: dict[str, list[str]] = {}
     for lp in plan.layers.values():
-        if any(n.code == "registry-unreachable" for n in lp.notes):
-            spec = plan.spec(lp.layer)
-            by_registry.setdefault(spec.publish_registry or "?", []).append(lp.file)
-        if not plan.offline and any(n.code == "parent-digest-unknown" for n in lp.notes):
+        if not plan.offline and any(n.code == ReasonCode.PARENT_DIGEST_UNKNOWN for n in lp.notes):
             parents.setdefault(_registry_host(lp.parent), []).append(lp.file)
     out = []
-    for reg, files in by_registry.items():
-        why = (reasons or {}).get(reg.split("/", 1)[0].lower(), "did not answer")
-        out.append(
-            f"registry {reg} {why}; what is published there is taken from local records "
-            f"for {plural(len(files), 'layer')}: {', '.join(files)}"
-        )
     for host, files in parents.items():
         why = (reasons or {}).get(host.lower(), "did not answer")
         out.append(
@@ -767,3 +755,16 @@ def unknown_lines(plan: Plan) -> list[str]:
         files = list(dict.fromkeys(files))
         out.append(f"{message} ({', '.join(files)}: {plural(len(files), 'layer')} unknown)")
     return out
+
+
+def boot_config_yaml(entries: list[dict]) -> str:
+    """OpenCHAMI boot configuration entries as YAML for `ochami boot config add -f yaml`: block
+    style, every URL and the kernel command line on one line, however long."""
+    from ruamel.yaml import YAML
+
+    y = YAML()
+    y.default_flow_style = False
+    y.width = 1 << 16  # ruamel folds plain scalars at 80 columns: a URL would continue on the next line
+    buf = io.StringIO()
+    y.dump(entries, buf)
+    return buf.getvalue()

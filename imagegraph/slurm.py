@@ -52,8 +52,9 @@ from .build_one import JobExit, read_result, result_path
 from .buildservice import BuiltImage
 from .errors import Diagnostic, ImagegraphError, rel
 from .log import get_logger
-from .plan import Action, LayerPlan, Plan, Reason
+from .plan import Action, LayerPlan, Plan
 from .project import ExecutorSettings
+from .reasons import Reason, ReasonCode
 from .redact import SECRET_ENV, redact
 from .runner import Cancelled, Runner
 
@@ -326,7 +327,7 @@ def place_plan(plan: Plan, settings: ExecutorSettings) -> None:
             detail.update(
                 {k: v for k, v in (("partition", pl.partition), ("constraint", pl.constraint)) if v}
             )
-            lp.notes.append(Reason("slurm-placement", pl.describe(), detail))
+            lp.notes.append(Reason(ReasonCode.SLURM_PLACEMENT, pl.describe(), detail))
 
 
 def check_plan(plan: Plan) -> list[Diagnostic]:

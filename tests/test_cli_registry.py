@@ -1,5 +1,5 @@
-"""`plan` against registries that misbehave, as a real process: one that never answers, one with
-an untrusted certificate."""
+"""`plan` against registries and S3 endpoints that misbehave, as a real process: ones that never
+answer, a registry with an untrusted certificate."""
 
 from __future__ import annotations
 
@@ -99,6 +99,48 @@ def test_plan_with_a_silent_registry_is_bounded_and_warns_once(tmp_path: Path, s
     events = [json.loads(line) for line in j.stderr.splitlines()]
     assert [e["level"] for e in events] == ["error"] and silent_registry in events[0]["event"]
     assert json.loads(j.stdout)["event"] == "plan result"
+
+
+@pytest.mark.parametrize("reader", ["stdlib", "botocore"])
+def test_plan_with_a_silent_s3_endpoint_is_bounded_and_says_so_once(
+    tmp_path: Path, silent_registry: str, reader: str
+) -> None:
+    """An S3 endpoint that accepts connections and never answers: what it holds is unknown (exit 1),
+    after one planning timeout through the stdlib reader and two through botocore (its retry of a
+    read timeout); before, two reads of 15 s each. One line names the bucket and its layer files."""
+    from .fakebuildah import install
+    from .test_executor import KERNEL, layer
+
+    fake = install(tmp_path / "fake")
+    root = tmp_path / "layers"
+    root.mkdir()
+    state = tmp_path / "state" / "state.db"
+    for name, parent in (("compute", None), ("debug", "compute")):
+        (root / f"{name}.yaml").write_text(layer(name, parent, [KERNEL]))
+    env = fake.env(S3_ACCESS="AKIDEXAMPLE", S3_SECRET="not-a-real-secret")
+    built = subprocess.run(
+        [*EXE, "up", str(root), "--state", str(state)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert built.returncode == 0, built.stderr
+    # Built, and now also published to S3: the plan must ask that endpoint what it holds.
+    for name, parent in (("compute", None), ("debug", "compute")):
+        extra = f"publish_s3: 'http://{silent_registry}'\ns3_bucket: boot\n"
+        (root / f"{name}.yaml").write_text(layer(name, parent, [KERNEL], extra))
+    if reader == "botocore":
+        env["IMAGEGRAPH_S3_READ"] = "botocore"
+    start = time.monotonic()
+    r = run("plan", str(root), "--state", str(state), "--registry-timeout", "1", env=env)
+    took = time.monotonic() - start
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert took < (8 if reader == "stdlib" else 14), took
+    assert "Traceback" not in r.stderr and "not-a-real-secret" not in r.stderr + r.stdout
+    said = [line for line in r.stderr.splitlines() if silent_registry in line]
+    assert len(said) == 1, r.stderr
+    assert f"cannot tell what s3 http://{silent_registry}/boot holds" in said[0]
+    assert "compute.yaml, debug.yaml: 2 layers unknown" in said[0]
+    if reader == "stdlib":
+        assert "did not answer within 1 s" in said[0]
+    assert "2 layers: 2 unknown" in r.stdout
 
 
 @pytest.fixture(scope="module")

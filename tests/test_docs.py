@@ -62,3 +62,11 @@ def test_readme_options_table_lists_every_option_of_its_commands() -> None:
             if not any(re.search(re.escape(o) + r"\b", rows[name]) for o in act.option_strings):
                 missing.setdefault(name, []).append(longs[0])
     assert missing == {}, "options the README's table does not list"
+
+
+def test_readme_names_every_reason_code() -> None:
+    from imagegraph.reasons import IndexReason, ReasonCode
+
+    text = (ROOT / "README.md").read_text()
+    missing = [str(c) for c in [*ReasonCode, *IndexReason] if f"`{c}`" not in text]
+    assert not missing, f"README.md does not name these reason codes: {missing}"

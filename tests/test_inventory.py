@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from imagegraph import inventory as inv_mod
-from imagegraph.inventory import LiveInventory, Presence, dir_answers, local_key_ref
+from imagegraph.inventory import Answer, LiveInventory, Presence, dir_answers, local_key_ref
 from imagegraph.spec import load_spec
 from tests.fixtures_build import buildah, have_buildah
 
@@ -165,9 +165,17 @@ def test_directory_targets_by_their_manifest(tmp_path: Path) -> None:
     (tag1 / "manifest.json").write_text(
         json.dumps({**manifest, "squashfs": {**options, "compression": "xz"}})
     )
-    assert dir_answers(spec, KEY)["1"].presence == Presence.ABSENT
+    assert dir_answers(spec, KEY)["1"] == Answer(
+        Presence.ABSENT, holds=KEY, why="published with other SquashFS or kernel options"
+    )
     (tag1 / "manifest.json").write_text(json.dumps(manifest))
-    assert got["latest"].presence == Presence.ABSENT and got["latest"].holds == "b" * 64
+    # A file the manifest names, cut short (or gone): this key's, and not whole.
+    (tag1 / "rootfs.squashfs").write_bytes(b"x" * 9)
+    assert dir_answers(spec, KEY)["1"] == Answer(
+        Presence.ABSENT, holds=KEY, why="a file its manifest names is missing or has another size"
+    )
+    (tag1 / "rootfs.squashfs").write_bytes(b"x" * 10)
+    assert got["latest"] == Answer(Presence.ABSENT, holds="b" * 64)
     (other / "manifest.json").unlink()
     (other / "manifest.json").mkdir()  # reading it fails with EISDIR, not "no such file"
     got = dir_answers(spec, KEY)

@@ -367,6 +367,12 @@ def test_s3_and_dir_targets_compared_by_the_key_they_hold(tmp_path: Path) -> Non
     msgs = [r.message for r in lp.reasons]
     assert f"s3 x -> {other[:12]}… (a build this state does not know), wants {lp.key[:12]}…" in msgs
     assert "published artifact missing from dir x" in msgs
+    # Something of this key is there, and not whole: the answer's why is the reason.
+    why = "a file its manifest names is missing or has another size"
+    inv.artifacts_by[("a", "dir")] = {"x": Answer(Presence.ABSENT, holds=lp.key, why=why)}
+    lp = plan_of(root, state, inv).layers["a"]
+    assert f"dir x: {why}" in [r.message for r in lp.reasons]
+    assert [r.code for r in lp.reasons if r.message == f"dir x: {why}"] == ["target-moved"]
     inv.artifacts_by[("a", "dir")] = {
         "x": Answer(Presence.UNKNOWN, error="cannot read out/a/x: Permission denied")
     }

@@ -341,6 +341,77 @@ def test_prefetch_asks_s3_beside_the_registry(s3_env: S3Server, rootfs: Path, tm
     assert plain._s3 is None
 
 
+def _overwrite_keeping_metadata(s3: S3Server, bucket: str, key: str, byte: bytes) -> None:
+    """Other bytes of the same size under `key`, with its user metadata copied over (a hand copy)."""
+    head = s3.client().head_object(Bucket=bucket, Key=key)
+    s3.client().put_object(
+        Bucket=bucket, Key=key, Body=byte * head["ContentLength"], Metadata=head["Metadata"]
+    )
+
+
+@pytest.mark.parametrize("settings", [FAST, SMALL_PARTS], ids=["one-put", "multipart"])
+def test_a_boot_file_counts_for_the_bytes_it_holds_not_its_metadata(
+    s3_env: S3Server, tmp_path: Path, settings: S3Settings
+) -> None:
+    """A kernel replaced under the same name and metadata: the plan's answer says so, and the next
+    publish sends the kernel again (its ETag, not its metadata, decides); unchanged, it is not sent."""
+    from imagegraph.inventory import Presence, s3_answers
+
+    root = make_rootfs(tmp_path / "root", {KVER: EL})
+    (root / f"boot/vmlinuz-{KVER}").write_bytes(os.urandom(7 * MiB))  # two 5 MiB parts when multipart
+    bucket = s3_env.make_bucket()
+    spec = spec_for(s3_env.endpoint, bucket)
+    first = publish_artifacts(spec, KEY, root, Runner("compute"), tmp_path / "w", s3_settings=settings)
+    kernel = first.find("s3", "v1", "kernel")
+    assert kernel is not None and kernel.key is not None
+    assert s3_answers(S3Index(settings=FAST), spec, KEY)["v1"].present
+
+    _overwrite_keeping_metadata(s3_env, bucket, kernel.key, b"y")
+    answer = s3_answers(S3Index(settings=FAST), spec, KEY)["v1"]
+    assert answer.presence == Presence.ABSENT and answer.holds == KEY
+    assert answer.why == "its kernel or initramfs was replaced after it was published"
+
+    again = publish_artifacts(spec, KEY, root, Runner("compute"), tmp_path / "w", s3_settings=settings)
+    sent = again.find("s3", "v1", "kernel")
+    assert sent is not None and sent.action == "uploaded"
+    assert (
+        stored_sha256(s3_env, bucket, kernel.key)
+        == kernel.sha256
+        == file_sha256(root / f"boot/vmlinuz-{KVER}")
+    )
+    assert s3_answers(S3Index(settings=FAST), spec, KEY)["v1"].present
+    # Unchanged: its ETag is the one these bytes get, so nothing is sent again.
+    third = publish_artifacts(spec, KEY, root, Runner("compute"), tmp_path / "w", s3_settings=settings)
+    assert {o.role: o.action for o in third.objects if o.role != "sbom"} == {
+        "kernel": "unchanged",
+        "initramfs": "unchanged",
+        "rootfs": "unchanged",
+    }
+
+
+def test_answers_say_what_is_wrong_with_what_is_there(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
+    from imagegraph.inventory import ABSENT, Answer, Presence, s3_answers
+
+    bucket = s3_env.make_bucket()
+    spec = spec_for(s3_env.endpoint, bucket, publish_tags=("v1", "v2"))
+    publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
+    rootfs_key = find_published(S3Index(settings=FAST), spec, KEY, ["v1"])["v1"].rootfs
+
+    def answers(s: LayerSpec = spec, key: str = KEY) -> dict[str, Answer]:
+        return s3_answers(S3Index(settings=FAST), s, key)
+
+    other = replace(spec, squashfs=replace(spec.squashfs, compression="zstd"))
+    assert answers(other)["v1"] == Answer(
+        Presence.ABSENT, holds=KEY, why="published with other SquashFS or kernel options"
+    )
+    assert answers(key="b" * 64)["v1"] == Answer(Presence.ABSENT, holds=KEY)  # another build's
+    s3_env.client().put_object(Bucket=bucket, Key=rootfs_key, Body=b"not ours")
+    assert answers()["v1"] == Answer(Presence.ABSENT, why="the object there was not written by imagegraph")
+    assert answers()["v2"].present
+    s3_env.client().delete_object(Bucket=bucket, Key=rootfs_key)
+    assert answers()["v1"] == ABSENT
+
+
 def test_index_versioned_and_unreachable(s3_env: S3Server, rootfs: Path, tmp_path: Path) -> None:
     bucket = s3_env.make_bucket()
     spec = spec_for(s3_env.endpoint, bucket, s3_layout="versioned")

@@ -129,6 +129,44 @@ def test_registry_is_shared_memory(reg_site) -> None:
     assert by_name(doc)["root"]["action"] == "publish" and "2" in tags(registry, "igt-pub-root")
 
 
+def test_a_key_tag_overwritten_outside_imagegraph_is_refused_not_built_on(reg_site) -> None:
+    """The parent's `ig-<key>` tag made to hold another image (a hand `skopeo copy`): a machine
+    without the images pulls it for the child's build and for re-pointing the parent's tag, finds
+    another key in its labels, and builds and publishes nothing on it."""
+    root, registry, tmp = reg_site
+    rc, doc, err = up(root, tmp / "a" / "state.db")
+    assert rc == 0 and built(doc) == {"root", "child"}, err
+    plan = json.loads(cli("plan", str(root), "--state", str(tmp / "a/state.db"), "--json").stdout)
+    root_key = next(x["key"] for x in plan["layers"] if x["name"] == "root")
+    repo = f"{registry.host}/igt"
+    client = RegistryClient()
+    before = {n: client.manifest_digest(f"{repo}/igt-pub-{n}:1") for n in ("root", "child")}
+    assert all(before.values()), before
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            f"docker://{repo}/igt-pub-child:1",
+            f"docker://{repo}/igt-pub-root:{KEY_TAG_PREFIX}{root_key}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    cleanup_images("igt-pub-")
+    child = root / "child.yaml"
+    child.write_text(child.read_text().replace("echo child", "echo child3"))
+    rc, doc, err = up(root, tmp / "b" / "state.db")
+    assert rc == 1, err
+    res = by_name(doc)
+    assert built(doc) == set() and res["child"]["status"] in ("failed", "blocked"), res
+    said = " ".join(str(res[n].get("error") or "") for n in ("root", "child"))
+    assert f"igt-pub-root:{KEY_TAG_PREFIX}{root_key}" in said and "the key tag was overwritten" in said, said
+    after = {n: RegistryClient().manifest_digest(f"{repo}/igt-pub-{n}:1") for n in ("root", "child")}
+    assert after == before  # no human tag moved onto the wrong image
+
+
 def test_registry_down_then_back(reg_site) -> None:
     root, registry, tmp = reg_site
     state = tmp / "s" / "state.db"

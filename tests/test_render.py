@@ -286,3 +286,28 @@ def test_plain_result_table_is_taken_for_an_ordinary_run() -> None:
     assert text is not None and text.splitlines()[4] == "│ compute │ up-to-date │ up-to-date │ 0.0s │"
     narrow = plain_result_table(result, io.StringIO(), {"COLUMNS": "30"})
     assert narrow is None  # rich wraps the cells then
+
+
+def test_boot_config_yaml_keeps_urls_and_params_on_one_line() -> None:
+    """What `artifacts` prints for `ochami boot config add -f yaml`: ruamel's default folds long plain
+    scalars at 80 columns, leaving `kernel: ` and the URL on the next line."""
+    from ruamel.yaml import YAML
+
+    from imagegraph.render import boot_config_yaml
+
+    base = "http://s3.cluster.example.org:9000/boot-images/" + "x" * 120
+    entries = [
+        {
+            "name": "compute-1",
+            "kernel": f"{base}/efi-images/vmlinuz-5.14.0-427.el9.x86_64",
+            "initrd": f"{base}/efi-images/initramfs-5.14.0-427.el9.x86_64.img",
+            "params": f"root=live:{base}/rocky9.6-compute-1 ip=dhcp overlayroot=tmpfs "
+            + " ".join(["quiet"] * 30),
+        }
+    ]
+    text = boot_config_yaml(entries)
+    assert YAML(typ="safe").load(text) == entries
+    lines = text.splitlines()
+    for field in ("kernel", "initrd", "params"):
+        assert any(line.strip() == f"{field}: {entries[0][field]}" for line in lines), text
+    assert not any(line.endswith(" ") for line in lines), text

@@ -13,6 +13,9 @@ images; `remove_stale_containers` cleans up after runs that died. Modules:
 _EXPORTS = {
     "local_image_id": "container",
     "pull_image": "container",
+    "pull_key_image": "container",
+    "check_key_label": "container",
+    "WrongKeyImage": "container",
     "remove_stale_containers": "container",
     "BuildRequest": "layer",
     "BuildResult": "layer",
@@ -39,9 +42,12 @@ __all__ = [
     "BuildResult",
     "ParentImage",
     "build_layer",
+    "check_key_label",
     "image_labels",
     "local_image_id",
     "local_ref",
     "pull_image",
+    "pull_key_image",
     "remove_stale_containers",
+    "WrongKeyImage",
 ]

@@ -219,6 +219,30 @@ def pull_image(ref: str, opts: Sequence[str], runner: Runner) -> str:
     return image_id
 
 
+class WrongKeyImage(RuntimeError):
+    """A pulled key tag (`ig-<key>`) holds an image built for another key."""
+
+
+def pull_key_image(ref: str, key: str, opts: Sequence[str], runner: Runner) -> str:
+    """`pull_image` of a layer's key tag, checked: the image's `io.imagegraph.key` label must be
+    `key`. Key tags are never moved by imagegraph; one that was (a hand `skopeo copy`, another
+    tool) would give a child the wrong parent, or a human tag the wrong image, under a right key."""
+    image = pull_image(ref, opts, runner)
+    check_key_label(ref, key, inspect_labels(image, runner))
+    return image
+
+
+def check_key_label(ref: str, key: str, labels: dict[str, str]) -> None:
+    """Raise WrongKeyImage unless `labels` (of the image `ref` names) are those of a build of `key`."""
+    held = labels.get("io.imagegraph.key", "")
+    if held != key:
+        shown = f"key {held[:12]}…" if held else "no imagegraph key"
+        raise WrongKeyImage(
+            f"{ref} holds an image of {shown}, not of key {key[:12]}…: the key tag was overwritten "
+            "outside imagegraph; rebuild that layer (`imagegraph up --force LAYER`) to push it again"
+        )
+
+
 def inspect_labels(ref: str, runner: Runner) -> dict[str, str]:
     """Labels of a local image (used by tests and by the executor to check what it built)."""
     out = runner.output(["buildah", "inspect", "--type", "image", ref], step="inspect", env=buildah_env())

@@ -46,6 +46,7 @@ import tempfile
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -66,6 +67,7 @@ from .s3 import (
     S3Settings,
     S3Target,
     check_bucket,
+    copy_digested,
     object_url,
     sha256_file,
 )
@@ -187,11 +189,13 @@ def mounted_image(image: str, runner: Runner) -> Iterator[Path]:
 
 @dataclass(frozen=True)
 class ArtifactFile:
-    """A made artifact on local disk: where it is, its sha256 and size."""
+    """A made artifact on local disk: where it is, its sha256 and size, and (boot files) the ETags
+    S3 gives its bytes (`copy_digested`): an object with one of them holds these bytes."""
 
     path: Path
     sha256: str
     size: int
+    etags: frozenset[str] = frozenset()
 
 
 def _check_cancel(runner: Runner) -> None:
@@ -283,28 +287,39 @@ def make_artifacts(
                 initramfs_name=boot.initramfs_name if boot else None,
             ).rootfs
             stream = StreamedUpload(target, first)
-        sq = make_squashfs(
-            rootfs,
-            scratch / ROOTFS_NAME,
-            spec.squashfs,
-            runner,
-            epoch,
-            while_writing=stream.writing if stream is not None else None,
+        # The boot files are copied out of the image (and hashed) while mksquashfs runs.
+        copies = ThreadPoolExecutor(max_workers=1, thread_name_prefix="boot-files")
+        boot_copies = (
+            {
+                role: (scratch / name, copies.submit(copy_digested, p, scratch / name, s3_settings))
+                for role, p, name in (
+                    ("kernel", boot.vmlinuz, VMLINUZ_NAME),
+                    ("initramfs", boot.initramfs, INITRAMFS_NAME),
+                )
+            }
+            if boot
+            else {}
         )
+        try:
+            sq = make_squashfs(
+                rootfs,
+                scratch / ROOTFS_NAME,
+                spec.squashfs,
+                runner,
+                epoch,
+                while_writing=stream.writing if stream is not None else None,
+            )
+        finally:
+            copies.shutdown(wait=True, cancel_futures=True)
         if stream is not None:
             if stream.finish(sq):
                 made.staged = stream
             made.files["rootfs"] = ArtifactFile(sq, stream.sha256, stream.size)
         else:
             made.files["rootfs"] = ArtifactFile(sq, sha256_file(sq), sq.stat().st_size)
-        if boot:
-            for role, p, name in (
-                ("kernel", boot.vmlinuz, VMLINUZ_NAME),
-                ("initramfs", boot.initramfs, INITRAMFS_NAME),
-            ):
-                copy = scratch / name
-                shutil.copyfile(p, copy)
-                made.files[role] = ArtifactFile(copy, sha256_file(copy), copy.stat().st_size)
+        for role, (copy, done) in boot_copies.items():
+            d = done.result()
+            made.files[role] = ArtifactFile(copy, d.sha256, d.size, d.etags)
         pub.squashfs_sha256, pub.squashfs_size = made.files["rootfs"].sha256, made.files["rootfs"].size
         log.info(
             "artifacts ready",
@@ -451,8 +466,11 @@ def _publish_s3(
     def store(role: str, obj_key: str, meta: dict[str, str], tag: str, f: ArtifactFile) -> str:
         existing = s3.head(obj_key)
         want = {**meta, META_SHA256: f.sha256}
+        # The metadata says what was written; a boot file's ETag says what is there (metadata can be
+        # copied onto other bytes). A SquashFS is not hashed twice over: its metadata must match whole.
+        holds_it = not f.etags or bool(existing and existing["etag"] in f.etags)
         if existing and existing["size"] == f.size and existing["metadata"].get(META_SHA256) == f.sha256:
-            if role != "rootfs" or existing["metadata"] == want:
+            if holds_it if role != "rootfs" else existing["metadata"] == want:
                 done[obj_key] = (f.sha256, existing["etag"])
                 first_of.setdefault(role, obj_key)
                 out.append(
@@ -479,7 +497,10 @@ def _publish_s3(
             )
         result = None
         same_content = bool(
-            existing and existing["size"] == f.size and existing["metadata"].get(META_SHA256) == f.sha256
+            existing
+            and holds_it
+            and existing["size"] == f.size
+            and existing["metadata"].get(META_SHA256) == f.sha256
         )
         # Same bytes, new metadata (e.g. its boot files were re-uploaded): copy the object onto itself.
         source = obj_key if same_content else first_of.get(role)

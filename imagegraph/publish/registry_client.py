@@ -542,6 +542,23 @@ class RegistryClient:
         config = json.loads(resp.content)
         return frozenset({f"{config.get('os', '')}/{config.get('architecture', '')}"})
 
+    def image_labels(self, ref: str) -> dict[str, str] | None:
+        """The labels in the config of the image `ref` points at (its bytes checked against the
+        config digest); None when it does not exist or is an index. Raises RegistryError when the
+        registry cannot say."""
+        got = self.manifest(ref)
+        if got is None:
+            return None
+        body, media_type = got
+        doc = json.loads(body)
+        if "manifests" in doc or "index" in media_type or "list" in media_type:
+            return None
+        data = self.blob(ref, (doc.get("config") or {}).get("digest", ""), max_size=16 << 20)
+        if data is None:
+            return None
+        config = json.loads(data)
+        return dict((config.get("config") or {}).get("Labels") or {})
+
     def put_blob(self, repository_ref: str, data: bytes) -> str:
         """Upload `data` as a blob of the repository (monolithic POST + PUT); returns its digest."""
         ref = parse_reference(repository_ref)

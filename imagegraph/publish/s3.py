@@ -93,15 +93,20 @@ class S3Settings:
     # default: it wins only when the upload waits on the link; on 2 busy cores it lost (bench/README.md).
     stream: bool = field(default_factory=lambda: os.environ.get("IMAGEGRAPH_S3_STREAM", "0") == "1")
     region: str | None = None
+    retry_timeouts: bool = True  # False: a request that timed out is not sent again (planning)
 
     @classmethod
-    def quick(cls) -> S3Settings:
-        """For existence checks (planning): fail fast rather than hang on a dead endpoint."""
+    def quick(cls, timeout: float = 5.0) -> S3Settings:
+        """For existence checks (planning): fail fast rather than hang on a dead endpoint. `timeout`
+        bounds the connection and again each answer (planning's `--registry-timeout`); an endpoint
+        that connects and never answers costs one timeout through the stdlib reader, and at most
+        two through botocore (its retry of a read timeout cannot be turned off alone)."""
         return cls(
             botocore_attempts=2,
             retry=RetryPolicy.from_env().with_attempts(1),
-            connect_timeout=3.0,
-            read_timeout=15.0,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retry_timeouts=False,
         )
 
 
@@ -395,6 +400,50 @@ def sha256_file(path: Path, bufsize: int = 4 * MiB) -> str:
         while chunk := f.read(bufsize):
             h.update(chunk)
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileDigests:
+    """A file's sha256 and size, and the ETags S3 gives its bytes: the MD5 of one PutObject or
+    CopyObject, and (from the multipart threshold on) that of `S3Target.upload`'s multipart upload."""
+
+    sha256: str
+    size: int
+    etags: frozenset[str]
+
+
+def copy_digested(
+    src: Path, dest: Path, settings: S3Settings | None = None, bufsize: int = 4 * MiB
+) -> FileDigests:
+    """Copy `src` to `dest`, hashing the bytes as they pass (sha256, MD5, MD5 per upload part).
+
+    The ETags let a publish check that an object holds these very bytes
+    without trusting its metadata. Parts are `multipart_chunksize` raised to
+    S3's 5 MiB minimum, as s3transfer cuts them (its growth of parts past
+    10,000 of them, at 640 GB, is not followed: such an ETag simply differs).
+    """
+    s = settings or S3Settings()
+    part_size = max(s.multipart_chunksize, 5 * MiB)
+    sha, whole = hashlib.sha256(), hashlib.md5()  # noqa: S324  (S3's ETag is an MD5)
+    parts: list[bytes] = []
+    part, in_part, size = hashlib.md5(), 0, 0  # noqa: S324
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        while chunk := f.read(min(bufsize, part_size - in_part)):
+            out.write(chunk)
+            sha.update(chunk)
+            whole.update(chunk)
+            part.update(chunk)
+            in_part += len(chunk)
+            size += len(chunk)
+            if in_part == part_size:
+                parts.append(part.digest())
+                part, in_part = hashlib.md5(), 0  # noqa: S324
+    if in_part:
+        parts.append(part.digest())
+    etags = {whole.hexdigest()}
+    if size >= s.multipart_threshold and parts:
+        etags.add(f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}")  # noqa: S324
+    return FileDigests(sha.hexdigest(), size, frozenset(etags))
 
 
 # ------------------------------------------------------------------------------ target
@@ -808,6 +857,7 @@ class S3Index:
                         connect_timeout=s.connect_timeout,
                         read_timeout=s.read_timeout,
                         on_request=self._count,
+                        retry_timeouts=s.retry_timeouts,
                     )
                 )
             return self._readers[endpoint]
@@ -853,7 +903,8 @@ class S3Index:
     def _note_unreachable(self, endpoint: str, exc: BaseException) -> None:
         why = describe_error(exc, endpoint, "")
         self._unreachable[endpoint] = why
-        get_logger().warning("cannot ask S3", endpoint=redact(endpoint), error=why, step="plan")
+        # info: the callers report what it leaves unknown (the plan one line per bucket, naming its layers)
+        get_logger().info("cannot ask S3", endpoint=redact(endpoint), error=why, step="plan")
 
     def _head_metadata(self, endpoint: str, bucket: str, key: str) -> dict:
         reader = self.reader(endpoint)

@@ -90,11 +90,14 @@ _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
 class S3ReadError(Exception):
     """A request that did not get its answer: `code` is S3's error code (or the HTTP status)."""
 
-    def __init__(self, code: str, message: str, *, status: int = 0, kind: str = "http"):
+    def __init__(
+        self, code: str, message: str, *, status: int = 0, kind: str = "http", timed_out: bool = False
+    ):
         super().__init__(redact(message))
         self.code = code
         self.status = status
         self.kind = kind  # "http" (S3 answered), "connection", "tls", "credentials"
+        self.timed_out = timed_out  # connected (or not) and no answer within the timeout
 
     @property
     def transient(self) -> bool:
@@ -223,6 +226,7 @@ def reader_for(
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
     on_request: Callable[[], None] | None = None,
+    retry_timeouts: bool = True,
 ) -> S3Reader | None:
     """A reader for `endpoint`, or None where it might not read as botocore does (module docstring)."""
     if os.environ.get("IMAGEGRAPH_S3_READ") == "botocore":
@@ -256,6 +260,7 @@ def reader_for(
         read_timeout,
         cafile,
         on_request,
+        retry_timeouts,
     )
 
 
@@ -274,6 +279,9 @@ class S3Reader:
     read_timeout: float
     cafile: str | None
     on_request: Callable[[], None] | None = None
+    # False for planning: an endpoint that did not answer within the timeout is down at once, so a
+    # hung one costs one timeout, not one per attempt (the registry client does the same).
+    retry_timeouts: bool = True
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _regions: dict[str, str] = field(default_factory=dict, repr=False)  # bucket -> region S3 named
 
@@ -349,6 +357,8 @@ class S3Reader:
             except S3ReadError as exc:
                 if not exc.transient or attempt == self.attempts:
                     raise
+                if exc.timed_out and not self.retry_timeouts:
+                    raise
                 # botocore "standard" mode: full jitter, base 2, at most 20 s
                 time.sleep(min(20.0, random.random() * 2 ** (attempt - 1)))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -364,8 +374,10 @@ class S3Reader:
             if self.on_request is not None:
                 self.on_request()
             conn = self._connection()
+            connected = False
             try:
                 conn.request(method, target, headers=headers)
+                connected = True
                 if conn.sock is not None:
                     conn.sock.settimeout(self.read_timeout)
                 resp = conn.getresponse()
@@ -378,12 +390,17 @@ class S3Reader:
                 raise S3ReadError("", f"SSLError: {exc}", kind="connection") from None
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_connection()  # a broken keep-alive connection is reopened by the next attempt
+                timed_out = isinstance(exc, socket.timeout | TimeoutError)
                 why = (
-                    "timed out"
-                    if isinstance(exc, socket.timeout | TimeoutError)
+                    f"did not answer within {self.read_timeout:g} s"
+                    if timed_out and connected
+                    else f"did not connect within {self.connect_timeout:g} s"
+                    if timed_out
                     else f"{type(exc).__name__}: {exc}"
                 )
-                raise S3ReadError("", f"{self.scheme}://{self.host}: {why}", kind="connection") from None
+                raise S3ReadError(
+                    "", f"{self.scheme}://{self.host}: {why}", kind="connection", timed_out=timed_out
+                ) from None
             if resp.will_close:
                 self._drop_connection()
             if 200 <= resp.status < 300:
