@@ -520,44 +520,41 @@ class RegistryClient:
     def platforms(self, ref: str) -> frozenset[str] | None:
         """The `os/architecture` platforms a reference offers (an index's members, or one image's
         config); None when it does not exist. Raises RegistryError when the registry cannot say."""
-        got = self.manifest(ref)
+        got = self._index_or_config(ref)
         if got is None:
             return None
-        body, media_type = got
-        doc = json.loads(body)
-        if "manifests" in doc or "index" in media_type or "list" in media_type:
+        index, config = got
+        if index is not None:
             return frozenset(
                 f"{m['platform'].get('os', '')}/{m['platform'].get('architecture', '')}"
-                for m in doc.get("manifests", [])
+                for m in index.get("manifests", [])
                 if m.get("platform")
             )
-        image = parse_reference(ref)
-        digest = (doc.get("config") or {}).get("digest", "")
-        try:
-            resp = self.retry.call(lambda: self._request("GET", image, f"/blobs/{digest}", "pull"))
-        except TransientError as exc:
-            raise RegistryError(str(image), f"gave up: {exc}", transient=True) from exc
-        if resp.status_code != 200:
-            raise self._http_error(str(image), resp, "reading the image config")
-        config = json.loads(resp.content)
         return frozenset({f"{config.get('os', '')}/{config.get('architecture', '')}"})
 
     def image_labels(self, ref: str) -> dict[str, str] | None:
-        """The labels in the config of the image `ref` points at (its bytes checked against the
-        config digest); None when it does not exist or is an index. Raises RegistryError when the
-        registry cannot say."""
+        """The labels in the config of the image `ref` points at; None when it does not exist or is
+        an index. Raises RegistryError when the registry cannot say."""
+        got = self._index_or_config(ref)
+        if got is None or got[0] is not None:
+            return None
+        return dict((got[1].get("config") or {}).get("Labels") or {})
+
+    def _index_or_config(self, ref: str) -> tuple[dict | None, dict] | None:
+        """(the index document, {}) when `ref` names an index, (None, its image config) when an image
+        (the config's bytes checked against its digest); None when it does not exist."""
         got = self.manifest(ref)
         if got is None:
             return None
         body, media_type = got
         doc = json.loads(body)
         if "manifests" in doc or "index" in media_type or "list" in media_type:
-            return None
-        data = self.blob(ref, (doc.get("config") or {}).get("digest", ""), max_size=16 << 20)
+            return doc, {}
+        digest = (doc.get("config") or {}).get("digest", "")
+        data = self.blob(ref, digest, max_size=16 << 20)
         if data is None:
-            return None
-        config = json.loads(data)
-        return dict((config.get("config") or {}).get("Labels") or {})
+            raise RegistryError(str(parse_reference(ref)), f"the image config {digest} is missing")
+        return None, json.loads(data)
 
     def put_blob(self, repository_ref: str, data: bytes) -> str:
         """Upload `data` as a blob of the repository (monolithic POST + PUT); returns its digest."""
