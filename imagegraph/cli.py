@@ -42,7 +42,7 @@ environment:
   IMAGEGRAPH_RETRY_ATTEMPTS      registry tries per operation (default 5)
   IMAGEGRAPH_RETRY_INITIAL_WAIT  first wait between tries, seconds (default 1)
   IMAGEGRAPH_RETRY_MAX_WAIT      longest wait between tries, seconds (default 30)
-  IMAGEGRAPH_REGISTRY_TIMEOUT    seconds planning waits for a registry (default 5; --registry-timeout)
+  IMAGEGRAPH_REGISTRY_TIMEOUT    seconds planning waits for a registry or S3 (default 5; --registry-timeout)
   IMAGEGRAPH_BOOT_ACCEL          boot-test accelerator: auto, kvm or tcg (default auto)
   IMAGEGRAPH_RUNTIME_DIR         where working-container owner records live (default $XDG_RUNTIME_DIR)
   IMAGEGRAPH_REGISTRY_PASSWORD   a registry password, masked in every output
@@ -191,7 +191,7 @@ def _online_opts(p: argparse.ArgumentParser) -> None:
         type=_seconds,
         default=None,
         metavar="SECONDS",
-        help="how long planning waits for a registry to connect and to answer "
+        help="how long planning waits for a registry or an S3 endpoint to connect and to answer "
         "(default: $IMAGEGRAPH_REGISTRY_TIMEOUT or 5)",
     )
 

@@ -149,17 +149,22 @@ class Runner:
         cwd: Path | str | None = None,
         timeout: float | None = None,
         cleanup: bool = False,
+        nice: int = 0,
     ) -> Completed:
         """Run argv; stream output; raise CommandError on failure when `check`.
 
         stdout is logged at `stdout_level` (captured, not logged, when `capture`),
         stderr at `loglevel`, so a chatty tool does not show up as errors.
         `cleanup=True` marks commands that must run even after cancellation
-        (removing working containers and mounts).
+        (removing working containers and mounts). `nice` > 0 runs the command
+        at that lower CPU priority (through nice(1), so every thread it starts
+        has it too).
         """
         if _cancelled.is_set() and not cleanup:
             raise Cancelled(f"{self.layer or 'run'}: cancelled before {step}")
         argv = [str(a) for a in argv]
+        if nice > 0:
+            argv = ["nice", "-n", str(nice), *argv]
         full_env = dict(os.environ)
         if self.base_env:
             full_env.update(self.base_env)

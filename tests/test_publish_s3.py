@@ -770,3 +770,25 @@ def test_the_sessions_loader_lists_services_as_botocore_does() -> None:
     with pytest.raises(botocore.exceptions.UnknownServiceError, match="Valid service names are: .*s3"):
         session.create_client("no-such-service", region_name="us-east-1")
     assert make_client("http://127.0.0.1:9").meta.service_model.service_name == "s3"
+
+
+def test_boot_files_copied_slower_than_mksquashfs_are_all_there(
+    s3_env: S3Server, rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boot files are copied beside mksquashfs, one after the other: a SquashFS made before the
+    second copy started must not cancel it (a small image's mksquashfs is that quick)."""
+    from imagegraph.publish import artifacts
+
+    real = artifacts.copy_digested
+
+    def slow(*args, **kw):
+        time.sleep(0.5)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(artifacts, "copy_digested", slow)
+    bucket = s3_env.make_bucket()
+    spec = spec_for(s3_env.endpoint, bucket)
+    pub = publish_artifacts(spec, KEY, rootfs, Runner("compute"), tmp_path / "w", s3_settings=FAST)
+    assert {o.role for o in pub.objects} >= {"kernel", "initramfs", "rootfs"}
+    found = find_published(S3Index(settings=FAST), spec, KEY, ["v1"])["v1"]
+    assert found.kernel and found.initramfs

@@ -58,3 +58,28 @@ def test_terminate_all_stops_running_commands() -> None:
         assert Runner().run(["true"], step="s", cleanup=True).returncode == 0
     finally:
         runner_mod.reset_cancel()
+
+
+def _niceness(runner: Runner, nice: int) -> int:
+    # field 19 of /proc/PID/stat is the nice value of the process that reads it (the shell)
+    out = runner.run(["sh", "-c", "cut -d' ' -f19 /proc/$$/stat"], step="t", capture=True, nice=nice)
+    return int(out.stdout.strip())
+
+
+def test_nice_lowers_the_cpu_priority_of_the_command_and_says_so() -> None:
+    import os
+
+    runner = Runner(layer="x", logfile=io.StringIO())
+    own = os.nice(0)
+    assert _niceness(runner, 0) == own
+    assert _niceness(runner, 7) == min(19, own + 7)
+    assert "$ nice -n 7 sh -c" in runner.logfile.getvalue()
+
+
+def test_pushes_run_nice_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagegraph.publish.push import push_nice
+
+    assert push_nice() == 10
+    for value, want in (("0", 0), ("5", 5), ("40", 19), ("-3", 0), ("x", 10)):
+        monkeypatch.setenv("IMAGEGRAPH_PUSH_NICE", value)
+        assert push_nice() == want

@@ -309,8 +309,10 @@ def make_artifacts(
                 epoch,
                 while_writing=stream.writing if stream is not None else None,
             )
-        finally:
-            copies.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            copies.shutdown(wait=True, cancel_futures=True)  # a copy not started yet is not needed
+            raise
+        copies.shutdown(wait=True)  # both copies, however quick mksquashfs was
         if stream is not None:
             if stream.finish(sq):
                 made.staged = stream

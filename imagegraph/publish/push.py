@@ -23,6 +23,7 @@ so the two loops do not multiply.
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -72,6 +73,20 @@ def _buildah_has_retry_flag() -> bool:
     return "--retry" in out.stdout
 
 
+def push_nice() -> int:
+    """The CPU niceness of `buildah push` (IMAGEGRAPH_PUSH_NICE, default 10; 0: as imagegraph's own).
+
+    A push compresses every new layer (gzip: seconds of CPU per 100 MB) while
+    the next layers build and their SquashFS are made. Those are on the run's
+    critical path and a push seldom is, so under contention the push yields;
+    on an idle CPU niceness changes nothing.
+    """
+    try:
+        return max(0, min(19, int(os.environ.get("IMAGEGRAPH_PUSH_NICE", "10"))))
+    except ValueError:
+        return 10
+
+
 def _push_once(
     spec: LayerSpec,
     image: str,
@@ -93,7 +108,9 @@ def _push_once(
         with tempfile.TemporaryDirectory(prefix="imagegraph-push-") as tmp:
             digestfile = Path(tmp) / "digest"
             try:
-                runner.run([*argv_base, "--digestfile", str(digestfile), image, dest], step="push")
+                runner.run(
+                    [*argv_base, "--digestfile", str(digestfile), image, dest], step="push", nice=push_nice()
+                )
             except CommandError as exc:
                 text = "\n".join(exc.tail)
                 cls = classify_error(text, names=(*names, image))
