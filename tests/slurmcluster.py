@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -238,6 +239,18 @@ PartitionName=grace Nodes={self.host} MaxTime=INFINITE State=UP
             check=False,
         )
         return [ln for ln in r.stdout.splitlines() if ln.strip()]
+
+    def last_job_id(self) -> int:
+        """The highest job id Slurm has handed out. Job ids only grow, while `jobs()` forgets a
+        finished job MinJobAge (300 s) after it ends: compare ids, never counts, to tell whether
+        anything was submitted."""
+        r = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, env=self.env, check=True
+        )
+        ids = [int(j.split("|")[0]) for j in self.jobs()]
+        # squeue may have forgotten every job; slurmctld's next id is the floor then.
+        m = re.search(r"^NEXT_JOB_ID\s*=\s*(\d+)", r.stdout, re.M)
+        return max([*ids, int(m.group(1)) - 1 if m else 0])
 
     def cancel_all(self) -> None:
         subprocess.run(["scancel", "--user=root"], capture_output=True, env=self.env, check=False)

@@ -216,12 +216,12 @@ def test_failing_branch_then_fix_then_noop(site) -> None:
     assert {j["layer"] for j in run_doc(root, doc)["jobs"]} == {"bad", "after-bad"}
 
     # Nothing stale: nothing submitted.
-    before = len(cluster.jobs())
+    before = cluster.last_job_id()
     rc, doc, err = up(cluster, root)
     assert rc == 0, err
     assert set(statuses(doc).values()) == {"up-to-date"}
     assert run_doc(root, doc)["jobs"] == []
-    assert len(cluster.jobs()) == before
+    assert cluster.last_job_id() == before
 
     # `status` shows each layer's job of the last Slurm run.
     r = subprocess.run(
@@ -250,11 +250,11 @@ def test_missing_registry_is_a_spec_error(site) -> None:
     (root / "side.yaml").write_text(
         "\n".join(ln for ln in text.splitlines() if "publish_registry" not in ln) + "\n"
     )
-    before = len(cluster.jobs())
+    before = cluster.last_job_id()
     rc, doc, err = up(cluster, root, "--log-format", "console")
     assert rc == 2
     assert "side.yaml:2:1" in err and "publish_registry" in err and "nothing was built" in err
-    assert len(cluster.jobs()) == before
+    assert cluster.last_job_id() == before
 
 
 def _up_while_root_runs(
@@ -348,11 +348,11 @@ def test_a_dead_submit_side_leaves_jobs_the_next_up_adopts(site) -> None:
     first.kill()  # SIGKILL: no chance to cancel anything
     first.wait()
     assert len(active(cluster)) == 2
-    submitted = len(cluster.jobs())
+    submitted = cluster.last_job_id()
     rc, doc, err = up(cluster, root)
     assert rc == 0, err
     assert statuses(doc) == {"root": "ok", "good": "ok"}
-    assert len(cluster.jobs()) == submitted, (
+    assert cluster.last_job_id() == submitted, (
         "a layer whose job was still queued or running was submitted again"
     )
     assert all(j["adopted"] for j in run_doc(root, doc)["jobs"])
