@@ -792,3 +792,24 @@ def test_boot_files_copied_slower_than_mksquashfs_are_all_there(
     assert {o.role for o in pub.objects} >= {"kernel", "initramfs", "rootfs"}
     found = find_published(S3Index(settings=FAST), spec, KEY, ["v1"])["v1"]
     assert found.kernel and found.initramfs
+
+
+def test_the_part_size_knob_sets_parts_and_the_etags_that_check_them(
+    s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IMAGEGRAPH_S3_PART_MIB: the upload's parts and the ETag a local copy predicts agree, so a
+    publish still knows a boot file S3 already holds; values outside S3's limits are held to them."""
+    for value, want in (("7", 7), ("1", 5), ("99999", 5 * 1024), ("lots", s3mod.DEFAULT_PART_MIB)):
+        monkeypatch.setenv("IMAGEGRAPH_S3_PART_MIB", value)
+        assert S3Settings().multipart_chunksize == S3Settings().multipart_threshold == want * MiB
+    monkeypatch.setenv("IMAGEGRAPH_S3_PART_MIB", "5")
+    settings = replace(S3Settings(), botocore_attempts=1, retry=FAST.retry)
+    src = tmp_path / "initramfs"
+    src.write_bytes(os.urandom(12 * MiB))
+    digests = s3mod.copy_digested(src, tmp_path / "copy", settings)
+    bucket = s3_env.make_bucket()
+    result = S3Target(s3_env.endpoint, bucket, settings=settings).upload(src, "initramfs", {})
+    assert result.etag.endswith("-3"), result.etag  # 5 + 5 + 2 MiB
+    assert result.etag in digests.etags
+    monkeypatch.setenv("IMAGEGRAPH_S3_PART_MIB", "6")  # other parts: the same bytes, another ETag
+    assert result.etag not in s3mod.copy_digested(src, tmp_path / "copy2", S3Settings()).etags

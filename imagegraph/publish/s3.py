@@ -72,12 +72,29 @@ _CHECKSUM_REJECTED = {
 }
 
 
+DEFAULT_PART_MIB = 64
+
+
+def part_size() -> int:
+    """Bytes per multipart part, and the size above which an upload is multipart
+    (IMAGEGRAPH_S3_PART_MIB, default 64 MiB, held within S3's 5 MiB to 5 GiB part sizes).
+
+    Lower it for a gateway behind a proxy that limits request bodies (nginx's
+    `client_max_body_size`); a file's ETag follows the part size it went up with.
+    """
+    try:
+        mib = int(os.environ.get("IMAGEGRAPH_S3_PART_MIB", DEFAULT_PART_MIB))
+    except ValueError:
+        mib = DEFAULT_PART_MIB
+    return max(5, min(5 * 1024, mib)) * MiB
+
+
 @dataclass(frozen=True)
 class S3Settings:
     """Tunables; the defaults suit multi-GB SquashFS files on a LAN gateway."""
 
-    multipart_threshold: int = 64 * MiB
-    multipart_chunksize: int = 64 * MiB  # s3transfer raises anything below 5 MiB to 5 MiB
+    multipart_threshold: int = field(default_factory=part_size)
+    multipart_chunksize: int = field(default_factory=part_size)
     # Server-side copies below this are one CopyObject (S3's limit for it is 5 GiB), as the AWS
     # Java SDK's TransferManager and rclone (--s3-copy-cutoff) do: a gateway copies the object in
     # one pass (Ceph RGW can even share its data) instead of copying parts and then joining them.
@@ -420,7 +437,7 @@ def copy_digested(
     The ETags let a publish check that an object holds these very bytes
     without trusting its metadata. Parts are `multipart_chunksize` raised to
     S3's 5 MiB minimum, as s3transfer cuts them (its growth of parts past
-    10,000 of them, at 640 GB, is not followed: such an ETag simply differs).
+    10,000 of them, at 640 GB for 64 MiB parts, is not followed: such an ETag simply differs).
     """
     s = settings or S3Settings()
     part_size = max(s.multipart_chunksize, 5 * MiB)
