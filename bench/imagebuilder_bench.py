@@ -33,7 +33,10 @@ whole scenario):
 After every scenario both tools' results are checked (registry tags, S3
 keys). Commands are timed by shims on PATH in front of buildah, mksquashfs
 and dnf (for both tools alike), and imagegraph's per-task times come from
-its run record, so the output says where the time goes.
+its run record, so the output says where the time goes. Each scenario's CPU
+seconds (the tool and its commands, the bench's own threads, the registry and
+moto) are measured too: divided by the cores, the shortest any schedule of
+that work could take.
 
 Usage: python bench/imagebuilder_bench.py --image-builder PATH [--rounds 3] [--size-mb 157]
        [-j N] [--up-arg=ARG ...] [--json OUT]
